@@ -1,0 +1,1 @@
+"""The ``pidtrt`` command line: one module per command, wired together in :mod:`main`."""

@@ -1,0 +1,87 @@
+"""``pidtrt decode``: latent file in, image(s) out, on any backend."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pid_trt.cli.errors import cli_errors, warn
+from pid_trt.cli.options import (
+    BackboneOpt,
+    CheckpointOpt,
+    CkptTypeOpt,
+    NetConfigOpt,
+    RandomWeightsOpt,
+    WeightsSeedOpt,
+    resolve_net,
+)
+from pid_trt.errors import InputFileError
+
+
+@cli_errors
+def decode(
+    latent: Path = typer.Argument(..., help="Latent file (safetensors: latent, caption_embedding, degrade_sigma)."),
+    output: Path = typer.Option(..., "-o", "--output", help="out.png (out_0.png, out_1.png ... for B > 1) or out.safetensors."),
+    backbone: Optional[str] = BackboneOpt,
+    ckpt_type: Optional[str] = CkptTypeOpt,
+    checkpoint: Optional[Path] = CheckpointOpt,
+    net_config: Optional[Path] = NetConfigOpt,
+    random_weights: bool = RandomWeightsOpt,
+    weights_seed: int = WeightsSeedOpt,
+    noise: Optional[Path] = typer.Option(None, "--noise", help="Noise file [S, B, 3, H, W] for reproducible decodes."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampler's noise (ignored with --noise)."),
+    steps: int = typer.Option(4, "--steps", min=1, help="Sampling steps (4 = the released distilled sampler)."),
+    backend: str = typer.Option("torch", "--backend", help="torch, onnxruntime or tensorrt."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (torch backend)."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 or bf16 (torch backend); fp32/fp16/bf16 (onnxruntime)."),
+    engine_dir: Path = typer.Option(Path("engines"), "--engine-dir", help="Engine store (tensorrt backend)."),
+    export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX store (onnxruntime backend)."),
+) -> None:
+    """Decode a latent file into image(s)."""
+    from pid_trt.backends.factory import BackendRequest, create_backend
+    from pid_trt.backends.base import Conditioning
+    from pid_trt.io import read_latent_file, read_noise_file, write_images
+    from pid_trt.sampling import draw_noise, sample
+
+    spec = resolve_net(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
+    config = spec.config
+    lat = read_latent_file(latent, config)
+    caption = lat.caption
+    if caption is None:
+        if spec.released_preset or not spec.random_weights:
+            raise InputFileError(
+                f"latent file {latent} has no caption_embedding: add one as tensor `caption_embedding` "
+                f"[B, {config.txt_max_length}, {config.txt_embed_dim}] (Gemma-2-2B hidden states of the caption; "
+                "see README, 'Caption embeddings')"
+            )
+        import torch
+
+        gen = torch.Generator().manual_seed(seed)
+        caption = torch.randn(lat.batch, config.txt_max_length, config.txt_embed_dim, generator=gen)
+    height, width = config.output_size(*lat.latent_hw)
+    if spec.random_weights:
+        warn("--random-weights: the network is randomly initialised; the image means nothing")
+    if noise is not None:
+        draws = read_noise_file(noise, steps, lat.batch, height, width)
+    else:
+        draws = draw_noise((lat.batch, 3, height, width), steps, seed)
+
+    request = BackendRequest(
+        kind=backend, spec=spec, device=device, dtype=dtype, height=height, width=width,
+        batch=lat.batch, engine_dir=engine_dir, export_dir=export_dir,
+    )  # fmt: skip
+    start = time.perf_counter()
+    runner = create_backend(request)
+    try:
+        cond = Conditioning(lat.latent, caption, lat.degrade_sigma, height, width)
+        denoiser = runner.bind(cond)
+        image = sample(denoiser, [d.to(request.torch_device) for d in draws], steps)
+    finally:
+        runner.close()
+    written = write_images(image.float().cpu(), output)
+    elapsed = time.perf_counter() - start
+    names = ", ".join(str(p) for p in written)
+    typer.echo(f"wrote {names} ({width}x{height}, batch {lat.batch}, {steps} steps, {backend}) in {elapsed:.2f} s")

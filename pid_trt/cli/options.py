@@ -1,0 +1,142 @@
+"""Options shared by several commands, and how they resolve to a net config and weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pid_trt.config import Backbone, CkptType, DecoderConfig, Preset, get_preset
+from pid_trt.errors import ConfigError
+
+WEIGHTS_HINT = (
+    "get the released weights with `hf download nvidia/PiD --include \"checkpoints/*\"` "
+    "(NVIDIA non-commercial licence) and pass --checkpoint, or pass --random-weights"
+)
+
+BackboneOpt = typer.Option(
+    None, "--backbone", help="Preset: flux, zimage, zimage_turbo, flux2, sd3, sdxl, qwenimage, dinov2, siglip, tiny, small."
+)
+CkptTypeOpt = typer.Option(None, "--ckpt-type", help="Checkpoint type: 2k or 2kto4k (default: 2k where it exists).")
+CheckpointOpt = typer.Option(None, "--checkpoint", help="PiD checkpoint (.pth as released, or .safetensors).")
+NetConfigOpt = typer.Option(None, "--net-config", help="JSON file of upstream PidNet keyword arguments.")
+RandomWeightsOpt = typer.Option(
+    False, "--random-weights", help="Seeded random weights for smoke tests and timing (images mean nothing)."
+)
+WeightsSeedOpt = typer.Option(0, "--weights-seed", help="Seed of --random-weights.")
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """What the user asked for: a net config, where its weights come from, and a name.
+
+    ``checkpoint`` is None exactly when ``random_weights`` is True.
+    """
+
+    config: DecoderConfig
+    preset: Preset | None
+    checkpoint: Path | None
+    random_weights: bool
+    weights_seed: int = 0
+
+    @property
+    def name(self) -> str:
+        if self.preset is not None:
+            return self.preset.name
+        return "custom"
+
+    @property
+    def released_preset(self) -> bool:
+        return self.preset is not None and self.preset.released
+
+
+def _read_net_config(path: Path) -> DecoderConfig:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"--net-config {path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--net-config {path}: cannot read ({exc})") from None
+    return DecoderConfig.from_json(text)
+
+
+def resolve_net(
+    backbone: Optional[str],
+    ckpt_type: Optional[str],
+    checkpoint: Optional[Path],
+    net_config: Optional[Path],
+    random_weights: bool,
+    weights_seed: int = 0,
+) -> NetSpec:
+    """Turn the CLI's model options into a :class:`NetSpec` (raises ConfigError when they
+    are contradictory or incomplete)."""
+    if checkpoint is not None and random_weights:
+        raise ConfigError("--checkpoint and --random-weights exclude each other: pass one")
+    preset = None
+    config = None
+    if backbone is not None:
+        preset = get_preset(backbone, ckpt_type)
+        config = preset.config
+        if net_config is not None:
+            raise ConfigError("--backbone and --net-config exclude each other: a preset fixes the net config")
+    elif ckpt_type is not None:
+        raise ConfigError("--ckpt-type needs --backbone")
+    elif net_config is not None:
+        config = _read_net_config(net_config)
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            raise ConfigError(f"--checkpoint {checkpoint}: file not found")
+        if config is None:
+            from pid_trt.checkpoints import read_config_from_checkpoint
+
+            config = read_config_from_checkpoint(checkpoint)
+    elif not random_weights:
+        raise ConfigError(f"no weights given: {WEIGHTS_HINT}")
+    if config is None:
+        raise ConfigError("no net config: pass --backbone NAME (or --net-config JSON with --random-weights)")
+    return NetSpec(config, preset, checkpoint, random_weights, weights_seed)
+
+
+def build_model(spec: NetSpec):
+    """The torch reference :class:`~pid_trt.model.PidDecoder` with the spec's weights (fp32, CPU)."""
+    from pid_trt.model import PidDecoder, random_init
+
+    model = PidDecoder(spec.config)
+    if spec.random_weights:
+        random_init(model, seed=spec.weights_seed)
+    else:
+        from pid_trt.checkpoints import load_checkpoint, load_into
+
+        loaded = load_checkpoint(spec.checkpoint, spec.config)
+        load_into(model, loaded)
+    return model.eval()
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``WxH`` (pixels) -> (height, width)."""
+    parts = text.lower().replace("×", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"--size {text!r}: expected WIDTHxHEIGHT in pixels, e.g. 3840x2160")
+    w, h = (int(p) for p in parts)
+    if w <= 0 or h <= 0:
+        raise ConfigError(f"--size {text!r}: width and height must be positive")
+    return h, w
+
+
+def backbone_enum(text: Optional[str]) -> Optional[Backbone]:
+    """Validate a --backbone value early (for commands that only need the name)."""
+    if text is None:
+        return None
+    return get_preset(text).backbone
+
+
+def ckpt_enum(text: Optional[str]) -> Optional[CkptType]:
+    if text is None:
+        return None
+    try:
+        return CkptType(text)
+    except ValueError:
+        raise ConfigError(f"--ckpt-type {text!r}: expected 2k or 2kto4k") from None

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# One command: set up the environment (fresh machine included), then run the test suite.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck disable=SC1091
+source "$ROOT/scripts/setup-env.sh" "${PIDTRT_EXTRAS:-dev,rtx}"
+cd "$ROOT"
+python -m pytest -q "$@"
