@@ -62,6 +62,23 @@ def _read_net_config(path: Path) -> DecoderConfig:
     return DecoderConfig.from_json(text)
 
 
+def _config_from_checkpoint(path: Path) -> DecoderConfig:
+    """The net config stored in a converted checkpoint's metadata (``pidtrt convert``)."""
+    from pid_trt.checkpoints import CONFIG_METADATA_KEY
+    from pid_trt.errors import CheckpointError
+    from pid_trt.safetensors_header import read_header
+
+    hint = "pass --backbone NAME or --net-config FILE (or convert it with `pidtrt convert`)"
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if len(magic) < 8 or magic.startswith(b"PK") or magic[:1] == b"\x80":
+        raise ConfigError(f"--checkpoint {path} is a pickled .pth, which carries no net config: {hint}")
+    text = read_header(path, error=CheckpointError).metadata.get(CONFIG_METADATA_KEY)
+    if text is None:
+        raise ConfigError(f"--checkpoint {path} carries no net config in its metadata: {hint}")
+    return DecoderConfig.from_json(text)
+
+
 def resolve_net(
     backbone: Optional[str],
     ckpt_type: Optional[str],
@@ -90,9 +107,7 @@ def resolve_net(
         if not checkpoint.is_file():
             raise ConfigError(f"--checkpoint {checkpoint}: file not found")
         if config is None:
-            from pid_trt.checkpoints import read_config_from_checkpoint
-
-            config = read_config_from_checkpoint(checkpoint)
+            config = _config_from_checkpoint(checkpoint)
     elif not random_weights:
         raise ConfigError(f"no weights given: {WEIGHTS_HINT}")
     if config is None:

@@ -1,0 +1,42 @@
+"""``pidtrt convert``: released .pth -> safetensors carrying its net config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pid_trt.cli.errors import cli_errors
+from pid_trt.cli.options import BackboneOpt, CkptTypeOpt, NetConfigOpt, _read_net_config
+from pid_trt.config import get_preset
+from pid_trt.errors import ConfigError
+
+
+@cli_errors
+def convert(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint to convert (.pth as released, or .safetensors)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output .safetensors file."),
+    backbone: Optional[str] = BackboneOpt,
+    ckpt_type: Optional[str] = CkptTypeOpt,
+    net_config: Optional[Path] = NetConfigOpt,
+) -> None:
+    """Strictly load a checkpoint and write it as safetensors with its net config in the metadata,
+    so later commands need neither --backbone nor --net-config."""
+    from pid_trt.checkpoints import convert_checkpoint
+
+    if output.suffix != ".safetensors":
+        raise ConfigError(f"-o {output}: expected a .safetensors file name")
+    if backbone is not None and net_config is not None:
+        raise ConfigError("--backbone and --net-config exclude each other: pass one")
+    config = None
+    if backbone is not None:
+        config = get_preset(backbone, ckpt_type).config
+    elif net_config is not None:
+        config = _read_net_config(net_config)
+    loaded = convert_checkpoint(checkpoint, output, config)
+    size_mb = output.stat().st_size / 2**20
+    typer.echo(
+        f"wrote {output} ({len(loaded.state_dict)} tensors, {loaded.num_params / 1e6:.1f} M params, "
+        f"{loaded.dtype_summary}, {size_mb:.1f} MiB); sha256 of the source {loaded.sha256[:16]}..."
+    )
