@@ -31,3 +31,7 @@ class BackendUnavailableError(PidTrtError):
 
 class ResourceError(PidTrtError):
     """A request does not fit the device memory or the engine's batch range."""
+
+
+class EngineBuildError(PidTrtError):
+    """An ONNX graph could not be parsed or built into a TensorRT engine."""

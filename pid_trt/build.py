@@ -1,0 +1,254 @@
+"""ONNX → serialized TensorRT plan, through the TensorRT Python API (no trtexec).
+
+One code path for both flavours (full TensorRT and TensorRT-RTX); the few lines that
+differ live in :mod:`pid_trt.trt_flavour`. Networks are strongly typed, so the precision of
+an engine is the precision of its ONNX graph: :attr:`BuildOptions.precision` is recorded in
+the engine key and manifest, not forced on the builder.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pid_trt.config import Precision
+from pid_trt.errors import ConfigError, EngineBuildError
+from pid_trt.trt_flavour import (
+    Flavour,
+    cuda_device_count,
+    detect_flavour,
+    load_trt,
+    network_flags,
+    normalise_targets,
+    set_targets,
+    supports_timing_cache,
+)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build one engine.
+
+    precision: the graph's precision (strongly typed: recorded, not imposed).
+    optimization_level: ``builder_optimization_level``, 0-5 (TensorRT default 3).
+    workspace_bytes: limit of the WORKSPACE memory pool in bytes; None = the library default.
+    compute_capabilities: TensorRT-RTX targets as ``"major.minor"`` strings; empty = the
+        portable default (see :data:`pid_trt.trt_flavour.DEFAULT_RTX_TARGETS`). Full TensorRT
+        builds for the GPU present.
+    batch_range: (min, opt, max) batch for the optimization profile when the graph's inputs
+        have a dynamic batch dimension; ignored for static-shape graphs.
+    timing_cache: a timing-cache file to load and update (full TensorRT only); not part of
+        the engine key, it changes build time, never the result's validity.
+    """
+
+    precision: Precision = Precision.FP32
+    optimization_level: int = 3
+    workspace_bytes: int | None = None
+    compute_capabilities: tuple[str, ...] = ()
+    batch_range: tuple[int, int, int] = (1, 1, 1)
+    timing_cache: Path | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", Precision(self.precision))
+        object.__setattr__(self, "compute_capabilities", tuple(str(c) for c in self.compute_capabilities))
+        object.__setattr__(self, "batch_range", tuple(int(b) for b in self.batch_range))
+        if not 0 <= self.optimization_level <= 5:
+            raise ConfigError(f"optimization level {self.optimization_level}: expected 0 to 5")
+        if self.workspace_bytes is not None and self.workspace_bytes <= 0:
+            raise ConfigError(f"workspace limit {self.workspace_bytes} bytes: expected a positive number")
+        lo, opt, hi = self.batch_range if len(self.batch_range) == 3 else (0, 0, 0)
+        if len(self.batch_range) != 3 or not 1 <= lo <= opt <= hi:
+            raise ConfigError(f"batch range {self.batch_range}: expected (min, opt, max) with 1 <= min <= opt <= max")
+
+    def key_fields(self) -> dict[str, Any]:
+        """The options that invalidate an engine, JSON-ready (timing cache excluded)."""
+        out = asdict(self)
+        out.pop("timing_cache")
+        out["precision"] = self.precision.value
+        out["compute_capabilities"] = list(self.compute_capabilities)
+        out["batch_range"] = list(self.batch_range)
+        return out
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What one build produced. Sizes in bytes, times in seconds."""
+
+    plan_path: Path
+    plan_bytes: int
+    build_seconds: float
+    flavour: Flavour
+    trt_version: str
+    compute_capabilities: tuple[str, ...]
+    precision: Precision
+    dynamic_batch: bool
+    warnings: tuple[str, ...] = ()
+
+
+class _Logger:
+    """A TensorRT logger that keeps errors and warnings for the error message."""
+
+    def __new__(cls, trt: ModuleType) -> Any:
+        class Collecting(trt.ILogger):  # type: ignore[name-defined, misc]
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.errors: list[str] = []
+                self.warnings: list[str] = []
+
+            def log(self, severity: Any, msg: str) -> None:
+                if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                    self.errors.append(msg)
+                elif severity == trt.ILogger.Severity.WARNING:
+                    self.warnings.append(msg)
+
+        return Collecting()
+
+
+def _parser_errors(parser: Any) -> str:
+    parts = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        where = ""
+        try:
+            name, op = err.node_name(), err.node_operator()
+            if name or op:
+                where = f"node {name or '#' + str(err.node())} ({op}): "
+        except Exception:  # older parsers lack node_name / node_operator
+            if err.node() >= 0:
+                where = f"node #{err.node()}: "
+        parts.append(f"{where}{err.desc().strip()}")
+    return "; ".join(parts)
+
+
+def _add_profile(trt: ModuleType, builder: Any, network: Any, config: Any, batch: tuple[int, int, int]) -> bool:
+    """Add a batch optimization profile when an input has a dynamic dim 0. Returns True if so."""
+    dynamic = []
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = tuple(tensor.shape)
+        for axis, dim in enumerate(shape):
+            if dim < 0 and axis != 0:
+                raise ConfigError(
+                    f"ONNX input {tensor.name!r} shape {shape}: only the batch dimension (0) may be dynamic; "
+                    "export one graph per resolution bucket"
+                )
+        if shape and shape[0] < 0:
+            dynamic.append((tensor.name, shape))
+    if not dynamic:
+        return False
+    profile = builder.create_optimization_profile()
+    for name, shape in dynamic:
+        rest = tuple(shape[1:])
+        profile.set_shape(name, (batch[0], *rest), (batch[1], *rest), (batch[2], *rest))
+    config.add_optimization_profile(profile)
+    return True
+
+
+def _load_timing_cache(config: Any, path: Path | None) -> Any:
+    data = path.read_bytes() if path is not None and path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
+
+
+def _write_bytes(path: Path, data: Any) -> None:
+    """Write ``data`` (bytes or a buffer) to ``path`` and fsync it."""
+    with open(path, "wb") as f:
+        f.write(memoryview(data))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def build_engine(
+    onnx_path: str | Path,
+    plan_path: str | Path,
+    options: BuildOptions = BuildOptions(),
+    flavour: Flavour | str = "auto",
+) -> BuildReport:
+    """Parse ``onnx_path`` (external data beside it is found by the parser), build a plan,
+    write it to ``plan_path`` (fsynced; the caller renames it into place).
+
+    Raises :class:`EngineBuildError` with the parser's errors (node name and op) or the
+    builder's, :class:`ConfigError` for bad options, and
+    :class:`~pid_trt.errors.BackendUnavailableError` when the flavour is not installed.
+    """
+    onnx_path, plan_path = Path(onnx_path), Path(plan_path)
+    if not onnx_path.is_file():
+        raise ConfigError(f"ONNX file {onnx_path}: not found")
+    flavour = detect_flavour(flavour)
+    trt = load_trt(flavour)
+    targets = normalise_targets(flavour, options.compute_capabilities)
+    start = time.perf_counter()
+
+    logger = _Logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(trt, flavour))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        detail = _parser_errors(parser) or "; ".join(logger.errors) or "no detail"
+        raise EngineBuildError(f"TensorRT ({flavour.value}) cannot parse {onnx_path.name}: {detail}")
+
+    config = builder.create_builder_config()
+    config.builder_optimization_level = options.optimization_level
+    if options.workspace_bytes is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
+    set_targets(trt, flavour, config, targets)
+    dynamic = _add_profile(trt, builder, network, config, options.batch_range)
+    cache = None
+    if supports_timing_cache(flavour) and options.timing_cache is not None:
+        cache = _load_timing_cache(config, Path(options.timing_cache))
+
+    plan = builder.build_serialized_network(network, config)
+    if plan is None or plan.nbytes == 0:
+        detail = "; ".join(logger.errors[-5:]) or "no detail from the builder"
+        raise EngineBuildError(f"TensorRT ({flavour.value}) failed to build {onnx_path.name}: {detail}")
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_bytes(plan_path, plan)
+    size = plan.nbytes
+    del plan
+    if cache is not None:
+        tmp = Path(f"{options.timing_cache}.tmp{os.getpid()}")
+        _write_bytes(tmp, cache.serialize())
+        os.replace(tmp, options.timing_cache)
+
+    return BuildReport(
+        plan_path=plan_path,
+        plan_bytes=size,
+        build_seconds=time.perf_counter() - start,
+        flavour=flavour,
+        trt_version=str(trt.__version__),
+        compute_capabilities=targets,
+        precision=options.precision,
+        dynamic_batch=dynamic,
+        warnings=tuple(logger.warnings),
+    )
+
+
+# First bytes of a serialized plan, per flavour (observed: TensorRT-RTX 1.x plans start "vtrt").
+_PLAN_MAGIC = {Flavour.TENSORRT_RTX: b"vtrt"}
+
+
+def check_plan(plan_path: str | Path, flavour: Flavour | str = "auto") -> str:
+    """What can be checked of a plan without running it. Reads only the plan's header.
+
+    With a CUDA GPU: the runtime's verdict ``"VALID"``, ``"SUBOPTIMAL"`` or ``"INVALID"``
+    (``Runtime.get_engine_validity``, where the flavour has it). Without one (that call and
+    ``deserialize_cuda_engine`` need a CUDA driver): ``"HEADER_OK"`` when the header is
+    present and carries the flavour's magic, else ``"INVALID"``.
+    """
+    flavour = detect_flavour(flavour)
+    trt = load_trt(flavour)
+    runtime = trt.Runtime(_Logger(trt))
+    size = int(getattr(runtime, "engine_header_size", 0) or 64)
+    with open(plan_path, "rb") as f:
+        header = f.read(size)
+    if len(header) < size or not header.startswith(_PLAN_MAGIC.get(flavour, b"")):
+        return "INVALID"
+    if cuda_device_count() == 0 or not hasattr(runtime, "get_engine_validity"):
+        return "HEADER_OK"
+    validity, _diagnostics = runtime.get_engine_validity(header)
+    return str(validity.name)
