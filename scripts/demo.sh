@@ -6,4 +6,5 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck disable=SC1091
 source "$ROOT/scripts/setup-env.sh" "${PIDTRT_EXTRAS:-dev,rtx}"
 mkdir -p "$ROOT/out"
-pidtrt decode --sample --backbone tiny --random-weights -o "$ROOT/out/demo.png" "$@"
+pidtrt sample-latent --backbone tiny -o "$ROOT/out/sample_latent.safetensors"
+pidtrt decode "$ROOT/out/sample_latent.safetensors" --backbone tiny --random-weights -o "$ROOT/out/demo.png" "$@"
