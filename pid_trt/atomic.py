@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 #: Prefix of the temp files :func:`atomic_write` creates beside the target; anything
 #: carrying it is scratch (e.g. left behind by a killed process) and may be deleted.
@@ -65,9 +65,8 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
-    with atomic_write(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -66,7 +66,7 @@ def write_images(images: torch.Tensor, path: str | os.PathLike[str]) -> list[Pat
     targets = png_paths(out, images.shape[0])
     for k, target in enumerate(targets):
         try:
-            _write_one(target, lambda tmp: Image.fromarray(pixels[k]).save(tmp, format="PNG"))
+            _write_one(target, lambda tmp, k=k: Image.fromarray(pixels[k]).save(tmp, format="PNG"))
         except InputFileError as exc:
             if len(targets) == 1:
                 raise

@@ -28,7 +28,11 @@ SIGMA_KEY = "degrade_sigma"
 BACKBONE_META = "backbone"
 _KNOWN = (LATENT_KEY, CAPTION_KEY, SIGMA_KEY)
 _RANKS = {LATENT_KEY: (3, 4), CAPTION_KEY: (2, 3), SIGMA_KEY: (0, 1)}
-_FORMS = {LATENT_KEY: "[B, C, h, w] or [C, h, w]", CAPTION_KEY: "[B, T, D] or [T, D]", SIGMA_KEY: "[B] or a scalar"}
+_FORMS = {
+    LATENT_KEY: "[B, C, h, w] or [C, h, w]",
+    CAPTION_KEY: "[B, T, D] or [T, D]",
+    SIGMA_KEY: "[B] or a scalar",
+}
 
 #: Output edge (pixels) of :func:`sample_latent` when none is given (rounded up to the
 #: net's pixels per latent cell).
@@ -120,7 +124,9 @@ def _check_shapes(header: SafetensorsHeader, what: str, config: DecoderConfig | 
         if len(shape) not in _RANKS[name]:
             raise InputFileError(f"{what}: {name} has shape {list(shape)}, expected {_FORMS[name]}")
         if 0 in shape:
-            raise InputFileError(f"{what}: {name} has shape {list(shape)} with a zero dimension (empty tensor)")
+            raise InputFileError(
+                f"{what}: {name} has shape {list(shape)} with a zero dimension (empty tensor)"
+            )
 
     latent = shapes[LATENT_KEY]
     batch = latent[0] if len(latent) == 4 else 1
@@ -172,9 +178,11 @@ def write_latent_file(
     if caption is not None:
         tensors[CAPTION_KEY] = caption
     if degrade_sigma is not None:
-        tensors[SIGMA_KEY] = torch.as_tensor(degrade_sigma, dtype=torch.float32) if isinstance(
-            degrade_sigma, (int, float)
-        ) else degrade_sigma
+        tensors[SIGMA_KEY] = (
+            torch.as_tensor(degrade_sigma, dtype=torch.float32)
+            if isinstance(degrade_sigma, (int, float))
+            else degrade_sigma
+        )
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {BACKBONE_META: backbone} if backbone is not None else None
     with atomic_write(path) as tmp:

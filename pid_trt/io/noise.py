@@ -7,7 +7,7 @@ re-noise draw after step i.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from safetensors.torch import save_file
@@ -19,7 +19,9 @@ from pid_trt.io.stfile import load_float_tensors, open_input, read_header
 NOISE_KEY = "noise"
 
 
-def read_noise_file(path: str | os.PathLike[str], steps: int, batch: int, height: int, width: int) -> list[torch.Tensor]:
+def read_noise_file(
+    path: str | os.PathLike[str], steps: int, batch: int, height: int, width: int
+) -> list[torch.Tensor]:
     """Read a noise file for a decode of ``steps`` steps, batch B, output height x width pixels.
 
     Returns ``steps`` tensors, each [B, 3, H, W] float32. Refuses (InputFileError) anything

@@ -14,8 +14,9 @@ import json
 import math
 import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import BinaryIO, Mapping
+from typing import BinaryIO
 
 import torch
 
@@ -75,9 +76,7 @@ class SafetensorsHeader:
     data_start: int
 
 
-def read_header(
-    f: BinaryIO, what: str, error: type[PidTrtError] = InputFileError
-) -> SafetensorsHeader:
+def read_header(f: BinaryIO, what: str, error: type[PidTrtError] = InputFileError) -> SafetensorsHeader:
     """Parse and validate the header of the open binary file ``f``.
 
     ``what`` names the file in messages (e.g. ``"latent file x.safetensors"``); ``error`` is
@@ -85,11 +84,15 @@ def read_header(
     """
     size = os.fstat(f.fileno()).st_size
     if size < 8:
-        raise error(f"{what}: {size} bytes is too short for a safetensors file (expected an 8-byte header length)")
+        raise error(
+            f"{what}: {size} bytes is too short for a safetensors file (expected an 8-byte header length)"
+        )
     f.seek(0)
     (n,) = struct.unpack("<Q", f.read(8))
     if n > MAX_HEADER_BYTES:
-        raise error(f"{what}: not a safetensors file (declared header size {n} bytes, expected <= {MAX_HEADER_BYTES})")
+        raise error(
+            f"{what}: not a safetensors file (declared header size {n} bytes, expected <= {MAX_HEADER_BYTES})"
+        )
     if n > size - 8:
         raise error(
             f"{what}: truncated or not a safetensors file (header declares {n} bytes, "
@@ -103,7 +106,9 @@ def read_header(
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise error(f"{what}: not a safetensors file (header is not valid UTF-8 JSON)") from None
     if not isinstance(header, dict):
-        raise error(f"{what}: not a safetensors file (header is a JSON {type(header).__name__}, expected an object)")
+        raise error(
+            f"{what}: not a safetensors file (header is a JSON {type(header).__name__}, expected an object)"
+        )
 
     data_size = size - 8 - n
     metadata = header.pop("__metadata__", None)
@@ -122,7 +127,9 @@ def _entry(name: str, spec: object, data_size: int, what: str, error: type[PidTr
         raise error(f"{what}: header entry {name!r} is not an object (expected dtype, shape, data_offsets)")
     dtype = spec.get("dtype")
     if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise error(f"{what}: tensor {name!r} has unknown dtype {dtype!r} (expected one of {', '.join(DTYPES)})")
+        raise error(
+            f"{what}: tensor {name!r} has unknown dtype {dtype!r} (expected one of {', '.join(DTYPES)})"
+        )
     shape = spec.get("shape")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise error(f"{what}: tensor {name!r} has shape {shape!r} (expected a list of non-negative integers)")
@@ -165,16 +172,18 @@ def read_tensor(
     if torch_dtype is None:
         raise error(f"{what}: tensor {name!r} has dtype {entry.dtype}, which this torch cannot load")
     f.seek(header.data_start + entry.begin)
-    raw = f.read(entry.end - entry.begin)
-    if len(raw) != entry.end - entry.begin:
+    buf = bytearray(entry.end - entry.begin)
+    if f.readinto(buf) != len(buf):
         raise error(f"{what}: truncated while reading tensor {name!r}")
     if entry.numel == 0:
         return torch.empty(entry.shape, dtype=torch_dtype)
     # safetensors stores little-endian, as are all hosts torch supports.
-    return torch.frombuffer(bytearray(raw), dtype=torch_dtype).reshape(entry.shape)
+    return torch.frombuffer(buf, dtype=torch_dtype).reshape(entry.shape)
 
 
-def open_input(path: str | os.PathLike[str], what: str, error: type[PidTrtError] = InputFileError) -> BinaryIO:
+def open_input(
+    path: str | os.PathLike[str], what: str, error: type[PidTrtError] = InputFileError
+) -> BinaryIO:
     """Open ``path`` for binary reading, turning a missing / unreadable file into ``error``."""
     try:
         return open(path, "rb")
@@ -187,7 +196,11 @@ def open_input(path: str | os.PathLike[str], what: str, error: type[PidTrtError]
 
 
 def load_float_tensors(
-    f: BinaryIO, header: SafetensorsHeader, names: list[str], what: str, error: type[PidTrtError] = InputFileError
+    f: BinaryIO,
+    header: SafetensorsHeader,
+    names: list[str],
+    what: str,
+    error: type[PidTrtError] = InputFileError,
 ) -> dict[str, torch.Tensor]:
     """Read ``names`` as float32, refusing non-float dtypes (checked first) and NaN / Inf."""
     for name in names:
@@ -201,6 +214,8 @@ def load_float_tensors(
         t = read_tensor(f, header, name, what, error).to(torch.float32)
         if not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
-            raise error(f"{what}: tensor {name!r} has {bad} NaN/Inf value(s) as float32, expected finite values")
+            raise error(
+                f"{what}: tensor {name!r} has {bad} NaN/Inf value(s) as float32, expected finite values"
+            )
         out[name] = t
     return out
