@@ -41,6 +41,10 @@ class BuildOptions:
         builds for the GPU present.
     batch_range: (min, opt, max) batch for the optimization profile when the graph's inputs
         have a dynamic batch dimension; ignored for static-shape graphs.
+    decomposable_attention: let the builder fall back to unfused attention (matmul, softmax,
+        matmul) where it has no fused kernel for an ONNX ``Attention`` node (TensorRT-RTX 1.7
+        has none in fp32). Off by default: unfused attention at PiD token counts needs
+        O(tokens²) memory (DESIGN §5), so the build fails with a message instead.
     timing_cache: a timing-cache file to load and update (full TensorRT only); not part of
         the engine key, it changes build time, never the result's validity.
     """
@@ -50,6 +54,7 @@ class BuildOptions:
     workspace_bytes: int | None = None
     compute_capabilities: tuple[str, ...] = ()
     batch_range: tuple[int, int, int] = (1, 1, 1)
+    decomposable_attention: bool = False
     timing_cache: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -86,6 +91,7 @@ class BuildReport:
     compute_capabilities: tuple[str, ...]
     precision: Precision
     dynamic_batch: bool
+    attention_layers: int
     warnings: tuple[str, ...] = ()
 
 
@@ -120,8 +126,40 @@ def _parser_errors(parser: Any) -> str:
         except Exception:  # older parsers lack node_name / node_operator
             if err.node() >= 0:
                 where = f"node #{err.node()}: "
-        parts.append(f"{where}{err.desc().strip()}")
+        parts.append(f"{where}{_one_line(err.desc())}")
     return "; ".join(parts)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _attention_layers(trt: ModuleType, network: Any, decomposable: bool) -> int:
+    """Count the fused-attention blocks the parser made of ONNX ``Attention`` nodes and,
+    if asked, allow each to be decomposed. Returns the count (0 where the API lacks them)."""
+    kind = getattr(trt.LayerType, "ATTENTION_INPUT", None)
+    if kind is None:
+        return 0
+    count = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type == kind:
+            count += 1
+            if decomposable:
+                layer.__class__ = trt.IAttentionInputLayer  # the bindings' way to down-cast
+                layer.attention.decomposable = True
+    return count
+
+
+def _build_failure(flavour: Flavour, onnx_name: str, errors: list[str]) -> EngineBuildError:
+    text = _one_line("; ".join(errors[-3:])) or "no detail from the builder"
+    if "Attention operation was not supported by a dedicated kernel" in text:
+        return EngineBuildError(
+            f"TensorRT ({flavour.value}) has no fused attention kernel for an Attention node of {onnx_name} "
+            "(fp32 attention is not fused): export attention in fp16/bf16, or build with "
+            "decomposable_attention=True (unfused, O(tokens²) memory)"
+        )
+    return EngineBuildError(f"TensorRT ({flavour.value}) failed to build {onnx_name}: {text[:600]}")
 
 
 def _add_profile(trt: ModuleType, builder: Any, network: Any, config: Any, batch: tuple[int, int, int]) -> bool:
@@ -189,9 +227,10 @@ def build_engine(
     network = builder.create_network(network_flags(trt, flavour))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
-        detail = _parser_errors(parser) or "; ".join(logger.errors) or "no detail"
+        detail = _parser_errors(parser) or _one_line("; ".join(logger.errors)) or "no detail"
         raise EngineBuildError(f"TensorRT ({flavour.value}) cannot parse {onnx_path.name}: {detail}")
 
+    attention = _attention_layers(trt, network, options.decomposable_attention)
     config = builder.create_builder_config()
     config.builder_optimization_level = options.optimization_level
     if options.workspace_bytes is not None:
@@ -204,8 +243,7 @@ def build_engine(
 
     plan = builder.build_serialized_network(network, config)
     if plan is None or plan.nbytes == 0:
-        detail = "; ".join(logger.errors[-5:]) or "no detail from the builder"
-        raise EngineBuildError(f"TensorRT ({flavour.value}) failed to build {onnx_path.name}: {detail}")
+        raise _build_failure(flavour, onnx_path.name, logger.errors)
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     _write_bytes(plan_path, plan)
     size = plan.nbytes
@@ -224,6 +262,7 @@ def build_engine(
         compute_capabilities=targets,
         precision=options.precision,
         dynamic_batch=dynamic,
+        attention_layers=attention,
         warnings=tuple(logger.warnings),
     )
 
