@@ -19,4 +19,4 @@ python -m pip install -q --upgrade pip >/dev/null
 if ! python -c "import torch" >/dev/null 2>&1; then
     python -m pip install -q "torch==2.13.0"
 fi
-python -m pip install -q -e "$ROOT[$EXTRAS]"
+python -m pip install -q -e "$ROOT[$EXTRAS]" 2>&1 | grep -v -E "^(WARNING: Location|  )" || true

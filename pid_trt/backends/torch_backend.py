@@ -51,7 +51,8 @@ class TorchBackend(Backend):
             def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
                 tt = torch.full((batch,), t * TIMESCALE, dtype=torch.float32, device=dev)
                 with torch.inference_mode():
-                    return model.step(x.to(dev, torch.float32), tt, prepared, sigma).float()
+                    xx = x.to(dev, torch.float32)
+                    return model.step(xx, tt, prepared.y_emb, prepared.lq_feats, sigma, prepared.pit_feat).float()
 
         else:
 
