@@ -19,4 +19,11 @@ python -m pip install -q --upgrade pip >/dev/null
 if ! python -c "import torch" >/dev/null 2>&1; then
     python -m pip install -q "torch==2.13.0"
 fi
-python -m pip install -q -e "$ROOT[$EXTRAS]" 2>&1 | grep -v -E "^(WARNING: Location|  )" || true
+LOG="$(mktemp)"
+if ! python -m pip install -q -e "$ROOT[$EXTRAS]" >"$LOG" 2>&1; then
+    cat "$LOG" >&2
+    rm -f "$LOG"
+    echo "error: pip install -e .[$EXTRAS] failed (log above)" >&2
+    exit 1
+fi
+rm -f "$LOG"
