@@ -26,10 +26,11 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Protocol
+from typing import Any, ClassVar, Protocol
 
 from pid_trt.atomic import TEMP_PREFIX, atomic_write_bytes, temp_path_for
 from pid_trt.errors import ConfigError, StoreError
@@ -122,7 +123,9 @@ def file_lock(path: Path, timeout_s: float | None = None) -> Iterator[None]:
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
-                        raise StoreError(f"lock {path.name}: still held by another build after {timeout_s:.0f} s")
+                        raise StoreError(
+                            f"lock {path.name}: still held by another build after {timeout_s:.0f} s"
+                        )
                     time.sleep(0.05)
         yield
     finally:
@@ -191,21 +194,29 @@ class ArtifactStore:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise StoreError(f"manifest {manifest_path}: unreadable ({exc}); remove it or rebuild") from None
         if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-            raise StoreError(f"manifest {manifest_path}: not a {MANIFEST_FORMAT} manifest; remove it or rebuild")
+            raise StoreError(
+                f"manifest {manifest_path}: not a {MANIFEST_FORMAT} manifest; remove it or rebuild"
+            )
         return data
 
     def _artifact_of(self, manifest: Mapping[str, Any], manifest_path: Path) -> Path:
         """The artifact a manifest names, refusing anything but a plain name inside the root."""
         name = manifest.get("path")
         if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
-            raise StoreError(f"manifest {manifest_path.name} names path {name!r}: outside the store {self.root}")
+            raise StoreError(
+                f"manifest {manifest_path.name} names path {name!r}: outside the store {self.root}"
+            )
         path = self.root / name
         root = self.root.resolve()
         if path.resolve().parent != root or (path.is_symlink() and not path.resolve().is_relative_to(root)):
-            raise StoreError(f"manifest {manifest_path.name} names path {name!r}: outside the store {self.root}")
+            raise StoreError(
+                f"manifest {manifest_path.name} names path {name!r}: outside the store {self.root}"
+            )
         return path
 
-    def _validate(self, manifest: dict[str, Any], manifest_path: Path, key: ArtifactKey, verify_hash: bool) -> Path:
+    def _validate(
+        self, manifest: dict[str, Any], manifest_path: Path, key: ArtifactKey, verify_hash: bool
+    ) -> Path:
         what = f"{self.kind} {manifest_path.name[: -len(MANIFEST_SUFFIX)]}"
         if manifest.get("kind") != self.kind:
             raise StoreError(f"{what}: manifest is of kind {manifest.get('kind')!r}, expected {self.kind!r}")
@@ -309,10 +320,12 @@ class ArtifactStore:
                 "sha256": sha,
                 "size_bytes": size,
                 "build_seconds": round(seconds, 3),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "build": json.loads(canonical_json(extra)),
             }
-            atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+            atomic_write_bytes(
+                manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+            )
             return PutResult(final, manifest, built=True, replaced=replaced)
 
     # ----------------------------------------------------------------- listing / removal

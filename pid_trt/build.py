@@ -67,7 +67,9 @@ class BuildOptions:
             raise ConfigError(f"workspace limit {self.workspace_bytes} bytes: expected a positive number")
         lo, opt, hi = self.batch_range if len(self.batch_range) == 3 else (0, 0, 0)
         if len(self.batch_range) != 3 or not 1 <= lo <= opt <= hi:
-            raise ConfigError(f"batch range {self.batch_range}: expected (min, opt, max) with 1 <= min <= opt <= max")
+            raise ConfigError(
+                f"batch range {self.batch_range}: expected (min, opt, max) with 1 <= min <= opt <= max"
+            )
 
     def key_fields(self) -> dict[str, Any]:
         """The options that invalidate an engine, JSON-ready (timing cache excluded)."""
@@ -123,7 +125,7 @@ def _parser_errors(parser: Any) -> str:
             name, op = err.node_name(), err.node_operator()
             if name or op:
                 where = f"node {name or '#' + str(err.node())} ({op}): "
-        except Exception:  # older parsers lack node_name / node_operator
+        except AttributeError:  # older parsers lack node_name / node_operator
             if err.node() >= 0:
                 where = f"node #{err.node()}: "
         parts.append(f"{where}{_one_line(err.desc())}")
@@ -162,7 +164,9 @@ def _build_failure(flavour: Flavour, onnx_name: str, errors: list[str]) -> Engin
     return EngineBuildError(f"TensorRT ({flavour.value}) failed to build {onnx_name}: {text[:600]}")
 
 
-def _add_profile(trt: ModuleType, builder: Any, network: Any, config: Any, batch: tuple[int, int, int]) -> bool:
+def _add_profile(
+    trt: ModuleType, builder: Any, network: Any, config: Any, batch: tuple[int, int, int]
+) -> bool:
     """Add a batch optimization profile when an input has a dynamic dim 0. Returns True if so."""
     dynamic = []
     for i in range(network.num_inputs):

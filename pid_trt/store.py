@@ -90,7 +90,7 @@ class EngineKey:
         options: BuildOptions,
         flavour: Flavour | str = "auto",
         onnx_sha256: str | None = None,
-    ) -> "EngineKey":
+    ) -> EngineKey:
         """The key of building ``onnx_path`` with ``options`` on the installed ``flavour``.
 
         Resolves the flavour, its version and the target compute capabilities, and hashes
@@ -98,8 +98,10 @@ class EngineKey:
         """
         resolved = detect_flavour(flavour)
         targets = normalise_targets(resolved, options.compute_capabilities)
-        config_json = net_config.to_json() if isinstance(net_config, DecoderConfig) else canonical_json(
-            json.loads(net_config)
+        config_json = (
+            net_config.to_json()
+            if isinstance(net_config, DecoderConfig)
+            else canonical_json(json.loads(net_config))
         )
         return cls(
             checkpoint_sha256=checkpoint_sha256,
@@ -168,7 +170,10 @@ class EngineStore(ArtifactStore):
 
         def _build(tmp: Path) -> dict[str, Any]:
             report: BuildReport = build_engine(onnx_path, tmp, options, key.flavour)
-            if report.trt_version != key.trt_version or report.compute_capabilities != key.compute_capabilities:
+            if (
+                report.trt_version != key.trt_version
+                or report.compute_capabilities != key.compute_capabilities
+            ):
                 raise ConfigError(
                     f"engine key says {key.flavour.value} {key.trt_version} for {key.compute_capabilities}, "
                     f"the build used {report.trt_version} for {report.compute_capabilities}"

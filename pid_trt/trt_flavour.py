@@ -55,7 +55,7 @@ def load_trt(flavour: Flavour) -> ModuleType:
     for name in _MODULES[flavour]:
         try:
             return importlib.import_module(name)
-        except ImportError as exc:  # also OSError-free: a broken lib surfaces as ImportError
+        except ImportError as exc:
             last = exc
     raise BackendUnavailableError(
         f"TensorRT flavour {flavour.value!r} is not installed ({last}): run {flavour.pip_extra}"
@@ -131,7 +131,9 @@ def detect_flavour(requested: str | Flavour = "auto") -> Flavour:
     try:
         flavour = Flavour(value)
     except ValueError:
-        raise ConfigError(f"TensorRT flavour {requested!r}: expected auto, tensorrt or tensorrt-rtx") from None
+        raise ConfigError(
+            f"TensorRT flavour {requested!r}: expected auto, tensorrt or tensorrt-rtx"
+        ) from None
     load_trt(flavour)
     return flavour
 
@@ -175,9 +177,10 @@ def _parse_cc(cc: str) -> tuple[int, int]:
 
 def network_flags(trt: ModuleType, flavour: Flavour) -> int:
     """``create_network`` flags: strongly typed. TensorRT-RTX networks always are (flag 0)."""
-    if flavour is Flavour.TENSORRT_RTX:
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if flavour is Flavour.TENSORRT_RTX or flag is None:  # None: a release where typing is implicit
         return 0
-    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return 1 << int(flag)
 
 
 def set_targets(trt: ModuleType, flavour: Flavour, config: Any, targets: tuple[str, ...]) -> None:

@@ -147,7 +147,9 @@ def test_truncated_plan_is_invalid(built, tmp_path):
 
 def test_dynamic_batch_gets_a_profile(tmp_path):
     path = _export(tmp_path / "dyn.onnx", Precision.FP16, dynamic_batch=True)
-    report = build_engine(path, tmp_path / "dyn.plan", BuildOptions(Precision.FP16, batch_range=(1, 2, 4)), RTX)
+    report = build_engine(
+        path, tmp_path / "dyn.plan", BuildOptions(Precision.FP16, batch_range=(1, 2, 4)), RTX
+    )
     assert report.dynamic_batch and report.plan_bytes > 0
 
 
@@ -158,7 +160,7 @@ def test_targets_and_options(onnx_graphs, tmp_path):
     assert one.compute_capabilities == ("8.9",)
     with pytest.raises(ConfigError, match="9.0"):  # Hopper is not an RTX target
         build_engine(path, tmp_path / "b.plan", BuildOptions(compute_capabilities=("9.0",)), RTX)
-    for bad in (dict(optimization_level=7), dict(batch_range=(2, 1, 4)), dict(workspace_bytes=0)):
+    for bad in ({"optimization_level": 7}, {"batch_range": (2, 1, 4)}, {"workspace_bytes": 0}):
         with pytest.raises(ConfigError):
             BuildOptions(**bad)
 

@@ -91,10 +91,10 @@ def test_key_digest_covers_every_field():
     base = make_key()
     assert base.digest() == make_key().digest() and len(base.digest()) == 64
     variants = [
-        dict(checkpoint_sha256="d" * 64), dict(net_config=TINY.to_json().replace('"hidden_size":64', '"hidden_size":128')),
-        dict(height=1024), dict(width=1024), dict(batch_range=(1, 2, 4)), dict(precision=Precision.FP16),
-        dict(flavour=Flavour.TENSORRT), dict(trt_version="1.8.0.1"), dict(compute_capabilities=("8.9",)),
-        dict(onnx_sha256="1" * 64), dict(build_options='{"optimization_level":4}'),
+        {"checkpoint_sha256": "d" * 64}, {"net_config": TINY.to_json().replace('"hidden_size":64', '"hidden_size":128')},
+        {"height": 1024}, {"width": 1024}, {"batch_range": (1, 2, 4)}, {"precision": Precision.FP16},
+        {"flavour": Flavour.TENSORRT}, {"trt_version": "1.8.0.1"}, {"compute_capabilities": ("8.9",)},
+        {"onnx_sha256": "1" * 64}, {"build_options": '{"optimization_level":4}'},
     ]  # fmt: skip
     digests = {make_key(**v).digest() for v in variants}
     assert len(digests) == len(variants) and base.digest() not in digests
@@ -108,7 +108,9 @@ def test_put_lookup_manifest(tmp_path):
     assert store.lookup(key) is None
     result = store.put(key, write_plan)
     assert result.built and result.path.read_bytes() == PLAN
-    assert result.path.name.startswith("768x512-b1-2-bf16-tensorrt-rtx1.7.1-") and result.path.suffix == ".plan"
+    assert (
+        result.path.name.startswith("768x512-b1-2-bf16-tensorrt-rtx1.7.1-") and result.path.suffix == ".plan"
+    )
     manifest = json.loads(store.manifest_path_for(key).read_text())
     assert manifest["digest"] == key.digest() and manifest["path"] == result.path.name
     assert manifest["size_bytes"] == len(PLAN) and manifest["key"]["precision"] == "bf16"
@@ -233,7 +235,10 @@ def test_concurrent_puts_build_once(tmp_path, n_procs):
     root, counter = tmp_path / "engines", tmp_path / "builds.txt"
     ctx = multiprocessing.get_context("fork")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_put_worker, args=(str(root), str(counter), 0.5, start, out)) for _ in range(n_procs)]
+    procs = [
+        ctx.Process(target=_put_worker, args=(str(root), str(counter), 0.5, start, out))
+        for _ in range(n_procs)
+    ]
     for p in procs:
         p.start()
     start.set()
