@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from pid_trt.config import DecoderConfig
 from pid_trt.errors import ConfigError
@@ -99,7 +99,9 @@ class PidDecoder(nn.Module):
         self.t_embedder = TimestepEmbedder(d)
         self.y_embedder = TokenEmbedder(c.txt_embed_dim, d, norm=True)
         self.y_pos_embedding = nn.Parameter(torch.zeros(1, c.txt_max_length, d))
-        self.patch_blocks = nn.ModuleList([MMDiTBlock(d, c.num_groups, c.mlp_hidden) for _ in range(c.patch_depth)])
+        self.patch_blocks = nn.ModuleList(
+            [MMDiTBlock(d, c.num_groups, c.mlp_hidden) for _ in range(c.patch_depth)]
+        )
         self.pixel_blocks = nn.ModuleList(
             [
                 PiTBlock(c.pixel_hidden_size, d, p, c.pixel_attn_hidden_size, c.pixel_num_groups)
@@ -174,7 +176,9 @@ class PidDecoder(nn.Module):
         if c.pit_lq_inject and pit_feat is None:
             raise ConfigError("pit_feat=None: expected [B, L, hidden] for a config with pit_lq_inject")
         rope_img, rope_pix = self.rope_tables(height, width, x.device)
-        rope_txt = rope_1d(c.head_dim, y_emb.shape[1], c.text_rope_theta, x.device) if c.use_text_rope else None
+        rope_txt = (
+            rope_1d(c.head_dim, y_emb.shape[1], c.text_rope_theta, x.device) if c.use_text_rope else None
+        )
 
         t_emb = self.t_embedder(t.reshape(-1))[:, None, :]  # [B, 1, D]
         cond = F.silu(t_emb)
@@ -197,7 +201,12 @@ class PidDecoder(nn.Module):
         return unpatchify_pixels(self.final_layer(px), b, height, width, c.patch_size)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, lq_latent: torch.Tensor, degrade_sigma: torch.Tensor
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        lq_latent: torch.Tensor,
+        degrade_sigma: torch.Tensor,
     ) -> torch.Tensor:
         """Full network call: ``step(x, t, *prepare(y, lq_latent, H, W), degrade_sigma)``."""
         prep = self.prepare(y, lq_latent, x.shape[2], x.shape[3])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from pid_trt.model.latent_adapter import SigmaGate
 from pid_trt.model.layers import RMSNorm

@@ -12,8 +12,8 @@ with a [B, L, hidden] (per-dim) or [B, L, 1] (per-token) gate, sigmoid in float3
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from pid_trt.config import DecoderConfig, GateType
 from pid_trt.errors import ConfigError
@@ -118,7 +118,9 @@ class LatentAdapter(nn.Module):
         k = config.num_lq_outputs
         self.output_heads = nn.ModuleList([Linear(hid, config.hidden_size) for _ in range(k)])
         self.pit_head = Linear(hid, config.hidden_size) if config.pit_lq_inject else None
-        self.gate_modules = nn.ModuleList([SigmaGate(config.hidden_size, config.lq_gate_type) for _ in range(k)])
+        self.gate_modules = nn.ModuleList(
+            [SigmaGate(config.hidden_size, config.lq_gate_type) for _ in range(k)]
+        )
 
     def align(self, latent: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
         """Unpatchify and align the latent to the patch grid: [B, C, h, w] -> [B, C', grid_h, grid_w]."""
@@ -128,7 +130,9 @@ class LatentAdapter(nn.Module):
             return F.interpolate(z.to(F32), size=(grid_h, grid_w), mode="bilinear", align_corners=False)
         return nearest_resize(z, grid_h, grid_w)
 
-    def features(self, latent: torch.Tensor, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def features(
+        self, latent: torch.Tensor, grid_h: int, grid_w: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Latent [B, C, h, w] -> (stacked trunk features [B, K, L, hidden], PiT feature [B, L, hidden]
         or None), float32, L = grid_h * grid_w row-major."""
         if latent.dim() != 4 or latent.shape[1] != self.latent_channels:

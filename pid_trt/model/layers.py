@@ -13,8 +13,8 @@ that the state dict loads without renaming.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 F32 = torch.float32
 

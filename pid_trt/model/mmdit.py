@@ -7,7 +7,7 @@ Image stream x: [B, L, D] patch tokens; text stream y: [B, T, D]; condition c: [
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from pid_trt.model.layers import F32, Linear, RMSNorm, SwiGLU, attention, modulate
 from pid_trt.model.positions import apply_rope
@@ -33,7 +33,7 @@ class JointAttention(nn.Module):
         self.proj_y = Linear(dim, dim)
 
     def _qkv(self, proj: Linear, q_norm: RMSNorm, k_norm: RMSNorm, z: torch.Tensor, rope: Tables | None):
-        b, n, d = z.shape
+        b, n, _ = z.shape
         q, k, v = proj(z).reshape(b, n, 3, self.heads, self.head_dim).unbind(2)  # [B, N, h, hd] each
         q, k = q_norm(q), k_norm(k)
         if rope is not None:
@@ -41,7 +41,12 @@ class JointAttention(nn.Module):
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, h, N, hd]
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, rope_img: Tables, rope_txt: Tables | None, text_out: bool = True
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        rope_img: Tables,
+        rope_txt: Tables | None,
+        text_out: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: [B, L, D], y: [B, T, D] -> (image out [B, L, D], text out [B, T, D] or None) float32."""
         b, n_img, d = x.shape
@@ -49,7 +54,10 @@ class JointAttention(nn.Module):
         qx, kx, vx = self._qkv(self.qkv_x, self.q_norm_x, self.k_norm_x, x, rope_img)
         qy, ky, vy = self._qkv(self.qkv_y, self.q_norm_y, self.k_norm_y, y, rope_txt)
         out = attention(
-            torch.cat([qy, qx], dim=2), torch.cat([ky, kx], dim=2), torch.cat([vy, vx], dim=2), self.qkv_x.weight.dtype
+            torch.cat([qy, qx], dim=2),
+            torch.cat([ky, kx], dim=2),
+            torch.cat([vy, vx], dim=2),
+            self.qkv_x.weight.dtype,
         )
         out_x = self.proj_x(out[:, :, n_txt:].transpose(1, 2).reshape(b, n_img, d))
         if not text_out:
@@ -93,7 +101,11 @@ class MMDiTBlock(nn.Module):
         x = x.to(F32)
         y = y.to(F32)
         ax, ay = self.attn(
-            modulate(self.norm_x1(x), sx1, cx1), modulate(self.norm_y1(y), sy1, cy1), rope_img, rope_txt, text_out
+            modulate(self.norm_x1(x), sx1, cx1),
+            modulate(self.norm_y1(y), sy1, cy1),
+            rope_img,
+            rope_txt,
+            text_out,
         )
         x = x + gx1 * ax
         x = x + gx2 * self.mlp_x(modulate(self.norm_x2(x), sx2, cx2))

@@ -7,7 +7,7 @@ patch; patches row-major), d = pixel_hidden_size. Patch condition: [B*L, D].
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from pid_trt.model.layers import F32, Fp32Linear, GeluMLP, Linear, RMSNorm, attention, modulate
 from pid_trt.model.positions import add_pixel_pos, apply_rope, pixel_pos_tables

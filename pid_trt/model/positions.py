@@ -43,7 +43,12 @@ def _axis_angles(n: int, theta: float, head_dim: int, device: torch.device | Non
 
 
 def rope_2d(
-    head_dim: int, grid_h: int, grid_w: int, ref_grid_h: int, ref_grid_w: int, device: torch.device | None = None
+    head_dim: int,
+    grid_h: int,
+    grid_w: int,
+    ref_grid_h: int,
+    ref_grid_w: int,
+    device: torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """NTK-aware 2-D RoPE (cos, sin) for a grid_h x grid_w token grid, each [grid_h*grid_w, head/2]
     float32, tokens row-major. ``ref_grid_*`` is the training reference grid in tokens."""
@@ -59,7 +64,9 @@ def rope_2d(
     return interleave(torch.cos(ax), torch.cos(ay)), interleave(torch.sin(ax), torch.sin(ay))
 
 
-def rope_1d(head_dim: int, length: int, theta: float, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_1d(
+    head_dim: int, length: int, theta: float, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Text RoPE (cos, sin), each [length, head/2] float32: integer positions x theta^(-2k/head)."""
     freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device).to(F32) / head_dim))
     angles = torch.arange(0, length, device=device).to(F32)[:, None] * freqs[None, :]
@@ -83,10 +90,14 @@ def _sincos_rows(n: int, dim: int) -> tuple[tuple[float, ...], ...]:
     """Rows p = 0..n-1 of [sin(p w_k), cos(p w_k)], w_k = 10000^(-k/(dim/2)), k < dim/2; float64."""
     half = dim // 2
     omega = [1.0 / (10000.0 ** (k / half)) for k in range(half)]
-    return tuple(tuple(math.sin(p * w) for w in omega) + tuple(math.cos(p * w) for w in omega) for p in range(n))
+    return tuple(
+        tuple(math.sin(p * w) for w in omega) + tuple(math.cos(p * w) for w in omega) for p in range(n)
+    )
 
 
-def pixel_pos_tables(dim: int, height: int, width: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_pos_tables(
+    dim: int, height: int, width: int, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Separable pixel position table: (column table [width, dim/2], row table [height, dim/2]),
     float32, computed on the host in float64 from absolute pixel indices.
 
@@ -108,7 +119,9 @@ def add_pixel_pos(x: torch.Tensor, col: torch.Tensor, row: torch.Tensor) -> torc
     return x.to(F32) + table[None]
 
 
-def timestep_features(t: torch.Tensor, dim: int = TIMESTEP_FEATURES, max_period: float = TIMESTEP_MAX_PERIOD) -> torch.Tensor:
+def timestep_features(
+    t: torch.Tensor, dim: int = TIMESTEP_FEATURES, max_period: float = TIMESTEP_MAX_PERIOD
+) -> torch.Tensor:
     """Sinusoidal timestep features, float32: [cos(t f_k), sin(t f_k)], f_k = max_period^(-k/(dim/2)).
 
     t: [B] (already x1000) -> [B, dim] float32.

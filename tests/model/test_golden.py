@@ -13,10 +13,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import GOLDEN, needs_golden
 from pid_trt.config import DecoderConfig
 from pid_trt.model import PidDecoder
 from pid_trt.sampling import TIMESCALE, sample
+from tests.conftest import GOLDEN, needs_golden
 
 TOL = 1e-4
 
@@ -49,7 +49,9 @@ def test_sampler_matches_golden(path):
     batch = d["in/x"].shape[0]
 
     def denoiser(x, t):
-        return model(x, torch.full((batch,), t * TIMESCALE), d["in/y"], d["in/lq_latent"], d["in/degrade_sigma"])
+        return model(
+            x, torch.full((batch,), t * TIMESCALE), d["in/y"], d["in/lq_latent"], d["in/degrade_sigma"]
+        )
 
     with torch.no_grad():
         image = sample(denoiser, [d[f"sampler/noise{i}"] for i in range(4)])

@@ -45,7 +45,9 @@ def test_pixel_table_matches_full_formula(dim, height, width):
     # [sin(p w_k), cos(p w_k)], w_k = 10000^(-k/(dim/4)).
     q = dim // 4
     omega = torch.tensor([10000.0 ** (-k / q) for k in range(q)], dtype=torch.float64)
-    hh, ww = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij")
+    hh, ww = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij"
+    )
     a_w, a_h = ww[..., None] * omega, hh[..., None] * omega
     full = torch.cat([a_w.sin(), a_w.cos(), a_h.sin(), a_h.cos()], dim=-1)  # [H, W, dim]
     col, row = pixel_pos_tables(dim, height, width)
@@ -71,7 +73,9 @@ def test_rope_2d_matches_ntk_formula(head, hs, ws, ref):
             y = 16.0 * i / (hs - 1) if hs > 1 else 0.0
             for p in range(head // 2):
                 k = p // 2
-                expected[i * ws + j, p] = x * theta(ws) ** (-4 * k / head) if p % 2 == 0 else y * theta(hs) ** (-4 * k / head)
+                expected[i * ws + j, p] = (
+                    x * theta(ws) ** (-4 * k / head) if p % 2 == 0 else y * theta(hs) ** (-4 * k / head)
+                )
     assert (cos.double() - expected.cos()).abs().max().item() < 1e-5
     assert (sin.double() - expected.sin()).abs().max().item() < 1e-5
 
@@ -83,7 +87,7 @@ def test_rope_2d_at_reference_grid_is_plain_theta():
 
 
 def test_rope_1d_formula():
-    cos, sin = rope_1d(64, 300, 10000.0)
+    _, sin = rope_1d(64, 300, 10000.0)
     pos, k = 299, 3
     assert abs(sin[pos, k].item() - math.sin(pos * 10000.0 ** (-2 * k / 64))) < 1e-4
 
@@ -95,7 +99,9 @@ def test_patchify_and_unpatchify_equal_unfold_fold():
     assert torch.equal(patchify_image(x, 16), ref)
     pix = torch.randn(2 * 6, 256, 3)
     cols = pix.reshape(2, 6, 256, 3).permute(0, 3, 2, 1).reshape(2, 3 * 256, 6)
-    assert torch.equal(unpatchify_pixels(pix, 2, 48, 32, 16), F.fold(cols, (48, 32), kernel_size=16, stride=16))
+    assert torch.equal(
+        unpatchify_pixels(pix, 2, 48, 32, 16), F.fold(cols, (48, 32), kernel_size=16, stride=16)
+    )
 
 
 @settings(max_examples=40, deadline=None)
@@ -150,7 +156,9 @@ def _psnr(ref, got):
 
 
 @pytest.mark.parametrize("config", [TINY, V15_TINY], ids=["v1", "v15"])
-@pytest.mark.parametrize("dtype,min_psnr", [(torch.bfloat16, 40.0), (torch.float16, 50.0)], ids=["bf16", "fp16"])
+@pytest.mark.parametrize(
+    "dtype,min_psnr", [(torch.bfloat16, 40.0), (torch.float16, 50.0)], ids=["bf16", "fp16"]
+)
 def test_reduced_precision_parameters(config, dtype, min_psnr):
     inputs = _inputs(config, 2, 64, 96)
     with torch.no_grad():

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from conftest import inventory_path
 from pid_trt.config import TINY, GateType, PaddingMode, all_presets
 from pid_trt.errors import ConfigError
 from pid_trt.model import PidDecoder
+from tests.conftest import inventory_path
 
 RELEASED = [p for p in all_presets() if p.released]
 
