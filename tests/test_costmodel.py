@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from conftest import inventory_path
+from tests.conftest import inventory_path
 from pid_trt.config import Precision, all_presets, get_preset
 from pid_trt.costmodel import GPUS, estimate, floor_time, get_gpu, mfu, param_count, render_markdown
 from pid_trt.errors import ConfigError
