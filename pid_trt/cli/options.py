@@ -117,9 +117,16 @@ def resolve_net(
 
 def build_model(spec: NetSpec):
     """The torch reference :class:`~pid_trt.model.PidDecoder` with the spec's weights (fp32, CPU)."""
+    import torch
+
     from pid_trt.model import PidDecoder, random_init
 
-    model = PidDecoder(spec.config)
+    # Build on the meta device and materialise uninitialised storage: every parameter is then
+    # written by random_init or the checkpoint, so torch's default init (seconds at full size)
+    # is skipped.
+    with torch.device("meta"):
+        model = PidDecoder(spec.config)
+    model = model.to_empty(device="cpu")
     if spec.random_weights:
         random_init(model, seed=spec.weights_seed)
     else:
