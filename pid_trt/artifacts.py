@@ -38,6 +38,14 @@ from pid_trt.errors import ConfigError, StoreError
 MANIFEST_FORMAT = "pid-trt-manifest/1"
 MANIFEST_SUFFIX = ".manifest.json"
 _CHUNK = 8 << 20  # bytes read per hashing step
+#: Largest manifest read, in bytes (real ones are ~2 KB): a bigger file is refused unread.
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr of ``value`` cut to ``limit`` characters, for one-line messages about untrusted data."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def canonical_json(value: Any) -> str:
@@ -148,6 +156,10 @@ def hash_artifact(path: Path) -> tuple[str, int]:
     return h.hexdigest(), total
 
 
+def _is_digest(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
 def _fsync_tree(path: Path) -> None:
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     for p in files:
@@ -190,9 +202,18 @@ class ArtifactStore:
     # ----------------------------------------------------------------- reading
     def _read_manifest(self, manifest_path: Path) -> dict[str, Any]:
         try:
-            data = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StoreError(f"manifest {manifest_path}: unreadable ({exc}); remove it or rebuild") from None
+            size = manifest_path.stat().st_size
+            if size > MAX_MANIFEST_BYTES:
+                raise StoreError(
+                    f"manifest {manifest_path}: {size} bytes, expected at most {MAX_MANIFEST_BYTES}; "
+                    "remove it or rebuild"
+                )
+            data = json.loads(manifest_path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 / JSON
+            reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+            raise StoreError(
+                f"manifest {manifest_path}: unreadable ({reason}); remove it or rebuild"
+            ) from None
         if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
             raise StoreError(
                 f"manifest {manifest_path}: not a {MANIFEST_FORMAT} manifest; remove it or rebuild"
@@ -202,16 +223,26 @@ class ArtifactStore:
     def _artifact_of(self, manifest: Mapping[str, Any], manifest_path: Path) -> Path:
         """The artifact a manifest names, refusing anything but a plain name inside the root."""
         name = manifest.get("path")
-        if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
-            raise StoreError(
-                f"manifest {manifest_path.name} names path {name!r}: outside the store {self.root}"
-            )
+        refused = StoreError(
+            f"manifest {manifest_path.name} names path {_short(name)}: outside the store {self.root}"
+        )
+        if (
+            not isinstance(name, str)
+            or not name
+            or name in (".", "..")
+            or any(c in name for c in "/\\\0")
+            or len(name.encode("utf-8", "surrogatepass")) > 255
+        ):
+            raise refused
         path = self.root / name
-        root = self.root.resolve()
-        if path.resolve().parent != root or (path.is_symlink() and not path.resolve().is_relative_to(root)):
-            raise StoreError(
-                f"manifest {manifest_path.name} names path {name!r}: outside the store {self.root}"
-            )
+        try:
+            root = self.root.resolve()
+            if path.resolve().parent != root or (
+                path.is_symlink() and not path.resolve().is_relative_to(root)
+            ):
+                raise refused
+        except (OSError, ValueError, RuntimeError):  # symlink loops, odd names
+            raise refused from None
         return path
 
     def _validate(
@@ -225,8 +256,8 @@ class ArtifactStore:
         if have != json.loads(canonical_json(want)) or manifest.get("digest") != key_digest(key):
             have = have if isinstance(have, dict) else {}
             diffs = [
-                f"{k}: built with {have.get(k)!r}, expected {want[k]!r}"
-                for k in sorted(set(want) | set(have))
+                f"{str(k)[:30]}: built with {_short(have.get(k))}, expected {_short(want.get(k))}"
+                for k in sorted(set(want) | set(map(str, have)))
                 if canonical_json(have.get(k)) != canonical_json(want.get(k))
             ]
             detail = "; ".join(diffs[:4]) or "digest differs"
@@ -241,7 +272,7 @@ class ArtifactStore:
             if size != manifest.get("size_bytes") or sha != manifest.get("sha256"):
                 raise StoreError(
                     f"corrupt {what} refused: {path.name} has sha256 {sha[:16]}… ({size} bytes), "
-                    f"manifest says {str(manifest.get('sha256'))[:16]}… ({manifest.get('size_bytes')} bytes)"
+                    f"manifest says {_short(manifest.get('sha256'), 18)} ({_short(manifest.get('size_bytes'), 24)} bytes)"
                 )
         return path
 
@@ -343,14 +374,20 @@ class ArtifactStore:
                     problem = f"{path.name} size differs from its manifest"
             except StoreError as exc:
                 problem = str(exc)
+            size = manifest.get("size_bytes")
+            digest = manifest.get("digest")
+            if not _is_digest(digest):  # it names the lock file: never a path from the manifest
+                digest = ""
+            if problem is None and not (isinstance(size, int) and digest):
+                problem = "manifest lacks an integer size_bytes or a sha256 digest"
             out.append(
                 Entry(
-                    digest=str(manifest.get("digest", "")),
-                    kind=str(manifest.get("kind", "")),
+                    digest=digest,
+                    kind=str(manifest.get("kind", ""))[:40],
                     path=path,
                     manifest_path=manifest_path,
-                    size_bytes=int(manifest.get("size_bytes") or 0),
-                    created=str(manifest.get("created", "")),
+                    size_bytes=size if isinstance(size, int) and not isinstance(size, bool) else 0,
+                    created=str(manifest.get("created", ""))[:40],
                     manifest=manifest,
                     problem=problem,
                 )

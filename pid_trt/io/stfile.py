@@ -21,6 +21,7 @@ from typing import BinaryIO
 import torch
 
 from pid_trt.errors import InputFileError, PidTrtError
+from pid_trt.resources import available_memory, is_out_of_memory
 
 #: Largest JSON header accepted, in bytes (safetensors itself caps it at 100 MB).
 MAX_HEADER_BYTES = 100_000_000
@@ -102,7 +103,9 @@ def read_header(f: BinaryIO, what: str, error: type[PidTrtError] = InputFileErro
     if len(raw) != n:
         raise error(f"{what}: truncated while reading the header ({len(raw)} of {n} bytes)")
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise error(f"{what}: header names {str(exc)[:80]!r} twice (expected unique tensor names)") from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise error(f"{what}: not a safetensors file (header is not valid UTF-8 JSON)") from None
     if not isinstance(header, dict):
@@ -150,6 +153,19 @@ def _entry(name: str, spec: object, data_size: int, what: str, error: type[PidTr
             f"but data_offsets give {end - begin}"
         )
     return entry
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object repeats a key (which one wins would be up to the parser)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 def _is_count(value: object) -> bool:
@@ -202,16 +218,27 @@ def load_float_tensors(
     what: str,
     error: type[PidTrtError] = InputFileError,
 ) -> dict[str, torch.Tensor]:
-    """Read ``names`` as float32, refusing non-float dtypes (checked first) and NaN / Inf."""
+    """Read ``names`` as float32, refusing non-float dtypes (checked first) and NaN / Inf.
+
+    Before any tensor byte is read, the memory the read takes (stored bytes + the float32
+    copy) is compared with the free host memory: a header that truthfully declares a huge
+    tensor (e.g. a sparse file of 1 TB) is refused instead of exhausting memory.
+    """
     for name in names:
         dtype = header.tensors[name].dtype
         if dtype not in FLOAT_DTYPES:
             raise error(
                 f"{what}: tensor {name!r} has dtype {dtype}, expected a float tensor ({', '.join(FLOAT_DTYPES)})"
             )
+    _check_fits(header, names, what, error)
     out = {}
     for name in names:
-        t = read_tensor(f, header, name, what, error).to(torch.float32)
+        try:
+            t = read_tensor(f, header, name, what, error).to(torch.float32)
+        except (MemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise error(f"{what}: out of memory reading tensor {name!r}") from None
         if not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             raise error(
@@ -219,3 +246,15 @@ def load_float_tensors(
             )
         out[name] = t
     return out
+
+
+def _check_fits(header: SafetensorsHeader, names: list[str], what: str, error: type[PidTrtError]) -> None:
+    """Refuse a read whose stored bytes + float32 copy exceed the free host memory."""
+    need = sum(header.tensors[n].end - header.tensors[n].begin + 4 * header.tensors[n].numel for n in names)
+    free = available_memory("cpu")
+    if free is not None and need > free.free_bytes:
+        gib = float(1 << 30)
+        raise error(
+            f"{what}: reading {', '.join(names)} needs {need / gib:.1f} GiB but only "
+            f"{free.free_bytes / gib:.1f} GiB is available ({free.source}); expected a latent-sized file"
+        )
