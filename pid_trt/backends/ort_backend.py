@@ -1,0 +1,148 @@
+"""The ONNX Runtime backend: runs the exported ``prepare.onnx`` once per decode and
+``step.onnx`` once per sampler step (:mod:`pid_trt.export`).
+
+Providers: CPU for ``--device cpu``; for ``--device cuda`` the TensorRT and CUDA providers
+of onnxruntime-gpu (whichever are present), CPU as fallback. Graph inputs and outputs are
+float32 at every precision (the precision is that of the weights and matmuls inside), so the
+backend feeds float32 and casts what it gets back to float32. ONNX Runtime's CPU provider
+has no bfloat16 MatMul: bf16 graphs need the CUDA provider.
+
+When the export store has no matching graph the backend exports one first (minutes at full
+size) and says so through the ``pid_trt`` logger (a warning: shown on stderr by default).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pid_trt.backends.base import Backend, Conditioning
+from pid_trt.buckets import Bucket
+from pid_trt.config import DecoderConfig, Precision
+from pid_trt.errors import BackendUnavailableError, ConfigError
+from pid_trt.sampling import TIMESCALE, Denoiser
+
+log = logging.getLogger("pid_trt.export")
+
+_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailableError(f"onnxruntime is not installed ({exc}): pip install onnxruntime") from None
+    return onnxruntime
+
+
+def choose_providers(device: str) -> list[str]:
+    """ONNX Runtime providers for ``device`` ("cpu" or "cuda[:n]")."""
+    available = _ort().get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if not device.startswith("cuda"):
+        raise ConfigError(f"--device {device!r}: expected cpu or cuda")
+    gpu = [p for p in _GPU_PROVIDERS if p in available]
+    if not gpu:
+        raise BackendUnavailableError(
+            f"--device {device}: onnxruntime has no GPU provider (have {', '.join(available)}); "
+            "install onnxruntime-gpu or use --device cpu"
+        )
+    return gpu + ["CPUExecutionProvider"]
+
+
+class OrtBackend(Backend):
+    """Two ONNX Runtime sessions (prepare, step) for one (bucket, batch, precision) export.
+
+    With ``hoist`` (default) ``bind`` runs prepare once; without it each step re-runs
+    prepare first (for measuring what hoisting saves).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self, prepare_path: Path, step_path: Path, config: DecoderConfig, bucket: Bucket, batch: int,
+        precision: Precision = Precision.FP32, providers: list[str] | None = None, hoist: bool = True,
+    ) -> None:  # fmt: skip
+        ort = _ort()
+        providers = providers or ["CPUExecutionProvider"]
+        if precision is Precision.BF16 and providers == ["CPUExecutionProvider"]:
+            raise BackendUnavailableError(
+                "--dtype bf16: ONNX Runtime's CPU provider has no bfloat16 MatMul; use fp32 or fp16 on CPU, "
+                "or --device cuda with onnxruntime-gpu"
+            )
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self.prepare_session = ort.InferenceSession(str(prepare_path), opts, providers=providers)
+        self.step_session = ort.InferenceSession(str(step_path), opts, providers=providers)
+        self.config, self.bucket, self.batch = config, bucket, batch
+        self.precision, self.hoist, self.providers = precision, hoist, providers
+        for sess in (self.prepare_session, self.step_session):
+            for arg in sess.get_inputs():
+                if arg.type != "tensor(float)":
+                    raise ConfigError(f"graph input {arg.name} is {arg.type}: expected tensor(float)")
+
+    @classmethod
+    def from_request(cls, request: Any) -> "OrtBackend":
+        """Open (exporting first if needed) the graphs for ``request`` (a BackendRequest)."""
+        from pid_trt.export import ExportKey, export_onnx, find_export, spec_weights_id
+
+        precision = request.precision
+        providers = choose_providers(request.device)
+        spec = request.spec
+        bucket = Bucket(height=request.height, width=request.width)
+        key = ExportKey.create(spec.config, spec_weights_id(spec), bucket, precision, request.batch)
+        found = find_export(key, request.export_dir)
+        if found is None:
+            from pid_trt.cli.options import build_model
+
+            log.warning(
+                "no ONNX export for %s batch %d %s in %s: exporting it now (minutes at full size)",
+                bucket.name, request.batch, precision.value, request.export_dir,
+            )  # fmt: skip
+            found = export_onnx(build_model(spec), key, request.export_dir)
+        return cls(found.prepare, found.step, spec.config, bucket, request.batch, precision, providers, request.hoist)
+
+    def _prepare(self, caption: np.ndarray, latent: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self.prepare_session.run(None, {"caption": caption, "latent": latent})
+        names = [o.name for o in self.prepare_session.get_outputs()]
+        return dict(zip(names, outs))
+
+    def bind(self, cond: Conditioning) -> Denoiser:
+        c = self.config
+        if cond.batch != self.batch:
+            raise ConfigError(f"batch {cond.batch}: this ONNX export was made for batch {self.batch}")
+        if (cond.height, cond.width) != (self.bucket.height, self.bucket.width):
+            raise ConfigError(f"image {cond.width}x{cond.height}: this ONNX export is for {self.bucket.name}")
+        want_lat = tuple(self.prepare_session.get_inputs()[1].shape)
+        latent = cond.latent.detach().to("cpu", torch.float32).contiguous().numpy()
+        if tuple(latent.shape) != want_lat:
+            raise ConfigError(f"latent shape {tuple(latent.shape)}: this ONNX export takes {list(want_lat)}")
+        caption = cond.caption.detach().to("cpu", torch.float32)[:, : c.txt_max_length].contiguous().numpy()
+        if caption.shape[1] != c.txt_max_length:
+            raise ConfigError(
+                f"caption embedding of {caption.shape[1]} tokens: the ONNX export takes {c.txt_max_length} "
+                "(pad the caption to txt_max_length)"
+            )
+        sigma = cond.degrade_sigma.detach().to("cpu", torch.float32).reshape(self.batch).numpy()
+        prepared = self._prepare(caption, latent) if self.hoist else None
+        step = self.step_session
+
+        def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
+            feeds = dict(prepared) if prepared is not None else self._prepare(caption, latent)
+            feeds["x"] = x.detach().to("cpu", torch.float32).contiguous().numpy()
+            feeds["t"] = np.full((self.batch,), t * TIMESCALE, dtype=np.float32)
+            feeds["degrade_sigma"] = sigma
+            (v,) = step.run(None, feeds)
+            return torch.from_numpy(np.asarray(v, dtype=np.float32)).to(x.device)
+
+        return denoise
+
+    def close(self) -> None:
+        self.prepare_session = None  # type: ignore[assignment]
+        self.step_session = None  # type: ignore[assignment]

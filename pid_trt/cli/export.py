@@ -1,0 +1,74 @@
+"""``pidtrt export``: torch -> ONNX (prepare.onnx + step.onnx) for one bucket, into the export store."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pid_trt.cli.errors import cli_errors, warn
+from pid_trt.cli.options import (
+    BackboneOpt,
+    CheckpointOpt,
+    CkptTypeOpt,
+    NetConfigOpt,
+    RandomWeightsOpt,
+    WeightsSeedOpt,
+    resolve_net,
+)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+@cli_errors
+def export(
+    backbone: Optional[str] = BackboneOpt,
+    ckpt_type: Optional[str] = CkptTypeOpt,
+    res: Optional[int] = typer.Option(None, "--res", help="Square output size N (N x N pixels)."),
+    size: Optional[str] = typer.Option(None, "--size", help="Output size WIDTHxHEIGHT in pixels, e.g. 3840x2160."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (weights and matmuls; I/O stays fp32)."),
+    batch: int = typer.Option(1, "--batch", min=1, help="Batch size (static in the graphs)."),
+    checkpoint: Optional[Path] = CheckpointOpt,
+    net_config: Optional[Path] = NetConfigOpt,
+    random_weights: bool = RandomWeightsOpt,
+    weights_seed: int = WeightsSeedOpt,
+    export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX export store."),
+    opset: int = typer.Option(23, "--opset", help="ONNX opset (>= 23: fused Attention op)."),
+) -> None:
+    """Export prepare.onnx and step.onnx for one resolution bucket (reused when already exported)."""
+    from pid_trt.buckets import check_bucket, parse_bucket
+    from pid_trt.cli.options import build_model
+    from pid_trt.export import ExportKey, export_onnx, find_export, latent_shape, peak_rss_bytes, spec_weights_id
+
+    spec = resolve_net(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
+    bucket = parse_bucket(res, size)
+    note = check_bucket(bucket, spec.preset)
+    if note:
+        warn(note)
+    start = time.perf_counter()
+    key = ExportKey.create(spec.config, spec_weights_id(spec), bucket, precision, batch, opset)
+    result = find_export(key, export_dir)
+    if result is None:
+        typer.echo(f"exporting {spec.name} {bucket.name} batch {batch} {key.precision.value} (opset {opset}) ...")
+        result = export_onnx(build_model(spec), key, export_dir)
+    elapsed = time.perf_counter() - start
+    lh, lw = latent_shape(spec.config, bucket)
+    state = "exported" if result.built else "cached"
+    typer.echo(f"{state}: {result.folder}")
+    files = result.manifest.get("build", {}).get("files", {})
+    for name, info in sorted(files.items()):
+        typer.echo(f"  {name:<22} {_mib(int(info['bytes'])):>14}  sha256 {info['sha256'][:16]}")
+    graphs = result.manifest.get("build", {}).get("graphs", {})
+    for name, g in sorted(graphs.items()):
+        typer.echo(
+            f"  {name}: {g['nodes']} nodes, attention {g['attention']} x{g['attention_nodes']}, "
+            f"largest initializer {_mib(int(g['largest_initializer_bytes']))}"
+        )
+    typer.echo(
+        f"bucket {bucket.name} (latent {lw}x{lh} cells), batch {batch}, {key.precision.value}, "
+        f"total {_mib(result.size_bytes)}; wall {elapsed:.1f} s, peak RSS {_mib(peak_rss_bytes())}"
+    )

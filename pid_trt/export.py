@@ -1,0 +1,315 @@
+"""torch -> ONNX per (net config, weights, bucket, precision, batch): two graphs per export.
+
+``prepare.onnx`` -- run once per decode::
+
+    caption [B, T, D_txt] f32, latent [B, C, h, w] f32
+      -> y_emb [B, T, D] f32, lq_feats [B, K, L, D] f32 (, pit_feat [B, L, D] f32 for v1.5)
+
+``step.onnx`` -- run once per sampler step::
+
+    x [B, 3, H, W] f32, t [B] f32 (x1000), y_emb, lq_feats, degrade_sigma [B] f32 (, pit_feat)
+      -> velocity [B, 3, H, W] f32
+
+Shapes are all static: T = txt_max_length; (H, W) the bucket; (h, w) = ceil(H / px, W / px)
+with px = pixels per latent cell (the latent adapter's nearest resize maps any latent grid
+onto the patch grid; e.g. 3840x2160 on flux (32 px per cell) takes a 68x120 latent).
+**The batch is static too** (it is part of the key): the dynamo exporter handles a
+symbolic batch without specialising, but its symbolic-shape tracing makes the export about
+3x slower, and one engine per (bucket, batch) is what the engine store keys anyway.
+
+Precision: fp16/bf16 graphs carry fp16/bf16 weights and run matmuls, convolutions and
+attention in that type; graph inputs and outputs stay float32 at every precision, and the
+fp32 islands of :mod:`pid_trt.model.layers` (norms, timestep sinusoid, RoPE, gates, pixel
+position table, final layer) are explicit Casts to float32 in the graph.
+
+Attention is the ONNX opset-23 ``Attention`` op (what ``F.scaled_dot_product_attention``
+exports to at opset >= 23); ONNX Runtime's CPU provider runs it and TensorRT(-RTX) parses it
+into a fused attention layer. Weights always go to an external data file beside each graph.
+
+Exports land in an :class:`~pid_trt.artifacts.ArtifactStore` of kind ``onnx`` (``export/`` by
+default): a folder ``<label>-<digest16>/`` holding both graphs and their data, and a sibling
+``<folder>.manifest.json`` with the full :class:`ExportKey`, per-file sha256 and graph facts.
+A cached export is reused only when its manifest matches the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from pid_trt.artifacts import ArtifactStore, canonical_json, hash_artifact, key_digest
+from pid_trt.buckets import Bucket
+from pid_trt.config import DecoderConfig, Precision
+from pid_trt.errors import ConfigError
+
+DEFAULT_EXPORT_DIR = Path("export")
+DEFAULT_OPSET = 23
+#: Bumped whenever the graphs this module writes change for the same key.
+EXPORTER_REVISION = 1
+PREPARE_FILE = "prepare.onnx"
+STEP_FILE = "step.onnx"
+_DTYPES = {Precision.FP32: torch.float32, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
+
+
+def latent_shape(config: DecoderConfig, bucket: Bucket) -> tuple[int, int]:
+    """Latent cells (h, w) of a bucket: ceil(H / px), ceil(W / px), px = pixels per cell."""
+    px = config.pixels_per_latent
+    return math.ceil(bucket.height / px), math.ceil(bucket.width / px)
+
+
+def weights_id(checkpoint_sha256: str | None = None, random_seed: int | None = None) -> str:
+    """Key text of the weights: a checkpoint's sha256 (hex) or ``random:<seed>``."""
+    if (checkpoint_sha256 is None) == (random_seed is None):
+        raise ConfigError("weights: give exactly one of a checkpoint sha256 or a random seed")
+    if random_seed is not None:
+        return f"random:{int(random_seed)}"
+    sha = checkpoint_sha256.lower()
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise ConfigError(f"checkpoint sha256 {checkpoint_sha256!r}: expected 64 hex digits")
+    return sha
+
+
+def spec_weights_id(spec: Any) -> str:
+    """:func:`weights_id` of a :class:`pid_trt.cli.options.NetSpec` (hashes the checkpoint file)."""
+    if spec.random_weights:
+        return weights_id(random_seed=spec.weights_seed)
+    from pid_trt.checkpoints import file_sha256
+
+    return weights_id(checkpoint_sha256=file_sha256(spec.checkpoint))
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxscript
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__}
+
+
+@dataclass(frozen=True)
+class ExportKey:
+    """Everything that invalidates an export. height/width: output pixels; batch: B."""
+
+    kind: ClassVar[str] = "onnx"
+    suffix: ClassVar[str] = ""
+
+    net_config: str
+    weights: str
+    height: int
+    width: int
+    batch: int
+    precision: Precision
+    opset: int
+    versions: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def create(
+        cls, config: DecoderConfig, weights: str, bucket: Bucket, precision: Precision | str, batch: int,
+        opset: int = DEFAULT_OPSET,
+    ) -> "ExportKey":  # fmt: skip
+        """The key of exporting ``config`` with ``weights`` (:func:`weights_id`) for one bucket."""
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ConfigError(f"batch {batch!r}: expected an integer >= 1")
+        if opset < 23:
+            raise ConfigError(f"opset {opset}: expected >= 23 (attention exports as the fused Attention op from 23)")
+        try:
+            precision = Precision(precision)
+        except ValueError:
+            raise ConfigError(f"precision {precision!r}: expected fp32, fp16 or bf16") from None
+        if precision not in _DTYPES:
+            raise ConfigError(f"precision {precision.value}: ONNX export supports fp32, fp16 or bf16")
+        hs, ws = bucket.height // config.patch_size, bucket.width // config.patch_size
+        if hs * config.patch_size != bucket.height or ws * config.patch_size != bucket.width:
+            raise ConfigError(f"bucket {bucket.name}: expected multiples of patch_size {config.patch_size}")
+        return cls(config.to_json(), weights, bucket.height, bucket.width, batch, precision, opset,
+                   tuple(sorted(_versions().items())))  # fmt: skip
+
+    @property
+    def bucket(self) -> Bucket:
+        return Bucket(height=self.height, width=self.width)
+
+    @property
+    def config(self) -> DecoderConfig:
+        return DecoderConfig.from_json(self.net_config)
+
+    def fields(self) -> dict[str, Any]:
+        import json
+
+        lh, lw = latent_shape(self.config, self.bucket)
+        return {
+            "net_config": json.loads(self.net_config),
+            "weights": self.weights,
+            "height": self.height,
+            "width": self.width,
+            "latent_hw": [lh, lw],
+            "batch": self.batch,
+            "precision": self.precision.value,
+            "opset": self.opset,
+            "versions": dict(self.versions),
+            "exporter_revision": EXPORTER_REVISION,
+        }
+
+    def digest(self) -> str:
+        return key_digest(self)
+
+    def label(self) -> str:
+        """e.g. ``2048x2048-b1-bf16-op23-w3f9a2c-n1a2b``."""
+        w = "r" + self.weights.split(":", 1)[1] if self.weights.startswith("random:") else self.weights[:6]
+        net = hashlib.sha256(self.net_config.encode()).hexdigest()[:4]
+        return f"{self.width}x{self.height}-b{self.batch}-{self.precision.value}-op{self.opset}-w{w}-n{net}"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """A ready export: ``folder`` holds ``prepare`` and ``step`` (paths of the two graphs);
+    ``built`` is False when the cache served it; ``manifest`` as stored."""
+
+    folder: Path
+    prepare: Path
+    step: Path
+    manifest: dict[str, Any]
+    built: bool
+    key: ExportKey
+
+    @property
+    def size_bytes(self) -> int:
+        return int(self.manifest.get("size_bytes", 0))
+
+
+class _Prepare(nn.Module):
+    def __init__(self, model: nn.Module, height: int, width: int) -> None:
+        super().__init__()
+        self.model, self.height, self.width = model, height, width
+
+    def forward(self, caption: torch.Tensor, latent: torch.Tensor):
+        p = self.model.prepare(caption, latent, self.height, self.width)
+        return (p.y_emb, p.lq_feats) if p.pit_feat is None else (p.y_emb, p.lq_feats, p.pit_feat)
+
+
+class _Step(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, t, y_emb, lq_feats, degrade_sigma, pit_feat=None):
+        return self.model.step(x, t, y_emb, lq_feats, degrade_sigma, pit_feat)
+
+
+def graph_io_names(config: DecoderConfig) -> dict[str, tuple[list[str], list[str]]]:
+    """Input and output names of both graphs: {"prepare": (ins, outs), "step": (ins, outs)}."""
+    prep_out = ["y_emb", "lq_feats"] + (["pit_feat"] if config.pit_lq_inject else [])
+    step_in = ["x", "t", "y_emb", "lq_feats", "degrade_sigma"] + (["pit_feat"] if config.pit_lq_inject else [])
+    return {"prepare": (["caption", "latent"], prep_out), "step": (step_in, ["velocity"])}
+
+
+def _export_one(module: nn.Module, args: tuple, names: tuple[list[str], list[str]], path: Path, opset: int) -> None:
+    import logging
+    import warnings
+
+    from pid_trt.onnx_graph import optimise
+
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module.eval(), args, dynamo=True, opset_version=opset, optimize=False, verbose=False,
+            input_names=names[0], output_names=names[1], external_data=True,
+        )  # fmt: skip
+    optimise(program.model)
+    program.save(str(path), external_data=True)
+
+
+def export_graphs(
+    model: nn.Module, bucket: Bucket, precision: Precision | str, batch: int, out_dir: Path, opset: int = DEFAULT_OPSET
+) -> dict[str, Any]:
+    """Write ``prepare.onnx`` and ``step.onnx`` (+ ``.data``) of ``model`` (fp32, not modified)
+    into ``out_dir``. Returns facts for the manifest (seconds, peak RSS, graph reports)."""
+    from pid_trt.onnx_graph import inspect_graph
+
+    precision = Precision(precision)
+    config: DecoderConfig = model.config
+    start = time.perf_counter()
+    net = model if precision is Precision.FP32 else copy.deepcopy(model).to(_DTYPES[precision])
+    net = net.eval()
+    lh, lw = latent_shape(config, bucket)
+    gen = torch.Generator().manual_seed(0)
+    caption = torch.randn(batch, config.txt_max_length, config.txt_embed_dim, generator=gen)
+    latent = torch.randn(batch, config.lq_latent_channels, lh, lw, generator=gen)
+    with torch.no_grad():
+        prepared = net.prepare(caption, latent, bucket.height, bucket.width)
+    x = torch.randn(batch, config.in_channels, bucket.height, bucket.width, generator=gen)
+    t = torch.full((batch,), 866.0)
+    sigma = torch.full((batch,), 0.1)
+    step_args = (x, t, prepared.y_emb, prepared.lq_feats, sigma)
+    if prepared.pit_feat is not None:
+        step_args += (prepared.pit_feat,)
+    del prepared
+    names = graph_io_names(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _export_one(_Prepare(net, bucket.height, bucket.width), (caption, latent), names["prepare"], out_dir / PREPARE_FILE, opset)
+    _export_one(_Step(net), step_args, names["step"], out_dir / STEP_FILE, opset)
+    files = {}
+    for p in sorted(out_dir.iterdir()):
+        sha, size = hash_artifact(p)
+        files[p.name] = {"sha256": sha, "bytes": size}
+    graphs = {}
+    for name in (PREPARE_FILE, STEP_FILE):
+        rep = inspect_graph(out_dir / name)
+        graphs[name] = {
+            "attention": rep.attention.value,
+            "attention_nodes": rep.attention_nodes,
+            "largest_initializer_bytes": rep.largest_initializer[1],
+            "nodes": sum(rep.ops.values()),
+        }
+    return {
+        "files": files,
+        "graphs": graphs,
+        "export_seconds": round(time.perf_counter() - start, 3),
+        "peak_rss_bytes": peak_rss_bytes(),
+        "latent_hw": [lh, lw],
+    }
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far, in bytes (Linux: ru_maxrss is KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def export_store(export_dir: str | Path = DEFAULT_EXPORT_DIR) -> ArtifactStore:
+    """The ONNX export cache at ``export_dir`` (kind ``onnx``)."""
+    return ArtifactStore(export_dir, kind=ExportKey.kind)
+
+
+def _result(path: Path, manifest: dict[str, Any], built: bool, key: ExportKey) -> ExportResult:
+    return ExportResult(path, path / PREPARE_FILE, path / STEP_FILE, manifest, built, key)
+
+
+def find_export(key: ExportKey, export_dir: str | Path = DEFAULT_EXPORT_DIR) -> ExportResult | None:
+    """The cached export of ``key``, or None. Raises StoreError for a stale / corrupt one."""
+    store = export_store(export_dir)
+    path = store.lookup(key, verify_hash=False)
+    if path is None:
+        return None
+    return _result(path, store.manifest(key) or {}, False, key)
+
+
+def export_onnx(model: nn.Module, key: ExportKey, export_dir: str | Path = DEFAULT_EXPORT_DIR) -> ExportResult:
+    """Return the export of ``key``, exporting ``model`` (fp32, with the key's weights) if the
+    cache has none. The caller vouches that ``model`` holds ``key.weights``."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, DecoderConfig) or canonical_json(config.to_json()) != canonical_json(key.net_config):
+        raise ConfigError("export: the model's net config differs from the export key's")
+
+    def build(tmp: Path) -> dict[str, Any]:
+        return export_graphs(model, key.bucket, key.precision, key.batch, tmp, key.opset)
+
+    res = export_store(export_dir).put(key, build, verify_hash=False)
+    return _result(res.path, res.manifest, res.built, key)
