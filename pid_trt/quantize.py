@@ -1,0 +1,359 @@
+"""FP8 (E4M3) post-training quantization of the step graph with NVIDIA Model Optimizer.
+
+What is quantized: the ``Linear`` layers that run every sampler step (MMDiT trunk, latent
+gates, PiT blocks), weights and inputs per-tensor E4M3, amax by max calibration. The
+prepare-graph layers (caption projection, latent adapter convs and heads) run once per
+decode and are never quantized; the layers named by ``exclude`` stay in their own precision.
+
+Calibration follows the sampler's own trajectory: for ``CalibrationSpec.num_samples`` seeded
+random latents/captions the fp32 model runs the 4-step decode and every step input
+(x_t at each timestep, with its conditioning) is recorded; calibration replays them.
+
+Image quality is scored as PSNR (dB) of the quantized 4-step decode against the fp32 decode
+of the same inputs and noises; images are in [-1, 1], so the peak-to-peak range is 2.
+
+``modelopt`` is imported only inside the functions that need it (the ``fp8`` extra).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from pid_trt.config import DecoderConfig
+from pid_trt.errors import BackendUnavailableError, ConfigError
+from pid_trt.sampling import TIMESCALE, draw_noise, sample
+
+#: Layer groups of the step graph, as quantizer-name wildcards (fnmatch, module names of
+#: :class:`~pid_trt.model.PidDecoder`). The sensitivity sweep runs over these.
+FP8_GROUPS: dict[str, tuple[str, ...]] = {
+    "s_embedder": ("s_embedder.*",),
+    "t_embedder": ("t_embedder.*",),
+    "mmdit_adaln": ("patch_blocks.*.adaLN_modulation_*",),
+    "mmdit_qkv": ("patch_blocks.*.attn.qkv_*",),
+    "mmdit_proj": ("patch_blocks.*.attn.proj_*",),
+    "mmdit_mlp": ("patch_blocks.*.mlp_*",),
+    "lq_gates": ("lq_proj.gate_modules.*", "pit_lq_gate.*"),
+    "pixel_embedder": ("pixel_embedder.*",),
+    "pit_adaln": ("pixel_blocks.*.adaLN_modulation.*",),
+    "pit_compact": ("pixel_blocks.*.compress_to_attn.*", "pixel_blocks.*.expand_from_attn.*"),
+    "pit_attn": ("pixel_blocks.*.attn.qkv.*", "pixel_blocks.*.attn.proj.*"),
+    "pit_mlp": ("pixel_blocks.*.mlp.*",),
+    "final_layer": ("final_layer.*",),
+}
+
+#: Prepare-graph layers (once per decode): never quantized.
+PREPARE_LAYERS: tuple[str, ...] = ("y_embedder.*", "lq_proj.latent_proj.*", "lq_proj.output_heads.*", "lq_proj.pit_head.*")
+
+#: Step-graph layers left unquantized by default. Chosen from the sensitivity sweep
+#: (:func:`fp8_sensitivity`, see the report in tests/test_quantize.py): the groups whose
+#: quantization alone costs the most image PSNR, plus the tiny fp32 islands (timestep MLP,
+#: pixel embedder, final layer) that carry no compute worth quantizing.
+DEFAULT_FP8_EXCLUDE: tuple[str, ...] = (
+    *FP8_GROUPS["t_embedder"],
+    *FP8_GROUPS["mmdit_adaln"],
+    *FP8_GROUPS["lq_gates"],
+    *FP8_GROUPS["pixel_embedder"],
+    *FP8_GROUPS["pit_adaln"],
+    *FP8_GROUPS["final_layer"],
+)
+
+#: E4M3 as ModelOpt spells it: (exponent bits, mantissa bits).
+_E4M3 = (4, 3)
+#: Peak-to-peak range of decoded images ([-1, 1]).
+_IMAGE_RANGE = 2.0
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """How calibration inputs are drawn.
+
+    num_samples: seeded random decodes (latent + caption + noise each); height, width:
+    output pixels; seed: first seed (sample i uses seed + i); steps: sampler steps (4 =
+    released); degrade_sigma: latent degradation sigma fed to the gates; batch: images per decode.
+    """
+
+    num_samples: int = 4
+    height: int = 256
+    width: int = 256
+    seed: int = 0
+    steps: int = 4
+    degrade_sigma: float = 0.0
+    batch: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "height", "width", "steps", "batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"calibration {name}={value!r}: expected a positive integer")
+        if not 0.0 <= self.degrade_sigma:
+            raise ConfigError(f"calibration degrade_sigma={self.degrade_sigma!r}: expected >= 0")
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """One decode's inputs: caption [B, T, D_txt], latent [B, C, h, w], sigma [B], noises."""
+
+    caption: torch.Tensor
+    latent: torch.Tensor
+    degrade_sigma: torch.Tensor
+    noise: tuple[torch.Tensor, ...]
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """One recorded ``PidDecoder.step`` call: x [B, 3, H, W]; t [B] (x1000); y_emb, lq_feats,
+    degrade_sigma, pit_feat as :meth:`PidDecoder.step` takes them (float32)."""
+
+    x: torch.Tensor
+    t: torch.Tensor
+    y_emb: torch.Tensor
+    lq_feats: torch.Tensor
+    degrade_sigma: torch.Tensor
+    pit_feat: torch.Tensor | None
+
+
+def random_conditioning(config: DecoderConfig, spec: CalibrationSpec, seed: int) -> Conditioning:
+    """Seeded standard-normal caption and latent, plus the sampler's noises, for one decode."""
+    h, w = config.latent_size(spec.height, spec.width)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    b = spec.batch
+    caption = torch.randn(b, config.txt_max_length, config.txt_embed_dim, generator=gen)
+    latent = torch.randn(b, config.lq_latent_channels, h, w, generator=gen)
+    noise = draw_noise((b, config.in_channels, spec.height, spec.width), spec.steps, seed=seed)
+    sigma = torch.full((b,), float(spec.degrade_sigma))
+    return Conditioning(caption, latent, sigma, tuple(noise), spec.height, spec.width)
+
+
+def decode(model: nn.Module, cond: Conditioning, steps: int = 4, record: list | None = None) -> torch.Tensor:
+    """The released sampler over ``model.prepare`` / ``model.step``; image [B, 3, H, W] in [-1, 1].
+
+    With ``record`` (a list) every step call's :class:`StepInputs` is appended to it.
+    """
+    with torch.no_grad():
+        prep = model.prepare(cond.caption, cond.latent, cond.height, cond.width)
+        batch = cond.caption.shape[0]
+
+        def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
+            tt = torch.full((batch,), t * TIMESCALE, dtype=torch.float32)
+            inputs = StepInputs(x, tt, prep.y_emb, prep.lq_feats, cond.degrade_sigma, prep.pit_feat)
+            if record is not None:
+                record.append(inputs)
+            return _run_step(model, inputs)
+
+        return sample(denoise, list(cond.noise), steps)
+
+
+def _run_step(model: nn.Module, s: StepInputs) -> torch.Tensor:
+    return model.step(s.x, s.t, s.y_emb, s.lq_feats, s.degrade_sigma, s.pit_feat)
+
+
+def collect_calibration(model: nn.Module, config: DecoderConfig, calib: CalibrationSpec) -> list[StepInputs]:
+    """Step inputs along the fp32 sampler trajectory: ``num_samples * steps`` entries, in
+    decode order (seed, then timestep). ``model`` must be the unquantized fp32 model."""
+    records: list[StepInputs] = []
+    for i in range(calib.num_samples):
+        decode(model, random_conditioning(config, calib, calib.seed + i), calib.steps, records)
+    return records
+
+
+def psnr_db(image: torch.Tensor, reference: torch.Tensor) -> float:
+    """PSNR (dB) of ``image`` against ``reference``, both in [-1, 1]; inf when identical."""
+    mse = torch.mean((image.double() - reference.double()) ** 2).item()
+    return math.inf if mse == 0 else 10.0 * math.log10(_IMAGE_RANGE**2 / mse)
+
+
+# --------------------------------------------------------------------------- ModelOpt
+def _require_modelopt():
+    try:
+        import modelopt.torch.quantization as mtq
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"FP8 quantization needs NVIDIA Model Optimizer ({exc}): pip install 'pid-trt[fp8]'"
+        ) from None
+    _register_modules()
+    return mtq
+
+
+@functools.cache
+def _register_modules() -> None:
+    """Teach ModelOpt our ``nn.Linear`` subclasses and attention modules (once per process)."""
+    import torch.nn.functional as F
+    from modelopt.torch.quantization.nn import QuantModuleRegistry, TensorQuantizer
+    from modelopt.torch.quantization.nn.modules.quant_module import (
+        QuantInputBase,
+        QuantLinearConvBase,
+        QuantModule,
+    )
+    from modelopt.torch.quantization.utils import replace_function
+
+    from pid_trt.model.layers import Fp32Linear, Linear
+    from pid_trt.model.mmdit import JointAttention
+    from pid_trt.model.pit import RotaryAttention
+
+    class _QuantPidLinear(QuantLinearConvBase):
+        """Our Linear / Fp32Linear: input and weight fake-quantized around the original forward."""
+
+    class _QuantPidAttention(QuantModule):
+        """q, k, v quantized at the SDPA call (the BMM inputs of fused FP8 attention)."""
+
+        def _setup(self):
+            desc = QuantInputBase.default_quant_desc_input
+            self.q_bmm_quantizer = TensorQuantizer(desc)
+            self.k_bmm_quantizer = TensorQuantizer(desc)
+            self.v_bmm_quantizer = TensorQuantizer(desc)
+
+        def forward(self, *args, **kwargs):
+            sdpa = F.scaled_dot_product_attention
+
+            def quantized_sdpa(q, k, v, *a, **kw):
+                return sdpa(self.q_bmm_quantizer(q), self.k_bmm_quantizer(k), self.v_bmm_quantizer(v), *a, **kw)
+
+            with replace_function(F, "scaled_dot_product_attention", quantized_sdpa):
+                return super().forward(*args, **kwargs)
+
+    for cls, qcls in (
+        (Linear, _QuantPidLinear),
+        (Fp32Linear, _QuantPidLinear),
+        (JointAttention, _QuantPidAttention),
+        (RotaryAttention, _QuantPidAttention),
+    ):
+        if cls not in QuantModuleRegistry:
+            QuantModuleRegistry.register({cls: f"pid_trt.{cls.__name__}"})(qcls)
+
+
+def _quant_cfg(exclude: Iterable[str], fp8_attention: bool) -> dict:
+    fp8 = {"num_bits": _E4M3, "axis": None}
+    entries: list[dict] = [
+        {"quantizer_name": "*", "enable": False},
+        {"quantizer_name": "*weight_quantizer", "cfg": dict(fp8)},
+        {"quantizer_name": "*input_quantizer", "cfg": dict(fp8)},
+    ]
+    if fp8_attention:
+        entries += [{"quantizer_name": f"*{n}_bmm_quantizer", "cfg": dict(fp8)} for n in "qkv"]
+    for pattern in (*PREPARE_LAYERS, *exclude):
+        entries.append({"quantizer_name": pattern, "enable": False})
+    return {"quant_cfg": entries, "algorithm": "max"}
+
+
+def _check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(patterns, str):
+        raise ConfigError(f"exclude={patterns!r}: expected a tuple of wildcard patterns, not one string")
+    out = tuple(patterns)
+    for p in out:
+        if not isinstance(p, str) or not p:
+            raise ConfigError(f"exclude pattern {p!r}: expected a non-empty wildcard string")
+    return out
+
+
+def quantize_fp8(
+    model: nn.Module,
+    config: DecoderConfig,
+    calib: CalibrationSpec,
+    exclude: Sequence[str] = DEFAULT_FP8_EXCLUDE,
+    fp8_attention: bool = False,
+    samples: Sequence[StepInputs] | None = None,
+) -> nn.Module:
+    """FP8 E4M3 PTQ of the step graph (ModelOpt fake quant); quantizes ``model`` in place and returns it.
+
+    ``model``: a float32 :class:`~pid_trt.model.PidDecoder` built from ``config``;
+    ``exclude``: quantizer-name wildcards left unquantized (see :data:`FP8_GROUPS`);
+    ``fp8_attention``: also quantize the q / k / v inputs of every SDPA call;
+    ``samples``: calibration step inputs (default: :func:`collect_calibration` with ``calib``,
+    from ``model`` before it is quantized).
+    """
+    if getattr(model, "config", None) != config:
+        raise ConfigError("quantize_fp8: model.config differs from the config given; expected the model's own")
+    exclude = _check_patterns(exclude)
+    mtq = _require_modelopt()
+    if samples is None:
+        samples = collect_calibration(model, config, calib)
+    if not samples:
+        raise ConfigError("quantize_fp8: no calibration samples; expected at least one step input")
+
+    def forward_loop(m: nn.Module) -> None:
+        with torch.no_grad():
+            for s in samples:
+                _run_step(m, s)
+
+    model.eval()
+    return mtq.quantize(model, _quant_cfg(exclude, fp8_attention), forward_loop)
+
+
+def enabled_quantizers(model: nn.Module) -> list[str]:
+    """Names of the enabled ModelOpt quantizers of a quantized model (sorted)."""
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    return sorted(n for n, m in model.named_modules() if isinstance(m, TensorQuantizer) and m.is_enabled)
+
+
+# --------------------------------------------------------------------------- sensitivity
+@dataclass(frozen=True)
+class Sensitivity:
+    """Image PSNR (dB, vs fp32) with one layer group quantized alone (``only``) and with every
+    group but that one quantized (``all_but``)."""
+
+    group: str
+    only_db: float
+    all_but_db: float
+
+
+def fp8_sensitivity(
+    model: nn.Module,
+    config: DecoderConfig,
+    calib: CalibrationSpec = CalibrationSpec(),
+    eval_seeds: Sequence[int] = (1000,),
+    groups: Sequence[str] | None = None,
+    all_but: bool = True,
+) -> tuple[float, list[Sensitivity]]:
+    """Per-group FP8 sensitivity: (PSNR with every group quantized, [per-group results]).
+
+    PSNR is the mean over ``eval_seeds`` of the quantized 4-step decode vs the fp32 decode
+    (same inputs and noises), in dB; ``all_but=False`` skips the leave-one-out runs (their
+    ``all_but_db`` is NaN) and halves the cost. ``model`` (fp32) is left unchanged; each variant is
+    quantized on a deep copy with the same calibration step inputs.
+    """
+    names = list(FP8_GROUPS) if groups is None else list(groups)
+    for g in names:
+        if g not in FP8_GROUPS:
+            raise ConfigError(f"sensitivity group {g!r}: expected one of {', '.join(FP8_GROUPS)}")
+    samples = collect_calibration(model, config, calib)
+    conds = [random_conditioning(config, calib, s) for s in eval_seeds]
+    refs = [decode(model, c, calib.steps) for c in conds]
+
+    def score(exclude: tuple[str, ...]) -> float:
+        q = quantize_fp8(copy.deepcopy(model), config, calib, exclude, samples=samples)
+        return sum(psnr_db(decode(q, c, calib.steps), r) for c, r in zip(conds, refs)) / len(conds)
+
+    every = score(())
+    out = []
+    for g in names:
+        others = tuple(p for h in FP8_GROUPS if h != g for p in FP8_GROUPS[h])
+        out.append(Sensitivity(g, score(others), score(FP8_GROUPS[g]) if all_but else math.nan))
+    return every, out
+
+
+__all__ = [
+    "CalibrationSpec",
+    "Conditioning",
+    "DEFAULT_FP8_EXCLUDE",
+    "FP8_GROUPS",
+    "PREPARE_LAYERS",
+    "Sensitivity",
+    "StepInputs",
+    "collect_calibration",
+    "decode",
+    "enabled_quantizers",
+    "fp8_sensitivity",
+    "psnr_db",
+    "quantize_fp8",
+    "random_conditioning",
+]
