@@ -30,7 +30,7 @@ fragmentation and framework workspaces).
 
 Available memory: CUDA -> free bytes of ``torch.cuda.mem_get_info``; CPU -> ``MemAvailable``
 of ``/proc/meminfo``, capped by the cgroup v2 limit (``memory.max - memory.current``) when
-the process runs in a limited container. Unknown (no /proc, no CUDA) -> the check is skipped.
+the process runs in a limited container and by ``ulimit -v`` (RLIMIT_AS minus VmSize). Unknown (no /proc, no CUDA) -> the check is skipped.
 """
 
 from __future__ import annotations
@@ -156,9 +156,9 @@ def available_memory(device: str = "cpu") -> AvailableMemory | None:
     if free is None:
         return None
     source = "MemAvailable"
-    limit = _cgroup_headroom()
-    if limit is not None and limit < free:
-        free, source = limit, "cgroup memory.max"
+    for limit, name in ((_cgroup_headroom(), "cgroup memory.max"), (_address_space_headroom(), "ulimit -v")):
+        if limit is not None and limit < free:
+            free, source = limit, name
     return AvailableMemory(MemoryKind.CPU, free, source)
 
 
@@ -172,6 +172,23 @@ def _meminfo_available(path: Path = Path("/proc/meminfo")) -> int | None:
             parts = line.split()
             if len(parts) >= 2 and parts[1].isdigit():
                 return int(parts[1]) * 1024  # kB
+    return None
+
+
+def _address_space_headroom() -> int | None:
+    """RLIMIT_AS (``ulimit -v``) minus the address space already mapped; None when unlimited."""
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY:
+            return None
+        status = Path("/proc/self/status").read_text()
+    except (ImportError, OSError):
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmSize:"):
+            return max(0, soft - int(line.split()[1]) * 1024)
     return None
 
 
@@ -289,6 +306,17 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return from_runtime and any(marker in text for marker in _OOM_MARKERS)
 
 
+def _oom_reason(exc: BaseException, width: int = 160) -> str:
+    """One line of ``exc``'s message, centred on the allocator's own words when it is long."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if len(text) <= width:
+        return text
+    lower = text.lower()
+    at = min((i for i in (lower.find(m) for m in _OOM_MARKERS) if i >= 0), default=0)
+    start = max(0, min(at - width // 4, len(text) - width))
+    return ("…" if start else "") + text[start : start + width] + ("…" if start + width < len(text) else "")
+
+
 def release_memory(device: str = "cpu") -> None:
     """Collect garbage and, on CUDA, return cached blocks to the driver."""
     gc.collect()
@@ -313,7 +341,7 @@ def run_guarded(fn: Callable[[], T], what: str, device: str = "cpu") -> T:
     except BaseException as exc:  # re-raised below unless it is an out-of-memory
         if not is_out_of_memory(exc):
             raise
-        reason = " ".join(str(exc).split())[:160]
+        reason = _oom_reason(exc)
     # Outside the except block: the exception (and every frame it pins) is gone now.
     release_memory(device)
     raise ResourceError(

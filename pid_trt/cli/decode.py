@@ -39,11 +39,15 @@ def decode(
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 or bf16 (torch backend); fp32/fp16/bf16 (onnxruntime)."),
     engine_dir: Path = typer.Option(Path("engines"), "--engine-dir", help="Engine store (tensorrt backend)."),
     export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX store (onnxruntime backend)."),
+    no_memory_check: bool = typer.Option(
+        False, "--no-memory-check", help="Skip the up-front check that the decode fits the device memory."
+    ),
 ) -> None:
     """Decode a latent file into image(s)."""
     from pid_trt.backends.factory import BackendRequest, create_backend
     from pid_trt.backends.base import Conditioning
     from pid_trt.io import read_latent_file, read_noise_file, write_images
+    from pid_trt.resources import check_decode_memory, run_guarded
     from pid_trt.sampling import draw_noise, sample
 
     spec = resolve_net(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
@@ -62,25 +66,34 @@ def decode(
         gen = torch.Generator().manual_seed(seed)
         caption = torch.randn(lat.batch, config.txt_max_length, config.txt_embed_dim, generator=gen)
     height, width = config.output_size(*lat.latent_hw)
+    mem_device = "cuda" if backend == "tensorrt" else device
+    if not no_memory_check:
+        check_decode_memory(
+            config, height, width, lat.batch, dtype, mem_device, steps,
+            load_precision="fp32" if backend == "torch" and mem_device == "cpu" else None,
+            hint="pass --no-memory-check to try anyway",
+        )  # fmt: skip
     if spec.random_weights:
         warn("--random-weights: the network is randomly initialised; the image means nothing")
-    if noise is not None:
-        draws = read_noise_file(noise, steps, lat.batch, height, width)
-    else:
-        draws = draw_noise((lat.batch, 3, height, width), steps, seed)
+    draws = read_noise_file(noise, steps, lat.batch, height, width) if noise is not None else None
 
     request = BackendRequest(
         kind=backend, spec=spec, device=device, dtype=dtype, height=height, width=width,
         batch=lat.batch, engine_dir=engine_dir, export_dir=export_dir,
     )  # fmt: skip
     start = time.perf_counter()
-    runner = create_backend(request)
-    try:
-        cond = Conditioning(lat.latent, caption, lat.degrade_sigma, height, width)
-        denoiser = runner.bind(cond)
-        image = sample(denoiser, [d.to(request.torch_device) for d in draws], steps)
-    finally:
-        runner.close()
+
+    def run():
+        noise_draws = draws if draws is not None else draw_noise((lat.batch, 3, height, width), steps, seed)
+        runner = create_backend(request)
+        try:
+            cond = Conditioning(lat.latent, caption, lat.degrade_sigma, height, width)
+            denoiser = runner.bind(cond)
+            return sample(denoiser, [d.to(request.torch_device) for d in noise_draws], steps)
+        finally:
+            runner.close()
+
+    image = run_guarded(run, f"decode of batch {lat.batch} at {width}x{height}", mem_device)
     written = write_images(image.float().cpu(), output)
     elapsed = time.perf_counter() - start
     names = ", ".join(str(p) for p in written)
