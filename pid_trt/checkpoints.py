@@ -19,10 +19,11 @@ import hashlib
 import os
 import pickle
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from pid_trt.atomic import atomic_write
 from pid_trt.config import DecoderConfig
@@ -56,7 +57,7 @@ class LoadedCheckpoint:
     """
 
     path: Path
-    state_dict: Mapping[str, "torch.Tensor"]
+    state_dict: Mapping[str, torch.Tensor]
     config: DecoderConfig
     sha256: str
     dtypes: Mapping[str, int]
@@ -105,14 +106,18 @@ def load_checkpoint(path: str | os.PathLike[str], config: DecoderConfig | None =
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist or is not a file: expected a .pth or .safetensors")
+        raise CheckpointError(
+            f"checkpoint {path} does not exist or is not a file: expected a .pth or .safetensors"
+        )
     label = f"checkpoint {path.name}"
     if _is_safetensors(path):
         # Check names, dtypes and shapes from the validated header before reading any data.
         header = read_header(path, error=CheckpointError)
         for entry in header.entries:
             if entry.dtype not in FLOAT_DTYPES:
-                raise CheckpointError(f"{label}: tensor {entry.name!r} has dtype {entry.dtype}: {_FLOAT_EXPECTED}")
+                raise CheckpointError(
+                    f"{label}: tensor {entry.name!r} has dtype {entry.dtype}: {_FLOAT_EXPECTED}"
+                )
         shapes = _strip_prefix({e.name: e.shape for e in header.entries}, path)
         config = _resolve_config(path, config, header.metadata)
         check_shapes(shapes, config, label)
@@ -130,7 +135,9 @@ def load_checkpoint(path: str | os.PathLike[str], config: DecoderConfig | None =
     return LoadedCheckpoint(path, state, config, file_sha256(path), dict(dtypes))
 
 
-def check_shapes(shapes: Mapping[str, tuple[int, ...]], config: DecoderConfig, label: str = "checkpoint") -> None:
+def check_shapes(
+    shapes: Mapping[str, tuple[int, ...]], config: DecoderConfig, label: str = "checkpoint"
+) -> None:
     """Raise one-line :class:`CheckpointError` unless ``shapes`` (key → shape) equals the config's.
 
     The message gives the count and the first few names of missing, unexpected and
@@ -172,13 +179,22 @@ def convert_checkpoint(
         FORMAT_METADATA_KEY: FORMAT_VERSION,
         "source_sha256": loaded.sha256,
     }
-    tensors = {k: v.contiguous() for k, v in sorted(loaded.state_dict.items())}
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, value in sorted(loaded.state_dict.items()):
+        value = value.contiguous()
+        ptr = value.untyped_storage().data_ptr()
+        if ptr in seen:  # safetensors refuses tensors that share memory (tied or aliased weights)
+            value = value.clone()
+            ptr = value.untyped_storage().data_ptr()
+        seen.add(ptr)
+        tensors[key] = value
     with atomic_write(dst) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return load_checkpoint(dst, loaded.config)
 
 
-def load_into(model: "torch.nn.Module", loaded: LoadedCheckpoint) -> "torch.nn.Module":
+def load_into(model: torch.nn.Module, loaded: LoadedCheckpoint) -> torch.nn.Module:
     """Copy ``loaded``'s weights into ``model`` (strict), cast to each parameter's dtype.
 
     Returns ``model``. Raises :class:`CheckpointError` when the model's keys or shapes
@@ -208,7 +224,7 @@ def _is_safetensors(path: Path) -> bool:
     return not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80") and head[8:9] == b"{"
 
 
-def _load_safetensors(path: Path) -> dict[str, "torch.Tensor"]:
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -218,7 +234,7 @@ def _load_safetensors(path: Path) -> dict[str, "torch.Tensor"]:
         raise CheckpointError(f"checkpoint {path.name}: safetensors could not read it ({exc})") from None
 
 
-def _read_torch(path: Path) -> dict[str, "torch.Tensor"]:
+def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     import zipfile
 
     import torch

@@ -17,9 +17,10 @@ import json
 import math
 import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pid_trt.errors import PidTrtError
 
@@ -115,7 +116,9 @@ def parse_header(raw: bytes, file_size: int, fail: Any) -> SafetensorsHeader:
     try:
         obj = json.loads(text, object_pairs_hook=_no_duplicates)
     except _DuplicateKey as exc:
-        raise fail(f"header repeats the key {str(exc)[:80]!r}: expected unique tensor names and fields") from None
+        raise fail(
+            f"header repeats the key {str(exc)[:80]!r}: expected unique tensor names and fields"
+        ) from None
     except (ValueError, RecursionError) as exc:
         raise fail(f"header is not valid JSON ({str(exc)[:80]}): expected a JSON object") from None
     if not isinstance(obj, dict):
@@ -151,10 +154,14 @@ def _entry(name: str, rec: Any, data_size: int, fail: Any) -> TensorEntry:
     if not isinstance(shape, list) or not all(_is_uint(d) for d in shape) or len(shape) > 16:
         raise fail(f"{label} has shape {str(shape)[:40]}: expected at most 16 non-negative integers")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_uint(o) for o in offsets):
-        raise fail(f"{label} has data_offsets {str(offsets)[:40]}: expected [start, end], non-negative integers")
+        raise fail(
+            f"{label} has data_offsets {str(offsets)[:40]}: expected [start, end], non-negative integers"
+        )
     start, end = offsets
     if start > end or end > data_size:
-        raise fail(f"{label} has data_offsets [{start}, {end}]: expected start <= end <= {data_size} (data size)")
+        raise fail(
+            f"{label} has data_offsets [{start}, {end}]: expected start <= end <= {data_size} (data size)"
+        )
     want = math.prod(shape) * DTYPE_BYTES[dtype]
     if end - start != want:
         raise fail(f"{label} ({dtype} {shape}) spans {end - start} bytes: expected {want}")

@@ -23,8 +23,7 @@ from pid_trt.checkpoints import (
 from pid_trt.config import TINY, all_presets
 from pid_trt.errors import CheckpointError
 from pid_trt.model import PidDecoder
-
-from conftest import inventory_path
+from tests.conftest import inventory_path
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +115,9 @@ def test_missing_keys_named_and_counted(tmp_path, tiny_state, fmt):
     assert "unexpected" not in msg and "wrong shape" not in msg
 
 
-@pytest.mark.parametrize("extra", ["net_ema.x", "fake_score.net.w", "discriminator.head.weight", "net.extra.bias"])
+@pytest.mark.parametrize(
+    "extra", ["net_ema.x", "fake_score.net.w", "discriminator.head.weight", "net.extra.bias"]
+)
 def test_unexpected_key_is_not_skipped(tmp_path, tiny_state, extra):
     raw = _net(tiny_state)
     raw[extra] = torch.zeros(3, dtype=torch.bfloat16)
@@ -187,7 +188,7 @@ def test_convert_round_trip_config_from_metadata(tmp_path, tiny_state):
     assert sorted(p.name for p in dst.parent.iterdir()) == ["w.safetensors"]  # no temp file left
     with safe_open(str(dst), framework="pt") as f:
         meta = f.metadata()
-        assert not any(k.startswith("net.") for k in f.keys())
+        assert not any(k.startswith("net.") for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
     assert meta[FORMAT_METADATA_KEY] == FORMAT_VERSION
     assert json.loads(meta[CONFIG_METADATA_KEY]) == json.loads(TINY.to_json())
     loaded = load_checkpoint(dst, None)
@@ -197,6 +198,15 @@ def test_convert_round_trip_config_from_metadata(tmp_path, tiny_state):
     # and a converted file converts again to identical tensors without a config
     again = convert_checkpoint(dst, tmp_path / "again.safetensors")
     _assert_same(again.state_dict, tiny_state)
+
+
+def test_convert_keeps_aliased_tensors_apart(tmp_path, tiny_state):
+    state = dict(tiny_state)
+    a, b = [k for k in sorted(state) if state[k].shape == state["pixel_embedder.proj.bias"].shape][:2]
+    state[b] = state[a]  # two names, one storage (as a pickle of tied weights would have)
+    src = _save_pth(tmp_path / "w.pth", state)
+    out = convert_checkpoint(src, tmp_path / "w.safetensors", TINY)
+    _assert_same(out.state_dict, state)
 
 
 def test_convert_of_bad_source_writes_nothing(tmp_path, tiny_state):

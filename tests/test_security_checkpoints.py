@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from pid_trt.checkpoints import load_checkpoint
+from pid_trt.checkpoints import expected_shapes, load_checkpoint
 from pid_trt.config import TINY
 from pid_trt.errors import CheckpointError, PidTrtError
 from pid_trt.model import PidDecoder
@@ -232,11 +232,14 @@ def test_fuzzed_header_bytes_load_or_checkpoint_error(tmp_path_factory, valid_ti
         loaded = load_checkpoint(path, None)
     except CheckpointError:
         return
-    assert loaded.config == TINY  # whatever loads passed the strict check
+    # Whatever loads passed the strict check (a mutated but valid config JSON may load too).
+    assert {k: tuple(t.shape) for k, t in loaded.state_dict.items()} == expected_shapes(loaded.config)
 
 
 @settings(max_examples=200, deadline=timedelta(seconds=2))
-@given(raw=st.one_of(st.binary(max_size=512), st.text(max_size=256).map(str.encode)), size=st.integers(0, 2**40))
+@given(
+    raw=st.one_of(st.binary(max_size=512), st.text(max_size=256).map(str.encode)), size=st.integers(0, 2**40)
+)
 def test_fuzzed_header_json_parses_or_raises_own_error(raw, size):
     def fail(msg):
         return PidTrtError(msg)
@@ -253,4 +256,3 @@ def test_mutation_helper_really_mutates(valid_tiny):
     assert bad != valid_tiny
     with pytest.raises(PidTrtError):
         parse_header(bad[8 : 8 + struct.unpack("<Q", bad[:8])[0]], len(bad), PidTrtError)
-
