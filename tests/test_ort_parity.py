@@ -23,9 +23,9 @@ from pid_trt.sampling import TIMESCALE, sample
 
 #: Golden tolerance of the ONNX path in fp32 (ORT's fused Attention / reassociated matmuls).
 FP32_TOL = Tolerance(atol=1e-3, rtol=0.0)
-#: fp16 graph vs fp32 graph, image PSNR in dB. Measured 47-52 dB on the golden cases
-#: (tiny random nets); bound set ~10 dB below the worst.
-FP16_MIN_PSNR_DB = 35.0
+#: fp16 graph vs fp32 graph, image PSNR in dB. Measured 72.2 (v15_flux2_unpatchify) and
+#: 69.3 dB (v15_flux_square) on ORT CPU; bound ~15 dB below the worst.
+FP16_MIN_PSNR_DB = 55.0
 
 
 @pytest.fixture(scope="session")
