@@ -39,7 +39,8 @@ def write_images(images: torch.Tensor, path: str | os.PathLike[str]) -> list[Pat
     ``.png``: uint8 PNG(s) per :func:`to_uint8`, ``path`` for B = 1, ``stem_0.png``,
     ``stem_1.png`` ... for B > 1. ``.safetensors``: one tensor ``image`` [B, 3, H, W]
     float32, clamped to [-1, 1]. Each file is written atomically; when PNG k of a batch
-    fails, the ones before it stay and the error names the one that failed.
+    fails, the others are still written (nothing decoded is lost) and the one-line error
+    names every image that failed and every file that was written.
     Returns the paths written. Raises InputFileError for an unsupported suffix or a failed
     write, PidTrtError for non-finite images, ValueError for a tensor of the wrong shape.
     """
@@ -64,14 +65,18 @@ def write_images(images: torch.Tensor, path: str | os.PathLike[str]) -> list[Pat
 
     pixels = to_uint8(images).numpy()
     targets = png_paths(out, images.shape[0])
+    failed: dict[int, str] = {}
     for k, target in enumerate(targets):
         try:
             _write_one(target, lambda tmp, k=k: Image.fromarray(pixels[k]).save(tmp, format="PNG"))
         except InputFileError as exc:
             if len(targets) == 1:
                 raise
-            done = ", ".join(t.name for t in targets[:k]) or "none"
-            raise InputFileError(f"image {k} of {len(targets)}: {exc} (already written: {done})") from None
+            failed[k] = str(exc)
+    if failed:
+        done = ", ".join(t.name for k, t in enumerate(targets) if k not in failed) or "none"
+        which = "; ".join(f"image {k} ({msg})" for k, msg in failed.items())
+        raise InputFileError(f"{len(failed)} of {len(targets)} images not written: {which} (written: {done})")
     return targets
 
 
