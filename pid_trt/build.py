@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 from pid_trt.config import Precision
 from pid_trt.errors import ConfigError, EngineBuildError
@@ -95,6 +95,41 @@ class BuildReport:
     dynamic_batch: bool
     attention_layers: int
     warnings: tuple[str, ...] = ()
+
+
+class BuildProgress(Protocol):
+    """Receives the builder's progress (TensorRT ``IProgressMonitor`` phases and steps).
+
+    Called from TensorRT's threads; ``step`` returning False asks the builder to cancel.
+    """
+
+    def phase_start(self, phase: str, parent: str | None, steps: int) -> None: ...
+
+    def step(self, phase: str, step: int) -> bool: ...
+
+    def phase_finish(self, phase: str) -> None: ...
+
+
+def _progress_monitor(trt: ModuleType, progress: BuildProgress) -> Any:
+    """Wrap ``progress`` in a ``trt.IProgressMonitor`` (None where the binding lacks it)."""
+    base = getattr(trt, "IProgressMonitor", None)
+    if base is None:
+        return None
+
+    class Monitor(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            progress.phase_start(phase_name, parent_phase, num_steps)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return bool(progress.step(phase_name, step))
+
+        def phase_finish(self, phase_name: str) -> None:
+            progress.phase_finish(phase_name)
+
+    return Monitor()
 
 
 class _Logger:
@@ -210,6 +245,7 @@ def build_engine(
     plan_path: str | Path,
     options: BuildOptions = BuildOptions(),
     flavour: Flavour | str = "auto",
+    progress: BuildProgress | None = None,
 ) -> BuildReport:
     """Parse ``onnx_path`` (external data beside it is found by the parser), build a plan,
     write it to ``plan_path`` (fsynced; the caller renames it into place).
@@ -217,6 +253,8 @@ def build_engine(
     Raises :class:`EngineBuildError` with the parser's errors (node name and op) or the
     builder's, :class:`ConfigError` for bad options, and
     :class:`~pid_trt.errors.BackendUnavailableError` when the flavour is not installed.
+    ``progress`` (optional) receives the builder's phases where the binding has
+    ``IProgressMonitor``; returning False from its ``step`` cancels the build.
     """
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     if not onnx_path.is_file():
@@ -245,6 +283,9 @@ def build_engine(
     if supports_timing_cache(flavour) and options.timing_cache is not None:
         cache = _load_timing_cache(config, Path(options.timing_cache))
 
+    monitor = _progress_monitor(trt, progress) if progress is not None else None
+    if monitor is not None and hasattr(config, "progress_monitor"):
+        config.progress_monitor = monitor
     plan = builder.build_serialized_network(network, config)
     if plan is None or plan.nbytes == 0:
         raise _build_failure(flavour, onnx_path.name, logger.errors)

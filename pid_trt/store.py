@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,7 +24,7 @@ from pid_trt.artifacts import (
     hash_artifact,
     key_digest,
 )
-from pid_trt.build import BuildOptions, BuildReport, build_engine
+from pid_trt.build import BuildOptions, BuildProgress, BuildReport, build_engine
 from pid_trt.config import DecoderConfig, Precision
 from pid_trt.errors import ConfigError
 from pid_trt.trt_flavour import Flavour, detect_flavour, flavour_version, normalise_targets
@@ -159,17 +160,22 @@ class EngineStore(ArtifactStore):
         key: EngineKey,
         onnx_path: str | os.PathLike[str],
         options: BuildOptions,
+        *,
+        progress: BuildProgress | None = None,
+        extra: Mapping[str, Any] | None = None,
         **put_kwargs: Any,
     ) -> PutResult:
         """Return the key's engine, building ``onnx_path`` with ``options`` if it is absent.
 
-        The build report (plan size, build seconds, flavour, targets) goes into the manifest.
+        The build report (plan size, build seconds, flavour, targets) goes into the manifest,
+        with ``extra`` (JSON-ready, e.g. which graph of an export this is). ``progress``
+        receives the builder's phases (see :func:`pid_trt.build.build_engine`).
         """
         if key.build_options != canonical_json(options.key_fields()) or key.precision != options.precision:
             raise ConfigError("engine key was made for other build options than the ones given to build()")
 
         def _build(tmp: Path) -> dict[str, Any]:
-            report: BuildReport = build_engine(onnx_path, tmp, options, key.flavour)
+            report: BuildReport = build_engine(onnx_path, tmp, options, key.flavour, progress)
             if (
                 report.trt_version != key.trt_version
                 or report.compute_capabilities != key.compute_capabilities
@@ -183,6 +189,7 @@ class EngineStore(ArtifactStore):
                 "builder_seconds": round(report.build_seconds, 3),
                 "dynamic_batch": report.dynamic_batch,
                 "onnx_name": Path(onnx_path).name,
+                **dict(extra or {}),
             }
 
         return self.put(key, _build, **put_kwargs)

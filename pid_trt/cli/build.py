@@ -1,0 +1,163 @@
+"""``pidtrt build``: export (or reuse an export) and build both TensorRT engines of one bucket."""
+
+from __future__ import annotations
+
+import resource
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pid_trt.cli.errors import cli_errors, warn
+from pid_trt.cli.options import (
+    BackboneOpt,
+    CheckpointOpt,
+    CkptTypeOpt,
+    NetConfigOpt,
+    RandomWeightsOpt,
+    WeightsSeedOpt,
+    resolve_net,
+)
+from pid_trt.errors import BackendUnavailableError, ConfigError
+
+
+def parse_batch(text: str) -> tuple[int, int, int]:
+    """``N`` or ``MIN:OPT:MAX`` -> (min, opt, max)."""
+    parts = str(text).split(":")
+    if len(parts) not in (1, 3) or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"--batch {text!r}: expected N or MIN:OPT:MAX (positive integers)")
+    vals = [int(p) for p in parts]
+    return (vals[0],) * 3 if len(vals) == 1 else (vals[0], vals[1], vals[2])  # type: ignore[return-value]
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def _peak_rss() -> int:
+    """Peak RSS in bytes of this process or any finished child (Linux ru_maxrss is KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return int(max(own, kids)) * 1024
+
+
+class _RichProgress:
+    """A :class:`pid_trt.build.BuildProgress` that draws TensorRT's phases as rich tasks."""
+
+    def __init__(self, progress, graph: str) -> None:
+        self.progress, self.graph = progress, graph
+        self.tasks: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def phase_start(self, phase: str, parent: str | None, steps: int) -> None:
+        with self.lock:
+            indent = "  " if parent else ""
+            self.tasks[phase] = self.progress.add_task(f"{indent}{self.graph}: {phase}", total=max(steps, 1))
+
+    def step(self, phase: str, step: int) -> bool:
+        with self.lock:
+            if phase in self.tasks:
+                self.progress.update(self.tasks[phase], completed=step + 1)
+        return True
+
+    def phase_finish(self, phase: str) -> None:
+        with self.lock:
+            task = self.tasks.pop(phase, None)
+            if task is not None:
+                self.progress.remove_task(task)
+
+
+def _fp8_unavailable() -> BackendUnavailableError:
+    return BackendUnavailableError(
+        "--precision fp8 is not available yet: pid_trt.quantize calibrates the torch model, but the "
+        "exporter (pid_trt.export) has no FP8 Q/DQ ONNX path to build from; use fp16 or bf16"
+    )
+
+
+@cli_errors
+def build(
+    backbone: Optional[str] = BackboneOpt,
+    ckpt_type: Optional[str] = CkptTypeOpt,
+    res: Optional[int] = typer.Option(None, "--res", help="Square output size N (N x N pixels)."),
+    size: Optional[str] = typer.Option(None, "--size", help="Output size WIDTHxHEIGHT in pixels, e.g. 3840x2160."),
+    precision: str = typer.Option("bf16", "--precision", help="fp16, bf16, fp8 or fp32 (fp32: parity only)."),
+    checkpoint: Optional[Path] = CheckpointOpt,
+    net_config: Optional[Path] = NetConfigOpt,
+    random_weights: bool = RandomWeightsOpt,
+    weights_seed: int = WeightsSeedOpt,
+    batch: str = typer.Option("1", "--batch", help="Batch N (graphs are static-batch; MIN:OPT:MAX needs MIN=MAX)."),
+    builder: str = typer.Option("auto", "--builder", help="auto, tensorrt or tensorrt-rtx."),
+    engine_dir: Path = typer.Option(Path("engines"), "--engine-dir", help="Engine store."),
+    export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX export store."),
+    opt_level: int = typer.Option(3, "--opt-level", help="Builder optimization level 0-5."),
+    workspace_gb: Optional[float] = typer.Option(None, "--workspace-gb", help="Workspace pool limit in GiB."),
+    target_cc: Optional[str] = typer.Option(
+        None, "--target-cc", help="TensorRT-RTX target compute capabilities, e.g. 8.6,8.9,12.0 (default: those)."
+    ),
+) -> None:
+    """Export and build the prepare + step TensorRT engines of one bucket into the engine store."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from pid_trt.buckets import check_bucket, parse_bucket
+    from pid_trt.build import BuildOptions
+    from pid_trt.config import Precision
+    from pid_trt.engine_pair import build_pair
+
+    spec = resolve_net(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
+    bucket = parse_bucket(res, size)
+    try:
+        prec = Precision(precision.lower())
+    except ValueError:
+        raise ConfigError(f"--precision {precision!r}: expected fp16, bf16, fp8 or fp32") from None
+    if prec is Precision.FP8:
+        raise _fp8_unavailable()
+    note = check_bucket(bucket, spec.preset)
+    if note:
+        warn(note)
+    if prec is Precision.FP32:
+        warn("fp32 engines use decomposable (unfused) attention, O(tokens^2) memory: for parity checks only")
+    batch_range = parse_batch(batch)
+    targets = tuple(c.strip() for c in target_cc.split(",") if c.strip()) if target_cc else ()
+    options = BuildOptions(
+        precision=prec,
+        optimization_level=opt_level,
+        workspace_bytes=int(workspace_gb * 2**30) if workspace_gb else None,
+        compute_capabilities=targets,
+        batch_range=batch_range,
+        decomposable_attention=prec is Precision.FP32,
+    )
+    console = Console(stderr=True)
+    start = time.perf_counter()
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        phase_task: dict[str, int] = {}
+
+        def on_phase(name: str) -> None:
+            for t in phase_task.values():
+                progress.update(t, completed=1, total=1)
+            label = "export ONNX (or reuse)" if name == "export" else f"build {name} engine"
+            phase_task[name] = progress.add_task(label, total=None)
+
+        result = build_pair(
+            spec, bucket, prec, batch_range[0], options, engine_dir=engine_dir, export_dir=export_dir,
+            flavour=builder, progress=lambda graph: _RichProgress(progress, graph), on_phase=on_phase,
+        )  # fmt: skip
+    elapsed = time.perf_counter() - start
+
+    state = "exported" if result.exported else "reused"
+    typer.echo(f"export ({state}): {result.export_folder} [{result.export_seconds:.1f} s]")
+    table = Table(title=f"{spec.name} {bucket.name} batch {batch_range[0]} {prec.value}")
+    table.add_column("graph")
+    table.add_column(f"engine (in {engine_dir})", overflow="fold")
+    for col in ("size", "build", "state"):
+        table.add_column(col, no_wrap=True)
+    for g in result.engines:
+        st = "built" + (" (replaced stale)" if g.replaced else "") if g.built else "reused"
+        table.add_row(g.graph, g.path.name, _mib(g.plan_bytes), f"{g.build_seconds:.1f} s" if g.built else "-", st)
+    Console().print(table)
+    total = sum(g.plan_bytes for g in result.engines)
+    typer.echo(f"total {_mib(total)}; wall {elapsed:.1f} s; peak RSS {_mib(_peak_rss())}")
