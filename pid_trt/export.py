@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from pid_trt.artifacts import ArtifactStore, canonical_json, hash_artifact, key_digest
 from pid_trt.buckets import Bucket
@@ -114,12 +114,14 @@ class ExportKey:
     def create(
         cls, config: DecoderConfig, weights: str, bucket: Bucket, precision: Precision | str, batch: int,
         opset: int = DEFAULT_OPSET,
-    ) -> "ExportKey":  # fmt: skip
+    ) -> ExportKey:  # fmt: skip
         """The key of exporting ``config`` with ``weights`` (:func:`weights_id`) for one bucket."""
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ConfigError(f"batch {batch!r}: expected an integer >= 1")
         if opset < 23:
-            raise ConfigError(f"opset {opset}: expected >= 23 (attention exports as the fused Attention op from 23)")
+            raise ConfigError(
+                f"opset {opset}: expected >= 23 (attention exports as the fused Attention op from 23)"
+            )
         try:
             precision = Precision(precision)
         except ValueError:
@@ -206,11 +208,15 @@ class _Step(nn.Module):
 def graph_io_names(config: DecoderConfig) -> dict[str, tuple[list[str], list[str]]]:
     """Input and output names of both graphs: {"prepare": (ins, outs), "step": (ins, outs)}."""
     prep_out = ["y_emb", "lq_feats"] + (["pit_feat"] if config.pit_lq_inject else [])
-    step_in = ["x", "t", "y_emb", "lq_feats", "degrade_sigma"] + (["pit_feat"] if config.pit_lq_inject else [])
+    step_in = ["x", "t", "y_emb", "lq_feats", "degrade_sigma"] + (
+        ["pit_feat"] if config.pit_lq_inject else []
+    )
     return {"prepare": (["caption", "latent"], prep_out), "step": (step_in, ["velocity"])}
 
 
-def _export_one(module: nn.Module, args: tuple, names: tuple[list[str], list[str]], path: Path, opset: int) -> None:
+def _export_one(
+    module: nn.Module, args: tuple, names: tuple[list[str], list[str]], path: Path, opset: int
+) -> None:
     import logging
     import warnings
 
@@ -228,7 +234,12 @@ def _export_one(module: nn.Module, args: tuple, names: tuple[list[str], list[str
 
 
 def export_graphs(
-    model: nn.Module, bucket: Bucket, precision: Precision | str, batch: int, out_dir: Path, opset: int = DEFAULT_OPSET
+    model: nn.Module,
+    bucket: Bucket,
+    precision: Precision | str,
+    batch: int,
+    out_dir: Path,
+    opset: int = DEFAULT_OPSET,
 ) -> dict[str, Any]:
     """Write ``prepare.onnx`` and ``step.onnx`` (+ ``.data``) of ``model`` (fp32, not modified)
     into ``out_dir``. Returns facts for the manifest (seconds, peak RSS, graph reports)."""
@@ -254,7 +265,13 @@ def export_graphs(
     del prepared
     names = graph_io_names(config)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _export_one(_Prepare(net, bucket.height, bucket.width), (caption, latent), names["prepare"], out_dir / PREPARE_FILE, opset)
+    _export_one(
+        _Prepare(net, bucket.height, bucket.width),
+        (caption, latent),
+        names["prepare"],
+        out_dir / PREPARE_FILE,
+        opset,
+    )
     _export_one(_Step(net), step_args, names["step"], out_dir / STEP_FILE, opset)
     files = {}
     for p in sorted(out_dir.iterdir()):
@@ -301,11 +318,15 @@ def find_export(key: ExportKey, export_dir: str | Path = DEFAULT_EXPORT_DIR) -> 
     return _result(path, store.manifest(key) or {}, False, key)
 
 
-def export_onnx(model: nn.Module, key: ExportKey, export_dir: str | Path = DEFAULT_EXPORT_DIR) -> ExportResult:
+def export_onnx(
+    model: nn.Module, key: ExportKey, export_dir: str | Path = DEFAULT_EXPORT_DIR
+) -> ExportResult:
     """Return the export of ``key``, exporting ``model`` (fp32, with the key's weights) if the
     cache has none. The caller vouches that ``model`` holds ``key.weights``."""
     config = getattr(model, "config", None)
-    if not isinstance(config, DecoderConfig) or canonical_json(config.to_json()) != canonical_json(key.net_config):
+    if not isinstance(config, DecoderConfig) or canonical_json(config.to_json()) != canonical_json(
+        key.net_config
+    ):
         raise ConfigError("export: the model's net config differs from the export key's")
 
     def build(tmp: Path) -> dict[str, Any]:

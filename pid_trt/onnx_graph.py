@@ -28,7 +28,17 @@ FOLD_OUTPUT_LIMIT = 1 << 20
 #: timestep sinusoid and position tables (Sin, Cos), norm statistics (ReduceMean,
 #: RMSNormalization, GroupNormalization, Sqrt, Reciprocal), gates (Sigmoid), Exp (log_alpha).
 FP32_ISLAND_OPS = frozenset(
-    {"Sin", "Cos", "ReduceMean", "RMSNormalization", "GroupNormalization", "Sqrt", "Reciprocal", "Sigmoid", "Exp"}
+    {
+        "Sin",
+        "Cos",
+        "ReduceMean",
+        "RMSNormalization",
+        "GroupNormalization",
+        "Sqrt",
+        "Reciprocal",
+        "Sigmoid",
+        "Exp",
+    }
 )
 
 
@@ -66,7 +76,7 @@ class GraphReport:
 def optimise(model: Any) -> None:
     """Fold constants and drop dead nodes of an ``onnx_ir.Model`` in place (see module doc)."""
     import onnx_ir as ir
-    import onnx_ir.passes.common as common
+    from onnx_ir.passes import common
     from onnxscript.optimizer import _constant_folding
 
     fold = _constant_folding.FoldConstantsPass(
@@ -178,7 +188,9 @@ def trt_parse(path: str | Path) -> ParseReport:
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(path)):
-        errors = "; ".join(str(parser.get_error(i)).strip().replace("\n", " ") for i in range(min(parser.num_errors, 3)))
+        errors = "; ".join(
+            str(parser.get_error(i)).strip().replace("\n", " ") for i in range(min(parser.num_errors, 3))
+        )
         raise EngineBuildError(f"{trt.__name__} cannot parse {Path(path).name}: {errors or 'no detail'}")
     kind = getattr(trt.LayerType, "ATTENTION_INPUT", None)
     attn = sum(1 for i in range(network.num_layers) if kind is not None and network.get_layer(i).type == kind)

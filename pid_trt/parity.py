@@ -8,8 +8,8 @@ error, max relative error and, for images in [-1, 1], the PSNR in dB (peak-to-pe
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import torch
 
@@ -51,11 +51,17 @@ def psnr(candidate: torch.Tensor, reference: torch.Tensor, peak_to_peak: float =
 
 
 def compare(
-    name: str, candidate: torch.Tensor, reference: torch.Tensor, tolerance: Tolerance = Tolerance(), image: bool = False
+    name: str,
+    candidate: torch.Tensor,
+    reference: torch.Tensor,
+    tolerance: Tolerance = Tolerance(),
+    image: bool = False,
 ) -> Comparison:
     """Compare one output (any float dtype; computed in float64). Shapes must match."""
     if tuple(candidate.shape) != tuple(reference.shape):
-        raise ValueError(f"{name}: shape {tuple(candidate.shape)} differs from the reference {tuple(reference.shape)}")
+        raise ValueError(
+            f"{name}: shape {tuple(candidate.shape)} differs from the reference {tuple(reference.shape)}"
+        )
     a, b = candidate.detach().double().cpu(), reference.detach().double().cpu()
     nonfinite = int((~torch.isfinite(a)).sum().item())
     ref_bad = int((~torch.isfinite(b)).sum().item())

@@ -36,6 +36,8 @@ def golden_export(path: Path, precision: str, root: Path) -> tuple[ExportResult,
     if cache not in _EXPORTS:
         from pid_trt.checkpoints import file_sha256
 
-        key = ExportKey.create(config, weights_id(checkpoint_sha256=file_sha256(path)), Bucket(h, w), precision, b)
+        key = ExportKey.create(
+            config, weights_id(checkpoint_sha256=file_sha256(path)), Bucket(h, w), precision, b
+        )
         _EXPORTS[cache] = export_onnx(model, key, root)
     return _EXPORTS[cache], config, d

@@ -8,11 +8,8 @@ import dataclasses
 
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper
 
-from tests.conftest import GOLDEN, needs_golden
-from tests.export_helpers import golden_export
 from pid_trt.buckets import Bucket
 from pid_trt.config import TINY, Precision, get_preset
 from pid_trt.errors import BackendUnavailableError, ConfigError
@@ -20,9 +17,13 @@ from pid_trt.export import ExportKey, export_onnx, find_export, latent_shape, we
 from pid_trt.model import PidDecoder, random_init
 from pid_trt.onnx_graph import AttentionForm, check_model_by_path, inspect_graph, trt_parse
 from pid_trt.trt_flavour import Flavour, is_importable
+from tests.conftest import GOLDEN, needs_golden
+from tests.export_helpers import golden_export
 
 #: Head sizes 64 (MMDiT) and 72 (PiT) as in the released nets, at toy width.
-HEADS_64_72 = dataclasses.replace(TINY, hidden_size=128, num_groups=2, pixel_attn_hidden_size=144, pixel_num_groups=2)
+HEADS_64_72 = dataclasses.replace(
+    TINY, hidden_size=128, num_groups=2, pixel_attn_hidden_size=144, pixel_num_groups=2
+)
 #: An initializer that grows with H*W would pass this at 64x64 only if it were tiny anyway;
 #: the bound is the largest weight matrix of the tiny nets (pixel adaLN, 3 MiB) with margin.
 MAX_INITIALIZER_BYTES = 8 << 20
@@ -61,7 +62,10 @@ def _tiny_model(path, nodes, inputs, outputs, inits=()):
 def test_float64_checker_finds_casts_and_tensors(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
-    nodes = [helper.make_node("Cast", ["x"], ["d"], to=TensorProto.DOUBLE), helper.make_node("Cast", ["d"], ["y"], to=TensorProto.FLOAT)]
+    nodes = [
+        helper.make_node("Cast", ["x"], ["d"], to=TensorProto.DOUBLE),
+        helper.make_node("Cast", ["d"], ["y"], to=TensorProto.FLOAT),
+    ]
     rep = inspect_graph(_tiny_model(tmp_path / "f64.onnx", nodes, [x], [y]))
     assert rep.float64 and any("Cast" in s for s in rep.float64) and "d" in rep.float64
     clean = [helper.make_node("Relu", ["x"], ["y"])]
@@ -102,7 +106,12 @@ def test_fp32_graphs_are_clean_and_load_everywhere(export_root):
     import onnxruntime as ort
 
     res, config, _ = golden_export(GOLDEN[0], "fp32", export_root)
-    assert set(p.name for p in res.folder.iterdir()) == {"prepare.onnx", "prepare.onnx.data", "step.onnx", "step.onnx.data"}
+    assert {p.name for p in res.folder.iterdir()} == {
+        "prepare.onnx",
+        "prepare.onnx.data",
+        "step.onnx",
+        "step.onnx.data",
+    }
     for path in (res.prepare, res.step):
         assert _graph_problems(path) == []
         check_model_by_path(path)
@@ -114,7 +123,12 @@ def test_fp32_graphs_are_clean_and_load_everywhere(export_root):
     manifest = res.manifest
     assert manifest["key"]["precision"] == "fp32" and manifest["key"]["opset"] == 23
     assert set(manifest["key"]["versions"]) == {"torch", "onnx", "onnxscript"}
-    assert set(manifest["build"]["files"]) == {"prepare.onnx", "prepare.onnx.data", "step.onnx", "step.onnx.data"}
+    assert set(manifest["build"]["files"]) == {
+        "prepare.onnx",
+        "prepare.onnx.data",
+        "step.onnx",
+        "step.onnx.data",
+    }
 
 
 @needs_golden
@@ -159,4 +173,3 @@ def test_ort_cpu_refuses_bf16_with_a_clear_error(heads_bf16):
 
     with pytest.raises(BackendUnavailableError, match="bfloat16"):
         OrtBackend(heads_bf16.prepare, heads_bf16.step, HEADS_64_72, Bucket(64, 64), 1, Precision.BF16)
-

@@ -12,14 +12,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import GOLDEN, needs_golden
-from tests.export_helpers import golden_export, load_golden
 from pid_trt.backends.base import Conditioning
 from pid_trt.backends.ort_backend import OrtBackend
 from pid_trt.buckets import Bucket
 from pid_trt.config import Precision
 from pid_trt.parity import Tolerance, compare, format_table, psnr
 from pid_trt.sampling import TIMESCALE, sample
+from tests.conftest import GOLDEN, needs_golden
+from tests.export_helpers import golden_export, load_golden
 
 #: Golden tolerance of the ONNX path in fp32 (ORT's fused Attention / reassociated matmuls).
 FP32_TOL = Tolerance(atol=1e-3, rtol=0.0)
@@ -77,7 +77,15 @@ def test_bind_refuses_a_foreign_batch_or_size(export_root):
     backend = _backend(res, config, d)
     _, _, h, w = d["in/x"].shape
     with pytest.raises(ConfigError, match="batch"):
-        backend.bind(Conditioning(d["in/lq_latent"].repeat(2, 1, 1, 1), d["in/y"].repeat(2, 1, 1), d["in/degrade_sigma"].repeat(2), h, w))
+        backend.bind(
+            Conditioning(
+                d["in/lq_latent"].repeat(2, 1, 1, 1),
+                d["in/y"].repeat(2, 1, 1),
+                d["in/degrade_sigma"].repeat(2),
+                h,
+                w,
+            )
+        )
     with pytest.raises(ConfigError, match="export is for"):
         backend.bind(Conditioning(d["in/lq_latent"], d["in/y"], d["in/degrade_sigma"], h + 16, w))
 
@@ -96,7 +104,13 @@ def test_fp16_graph_psnr_vs_fp32(path, export_root):
 
 
 def _pidtrt(*args, cwd):
-    proc = subprocess.run([sys.executable, "-m", "pid_trt.cli.main", *map(str, args)], cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pid_trt.cli.main", *map(str, args)],
+        cwd=cwd,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     return proc
 
 
@@ -110,7 +124,9 @@ def test_cli_export_then_decode_matches_golden(tmp_path):
     path = next(p for p in GOLDEN if p.stem == "v1_flux_square")
     config, model, d = load_golden(path)
     (tmp_path / "net.json").write_text(json.dumps(config.to_upstream()))
-    save_file({f"net.{k}": v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "raw.safetensors"))
+    save_file(
+        {f"net.{k}": v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "raw.safetensors")
+    )
     convert_checkpoint(tmp_path / "raw.safetensors", tmp_path / "ckpt.safetensors", config)
     write_latent_file(tmp_path / "lat.safetensors", d["in/lq_latent"], d["in/y"], d["in/degrade_sigma"])
     write_noise_file(tmp_path / "noise.safetensors", [d[f"sampler/noise{i}"] for i in range(4)])

@@ -35,7 +35,9 @@ def _ort():
     try:
         import onnxruntime
     except ImportError as exc:
-        raise BackendUnavailableError(f"onnxruntime is not installed ({exc}): pip install onnxruntime") from None
+        raise BackendUnavailableError(
+            f"onnxruntime is not installed ({exc}): pip install onnxruntime"
+        ) from None
     return onnxruntime
 
 
@@ -88,7 +90,7 @@ class OrtBackend(Backend):
                     raise ConfigError(f"graph input {arg.name} is {arg.type}: expected tensor(float)")
 
     @classmethod
-    def from_request(cls, request: Any) -> "OrtBackend":
+    def from_request(cls, request: Any) -> OrtBackend:
         """Open (exporting first if needed) the graphs for ``request`` (a BackendRequest)."""
         from pid_trt.export import ExportKey, export_onnx, find_export, spec_weights_id
 
@@ -106,7 +108,9 @@ class OrtBackend(Backend):
                 bucket.name, request.batch, precision.value, request.export_dir,
             )  # fmt: skip
             found = export_onnx(build_model(spec), key, request.export_dir)
-        return cls(found.prepare, found.step, spec.config, bucket, request.batch, precision, providers, request.hoist)
+        return cls(
+            found.prepare, found.step, spec.config, bucket, request.batch, precision, providers, request.hoist
+        )
 
     def _prepare(self, caption: np.ndarray, latent: np.ndarray) -> dict[str, np.ndarray]:
         outs = self.prepare_session.run(None, {"caption": caption, "latent": latent})

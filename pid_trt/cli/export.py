@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -26,14 +25,18 @@ def _mib(n: int) -> str:
 
 @cli_errors
 def export(
-    backbone: Optional[str] = BackboneOpt,
-    ckpt_type: Optional[str] = CkptTypeOpt,
-    res: Optional[int] = typer.Option(None, "--res", help="Square output size N (N x N pixels)."),
-    size: Optional[str] = typer.Option(None, "--size", help="Output size WIDTHxHEIGHT in pixels, e.g. 3840x2160."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (weights and matmuls; I/O stays fp32)."),
+    backbone: str | None = BackboneOpt,
+    ckpt_type: str | None = CkptTypeOpt,
+    res: int | None = typer.Option(None, "--res", help="Square output size N (N x N pixels)."),
+    size: str | None = typer.Option(
+        None, "--size", help="Output size WIDTHxHEIGHT in pixels, e.g. 3840x2160."
+    ),
+    precision: str = typer.Option(
+        "fp32", "--precision", help="fp32, fp16 or bf16 (weights and matmuls; I/O stays fp32)."
+    ),
     batch: int = typer.Option(1, "--batch", min=1, help="Batch size (static in the graphs)."),
-    checkpoint: Optional[Path] = CheckpointOpt,
-    net_config: Optional[Path] = NetConfigOpt,
+    checkpoint: Path | None = CheckpointOpt,
+    net_config: Path | None = NetConfigOpt,
     random_weights: bool = RandomWeightsOpt,
     weights_seed: int = WeightsSeedOpt,
     export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX export store."),
@@ -42,7 +45,14 @@ def export(
     """Export prepare.onnx and step.onnx for one resolution bucket (reused when already exported)."""
     from pid_trt.buckets import check_bucket, parse_bucket
     from pid_trt.cli.options import build_model
-    from pid_trt.export import ExportKey, export_onnx, find_export, latent_shape, peak_rss_bytes, spec_weights_id
+    from pid_trt.export import (
+        ExportKey,
+        export_onnx,
+        find_export,
+        latent_shape,
+        peak_rss_bytes,
+        spec_weights_id,
+    )
 
     spec = resolve_net(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
     bucket = parse_bucket(res, size)
@@ -53,7 +63,9 @@ def export(
     key = ExportKey.create(spec.config, spec_weights_id(spec), bucket, precision, batch, opset)
     result = find_export(key, export_dir)
     if result is None:
-        typer.echo(f"exporting {spec.name} {bucket.name} batch {batch} {key.precision.value} (opset {opset}) ...")
+        typer.echo(
+            f"exporting {spec.name} {bucket.name} batch {batch} {key.precision.value} (opset {opset}) ..."
+        )
         result = export_onnx(build_model(spec), key, export_dir)
     elapsed = time.perf_counter() - start
     lh, lw = latent_shape(spec.config, bucket)
