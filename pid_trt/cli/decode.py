@@ -16,9 +16,29 @@ from pid_trt.cli.options import (
     NetConfigOpt,
     RandomWeightsOpt,
     WeightsSeedOpt,
+    parse_size,
     resolve_net,
 )
-from pid_trt.errors import InputFileError
+from pid_trt.buckets import Bucket, check_bucket
+from pid_trt.config import DecoderConfig
+from pid_trt.errors import ConfigError, InputFileError
+
+
+def output_size(config: DecoderConfig, latent_hw: tuple[int, int], size: Optional[str]) -> tuple[int, int]:
+    """Output (height, width) in pixels: latent x pixels per cell, or ``--size`` when it rounds up
+    to the same latent (e.g. 2160 rows from a 68-row flux latent: ceil(2160 / 32) = 68)."""
+    if size is None:
+        return config.output_size(*latent_hw)
+    height, width = parse_size(size)
+    p = config.pixels_per_latent
+    want = (-(-height // p), -(-width // p))
+    if height % 16 or width % 16 or want != tuple(latent_hw):
+        lo_h, lo_w = (latent_hw[0] - 1) * p + 16, (latent_hw[1] - 1) * p + 16
+        raise ConfigError(
+            f"--size {size}: a {latent_hw[0]}x{latent_hw[1]} latent decodes to widths {lo_w}..{latent_hw[1] * p} "
+            f"and heights {lo_h}..{latent_hw[0] * p} (multiples of 16)"
+        )
+    return height, width
 
 
 @cli_errors
@@ -35,13 +55,20 @@ def decode(
     seed: int = typer.Option(0, "--seed", help="Seed of the sampler's noise (ignored with --noise)."),
     steps: int = typer.Option(4, "--steps", min=1, help="Sampling steps (4 = the released distilled sampler)."),
     backend: str = typer.Option("torch", "--backend", help="torch, onnxruntime or tensorrt."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda (torch backend)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda for tensorrt, else cpu)."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 or bf16 (torch backend); fp32/fp16/bf16 (onnxruntime)."),
     engine_dir: Path = typer.Option(Path("engines"), "--engine-dir", help="Engine store (tensorrt backend)."),
     export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX store (onnxruntime backend)."),
+    size: Optional[str] = typer.Option(
+        None, "--size", help="Output WxH when it is not latent x down factor x sr scale (e.g. 3840x2160 from a 68x120 latent)."
+    ),
+    no_hoist: bool = typer.Option(
+        False, "--no-hoist", help="Re-run the latent adapter and caption projection every step (as upstream; slower)."
+    ),
     no_memory_check: bool = typer.Option(
         False, "--no-memory-check", help="Skip the up-front check that the decode fits the device memory."
     ),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="Replay the step engine as a CUDA graph (tensorrt)."),
 ) -> None:
     """Decode a latent file into image(s)."""
     from pid_trt.backends.factory import BackendRequest, create_backend
@@ -50,6 +77,10 @@ def decode(
     from pid_trt.resources import check_decode_memory, run_guarded
     from pid_trt.sampling import draw_noise, sample
 
+    if device is None:
+        device = "cuda" if backend == "tensorrt" else "cpu"
+    elif backend == "tensorrt" and not device.startswith("cuda"):
+        raise ConfigError(f"--device {device}: the tensorrt backend runs on cuda")
     spec = resolve_net(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
     config = spec.config
     lat = read_latent_file(latent, config)
@@ -65,7 +96,10 @@ def decode(
 
         gen = torch.Generator().manual_seed(seed)
         caption = torch.randn(lat.batch, config.txt_max_length, config.txt_embed_dim, generator=gen)
-    height, width = config.output_size(*lat.latent_hw)
+    height, width = output_size(config, lat.latent_hw, size)
+    notice = check_bucket(Bucket(height=height, width=width), spec.preset)
+    if notice:
+        warn(notice)
     mem_device = "cuda" if backend == "tensorrt" else device
     if not no_memory_check:
         check_decode_memory(
@@ -79,7 +113,8 @@ def decode(
 
     request = BackendRequest(
         kind=backend, spec=spec, device=device, dtype=dtype, height=height, width=width,
-        batch=lat.batch, engine_dir=engine_dir, export_dir=export_dir,
+        batch=lat.batch, engine_dir=engine_dir, export_dir=export_dir, hoist=not no_hoist,
+        cuda_graph=cuda_graph,
     )  # fmt: skip
     start = time.perf_counter()
 
