@@ -189,13 +189,13 @@ def engine_status(entry: Entry) -> tuple[EngineStatus, str]:
         key = key_from_manifest(entry.manifest)
     except StoreError as exc:
         return EngineStatus.CORRUPT, str(exc)
-    if key_digest(key) != entry.digest:
-        return EngineStatus.CORRUPT, "manifest key does not hash to its digest (edited?)"
     have = installed_version(key.flavour)
     if have is None:
         return EngineStatus.STALE, f"{key.flavour.value} is not installed"
     if have != key.trt_version:
-        return EngineStatus.STALE, f"built with {key.flavour.value} {key.trt_version}, installed {have}"
+        return EngineStatus.STALE, f"trt_version: built with {key.flavour.value} {key.trt_version}, installed {have}"
+    if key_digest(key) != entry.digest:
+        return EngineStatus.CORRUPT, "manifest key does not hash to its digest (edited?)"
     return EngineStatus.OK, ""
 
 

@@ -26,7 +26,8 @@ class BackendRequest:
     kind: backend name (str or BackendKind); spec: pid_trt.cli.options.NetSpec (config +
     weights); device: "cpu" or "cuda"; dtype: precision name; height / width: output size
     in pixels; batch: B; engine_dir / export_dir: artifact stores; hoist: run the per-decode
-    constant work (latent adapter, caption projection) once instead of every step.
+    constant work (latent adapter, caption projection) once instead of every step;
+    cuda_graph: replay the step engine as a CUDA graph (tensorrt backend).
     """
 
     kind: str
@@ -39,6 +40,7 @@ class BackendRequest:
     engine_dir: Path = Path("engines")
     export_dir: Path = Path("export")
     hoist: bool = True
+    cuda_graph: bool = False
 
     @property
     def backend_kind(self) -> BackendKind:
