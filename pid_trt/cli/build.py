@@ -121,6 +121,11 @@ def build(
     if prec is Precision.FP32:
         warn("fp32 engines use decomposable (unfused) attention, O(tokens^2) memory: for parity checks only")
     batch_range = parse_batch(batch)
+    if batch_range[0] != batch_range[2]:
+        raise ConfigError(
+            f"--batch {batch}: the exporter writes static-batch graphs, so an engine serves one batch; "
+            "build one engine pair per batch (--batch N)"
+        )
     targets = tuple(c.strip() for c in target_cc.split(",") if c.strip()) if target_cc else ()
     options = BuildOptions(
         precision=prec,
@@ -133,7 +138,7 @@ def build(
     console = Console(stderr=True)
     start = time.perf_counter()
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         phase_task: dict[str, int] = {}
 
         def on_phase(name: str) -> None:
