@@ -15,14 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pid_trt.artifacts import Entry, canonical_json, key_digest
-from pid_trt.build import BuildOptions, BuildProgress
 from pid_trt.buckets import Bucket
+from pid_trt.build import BuildOptions, BuildProgress
 from pid_trt.config import DecoderConfig, Precision
 from pid_trt.errors import BackendUnavailableError, ConfigError, StoreError
 from pid_trt.store import EngineKey, EngineStore
@@ -193,7 +194,10 @@ def engine_status(entry: Entry) -> tuple[EngineStatus, str]:
     if have is None:
         return EngineStatus.STALE, f"{key.flavour.value} is not installed"
     if have != key.trt_version:
-        return EngineStatus.STALE, f"trt_version: built with {key.flavour.value} {key.trt_version}, installed {have}"
+        return (
+            EngineStatus.STALE,
+            f"trt_version: built with {key.flavour.value} {key.trt_version}, installed {have}",
+        )
     if key_digest(key) != entry.digest:
         return EngineStatus.CORRUPT, "manifest key does not hash to its digest (edited?)"
     return EngineStatus.OK, ""
@@ -244,9 +248,11 @@ def find_pair(
         if k.get("net_config") != net or k.get("checkpoint_sha256") != wsha:
             continue
         lo, _, hi = (k.get("batch_range") or [0, 0, 0])[:3]
-        if (k.get("height"), k.get("width"), k.get("precision")) == (bucket.height, bucket.width, precision.value) and (
-            lo <= batch <= hi
-        ):
+        if (k.get("height"), k.get("width"), k.get("precision")) == (
+            bucket.height,
+            bucket.width,
+            precision.value,
+        ) and (lo <= batch <= hi):
             mine.append(entry)
         else:
             others.add(_describe(k))
@@ -259,8 +265,14 @@ def find_pair(
     if not pairs:
         if mine:
             half = ", ".join(sorted(e.path.name for e in mine))
-            raise StoreError(f"engine store {engine_dir} has only half of the pair for {what} ({half}): {build_hint}")
-        have = "; engines exist for " + ", ".join(sorted(others)) if others else "; the store has none for this net"
+            raise StoreError(
+                f"engine store {engine_dir} has only half of the pair for {what} ({half}): {build_hint}"
+            )
+        have = (
+            "; engines exist for " + ", ".join(sorted(others))
+            if others
+            else "; the store has none for this net"
+        )
         raise StoreError(f"no TensorRT engine for {what} in {engine_dir}{have}; build it: {build_hint}")
     pair = max(pairs, key=lambda g: min(e.created for e in g.values()))
     paths = {}
@@ -268,11 +280,15 @@ def find_pair(
         entry = pair[graph]
         status, reason = engine_status(entry)
         if status is not EngineStatus.OK:
-            raise StoreError(f"{status.value} {graph} engine {entry.path.name} refused ({reason}); rebuild: {build_hint}")
+            raise StoreError(
+                f"{status.value} {graph} engine {entry.path.name} refused ({reason}); rebuild: {build_hint}"
+            )
         key = key_from_manifest(entry.manifest)
         path = store.lookup(key, verify_hash=verify_hash)
         if path is None:
-            raise StoreError(f"{graph} engine {entry.path.name} vanished during look-up; rebuild: {build_hint}")
+            raise StoreError(
+                f"{graph} engine {entry.path.name} vanished during look-up; rebuild: {build_hint}"
+            )
         paths[graph] = (path, key)
     export_digest = str(pair["step"].manifest.get("build", {}).get("export_digest"))
     return EnginePair(paths["prepare"][0], paths["step"][0], paths["step"][1], export_digest)

@@ -22,7 +22,7 @@ def pidtrt(*args: str, cwd: Path | None = None, timeout: float = 300) -> subproc
     env = dict(os.environ, COLUMNS="200", PYTHONUNBUFFERED="1")
     return subprocess.run(
         [sys.executable, "-m", "pid_trt.cli.main", *args],
-        cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
 
 

@@ -11,7 +11,8 @@ from pid_trt.trt_flavour import Flavour, is_importable
 from tests.engine_helpers import PRECISIONS, build_args, built_store, manifests, pidtrt
 
 pytestmark = pytest.mark.skipif(
-    not is_importable(Flavour.TENSORRT_RTX), reason="TensorRT-RTX bindings not installed (pip install 'pid-trt[rtx]')"
+    not is_importable(Flavour.TENSORRT_RTX),
+    reason="TensorRT-RTX bindings not installed (pip install 'pid-trt[rtx]')",
 )
 
 
@@ -33,7 +34,12 @@ def test_builds_make_both_engines_with_manifests(store):
         assert plan.is_file() and plan.stat().st_size == m["size_bytes"] > 10_000
         assert plan.read_bytes()[:4] == b"vtrt"  # a TensorRT-RTX plan, not a placeholder
         k = m["key"]
-        assert (k["width"], k["height"], k["batch_range"], k["flavour"]) == (64, 64, [1, 1, 1], "tensorrt-rtx")
+        assert (k["width"], k["height"], k["batch_range"], k["flavour"]) == (
+            64,
+            64,
+            [1, 1, 1],
+            "tensorrt-rtx",
+        )
         assert k["compute_capabilities"] == ["8.6", "8.9", "12.0"]
         assert m["build"]["export_digest"] and m["build"]["weights"] == "random:0"
     pairs = {}

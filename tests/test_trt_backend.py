@@ -14,7 +14,8 @@ from pid_trt.trt_flavour import Flavour, is_importable
 from tests.engine_helpers import built_store, pidtrt
 
 pytestmark = pytest.mark.skipif(
-    not is_importable(Flavour.TENSORRT_RTX), reason="TensorRT-RTX bindings not installed (pip install 'pid-trt[rtx]')"
+    not is_importable(Flavour.TENSORRT_RTX),
+    reason="TensorRT-RTX bindings not installed (pip install 'pid-trt[rtx]')",
 )
 
 
@@ -98,7 +99,9 @@ def _gpu_backend(store, cuda_graph: bool = False):
     from pid_trt.errors import BackendUnavailableError
 
     spec = resolve_net("tiny", None, None, None, True)
-    req = BackendRequest("tensorrt", spec, "cuda", "fp16", 64, 64, 1, store["root"] / "engines", cuda_graph=cuda_graph)
+    req = BackendRequest(
+        "tensorrt", spec, "cuda", "fp16", 64, 64, 1, store["root"] / "engines", cuda_graph=cuda_graph
+    )
     try:
         return spec, TrtBackend.from_request(req)
     except BackendUnavailableError as exc:

@@ -82,7 +82,9 @@ def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
     table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.BF16: torch.bfloat16,
              trt.DataType.INT32: torch.int32, trt.DataType.INT64: torch.int64, trt.DataType.BOOL: torch.bool}  # fmt: skip
     if dtype not in table:
-        raise ConfigError(f"engine I/O tensor of TensorRT type {dtype}: not supported by the tensorrt backend")
+        raise ConfigError(
+            f"engine I/O tensor of TensorRT type {dtype}: not supported by the tensorrt backend"
+        )
     return table[dtype]
 
 
@@ -109,7 +111,9 @@ class _Engine:
             name = self.engine.get_tensor_name(i)
             shape = tuple(self.engine.get_tensor_shape(name))
             if any(d < 0 for d in shape):
-                raise ConfigError(f"{plan.name}: tensor {name} has a dynamic shape {shape}; expected static engines")
+                raise ConfigError(
+                    f"{plan.name}: tensor {name} has a dynamic shape {shape}; expected static engines"
+                )
             dtype = _torch_dtype(trt, self.engine.get_tensor_dtype(name))
             is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             (self.inputs if is_input else self.outputs).append(name)
@@ -137,8 +141,12 @@ class _Engine:
         """Capture one execution into a torch CUDA graph (full TensorRT; after a warm-up run)."""
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        if hasattr(self.context, "is_stream_capturable") and not self.context.is_stream_capturable(stream.cuda_stream):
-            raise BackendUnavailableError("this TensorRT engine cannot be captured into a CUDA graph (--cuda-graph)")
+        if hasattr(self.context, "is_stream_capturable") and not self.context.is_stream_capturable(
+            stream.cuda_stream
+        ):
+            raise BackendUnavailableError(
+                "this TensorRT engine cannot be captured into a CUDA graph (--cuda-graph)"
+            )
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=stream):
             self.context.execute_async_v3(stream.cuda_stream)
@@ -150,7 +158,9 @@ class TrtBackend(Backend):
 
     name = "tensorrt"
 
-    def __init__(self, pair: Any, config: DecoderConfig, bucket: Bucket, batch: int, cuda_graph: bool = False) -> None:
+    def __init__(
+        self, pair: Any, config: DecoderConfig, bucket: Bucket, batch: int, cuda_graph: bool = False
+    ) -> None:
         from pid_trt.build import _Logger
 
         flavour = pair.key.flavour
@@ -171,7 +181,7 @@ class TrtBackend(Backend):
         self._captured = False
 
     @classmethod
-    def from_request(cls, request: Any) -> "TrtBackend":
+    def from_request(cls, request: Any) -> TrtBackend:
         """Find the engine pair of ``request`` (a BackendRequest) in its store, then load it.
 
         The store is checked before CUDA: missing / stale / foreign engines raise
@@ -183,8 +193,12 @@ class TrtBackend(Backend):
         spec, precision = request.spec, request.precision
         bucket = Bucket(height=request.height, width=request.width)
         hint = build_command(spec, bucket, precision, request.batch, request.engine_dir)
-        pair = find_pair(request.engine_dir, spec.config, spec_weights_id(spec), bucket, precision, request.batch, hint)
-        return cls(pair, spec.config, bucket, request.batch, cuda_graph=bool(getattr(request, "cuda_graph", False)))
+        pair = find_pair(
+            request.engine_dir, spec.config, spec_weights_id(spec), bucket, precision, request.batch, hint
+        )
+        return cls(
+            pair, spec.config, bucket, request.batch, cuda_graph=bool(getattr(request, "cuda_graph", False))
+        )
 
     def _fill(self, name: str, value: torch.Tensor, what: str) -> None:
         dst = self.prepare.tensors.get(name) if name in self.prepare.tensors else self.step.tensors[name]

@@ -6,7 +6,6 @@ import resource
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -78,23 +77,29 @@ def _fp8_unavailable() -> BackendUnavailableError:
 
 @cli_errors
 def build(
-    backbone: Optional[str] = BackboneOpt,
-    ckpt_type: Optional[str] = CkptTypeOpt,
-    res: Optional[int] = typer.Option(None, "--res", help="Square output size N (N x N pixels)."),
-    size: Optional[str] = typer.Option(None, "--size", help="Output size WIDTHxHEIGHT in pixels, e.g. 3840x2160."),
+    backbone: str | None = BackboneOpt,
+    ckpt_type: str | None = CkptTypeOpt,
+    res: int | None = typer.Option(None, "--res", help="Square output size N (N x N pixels)."),
+    size: str | None = typer.Option(
+        None, "--size", help="Output size WIDTHxHEIGHT in pixels, e.g. 3840x2160."
+    ),
     precision: str = typer.Option("bf16", "--precision", help="fp16, bf16, fp8 or fp32 (fp32: parity only)."),
-    checkpoint: Optional[Path] = CheckpointOpt,
-    net_config: Optional[Path] = NetConfigOpt,
+    checkpoint: Path | None = CheckpointOpt,
+    net_config: Path | None = NetConfigOpt,
     random_weights: bool = RandomWeightsOpt,
     weights_seed: int = WeightsSeedOpt,
-    batch: str = typer.Option("1", "--batch", help="Batch N (graphs are static-batch; MIN:OPT:MAX needs MIN=MAX)."),
+    batch: str = typer.Option(
+        "1", "--batch", help="Batch N (graphs are static-batch; MIN:OPT:MAX needs MIN=MAX)."
+    ),
     builder: str = typer.Option("auto", "--builder", help="auto, tensorrt or tensorrt-rtx."),
     engine_dir: Path = typer.Option(Path("engines"), "--engine-dir", help="Engine store."),
     export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX export store."),
     opt_level: int = typer.Option(3, "--opt-level", help="Builder optimization level 0-5."),
-    workspace_gb: Optional[float] = typer.Option(None, "--workspace-gb", help="Workspace pool limit in GiB."),
-    target_cc: Optional[str] = typer.Option(
-        None, "--target-cc", help="TensorRT-RTX target compute capabilities, e.g. 8.6,8.9,12.0 (default: those)."
+    workspace_gb: float | None = typer.Option(None, "--workspace-gb", help="Workspace pool limit in GiB."),
+    target_cc: str | None = typer.Option(
+        None,
+        "--target-cc",
+        help="TensorRT-RTX target compute capabilities, e.g. 8.6,8.9,12.0 (default: those).",
     ),
 ) -> None:
     """Export and build the prepare + step TensorRT engines of one bucket into the engine store."""
@@ -162,7 +167,9 @@ def build(
         table.add_column(col, no_wrap=True)
     for g in result.engines:
         st = "built" + (" (replaced stale)" if g.replaced else "") if g.built else "reused"
-        table.add_row(g.graph, g.path.name, _mib(g.plan_bytes), f"{g.build_seconds:.1f} s" if g.built else "-", st)
+        table.add_row(
+            g.graph, g.path.name, _mib(g.plan_bytes), f"{g.build_seconds:.1f} s" if g.built else "-", st
+        )
     Console().print(table)
     total = sum(g.plan_bytes for g in result.engines)
     typer.echo(f"total {_mib(total)}; wall {elapsed:.1f} s; peak RSS {_mib(_peak_rss())}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -45,7 +44,19 @@ def list_engines(engine_dir: Path = EngineDirOpt) -> None:
         typer.echo(f"no engines in {engine_dir}")
         return
     table = Table(title=f"engines in {engine_dir}")
-    for col in ("id", "net", "graph", "bucket", "batch", "precision", "flavour", "targets", "size", "created", "status"):
+    for col in (
+        "id",
+        "net",
+        "graph",
+        "bucket",
+        "batch",
+        "precision",
+        "flavour",
+        "targets",
+        "size",
+        "created",
+        "status",
+    ):
         table.add_column(col, overflow="fold")
     for e in entries:
         status, reason = engine_status(e)
@@ -74,7 +85,7 @@ def list_engines(engine_dir: Path = EngineDirOpt) -> None:
 @engines.command("rm")
 @cli_errors
 def remove_engines(
-    digest: Optional[str] = typer.Argument(None, help="Engine id (6+ hex digits of its digest)."),
+    digest: str | None = typer.Argument(None, help="Engine id (6+ hex digits of its digest)."),
     all_: bool = typer.Option(False, "--all", help="Remove every engine (and unfinished temp files)."),
     engine_dir: Path = EngineDirOpt,
 ) -> None:
