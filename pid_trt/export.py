@@ -126,7 +126,7 @@ class ExportKey:
             precision = Precision(precision)
         except ValueError:
             raise ConfigError(f"precision {precision!r}: expected fp32, fp16 or bf16") from None
-        if precision not in _DTYPES:
+        if precision not in _DTYPES and precision is not Precision.FP8:
             raise ConfigError(f"precision {precision.value}: ONNX export supports fp32, fp16 or bf16")
         hs, ws = bucket.height // config.patch_size, bucket.width // config.patch_size
         if hs * config.patch_size != bucket.height or ws * config.patch_size != bucket.width:
@@ -215,7 +215,8 @@ def graph_io_names(config: DecoderConfig) -> dict[str, tuple[list[str], list[str
 
 
 def _export_one(
-    module: nn.Module, args: tuple, names: tuple[list[str], list[str]], path: Path, opset: int
+    module: nn.Module, args: tuple, names: tuple[list[str], list[str]], path: Path, opset: int,
+    translations: dict | None = None,
 ) -> None:
     import logging
     import warnings
@@ -228,6 +229,7 @@ def _export_one(
         program = torch.onnx.export(
             module.eval(), args, dynamo=True, opset_version=opset, optimize=False, verbose=False,
             input_names=names[0], output_names=names[1], external_data=True,
+            custom_translation_table=translations,
         )  # fmt: skip
     optimise(program.model)
     program.save(str(path), external_data=True)
@@ -248,7 +250,7 @@ def export_graphs(
     precision = Precision(precision)
     config: DecoderConfig = model.config
     start = time.perf_counter()
-    net = model if precision is Precision.FP32 else copy.deepcopy(model).to(_DTYPES[precision])
+    net = model if precision in (Precision.FP32, Precision.FP8) else copy.deepcopy(model).to(_DTYPES[precision])
     net = net.eval()
     lh, lw = latent_shape(config, bucket)
     gen = torch.Generator().manual_seed(0)
@@ -272,7 +274,14 @@ def export_graphs(
         out_dir / PREPARE_FILE,
         opset,
     )
-    _export_one(_Step(net), step_args, names["step"], out_dir / STEP_FILE, opset)
+    if precision is Precision.FP8:  # ModelOpt PTQ (default calibration at the bucket) + Q/DQ
+        from pid_trt.export_fp8 import export_fp8_step
+        from pid_trt.quantize import CalibrationSpec
+
+        calib = CalibrationSpec(height=bucket.height, width=bucket.width, batch=batch)
+        export_fp8_step(model, step_args, names["step"], out_dir / STEP_FILE, opset, calib)
+    else:
+        _export_one(_Step(net), step_args, names["step"], out_dir / STEP_FILE, opset)
     files = {}
     for p in sorted(out_dir.iterdir()):
         sha, size = hash_artifact(p)
