@@ -1,0 +1,237 @@
+"""The timing loop: construct one backend, warm up, time ``runs`` decodes and every denoiser call.
+
+CPU: ``time.perf_counter``. CUDA: CUDA events recorded around each decode and each
+denoiser call, read after one synchronisation at the end of the decode (no host syncs are
+added between steps). A decode is ``bind`` (the per-decode work) + the sampler's steps;
+noise is drawn before timing, on the device.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pid_trt.bench.cases import BenchBackend, BenchCase
+from pid_trt.bench.records import Percentiles
+
+_MIB = float(2**20)
+
+
+def percentiles(samples: Sequence[float]) -> Percentiles:
+    """p50 / p95 / p99 of ``samples`` (ms) by linear interpolation between closest ranks
+    (``numpy.percentile``'s default method)."""
+    xs = sorted(float(s) for s in samples)
+    if not xs:
+        raise ValueError("percentiles of no samples")
+
+    def q(p: float) -> float:
+        pos = (len(xs) - 1) * p / 100.0
+        lo = int(pos)
+        hi = min(lo + 1, len(xs) - 1)
+        return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+    return Percentiles(q(50), q(95), q(99))
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """What the backend's artifacts cost. engine_mb: plan / ONNX files (MiB); build_s: seconds
+    to make them in this run (None when they came from the store)."""
+
+    engine_mb: float | None = None
+    build_s: float | None = None
+    device_mb: float | None = None  # engine device memory the backend reports (MiB)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Raw timings of one case: decode_ms per timed decode, step_ms per denoiser call (ms);
+    setup_s: backend construction (s); first_decode_s: the first warm-up decode (s);
+    peak_memory_mb: see :func:`peak_memory_mb`."""
+
+    decode_ms: tuple[float, ...]
+    step_ms: tuple[float, ...]
+    setup_s: float
+    first_decode_s: float | None
+    threads: int
+    peak_memory_mb: float
+    artifacts: Artifacts
+    notes: tuple[str, ...] = ()
+
+
+def _conditioning(config: Any, height: int, width: int, batch: int, seed: int):
+    from pid_trt.backends.base import Conditioning
+    from pid_trt.io import sample_latent
+
+    p = config.pixels_per_latent  # sizes between latent cells round the latent up (as decode does)
+    lat = sample_latent(config, batch, -(-height // p) * p, -(-width // p) * p, seed=seed)
+    return Conditioning(lat.latent, lat.caption, lat.degrade_sigma, height, width)
+
+
+def export_key(spec: Any, case: BenchCase) -> Any:
+    """The :class:`pid_trt.export.ExportKey` the onnxruntime backend looks up for ``case``."""
+    from pid_trt.buckets import Bucket
+    from pid_trt.export import ExportKey, spec_weights_id
+
+    bucket = Bucket(height=case.height, width=case.width)
+    return ExportKey.create(spec.config, spec_weights_id(spec), bucket, case.target.precision, case.batch)
+
+
+def prepare_artifacts(spec: Any, case: BenchCase, export_dir: Path) -> Artifacts:
+    """Make what a backend needs before it can be timed (the ONNX export for onnxruntime) so the
+    measuring process doesn't carry the export's memory; engines are never built here."""
+    if case.target.backend is not BenchBackend.ONNXRUNTIME:
+        return Artifacts()
+    from pid_trt.cli.options import build_model
+    from pid_trt.export import export_onnx, find_export
+
+    key = export_key(spec, case)
+    found = find_export(key, export_dir)
+    if found is not None:
+        return Artifacts(engine_mb=found.size_bytes / _MIB)
+    start = time.perf_counter()
+    made = export_onnx(build_model(spec), key, export_dir)
+    return Artifacts(engine_mb=made.size_bytes / _MIB, build_s=time.perf_counter() - start)
+
+
+def _artifacts(backend: Any, case: BenchCase, spec: Any, export_dir: Path) -> Artifacts:
+    kind = case.target.backend
+    if kind is BenchBackend.ONNXRUNTIME:
+        from pid_trt.export import find_export
+
+        found = find_export(export_key(spec, case), export_dir)
+        return Artifacts(engine_mb=found.size_bytes / _MIB if found else None)
+    if kind is BenchBackend.TENSORRT:
+        import json
+
+        plans = (backend.pair.prepare, backend.pair.step)
+        size = sum(Path(p).stat().st_size for p in plans)
+        build = 0.0
+        for p in plans:
+            try:
+                manifest = json.loads(Path(str(p) + ".manifest.json").read_text())
+                build += float(manifest.get("build", {}).get("builder_seconds", 0.0))
+            except (OSError, ValueError):
+                pass
+        return Artifacts(engine_mb=size / _MIB, build_s=build or None, device_mb=backend.memory.total / _MIB)
+    return Artifacts()
+
+
+def make_backend(case: BenchCase, spec: Any, engine_dir: Path, export_dir: Path) -> Any:
+    """Construct the case's backend (torch-compile: the torch backend with ``step`` and ``forward``
+    under ``torch.compile``; max-autotune on CUDA)."""
+    from pid_trt.backends.factory import BackendRequest, create_backend
+
+    t = case.target
+    request = BackendRequest(
+        kind=t.backend.factory_kind, spec=spec, device=t.device, dtype=t.precision.value,
+        height=case.height, width=case.width, batch=case.batch, engine_dir=engine_dir,
+        export_dir=export_dir, hoist=case.hoist,
+    )  # fmt: skip
+    backend = create_backend(request)
+    if t.backend is BenchBackend.TORCH_COMPILE:
+        import torch
+
+        mode = "max-autotune" if t.device.startswith("cuda") else None
+        model = backend.model
+        model.step = torch.compile(model.step, mode=mode)
+        model.forward = torch.compile(model.forward, mode=mode)
+    return backend
+
+
+def peak_memory_mb(device: str, engine_device_mb: float | None) -> float:
+    """CPU: this process's peak RSS (``ru_maxrss``, MiB). CUDA: torch's peak allocated plus the
+    engine memory the backend reports (TensorRT weights + context), MiB."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.max_memory_allocated() / _MIB + (engine_device_mb or 0.0)
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _clock(cuda: bool) -> tuple[Callable[[], Any], Callable[[Any, Any], float], Callable[[], None]]:
+    """(stamp, elapsed_ms(a, b), sync) for CPU wall time or CUDA events."""
+    if not cuda:
+        return time.perf_counter, lambda a, b: (b - a) * 1e3, lambda: None
+    import torch
+
+    def stamp() -> Any:
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
+
+    return stamp, lambda a, b: float(a.elapsed_time(b)), torch.cuda.synchronize
+
+
+def _timed(den: Callable[[Any, float], Any], calls: list, stamp: Callable[[], Any]) -> Callable:
+    """``den`` recording a (start, end) stamp pair per call into ``calls``."""
+
+    def call(x: Any, t: float) -> Any:
+        a = stamp()
+        v = den(x, t)
+        calls.append((a, stamp()))
+        return v
+
+    return call
+
+
+def measure(
+    case: BenchCase,
+    spec: Any,
+    warmup: int,
+    runs: int,
+    engine_dir: Path,
+    export_dir: Path,
+    seed: int = 0,
+    threads: int | None = None,
+) -> Measurement:
+    """Construct the backend, run ``warmup`` untimed and ``runs`` timed decodes of ``case``."""
+    import torch
+
+    from pid_trt.sampling import draw_noise, sample
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = case.target.device
+    cuda = dev.startswith("cuda")
+    start = time.perf_counter()
+    backend = make_backend(case, spec, engine_dir, export_dir)
+    setup_s = time.perf_counter() - start
+    notes: list[str] = []
+    try:
+        arts = _artifacts(backend, case, spec, export_dir)
+        cond = _conditioning(spec.config, case.height, case.width, case.batch, seed)
+        noise = draw_noise((case.batch, 3, case.height, case.width), case.steps, seed, dev)
+        stamp, elapsed, sync = _clock(cuda)
+        first_decode_s = None
+        decode_ms: list[float] = []
+        step_ms: list[float] = []
+        for i in range(warmup + runs):
+            calls: list[tuple[Any, Any]] = []
+            t0 = time.perf_counter()
+            s0 = stamp()
+            sample(_timed(backend.bind(cond), calls, stamp), noise, case.steps)
+            s1 = stamp()
+            sync()
+            if i == 0:
+                first_decode_s = time.perf_counter() - t0
+            if i >= warmup:
+                decode_ms.append(elapsed(s0, s1))
+                step_ms.extend(elapsed(a, b) for a, b in calls)
+        if case.target.backend is BenchBackend.TORCH_COMPILE and warmup == 0:
+            notes.append("no warm-up: the first timed decode includes torch.compile")
+        ort_threads = None
+        if case.target.backend is BenchBackend.ONNXRUNTIME:
+            ort_threads = backend.step_session.get_session_options().intra_op_num_threads or None
+        used_threads = ort_threads or torch.get_num_threads()
+        peak = peak_memory_mb(dev, arts.device_mb)
+    finally:
+        backend.close()
+    return Measurement(
+        tuple(decode_ms), tuple(step_ms), setup_s, first_decode_s, used_threads, peak, arts, tuple(notes)
+    )

@@ -1,0 +1,176 @@
+"""Run a list of cases (each in its own process) and turn the timings into records.
+
+Availability is checked here first (cheaply: package present, CUDA visible); a case that
+cannot run becomes a ``skipped`` record with the reason, never an error. Cost-model figures
+come from :mod:`pid_trt.costmodel`: achieved TFLOP/s everywhere, roofline floor and MFU on
+a GPU the cost model knows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pid_trt.bench.cases import BenchBackend, BenchCase, NetArgs
+from pid_trt.bench.child import run_job
+from pid_trt.bench.env import collect_environment
+from pid_trt.bench.records import BenchRecord, Environment, Status
+from pid_trt.bench.runner import percentiles
+from pid_trt.errors import ConfigError
+
+#: Device-name fragments -> :data:`pid_trt.costmodel.GPUS` keys (H100 PCIe is not the SXM part).
+_GPU_ALIASES: tuple[tuple[str, str], ...] = (
+    ("H100", "H100 SXM"), ("H200", "H200"), ("B200", "B200"), ("4090", "RTX 4090"), ("5090", "RTX 5090"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Run settings shared by every case. warmup / runs: decodes; timeout_s: per child process."""
+
+    net: NetArgs
+    warmup: int = 1
+    runs: int = 5
+    engine_dir: Path = Path("engines")
+    export_dir: Path = Path("export")
+    threads: int | None = None
+    seed: int = 0
+    timeout_s: float | None = None
+
+
+def unavailable_reason(case: BenchCase) -> str | None:
+    """Why ``case`` cannot run on this machine (cheap checks only), or None."""
+    t = case.target
+    if t.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return (f"no CUDA GPU: torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'}) "
+                    "sees none")  # fmt: skip
+    if t.backend is BenchBackend.ONNXRUNTIME and importlib.util.find_spec("onnxruntime") is None:
+        return "onnxruntime is not installed: pip install 'pid-trt[cpu]' (or [gpu])"
+    if t.backend is BenchBackend.TENSORRT and not any(
+        importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx")
+    ):
+        return "neither tensorrt nor tensorrt_rtx is installed: pip install 'pid-trt[tensorrt]'"
+    return None
+
+
+def gpu_spec_for(device_name: str) -> Any:
+    """The cost model's :class:`~pid_trt.costmodel.GpuSpec` for a CUDA device name, or None."""
+    from pid_trt.costmodel import GPUS
+
+    if "PCIE" in device_name.upper():
+        return None
+    for fragment, key in _GPU_ALIASES:
+        if fragment in device_name.upper():
+            return GPUS[key]
+    return None
+
+
+def _base_record(case: BenchCase, env: Environment, status: Status, reason: str | None) -> BenchRecord:
+    t = case.target
+    return BenchRecord(
+        backend=t.backend.value, precision=t.precision.value, height=case.height, width=case.width,
+        batch=case.batch, steps=case.steps, hoisted=case.hoist, device=env.device,
+        device_kind=env.device_kind, status=status, reason=reason, env=env,
+    )  # fmt: skip
+
+
+def _cost_fields(case: BenchCase, config: Any, p50_ms: float, env: Environment) -> dict[str, Any]:
+    from pid_trt.costmodel import estimate, floor_time, mfu
+
+    est = estimate(config, case.height, case.width, case.batch, case.steps, case.target.precision)
+    flop = est.flops_per_decode if case.hoist else est.flops_per_decode_unhoisted
+    out: dict[str, Any] = {"flop_per_decode": flop, "achieved_tflops": flop / (p50_ms / 1e3) / 1e12}
+    gpu = gpu_spec_for(env.device) if env.device_kind == "cuda" else None
+    if gpu is not None:
+        kw = {"per": "decode", "hoisted": case.hoist}
+        out["floor_ms"] = floor_time(est, gpu, **kw) * 1e3
+        try:
+            out["mfu"] = mfu(p50_ms / 1e3, est, gpu, **kw)
+        except ConfigError:  # fp32 has no tensor-core peak in the cost model
+            out["mfu"] = None
+    return out
+
+
+def to_record(case: BenchCase, result: dict[str, Any], env: Environment, config: Any,
+              warmup: int, runs: int, build_s: float | None) -> BenchRecord:  # fmt: skip
+    """A record from a child's result dict (see :mod:`pid_trt.bench.child`)."""
+    status = Status(result["status"])
+    if status is not Status.OK:
+        return _base_record(case, env, status, result.get("reason") or "no reason given")
+    decode, steps = result["decode_ms"], result["step_ms"]
+    lat = percentiles(decode)
+    arts = result["artifacts"]
+    notes = list(result.get("notes") or ())
+    first = result.get("first_decode_s")
+    if case.target.backend is BenchBackend.TORCH_COMPILE and first is not None:
+        build_s = build_s or first
+        notes.append("build_s: first decode, torch.compile included")
+    rec = replace(
+        _base_record(case, env, status, None),
+        warmup=warmup, runs=runs, threads=result.get("threads"), latency_ms=lat,
+        step_ms=percentiles(steps), images_per_s=case.batch * len(decode) / (sum(decode) / 1e3),
+        peak_memory_mb=result["peak_memory_mb"], engine_mb=arts.get("engine_mb"),
+        build_s=build_s if build_s is not None else arts.get("build_s"), setup_s=result.get("setup_s"),
+        notes=tuple(notes),
+    )  # fmt: skip
+    return replace(rec, **_cost_fields(case, config, lat.p50, env))
+
+
+def run_bench(
+    cases: list[BenchCase],
+    settings: BenchSettings,
+    on_case: Callable[[BenchCase, int, int], None] | None = None,
+) -> list[BenchRecord]:
+    """Measure every case in its own process, in order; ``on_case(case, index, total)`` is
+    called before each (progress)."""
+    if settings.runs < 1 or settings.warmup < 0:
+        raise ConfigError(
+            f"--runs {settings.runs} --warmup {settings.warmup}: expected runs >= 1, warmup >= 0"
+        )
+    config = settings.net.resolve().config
+    for case in cases:  # sizes are checked up front, not per child
+        p = config.pixels_per_latent
+        if case.height % 16 or case.width % 16 or case.height < p or case.width < p:
+            raise ConfigError(
+                f"size {case.width}x{case.height}: expected multiples of 16 of at least {p} pixels"
+            )
+    envs: dict[str, Environment] = {}
+    prepared: dict[tuple, float | None] = {}
+    records = []
+    for i, case in enumerate(cases):
+        if on_case is not None:
+            on_case(case, i, len(cases))
+        dev = case.target.device
+        reason = unavailable_reason(case)
+        if dev not in envs:
+            envs[dev] = collect_environment(dev if reason is None or not dev.startswith("cuda") else "cpu")
+            if reason is not None and dev.startswith("cuda"):
+                envs[dev] = replace(envs[dev], device=f"cuda (unavailable; host {envs[dev].device})",
+                                    device_kind="cuda")  # fmt: skip
+        env = envs[dev]
+        if reason is not None:
+            records.append(_base_record(case, env, Status.SKIPPED, reason))
+            continue
+        job = {
+            "case": case.to_dict(), "net": settings.net.__dict__, "engine_dir": str(settings.engine_dir),
+            "export_dir": str(settings.export_dir), "warmup": settings.warmup, "runs": settings.runs,
+            "seed": settings.seed, "threads": settings.threads,
+        }  # fmt: skip
+        art_key = (case.target, case.height, case.width, case.batch)
+        if case.target.backend is BenchBackend.ONNXRUNTIME and art_key not in prepared:
+            prep = run_job({**job, "mode": "prepare"}, settings.timeout_s)
+            if prep["status"] != Status.OK.value:
+                records.append(_base_record(case, env, Status(prep["status"]), prep.get("reason")))
+                continue
+            prepared[art_key] = prep["artifacts"].get("build_s")
+        result = run_job({**job, "mode": "measure"}, settings.timeout_s)
+        records.append(
+            to_record(case, result, env, config, settings.warmup, settings.runs, prepared.get(art_key))
+        )
+    return records

@@ -1,0 +1,120 @@
+"""``pidtrt bench``: latency / throughput / memory per backend x size x batch, or ``--estimate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pid_trt.cli.errors import cli_errors
+from pid_trt.cli.options import (
+    BackboneOpt,
+    CheckpointOpt,
+    CkptTypeOpt,
+    NetConfigOpt,
+    RandomWeightsOpt,
+    WeightsSeedOpt,
+    parse_size,
+)
+from pid_trt.errors import ConfigError
+
+
+def _sizes(size: list[str], res: list[int]) -> list[tuple[int, int]]:
+    out = [parse_size(s) for s in size] + [(r, r) for r in res]
+    if not out:
+        raise ConfigError("no size given: pass --size WxH or --res N (repeatable)")
+    return list(dict.fromkeys(out))
+
+
+@cli_errors
+def bench(
+    backbone: str | None = BackboneOpt,
+    ckpt_type: str | None = CkptTypeOpt,
+    checkpoint: Path | None = CheckpointOpt,
+    net_config: Path | None = NetConfigOpt,
+    random_weights: bool = RandomWeightsOpt,
+    weights_seed: int = WeightsSeedOpt,
+    size: list[str] = typer.Option([], "--size", help="Output WxH in pixels (repeatable)."),
+    res: list[int] = typer.Option([], "--res", help="Square output size in pixels (repeatable)."),
+    batch: list[int] = typer.Option([1], "--batch", help="Batch size (repeatable)."),
+    backend: list[str] = typer.Option(
+        ["torch"],
+        "--backend",
+        help="torch, torch-compile, onnxruntime, tensorrt; NAME[:PRECISION][@DEVICE], e.g. tensorrt:fp8 (repeatable).",
+    ),
+    dtype: str | None = typer.Option(
+        None,
+        "--dtype",
+        help="Precision for backends given without one (default: fp32 on CPU; bf16 torch, fp16 ORT/TRT on GPU).",
+    ),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when torch sees a GPU)."),
+    steps: int = typer.Option(4, "--steps", min=1, help="Sampler steps per decode."),
+    warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed decodes before timing."),
+    runs: int = typer.Option(5, "--runs", min=1, help="Timed decodes per case."),
+    hoist: bool = typer.Option(
+        True, "--hoist/--no-hoist", help="Run the per-decode work once (default) or every step."
+    ),
+    compare_hoist: bool = typer.Option(
+        False, "--compare-hoist", help="Measure hoisted and not, where the backend can."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="torch intra-op threads (default: torch's)."
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the records as JSON here."),
+    markdown_path: Path | None = typer.Option(None, "--markdown", help="Also write the table here."),
+    plot_path: Path | None = typer.Option(
+        None, "--plot", help="Write latency / throughput plots (PNG) here."
+    ),
+    title: str | None = typer.Option(None, "--title", help="Heading of the markdown report."),
+    estimate: bool = typer.Option(False, "--estimate", help="Print the cost-model table only; run nothing."),
+    engine_dir: Path = typer.Option(Path("engines"), "--engine-dir", help="Engine store (tensorrt)."),
+    export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX store (onnxruntime)."),
+    timeout: float | None = typer.Option(
+        None, "--timeout", help="Seconds per case before it counts as failed."
+    ),
+) -> None:
+    """Benchmark backends (each case in a fresh process), or print the cost model (--estimate)."""
+    sizes = _sizes(size, res)
+    if estimate:
+        from pid_trt.costmodel import render_markdown as cost_table
+
+        if backbone is None:
+            raise ConfigError("--estimate needs --backbone (a preset)")
+        for h, w in sizes:
+            for b in batch:
+                typer.echo(cost_table(backbone, ckpt_type, h, w, b, steps))
+        return
+
+    from pid_trt.bench.cases import NetArgs, expand_cases, parse_target
+    from pid_trt.bench.records import dump_document
+    from pid_trt.bench.report import plot, render_markdown
+    from pid_trt.bench.session import BenchSettings, run_bench
+
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = NetArgs(backbone, ckpt_type, str(checkpoint) if checkpoint else None,
+                  str(net_config) if net_config else None, random_weights, weights_seed)  # fmt: skip
+    targets = list(dict.fromkeys(parse_target(b, dtype, device) for b in backend))
+    hoists = (True, False) if compare_hoist else (hoist,)
+    cases = expand_cases(targets, sizes, batch, hoists, steps)
+    settings = BenchSettings(net, warmup, runs, engine_dir, export_dir, threads, weights_seed, timeout)
+
+    def progress(case, i, n):
+        t = case.target
+        typer.echo(f"[{i + 1}/{n}] {t.backend.value} {t.precision.value}@{t.device} {case.width}x{case.height} "
+                   f"batch {case.batch}{'' if case.hoist else ' no-hoist'}", err=True)  # fmt: skip
+
+    records = run_bench(cases, settings, progress)
+    text = render_markdown(records, title)
+    typer.echo(text)
+    if json_path is not None:
+        meta = {"net": net.__dict__, "command": "pidtrt bench", "warmup": warmup, "runs": runs}
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(dump_document(records, meta))
+    if markdown_path is not None:
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        markdown_path.write_text(text)
+    if plot_path is not None:
+        plot(records, plot_path)
