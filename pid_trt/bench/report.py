@@ -77,7 +77,9 @@ def render_header(records: list[BenchRecord]) -> str:
 def render_markdown(records: list[BenchRecord], title: str | None = None) -> str:
     """Header lines + table (what ``pidtrt bench`` prints)."""
     top = f"## {title}\n\n" if title else ""
-    return top + render_header(records) + "\n" + render_table(records)
+    notes = [f"- {r.label} {r.width}x{r.height} batch {r.batch}: {n}" for r in records for n in r.notes]
+    tail = "\nNotes:\n" + "\n".join(notes) + "\n" if notes else ""
+    return top + render_header(records) + "\n" + render_table(records) + tail
 
 
 def plot(records: list[BenchRecord], path: Path) -> Path:

@@ -8,6 +8,7 @@ noise is drawn before timing, on the device.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -199,6 +200,7 @@ def measure(
         torch.set_num_threads(threads)
     dev = case.target.device
     cuda = dev.startswith("cuda")
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     backend = make_backend(case, spec, engine_dir, export_dir)
     setup_s = time.perf_counter() - start
@@ -223,6 +225,10 @@ def measure(
             if i >= warmup:
                 decode_ms.append(elapsed(s0, s1))
                 step_ms.extend(elapsed(a, b) for a, b in calls)
+        notes.append(
+            f"load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, "
+            f"{os.cpu_count()} CPUs: other processes share the machine when it exceeds the threads used"
+        )
         if case.target.backend is BenchBackend.TORCH_COMPILE and warmup == 0:
             notes.append("no warm-up: the first timed decode includes torch.compile")
         ort_threads = None
