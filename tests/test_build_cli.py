@@ -93,14 +93,6 @@ def test_engines_rm_one_then_all(store, tmp_path):
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "no entries match" in res.stderr
 
 
-def test_fp8_says_not_available(tmp_path):
-    res = pidtrt(*build_args(tmp_path, "fp8"))
-    assert res.returncode != 0
-    assert res.stderr.strip().startswith("error:") and "not available yet" in res.stderr
-    assert res.stderr.count("\n") == 1
-    assert not (tmp_path / "engines").exists()
-
-
 def test_batch_range_needs_static_batch(tmp_path):
     res = pidtrt(*build_args(tmp_path, "fp16", "--batch", "1:2:4"))
     assert res.returncode == 2 and "static-batch" in res.stderr and res.stderr.count("\n") == 1

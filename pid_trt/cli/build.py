@@ -19,7 +19,7 @@ from pid_trt.cli.options import (
     WeightsSeedOpt,
     resolve_net,
 )
-from pid_trt.errors import BackendUnavailableError, ConfigError
+from pid_trt.errors import ConfigError
 
 
 def parse_batch(text: str) -> tuple[int, int, int]:
@@ -68,13 +68,6 @@ class _RichProgress:
                 self.progress.remove_task(task)
 
 
-def _fp8_unavailable() -> BackendUnavailableError:
-    return BackendUnavailableError(
-        "--precision fp8 is not available yet: pid_trt.quantize calibrates the torch model, but the "
-        "exporter (pid_trt.export) has no FP8 Q/DQ ONNX path to build from; use fp16 or bf16"
-    )
-
-
 @cli_errors
 def build(
     backbone: str | None = BackboneOpt,
@@ -119,7 +112,9 @@ def build(
     except ValueError:
         raise ConfigError(f"--precision {precision!r}: expected fp16, bf16, fp8 or fp32") from None
     if prec is Precision.FP8:
-        raise _fp8_unavailable()
+        warn(
+            "fp8: the step graph is quantized with ModelOpt (pid_trt.quantize, default calibration) before export"
+        )
     note = check_bucket(bucket, spec.preset)
     if note:
         warn(note)
