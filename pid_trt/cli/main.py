@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from pid_trt.cli.bench import bench
+from pid_trt.cli.build import build
+from pid_trt.cli.convert import convert
 from pid_trt.cli.decode import decode
+from pid_trt.cli.engines import engines
+from pid_trt.cli.export import export
 from pid_trt.cli.sample import sample_latent
 
 app = typer.Typer(
@@ -15,26 +20,12 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("decode")(decode)
+app.command("build")(build)
+app.command("export")(export)
+app.command("convert")(convert)
+app.command("bench")(bench)
 app.command("sample-latent")(sample_latent)
-
-for _module, _name in (
-    ("pid_trt.cli.convert", "convert"),
-    ("pid_trt.cli.export", "export"),
-    ("pid_trt.cli.build", "build"),
-    ("pid_trt.cli.engines", "engines"),
-    ("pid_trt.cli.bench", "bench"),
-):
-    try:
-        _mod = __import__(_module, fromlist=[_name])
-    except ModuleNotFoundError as _exc:  # command not written yet in this checkout
-        if _exc.name != _module:
-            raise
-        continue
-    _obj = getattr(_mod, _name)
-    if isinstance(_obj, typer.Typer):
-        app.add_typer(_obj, name=_name)
-    else:
-        app.command(_name)(_obj)
+app.add_typer(engines, name="engines")
 
 
 def main() -> None:
