@@ -80,6 +80,10 @@ class OrtBackend(Backend):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        # One thread knob for every backend: follow torch's intra-op threads (torch.set_num_threads,
+        # `pidtrt bench --threads`); both default to the physical cores. Sequential execution
+        # and the memory pattern planner are ORT's defaults and the fastest here (benchmarks/README.md).
+        opts.intra_op_num_threads = torch.get_num_threads()
         self.prepare_session = ort.InferenceSession(str(prepare_path), opts, providers=providers)
         self.step_session = ort.InferenceSession(str(step_path), opts, providers=providers)
         self.config, self.bucket, self.batch = config, bucket, batch
