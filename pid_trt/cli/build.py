@@ -146,6 +146,8 @@ def build(
                 progress.update(t, completed=1, total=1)
             label = "export ONNX (or reuse)" if name == "export" else f"build {name} engine"
             phase_task[name] = progress.add_task(label, total=None)
+            if not console.is_terminal:  # logs and CI: one plain line per phase
+                typer.echo(f"[{time.perf_counter() - start:7.1f} s] {label}", err=True)
 
         result = build_pair(
             spec, bucket, prec, batch_range[0], options, engine_dir=engine_dir, export_dir=export_dir,
