@@ -226,8 +226,7 @@ def measure(
                 decode_ms.append(elapsed(s0, s1))
                 step_ms.extend(elapsed(a, b) for a, b in calls)
         notes.append(
-            f"load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, "
-            f"{os.cpu_count()} CPUs: other processes share the machine when it exceeds the threads used"
+            f"load average (1 min) {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
         )
         if case.target.backend is BenchBackend.TORCH_COMPILE and warmup == 0:
             notes.append("no warm-up: the first timed decode includes torch.compile")
