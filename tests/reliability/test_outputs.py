@@ -29,20 +29,23 @@ import pytest
 import torch
 from PIL import Image
 
-from pid_trt.atomic import TEMP_PREFIX
+from pid_trt.atomic import TEMP_PREFIX, atomic_write
 from pid_trt.config import TINY
-from pid_trt.io import sample_latent, write_images, write_latent_file
+from pid_trt.io import sample_latent, to_uint8, write_images, write_latent_file
 
 KILLS = 12
 
 
-def _writer(target: str, started) -> None:
-    """Child: write a fresh 512x512 PNG over ``target`` again and again until killed."""
-    gen = torch.Generator().manual_seed(os.getpid())
-    images = torch.rand(1, 3, 512, 512, generator=gen) * 2 - 1
+def _writer(target: str, pixels: np.ndarray, started) -> None:
+    """Child: replace ``target`` with a fresh 512x512 PNG again and again until killed.
+
+    Exactly what :func:`write_images` does per file (atomic_write + PIL); the pixels come
+    from the parent because torch must not run in a child forked from a threaded parent.
+    """
     started.set()
     while True:
-        write_images(images, target)
+        with atomic_write(target) as tmp:
+            Image.fromarray(pixels).save(tmp, format="PNG")
 
 
 def _complete_png(path: Path) -> bool:
@@ -56,11 +59,14 @@ def test_writer_killed_at_random_moments_never_leaves_a_partial_output(tmp_path)
     old = np.zeros((8, 8, 3), dtype=np.uint8)
     Image.fromarray(old).save(target)
     rng = random.Random(0)
+    pixels = to_uint8(torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(0)) * 2 - 1)[
+        0
+    ].numpy()
     ctx = multiprocessing.get_context("fork")
     outcomes = {"old": 0, "new": 0}
     for i in range(KILLS):
         started = ctx.Event()
-        child = ctx.Process(target=_writer, args=(str(target), started))
+        child = ctx.Process(target=_writer, args=(str(target), pixels, started), daemon=True)
         child.start()
         assert started.wait(30)
         time.sleep(4.0 if i == KILLS - 1 else rng.uniform(0.0, 1.5))  # the last one surely after a write

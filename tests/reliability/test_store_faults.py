@@ -86,7 +86,7 @@ def test_sigkill_at_each_moment_leaves_store_consistent(tmp_path, moment, repeat
     root = tmp_path / "engines"
     store, key = EngineStore(root), make_key()
     ready = _CTX.Event()
-    child = _CTX.Process(target=_killed_builder, args=(str(root), moment, ready))
+    child = _CTX.Process(target=_killed_builder, args=(str(root), moment, ready), daemon=True)
     child.start()
     assert ready.wait(30), f"child never reached {moment}"
     # The moment really is the one named (so the test cannot pass vacuously).
@@ -161,7 +161,9 @@ def test_build_while_others_look_up(tmp_path, n_procs, round_):
     root, counter = tmp_path / "engines", tmp_path / "builds.txt"
     start, out = _CTX.Event(), _CTX.Queue()
     procs = [
-        _CTX.Process(target=_build_and_use, args=(str(root), str(counter), i % 2 == 1, start, out))
+        _CTX.Process(
+            target=_build_and_use, args=(str(root), str(counter), i % 2 == 1, start, out), daemon=True
+        )
         for i in range(n_procs)
     ]
     for p in procs:
