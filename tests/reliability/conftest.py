@@ -43,7 +43,9 @@ def address_space_limit(extra_bytes: int = DEFAULT_EXTRA_BYTES) -> Iterator[None
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def raw_safetensors(path: Path, header: dict | bytes, data: bytes = b"", total_data: int | None = None) -> Path:
+def raw_safetensors(
+    path: Path, header: dict | bytes, data: bytes = b"", total_data: int | None = None
+) -> Path:
     """Write a safetensors file by hand (the header may lie).
 
     ``total_data``: make the data section that many bytes long as a *sparse* file (no disk

@@ -232,7 +232,19 @@ def test_manifest_mutated_valid(flips, cut):
 
 
 _hostile_paths = st.sampled_from(
-    ["../sentinel.txt", "/etc/passwd", "..", ".", "", "a/b", "a\\b", "x\x00y", "sentinel.txt", "é" * 200, ".locks"]
+    [
+        "../sentinel.txt",
+        "/etc/passwd",
+        "..",
+        ".",
+        "",
+        "a/b",
+        "a\\b",
+        "x\x00y",
+        "sentinel.txt",
+        "é" * 200,
+        ".locks",
+    ]
 ) | st.text(max_size=40)
 
 

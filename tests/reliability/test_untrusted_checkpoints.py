@@ -120,7 +120,9 @@ def test_malicious_pth_through_cli_never_runs(tmp_path):
 
 # --------------------------------------------------------------------------- latent / noise
 def test_latent_header_declaring_2pow40_bytes_in_small_file(tmp_path):
-    path = raw_safetensors(tmp_path / "l.safetensors", {"latent": _f32([1, C, 2**18, TB // 4 // C // 2**18], 0, TB)}, b"\0" * 64)
+    path = raw_safetensors(
+        tmp_path / "l.safetensors", {"latent": _f32([1, C, 2**18, TB // 4 // C // 2**18], 0, TB)}, b"\0" * 64
+    )
     msg, seconds = _timed_refusal(lambda: read_latent_file(path, TINY), InputFileError)
     assert "beyond" in msg and seconds < 2.0
 
@@ -131,7 +133,9 @@ def test_sparse_huge_latent_file_refused_before_reading(tmp_path, data_bytes):
     (before the fix a 16 GiB sparse latent got the process killed)."""
     h = 2**10
     shape = [1, C, h, data_bytes // 4 // C // h]
-    path = raw_safetensors(tmp_path / "l.safetensors", {"latent": _f32(shape, 0, data_bytes)}, total_data=data_bytes)
+    path = raw_safetensors(
+        tmp_path / "l.safetensors", {"latent": _f32(shape, 0, data_bytes)}, total_data=data_bytes
+    )
     msg, seconds = _timed_refusal(lambda: read_latent_file(path, TINY), InputFileError)
     assert "needs" in msg and "available" in msg
     assert seconds < 2.0
