@@ -85,10 +85,19 @@ def parse_bucket(res: int | None = None, size: str | None = None) -> Bucket:
         raise ConfigError("give exactly one of --res N (square) or --size WxH")
     if res is not None:
         return Bucket(height=int(res), width=int(res))
-    parts = str(size).lower().replace("×", "x").split("x")
+    height, width = parse_size(str(size))
+    return Bucket(height=height, width=width)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``--size WxH`` (pixels) -> (height, width), both positive."""
+    parts = text.lower().replace("×", "x").split("x")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ConfigError(f"--size {size!r}: expected WIDTHxHEIGHT in pixels, e.g. 3840x2160")
-    return Bucket(height=int(parts[1]), width=int(parts[0]))
+        raise ConfigError(f"--size {text!r}: expected WIDTHxHEIGHT in pixels, e.g. 3840x2160")
+    w, h = (int(p) for p in parts)
+    if w <= 0 or h <= 0:
+        raise ConfigError(f"--size {text!r}: width and height must be positive")
+    return h, w
 
 
 def check_bucket(bucket: Bucket, preset: Preset | None) -> str | None:

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from pid_trt.buckets import parse_size  # noqa: F401  (re-exported for the commands)
 from pid_trt.config import Backbone, CkptType, DecoderConfig, Preset, get_preset
 from pid_trt.errors import ConfigError
 
@@ -135,17 +136,6 @@ def build_model(spec: NetSpec):
         loaded = load_checkpoint(spec.checkpoint, spec.config)
         load_into(model, loaded)
     return model.eval()
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``WxH`` (pixels) -> (height, width)."""
-    parts = text.lower().replace("×", "x").split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ConfigError(f"--size {text!r}: expected WIDTHxHEIGHT in pixels, e.g. 3840x2160")
-    w, h = (int(p) for p in parts)
-    if w <= 0 or h <= 0:
-        raise ConfigError(f"--size {text!r}: width and height must be positive")
-    return h, w
 
 
 def backbone_enum(text: Optional[str]) -> Optional[Backbone]:
