@@ -125,9 +125,9 @@ class ExportKey:
         try:
             precision = Precision(precision)
         except ValueError:
-            raise ConfigError(f"precision {precision!r}: expected fp32, fp16 or bf16") from None
+            raise ConfigError(f"precision {precision!r}: expected fp32, fp16, bf16 or fp8") from None
         if precision not in _DTYPES and precision is not Precision.FP8:
-            raise ConfigError(f"precision {precision.value}: ONNX export supports fp32, fp16 or bf16")
+            raise ConfigError(f"precision {precision.value}: ONNX export supports fp32, fp16, bf16 or fp8")
         hs, ws = bucket.height // config.patch_size, bucket.width // config.patch_size
         if hs * config.patch_size != bucket.height or ws * config.patch_size != bucket.width:
             raise ConfigError(f"bucket {bucket.name}: expected multiples of patch_size {config.patch_size}")
@@ -337,6 +337,10 @@ def export_onnx(
         key.net_config
     ):
         raise ConfigError("export: the model's net config differs from the export key's")
+    if key.precision is Precision.FP8:
+        from pid_trt.quantize import require_modelopt
+
+        require_modelopt()  # before any work, not after the prepare graph
 
     def build(tmp: Path) -> dict[str, Any]:
         return export_graphs(model, key.bucket, key.precision, key.batch, tmp, key.opset)

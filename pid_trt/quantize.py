@@ -185,6 +185,12 @@ def psnr_db(image: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 # --------------------------------------------------------------------------- ModelOpt
+def require_modelopt() -> None:
+    """Raise :class:`BackendUnavailableError` (one line, with the install command) unless
+    NVIDIA Model Optimizer is importable; call it before any FP8 work starts."""
+    _require_modelopt()
+
+
 def _require_modelopt():
     try:
         import modelopt.torch.quantization as mtq

@@ -11,10 +11,13 @@ Memory formula (bytes; H x W output pixels, B batch, S steps, px = H * W):
                 in the same memory, e.g. the torch backend materialises fp32 on the CPU)
   activations = B x (max(pit, mmdit, lq) + kept) x act_bytes
                 act_bytes = 4 for fp32, else 2 (fp8 engines keep bf16/fp16 activations)
-                pit   = 16 x pixel_hidden x px        per-pixel AdaLN modulation (6 x ph),
+                pit   = 24 x pixel_hidden x px        per-pixel AdaLN modulation (6 x ph),
                                                       pixel stream in + out (2 x ph),
                                                       per-pixel MLP hidden (4 x ph), norm and
-                                                      gate temporaries (4 x ph)
+                                                      gate temporaries (4 x ph), and the
+                                                      eager temporaries of the elementwise
+                                                      chains (8 x ph; measured: a tiny fp32
+                                                      decode at 768^2 peaks at ~22 x ph x px)
                 mmdit = (T + L) x (6 x hidden + mlp_hidden)   qkv, attention out, residuals,
                                                       SwiGLU hidden; L = ceil(H/p) x ceil(W/p)
                 lq    = 4 x L x lq_hidden            the LQ CNN's live feature maps
@@ -131,7 +134,7 @@ def estimate_decode_memory(
     tokens = math.ceil(height / c.patch_size) * math.ceil(width / c.patch_size)
     t, d = c.txt_max_length, c.hidden_size
     n_inject = c.num_lq_outputs + int(c.pit_lq_inject)
-    pit = 16 * c.pixel_hidden_size * px
+    pit = 24 * c.pixel_hidden_size * px
     mmdit = (t + tokens) * (6 * d + c.mlp_hidden)
     lq = 4 * tokens * c.lq_hidden_dim
     kept = (n_inject * tokens + t) * d

@@ -3,6 +3,6 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck disable=SC1091
-source "$ROOT/scripts/setup-env.sh" "${PIDTRT_EXTRAS:-dev,rtx}"
+source "$ROOT/scripts/setup-env.sh" "${PIDTRT_EXTRAS:-dev,rtx,fp8}"
 cd "$ROOT"
 python -m pytest -q "$@"

@@ -90,9 +90,11 @@ def test_latent_shape_is_the_ceiling():
 
 def test_key_refuses_bad_requests():
     with pytest.raises(ConfigError):
-        ExportKey.create(TINY, "random:0", Bucket(64, 64), "fp8", 1)
+        ExportKey.create(TINY, "random:0", Bucket(64, 64), "int8", 1)
     with pytest.raises(ConfigError):
         ExportKey.create(TINY, "random:0", Bucket(64, 64), "fp32", 0)
+    with pytest.raises(ConfigError):
+        ExportKey.create(TINY, "random:0", Bucket(64, 60), "fp32", 1)  # not a multiple of the patch
     with pytest.raises(ConfigError):
         ExportKey.create(TINY, "random:0", Bucket(64, 64), "fp32", 1, opset=18)
     a = ExportKey.create(TINY, "random:0", Bucket(64, 64), "fp32", 1)

@@ -112,6 +112,9 @@ def build(
     except ValueError:
         raise ConfigError(f"--precision {precision!r}: expected fp16, bf16, fp8 or fp32") from None
     if prec is Precision.FP8:
+        from pid_trt.quantize import require_modelopt
+
+        require_modelopt()
         warn(
             "fp8: the step graph is quantized with ModelOpt (pid_trt.quantize, default calibration) before export"
         )

@@ -32,7 +32,7 @@ def export(
         None, "--size", help="Output size WIDTHxHEIGHT in pixels, e.g. 3840x2160."
     ),
     precision: str = typer.Option(
-        "fp32", "--precision", help="fp32, fp16 or bf16 (weights and matmuls; I/O stays fp32)."
+        "fp32", "--precision", help="fp32, fp16, bf16 or fp8 (weights and matmuls; I/O stays fp32; fp8 needs the fp8 extra)."
     ),
     batch: int = typer.Option(1, "--batch", min=1, help="Batch size (static in the graphs)."),
     checkpoint: Path | None = CheckpointOpt,
@@ -45,6 +45,7 @@ def export(
     """Export prepare.onnx and step.onnx for one resolution bucket (reused when already exported)."""
     from pid_trt.buckets import check_bucket, parse_bucket
     from pid_trt.cli.options import build_model
+    from pid_trt.config import Precision
     from pid_trt.export import (
         ExportKey,
         export_onnx,
@@ -63,6 +64,10 @@ def export(
     key = ExportKey.create(spec.config, spec_weights_id(spec), bucket, precision, batch, opset)
     result = find_export(key, export_dir)
     if result is None:
+        if key.precision is Precision.FP8:
+            from pid_trt.quantize import require_modelopt
+
+            require_modelopt()  # before the model is built
         typer.echo(
             f"exporting {spec.name} {bucket.name} batch {batch} {key.precision.value} (opset {opset}) ..."
         )

@@ -58,14 +58,14 @@ def test_estimate_formula_parts():
     assert one.weights == param_count(FLUX) * 2 == four.weights  # weights do not grow with B
     assert four.activations == 4 * one.activations and four.sampler == 4 * one.sampler
     px = 2048 * 2048
-    assert one.activations >= 16 * FLUX.pixel_hidden_size * px * 2  # the per-pixel tensors, bf16
+    assert one.activations >= 24 * FLUX.pixel_hidden_size * px * 2  # the per-pixel tensors, bf16
     assert one.sampler == 3 * px * (4 * 4 + 40)
     assert one.total == -(-(one.weights + one.activations + one.sampler) * HEADROOM // 1) + FIXED_OVERHEAD
     fp32 = estimate_decode_memory(FLUX, 2048, 2048, 1, "fp32")
     assert fp32.weights == 2 * one.weights and fp32.activations == 2 * one.activations
     staged = estimate_decode_memory(FLUX, 2048, 2048, 1, "bf16", load_precision="fp32")
     assert staged.weights == fp32.weights  # the torch backend materialises fp32 first
-    assert 6 * GIB < one.total < 9 * GIB  # 2.7 GB of bf16 weights, 2.5 GB of 2K activations, 0.7 GB sampler
+    assert 6 * GIB < one.total < 9 * GIB  # 2.7 GB of bf16 weights, 3.6 GB of 2K activations, 0.7 GB sampler
     with pytest.raises(ConfigError, match="int4"):
         estimate_decode_memory(FLUX, 64, 64, 1, "int4")
     with pytest.raises(ResourceError, match="batch=0"):
@@ -73,9 +73,12 @@ def test_estimate_formula_parts():
 
 
 def test_estimate_covers_a_measured_decode(tmp_path):
-    """Peak RSS growth of a real tiny decode (fresh process) stays under the estimate, and the
-    estimate is not absurdly pessimistic (< 4x)."""
-    size = 512
+    """Peak RSS growth of a real tiny decode stays under the estimate's size-dependent part
+    (weights + activations + sampler, x HEADROOM) and that part is not absurdly pessimistic.
+
+    The child first runs a 64^2 decode so that lazily loaded kernels and libraries (whose
+    size depends on the CPU, hence FIXED_OVERHEAD) are resident before the baseline."""
+    size = 768
     script = f"""
 import json, resource, torch
 from pid_trt.backends.base import Conditioning
@@ -84,19 +87,23 @@ from pid_trt.cli.options import NetSpec, build_model
 from pid_trt.config import TINY
 from pid_trt.io import sample_latent
 from pid_trt.sampling import draw_noise, sample
-lat = sample_latent(TINY, 1, {size}, {size})
+def decode(size):
+    lat = sample_latent(TINY, 1, size, size)
+    backend = TorchBackend(build_model(NetSpec(TINY, None, None, True)), torch.device('cpu'), torch.float32)
+    den = backend.bind(Conditioning(lat.latent, lat.caption, lat.degrade_sigma, size, size))
+    return sample(den, draw_noise((1, 3, size, size), 1, 0), 1)
+decode(64)
 base = int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()
-backend = TorchBackend(build_model(NetSpec(TINY, None, None, True)), torch.device('cpu'), torch.float32)
-den = backend.bind(Conditioning(lat.latent, lat.caption, lat.degrade_sigma, {size}, {size}))
-img = sample(den, draw_noise((1, 3, {size}, {size}), 1, 0), 1)
+decode({size})
 print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base))
 """
     res = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
     )
     measured = json.loads(res.stdout.strip().splitlines()[-1])
-    est = estimate_decode_memory(TINY, size, size, 1, "fp32", steps=1, load_precision="fp32").total
-    assert measured <= est < 4 * measured, (measured, est)
+    est = estimate_decode_memory(TINY, size, size, 1, "fp32", steps=1, load_precision="fp32")
+    assert est.total - FIXED_OVERHEAD >= measured, (measured, est)
+    assert est.total - FIXED_OVERHEAD < 3 * measured, (measured, est)
 
 
 # --------------------------------------------------------------------------- the check
