@@ -35,7 +35,9 @@ class Bucket:
         for name in ("height", "width"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v % SIZE_MULTIPLE:
-                raise ConfigError(f"bucket {name}={v!r}: expected a positive multiple of {SIZE_MULTIPLE} pixels")
+                raise ConfigError(
+                    f"bucket {name}={v!r}: expected a positive multiple of {SIZE_MULTIPLE} pixels"
+                )
 
     @property
     def name(self) -> str:
@@ -48,11 +50,23 @@ class Bucket:
 
 
 _TWO_K: tuple[tuple[int, int], ...] = (
-    (2048, 2048), (2304, 1728), (1728, 2304), (2688, 1536), (1536, 2688), (2688, 1792), (1792, 2688),
+    (2048, 2048),
+    (2304, 1728),
+    (1728, 2304),
+    (2688, 1536),
+    (1536, 2688),
+    (2688, 1792),
+    (1792, 2688),
 )  # fmt: skip  (W, H)
 
 # Per-aspect-ratio ceiling (W, H) of the 3840 multi-resolution preset.
-_CEIL_3840 = {(1, 1): (3584, 3584), (4, 3): (4096, 2816), (3, 4): (2816, 4096), (16, 9): (4096, 2176), (9, 16): (2176, 4096)}
+_CEIL_3840 = {
+    (1, 1): (3584, 3584),
+    (4, 3): (4096, 2816),
+    (3, 4): (2816, 4096),
+    (16, 9): (4096, 2176),
+    (9, 16): (2176, 4096),
+}
 _LEVELS = range(2048, 3840 + 1, 256)
 _EXTRA_4K: tuple[tuple[int, int], ...] = ((3840, 2160), (2160, 3840), (4096, 4096))
 

@@ -261,7 +261,7 @@ def build_engine(
         raise ConfigError(f"ONNX file {onnx_path}: not found")
     flavour = detect_flavour(flavour)
     trt = load_trt(flavour)
-    targets = normalise_targets(flavour, options.compute_capabilities)
+    targets = normalise_targets(flavour, options.compute_capabilities, fp8=options.precision is Precision.FP8)
     start = time.perf_counter()
 
     logger = _Logger(trt)

@@ -161,8 +161,12 @@ class DecoderConfig:
                 f"lq_latent_unpatchify_factor**2={f * f}"
             )
         if self.lq_hidden_dim % 4:
-            raise ConfigError(f"net config lq_hidden_dim={self.lq_hidden_dim}: expected a multiple of 4 (GroupNorm)")
-        if (self.pixels_per_latent // f) % self.patch_size and self.patch_size % (self.pixels_per_latent // f):
+            raise ConfigError(
+                f"net config lq_hidden_dim={self.lq_hidden_dim}: expected a multiple of 4 (GroupNorm)"
+            )
+        if (self.pixels_per_latent // f) % self.patch_size and self.patch_size % (
+            self.pixels_per_latent // f
+        ):
             raise ConfigError(
                 "net config: pixels per latent cell "
                 f"({self.latent_spatial_down_factor}*{self.sr_scale}/{f}) and patch_size={self.patch_size} "
@@ -229,7 +233,9 @@ class DecoderConfig:
         not implement raise :class:`ConfigError` naming the argument.
         """
         if not isinstance(kwargs, Mapping):
-            raise ConfigError(f"net config: expected a JSON object of PidNet arguments, got {type(kwargs).__name__}")
+            raise ConfigError(
+                f"net config: expected a JSON object of PidNet arguments, got {type(kwargs).__name__}"
+            )
         fields = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         unknown = []
@@ -249,7 +255,9 @@ class DecoderConfig:
         if unknown:
             raise ConfigError(f"net config has unknown argument(s) {', '.join(sorted(unknown))}")
         if "lq_conv_padding_mode" in values:
-            values["lq_conv_padding_mode"] = _enum(PaddingMode, values["lq_conv_padding_mode"], "lq_conv_padding_mode")
+            values["lq_conv_padding_mode"] = _enum(
+                PaddingMode, values["lq_conv_padding_mode"], "lq_conv_padding_mode"
+            )
         if "lq_gate_type" in values:
             values["lq_gate_type"] = _enum(GateType, values["lq_gate_type"], "lq_gate_type")
         for name in ("use_text_rope", "pit_lq_inject"):
@@ -290,7 +298,9 @@ def _enum(kind: type[Enum], value: Any, name: str) -> Any:
         return kind(value)
     except ValueError:
         allowed = ", ".join(repr(m.value) for m in kind)
-        raise ConfigError(f"net config {name}={value!r} is not supported: expected one of {allowed}") from None
+        raise ConfigError(
+            f"net config {name}={value!r} is not supported: expected one of {allowed}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- presets
@@ -394,7 +404,10 @@ _RELEASED: dict[tuple[Backbone, CkptType], tuple[str, DecoderConfig]] = {
         _latent(_V15, 16, 8),
     ),
     (Backbone.DINOV2, CkptType.K2): ("PiD_res2k_sr4x_official_dinov2_distill_4step", _latent(_V1, 768, 16)),
-    (Backbone.SIGLIP, CkptType.K2): ("PiD_res2k_sr8x_official_siglip_distill_4step", _latent(_V1, 1152, 16, sr=8)),
+    (Backbone.SIGLIP, CkptType.K2): (
+        "PiD_res2k_sr8x_official_siglip_distill_4step",
+        _latent(_V1, 1152, 16, sr=8),
+    ),
 }
 
 _STANDINS = {Backbone.TINY: TINY, Backbone.SMALL: SMALL}

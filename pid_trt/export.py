@@ -58,6 +58,10 @@ EXPORTER_REVISION = 1
 PREPARE_FILE = "prepare.onnx"
 STEP_FILE = "step.onnx"
 _DTYPES = {Precision.FP32: torch.float32, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
+#: Base precision of fp8 graphs: the layers left unquantized, the activations between the
+#: FP8 GEMMs and attention run in bf16 (TensorRT fuses attention only in fp16/bf16), and the
+#: prepare graph is the bf16 one. Calibration still runs on the fp32 model.
+FP8_BASE = Precision.BF16
 
 
 def latent_shape(config: DecoderConfig, bucket: Bucket) -> tuple[int, int]:
@@ -87,11 +91,21 @@ def spec_weights_id(spec: Any) -> str:
     return weights_id(checkpoint_sha256=file_sha256(spec.checkpoint))
 
 
+#: Version of the graphs this module writes for a given key; bump it whenever the same key
+#: would export a different graph (2: FP8 step graphs on a bf16 base), so old exports go stale.
+GRAPH_FORMAT = 2
+
+
 def _versions() -> dict[str, str]:
     import onnx
     import onnxscript
 
-    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__}
+    return {
+        "pid_trt_graphs": str(GRAPH_FORMAT),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxscript": onnxscript.__version__,
+    }
 
 
 @dataclass(frozen=True)
@@ -215,7 +229,11 @@ def graph_io_names(config: DecoderConfig) -> dict[str, tuple[list[str], list[str
 
 
 def _export_one(
-    module: nn.Module, args: tuple, names: tuple[list[str], list[str]], path: Path, opset: int,
+    module: nn.Module,
+    args: tuple,
+    names: tuple[list[str], list[str]],
+    path: Path,
+    opset: int,
     translations: dict | None = None,
 ) -> None:
     import logging
@@ -250,7 +268,8 @@ def export_graphs(
     precision = Precision(precision)
     config: DecoderConfig = model.config
     start = time.perf_counter()
-    net = model if precision in (Precision.FP32, Precision.FP8) else copy.deepcopy(model).to(_DTYPES[precision])
+    base = FP8_BASE if precision is Precision.FP8 else precision
+    net = model if base is Precision.FP32 else copy.deepcopy(model).to(_DTYPES[base])
     net = net.eval()
     lh, lw = latent_shape(config, bucket)
     gen = torch.Generator().manual_seed(0)
@@ -279,7 +298,9 @@ def export_graphs(
         from pid_trt.quantize import CalibrationSpec
 
         calib = CalibrationSpec(height=bucket.height, width=bucket.width, batch=batch)
-        export_fp8_step(model, step_args, names["step"], out_dir / STEP_FILE, opset, calib)
+        export_fp8_step(
+            model, step_args, names["step"], out_dir / STEP_FILE, opset, calib, base=_DTYPES[base]
+        )
     else:
         _export_one(_Step(net), step_args, names["step"], out_dir / STEP_FILE, opset)
     files = {}

@@ -2,10 +2,10 @@
 
 The dynamo exporter sees ModelOpt's quantizers (in ModelOpt's torch-export mode) as the
 custom op ``tensorrt::quantize_op(x, amax, 8, 4, ...)``; :func:`fp8_translation_table`
-translates it to ``QuantizeLinear -> DequantizeLinear`` with a per-tensor float32 scale
-``amax / 448`` and a float8e4m3fn zero point (saturating, round-to-nearest-even), which ONNX
-Runtime's CPU provider runs and TensorRT(-RTX) turns into FP8 GEMMs. The prepare graph is
-exported unquantized by :mod:`pid_trt.export`.
+translates it to ``QuantizeLinear -> DequantizeLinear`` with a per-tensor scale
+``amax / 448`` in the graph's base type (bf16 by default, see :func:`export_fp8_step`) and a float8e4m3fn zero point (saturating, round-to-nearest-even), which ONNX
+Runtime's CPU provider runs (float32 base only: it has no bf16 MatMul) and TensorRT(-RTX)
+turns into FP8 GEMMs. The prepare graph is exported unquantized by :mod:`pid_trt.export`.
 
 ``modelopt`` and ``onnxscript`` are imported only inside these functions.
 """
@@ -57,37 +57,19 @@ def export_fp8_step(
     calib: CalibrationSpec,
     exclude: Sequence[str] = DEFAULT_FP8_EXCLUDE,
     fp8_attention: bool = False,
+    base: torch.dtype = torch.bfloat16,
 ) -> nn.Module:
     """Quantize a copy of ``model`` (fp32, unchanged) with :func:`quantize_fp8` and write its
     step graph to ``path`` (+ external data). ``step_args``: example inputs of
-    ``PidDecoder.step``; ``names``: (input names, output names). Returns the quantized copy."""
+    ``PidDecoder.step``; ``names``: (input names, output names); ``base``: the dtype of the
+    unquantized layers and of the activations around the FP8 GEMMs (bf16: attention fuses in
+    TensorRT; float32: runs on ONNX Runtime's CPU provider, for accuracy checks). Returns the
+    quantized copy, cast to ``base``."""
     from modelopt.torch.quantization.utils import export_torch_mode
 
     from pid_trt.export import _export_one, _Step
 
-    quantized = quantize_fp8(copy.deepcopy(model), model.config, calib, exclude, fp8_attention)
+    quantized = quantize_fp8(copy.deepcopy(model), model.config, calib, exclude, fp8_attention).to(base)
     with export_torch_mode():
         _export_one(_Step(quantized), step_args, names, path, opset, translations=fp8_translation_table())
     return quantized
-
-
-#: TensorRT-RTX targets with FP8 tensor cores (Ada SM89, Blackwell SM120); Ampere SM86 has none.
-FP8_RTX_TARGETS: tuple[str, ...] = ("8.9", "12.0")
-
-
-def fp8_targets(targets: Sequence[str] = ()) -> tuple[str, ...]:
-    """The TensorRT-RTX compute capabilities to build an FP8 engine for: ``targets`` (checked)
-    or :data:`FP8_RTX_TARGETS`. Raises ConfigError for a target without FP8 (e.g. 8.6)."""
-    from pid_trt.errors import ConfigError
-
-    chosen = tuple(targets) or FP8_RTX_TARGETS
-    for cc in chosen:
-        try:
-            major, minor = (int(v) for v in str(cc).split("."))
-        except ValueError:
-            raise ConfigError(f"compute capability {cc!r}: expected 'major.minor', e.g. 8.9") from None
-        if (major, minor) < (8, 9):
-            raise ConfigError(
-                f"compute capability {cc}: no FP8 support; expected 8.9 or newer (Ada, Blackwell)"
-            )
-    return chosen

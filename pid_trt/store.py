@@ -98,7 +98,9 @@ class EngineKey:
         the ONNX (file, or folder with external data) unless ``onnx_sha256`` is given.
         """
         resolved = detect_flavour(flavour)
-        targets = normalise_targets(resolved, options.compute_capabilities)
+        targets = normalise_targets(
+            resolved, options.compute_capabilities, fp8=options.precision is Precision.FP8
+        )
         config_json = (
             net_config.to_json()
             if isinstance(net_config, DecoderConfig)
@@ -188,6 +190,7 @@ class EngineStore(ArtifactStore):
                 "plan_bytes": report.plan_bytes,
                 "builder_seconds": round(report.build_seconds, 3),
                 "dynamic_batch": report.dynamic_batch,
+                "attention_layers": report.attention_layers,
                 "onnx_name": Path(onnx_path).name,
                 **dict(extra or {}),
             }

@@ -43,6 +43,8 @@ _MODULES: dict[Flavour, tuple[str, ...]] = {
 # instead of left to the library so that the engine key says exactly what was built. 8.0 and
 # 12.1 can be asked for explicitly; 7.5 (Turing) needs an engine of its own per the RTX docs.
 DEFAULT_RTX_TARGETS: tuple[str, ...] = ("8.6", "8.9", "12.0")
+#: TensorRT-RTX targets with FP8 tensor cores (Ada SM89, Blackwell SM120); Ampere SM86 has none.
+FP8_RTX_TARGETS: tuple[str, ...] = ("8.9", "12.0")
 
 
 def load_trt(flavour: Flavour) -> ModuleType:
@@ -143,12 +145,16 @@ def flavour_version(flavour: Flavour) -> str:
     return str(load_trt(flavour).__version__)
 
 
-def normalise_targets(flavour: Flavour, targets: tuple[str, ...] | None) -> tuple[str, ...]:
+def normalise_targets(
+    flavour: Flavour, targets: tuple[str, ...] | None, fp8: bool = False
+) -> tuple[str, ...]:
     """The compute capabilities an engine is built for, as sorted ``"major.minor"`` strings.
 
-    TensorRT-RTX: ``targets`` or :data:`DEFAULT_RTX_TARGETS`; each must be one the installed
-    package names (``ComputeCapability.SM86`` ...). Full TensorRT builds for the GPU present:
-    its capability, which ``targets`` (if given) must equal.
+    TensorRT-RTX: ``targets`` or :data:`DEFAULT_RTX_TARGETS` (with ``fp8``:
+    :data:`FP8_RTX_TARGETS`); each must be one the installed package names
+    (``ComputeCapability.SM86`` ...). Full TensorRT builds for the GPU present: its
+    capability, which ``targets`` (if given) must equal. With ``fp8`` every target must have
+    FP8 tensor cores (8.9 or newer), else ConfigError.
     """
     if flavour is Flavour.TENSORRT:
         cc = current_compute_capability()
@@ -160,9 +166,14 @@ def normalise_targets(flavour: Flavour, targets: tuple[str, ...] | None) -> tupl
             raise ConfigError(
                 f"compute capabilities {', '.join(targets)}: full TensorRT builds only for the GPU present ({cc})"
             )
-        return (cc,)
-    chosen = tuple(targets) if targets else DEFAULT_RTX_TARGETS
+        chosen: tuple[str, ...] = (cc,)
+    else:
+        chosen = tuple(targets) if targets else (FP8_RTX_TARGETS if fp8 else DEFAULT_RTX_TARGETS)
     for cc in chosen:
+        if fp8 and _parse_cc(cc) < (8, 9):
+            raise ConfigError(
+                f"compute capability {cc}: no FP8 support; expected 8.9 or newer (Ada, Hopper, Blackwell)"
+            )
         _parse_cc(cc)
     return tuple(sorted(set(chosen), key=_parse_cc))
 

@@ -96,3 +96,20 @@ def test_engines_rm_one_then_all(store, tmp_path):
 def test_batch_range_needs_static_batch(tmp_path):
     res = pidtrt(*build_args(tmp_path, "fp16", "--batch", "1:2:4"))
     assert res.returncode == 2 and "static-batch" in res.stderr and res.stderr.count("\n") == 1
+
+
+@pytest.mark.slow  # ModelOpt calibration (4 decodes) + export + two builds, ~40 s
+def test_fp8_build_from_the_cli(tmp_path):
+    pytest.importorskip("modelopt.torch.quantization", reason="nvidia-modelopt (the fp8 extra) not installed")
+    refused = pidtrt(*build_args(tmp_path, "fp8", "--target-cc", "8.6"))
+    assert refused.returncode == 2 and "no FP8" in refused.stderr, refused.stderr
+    assert not list((tmp_path / "engines").glob("*.plan")) if (tmp_path / "engines").exists() else True
+    res = pidtrt(*build_args(tmp_path, "fp8"))
+    assert res.returncode == 0, res.stderr
+    found = manifests(tmp_path / "engines")
+    assert {m["build"]["graph"] for m in found} == {"prepare", "step"}
+    for m in found:
+        assert m["key"]["precision"] == "fp8" and m["key"]["compute_capabilities"] == ["8.9", "12.0"]
+        assert (tmp_path / "engines" / m["path"]).read_bytes()[:4] == b"vtrt"
+    step = next(m for m in found if m["build"]["graph"] == "step")
+    assert step["build"]["attention_layers"] > 0  # bf16 base: attention fused, not decomposed

@@ -151,8 +151,10 @@ def test_floor_time_flux_2048_h100():
     fp8 = floor_time(e, h100, Precision.FP8)
     unhoisted = floor_time(e, h100, hoisted=False)
     decode = floor_time(e, h100, per="decode")
-    print(f"\nflux-2kto4k 2048² H100 SXM floor: bf16 {bf16 * 1e3:.1f} ms/step (un-hoisted "
-          f"{unhoisted * 1e3:.1f}), {decode * 1e3:.1f} ms/decode; fp8 {fp8 * 1e3:.1f} ms/step")
+    print(
+        f"\nflux-2kto4k 2048² H100 SXM floor: bf16 {bf16 * 1e3:.1f} ms/step (un-hoisted "
+        f"{unhoisted * 1e3:.1f}), {decode * 1e3:.1f} ms/decode; fp8 {fp8 * 1e3:.1f} ms/step"
+    )
     # independent: doc's ~46 TF/step over the datasheet's 989.4 TF/s dense BF16 ≈ 46.5 ms
     assert unhoisted == pytest.approx(46e12 / 989.4e12, rel=0.03)
     assert fp8 == pytest.approx(bf16 / 2, rel=0.01)  # compute-bound at 2K

@@ -124,7 +124,7 @@ def test_fp32_graphs_are_clean_and_load_everywhere(export_root):
     assert not step.ops.get("Softmax")
     manifest = res.manifest
     assert manifest["key"]["precision"] == "fp32" and manifest["key"]["opset"] == 23
-    assert set(manifest["key"]["versions"]) == {"torch", "onnx", "onnxscript"}
+    assert set(manifest["key"]["versions"]) == {"pid_trt_graphs", "torch", "onnx", "onnxscript"}
     assert set(manifest["build"]["files"]) == {
         "prepare.onnx",
         "prepare.onnx.data",

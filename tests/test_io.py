@@ -521,7 +521,11 @@ def test_png_batch_failure_names_image(tmp_path, monkeypatch):
     with pytest.raises(InputFileError) as info:
         write_images(torch.zeros(3, 3, 2, 2), tmp_path / "o.png")
     msg = str(info.value)
-    assert "1 of 3 images not written: image 1" in msg and "o_1.png" in msg and "written: o_0.png, o_2.png" in msg
+    assert (
+        "1 of 3 images not written: image 1" in msg
+        and "o_1.png" in msg
+        and "written: o_0.png, o_2.png" in msg
+    )
     assert (tmp_path / "o_0.png").is_file() and (tmp_path / "o_1.png").read_bytes() == b"old"
     assert (tmp_path / "o_2.png").is_file() and no_temp_files(tmp_path)  # nothing decoded is lost
 

@@ -147,4 +147,6 @@ def test_cli_export_then_decode_matches_golden(tmp_path):
     assert err <= FP32_TOL.atol, f"CLI decode image max|d| {err:.3g}"
     wrong = _pidtrt("export", "--net-config", "net.json", "--checkpoint", "ckpt.safetensors", "--res", "64",
                     "--precision", "int8", "--export-dir", "exp", cwd=tmp_path)  # fmt: skip
-    assert wrong.returncode == 2 and "int8" in wrong.stderr and "fp8" in wrong.stderr  # names what is accepted
+    assert (
+        wrong.returncode == 2 and "int8" in wrong.stderr and "fp8" in wrong.stderr
+    )  # names what is accepted

@@ -38,7 +38,8 @@ CALIB = CalibrationSpec(num_samples=2, height=64, width=64, seed=0)
 #: everything quantized: 31.6 dB).
 TINY_PSNR_DB = 33.0
 #: Image PSNR floor (dB) of the golden cases with the default exclusion (measured 33.4-37.6 dB,
-#: worst v15_flux_square; everything quantized: 29.2-32.2 dB).
+#: worst v15_flux_square; on the exported bf16 base 33.7-37.6 dB; everything quantized:
+#: 29.2-32.2 dB).
 GOLDEN_PSNR_DB = 31.0
 #: Image PSNR floor (dB) of the tiny FP8 graphs run by ONNX Runtime (CPU) (measured 35.9 dB).
 ORT_PSNR_DB = 33.0
@@ -95,6 +96,9 @@ def test_quantized_tiny_image_psnr(tiny, quantized):
     psnr = psnr_db(out, ref)
     assert psnr < 80.0, "quantization changed nothing: quantizers are not active"
     assert psnr >= TINY_PSNR_DB, f"tiny FP8 image PSNR {psnr:.2f} dB < {TINY_PSNR_DB}"
+    # the exported graph's base: unquantized layers and activations in bf16 (measured 35.4 dB)
+    psnr = psnr_db(decode(copy.deepcopy(quantized).to(torch.bfloat16), cond), ref)
+    assert TINY_PSNR_DB <= psnr < 80.0, f"tiny FP8 (bf16 base) image PSNR {psnr:.2f} dB < {TINY_PSNR_DB}"
 
 
 def test_excluded_and_prepare_layers_have_no_enabled_quantizers(quantized):
@@ -178,6 +182,8 @@ def test_golden_fp8_image_psnr(path):
     q = quantize_fp8(model, config, calib)
     psnr = psnr_db(decode(q, cond), ref)
     assert GOLDEN_PSNR_DB <= psnr < 80.0, f"{path.stem}: FP8 image PSNR {psnr:.2f} dB"
+    psnr = psnr_db(decode(q.to(torch.bfloat16), cond), ref)  # bf16 base, as exported: 33.7-37.6 dB
+    assert GOLDEN_PSNR_DB <= psnr < 80.0, f"{path.stem}: FP8 (bf16 base) image PSNR {psnr:.2f} dB"
 
 
 # --------------------------------------------------------------------------- FP8 ONNX
@@ -189,7 +195,31 @@ def fp8_graphs(tiny, tmp_path_factory):
     from pid_trt.export import export_graphs
 
     out = tmp_path_factory.mktemp("fp8")
-    export_graphs(tiny, Bucket(64, 64), "fp8", 1, out)
+    export_graphs(tiny, Bucket(64, 64), "fp8", 1, out)  # the product path: bf16 base
+    return out
+
+
+@pytest.fixture(scope="module")
+def fp8_fp32_base_graphs(tiny, tmp_path_factory):
+    """fp32 prepare graph + FP8 step graph on an fp32 base: what ONNX Runtime's CPU provider
+    runs (it has no bf16 MatMul)."""
+    _mtq()
+    pytest.importorskip("onnxruntime")
+    from pid_trt.buckets import Bucket
+    from pid_trt.export import STEP_FILE, export_graphs, graph_io_names
+    from pid_trt.export_fp8 import export_fp8_step
+
+    out = tmp_path_factory.mktemp("fp8_fp32")
+    export_graphs(tiny, Bucket(64, 64), "fp32", 1, out)
+    gen = torch.Generator().manual_seed(0)
+    cond = random_conditioning(TINY, CALIB, seed=7)
+    with torch.no_grad():
+        prepared = tiny.prepare(cond.caption, cond.latent, 64, 64)
+    x = torch.randn(1, 3, 64, 64, generator=gen)
+    args = (x, torch.full((1,), 866.0), prepared.y_emb, prepared.lq_feats, torch.full((1,), 0.1))
+    (out / STEP_FILE).unlink()
+    (out / (STEP_FILE + ".data")).unlink(missing_ok=True)
+    export_fp8_step(tiny, args, graph_io_names(TINY)["step"], out / STEP_FILE, 23, CALIB, base=torch.float32)
     return out
 
 
@@ -203,13 +233,20 @@ def test_fp8_step_graph_has_float8_qdq(fp8_graphs):
     assert q and len(q) == len(dq)
     fp8 = [i for i in step.graph.initializer if i.data_type == onnx.TensorProto.FLOAT8E4M3FN]
     assert fp8, "no float8e4m3fn zero point"
+    # bf16 base: every weight matrix is bf16 (fp32 is left only for tables, the fp32 islands)
+    weights = [i for i in step.graph.initializer if len(i.dims) == 2 and i.name.endswith(".weight")]
+    assert weights and all(i.data_type == onnx.TensorProto.BFLOAT16 for i in weights), [
+        i.name for i in weights if i.data_type != onnx.TensorProto.BFLOAT16
+    ]
+    assert any(n.op_type == "Attention" for n in step.graph.node)
     assert not any(n.domain == "trt" for n in step.graph.node)
     prep = onnx.load(str(fp8_graphs / "prepare.onnx"), load_external_data=False)
     assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in prep.graph.node)
 
 
 @pytest.mark.slow  # the FP8 export calibrates 4 decodes and traces (~60 s shared)
-def test_fp8_graphs_run_in_onnxruntime(tiny, fp8_graphs):
+def test_fp8_graphs_run_in_onnxruntime(tiny, fp8_fp32_base_graphs):
+    fp8_graphs = fp8_fp32_base_graphs
     import numpy as np
     import onnxruntime as ort
 
@@ -236,21 +273,26 @@ def test_fp8_graphs_run_in_onnxruntime(tiny, fp8_graphs):
 def test_fp8_engine_builds_for_fp8_targets_only(fp8_graphs, tmp_path):
     from pid_trt.build import BuildOptions, build_engine
     from pid_trt.config import Precision
-    from pid_trt.errors import BackendUnavailableError, EngineBuildError
-    from pid_trt.export_fp8 import fp8_targets
-    from pid_trt.trt_flavour import Flavour, load_trt
+    from pid_trt.errors import BackendUnavailableError
+    from pid_trt.trt_flavour import Flavour, load_trt, normalise_targets
 
     try:
         load_trt(Flavour.TENSORRT_RTX)
     except BackendUnavailableError as exc:
         pytest.skip(f"TensorRT-RTX not installed ({exc})")
-    assert fp8_targets() == ("8.9", "12.0")
+    assert normalise_targets(Flavour.TENSORRT_RTX, (), fp8=True) == ("8.9", "12.0")
     with pytest.raises(ConfigError, match="no FP8"):
-        fp8_targets(("8.6",))
-    # fp32 attention has no fused TensorRT-RTX kernel: the tiny graph builds decomposed
-    opts = BuildOptions(Precision.FP8, compute_capabilities=("8.9",), decomposable_attention=True)
+        normalise_targets(Flavour.TENSORRT_RTX, ("8.6",), fp8=True)
+    # bf16 base: every Attention node becomes a fused attention layer (no decomposition allowed)
+    opts = BuildOptions(Precision.FP8)  # default targets: the FP8-capable ones
     report = build_engine(fp8_graphs / "step.onnx", tmp_path / "step.plan", opts, "tensorrt-rtx")
+    assert report.compute_capabilities == ("8.9", "12.0")
     assert report.plan_bytes > 0 and (tmp_path / "step.plan").stat().st_size == report.plan_bytes
-    opts = BuildOptions(Precision.FP8, compute_capabilities=("8.6",), decomposable_attention=True)
-    with pytest.raises(EngineBuildError, match="fp8"):  # SM86 has no FP8
+    import onnx
+
+    graph = onnx.load(str(fp8_graphs / "step.onnx"), load_external_data=False).graph
+    assert report.attention_layers == sum(n.op_type == "Attention" for n in graph.node) > 0
+    opts = BuildOptions(Precision.FP8, compute_capabilities=("8.6",))
+    with pytest.raises(ConfigError, match="no FP8"):  # SM86 has no FP8: refused before building
         build_engine(fp8_graphs / "step.onnx", tmp_path / "sm86.plan", opts, "tensorrt-rtx")
+    assert not (tmp_path / "sm86.plan").exists()

@@ -52,7 +52,9 @@ class TorchBackend(Backend):
                 tt = torch.full((batch,), t * TIMESCALE, dtype=torch.float32, device=dev)
                 with torch.inference_mode():
                     xx = x.to(dev, torch.float32)
-                    return model.step(xx, tt, prepared.y_emb, prepared.lq_feats, sigma, prepared.pit_feat).float()
+                    return model.step(
+                        xx, tt, prepared.y_emb, prepared.lq_feats, sigma, prepared.pit_feat
+                    ).float()
 
         else:
 

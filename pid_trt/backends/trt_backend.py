@@ -207,14 +207,15 @@ class TrtBackend(Backend):
         dst.copy_(value.to(dst.dtype), non_blocking=True)
 
     def bind(self, cond: Conditioning) -> Denoiser:
-        if cond.batch != self.batch:
-            raise ConfigError(f"batch {cond.batch}: this engine pair was built for batch {self.batch}")
+        from pid_trt.resources import check_batch_range
+
+        check_batch_range(cond.batch, tuple(self.pair.key.batch_range), f"the {self.bucket.name} engine pair")
         if (cond.height, cond.width) != (self.bucket.height, self.bucket.width):
             raise ConfigError(f"image {cond.width}x{cond.height}: this engine pair is for {self.bucket.name}")
         t_len = self.config.txt_max_length
         self._fill("latent", cond.latent.detach().float(), "latent")
         self._fill("caption", cond.caption.detach().float()[:, :t_len], "caption embedding")
-        self._fill("degrade_sigma", cond.degrade_sigma.detach().float().reshape(self.batch), "degrade_sigma")
+        self._fill("degrade_sigma", cond.degrade_sigma.detach().float().reshape(cond.batch), "degrade_sigma")
         self.prepare.run()
         step = self.step
         x_in, t_in, v_out = step.tensors["x"], step.tensors["t"], step.tensors["velocity"]

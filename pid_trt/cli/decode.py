@@ -43,32 +43,50 @@ def output_size(config: DecoderConfig, latent_hw: tuple[int, int], size: Optiona
 
 @cli_errors
 def decode(
-    latent: Path = typer.Argument(..., help="Latent file (safetensors: latent, caption_embedding, degrade_sigma)."),
-    output: Path = typer.Option(..., "-o", "--output", help="out.png (out_0.png, out_1.png ... for B > 1) or out.safetensors."),
+    latent: Path = typer.Argument(
+        ..., help="Latent file (safetensors: latent, caption_embedding, degrade_sigma)."
+    ),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="out.png (out_0.png, out_1.png ... for B > 1) or out.safetensors."
+    ),
     backbone: Optional[str] = BackboneOpt,
     ckpt_type: Optional[str] = CkptTypeOpt,
     checkpoint: Optional[Path] = CheckpointOpt,
     net_config: Optional[Path] = NetConfigOpt,
     random_weights: bool = RandomWeightsOpt,
     weights_seed: int = WeightsSeedOpt,
-    noise: Optional[Path] = typer.Option(None, "--noise", help="Noise file [S, B, 3, H, W] for reproducible decodes."),
+    noise: Optional[Path] = typer.Option(
+        None, "--noise", help="Noise file [S, B, 3, H, W] for reproducible decodes."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampler's noise (ignored with --noise)."),
-    steps: int = typer.Option(4, "--steps", min=1, help="Sampling steps (4 = the released distilled sampler)."),
+    steps: int = typer.Option(
+        4, "--steps", min=1, help="Sampling steps (4 = the released distilled sampler)."
+    ),
     backend: str = typer.Option("torch", "--backend", help="torch, onnxruntime or tensorrt."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda for tensorrt, else cpu)."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32 or bf16 (torch backend); fp32/fp16/bf16 (onnxruntime)."),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="cpu or cuda (default: cuda for tensorrt, else cpu)."
+    ),
+    dtype: str = typer.Option(
+        "fp32", "--dtype", help="fp32 or bf16 (torch backend); fp32/fp16/bf16 (onnxruntime)."
+    ),
     engine_dir: Path = typer.Option(Path("engines"), "--engine-dir", help="Engine store (tensorrt backend)."),
     export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX store (onnxruntime backend)."),
     size: Optional[str] = typer.Option(
-        None, "--size", help="Output WxH when it is not latent x down factor x sr scale (e.g. 3840x2160 from a 68x120 latent)."
+        None,
+        "--size",
+        help="Output WxH when it is not latent x down factor x sr scale (e.g. 3840x2160 from a 68x120 latent).",
     ),
     no_hoist: bool = typer.Option(
-        False, "--no-hoist", help="Re-run the latent adapter and caption projection every step (as upstream; slower)."
+        False,
+        "--no-hoist",
+        help="Re-run the latent adapter and caption projection every step (as upstream; slower).",
     ),
     no_memory_check: bool = typer.Option(
         False, "--no-memory-check", help="Skip the up-front check that the decode fits the device memory."
     ),
-    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="Replay the step engine as a CUDA graph (tensorrt)."),
+    cuda_graph: bool = typer.Option(
+        False, "--cuda-graph", help="Replay the step engine as a CUDA graph (tensorrt)."
+    ),
 ) -> None:
     """Decode a latent file into image(s)."""
     from pid_trt.backends.factory import BackendRequest, create_backend
@@ -132,4 +150,6 @@ def decode(
     written = write_images(image.float().cpu(), output)
     elapsed = time.perf_counter() - start
     names = ", ".join(str(p) for p in written)
-    typer.echo(f"wrote {names} ({width}x{height}, batch {lat.batch}, {steps} steps, {backend}) in {elapsed:.2f} s")
+    typer.echo(
+        f"wrote {names} ({width}x{height}, batch {lat.batch}, {steps} steps, {backend}) in {elapsed:.2f} s"
+    )

@@ -32,7 +32,9 @@ def export(
         None, "--size", help="Output size WIDTHxHEIGHT in pixels, e.g. 3840x2160."
     ),
     precision: str = typer.Option(
-        "fp32", "--precision", help="fp32, fp16, bf16 or fp8 (weights and matmuls; I/O stays fp32; fp8 needs the fp8 extra)."
+        "fp32",
+        "--precision",
+        help="fp32, fp16, bf16 or fp8 (weights and matmuls; I/O stays fp32; fp8 needs the fp8 extra).",
     ),
     batch: int = typer.Option(1, "--batch", min=1, help="Batch size (static in the graphs)."),
     checkpoint: Path | None = CheckpointOpt,

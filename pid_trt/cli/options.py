@@ -13,14 +13,18 @@ from pid_trt.config import Backbone, CkptType, DecoderConfig, Preset, get_preset
 from pid_trt.errors import ConfigError
 
 WEIGHTS_HINT = (
-    "get the released weights with `hf download nvidia/PiD --include \"checkpoints/*\"` "
+    'get the released weights with `hf download nvidia/PiD --include "checkpoints/*"` '
     "(NVIDIA non-commercial licence) and pass --checkpoint, or pass --random-weights"
 )
 
 BackboneOpt = typer.Option(
-    None, "--backbone", help="Preset: flux, zimage, zimage_turbo, flux2, sd3, sdxl, qwenimage, dinov2, siglip, tiny, small."
+    None,
+    "--backbone",
+    help="Preset: flux, zimage, zimage_turbo, flux2, sd3, sdxl, qwenimage, dinov2, siglip, tiny, small.",
 )
-CkptTypeOpt = typer.Option(None, "--ckpt-type", help="Checkpoint type: 2k or 2kto4k (default: 2k where it exists).")
+CkptTypeOpt = typer.Option(
+    None, "--ckpt-type", help="Checkpoint type: 2k or 2kto4k (default: 2k where it exists)."
+)
 CheckpointOpt = typer.Option(None, "--checkpoint", help="PiD checkpoint (.pth as released, or .safetensors).")
 NetConfigOpt = typer.Option(None, "--net-config", help="JSON file of upstream PidNet keyword arguments.")
 RandomWeightsOpt = typer.Option(

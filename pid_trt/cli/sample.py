@@ -29,7 +29,11 @@ def sample_latent(
     height = width = None
     if size is not None:
         height, width = parse_size(size)
-    lat = make(preset.config, batch=batch, height=height, width=width, seed=seed, backbone=preset.backbone.value)
-    write_latent_file(output, lat.latent, None if no_caption else lat.caption, lat.degrade_sigma, lat.backbone)
+    lat = make(
+        preset.config, batch=batch, height=height, width=width, seed=seed, backbone=preset.backbone.value
+    )
+    write_latent_file(
+        output, lat.latent, None if no_caption else lat.caption, lat.degrade_sigma, lat.backbone
+    )
     h, w = preset.config.output_size(*lat.latent_hw)
     typer.echo(f"wrote {output}: latent {list(lat.latent.shape)} -> {w}x{h} output ({preset.name})")

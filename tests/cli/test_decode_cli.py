@@ -37,7 +37,11 @@ def golden_case_files(path: Path, tmp: Path) -> tuple[Path, Path, Path, torch.Te
 
     config = DecoderConfig.from_upstream(json.loads(upstream))
     ckpt = tmp / "ckpt.safetensors"
-    save_file({f"net.{k}": v.contiguous() for k, v in weights.items()}, str(ckpt), metadata={CONFIG_METADATA_KEY: config.to_json()})
+    save_file(
+        {f"net.{k}": v.contiguous() for k, v in weights.items()},
+        str(ckpt),
+        metadata={CONFIG_METADATA_KEY: config.to_json()},
+    )
     latent = tmp / "latent.safetensors"
     write_latent_file(latent, tensors["in/lq_latent"], tensors["in/y"], tensors["in/degrade_sigma"])
     noise = tmp / "noise.safetensors"
@@ -70,7 +74,9 @@ def test_decode_cli_writes_png_per_batch_item(tmp_path: Path) -> None:
 
     for i in range(expected.shape[0]):
         png = np.asarray(Image.open(tmp_path / f"img_{i}.png"))
-        ref = np.floor((expected[i].clamp(-1, 1).double().numpy().transpose(1, 2, 0) + 1) * 127.5).clip(0, 255)
+        ref = np.floor((expected[i].clamp(-1, 1).double().numpy().transpose(1, 2, 0) + 1) * 127.5).clip(
+            0, 255
+        )
         # floor() may flip by one level where the image sits within 1e-4 of a level boundary
         assert np.abs(png.astype(int) - ref.astype(int)).max() <= 1
 
@@ -116,7 +122,15 @@ def test_decode_cli_bad_latent_is_one_line_error(case: str, tmp_path: Path) -> N
 
 
 def test_decode_cli_missing_and_garbage_files(tmp_path: Path) -> None:
-    res = run_cli("decode", tmp_path / "nope.safetensors", "-o", tmp_path / "o.png", "--backbone", "tiny", "--random-weights")
+    res = run_cli(
+        "decode",
+        tmp_path / "nope.safetensors",
+        "-o",
+        tmp_path / "o.png",
+        "--backbone",
+        "tiny",
+        "--random-weights",
+    )
     assert res.returncode != 0 and "not found" in res.stderr and "Traceback" not in res.stderr
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(os.urandom(64))

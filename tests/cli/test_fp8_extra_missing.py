@@ -24,10 +24,32 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "command",
     [
-        ("export", "--backbone", "tiny", "--random-weights", "--res", "64", "--precision", "fp8",
-         "--export-dir", "exp"),
-        ("build", "--backbone", "tiny", "--random-weights", "--res", "64", "--precision", "fp8",
-         "--export-dir", "exp", "--engine-dir", "eng"),
+        (
+            "export",
+            "--backbone",
+            "tiny",
+            "--random-weights",
+            "--res",
+            "64",
+            "--precision",
+            "fp8",
+            "--export-dir",
+            "exp",
+        ),
+        (
+            "build",
+            "--backbone",
+            "tiny",
+            "--random-weights",
+            "--res",
+            "64",
+            "--precision",
+            "fp8",
+            "--export-dir",
+            "exp",
+            "--engine-dir",
+            "eng",
+        ),
     ],  # fmt: skip
     ids=["export", "build"],
 )
