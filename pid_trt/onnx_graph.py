@@ -155,10 +155,15 @@ def inspect_graph(path: str | Path) -> GraphReport:
 
 
 def check_model_by_path(path: str | Path) -> None:
-    """``onnx.checker`` by path (works past 2 GB with external data); raises ``onnx`` errors."""
+    """``onnx.checker`` by path (works past 2 GB with external data); raises
+    :class:`EngineBuildError` with the checker's first line when the graph is invalid."""
     import onnx
 
-    onnx.checker.check_model(str(path), full_check=False)
+    try:
+        onnx.checker.check_model(str(path), full_check=False)
+    except onnx.checker.ValidationError as exc:
+        first = (str(exc).strip().splitlines() or ["no detail"])[0]
+        raise EngineBuildError(f"onnx.checker rejects {Path(path).name}: {first}") from None
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,11 @@ def export(
     weights_seed: int = WeightsSeedOpt,
     export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX export store."),
     opset: int = typer.Option(23, "--opset", help="ONNX opset (>= 23: fused Attention op)."),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Also run onnx.checker (by path, external data) and the TensorRT(-RTX) ONNX parser.",
+    ),
 ) -> None:
     """Export prepare.onnx and step.onnx for one resolution bucket (reused when already exported)."""
     from pid_trt.buckets import check_bucket, parse_bucket
@@ -91,3 +96,19 @@ def export(
         f"bucket {bucket.name} (latent {lw}x{lh} cells), batch {batch}, {key.precision.value}, "
         f"total {_mib(result.size_bytes)}; wall {elapsed:.1f} s, peak RSS {_mib(peak_rss_bytes())}"
     )
+    if verify:
+        _verify(result.folder)
+
+
+def _verify(folder: Path) -> None:
+    """onnx.checker and the TensorRT(-RTX) parser on each graph of an export folder."""
+    from pid_trt.onnx_graph import check_model_by_path, trt_parse
+
+    for name in ("prepare.onnx", "step.onnx"):
+        start = time.perf_counter()
+        check_model_by_path(folder / name)
+        report = trt_parse(folder / name)
+        typer.echo(
+            f"verified {name}: onnx.checker OK; {report.module} parse OK, {report.layers} layers, "
+            f"{report.attention_layers} fused attention [{time.perf_counter() - start:.1f} s]"
+        )
