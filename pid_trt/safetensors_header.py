@@ -7,8 +7,9 @@ offsets relative to the data section) plus an optional ``__metadata__`` str → 
 :func:`read_header` validates all of it against the file's size *before* any library
 maps or allocates tensor memory, so a header that lies (absurd length, offsets past the
 end, sizes that do not match the shape, overlaps, duplicate names) is refused after
-reading at most :data:`MAX_HEADER_BYTES` bytes. Used by :mod:`pid_trt.checkpoints`, and
-meant for the latent / noise readers too: the error type is a parameter.
+reading at most :data:`MAX_HEADER_BYTES` bytes. The one header parser of the project:
+checkpoints (:mod:`pid_trt.checkpoints`) and the latent / noise readers
+(:mod:`pid_trt.io.stfile`) use it; the error type and the file's label are parameters.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pid_trt.errors import PidTrtError
 
@@ -54,6 +55,11 @@ class TensorEntry:
         """Size of the tensor's data in bytes (``end - start``)."""
         return self.end - self.start
 
+    @property
+    def numel(self) -> int:
+        """Number of elements (product of ``shape``)."""
+        return math.prod(self.shape)
+
 
 @dataclass(frozen=True)
 class SafetensorsHeader:
@@ -72,6 +78,11 @@ class SafetensorsHeader:
         """Tensor names in header order."""
         return [e.name for e in self.entries]
 
+    @property
+    def tensors(self) -> dict[str, TensorEntry]:
+        """Entries by name, in header order."""
+        return {e.name: e for e in self.entries}
+
 
 def read_header(path: str | os.PathLike[str], error: type[Exception] = PidTrtError) -> SafetensorsHeader:
     """Read and validate the header of the safetensors file at ``path``.
@@ -80,26 +91,38 @@ def read_header(path: str | os.PathLike[str], error: type[Exception] = PidTrtErr
     message naming what is wrong; never reads more than 8 + :data:`MAX_HEADER_BYTES` bytes.
     """
     path = Path(path)
-
-    def fail(what: str) -> Exception:
-        return error(f"safetensors file {path.name}: {what}")
-
     try:
-        size = os.path.getsize(path)
         with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise fail(f"{size} bytes is too short: expected an 8-byte header length then a JSON header")
-            (n,) = struct.unpack("<Q", head)
-            if n < 2 or n > MAX_HEADER_BYTES:
-                raise fail(f"header length {n} bytes: expected 2 to {MAX_HEADER_BYTES}")
-            if 8 + n > size:
-                raise fail(f"header length {n} bytes runs past the end of the {size}-byte file")
-            raw = fh.read(n)
+            return read_header_from(fh, f"safetensors file {path.name}", error)
     except OSError as exc:
         raise error(f"cannot read safetensors file {path}: {exc.strerror or exc}") from None
+
+
+def read_header_from(f: BinaryIO, what: str, error: type[Exception] = PidTrtError) -> SafetensorsHeader:
+    """Read and validate the header of the open binary file ``f`` (from its start).
+
+    ``what`` names the file in messages (e.g. ``"latent file x.safetensors"``); ``error`` is
+    raised with a one-line ``"{what}: ..."`` message for anything malformed.
+    """
+
+    def fail(message: str) -> Exception:
+        return error(f"{what}: {message}")
+
+    size = os.fstat(f.fileno()).st_size
+    f.seek(0)
+    head = f.read(8)
+    if len(head) < 8:
+        raise fail(f"{size} bytes is too short: expected an 8-byte header length then a JSON header")
+    (n,) = struct.unpack("<Q", head)
+    if n < 2 or n > MAX_HEADER_BYTES:
+        raise fail(f"not a safetensors file: header length {n} bytes, expected 2 to {MAX_HEADER_BYTES}")
+    if 8 + n > size:
+        raise fail(
+            f"truncated or not a safetensors file: header length {n} bytes runs past the end of the {size}-byte file"
+        )
+    raw = f.read(n)
     if len(raw) != n:
-        raise fail(f"file shrank while reading the header: expected {n} header bytes, read {len(raw)}")
+        raise fail(f"truncated while reading the header: expected {n} header bytes, read {len(raw)}")
     return parse_header(raw, size, fail)
 
 
@@ -116,9 +139,7 @@ def parse_header(raw: bytes, file_size: int, fail: Any) -> SafetensorsHeader:
     try:
         obj = json.loads(text, object_pairs_hook=_no_duplicates)
     except _DuplicateKey as exc:
-        raise fail(
-            f"header repeats the key {str(exc)[:80]!r}: expected unique tensor names and fields"
-        ) from None
+        raise fail(f"header names {str(exc)[:80]!r} twice: expected unique tensor names and fields") from None
     except (ValueError, RecursionError) as exc:
         raise fail(f"header is not valid JSON ({str(exc)[:80]}): expected a JSON object") from None
     if not isinstance(obj, dict):
@@ -146,11 +167,13 @@ def parse_header(raw: bytes, file_size: int, fail: Any) -> SafetensorsHeader:
 
 def _entry(name: str, rec: Any, data_size: int, fail: Any) -> TensorEntry:
     label = f"tensor {name[:80]!r}"
-    if not isinstance(rec, dict) or set(rec) - {"dtype", "shape", "data_offsets"} or len(rec) != 3:
+    if not isinstance(rec, dict):
+        raise fail(f"{label} is not an object: expected exactly the fields dtype, shape, data_offsets")
+    if set(rec) - {"dtype", "shape", "data_offsets"} or len(rec) != 3:
         raise fail(f"{label}: expected exactly the fields dtype, shape, data_offsets")
     dtype, shape, offsets = rec["dtype"], rec["shape"], rec["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
-        raise fail(f"{label} has dtype {str(dtype)[:20]!r}: expected one of {', '.join(DTYPE_BYTES)}")
+        raise fail(f"{label} has unknown dtype {str(dtype)[:20]!r}: expected one of {', '.join(DTYPE_BYTES)}")
     if not isinstance(shape, list) or not all(_is_uint(d) for d in shape) or len(shape) > 16:
         raise fail(f"{label} has shape {str(shape)[:40]}: expected at most 16 non-negative integers")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_uint(o) for o in offsets):
@@ -160,11 +183,15 @@ def _entry(name: str, rec: Any, data_size: int, fail: Any) -> TensorEntry:
     start, end = offsets
     if start > end or end > data_size:
         raise fail(
-            f"{label} has data_offsets [{start}, {end}]: expected start <= end <= {data_size} (data size)"
+            f"{label} has data_offsets [{start}, {end}] beyond the {data_size}-byte data area: expected "
+            f"start <= end <= {data_size} (file truncated or header corrupt)"
         )
     want = math.prod(shape) * DTYPE_BYTES[dtype]
     if end - start != want:
-        raise fail(f"{label} ({dtype} {shape}) spans {end - start} bytes: expected {want}")
+        raise fail(
+            f"{label} ({dtype} {shape}) spans {end - start} bytes: expected {want} "
+            f"(the shape needs {want}, data_offsets give {end - start})"
+        )
     return TensorEntry(name, dtype, tuple(shape), start, end)
 
 

@@ -133,7 +133,7 @@ _LIES: dict[str, tuple[bytes | dict, bytes, int | None, str]] = {
     "huge_shape_small_span": ({"w": _f32([2**38], 0, 16)}, b"\0" * 16, None, "spans 16 bytes"),
     "size_mismatch": ({"w": _f32([4], 0, 8)}, b"\0" * 8, None, "expected 16"),
     "duplicate_names": (b'{"w":' + json.dumps(_f32([1], 0, 4)).encode() + b',"w":'
-                        + json.dumps(_f32([1], 4, 8)).encode() + b"}", b"\0" * 8, None, "repeats the key 'w'"),
+                        + json.dumps(_f32([1], 4, 8)).encode() + b"}", b"\0" * 8, None, "'w' twice"),
     "overlap": ({"a": _f32([2], 0, 8), "b": _f32([2], 4, 12)}, b"\0" * 12, None, "overlaps"),
     "gap": ({"a": _f32([1], 4, 8)}, b"\0" * 8, None, "gap"),
     "trailing_bytes": ({"a": _f32([1], 0, 4)}, b"\0" * 4096, None, "cover 4 of"),

@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 from pid_trt.atomic import atomic_write
 from pid_trt.config import DecoderConfig
 from pid_trt.errors import InputFileError
-from pid_trt.io.stfile import SafetensorsHeader, load_float_tensors, open_input, read_header
+from pid_trt.io.stfile import load_float_tensors, open_input
+from pid_trt.safetensors_header import SafetensorsHeader, read_header_from
 
 LATENT_KEY = "latent"
 CAPTION_KEY = "caption_embedding"
@@ -75,7 +76,7 @@ def read_latent_file(path: str | os.PathLike[str], config: DecoderConfig | None 
     """
     what = f"latent file {os.fspath(path)}"
     with open_input(path, what) as f:
-        header = read_header(f, what)
+        header = read_header_from(f, what, InputFileError)
         names = _check_header(header, what)
         batch = _check_shapes(header, what, config)
         tensors = load_float_tensors(f, header, names, what)

@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 
 from pid_trt.atomic import atomic_write
 from pid_trt.errors import InputFileError
-from pid_trt.io.stfile import load_float_tensors, open_input, read_header
+from pid_trt.io.stfile import load_float_tensors, open_input
+from pid_trt.safetensors_header import read_header_from
 
 NOISE_KEY = "noise"
 
@@ -31,7 +32,7 @@ def read_noise_file(
     what = f"noise file {os.fspath(path)}"
     expected = [steps, batch, 3, height, width]
     with open_input(path, what) as f:
-        header = read_header(f, what)
+        header = read_header_from(f, what, InputFileError)
         names = list(header.tensors)
         if names != [NOISE_KEY]:
             raise InputFileError(
