@@ -74,7 +74,7 @@ def _ort_profile(spec, res: int, export_dir: Path, top: int) -> None:
         t0 = time.perf_counter()
         for _ in range(2):  # warm-up decode, then the measured one (both profiled; halved below)
             feeds = dict(zip([o.name for o in prep.get_outputs()], prep.run(None, {"caption": caption,
-                                                                                   "latent": cond.latent.numpy()})))  # fmt: skip
+                                                                                   "latent": cond.latent.numpy()}), strict=True))  # fmt: skip
             for t in timesteps(4)[:-1]:
                 feeds.update(
                     x=x, t=np.full((1,), t * TIMESCALE, np.float32), degrade_sigma=np.zeros(1, np.float32)

@@ -133,7 +133,7 @@ def file_lock(path: Path, timeout_s: float | None = None) -> Iterator[None]:
                     if time.monotonic() > deadline:
                         raise StoreError(
                             f"lock {path.name}: still held by another build after {timeout_s:.0f} s"
-                        )
+                        ) from None
                     time.sleep(0.05)
         yield
     finally:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any
 
 from pid_trt.errors import ConfigError
 
@@ -226,7 +227,7 @@ class DecoderConfig:
 
     # ----------------------------------------------------------------- conversion
     @classmethod
-    def from_upstream(cls, kwargs: Mapping[str, Any]) -> "DecoderConfig":
+    def from_upstream(cls, kwargs: Mapping[str, Any]) -> DecoderConfig:
         """Build from upstream ``PidNet`` keyword arguments.
 
         Training-only arguments are ignored; unknown ones and values this inference path does
@@ -284,7 +285,7 @@ class DecoderConfig:
         return json.dumps(self.to_upstream(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str) -> "DecoderConfig":
+    def from_json(cls, text: str) -> DecoderConfig:
         """Parse a JSON object of upstream ``PidNet`` arguments."""
         try:
             data = json.loads(text)

@@ -354,7 +354,9 @@ def fp8_sensitivity(
 
     def score(exclude: tuple[str, ...]) -> float:
         q = quantize_fp8(copy.deepcopy(model), config, calib, exclude, samples=samples)
-        return sum(psnr_db(decode(q, c, calib.steps), r) for c, r in zip(conds, refs)) / len(conds)
+        return sum(psnr_db(decode(q, c, calib.steps), r) for c, r in zip(conds, refs, strict=True)) / len(
+            conds
+        )
 
     every = score(())
     out = []

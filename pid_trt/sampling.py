@@ -6,7 +6,8 @@ velocity ``v = eps - x0``; t = 1 is noise, t = 0 is the clean image.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 
@@ -67,7 +68,7 @@ def sample(denoiser: Denoiser, noise: Sequence[torch.Tensor], steps: int = 4) ->
     if len(noise) != len(ts) - 1:
         raise ValueError(f"noise has {len(noise)} draws: expected {len(ts) - 1} for {steps} step(s)")
     x = noise[0]
-    for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:])):
+    for i, (t, t_next) in enumerate(zip(ts[:-1], ts[1:], strict=True)):
         v = denoiser(x, t)
         x0 = (x.double() - t * v.double()).to(x.dtype)
         if t_next > 0:

@@ -10,10 +10,10 @@ import math
 
 import pytest
 
-from tests.conftest import inventory_path
 from pid_trt.config import Precision, all_presets, get_preset
 from pid_trt.costmodel import GPUS, estimate, floor_time, get_gpu, mfu, param_count, render_markdown
 from pid_trt.errors import ConfigError
+from tests.conftest import inventory_path
 
 V1 = get_preset("flux", "2k").config
 V15 = get_preset("flux", "2kto4k").config

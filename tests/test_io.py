@@ -388,7 +388,7 @@ def test_noise_round_trip(tmp_path):
     noise = torch.randn(4, 2, 3, 8, 16)
     write_noise_file(tmp_path / "n", noise)
     out = read_noise_file(tmp_path / "n", steps=4, batch=2, height=8, width=16)
-    assert len(out) == 4 and all(torch.equal(o, n) for o, n in zip(out, noise))
+    assert len(out) == 4 and all(torch.equal(o, n) for o, n in zip(out, noise, strict=True))
     write_noise_file(tmp_path / "n2", list(noise.to(torch.float16)))
     out = read_noise_file(tmp_path / "n2", 4, 2, 8, 16)
     assert out[0].dtype == torch.float32 and torch.equal(out[1], noise[1].half().float())

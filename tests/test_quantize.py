@@ -262,7 +262,7 @@ def test_fp8_graphs_run_in_onnxruntime(tiny, fp8_fp32_base_graphs):
 
     def denoise(x, t):
         t_in = np.full((x.shape[0],), t * 1000.0, np.float32)
-        feeds = dict(zip(names, [x.numpy(), t_in, feats[0], feats[1], sigma, *feats[2:]]))
+        feeds = dict(zip(names, [x.numpy(), t_in, feats[0], feats[1], sigma, *feats[2:]], strict=True))
         return torch.from_numpy(step.run(None, feeds)[0])
 
     psnr = psnr_db(sample(denoise, list(cond.noise)), decode(tiny, cond))

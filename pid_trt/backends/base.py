@@ -41,5 +41,5 @@ class Backend(ABC):
     def bind(self, cond: Conditioning) -> Denoiser:
         """Prepare one decode; the returned callable maps (x [B,3,H,W], t in [0,1]) -> v."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release device memory / sessions. Idempotent."""

@@ -119,7 +119,7 @@ class OrtBackend(Backend):
     def _prepare(self, caption: np.ndarray, latent: np.ndarray) -> dict[str, np.ndarray]:
         outs = self.prepare_session.run(None, {"caption": caption, "latent": latent})
         names = [o.name for o in self.prepare_session.get_outputs()]
-        return dict(zip(names, outs))
+        return dict(zip(names, outs, strict=True))
 
     def bind(self, cond: Conditioning) -> Denoiser:
         c = self.config

@@ -29,7 +29,7 @@ class TorchBackend(Backend):
         self.hoist = hoist
 
     @classmethod
-    def from_request(cls, request) -> "TorchBackend":
+    def from_request(cls, request) -> TorchBackend:
         from pid_trt.cli.options import build_model
 
         precision = request.precision

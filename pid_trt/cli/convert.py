@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,9 +16,9 @@ from pid_trt.errors import ConfigError
 def convert(
     checkpoint: Path = typer.Argument(..., help="Checkpoint to convert (.pth as released, or .safetensors)."),
     output: Path = typer.Option(..., "-o", "--output", help="Output .safetensors file."),
-    backbone: Optional[str] = BackboneOpt,
-    ckpt_type: Optional[str] = CkptTypeOpt,
-    net_config: Optional[Path] = NetConfigOpt,
+    backbone: str | None = BackboneOpt,
+    ckpt_type: str | None = CkptTypeOpt,
+    net_config: Path | None = NetConfigOpt,
 ) -> None:
     """Strictly load a checkpoint and write it as safetensors with its net config in the metadata,
     so later commands need neither --backbone nor --net-config."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
+from pid_trt.buckets import Bucket, check_bucket
 from pid_trt.cli.errors import cli_errors, warn
 from pid_trt.cli.options import (
     BackboneOpt,
@@ -19,12 +19,11 @@ from pid_trt.cli.options import (
     parse_size,
     resolve_net,
 )
-from pid_trt.buckets import Bucket, check_bucket
 from pid_trt.config import DecoderConfig
 from pid_trt.errors import ConfigError, InputFileError
 
 
-def output_size(config: DecoderConfig, latent_hw: tuple[int, int], size: Optional[str]) -> tuple[int, int]:
+def output_size(config: DecoderConfig, latent_hw: tuple[int, int], size: str | None) -> tuple[int, int]:
     """Output (height, width) in pixels: latent x pixels per cell, or ``--size`` when it rounds up
     to the same latent (e.g. 2160 rows from a 68-row flux latent: ceil(2160 / 32) = 68)."""
     if size is None:
@@ -49,13 +48,13 @@ def decode(
     output: Path = typer.Option(
         ..., "-o", "--output", help="out.png (out_0.png, out_1.png ... for B > 1) or out.safetensors."
     ),
-    backbone: Optional[str] = BackboneOpt,
-    ckpt_type: Optional[str] = CkptTypeOpt,
-    checkpoint: Optional[Path] = CheckpointOpt,
-    net_config: Optional[Path] = NetConfigOpt,
+    backbone: str | None = BackboneOpt,
+    ckpt_type: str | None = CkptTypeOpt,
+    checkpoint: Path | None = CheckpointOpt,
+    net_config: Path | None = NetConfigOpt,
     random_weights: bool = RandomWeightsOpt,
     weights_seed: int = WeightsSeedOpt,
-    noise: Optional[Path] = typer.Option(
+    noise: Path | None = typer.Option(
         None, "--noise", help="Noise file [S, B, 3, H, W] for reproducible decodes."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampler's noise (ignored with --noise)."),
@@ -63,7 +62,7 @@ def decode(
         4, "--steps", min=1, help="Sampling steps (4 = the released distilled sampler)."
     ),
     backend: str = typer.Option("torch", "--backend", help="torch, onnxruntime or tensorrt."),
-    device: Optional[str] = typer.Option(
+    device: str | None = typer.Option(
         None, "--device", help="cpu or cuda (default: cuda for tensorrt, else cpu)."
     ),
     dtype: str = typer.Option(
@@ -71,7 +70,7 @@ def decode(
     ),
     engine_dir: Path = typer.Option(Path("engines"), "--engine-dir", help="Engine store (tensorrt backend)."),
     export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX store (onnxruntime backend)."),
-    size: Optional[str] = typer.Option(
+    size: str | None = typer.Option(
         None,
         "--size",
         help="Output WxH when it is not latent x down factor x sr scale (e.g. 3840x2160 from a 68x120 latent).",
@@ -89,8 +88,8 @@ def decode(
     ),
 ) -> None:
     """Decode a latent file into image(s)."""
-    from pid_trt.backends.factory import BackendRequest, create_backend
     from pid_trt.backends.base import Conditioning
+    from pid_trt.backends.factory import BackendRequest, create_backend
     from pid_trt.io import read_latent_file, read_noise_file, write_images
     from pid_trt.resources import check_decode_memory, run_guarded
     from pid_trt.sampling import draw_noise, sample

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -85,10 +84,10 @@ def _config_from_checkpoint(path: Path) -> DecoderConfig:
 
 
 def resolve_net(
-    backbone: Optional[str],
-    ckpt_type: Optional[str],
-    checkpoint: Optional[Path],
-    net_config: Optional[Path],
+    backbone: str | None,
+    ckpt_type: str | None,
+    checkpoint: Path | None,
+    net_config: Path | None,
     random_weights: bool,
     weights_seed: int = 0,
 ) -> NetSpec:
@@ -142,14 +141,14 @@ def build_model(spec: NetSpec):
     return model.eval()
 
 
-def backbone_enum(text: Optional[str]) -> Optional[Backbone]:
+def backbone_enum(text: str | None) -> Backbone | None:
     """Validate a --backbone value early (for commands that only need the name)."""
     if text is None:
         return None
     return get_preset(text).backbone
 
 
-def ckpt_enum(text: Optional[str]) -> Optional[CkptType]:
+def ckpt_enum(text: str | None) -> CkptType | None:
     if text is None:
         return None
     try:

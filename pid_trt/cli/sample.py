@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,15 +14,16 @@ from pid_trt.cli.options import parse_size
 def sample_latent(
     output: Path = typer.Option(..., "-o", "--output", help="Latent file to write (.safetensors)."),
     backbone: str = typer.Option("tiny", "--backbone", help="Preset whose latent shape to use."),
-    ckpt_type: Optional[str] = typer.Option(None, "--ckpt-type", help="2k or 2kto4k."),
-    size: Optional[str] = typer.Option(None, "--size", help="Output size WxH in pixels (default 256x256)."),
+    ckpt_type: str | None = typer.Option(None, "--ckpt-type", help="2k or 2kto4k."),
+    size: str | None = typer.Option(None, "--size", help="Output size WxH in pixels (default 256x256)."),
     batch: int = typer.Option(1, "--batch", min=1, help="Batch size B."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random latent and caption."),
     no_caption: bool = typer.Option(False, "--no-caption", help="Leave out caption_embedding."),
 ) -> None:
     """Write a random latent (and caption embedding) of the preset's shape."""
     from pid_trt.config import get_preset
-    from pid_trt.io import sample_latent as make, write_latent_file
+    from pid_trt.io import sample_latent as make
+    from pid_trt.io import write_latent_file
 
     preset = get_preset(backbone, ckpt_type)
     height = width = None

@@ -69,8 +69,8 @@ def test_decode_cli_writes_png_per_batch_item(tmp_path: Path) -> None:
     ckpt, latent, noise, expected = golden_case_files(wide[0], tmp_path)
     res = run_cli("decode", latent, "-o", tmp_path / "img.png", "--checkpoint", ckpt, "--noise", noise)
     assert res.returncode == 0, res.stderr
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     for i in range(expected.shape[0]):
         png = np.asarray(Image.open(tmp_path / f"img_{i}.png"))
