@@ -275,8 +275,10 @@ def export_graphs(
     gen = torch.Generator().manual_seed(0)
     caption = torch.randn(batch, config.txt_max_length, config.txt_embed_dim, generator=gen)
     latent = torch.randn(batch, config.lq_latent_channels, lh, lw, generator=gen)
+    # Example step inputs: Prepared is float32 at every precision, so the fp32 model gives the
+    # same shapes and dtypes, and fast (eager bf16/fp16 convolutions on a CPU are ~10x slower).
     with torch.no_grad():
-        prepared = net.prepare(caption, latent, bucket.height, bucket.width)
+        prepared = model.eval().prepare(caption, latent, bucket.height, bucket.width)
     x = torch.randn(batch, config.in_channels, bucket.height, bucket.width, generator=gen)
     t = torch.full((batch,), 866.0)
     sigma = torch.full((batch,), 0.1)
