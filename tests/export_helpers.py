@@ -3,29 +3,23 @@ and a process-wide cache of exports so each (case, precision) is exported once p
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 from pid_trt.buckets import Bucket
 from pid_trt.config import DecoderConfig
 from pid_trt.export import ExportKey, ExportResult, export_onnx, weights_id
+from pid_trt.golden import load_golden as read_golden
 from pid_trt.model import PidDecoder
 
 _EXPORTS: dict[tuple, ExportResult] = {}
 
 
 def load_golden(path: Path) -> tuple[DecoderConfig, PidDecoder, dict[str, torch.Tensor]]:
-    """A golden file's config (from ``upstream_config``), the model with its weights, its tensors."""
-    meta = safe_open(str(path), "pt").metadata()
-    tensors = load_file(str(path))
-    config = DecoderConfig.from_upstream(json.loads(meta["upstream_config"]))
-    model = PidDecoder(config).eval()
-    model.load_state_dict({k[len("weights/") :]: v for k, v in tensors.items() if k.startswith("weights/")})
-    return config, model, tensors
+    """A golden file's config, the model with its weights, its tensors."""
+    case = read_golden(path)
+    return case.config, case.model, case.tensors
 
 
 def golden_export(path: Path, precision: str, root: Path) -> tuple[ExportResult, DecoderConfig, dict]:

@@ -10,15 +10,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fnmatch
-import json
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
-from pid_trt.config import TINY, DecoderConfig
+from pid_trt.config import TINY
 from pid_trt.errors import ConfigError
+from pid_trt.golden import load_golden
 from pid_trt.model import PidDecoder, random_init
 from pid_trt.quantize import (
     DEFAULT_FP8_EXCLUDE,
@@ -152,12 +150,8 @@ def test_bad_arguments_raise_config_errors(tiny):
 
 
 def _golden(path):
-    meta = safe_open(str(path), "pt").metadata()
-    d = load_file(str(path))
-    config = DecoderConfig.from_upstream(json.loads(meta["upstream_config"]))
-    model = PidDecoder(config).eval()
-    model.load_state_dict({k[len("weights/") :]: v for k, v in d.items() if k.startswith("weights/")})
-    return model, config, d
+    case = load_golden(path)
+    return case.model, case.config, case.tensors
 
 
 @needs_golden

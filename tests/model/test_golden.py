@@ -6,15 +6,10 @@ Tolerance (golden/README): max |delta| <= 1e-4 in float32 on CPU, for one networ
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
-from pid_trt.config import DecoderConfig
-from pid_trt.model import PidDecoder
+from pid_trt.golden import load_golden
 from pid_trt.sampling import TIMESCALE, sample
 from tests.conftest import GOLDEN, needs_golden
 
@@ -22,13 +17,8 @@ TOL = 1e-4
 
 
 def _load(path):
-    meta = safe_open(str(path), "pt").metadata()
-    tensors = load_file(str(path))
-    config = DecoderConfig.from_upstream(json.loads(meta["upstream_config"]))
-    model = PidDecoder(config).eval()
-    weights = {k[len("weights/") :]: v for k, v in tensors.items() if k.startswith("weights/")}
-    model.load_state_dict(weights, strict=True)
-    return model, tensors
+    case = load_golden(path)
+    return case.model, case.tensors
 
 
 @needs_golden
