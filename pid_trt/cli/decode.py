@@ -65,8 +65,11 @@ def decode(
     device: str | None = typer.Option(
         None, "--device", help="cpu or cuda (default: cuda for tensorrt, else cpu)."
     ),
-    dtype: str = typer.Option(
-        "fp32", "--dtype", help="fp32 or bf16 (torch backend); fp32/fp16/bf16 (onnxruntime)."
+    dtype: str | None = typer.Option(
+        None,
+        "--dtype",
+        help="torch: fp32|bf16; onnxruntime: fp32|fp16|bf16; tensorrt: the engine's fp16|bf16|fp8|fp32 "
+        "(default: fp32, and bf16 for tensorrt, as pidtrt build).",
     ),
     engine_dir: Path = typer.Option(Path("engines"), "--engine-dir", help="Engine store (tensorrt backend)."),
     export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX store (onnxruntime backend)."),
@@ -94,6 +97,8 @@ def decode(
     from pid_trt.resources import check_decode_memory, run_guarded
     from pid_trt.sampling import draw_noise, sample
 
+    if dtype is None:
+        dtype = "bf16" if backend == "tensorrt" else "fp32"  # tensorrt: pidtrt build's default
     if device is None:
         device = "cuda" if backend == "tensorrt" else "cpu"
     elif backend == "tensorrt" and not device.startswith("cuda"):
