@@ -295,11 +295,11 @@ def export_graphs(
         out_dir / PREPARE_FILE,
         opset,
     )
-    if precision is Precision.FP8:  # ModelOpt PTQ (default calibration at the bucket) + Q/DQ
+    if precision is Precision.FP8:  # ModelOpt PTQ (calibration at the bucket, capped at 512 px) + Q/DQ
         from pid_trt.export_fp8 import export_fp8_step
-        from pid_trt.quantize import CalibrationSpec
+        from pid_trt.quantize import calibration_for_bucket
 
-        calib = CalibrationSpec(height=bucket.height, width=bucket.width, batch=batch)
+        calib = calibration_for_bucket(config, bucket.height, bucket.width, batch)
         export_fp8_step(
             model, step_args, names["step"], out_dir / STEP_FILE, opset, calib, base=_DTYPES[base]
         )

@@ -109,6 +109,27 @@ class CalibrationSpec:
             raise ConfigError(f"calibration degrade_sigma={self.degrade_sigma!r}: expected >= 0")
 
 
+#: Longest edge (pixels) FP8 calibration decodes at. Per-tensor FP8 scales do not depend on
+#: the resolution: `small` at 512^2 gives 36.4 dB image PSNR whether calibrated at 128^2,
+#: 256^2 or 512^2 (2 held-out seeds, bf16 base), while a 2048^2 flux calibration decode takes
+#: about an hour on a 2-core CPU. Larger buckets calibrate at this size, aspect kept.
+CALIBRATION_MAX_EDGE = 512
+
+
+def calibration_for_bucket(
+    config: DecoderConfig, height: int, width: int, batch: int = 1, max_edge: int = CALIBRATION_MAX_EDGE
+) -> CalibrationSpec:
+    """The default :class:`CalibrationSpec` of an FP8 export of ``height`` x ``width``: the
+    bucket itself, or scaled down so its longer edge is at most ``max_edge``, each edge a
+    whole number (at least one) of latent cells and patches."""
+    scale = min(1.0, max_edge / max(height, width))
+    cell = math.lcm(config.pixels_per_latent, config.patch_size)
+    h, w = (max(cell, round(edge * scale / cell) * cell) for edge in (height, width))
+    if scale == 1.0:
+        h, w = height, width
+    return CalibrationSpec(height=h, width=w, batch=batch)
+
+
 @dataclass(frozen=True)
 class Conditioning:
     """One decode's inputs: caption [B, T, D_txt], latent [B, C, h, w], sigma [B], noises."""

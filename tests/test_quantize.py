@@ -290,3 +290,32 @@ def test_fp8_engine_builds_for_fp8_targets_only(fp8_graphs, tmp_path):
     with pytest.raises(ConfigError, match="no FP8"):  # SM86 has no FP8: refused before building
         build_engine(fp8_graphs / "step.onnx", tmp_path / "sm86.plan", opts, "tensorrt-rtx")
     assert not (tmp_path / "sm86.plan").exists()
+
+
+@pytest.mark.parametrize(
+    "backbone, height, width",
+    [
+        ("flux", 2048, 2048),
+        ("flux", 2160, 3840),
+        ("siglip", 4096, 4096),
+        ("tiny", 64, 64),
+        ("flux", 512, 384),
+    ],
+)
+def test_calibration_size_is_capped_and_on_the_latent_grid(backbone, height, width):
+    import math
+
+    from pid_trt.config import get_preset
+    from pid_trt.quantize import CALIBRATION_MAX_EDGE, calibration_for_bucket
+
+    config = get_preset(backbone).config
+    spec = calibration_for_bucket(config, height, width, batch=2)
+    cell = math.lcm(config.pixels_per_latent, config.patch_size)
+    assert spec.batch == 2
+    if max(height, width) <= CALIBRATION_MAX_EDGE:
+        assert (spec.height, spec.width) == (height, width)  # small buckets calibrate as they are
+    else:
+        assert max(spec.height, spec.width) <= CALIBRATION_MAX_EDGE + cell // 2
+        assert spec.height % cell == 0 and spec.width % cell == 0 and min(spec.height, spec.width) >= cell
+        aspect, got = width / height, spec.width / spec.height
+        assert abs(got - aspect) / aspect < 0.15  # the aspect ratio is kept (to the grid)
