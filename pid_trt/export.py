@@ -53,8 +53,9 @@ from pid_trt.errors import ConfigError
 
 DEFAULT_EXPORT_DIR = Path("export")
 DEFAULT_OPSET = 23
-#: Bumped whenever the graphs this module writes change for the same key.
-EXPORTER_REVISION = 1
+#: Bumped whenever the graphs this module writes change for the same key (2: FP8 step graphs
+#: on a bf16 base), so that older exports no longer match.
+EXPORTER_REVISION = 2
 PREPARE_FILE = "prepare.onnx"
 STEP_FILE = "step.onnx"
 _DTYPES = {Precision.FP32: torch.float32, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
@@ -91,21 +92,11 @@ def spec_weights_id(spec: Any) -> str:
     return weights_id(checkpoint_sha256=file_sha256(spec.checkpoint))
 
 
-#: Version of the graphs this module writes for a given key; bump it whenever the same key
-#: would export a different graph (2: FP8 step graphs on a bf16 base), so old exports go stale.
-GRAPH_FORMAT = 2
-
-
 def _versions() -> dict[str, str]:
     import onnx
     import onnxscript
 
-    return {
-        "pid_trt_graphs": str(GRAPH_FORMAT),
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxscript": onnxscript.__version__,
-    }
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__}
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 from pid_trt.buckets import Bucket
 from pid_trt.config import TINY, Precision, get_preset
 from pid_trt.errors import BackendUnavailableError, ConfigError
-from pid_trt.export import ExportKey, export_onnx, find_export, latent_shape, weights_id
+from pid_trt.export import EXPORTER_REVISION, ExportKey, export_onnx, find_export, latent_shape, weights_id
 from pid_trt.model import PidDecoder, random_init
 from pid_trt.onnx_graph import AttentionForm, check_model_by_path, inspect_graph, trt_parse
 from pid_trt.trt_flavour import Flavour, is_importable
@@ -124,7 +124,8 @@ def test_fp32_graphs_are_clean_and_load_everywhere(export_root):
     assert not step.ops.get("Softmax")
     manifest = res.manifest
     assert manifest["key"]["precision"] == "fp32" and manifest["key"]["opset"] == 23
-    assert set(manifest["key"]["versions"]) == {"pid_trt_graphs", "torch", "onnx", "onnxscript"}
+    assert set(manifest["key"]["versions"]) == {"torch", "onnx", "onnxscript"}
+    assert manifest["key"]["exporter_revision"] == EXPORTER_REVISION
     assert set(manifest["build"]["files"]) == {
         "prepare.onnx",
         "prepare.onnx.data",
