@@ -122,11 +122,11 @@ def calibration_for_bucket(
     """The default :class:`CalibrationSpec` of an FP8 export of ``height`` x ``width``: the
     bucket itself, or scaled down so its longer edge is at most ``max_edge``, each edge a
     whole number (at least one) of latent cells and patches."""
-    scale = min(1.0, max_edge / max(height, width))
+    if max(height, width) <= max_edge:
+        return CalibrationSpec(height=height, width=width, batch=batch)
+    scale = max_edge / max(height, width)
     cell = math.lcm(config.pixels_per_latent, config.patch_size)
     h, w = (max(cell, round(edge * scale / cell) * cell) for edge in (height, width))
-    if scale == 1.0:
-        h, w = height, width
     return CalibrationSpec(height=h, width=w, batch=batch)
 
 
