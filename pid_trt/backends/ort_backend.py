@@ -57,6 +57,17 @@ def choose_providers(device: str) -> list[str]:
     return gpu + ["CPUExecutionProvider"]
 
 
+def _check_cpu_precision(precision: Precision, providers: list[str]) -> None:
+    """Refuse precisions whose graphs ONNX Runtime's CPU provider cannot run: bf16 (no bfloat16
+    MatMul / Conv kernels) and fp8 (its graphs are bf16 around the FP8 GEMMs)."""
+    if precision in (Precision.BF16, Precision.FP8) and providers == ["CPUExecutionProvider"]:
+        raise BackendUnavailableError(
+            f"--dtype {precision.value}: ONNX Runtime's CPU provider has no bfloat16 kernels"
+            f"{' (fp8 graphs are bf16 around the FP8 GEMMs)' if precision is Precision.FP8 else ''}; "
+            "use fp32 or fp16 on CPU, or --device cuda with onnxruntime-gpu"
+        )
+
+
 class OrtBackend(Backend):
     """Two ONNX Runtime sessions (prepare, step) for one (bucket, batch, precision) export.
 
@@ -72,11 +83,7 @@ class OrtBackend(Backend):
     ) -> None:  # fmt: skip
         ort = _ort()
         providers = providers or ["CPUExecutionProvider"]
-        if precision is Precision.BF16 and providers == ["CPUExecutionProvider"]:
-            raise BackendUnavailableError(
-                "--dtype bf16: ONNX Runtime's CPU provider has no bfloat16 MatMul; use fp32 or fp16 on CPU, "
-                "or --device cuda with onnxruntime-gpu"
-            )
+        _check_cpu_precision(precision, providers)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
@@ -100,6 +107,7 @@ class OrtBackend(Backend):
 
         precision = request.precision
         providers = choose_providers(request.device)
+        _check_cpu_precision(precision, providers)  # before exporting a graph it could not run
         spec = request.spec
         bucket = Bucket(height=request.height, width=request.width)
         key = ExportKey.create(spec.config, spec_weights_id(spec), bucket, precision, request.batch)

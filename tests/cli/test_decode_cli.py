@@ -181,6 +181,20 @@ def test_tiny_random_weights_decode_and_seed_reproducible(tmp_path: Path) -> Non
     assert outs[0].shape == (1, 3, 64, 64) and outs[0].abs().max() <= 1
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "fp8"])
+def test_onnxruntime_cpu_refuses_bf16_graphs_before_exporting(dtype: str, tmp_path: Path) -> None:
+    """ORT's CPU provider has no bfloat16 kernels (fp8 graphs are bf16 around the FP8 GEMMs):
+    one line, exit 3, and no minutes-long export of a graph it could not run."""
+    lat = _tiny_latent(tmp_path)
+    res = run_cli("decode", lat, "-o", tmp_path / "o.png", "--backbone", "tiny", "--random-weights",
+                  "--backend", "onnxruntime", "--dtype", dtype, "--export-dir", tmp_path / "exp")  # fmt: skip
+    assert res.returncode == 3, res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"--dtype {dtype}" in errors[0] and "fp16" in errors[0], res.stderr
+    assert "Traceback" not in res.stderr and "exporting" not in res.stderr
+    assert not (tmp_path / "o.png").exists() and not list(tmp_path.glob("exp/*"))
+
+
 def test_help_works_without_optional_runtimes() -> None:
     code = (
         "import sys, builtins\n"
