@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import math
 import resource
 import time
@@ -50,6 +51,9 @@ from pid_trt.artifacts import ArtifactStore, canonical_json, hash_artifact, key_
 from pid_trt.buckets import Bucket
 from pid_trt.config import DecoderConfig, Precision
 from pid_trt.errors import ConfigError
+
+#: Stage lines ("export: step graph", "fp8: calibrating ...") at INFO; the CLI shows them.
+log = logging.getLogger("pid_trt.export")
 
 DEFAULT_EXPORT_DIR = Path("export")
 DEFAULT_OPSET = 23
@@ -279,6 +283,7 @@ def export_graphs(
     del prepared
     names = graph_io_names(config)
     out_dir.mkdir(parents=True, exist_ok=True)
+    log.info("export: prepare graph (%s, %s)", bucket.name, base.value)
     _export_one(
         _Prepare(net, bucket.height, bucket.width),
         (caption, latent),
@@ -291,10 +296,15 @@ def export_graphs(
         from pid_trt.quantize import calibration_for_bucket
 
         calib = calibration_for_bucket(config, bucket.height, bucket.width, batch)
+        log.info(
+            "fp8: calibrating on %d fp32 decodes at %dx%d, quantizing, then exporting the step graph",
+            calib.num_samples, calib.width, calib.height,
+        )  # fmt: skip
         export_fp8_step(
             model, step_args, names["step"], out_dir / STEP_FILE, opset, calib, base=_DTYPES[base]
         )
     else:
+        log.info("export: step graph (%s, %s)", bucket.name, base.value)
         _export_one(_Step(net), step_args, names["step"], out_dir / STEP_FILE, opset)
     files = {}
     for p in sorted(out_dir.iterdir()):

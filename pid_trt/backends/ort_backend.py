@@ -26,7 +26,7 @@ from pid_trt.config import DecoderConfig, Precision
 from pid_trt.errors import BackendUnavailableError, ConfigError
 from pid_trt.sampling import TIMESCALE, Denoiser
 
-log = logging.getLogger("pid_trt.export")
+log = logging.getLogger("pid_trt.export")  # the exporter's stage lines, shown by the CLI
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 

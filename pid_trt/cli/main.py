@@ -28,8 +28,22 @@ app.command("sample-latent")(sample_latent)
 app.add_typer(engines, name="engines")
 
 
+def _show_stage_lines() -> None:
+    """Print the package's INFO log lines (long stages: export, fp8 calibration) on stderr."""
+    import logging
+
+    logger = logging.getLogger("pid_trt")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main() -> None:
     """Console-script entry point."""
+    _show_stage_lines()
     app()
 
 

@@ -16,6 +16,9 @@ def test_export_verify_reports_checker_and_parser(tmp_path):
     res = pidtrt("export", "--backbone", "tiny", "--random-weights", "--res", "64", "--precision", "fp16",
                  "--export-dir", str(tmp_path / "exp"), "--verify")  # fmt: skip
     assert res.returncode == 0, res.stderr
+    assert (
+        "export: prepare graph (64x64, fp16)" in res.stderr and "export: step graph" in res.stderr
+    )  # stages
     lines = {m.group(1): m for m in re.finditer(r"verified (\w+\.onnx): onnx.checker OK; \S+ parse OK, "
                                                 r"(\d+) layers, (\d+) fused attention", res.stdout)}  # fmt: skip
     assert set(lines) == {"prepare.onnx", "step.onnx"}, res.stdout
