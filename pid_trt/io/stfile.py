@@ -49,7 +49,7 @@ def read_tensor(
     what: str,
     error: type[PidTrtError] = InputFileError,
 ) -> torch.Tensor:
-    """Read tensor ``name`` (already validated by :func:`read_header`) in its stored dtype.
+    """Read tensor ``name`` (validated by the header parser) in its stored dtype.
 
     Returns a fresh CPU tensor (not a view of a shared buffer). ``header``: from
     :func:`pid_trt.safetensors_header.read_header_from` on ``f``.
