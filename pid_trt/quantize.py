@@ -17,9 +17,12 @@ of the same inputs and noises; images are in [-1, 1], so the peak-to-peak range 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import io
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -213,6 +216,8 @@ def require_modelopt() -> None:
 
 
 def _require_modelopt():
+    # ModelOpt warns at import that `transformers` is absent (only its HF export needs it).
+    warnings.filterwarnings("ignore", message="Cannot find transformers package")
     try:
         import modelopt.torch.quantization as mtq
     except ImportError as exc:
@@ -329,7 +334,8 @@ def quantize_fp8(
                 _run_step(m, s)
 
     model.eval()
-    return mtq.quantize(model, _quant_cfg(exclude, fp8_attention), forward_loop)
+    with contextlib.redirect_stdout(io.StringIO()):  # ModelOpt prints "Inserted N quantizers"
+        return mtq.quantize(model, _quant_cfg(exclude, fp8_attention), forward_loop)
 
 
 def enabled_quantizers(model: nn.Module) -> list[str]:

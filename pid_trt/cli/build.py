@@ -172,6 +172,9 @@ def build(
         table.add_row(
             g.graph, g.path.name, _mib(g.plan_bytes), f"{g.build_seconds:.1f} s" if g.built else "-", st
         )
-    Console().print(table)
+    out = Console()
+    if not out.is_terminal:  # logs / pipes: room for whole engine file names (rich assumes 80 columns)
+        out = Console(width=200)
+    out.print(table)
     total = sum(g.plan_bytes for g in result.engines)
     typer.echo(f"total {_mib(total)}; wall {elapsed:.1f} s; peak RSS {_mib(_peak_rss())}")
