@@ -94,7 +94,8 @@ def test_key_refuses_bad_requests():
     with pytest.raises(ConfigError):
         ExportKey.create(TINY, "random:0", Bucket(64, 64), "fp32", 0)
     with pytest.raises(ConfigError):
-        ExportKey.create(TINY, "random:0", Bucket(64, 60), "fp32", 1)  # not a multiple of the patch
+        # 48 px is a valid bucket edge (multiple of 16) but not a whole number of 32-px patches
+        ExportKey.create(dataclasses.replace(TINY, patch_size=32), "random:0", Bucket(64, 48), "fp32", 1)
     with pytest.raises(ConfigError):
         ExportKey.create(TINY, "random:0", Bucket(64, 64), "fp32", 1, opset=18)
     a = ExportKey.create(TINY, "random:0", Bucket(64, 64), "fp32", 1)

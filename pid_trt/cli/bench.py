@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from pid_trt.buckets import parse_size
 from pid_trt.cli.errors import cli_errors
 from pid_trt.cli.options import (
     BackboneOpt,
@@ -14,7 +15,6 @@ from pid_trt.cli.options import (
     NetConfigOpt,
     RandomWeightsOpt,
     WeightsSeedOpt,
-    parse_size,
 )
 from pid_trt.errors import ConfigError
 

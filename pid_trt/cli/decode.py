@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from pid_trt.buckets import Bucket, check_bucket
+from pid_trt.buckets import Bucket, check_bucket, parse_size
 from pid_trt.cli.errors import cli_errors, warn
 from pid_trt.cli.options import (
     BackboneOpt,
@@ -16,7 +16,6 @@ from pid_trt.cli.options import (
     NetConfigOpt,
     RandomWeightsOpt,
     WeightsSeedOpt,
-    parse_size,
     resolve_net,
 )
 from pid_trt.config import DecoderConfig

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 
-from pid_trt.buckets import parse_size  # noqa: F401  (re-exported for the commands)
 from pid_trt.config import Backbone, CkptType, DecoderConfig, Preset, get_preset
 from pid_trt.errors import ConfigError
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
+from pid_trt.buckets import parse_size
 from pid_trt.cli.errors import cli_errors
-from pid_trt.cli.options import parse_size
 
 
 @cli_errors
