@@ -295,6 +295,7 @@ def export_graphs(
         from pid_trt.export_fp8 import export_fp8_step
         from pid_trt.quantize import calibration_for_bucket
 
+        del net  # the bf16 copy served the prepare graph; quantization makes its own copy
         calib = calibration_for_bucket(config, bucket.height, bucket.width, batch)
         log.info(
             "fp8: calibrating on %d fp32 decodes at %dx%d, quantizing, then exporting the step graph",
