@@ -14,6 +14,7 @@ checkpoints (:mod:`pid_trt.checkpoints`) and the latent / noise readers
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -78,9 +79,9 @@ class SafetensorsHeader:
         """Tensor names in header order."""
         return [e.name for e in self.entries]
 
-    @property
+    @functools.cached_property
     def tensors(self) -> dict[str, TensorEntry]:
-        """Entries by name, in header order."""
+        """Entries by name, in header order (built once per header)."""
         return {e.name: e for e in self.entries}
 
 
