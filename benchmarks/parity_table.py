@@ -20,8 +20,8 @@ from pid_trt.backends.base import Conditioning
 from pid_trt.backends.ort_backend import OrtBackend
 from pid_trt.buckets import Bucket
 from pid_trt.checkpoints import file_sha256
+from pid_trt.compile.export import ExportKey, export_onnx, weights_id
 from pid_trt.config import Precision
-from pid_trt.export import ExportKey, export_onnx, weights_id
 from pid_trt.golden import GoldenCase, load_golden
 from pid_trt.parity import compare, psnr
 from pid_trt.sampling import TIMESCALE, sample

@@ -53,9 +53,9 @@ def _ort_profile(spec, res: int, export_dir: Path, top: int) -> None:
 
     from pid_trt.bench.cases import BenchBackend, BenchCase, BenchTarget
     from pid_trt.bench.runner import _conditioning, export_key
-    from pid_trt.cli.options import build_model
+    from pid_trt.compile.export import export_onnx, find_export
     from pid_trt.config import Precision
-    from pid_trt.export import export_onnx, find_export
+    from pid_trt.netspec import build_model
     from pid_trt.sampling import TIMESCALE, timesteps
 
     case = BenchCase(BenchTarget(BenchBackend.ONNXRUNTIME, Precision.FP32, "cpu"), res, res, 1, True)

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from pid_trt.buckets import Bucket
+from pid_trt.compile.export import ExportKey, ExportResult, export_onnx, weights_id
 from pid_trt.config import DecoderConfig
-from pid_trt.export import ExportKey, ExportResult, export_onnx, weights_id
 from pid_trt.golden import load_golden as read_golden
 from pid_trt.model import PidDecoder
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from pid_trt.build import BuildOptions, build_engine, check_plan
+from pid_trt.compile.build import BuildOptions, build_engine, check_plan
+from pid_trt.compile.trt_flavour import DEFAULT_RTX_TARGETS, Flavour, detect_flavour, is_importable
 from pid_trt.config import TINY, Precision
 from pid_trt.errors import BackendUnavailableError, ConfigError, EngineBuildError
-from pid_trt.store import EngineKey, EngineStore
-from pid_trt.trt_flavour import DEFAULT_RTX_TARGETS, Flavour, detect_flavour, is_importable
+from pid_trt.stores.store import EngineKey, EngineStore
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -194,7 +194,7 @@ def test_flavour_detection():
 
 
 def test_import_needs_no_tensorrt():
-    code = ("import sys, pid_trt.build, pid_trt.store; "
+    code = ("import sys, pid_trt.compile.build, pid_trt.stores.store; "
             "print(sorted(m for m in sys.modules if m.startswith(('tensorrt', 'torch', 'onnx'))))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pid_trt.trt_flavour import Flavour, is_importable
+from pid_trt.compile.trt_flavour import Flavour, is_importable
 from tests.engine_helpers import PRECISIONS, build_args, built_store, manifests, pidtrt
 
 pytestmark = pytest.mark.skipif(

@@ -11,12 +11,19 @@ import pytest
 from onnx import TensorProto, helper
 
 from pid_trt.buckets import Bucket
+from pid_trt.compile.export import (
+    EXPORTER_REVISION,
+    ExportKey,
+    export_onnx,
+    find_export,
+    latent_shape,
+    weights_id,
+)
+from pid_trt.compile.onnx_graph import AttentionForm, check_model_by_path, inspect_graph, trt_parse
+from pid_trt.compile.trt_flavour import Flavour, is_importable
 from pid_trt.config import TINY, Precision, get_preset
 from pid_trt.errors import BackendUnavailableError, ConfigError
-from pid_trt.export import EXPORTER_REVISION, ExportKey, export_onnx, find_export, latent_shape, weights_id
 from pid_trt.model import PidDecoder, random_init
-from pid_trt.onnx_graph import AttentionForm, check_model_by_path, inspect_graph, trt_parse
-from pid_trt.trt_flavour import Flavour, is_importable
 from tests.conftest import GOLDEN, needs_golden
 from tests.export_helpers import golden_export
 

@@ -14,11 +14,7 @@ import fnmatch
 import pytest
 import torch
 
-from pid_trt.config import TINY
-from pid_trt.errors import ConfigError
-from pid_trt.golden import load_golden
-from pid_trt.model import PidDecoder, random_init
-from pid_trt.quantize import (
+from pid_trt.compile.quantize import (
     DEFAULT_FP8_EXCLUDE,
     FP8_GROUPS,
     PREPARE_LAYERS,
@@ -29,6 +25,10 @@ from pid_trt.quantize import (
     psnr_db,
     random_conditioning,
 )
+from pid_trt.config import TINY
+from pid_trt.errors import ConfigError
+from pid_trt.golden import load_golden
+from pid_trt.model import PidDecoder, random_init
 from tests.conftest import GOLDEN, needs_golden
 
 CALIB = CalibrationSpec(num_samples=2, height=64, width=64, seed=0)
@@ -62,7 +62,7 @@ def samples(tiny):
 @pytest.fixture(scope="module")
 def quantized(tiny, samples):
     _mtq()
-    from pid_trt.quantize import quantize_fp8
+    from pid_trt.compile.quantize import quantize_fp8
 
     return quantize_fp8(copy.deepcopy(tiny), TINY, CALIB, samples=samples)
 
@@ -100,7 +100,7 @@ def test_quantized_tiny_image_psnr(tiny, quantized):
 
 
 def test_excluded_and_prepare_layers_have_no_enabled_quantizers(quantized):
-    from pid_trt.quantize import enabled_quantizers
+    from pid_trt.compile.quantize import enabled_quantizers
 
     enabled = enabled_quantizers(quantized)
     assert enabled, "no quantizer enabled"
@@ -124,7 +124,7 @@ def test_excluded_and_prepare_layers_have_no_enabled_quantizers(quantized):
 
 def test_fp8_attention_quantizes_sdpa_inputs(tiny, samples):
     _mtq()
-    from pid_trt.quantize import enabled_quantizers, quantize_fp8
+    from pid_trt.compile.quantize import enabled_quantizers, quantize_fp8
 
     q = quantize_fp8(copy.deepcopy(tiny), TINY, CALIB, fp8_attention=True, samples=samples[:4])
     names = enabled_quantizers(q)
@@ -138,7 +138,7 @@ def test_fp8_attention_quantizes_sdpa_inputs(tiny, samples):
 
 def test_bad_arguments_raise_config_errors(tiny):
     _mtq()
-    from pid_trt.quantize import quantize_fp8
+    from pid_trt.compile.quantize import quantize_fp8
 
     with pytest.raises(ConfigError, match="one string"):
         quantize_fp8(copy.deepcopy(tiny), TINY, CALIB, exclude="final_layer.*")
@@ -158,7 +158,7 @@ def _golden(path):
 @pytest.mark.parametrize("path", GOLDEN, ids=[p.stem for p in GOLDEN])
 def test_golden_fp8_image_psnr(path):
     _mtq()
-    from pid_trt.quantize import quantize_fp8
+    from pid_trt.compile.quantize import quantize_fp8
 
     model, config, d = _golden(path)
     b, _, h, w = d["in/x"].shape
@@ -186,7 +186,7 @@ def fp8_graphs(tiny, tmp_path_factory):
     _mtq()
     pytest.importorskip("onnxruntime")
     from pid_trt.buckets import Bucket
-    from pid_trt.export import export_graphs
+    from pid_trt.compile.export import export_graphs
 
     out = tmp_path_factory.mktemp("fp8")
     export_graphs(tiny, Bucket(64, 64), "fp8", 1, out)  # the product path: bf16 base
@@ -200,8 +200,8 @@ def fp8_fp32_base_graphs(tiny, tmp_path_factory):
     _mtq()
     pytest.importorskip("onnxruntime")
     from pid_trt.buckets import Bucket
-    from pid_trt.export import STEP_FILE, export_graphs, graph_io_names
-    from pid_trt.export_fp8 import export_fp8_step
+    from pid_trt.compile.export import STEP_FILE, export_graphs, graph_io_names
+    from pid_trt.compile.export_fp8 import export_fp8_step
 
     out = tmp_path_factory.mktemp("fp8_fp32")
     export_graphs(tiny, Bucket(64, 64), "fp32", 1, out)
@@ -244,7 +244,7 @@ def test_fp8_graphs_run_in_onnxruntime(tiny, fp8_fp32_base_graphs):
     import numpy as np
     import onnxruntime as ort
 
-    from pid_trt.export import graph_io_names
+    from pid_trt.compile.export import graph_io_names
     from pid_trt.sampling import sample
 
     names = graph_io_names(TINY)["step"][0]
@@ -265,10 +265,10 @@ def test_fp8_graphs_run_in_onnxruntime(tiny, fp8_fp32_base_graphs):
 
 @pytest.mark.slow  # the FP8 export calibrates 4 decodes and traces (~60 s shared)
 def test_fp8_engine_builds_for_fp8_targets_only(fp8_graphs, tmp_path):
-    from pid_trt.build import BuildOptions, build_engine
+    from pid_trt.compile.build import BuildOptions, build_engine
+    from pid_trt.compile.trt_flavour import Flavour, load_trt, normalise_targets
     from pid_trt.config import Precision
     from pid_trt.errors import BackendUnavailableError
-    from pid_trt.trt_flavour import Flavour, load_trt, normalise_targets
 
     try:
         load_trt(Flavour.TENSORRT_RTX)
@@ -305,8 +305,8 @@ def test_fp8_engine_builds_for_fp8_targets_only(fp8_graphs, tmp_path):
 def test_calibration_size_is_capped_and_on_the_latent_grid(backbone, height, width):
     import math
 
+    from pid_trt.compile.quantize import CALIBRATION_MAX_EDGE, calibration_for_bucket
     from pid_trt.config import get_preset
-    from pid_trt.quantize import CALIBRATION_MAX_EDGE, calibration_for_bucket
 
     config = get_preset(backbone).config
     spec = calibration_for_bucket(config, height, width, batch=2)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pid_trt.trt_flavour import Flavour, is_importable
+from pid_trt.compile.trt_flavour import Flavour, is_importable
 from tests.engine_helpers import built_store, pidtrt
 
 pytestmark = pytest.mark.skipif(
@@ -71,8 +71,8 @@ def test_store_is_checked_before_cuda(store):
     """With sound engines the look-up passes and only then is CUDA required."""
     from pid_trt.backends.factory import BackendRequest
     from pid_trt.backends.trt_backend import TrtBackend
-    from pid_trt.cli.options import resolve_net
     from pid_trt.errors import BackendUnavailableError
+    from pid_trt.netspec import resolve_net
 
     spec = resolve_net("tiny", None, None, None, True)
     req = BackendRequest("tensorrt", spec, "cuda", "bf16", 64, 64, 1, store["root"] / "engines")
@@ -95,8 +95,8 @@ IMAGE_MIN_PSNR_DB = 40.0
 def _gpu_backend(store, cuda_graph: bool = False):
     from pid_trt.backends.factory import BackendRequest
     from pid_trt.backends.trt_backend import TrtBackend
-    from pid_trt.cli.options import resolve_net
     from pid_trt.errors import BackendUnavailableError
+    from pid_trt.netspec import resolve_net
 
     spec = resolve_net("tiny", None, None, None, True)
     req = BackendRequest(
@@ -125,7 +125,7 @@ def _conditioning(spec, seed: int = 0):
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_trt_matches_torch_per_step_and_image(store, cuda_graph):
     from pid_trt.backends.torch_backend import TorchBackend
-    from pid_trt.cli.options import build_model
+    from pid_trt.netspec import build_model
     from pid_trt.parity import psnr
     from pid_trt.sampling import draw_noise, sample, timesteps
 

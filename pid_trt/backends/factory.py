@@ -23,7 +23,7 @@ class BackendKind(str, Enum):
 class BackendRequest:
     """One decode's backend choice.
 
-    kind: backend name (str or BackendKind); spec: pid_trt.cli.options.NetSpec (config +
+    kind: backend name (str or BackendKind); spec: pid_trt.netspec.NetSpec (config +
     weights); device: "cpu" or "cuda"; dtype: precision name; height / width: output size
     in pixels; batch: B; engine_dir / export_dir: artifact stores; hoist: run the per-decode
     constant work (latent adapter, caption projection) once instead of every step;

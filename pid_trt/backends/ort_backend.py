@@ -1,5 +1,5 @@
 """The ONNX Runtime backend: runs the exported ``prepare.onnx`` once per decode and
-``step.onnx`` once per sampler step (:mod:`pid_trt.export`).
+``step.onnx`` once per sampler step (:mod:`pid_trt.compile.export`).
 
 Providers: CPU for ``--device cpu``; for ``--device cuda`` the TensorRT and CUDA providers
 of onnxruntime-gpu (whichever are present), CPU as fallback. Graph inputs and outputs are
@@ -26,7 +26,7 @@ from pid_trt.config import DecoderConfig, Precision
 from pid_trt.errors import BackendUnavailableError, ConfigError
 from pid_trt.sampling import TIMESCALE, Denoiser
 
-log = logging.getLogger("pid_trt.export")  # the exporter's stage lines, shown by the CLI
+log = logging.getLogger("pid_trt.compile.export")  # the exporter's stage lines, shown by the CLI
 
 _GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -103,7 +103,7 @@ class OrtBackend(Backend):
     @classmethod
     def from_request(cls, request: Any) -> OrtBackend:
         """Open (exporting first if needed) the graphs for ``request`` (a BackendRequest)."""
-        from pid_trt.export import ExportKey, export_onnx, find_export, spec_weights_id
+        from pid_trt.compile.export import ExportKey, export_onnx, find_export, spec_weights_id
 
         precision = request.precision
         providers = choose_providers(request.device)
@@ -113,7 +113,7 @@ class OrtBackend(Backend):
         key = ExportKey.create(spec.config, spec_weights_id(spec), bucket, precision, request.batch)
         found = find_export(key, request.export_dir)
         if found is None:
-            from pid_trt.cli.options import build_model
+            from pid_trt.netspec import build_model
 
             log.warning(
                 "no ONNX export for %s batch %d %s in %s: exporting it now (minutes at full size)",

@@ -30,7 +30,7 @@ class TorchBackend(Backend):
 
     @classmethod
     def from_request(cls, request) -> TorchBackend:
-        from pid_trt.cli.options import build_model
+        from pid_trt.netspec import build_model
 
         precision = request.precision
         if precision not in _DTYPES:

@@ -1,7 +1,7 @@
 """The TensorRT backend: the ``prepare`` engine once per decode, the ``step`` engine per step.
 
 Look-up first, CUDA second: :meth:`TrtBackend.from_request` finds the engine pair in the
-store (:func:`pid_trt.engine_pair.find_pair`) before it touches CUDA, so a missing, stale
+store (:func:`pid_trt.compile.engine_pair.find_pair`) before it touches CUDA, so a missing, stale
 or foreign engine is refused with the same one-line error on any machine.
 
 At run time each plan is deserialized once; every I/O tensor is a torch CUDA tensor bound
@@ -26,10 +26,10 @@ import torch
 
 from pid_trt.backends.base import Backend, Conditioning
 from pid_trt.buckets import Bucket
+from pid_trt.compile.trt_flavour import Flavour, load_trt
 from pid_trt.config import DecoderConfig
 from pid_trt.errors import BackendUnavailableError, ConfigError, StoreError
 from pid_trt.sampling import TIMESCALE, Denoiser
-from pid_trt.trt_flavour import Flavour, load_trt
 
 #: Compute capability majors TensorRT-RTX does not run on (Hopper: H100, H200, GH200).
 RTX_UNSUPPORTED_MAJORS = (9,)
@@ -161,7 +161,7 @@ class TrtBackend(Backend):
     def __init__(
         self, pair: Any, config: DecoderConfig, bucket: Bucket, batch: int, cuda_graph: bool = False
     ) -> None:
-        from pid_trt.build import _Logger
+        from pid_trt.compile.build import _Logger
 
         flavour = pair.key.flavour
         trt, self.compute_capability = check_runtime(flavour, pair.key.compute_capabilities)
@@ -187,8 +187,8 @@ class TrtBackend(Backend):
         The store is checked before CUDA: missing / stale / foreign engines raise
         :class:`StoreError` (naming the ``pidtrt build`` command) on any machine.
         """
-        from pid_trt.engine_pair import build_command, find_pair
-        from pid_trt.export import spec_weights_id
+        from pid_trt.compile.engine_pair import build_command, find_pair
+        from pid_trt.compile.export import spec_weights_id
 
         spec, precision = request.spec, request.precision
         bucket = Bucket(height=request.height, width=request.width)

@@ -81,7 +81,7 @@ def parse_target(text: str, dtype: str | None, device: str) -> BenchTarget:
 @dataclass(frozen=True)
 class NetArgs:
     """The model options of the command line, kept as given so a child process can resolve them
-    (:func:`pid_trt.cli.options.resolve_net`)."""
+    (:func:`pid_trt.netspec.resolve_net`)."""
 
     backbone: str | None = None
     ckpt_type: str | None = None
@@ -91,8 +91,8 @@ class NetArgs:
     weights_seed: int = 0
 
     def resolve(self) -> Any:
-        """The :class:`pid_trt.cli.options.NetSpec` (raises ConfigError when incomplete)."""
-        from pid_trt.cli.options import resolve_net
+        """The :class:`pid_trt.netspec.NetSpec` (raises ConfigError when incomplete)."""
+        from pid_trt.netspec import resolve_net
 
         return resolve_net(
             self.backbone, self.ckpt_type, Path(self.checkpoint) if self.checkpoint else None,

@@ -73,9 +73,9 @@ def _conditioning(config: Any, height: int, width: int, batch: int, seed: int):
 
 
 def export_key(spec: Any, case: BenchCase) -> Any:
-    """The :class:`pid_trt.export.ExportKey` the onnxruntime backend looks up for ``case``."""
+    """The :class:`pid_trt.compile.export.ExportKey` the onnxruntime backend looks up for ``case``."""
     from pid_trt.buckets import Bucket
-    from pid_trt.export import ExportKey, spec_weights_id
+    from pid_trt.compile.export import ExportKey, spec_weights_id
 
     bucket = Bucket(height=case.height, width=case.width)
     return ExportKey.create(spec.config, spec_weights_id(spec), bucket, case.target.precision, case.batch)
@@ -86,8 +86,8 @@ def prepare_artifacts(spec: Any, case: BenchCase, export_dir: Path) -> Artifacts
     measuring process doesn't carry the export's memory; engines are never built here."""
     if case.target.backend is not BenchBackend.ONNXRUNTIME:
         return Artifacts()
-    from pid_trt.cli.options import build_model
-    from pid_trt.export import export_onnx, find_export
+    from pid_trt.compile.export import export_onnx, find_export
+    from pid_trt.netspec import build_model
 
     key = export_key(spec, case)
     found = find_export(key, export_dir)
@@ -101,7 +101,7 @@ def prepare_artifacts(spec: Any, case: BenchCase, export_dir: Path) -> Artifacts
 def _artifacts(backend: Any, case: BenchCase, spec: Any, export_dir: Path) -> Artifacts:
     kind = case.target.backend
     if kind is BenchBackend.ONNXRUNTIME:
-        from pid_trt.export import find_export
+        from pid_trt.compile.export import find_export
 
         found = find_export(export_key(spec, case), export_dir)
         return Artifacts(engine_mb=found.size_bytes / _MIB if found else None)

@@ -43,7 +43,7 @@ def _peak_rss() -> int:
 
 
 class _RichProgress:
-    """A :class:`pid_trt.build.BuildProgress` that draws TensorRT's phases as rich tasks."""
+    """A :class:`pid_trt.compile.build.BuildProgress` that draws TensorRT's phases as rich tasks."""
 
     def __init__(self, progress, graph: str) -> None:
         self.progress, self.graph = progress, graph
@@ -101,9 +101,9 @@ def build(
     from rich.table import Table
 
     from pid_trt.buckets import check_bucket, parse_bucket
-    from pid_trt.build import BuildOptions
+    from pid_trt.compile.build import BuildOptions
+    from pid_trt.compile.engine_pair import build_pair
     from pid_trt.config import Precision
-    from pid_trt.engine_pair import build_pair
 
     spec = resolve_net(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
     bucket = parse_bucket(res, size)
@@ -112,7 +112,7 @@ def build(
     except ValueError:
         raise ConfigError(f"--precision {precision!r}: expected fp16, bf16, fp8 or fp32") from None
     if prec is Precision.FP8:
-        from pid_trt.quantize import calibration_for_bucket, require_modelopt
+        from pid_trt.compile.quantize import calibration_for_bucket, require_modelopt
 
         require_modelopt()
         cal = calibration_for_bucket(spec.config, bucket.height, bucket.width)

@@ -7,9 +7,10 @@ from pathlib import Path
 import typer
 
 from pid_trt.cli.errors import cli_errors
-from pid_trt.cli.options import BackboneOpt, CkptTypeOpt, NetConfigOpt, _read_net_config
+from pid_trt.cli.options import BackboneOpt, CkptTypeOpt, NetConfigOpt
 from pid_trt.config import get_preset
 from pid_trt.errors import ConfigError
+from pid_trt.netspec import read_net_config
 
 
 @cli_errors
@@ -32,7 +33,7 @@ def convert(
     if backbone is not None:
         config = get_preset(backbone, ckpt_type).config
     elif net_config is not None:
-        config = _read_net_config(net_config)
+        config = read_net_config(net_config)
     loaded = convert_checkpoint(checkpoint, output, config)
     size_mb = output.stat().st_size / 2**20
     typer.echo(

@@ -36,8 +36,8 @@ def list_engines(engine_dir: Path = EngineDirOpt) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pid_trt.engine_pair import engine_status
-    from pid_trt.store import EngineStore
+    from pid_trt.compile.engine_pair import engine_status
+    from pid_trt.stores.store import EngineStore
 
     entries = EngineStore(engine_dir).list()
     if not entries:
@@ -91,7 +91,7 @@ def remove_engines(
 ) -> None:
     """Remove one engine by id, or all of them."""
     from pid_trt.errors import ConfigError
-    from pid_trt.store import EngineStore
+    from pid_trt.stores.store import EngineStore
 
     if all_ == (digest is not None):
         raise ConfigError("engines rm: give an engine id (see `pidtrt engines list`) or --all")

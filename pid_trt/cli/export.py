@@ -52,8 +52,7 @@ def export(
     """Export prepare.onnx and step.onnx for one resolution bucket (reused when already exported)."""
     from pid_trt.buckets import check_bucket, parse_bucket
     from pid_trt.cli.options import build_model
-    from pid_trt.config import Precision
-    from pid_trt.export import (
+    from pid_trt.compile.export import (
         ExportKey,
         export_onnx,
         find_export,
@@ -61,6 +60,7 @@ def export(
         peak_rss_bytes,
         spec_weights_id,
     )
+    from pid_trt.config import Precision
 
     spec = resolve_net(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
     bucket = parse_bucket(res, size)
@@ -72,7 +72,7 @@ def export(
     result = find_export(key, export_dir)
     if result is None:
         if key.precision is Precision.FP8:
-            from pid_trt.quantize import require_modelopt
+            from pid_trt.compile.quantize import require_modelopt
 
             require_modelopt()  # before the model is built
         typer.echo(
@@ -102,7 +102,7 @@ def export(
 
 def _verify(folder: Path) -> None:
     """onnx.checker and the TensorRT(-RTX) parser on each graph of an export folder."""
-    from pid_trt.onnx_graph import check_model_by_path, trt_parse
+    from pid_trt.compile.onnx_graph import check_model_by_path, trt_parse
 
     for name in ("prepare.onnx", "step.onnx"):
         start = time.perf_counter()

@@ -1,12 +1,19 @@
 """Latent, noise and image files (DESIGN §3); every malformed input raises InputFileError."""
 
 from pid_trt.io.images import SUPPORTED_SUFFIXES, png_paths, to_uint8, write_images
-from pid_trt.io.latent import LatentFile, read_latent_file, sample_latent, write_latent_file
+from pid_trt.io.latent import (
+    LatentFile,
+    latent_from_tensors,
+    read_latent_file,
+    sample_latent,
+    write_latent_file,
+)
 from pid_trt.io.noise import read_noise_file, write_noise_file
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
     "LatentFile",
+    "latent_from_tensors",
     "png_paths",
     "read_latent_file",
     "read_noise_file",

@@ -12,7 +12,9 @@ Metadata may name ``backbone``.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -20,7 +22,7 @@ from safetensors.torch import save_file
 from pid_trt.atomic import atomic_write
 from pid_trt.config import DecoderConfig
 from pid_trt.errors import InputFileError
-from pid_trt.io.stfile import load_float_tensors, open_input
+from pid_trt.io.stfile import check_finite, load_float_tensors, open_input
 from pid_trt.safetensors_header import SafetensorsHeader, read_header_from
 
 LATENT_KEY = "latent"
@@ -78,12 +80,62 @@ def read_latent_file(path: str | os.PathLike[str], config: DecoderConfig | None 
     with open_input(path, what) as f:
         header = read_header_from(f, what, InputFileError)
         names = _check_header(header, what)
-        batch = _check_shapes(header, what, config)
+        _check_shapes({n: header.tensors[n].shape for n in names}, what, config)
         tensors = load_float_tensors(f, header, names, what)
+    return _assemble(tensors, what, config, header.metadata.get(BACKBONE_META))
 
+
+def latent_from_tensors(
+    latent: Any,
+    caption: Any = None,
+    degrade_sigma: Any = None,
+    config: DecoderConfig | None = None,
+    what: str = "latent",
+) -> LatentFile:
+    """Validate in-memory inputs (torch tensors, numpy arrays or floats) by the same rules as
+    :func:`read_latent_file`: latent [B, C, h, w] or [C, h, w]; caption [B, T, D] or [T, D];
+    degrade_sigma [B], a scalar or a float, in [0, 1]; float dtypes only, finite values.
+    Returns CPU float32 tensors; raises :class:`InputFileError` naming ``what``."""
+    given = {LATENT_KEY: latent, CAPTION_KEY: caption, SIGMA_KEY: degrade_sigma}
+    tensors: dict[str, torch.Tensor] = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        t = _as_tensor(value, name, what)
+        tensors[name] = t
+    _check_shapes({n: tuple(t.shape) for n, t in tensors.items()}, what, config)
+    for name in list(tensors):
+        tensors[name] = check_finite(tensors[name].to("cpu", torch.float32), name, what)
+    return _assemble(tensors, what, config, None)
+
+
+def _as_tensor(value: Any, name: str, what: str) -> torch.Tensor:
+    """``value`` (tensor, numpy array, Python number) as a torch tensor of a float dtype."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor(float(value), dtype=torch.float32)
+    if not isinstance(value, torch.Tensor):
+        try:
+            import numpy as np
+
+            value = torch.from_numpy(np.asarray(value))
+        except (TypeError, ValueError, RuntimeError):
+            raise InputFileError(
+                f"{what}: {name} is a {type(value).__name__}, expected a torch tensor or numpy array"
+            ) from None
+    if not value.is_floating_point():
+        raise InputFileError(f"{what}: {name} has dtype {value.dtype}, expected a float tensor")
+    return value.detach()
+
+
+def _assemble(
+    tensors: dict[str, torch.Tensor], what: str, config: DecoderConfig | None, backbone: str | None
+) -> LatentFile:
+    """Batch validated float32 tensors: unbatched latent -> B = 1, [T, D] caption and scalar
+    sigma broadcast over B, captions cut to ``txt_max_length``, sigma checked in [0, 1]."""
     latent = tensors[LATENT_KEY]
     if latent.dim() == 3:
         latent = latent.unsqueeze(0)
+    batch = int(latent.shape[0])
 
     caption = tensors.get(CAPTION_KEY)
     if caption is not None:
@@ -102,7 +154,7 @@ def read_latent_file(path: str | os.PathLike[str], config: DecoderConfig | None 
             raise InputFileError(f"{what}: degrade_sigma {bad!r} is outside [0, 1]")
         sigma = sigma.reshape(-1).expand(batch).contiguous() if sigma.dim() == 0 else sigma
 
-    return LatentFile(latent.contiguous(), caption, sigma, header.metadata.get(BACKBONE_META))
+    return LatentFile(latent.contiguous(), caption, sigma, backbone)
 
 
 def _check_header(header: SafetensorsHeader, what: str) -> list[str]:
@@ -118,9 +170,10 @@ def _check_header(header: SafetensorsHeader, what: str) -> list[str]:
     return [k for k in _KNOWN if k in header.tensors]
 
 
-def _check_shapes(header: SafetensorsHeader, what: str, config: DecoderConfig | None) -> int:
-    """Ranks, empty tensors, batch agreement and config fit, from the header alone; returns B."""
-    shapes = {name: header.tensors[name].shape for name in _KNOWN if name in header.tensors}
+def _check_shapes(shapes: Mapping[str, Sequence[int]], what: str, config: DecoderConfig | None) -> int:
+    """Ranks, empty tensors, batch agreement and config fit, from the shapes alone (a file's
+    header, or in-memory tensors); returns B."""
+    shapes = {name: tuple(shapes[name]) for name in _KNOWN if name in shapes}
     for name, shape in shapes.items():
         if len(shape) not in _RANKS[name]:
             raise InputFileError(f"{what}: {name} has shape {list(shape)}, expected {_FORMS[name]}")

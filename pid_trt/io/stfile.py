@@ -111,13 +111,18 @@ def load_float_tensors(
             if not is_out_of_memory(exc):
                 raise
             raise error(f"{what}: out of memory reading tensor {name!r}") from None
-        if not bool(torch.isfinite(t).all()):
-            bad = int((~torch.isfinite(t)).sum())
-            raise error(
-                f"{what}: tensor {name!r} has {bad} NaN/Inf value(s) as float32, expected finite values"
-            )
-        out[name] = t
+        out[name] = check_finite(t, name, what, error)
     return out
+
+
+def check_finite(
+    t: torch.Tensor, name: str, what: str, error: type[PidTrtError] = InputFileError
+) -> torch.Tensor:
+    """``t`` unchanged when every value is finite; else ``error`` counting the NaN / Inf values."""
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise error(f"{what}: tensor {name!r} has {bad} NaN/Inf value(s) as float32, expected finite values")
+    return t
 
 
 def _check_fits(header: SafetensorsHeader, names: list[str], what: str, error: type[PidTrtError]) -> None:

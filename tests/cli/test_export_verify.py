@@ -6,8 +6,8 @@ import re
 
 import pytest
 
+from pid_trt.compile.trt_flavour import Flavour, is_importable
 from pid_trt.config import TINY
-from pid_trt.trt_flavour import Flavour, is_importable
 from tests.engine_helpers import pidtrt
 
 

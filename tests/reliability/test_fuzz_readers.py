@@ -26,13 +26,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from pid_trt.artifacts import MANIFEST_FORMAT
 from pid_trt.checkpoints import load_checkpoint
 from pid_trt.config import TINY
 from pid_trt.errors import CheckpointError, InputFileError, StoreError
 from pid_trt.io import read_latent_file, read_noise_file, write_noise_file
 from pid_trt.model import PidDecoder
-from pid_trt.store import EngineStore
+from pid_trt.stores.artifacts import MANIFEST_FORMAT
+from pid_trt.stores.store import EngineStore
 from tests.reliability.conftest import address_space_limit, one_line
 from tests.test_store import PLAN, make_key, write_plan
 

@@ -21,11 +21,11 @@ import torch
 
 from pid_trt.backends.base import Conditioning
 from pid_trt.backends.torch_backend import TorchBackend
-from pid_trt.cli.options import NetSpec, build_model
 from pid_trt.config import TINY, Precision, get_preset
 from pid_trt.costmodel import param_count
 from pid_trt.errors import ConfigError, ResourceError
 from pid_trt.io import sample_latent, write_latent_file
+from pid_trt.netspec import NetSpec, build_model
 from pid_trt.resources import (
     FIXED_OVERHEAD,
     HEADROOM,
@@ -83,7 +83,7 @@ def test_estimate_covers_a_measured_decode(tmp_path):
 import json, resource, torch
 from pid_trt.backends.base import Conditioning
 from pid_trt.backends.torch_backend import TorchBackend
-from pid_trt.cli.options import NetSpec, build_model
+from pid_trt.netspec import NetSpec, build_model
 from pid_trt.config import TINY
 from pid_trt.io import sample_latent
 from pid_trt.sampling import draw_noise, sample

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from pid_trt.artifacts import MANIFEST_SUFFIX, TEMP_PREFIX
 from pid_trt.errors import StoreError
-from pid_trt.store import EngineStore
+from pid_trt.stores.artifacts import MANIFEST_SUFFIX, TEMP_PREFIX
+from pid_trt.stores.store import EngineStore
 from tests.test_store import PLAN, make_key, write_plan
 
 KILL_REPEATS = 3
@@ -49,7 +49,7 @@ def _stall(ready: Any) -> None:
 
 def _killed_builder(root: str, moment: str, ready: Any) -> None:
     """Child: build the engine and stall at ``moment`` (the parent kills it there)."""
-    from pid_trt import artifacts
+    from pid_trt.stores import artifacts
 
     def build(tmp: Path) -> dict[str, Any]:
         if moment == "before_temp_write":

@@ -1,7 +1,7 @@
 """ONNX → serialized TensorRT plan, through the TensorRT Python API (no trtexec).
 
 One code path for both flavours (full TensorRT and TensorRT-RTX); the few lines that
-differ live in :mod:`pid_trt.trt_flavour`. Networks are strongly typed, so the precision of
+differ live in :mod:`pid_trt.compile.trt_flavour`. Networks are strongly typed, so the precision of
 an engine is the precision of its ONNX graph: :attr:`BuildOptions.precision` is recorded in
 the engine key and manifest, not forced on the builder.
 """
@@ -15,9 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
-from pid_trt.config import Precision
-from pid_trt.errors import ConfigError, EngineBuildError
-from pid_trt.trt_flavour import (
+from pid_trt.compile.trt_flavour import (
     Flavour,
     cuda_device_count,
     detect_flavour,
@@ -27,6 +25,8 @@ from pid_trt.trt_flavour import (
     set_targets,
     supports_timing_cache,
 )
+from pid_trt.config import Precision
+from pid_trt.errors import ConfigError, EngineBuildError
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class BuildOptions:
     optimization_level: ``builder_optimization_level``, 0-5 (TensorRT default 3).
     workspace_bytes: limit of the WORKSPACE memory pool in bytes; None = the library default.
     compute_capabilities: TensorRT-RTX targets as ``"major.minor"`` strings; empty = the
-        portable default (see :data:`pid_trt.trt_flavour.DEFAULT_RTX_TARGETS`). Full TensorRT
+        portable default (see :data:`pid_trt.compile.trt_flavour.DEFAULT_RTX_TARGETS`). Full TensorRT
         builds for the GPU present.
     batch_range: (min, opt, max) batch for the optimization profile when the graph's inputs
         have a dynamic batch dimension; ignored for static-shape graphs.

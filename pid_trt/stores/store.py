@@ -2,7 +2,7 @@
 
 An engine's name and manifest carry everything that invalidates it (:class:`EngineKey`);
 the mechanics (content addressing, locking, atomic commit, validation) are the generic
-:class:`pid_trt.artifacts.ArtifactStore`, which the ONNX export cache reuses with
+:class:`pid_trt.stores.artifacts.ArtifactStore`, which the ONNX export cache reuses with
 ``kind="onnx"``.
 """
 
@@ -16,7 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pid_trt.artifacts import (
+from pid_trt.compile.build import BuildOptions, BuildProgress, BuildReport, build_engine
+from pid_trt.compile.trt_flavour import Flavour, detect_flavour, flavour_version, normalise_targets
+from pid_trt.config import DecoderConfig, Precision
+from pid_trt.errors import ConfigError
+from pid_trt.stores.artifacts import (
     ArtifactStore,
     Entry,
     PutResult,
@@ -24,10 +28,6 @@ from pid_trt.artifacts import (
     hash_artifact,
     key_digest,
 )
-from pid_trt.build import BuildOptions, BuildProgress, BuildReport, build_engine
-from pid_trt.config import DecoderConfig, Precision
-from pid_trt.errors import ConfigError
-from pid_trt.trt_flavour import Flavour, detect_flavour, flavour_version, normalise_targets
 
 __all__ = ["DEFAULT_ENGINE_DIR", "EngineKey", "EngineStore", "Entry", "PutResult", "file_sha256"]
 
@@ -171,7 +171,7 @@ class EngineStore(ArtifactStore):
 
         The build report (plan size, build seconds, flavour, targets) goes into the manifest,
         with ``extra`` (JSON-ready, e.g. which graph of an export this is). ``progress``
-        receives the builder's phases (see :func:`pid_trt.build.build_engine`).
+        receives the builder's phases (see :func:`pid_trt.compile.build.build_engine`).
         """
         if key.build_options != canonical_json(options.key_fields()) or key.precision != options.precision:
             raise ConfigError("engine key was made for other build options than the ones given to build()")

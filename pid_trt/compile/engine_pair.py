@@ -21,13 +21,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pid_trt.artifacts import Entry, canonical_json, key_digest
 from pid_trt.buckets import Bucket
-from pid_trt.build import BuildOptions, BuildProgress
+from pid_trt.compile.build import BuildOptions, BuildProgress
+from pid_trt.compile.trt_flavour import Flavour, flavour_version
 from pid_trt.config import DecoderConfig, Precision
 from pid_trt.errors import BackendUnavailableError, ConfigError, StoreError
-from pid_trt.store import EngineKey, EngineStore
-from pid_trt.trt_flavour import Flavour, flavour_version
+from pid_trt.stores.artifacts import Entry, canonical_json, key_digest
+from pid_trt.stores.store import EngineKey, EngineStore
 
 #: The graphs of an export, in the order they are built and run.
 GRAPHS: tuple[str, ...] = ("prepare", "step")
@@ -43,7 +43,7 @@ class EngineStatus(str, Enum):
 
 def weights_sha256(weights: str) -> str:
     """The engine key's ``checkpoint_sha256`` for an export's weights id
-    (:func:`pid_trt.export.weights_id`): a checkpoint's sha256 as is, else the sha256 of the
+    (:func:`pid_trt.compile.export.weights_id`): a checkpoint's sha256 as is, else the sha256 of the
     id text (``random:<seed>`` for seeded random weights)."""
     w = weights.lower()
     if len(w) == 64 and all(c in "0123456789abcdef" for c in w):
@@ -96,13 +96,13 @@ def build_pair(
     progress: Callable[[str], BuildProgress | None] | None = None,
     on_phase: Callable[[str], None] | None = None,
 ) -> PairBuild:
-    """Export ``spec`` (a :class:`pid_trt.cli.options.NetSpec`) for ``bucket`` (reusing a matching
+    """Export ``spec`` (a :class:`pid_trt.netspec.NetSpec`) for ``bucket`` (reusing a matching
     export) and build both graphs into the engine store at ``engine_dir``.
 
     ``progress(graph)`` may return a :class:`BuildProgress` for that graph's build;
     ``on_phase(name)`` is told "export" / "prepare" / "step" as each phase starts.
     """
-    from pid_trt.export import ExportKey, export_onnx, find_export, spec_weights_id
+    from pid_trt.compile.export import ExportKey, export_onnx, find_export, spec_weights_id
 
     if options.batch_range != (batch, batch, batch):
         raise ConfigError(
@@ -116,7 +116,7 @@ def build_pair(
     start = time.perf_counter()
     export = find_export(key, export_dir)
     if export is None:
-        from pid_trt.cli.options import build_model
+        from pid_trt.netspec import build_model
 
         export = export_onnx(build_model(spec), key, export_dir)
     export_seconds = time.perf_counter() - start
@@ -231,7 +231,7 @@ def find_pair(
 ) -> EnginePair:
     """The engine pair for a decode, from the store at ``engine_dir`` alone.
 
-    ``weights`` is the export weights id (:func:`pid_trt.export.weights_id`). Raises
+    ``weights`` is the export weights id (:func:`pid_trt.compile.export.weights_id`). Raises
     :class:`StoreError` naming ``build_hint`` (the ``pidtrt build`` command) when there is
     none, listing the buckets that do have engines for this net and weights; refuses stale
     (other TensorRT version) or foreign (other net, corrupt) engines with the differing field.

@@ -26,7 +26,7 @@ Attention is the ONNX opset-23 ``Attention`` op (what ``F.scaled_dot_product_att
 exports to at opset >= 23); ONNX Runtime's CPU provider runs it and TensorRT(-RTX) parses it
 into a fused attention layer. Weights always go to an external data file beside each graph.
 
-Exports land in an :class:`~pid_trt.artifacts.ArtifactStore` of kind ``onnx`` (``export/`` by
+Exports land in an :class:`~pid_trt.stores.artifacts.ArtifactStore` of kind ``onnx`` (``export/`` by
 default): a folder ``<label>-<digest16>/`` holding both graphs and their data, and a sibling
 ``<folder>.manifest.json`` with the full :class:`ExportKey`, per-file sha256 and graph facts.
 A cached export is reused only when its manifest matches the key.
@@ -47,13 +47,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from pid_trt.artifacts import ArtifactStore, canonical_json, hash_artifact, key_digest
 from pid_trt.buckets import Bucket
+from pid_trt.compile.trace import PrepareGraph, StepGraph, export_module
 from pid_trt.config import DecoderConfig, Precision
 from pid_trt.errors import ConfigError
+from pid_trt.stores.artifacts import ArtifactStore, canonical_json, hash_artifact, key_digest
 
 #: Stage lines ("export: step graph", "fp8: calibrating ...") at INFO; the CLI shows them.
-log = logging.getLogger("pid_trt.export")
+log = logging.getLogger("pid_trt.compile.export")
 
 DEFAULT_EXPORT_DIR = Path("export")
 DEFAULT_OPSET = 23
@@ -88,7 +89,7 @@ def weights_id(checkpoint_sha256: str | None = None, random_seed: int | None = N
 
 
 def spec_weights_id(spec: Any) -> str:
-    """:func:`weights_id` of a :class:`pid_trt.cli.options.NetSpec` (hashes the checkpoint file)."""
+    """:func:`weights_id` of a :class:`pid_trt.netspec.NetSpec` (hashes the checkpoint file)."""
     if spec.random_weights:
         return weights_id(random_seed=spec.weights_seed)
     from pid_trt.checkpoints import file_sha256
@@ -195,25 +196,6 @@ class ExportResult:
         return int(self.manifest.get("size_bytes", 0))
 
 
-class _Prepare(nn.Module):
-    def __init__(self, model: nn.Module, height: int, width: int) -> None:
-        super().__init__()
-        self.model, self.height, self.width = model, height, width
-
-    def forward(self, caption: torch.Tensor, latent: torch.Tensor):
-        p = self.model.prepare(caption, latent, self.height, self.width)
-        return (p.y_emb, p.lq_feats) if p.pit_feat is None else (p.y_emb, p.lq_feats, p.pit_feat)
-
-
-class _Step(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x, t, y_emb, lq_feats, degrade_sigma, pit_feat=None):
-        return self.model.step(x, t, y_emb, lq_feats, degrade_sigma, pit_feat)
-
-
 def graph_io_names(config: DecoderConfig) -> dict[str, tuple[list[str], list[str]]]:
     """Input and output names of both graphs: {"prepare": (ins, outs), "step": (ins, outs)}."""
     prep_out = ["y_emb", "lq_feats"] + (["pit_feat"] if config.pit_lq_inject else [])
@@ -221,31 +203,6 @@ def graph_io_names(config: DecoderConfig) -> dict[str, tuple[list[str], list[str
         ["pit_feat"] if config.pit_lq_inject else []
     )
     return {"prepare": (["caption", "latent"], prep_out), "step": (step_in, ["velocity"])}
-
-
-def _export_one(
-    module: nn.Module,
-    args: tuple,
-    names: tuple[list[str], list[str]],
-    path: Path,
-    opset: int,
-    translations: dict | None = None,
-) -> None:
-    import logging
-    import warnings
-
-    from pid_trt.onnx_graph import optimise
-
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module.eval(), args, dynamo=True, opset_version=opset, optimize=False, verbose=False,
-            input_names=names[0], output_names=names[1], external_data=True,
-            custom_translation_table=translations,
-        )  # fmt: skip
-    optimise(program.model)
-    program.save(str(path), external_data=True)
 
 
 def export_graphs(
@@ -258,7 +215,7 @@ def export_graphs(
 ) -> dict[str, Any]:
     """Write ``prepare.onnx`` and ``step.onnx`` (+ ``.data``) of ``model`` (fp32, not modified)
     into ``out_dir``. Returns facts for the manifest (seconds, peak RSS, graph reports)."""
-    from pid_trt.onnx_graph import inspect_graph
+    from pid_trt.compile.onnx_graph import inspect_graph
 
     precision = Precision(precision)
     config: DecoderConfig = model.config
@@ -284,16 +241,16 @@ def export_graphs(
     names = graph_io_names(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     log.info("export: prepare graph (%s, %s)", bucket.name, base.value)
-    _export_one(
-        _Prepare(net, bucket.height, bucket.width),
+    export_module(
+        PrepareGraph(net, bucket.height, bucket.width),
         (caption, latent),
         names["prepare"],
         out_dir / PREPARE_FILE,
         opset,
     )
     if precision is Precision.FP8:  # ModelOpt PTQ (calibration at the bucket, capped at 512 px) + Q/DQ
-        from pid_trt.export_fp8 import export_fp8_step
-        from pid_trt.quantize import calibration_for_bucket
+        from pid_trt.compile.export_fp8 import export_fp8_step
+        from pid_trt.compile.quantize import calibration_for_bucket
 
         del net  # the bf16 copy served the prepare graph; quantization makes its own copy
         calib = calibration_for_bucket(config, bucket.height, bucket.width, batch)
@@ -306,7 +263,7 @@ def export_graphs(
         )
     else:
         log.info("export: step graph (%s, %s)", bucket.name, base.value)
-        _export_one(_Step(net), step_args, names["step"], out_dir / STEP_FILE, opset)
+        export_module(StepGraph(net), step_args, names["step"], out_dir / STEP_FILE, opset)
     files = {}
     for p in sorted(out_dir.iterdir()):
         sha, size = hash_artifact(p)
@@ -363,7 +320,7 @@ def export_onnx(
     ):
         raise ConfigError("export: the model's net config differs from the export key's")
     if key.precision is Precision.FP8:
-        from pid_trt.quantize import require_modelopt
+        from pid_trt.compile.quantize import require_modelopt
 
         require_modelopt()  # before any work, not after the prepare graph
 

@@ -5,7 +5,7 @@
 list of target compute capabilities, and finishes the engine just-in-time on first run.
 
 Neither package is imported at module import time: :func:`load_trt` imports lazily, so
-``import pid_trt.trt_flavour`` works without either.
+``import pid_trt.compile.trt_flavour`` works without either.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ custom op ``tensorrt::quantize_op(x, amax, 8, 4, ...)``; :func:`fp8_translation_
 translates it to ``QuantizeLinear -> DequantizeLinear`` with a per-tensor scale
 ``amax / 448`` in the graph's base type (bf16 by default, see :func:`export_fp8_step`) and a float8e4m3fn zero point (saturating, round-to-nearest-even), which ONNX
 Runtime's CPU provider runs (float32 base only: it has no bf16 MatMul) and TensorRT(-RTX)
-turns into FP8 GEMMs. The prepare graph is exported unquantized by :mod:`pid_trt.export`.
+turns into FP8 GEMMs. The prepare graph is exported unquantized by :mod:`pid_trt.compile.export`.
 
 ``modelopt`` and ``onnxscript`` are imported only inside these functions.
 """
@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pid_trt.quantize import DEFAULT_FP8_EXCLUDE, CalibrationSpec, quantize_fp8
+from pid_trt.compile.quantize import DEFAULT_FP8_EXCLUDE, CalibrationSpec, quantize_fp8
+from pid_trt.compile.trace import StepGraph, export_module
 
 #: Largest finite E4M3 magnitude.
 E4M3_MAX = 448.0
@@ -67,9 +68,9 @@ def export_fp8_step(
     quantized copy, cast to ``base``."""
     from modelopt.torch.quantization.utils import export_torch_mode
 
-    from pid_trt.export import _export_one, _Step
-
     quantized = quantize_fp8(copy.deepcopy(model), model.config, calib, exclude, fp8_attention).to(base)
     with export_torch_mode():
-        _export_one(_Step(quantized), step_args, names, path, opset, translations=fp8_translation_table())
+        export_module(
+            StepGraph(quantized), step_args, names, path, opset, translations=fp8_translation_table()
+        )
     return quantized

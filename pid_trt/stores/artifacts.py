@@ -1,6 +1,6 @@
 """Generic content-addressed artifact store: manifests, per-key locks, atomic commits.
 
-Shared by the engine store (:mod:`pid_trt.store`) and the ONNX export cache.
+Shared by the engine store (:mod:`pid_trt.stores.store`) and the ONNX export cache.
 
 Layout of a store root (e.g. ``engines/``)::
 
