@@ -8,6 +8,7 @@ from pid_trt.cli.bench import bench
 from pid_trt.cli.build import build
 from pid_trt.cli.convert import convert
 from pid_trt.cli.decode import decode
+from pid_trt.cli.encode_caption import encode_caption
 from pid_trt.cli.engines import engines
 from pid_trt.cli.export import export
 from pid_trt.cli.sample import sample_latent
@@ -25,6 +26,7 @@ app.command("export")(export)
 app.command("convert")(convert)
 app.command("bench")(bench)
 app.command("sample-latent")(sample_latent)
+app.command("encode-caption")(encode_caption)
 app.add_typer(engines, name="engines")
 
 

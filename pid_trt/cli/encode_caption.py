@@ -1,0 +1,86 @@
+"""``pidtrt encode-caption``: caption embeddings [N, 300, D] from Gemma-2-2B-it, by upstream's recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from pid_trt.cli.errors import cli_errors
+from pid_trt.errors import ConfigError, InputFileError
+
+#: Tensor and metadata keys of the output file.
+CAPTION_KEY = "caption_embedding"
+PROMPTS_META = "prompts"
+
+
+def read_prompts_file(path: Path) -> list[str]:
+    """One prompt per line (UTF-8); blank lines are skipped, line ends stripped."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise InputFileError(f"--prompts-file {path}: no such file") from None
+    except IsADirectoryError:
+        raise InputFileError(f"--prompts-file {path}: is a directory, expected a text file") from None
+    except UnicodeDecodeError as exc:
+        raise InputFileError(
+            f"--prompts-file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+    return [line for line in text.splitlines() if line.strip()]
+
+
+@cli_errors
+def encode_caption(
+    prompts: list[str] | None = typer.Argument(
+        None, help='Captions to encode (row i of the output = prompt i; "" is an empty caption).'
+    ),
+    prompts_file: Path | None = typer.Option(
+        None,
+        "--prompts-file",
+        help="Text file, one caption per line (blank lines skipped); after the arguments.",
+    ),
+    text_encoder: str | None = typer.Option(
+        None,
+        "--text-encoder",
+        envvar="PIDTRT_TEXT_ENCODER",
+        show_envvar=True,
+        help="Local transformers directory of Gemma-2-2B-it (or a hub id already in the local HF cache).",
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
+    text_dtype: str | None = typer.Option(
+        None, "--text-dtype", help="fp32 or bf16 (default: bf16 on cuda, fp32 on cpu; upstream uses bf16)."
+    ),
+    output: Path = typer.Option(..., "-o", "--output", help="Output file (.safetensors)."),
+) -> None:
+    """Write caption_embedding [N, 300, D] float32 for the prompts (PiD's caption conditioning)."""
+    from safetensors.torch import save_file
+
+    from pid_trt.atomic import atomic_write
+    from pid_trt.text import CaptionEncoder, resolve_text_encoder_source
+
+    all_prompts = list(prompts or [])
+    if prompts_file is not None:
+        all_prompts += read_prompts_file(prompts_file)
+    if not all_prompts:
+        raise ConfigError("no prompts: give captions as arguments or with --prompts-file")
+    if output.suffix != ".safetensors":
+        raise ConfigError(f"-o {output}: expected a .safetensors file")
+    if not output.parent.is_dir():
+        raise InputFileError(f"-o {output}: directory {output.parent} does not exist")
+    if output.is_dir():
+        raise InputFileError(f"-o {output}: is a directory")
+
+    source = resolve_text_encoder_source(text_encoder)  # fail before loading anything heavy
+    with CaptionEncoder.load(source, device=device, dtype=text_dtype) as encoder:
+        emb = encoder.encode(all_prompts)
+        metadata = {
+            PROMPTS_META: json.dumps(all_prompts, ensure_ascii=False),
+            "text_encoder": Path(source).name,
+            "text_dtype": encoder.dtype,
+            "instruction_tokens": str(encoder.n_instruction_tokens),
+        }
+    with atomic_write(output) as tmp:
+        save_file({CAPTION_KEY: emb.contiguous()}, str(tmp), metadata=metadata)
+    n, t, d = emb.shape
+    typer.echo(f"wrote {output}: {CAPTION_KEY} [{n}, {t}, {d}] float32 ({n} prompt{'s' * (n != 1)})")
