@@ -1,4 +1,4 @@
-"""Golden vectors of the official PiD network (``shared/golden/*.safetensors``), as test cases.
+"""Golden vectors of the official PiD network (``tests/golden/*.safetensors``), as test cases.
 
 A golden file holds a small random-weight network (``weights/<upstream name>``), its
 inputs (``in/x`` [B,3,H,W], ``in/t`` [B] already x 1000, ``in/y`` [B,T,D_txt],
@@ -49,6 +49,11 @@ def load_golden(path: str | Path) -> GoldenCase:
     from safetensors.torch import load_file
 
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"golden file {path} not found: expected a golden case of the official network "
+            "(tests/golden/README.md says what one holds)"
+        )
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     tensors = load_file(str(path))

@@ -1,48 +1,115 @@
-"""Shared test fixtures: where the golden vectors are, tiny configs, temp dirs."""
+"""Shared test fixtures: the golden vectors (in the repository), optional-extra checks,
+the gpu marker, and the rule that nothing but a GPU test may skip.
+
+Ground truth lives in the repository: ``tests/golden/`` (listed, with hashes, in
+``tests/golden/SHA256SUMS``) and the checkpoint inventory, package data read by
+:mod:`pid_trt.inventory`. A missing file fails the tests that need it, naming the path; it is
+never a skip. ``$PIDTRT_GOLDEN_DIR`` may name a folder of further golden files: they are
+added to the parity tests, never substituted for the repository's.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+#: The repository's golden vectors of the official network (tests/golden/README.md).
+GOLDEN_DIR = REPO / "tests" / "golden"
+#: ``sha256sum`` lines of every golden file the suite expects.
+GOLDEN_MANIFEST = GOLDEN_DIR / "SHA256SUMS"
+#: Environment variable naming a folder of extra golden files.
+GOLDEN_ENV = "PIDTRT_GOLDEN_DIR"
+#: Environment variable: ``1`` makes any skipped test outside the ``gpu`` marker fail the run.
+FAIL_ON_SKIP_ENV = "PIDTRT_FAIL_ON_SKIP"
+
+#: Optional modules the suite uses, with the pyproject extra that provides each
+#: (scripts/test.sh installs dev,rtx,fp8). Missing ones fail the tests that need them.
+EXTRAS = {
+    "onnxruntime": "dev",
+    "matplotlib": "dev",
+    "modelopt.torch.quantization": "fp8",
+    "tensorrt_rtx": "rtx",
+}
 
 
-def golden_dir() -> Path | None:
-    """The folder of the official network's golden vectors, or None when absent.
+def golden_manifest() -> dict[str, str]:
+    """File name → SHA-256 hex of every golden file the suite expects (tests/golden/SHA256SUMS)."""
+    if not GOLDEN_MANIFEST.is_file():
+        raise FileNotFoundError(f"golden manifest {GOLDEN_MANIFEST} not found: the test data is incomplete")
+    out = {}
+    for line in GOLDEN_MANIFEST.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            out[name.lstrip("*")] = digest
+    return out
 
-    Looked up in $PIDTRT_GOLDEN_DIR, then ``../shared/golden`` and ``shared/golden``
-    beside / inside the repository.
-    """
-    candidates = []
-    if os.environ.get("PIDTRT_GOLDEN_DIR"):
-        candidates.append(Path(os.environ["PIDTRT_GOLDEN_DIR"]))
-    candidates += [REPO.parent / "shared" / "golden", REPO / "shared" / "golden"]
-    for c in candidates:
-        if c.is_dir() and any(c.glob("*.safetensors")):
-            return c
-    return None
+
+def extra_golden_dir() -> Path | None:
+    """``$PIDTRT_GOLDEN_DIR`` as a path, or None when unset."""
+    value = os.environ.get(GOLDEN_ENV)
+    return Path(value) if value else None
 
 
 def golden_files() -> list[Path]:
-    d = golden_dir()
-    return sorted(d.glob("*.safetensors")) if d else []
+    """Every golden case: the repository's (listed in the manifest, present or not, so that a
+    missing one fails), then the extra folder's ``*.safetensors`` that are not byte-identical
+    to one of them (a copy of the repository's cases adds nothing)."""
+    manifest = golden_manifest()
+    files = [GOLDEN_DIR / name for name in sorted(manifest)]
+    extra = extra_golden_dir()
+    if extra is not None and extra.is_dir():
+        known = set(manifest.values())
+        files += [p for p in sorted(extra.glob("*.safetensors")) if sha256_file(p) not in known]
+    return files
 
 
-def inventory_path() -> Path | None:
-    """The released checkpoints' key/shape inventory (``pid/checkpoint_inventory.json``)."""
-    for c in (REPO.parent / "shared" / "pid", REPO / "shared" / "pid"):
-        p = c / "checkpoint_inventory.json"
-        if p.is_file():
-            return p
-    return None
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def golden_case(stem: str) -> Path:
+    """The repository's golden file ``<stem>.safetensors`` (its path, whether present or not)."""
+    assert f"{stem}.safetensors" in golden_manifest(), f"{stem} is not listed in {GOLDEN_MANIFEST}"
+    return GOLDEN_DIR / f"{stem}.safetensors"
+
+
+GOLDEN = golden_files()
+
+
+def require(module: str):
+    """Import ``module`` (a key of :data:`EXTRAS`) and return it; fail, never skip, when it
+    is missing: the test command installs every extra the suite uses."""
+    extra = EXTRAS[module]
+    try:
+        if module == "tensorrt_rtx":  # importable and its libraries load
+            from pid_trt.compile.trt_flavour import Flavour, load_trt
+
+            return load_trt(Flavour.TENSORRT_RTX)
+        return importlib.import_module(module)
+    except Exception as exc:  # ImportError, BackendUnavailableError, a broken install
+        problem = str(exc)
+    pytest.fail(
+        f"{module} is not usable ({problem}): the test suite needs the [{extra}] extra; "
+        f"./scripts/test.sh installs it (or: pip install -e '.[{extra}]')",
+        pytrace=False,
+    )
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU with CUDA; skipped without one")
     config.addinivalue_line("markers", "slow: takes more than ~30 s on a 2-core CPU")
+    config.addinivalue_line(
+        "markers", "requires(*modules): optional modules (keys of tests.conftest.EXTRAS); missing = failure"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -56,5 +123,44 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-GOLDEN = golden_files()
-needs_golden = pytest.mark.skipif(not GOLDEN, reason="golden vectors (shared/golden) not found")
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("skip") is not None:
+        return  # a gpu test on a machine without one: skipped before anything is required
+    for mark in item.iter_markers("requires"):
+        for module in mark.args:
+            require(module)
+
+
+# ----------------------------------------------------------------- no skips but GPU ones
+#: Skipped tests outside the gpu marker, as (node id, reason), in the order they ran.
+_SKIPPED: list[tuple[str, str]] = []
+
+
+def _fail_on_skip() -> bool:
+    return os.environ.get(FAIL_ON_SKIP_ENV) == "1"
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail") and "gpu" not in report.keywords:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPPED.append((report.nodeid, reason))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _fail_on_skip() and _SKIPPED and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not (_fail_on_skip() and _SKIPPED):
+        return
+    tr = terminalreporter
+    tr.section(f"skipped outside the gpu marker ({FAIL_ON_SKIP_ENV}=1): the run fails", sep="=", red=True)
+    for nodeid, reason in _SKIPPED:
+        tr.line(f"SKIPPED {nodeid}: {reason}", red=True)
+    tr.line(
+        f"{len(_SKIPPED)} test(s) skipped without the gpu marker; only a missing GPU may skip a test "
+        "(missing test data or extras are failures)",
+        red=True,
+    )

@@ -28,6 +28,7 @@ from pid_trt.bench.session import BenchSettings, gpu_spec_for, run_bench
 from pid_trt.cli.main import app
 from pid_trt.config import Precision
 from pid_trt.errors import ConfigError
+from tests.conftest import require
 
 ENV = Environment("Test CPU (2 cores)", "cpu", "Test CPU", 2, None, {"torch": "x"})
 
@@ -138,7 +139,7 @@ def test_table_has_skipped_rows_with_reasons_and_ratios():
 
 
 def test_plot_writes_png_with_skipped_rows(tmp_path):
-    pytest.importorskip("matplotlib")
+    require("matplotlib")
     recs = [_record("torch"), _record("tensorrt", Status.SKIPPED, reason="no GPU")]
     out = plot(recs, tmp_path / "p.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -7,7 +7,9 @@ import sys
 import warnings
 from pathlib import Path
 
+import onnx
 import pytest
+import torch
 
 from pid_trt.compile.build import BuildOptions, build_engine, check_plan
 from pid_trt.compile.trt_flavour import DEFAULT_RTX_TARGETS, Flavour, detect_flavour, is_importable
@@ -15,9 +17,7 @@ from pid_trt.config import TINY, Precision
 from pid_trt.errors import BackendUnavailableError, ConfigError, EngineBuildError
 from pid_trt.stores.store import EngineKey, EngineStore
 
-torch = pytest.importorskip("torch")
-onnx = pytest.importorskip("onnx")
-pytestmark = pytest.mark.skipif(not is_importable(Flavour.TENSORRT_RTX), reason="tensorrt-rtx not installed")
+pytestmark = pytest.mark.requires("tensorrt_rtx")
 
 RTX = Flavour.TENSORRT_RTX
 DTYPES = {Precision.FP32: torch.float32, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}

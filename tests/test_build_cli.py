@@ -7,13 +7,10 @@ import time
 
 import pytest
 
-from pid_trt.compile.trt_flavour import Flavour, is_importable
+from tests.conftest import require
 from tests.engine_helpers import PRECISIONS, build_args, built_store, manifests, pidtrt
 
-pytestmark = pytest.mark.skipif(
-    not is_importable(Flavour.TENSORRT_RTX),
-    reason="TensorRT-RTX bindings not installed (pip install 'pid-trt[rtx]')",
-)
+pytestmark = pytest.mark.requires("tensorrt_rtx")
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +97,7 @@ def test_batch_range_needs_static_batch(tmp_path):
 
 @pytest.mark.slow  # ModelOpt calibration (4 decodes) + export + two builds, ~40 s
 def test_fp8_build_from_the_cli(tmp_path):
-    pytest.importorskip("modelopt.torch.quantization", reason="nvidia-modelopt (the fp8 extra) not installed")
+    require("modelopt.torch.quantization")
     refused = pidtrt(*build_args(tmp_path, "fp8", "--target-cc", "8.6"))
     assert refused.returncode == 2 and "no FP8" in refused.stderr, refused.stderr
     assert not list((tmp_path / "engines").glob("*.plan")) if (tmp_path / "engines").exists() else True

@@ -22,8 +22,8 @@ from pid_trt.checkpoints import (
 )
 from pid_trt.config import TINY, all_presets
 from pid_trt.errors import CheckpointError
+from pid_trt.inventory import inventory_entry, inventory_shapes, matching_experiments
 from pid_trt.model import PidDecoder
-from tests.conftest import inventory_path
 
 
 @pytest.fixture(scope="module")
@@ -254,16 +254,22 @@ def test_load_into_wrong_model_refused(tmp_path, tiny_state):
         load_into(other, loaded)
 
 
-_INVENTORY = inventory_path()
-
-
-@pytest.mark.skipif(_INVENTORY is None, reason="pid/checkpoint_inventory.json not found")
 @pytest.mark.parametrize("preset", [p for p in all_presets() if p.released], ids=lambda p: p.name)
 def test_released_preset_shapes_equal_inventory(preset):
-    inventory = json.loads(_INVENTORY.read_text())
-    entry = inventory[preset.experiment]
-    want = {k.removeprefix("net."): tuple(v) for k, v in entry["keys"].items()}
+    entry = inventory_entry(preset.experiment)
+    want = inventory_shapes(preset.experiment)
     got = expected_shapes(preset.config)
     assert sorted(set(want) - set(got)) == [] and sorted(set(got) - set(want)) == []
     assert {k: v for k, v in got.items() if want[k] != v} == {}
     assert len(got) == entry["num_keys"]
+    # and the layout names its experiment back (a layout shared by several releases names them all)
+    assert preset.experiment in matching_experiments(got)
+    assert preset.experiment in matching_experiments({f"net.{k}": v for k, v in got.items()})
+
+
+def test_matching_experiments_none_for_other_layouts():
+    assert matching_experiments(expected_shapes(TINY)) == []
+    released = next(p for p in all_presets() if p.released)
+    shapes = expected_shapes(released.config)
+    shapes.pop(sorted(shapes)[0])
+    assert matching_experiments(shapes) == []

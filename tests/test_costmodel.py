@@ -5,7 +5,6 @@ FLOP per step), and NVIDIA datasheet peaks. No expected number here comes from c
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from pid_trt.config import Precision, all_presets, get_preset
 from pid_trt.costmodel import GPUS, estimate, floor_time, get_gpu, mfu, param_count, render_markdown
 from pid_trt.errors import ConfigError
-from tests.conftest import inventory_path
+from pid_trt.inventory import inventory_entry
 
 V1 = get_preset("flux", "2k").config
 V15 = get_preset("flux", "2kto4k").config
@@ -21,10 +20,9 @@ TF = 1e12
 
 
 # ---------------------------------------------------------------- parameters
-@pytest.mark.skipif(inventory_path() is None, reason="checkpoint_inventory.json not available")
 @pytest.mark.parametrize("preset", [p for p in all_presets() if p.released], ids=lambda p: p.name)
 def test_param_count_matches_inventory_exactly(preset):
-    inv = json.loads(inventory_path().read_text())[preset.experiment]
+    inv = inventory_entry(preset.experiment)
     numel = sum(math.prod(shape) for shape in inv["keys"].values())
     assert numel == inv["num_params"]
     assert param_count(preset.config) == numel

@@ -20,11 +20,10 @@ from pid_trt.compile.export import (
     weights_id,
 )
 from pid_trt.compile.onnx_graph import AttentionForm, check_model_by_path, inspect_graph, trt_parse
-from pid_trt.compile.trt_flavour import Flavour, is_importable
 from pid_trt.config import TINY, Precision, get_preset
 from pid_trt.errors import BackendUnavailableError, ConfigError
 from pid_trt.model import PidDecoder, random_init
-from tests.conftest import GOLDEN, needs_golden
+from tests.conftest import GOLDEN
 from tests.export_helpers import golden_export
 
 #: Head sizes 64 (MMDiT) and 72 (PiT) as in the released nets, at toy width.
@@ -34,7 +33,7 @@ HEADS_64_72 = dataclasses.replace(
 #: An initializer that grows with H*W would pass this at 64x64 only if it were tiny anyway;
 #: the bound is the largest weight matrix of the tiny nets (pixel adaLN, 3 MiB) with margin.
 MAX_INITIALIZER_BYTES = 8 << 20
-needs_rtx = pytest.mark.skipif(not is_importable(Flavour.TENSORRT_RTX), reason="tensorrt_rtx not installed")
+needs_rtx = pytest.mark.requires("tensorrt_rtx")
 
 
 @pytest.fixture(scope="session")
@@ -111,7 +110,6 @@ def test_key_refuses_bad_requests():
 
 
 # ------------------------------------------------------------------ real exports
-@needs_golden
 def test_fp32_graphs_are_clean_and_load_everywhere(export_root):
     import onnxruntime as ort
 
@@ -142,7 +140,6 @@ def test_fp32_graphs_are_clean_and_load_everywhere(export_root):
     }
 
 
-@needs_golden
 def test_cached_export_is_reused_only_when_the_key_matches(export_root):
     res, config, _ = golden_export(GOLDEN[0], "fp32", export_root)
     again = find_export(res.key, export_root)
@@ -154,7 +151,6 @@ def test_cached_export_is_reused_only_when_the_key_matches(export_root):
 
 
 @needs_rtx
-@needs_golden
 def test_trt_rtx_parses_fp32_graphs(export_root):
     res, config, _ = golden_export(GOLDEN[0], "fp32", export_root)
     assert trt_parse(res.prepare).layers > 0

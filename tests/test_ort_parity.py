@@ -18,7 +18,7 @@ from pid_trt.buckets import Bucket
 from pid_trt.config import Precision
 from pid_trt.parity import Tolerance, compare, format_table, psnr
 from pid_trt.sampling import TIMESCALE, sample
-from tests.conftest import GOLDEN, needs_golden
+from tests.conftest import GOLDEN
 from tests.export_helpers import golden_export, load_golden
 
 #: Golden tolerance of the ONNX path in fp32 (ORT's fused Attention / reassociated matmuls).
@@ -47,7 +47,6 @@ def _image(backend, d):
     return sample(backend.bind(_cond(d)), [d[f"sampler/noise{i}"] for i in range(4)])
 
 
-@needs_golden
 @pytest.mark.parametrize("path", GOLDEN, ids=[p.stem for p in GOLDEN])
 def test_fp32_matches_golden(path, export_root):
     res, config, d = golden_export(path, "fp32", export_root)
@@ -61,7 +60,6 @@ def test_fp32_matches_golden(path, export_root):
     assert img.passed, f"{path.stem}: image max|d| {img.max_abs:.3g} > {FP32_TOL.atol}"
 
 
-@needs_golden
 def test_hoist_off_gives_the_same_image(export_root):
     res, config, d = golden_export(GOLDEN[0], "fp32", export_root)
     on = _image(_backend(res, config, d, hoist=True), d)
@@ -69,7 +67,6 @@ def test_hoist_off_gives_the_same_image(export_root):
     assert torch.equal(on, off)
 
 
-@needs_golden
 def test_bind_refuses_a_foreign_batch_or_size(export_root):
     from pid_trt.errors import ConfigError
 
@@ -90,7 +87,6 @@ def test_bind_refuses_a_foreign_batch_or_size(export_root):
         backend.bind(Conditioning(d["in/lq_latent"], d["in/y"], d["in/degrade_sigma"], h + 16, w))
 
 
-@needs_golden
 @pytest.mark.parametrize("path", GOLDEN[:2], ids=[p.stem for p in GOLDEN[:2]])
 def test_fp16_graph_psnr_vs_fp32(path, export_root):
     res32, config, d = golden_export(path, "fp32", export_root)
@@ -114,7 +110,6 @@ def _pidtrt(*args, cwd):
     return proc
 
 
-@needs_golden
 def test_cli_export_then_decode_matches_golden(tmp_path):
     """The real CLI: convert the golden weights, `pidtrt export --net-config`, then
     `pidtrt decode --backend onnxruntime` with the golden noises."""

@@ -29,7 +29,7 @@ from pid_trt.config import TINY
 from pid_trt.errors import ConfigError
 from pid_trt.golden import load_golden
 from pid_trt.model import PidDecoder, random_init
-from tests.conftest import GOLDEN, needs_golden
+from tests.conftest import GOLDEN, require
 
 CALIB = CalibrationSpec(num_samples=2, height=64, width=64, seed=0)
 #: Image PSNR floor (dB) of the tiny preset with the default exclusion (measured 36.1 dB;
@@ -44,9 +44,7 @@ ORT_PSNR_DB = 33.0
 
 
 def _mtq():
-    return pytest.importorskip(
-        "modelopt.torch.quantization", reason="nvidia-modelopt (the fp8 extra) not installed"
-    )
+    return require("modelopt.torch.quantization")
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +152,6 @@ def _golden(path):
     return case.model, case.config, case.tensors
 
 
-@needs_golden
 @pytest.mark.parametrize("path", GOLDEN, ids=[p.stem for p in GOLDEN])
 def test_golden_fp8_image_psnr(path):
     _mtq()
@@ -184,7 +181,7 @@ def test_golden_fp8_image_psnr(path):
 @pytest.fixture(scope="module")
 def fp8_graphs(tiny, tmp_path_factory):
     _mtq()
-    pytest.importorskip("onnxruntime")
+    require("onnxruntime")
     from pid_trt.buckets import Bucket
     from pid_trt.compile.export import export_graphs
 
@@ -198,7 +195,7 @@ def fp8_fp32_base_graphs(tiny, tmp_path_factory):
     """fp32 prepare graph + FP8 step graph on an fp32 base: what ONNX Runtime's CPU provider
     runs (it has no bf16 MatMul)."""
     _mtq()
-    pytest.importorskip("onnxruntime")
+    require("onnxruntime")
     from pid_trt.buckets import Bucket
     from pid_trt.compile.export import STEP_FILE, export_graphs, graph_io_names
     from pid_trt.compile.export_fp8 import export_fp8_step
@@ -266,14 +263,10 @@ def test_fp8_graphs_run_in_onnxruntime(tiny, fp8_fp32_base_graphs):
 @pytest.mark.slow  # the FP8 export calibrates 4 decodes and traces (~60 s shared)
 def test_fp8_engine_builds_for_fp8_targets_only(fp8_graphs, tmp_path):
     from pid_trt.compile.build import BuildOptions, build_engine
-    from pid_trt.compile.trt_flavour import Flavour, load_trt, normalise_targets
+    from pid_trt.compile.trt_flavour import Flavour, normalise_targets
     from pid_trt.config import Precision
-    from pid_trt.errors import BackendUnavailableError
 
-    try:
-        load_trt(Flavour.TENSORRT_RTX)
-    except BackendUnavailableError as exc:
-        pytest.skip(f"TensorRT-RTX not installed ({exc})")
+    require("tensorrt_rtx")
     assert normalise_targets(Flavour.TENSORRT_RTX, (), fp8=True) == ("8.9", "12.0")
     with pytest.raises(ConfigError, match="no FP8"):
         normalise_targets(Flavour.TENSORRT_RTX, ("8.6",), fp8=True)

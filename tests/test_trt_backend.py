@@ -10,13 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pid_trt.compile.trt_flavour import Flavour, is_importable
 from tests.engine_helpers import built_store, pidtrt
 
-pytestmark = pytest.mark.skipif(
-    not is_importable(Flavour.TENSORRT_RTX),
-    reason="TensorRT-RTX bindings not installed (pip install 'pid-trt[rtx]')",
-)
+pytestmark = pytest.mark.requires("tensorrt_rtx")
 
 
 @pytest.fixture(scope="session")
@@ -67,8 +63,9 @@ def test_missing_bucket_names_the_build_command(store, latents, tmp_path):
     assert "64x64 batch 1 fp16" in err and "64x64 batch 1 bf16" in err  # the buckets that do have engines
 
 
-def test_store_is_checked_before_cuda(store):
-    """With sound engines the look-up passes and only then is CUDA required."""
+def test_store_is_checked_before_cuda(store, monkeypatch):
+    """With sound engines the look-up passes and only then is CUDA required (CUDA hidden from
+    torch, so the refusal is checked on GPU machines too)."""
     from pid_trt.backends.factory import BackendRequest
     from pid_trt.backends.trt_backend import TrtBackend
     from pid_trt.errors import BackendUnavailableError
@@ -76,8 +73,7 @@ def test_store_is_checked_before_cuda(store):
 
     spec = resolve_net("tiny", None, None, None, True)
     req = BackendRequest("tensorrt", spec, "cuda", "bf16", 64, 64, 1, store["root"] / "engines")
-    if torch.cuda.is_available():
-        pytest.skip("CUDA present: the GPU tests cover loading")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(BackendUnavailableError, match="needs an NVIDIA GPU"):
         TrtBackend.from_request(req)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from pid_trt.checkpoints import CONFIG_METADATA_KEY
 from pid_trt.config import TINY
+from pid_trt.golden import load_golden
 from pid_trt.io import write_latent_file, write_noise_file
-from tests.conftest import GOLDEN, needs_golden
+from tests.conftest import GOLDEN, golden_case
 
 IMAGE_TOL = 1e-4  # golden README: torch reference, float32, CPU
 
@@ -29,13 +28,9 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 def golden_case_files(path: Path, tmp: Path) -> tuple[Path, Path, Path, torch.Tensor]:
     """Write a golden case as the user-facing files: checkpoint, latent file, noise file."""
-    with safe_open(str(path), "pt") as f:
-        upstream = f.metadata()["upstream_config"]
-    tensors = load_file(str(path))
+    case = load_golden(path)  # fails naming the path when the file is missing
+    tensors, config = case.tensors, case.config
     weights = {k.removeprefix("weights/"): v for k, v in tensors.items() if k.startswith("weights/")}
-    from pid_trt.config import DecoderConfig
-
-    config = DecoderConfig.from_upstream(json.loads(upstream))
     ckpt = tmp / "ckpt.safetensors"
     save_file(
         {f"net.{k}": v.contiguous() for k, v in weights.items()},
@@ -49,7 +44,6 @@ def golden_case_files(path: Path, tmp: Path) -> tuple[Path, Path, Path, torch.Te
     return ckpt, latent, noise, tensors["out/image"]
 
 
-@needs_golden
 @pytest.mark.parametrize("path", GOLDEN[:2] + GOLDEN[-1:], ids=lambda p: p.stem)
 def test_decode_cli_matches_golden_image(path: Path, tmp_path: Path) -> None:
     ckpt, latent, noise, expected = golden_case_files(path, tmp_path)
@@ -61,12 +55,8 @@ def test_decode_cli_matches_golden_image(path: Path, tmp_path: Path) -> None:
     assert (got - expected).abs().max().item() <= IMAGE_TOL
 
 
-@needs_golden
 def test_decode_cli_writes_png_per_batch_item(tmp_path: Path) -> None:
-    wide = [p for p in GOLDEN if "b2" in p.stem]
-    if not wide:
-        pytest.skip("no batch-2 golden case")
-    ckpt, latent, noise, expected = golden_case_files(wide[0], tmp_path)
+    ckpt, latent, noise, expected = golden_case_files(golden_case("v1_flux_wide_b2"), tmp_path)
     res = run_cli("decode", latent, "-o", tmp_path / "img.png", "--checkpoint", ckpt, "--noise", noise)
     assert res.returncode == 0, res.stderr
     import numpy as np

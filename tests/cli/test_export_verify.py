@@ -6,12 +6,11 @@ import re
 
 import pytest
 
-from pid_trt.compile.trt_flavour import Flavour, is_importable
 from pid_trt.config import TINY
 from tests.engine_helpers import pidtrt
 
 
-@pytest.mark.skipif(not is_importable(Flavour.TENSORRT_RTX), reason="TensorRT-RTX bindings not installed")
+@pytest.mark.requires("tensorrt_rtx")
 def test_export_verify_reports_checker_and_parser(tmp_path):
     res = pidtrt("export", "--backbone", "tiny", "--random-weights", "--res", "64", "--precision", "fp16",
                  "--export-dir", str(tmp_path / "exp"), "--verify")  # fmt: skip

@@ -1,4 +1,4 @@
-"""Golden parity of the torch reference against the official network's vectors (shared/golden).
+"""Golden parity of the torch reference against the official network's vectors (tests/golden).
 
 Tolerance (golden/README): max |delta| <= 1e-4 in float32 on CPU, for one network call
 (out/velocity) and for the released 4-step sampler with the stored noises (out/image).
@@ -11,7 +11,7 @@ import torch
 
 from pid_trt.golden import load_golden
 from pid_trt.sampling import TIMESCALE, sample
-from tests.conftest import GOLDEN, needs_golden
+from tests.conftest import GOLDEN
 
 TOL = 1e-4
 
@@ -21,7 +21,6 @@ def _load(path):
     return case.model, case.tensors
 
 
-@needs_golden
 @pytest.mark.parametrize("path", GOLDEN, ids=[p.stem for p in GOLDEN])
 def test_velocity_matches_golden(path):
     model, d = _load(path)
@@ -32,7 +31,6 @@ def test_velocity_matches_golden(path):
     assert err <= TOL, f"{path.stem}: velocity max|delta| {err:.3g} > {TOL}"
 
 
-@needs_golden
 @pytest.mark.parametrize("path", GOLDEN, ids=[p.stem for p in GOLDEN])
 def test_sampler_matches_golden(path):
     model, d = _load(path)
@@ -49,7 +47,6 @@ def test_sampler_matches_golden(path):
     assert err <= TOL, f"{path.stem}: image max|delta| {err:.3g} > {TOL}"
 
 
-@needs_golden
 @pytest.mark.parametrize("path", GOLDEN, ids=[p.stem for p in GOLDEN])
 def test_prepare_step_equals_forward_on_golden(path):
     model, d = _load(path)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 import torch
 
 from pid_trt.config import TINY, GateType, PaddingMode, all_presets
 from pid_trt.errors import ConfigError
+from pid_trt.inventory import inventory_shapes
 from pid_trt.model import PidDecoder
-from tests.conftest import inventory_path
 
 RELEASED = [p for p in all_presets() if p.released]
 
@@ -23,13 +22,7 @@ def _meta_model(config):
 
 @pytest.mark.parametrize("preset", RELEASED, ids=[p.name for p in RELEASED])
 def test_state_dict_matches_inventory(preset):
-    path = inventory_path()
-    if path is None:
-        pytest.skip("pid/checkpoint_inventory.json not found")
-    inventory = json.loads(path.read_text())
-    if preset.experiment not in inventory:
-        pytest.skip(f"{preset.experiment} not in the inventory")
-    expected = {k.removeprefix("net."): list(v) for k, v in inventory[preset.experiment]["keys"].items()}
+    expected = {k: list(v) for k, v in inventory_shapes(preset.experiment).items()}
     got = {k: list(v.shape) for k, v in _meta_model(preset.config).state_dict().items()}
     assert sorted(set(got) - set(expected)) == [], "keys we have that the checkpoint lacks"
     assert sorted(set(expected) - set(got)) == [], "checkpoint keys we lack"

@@ -29,7 +29,7 @@ def address_space_limit(extra_bytes: int = DEFAULT_EXTRA_BYTES) -> Iterator[None
     Unlike tracemalloc this bounds every allocation (malloc, mmap, torch's allocator): a
     reader that tried to allocate or map what a lying file declares fails inside the block.
     """
-    resource = pytest.importorskip("resource")
+    resource = pytest.importorskip("resource", reason="needs the POSIX resource module (a Linux machine)")
     if not Path("/proc/self/status").is_file():
         pytest.skip("needs /proc (Linux) to measure the mapped address space")
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)

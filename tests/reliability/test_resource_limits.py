@@ -41,6 +41,7 @@ from pid_trt.resources import (
     run_guarded,
 )
 from pid_trt.sampling import draw_noise, sample
+from tests.conftest import require
 from tests.reliability.conftest import address_space_limit, one_line
 
 FLUX = get_preset("flux").config
@@ -147,7 +148,7 @@ def test_weights_alone_do_not_fit():
 def test_real_available_memory_is_read():
     avail = available_memory("cpu")
     if avail is None:
-        pytest.skip("no /proc/meminfo")
+        pytest.skip("needs /proc/meminfo (a Linux machine)")
     total = next(
         int(x.split()[1]) * 1024
         for x in Path("/proc/meminfo").read_text().splitlines()
@@ -259,8 +260,7 @@ def test_onnxruntime_allocation_failure_is_recognised_and_session_survives(arena
     """In a fresh process: after a failed 4 TiB request, onnxruntime's default BFC arena keeps
     ~free-RAM of address space reserved (enough to make a later fork() fail), so this must
     not run inside the test process."""
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
+    require("onnxruntime")
     script = _ORT_OOM.replace("ARENA", str(arena))
     res = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
