@@ -27,14 +27,14 @@ def _torch_profile(spec, res: int, top: int) -> None:
     from pid_trt.sampling import draw_noise, sample
 
     case = BenchCase(BenchTarget(BenchBackend.TORCH, Precision.FP32, "cpu"), res, res, 1, True)
-    backend = make_backend(case, spec, Path("engines"), Path("export"))
-    cond = _conditioning(spec.config, res, res, 1, 0)
-    noise = draw_noise((1, 3, res, res))
-    sample(backend.bind(cond), noise)  # warm-up
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
-        sample(backend.bind(cond), noise)
-        wall = (time.perf_counter() - t0) * 1e3
+    with make_backend(case, spec, Path("engines"), Path("export")) as backend:
+        cond = _conditioning(spec.config, res, res, 1, 0)
+        noise = draw_noise((1, 3, res, res))
+        sample(backend.bind(cond), noise)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            sample(backend.bind(cond), noise)
+            wall = (time.perf_counter() - t0) * 1e3
     print(
         f"\n### torch eager fp32, {res}x{res}, {torch.get_num_threads()} threads: decode {wall:.0f} ms (profiled)\n"
     )

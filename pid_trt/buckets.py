@@ -138,3 +138,31 @@ def bucket_for_latent(config: DecoderConfig, latent_h: int, latent_w: int) -> Bu
     if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
         raise ConfigError(f"latent {latent_h}x{latent_w} gives {width}x{height}: not a multiple of 16 pixels")
     return Bucket(height=height, width=width)
+
+
+def output_size(
+    config: DecoderConfig, latent_hw: tuple[int, int], size: str | tuple[int, int] | None = None
+) -> tuple[int, int]:
+    """Output (height, width) in pixels: latent x pixels per cell, or ``size`` ("WxH" or
+    (height, width)) when it rounds up to the same latent (e.g. 2160 rows from a 68-row flux
+    latent: ceil(2160 / 32) = 68)."""
+    if size is None:
+        return config.output_size(*latent_hw)
+    if isinstance(size, str):
+        height, width = parse_size(size)
+        shown = size
+    else:
+        try:
+            height, width = (int(v) for v in size)
+        except (TypeError, ValueError):
+            raise ConfigError(f"size {size!r}: expected (height, width) or 'WxH'") from None
+        shown = f"{width}x{height}"
+    p = config.pixels_per_latent
+    want = (-(-height // p), -(-width // p))
+    if height <= 0 or width <= 0 or height % 16 or width % 16 or want != tuple(latent_hw):
+        lo_h, lo_w = (latent_hw[0] - 1) * p + 16, (latent_hw[1] - 1) * p + 16
+        raise ConfigError(
+            f"--size {shown}: a {latent_hw[0]}x{latent_hw[1]} latent decodes to widths {lo_w}..{latent_hw[1] * p} "
+            f"and heights {lo_h}..{latent_hw[0] * p} (multiples of 16)"
+        )
+    return height, width

@@ -89,7 +89,14 @@ def _expected_shapes(config: DecoderConfig) -> Mapping[str, tuple[int, ...]]:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, streamed in 1 MiB chunks."""
+    """Hex SHA-256 of a file, streamed in 1 MiB chunks; remembered per (path, size, mtime)
+    so a process that keys many exports / engines on one 3 GB checkpoint hashes it once."""
+    st = os.stat(path)
+    return _sha256_of(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(_HASH_CHUNK):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
@@ -27,7 +28,9 @@ class BackendRequest:
     weights); device: "cpu" or "cuda"; dtype: precision name; height / width: output size
     in pixels; batch: B; engine_dir / export_dir: artifact stores; hoist: run the per-decode
     constant work (latent adapter, caption projection) once instead of every step;
-    cuda_graph: replay the step engine as a CUDA graph (tensorrt backend).
+    cuda_graph: replay the step engine as a CUDA graph (tensorrt backend); model_loader: returns
+    the fp32 CPU reference model with the spec's weights (default: build it from the spec;
+    :class:`pid_trt.Decoder` passes one that reads the weights once).
     """
 
     kind: str
@@ -41,6 +44,15 @@ class BackendRequest:
     export_dir: Path = Path("export")
     hoist: bool = True
     cuda_graph: bool = False
+    model_loader: Callable[[], torch.nn.Module] | None = field(default=None, compare=False)
+
+    def load_model(self) -> torch.nn.Module:
+        """The reference model (fp32, CPU) with the spec's weights."""
+        if self.model_loader is not None:
+            return self.model_loader()
+        from pid_trt.netspec import build_model
+
+        return build_model(self.spec)
 
     @property
     def backend_kind(self) -> BackendKind:

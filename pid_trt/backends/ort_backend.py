@@ -113,13 +113,11 @@ class OrtBackend(Backend):
         key = ExportKey.create(spec.config, spec_weights_id(spec), bucket, precision, request.batch)
         found = find_export(key, request.export_dir)
         if found is None:
-            from pid_trt.netspec import build_model
-
             log.warning(
                 "no ONNX export for %s batch %d %s in %s: exporting it now (minutes at full size)",
                 bucket.name, request.batch, precision.value, request.export_dir,
             )  # fmt: skip
-            found = export_onnx(build_model(spec), key, request.export_dir)
+            found = export_onnx(request.load_model(), key, request.export_dir)
         return cls(
             found.prepare, found.step, spec.config, bucket, request.batch, precision, providers, request.hoist
         )

@@ -30,13 +30,11 @@ class TorchBackend(Backend):
 
     @classmethod
     def from_request(cls, request) -> TorchBackend:
-        from pid_trt.netspec import build_model
-
         precision = request.precision
         if precision not in _DTYPES:
             raise ConfigError(f"--dtype {precision.value}: the torch backend runs fp32, bf16 or fp16")
         device = request.torch_device
-        return cls(build_model(request.spec), device, _DTYPES[precision], hoist=request.hoist)
+        return cls(request.load_model(), device, _DTYPES[precision], hoist=request.hoist)
 
     def bind(self, cond: Conditioning) -> Denoiser:
         model, dev = self.model, self.device

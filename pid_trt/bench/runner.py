@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,26 +122,31 @@ def _artifacts(backend: Any, case: BenchCase, spec: Any, export_dir: Path) -> Ar
     return Artifacts()
 
 
-def make_backend(case: BenchCase, spec: Any, engine_dir: Path, export_dir: Path) -> Any:
-    """Construct the case's backend (torch-compile: the torch backend with ``step`` and ``forward``
-    under ``torch.compile``; max-autotune on CUDA)."""
-    from pid_trt.backends.factory import BackendRequest, create_backend
+@contextmanager
+def make_backend(case: BenchCase, spec: Any, engine_dir: Path, export_dir: Path) -> Iterator[Any]:
+    """The case's backend, from a :class:`pid_trt.Decoder` (the object ``pidtrt decode`` runs
+    on), held for the duration of the ``with`` block and closed after it. torch-compile: the
+    torch backend with ``step`` and ``forward`` under ``torch.compile`` (max-autotune on CUDA)."""
+    from pid_trt.backends.factory import BackendRequest
+    from pid_trt.decoder import Decoder
 
     t = case.target
     request = BackendRequest(
         kind=t.backend.factory_kind, spec=spec, device=t.device, dtype=t.precision.value,
-        height=case.height, width=case.width, batch=case.batch, engine_dir=engine_dir,
-        export_dir=export_dir, hoist=case.hoist,
+        engine_dir=engine_dir, export_dir=export_dir, hoist=case.hoist,
     )  # fmt: skip
-    backend = create_backend(request)
-    if t.backend is BenchBackend.TORCH_COMPILE:
-        import torch
+    with (
+        Decoder(spec, request, max_backends=1) as dec,
+        dec.backend(case.height, case.width, case.batch) as backend,
+    ):
+        if t.backend is BenchBackend.TORCH_COMPILE:
+            import torch
 
-        mode = "max-autotune" if t.device.startswith("cuda") else None
-        model = backend.model
-        model.step = torch.compile(model.step, mode=mode)
-        model.forward = torch.compile(model.forward, mode=mode)
-    return backend
+            mode = "max-autotune" if t.device.startswith("cuda") else None
+            model = backend.model
+            model.step = torch.compile(model.step, mode=mode)
+            model.forward = torch.compile(model.forward, mode=mode)
+        yield backend
 
 
 def peak_memory_mb(device: str, engine_device_mb: float | None) -> float:
@@ -202,10 +208,9 @@ def measure(
     cuda = dev.startswith("cuda")
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
-    backend = make_backend(case, spec, engine_dir, export_dir)
-    setup_s = time.perf_counter() - start
     notes: list[str] = []
-    try:
+    with make_backend(case, spec, engine_dir, export_dir) as backend:
+        setup_s = time.perf_counter() - start
         arts = _artifacts(backend, case, spec, export_dir)
         cond = _conditioning(spec.config, case.height, case.width, case.batch, seed)
         noise = draw_noise((case.batch, 3, case.height, case.width), case.steps, seed, dev)
@@ -235,8 +240,6 @@ def measure(
             ort_threads = backend.step_session.get_session_options().intra_op_num_threads or None
         used_threads = ort_threads or torch.get_num_threads()
         peak = peak_memory_mb(dev, arts.device_mb)
-    finally:
-        backend.close()
     return Measurement(
         tuple(decode_ms), tuple(step_ms), setup_s, first_decode_s, used_threads, peak, arts, tuple(notes)
     )

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 
-from pid_trt.buckets import Bucket, check_bucket, parse_size
 from pid_trt.cli.errors import cli_errors, warn
 from pid_trt.cli.options import (
     BackboneOpt,
@@ -15,28 +14,12 @@ from pid_trt.cli.options import (
     CkptTypeOpt,
     NetConfigOpt,
     RandomWeightsOpt,
+    TextDtypeOpt,
+    TextEncoderOpt,
     WeightsSeedOpt,
-    resolve_net,
 )
-from pid_trt.config import DecoderConfig
 from pid_trt.errors import ConfigError, InputFileError
-
-
-def output_size(config: DecoderConfig, latent_hw: tuple[int, int], size: str | None) -> tuple[int, int]:
-    """Output (height, width) in pixels: latent x pixels per cell, or ``--size`` when it rounds up
-    to the same latent (e.g. 2160 rows from a 68-row flux latent: ceil(2160 / 32) = 68)."""
-    if size is None:
-        return config.output_size(*latent_hw)
-    height, width = parse_size(size)
-    p = config.pixels_per_latent
-    want = (-(-height // p), -(-width // p))
-    if height % 16 or width % 16 or want != tuple(latent_hw):
-        lo_h, lo_w = (latent_hw[0] - 1) * p + 16, (latent_hw[1] - 1) * p + 16
-        raise ConfigError(
-            f"--size {size}: a {latent_hw[0]}x{latent_hw[1]} latent decodes to widths {lo_w}..{latent_hw[1] * p} "
-            f"and heights {lo_h}..{latent_hw[0] * p} (multiples of 16)"
-        )
-    return height, width
+from pid_trt.io.caption import read_caption_file
 
 
 @cli_errors
@@ -88,71 +71,58 @@ def decode(
     cuda_graph: bool = typer.Option(
         False, "--cuda-graph", help="Replay the step engine as a CUDA graph (tensorrt)."
     ),
+    prompt: list[str] = typer.Option(
+        [], "--prompt", help="Caption text (one, or one per batch row), encoded with --text-encoder."
+    ),
+    caption: Path | None = typer.Option(
+        None, "--caption", help="Caption file from `pidtrt encode-caption` (caption_embedding [N, T, D])."
+    ),
+    text_encoder: Path | None = TextEncoderOpt,
+    text_dtype: str | None = TextDtypeOpt,
 ) -> None:
     """Decode a latent file into image(s)."""
-    from pid_trt.backends.base import Conditioning
-    from pid_trt.backends.factory import BackendRequest, create_backend
+    from pid_trt.decoder import Decoder
     from pid_trt.io import read_latent_file, read_noise_file, write_images
-    from pid_trt.resources import check_decode_memory, run_guarded
-    from pid_trt.sampling import draw_noise, sample
 
-    if dtype is None:
-        dtype = "bf16" if backend == "tensorrt" else "fp32"  # tensorrt: pidtrt build's default
-    if device is None:
-        device = "cuda" if backend == "tensorrt" else "cpu"
-    elif backend == "tensorrt" and not device.startswith("cuda"):
-        raise ConfigError(f"--device {device}: the tensorrt backend runs on cuda")
-    spec = resolve_net(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
-    config = spec.config
-    lat = read_latent_file(latent, config)
-    caption = lat.caption
-    if caption is None:
-        if spec.released_preset or not spec.random_weights:
-            raise InputFileError(
-                f"latent file {latent} has no caption_embedding: add one as tensor `caption_embedding` "
-                f"[B, {config.txt_max_length}, {config.txt_embed_dim}] (Gemma-2-2B hidden states of the caption; "
-                "see README, 'Caption embeddings')"
-            )
-        import torch
-
-        gen = torch.Generator().manual_seed(seed)
-        caption = torch.randn(lat.batch, config.txt_max_length, config.txt_embed_dim, generator=gen)
-    height, width = output_size(config, lat.latent_hw, size)
-    notice = check_bucket(Bucket(height=height, width=width), spec.preset)
-    if notice:
-        warn(notice)
-    mem_device = "cuda" if backend == "tensorrt" else device
-    if not no_memory_check:
-        check_decode_memory(
-            config, height, width, lat.batch, dtype, mem_device, steps,
-            load_precision="fp32" if backend == "torch" and mem_device == "cpu" else None,
-            hint="pass --no-memory-check to try anyway",
-        )  # fmt: skip
-    if spec.random_weights:
-        warn("--random-weights: the network is randomly initialised; the image means nothing")
-    draws = read_noise_file(noise, steps, lat.batch, height, width) if noise is not None else None
-
-    request = BackendRequest(
-        kind=backend, spec=spec, device=device, dtype=dtype, height=height, width=width,
-        batch=lat.batch, engine_dir=engine_dir, export_dir=export_dir, hoist=not no_hoist,
-        cuda_graph=cuda_graph,
+    if prompt and caption is not None:
+        raise ConfigError("--prompt and --caption exclude each other: pass one")
+    decoder = Decoder.load(
+        backbone=backbone, ckpt_type=ckpt_type, checkpoint=checkpoint, net_config=net_config,
+        random_weights=random_weights, weights_seed=weights_seed, backend=backend, precision=dtype,
+        device=device, engine_dir=engine_dir, export_dir=export_dir, hoist=not no_hoist,
+        cuda_graph=cuda_graph, text_encoder=text_encoder, text_dtype=text_dtype,
+        memory_check=not no_memory_check, memory_hint="pass --no-memory-check to try anyway",
     )  # fmt: skip
-    start = time.perf_counter()
-
-    def run():
-        noise_draws = draws if draws is not None else draw_noise((lat.batch, 3, height, width), steps, seed)
-        runner = create_backend(request)
-        try:
-            cond = Conditioning(lat.latent, caption, lat.degrade_sigma, height, width)
-            denoiser = runner.bind(cond)
-            return sample(denoiser, [d.to(request.torch_device) for d in noise_draws], steps)
-        finally:
-            runner.close()
-
-    image = run_guarded(run, f"decode of batch {lat.batch} at {width}x{height}", mem_device)
-    written = write_images(image.float().cpu(), output)
-    elapsed = time.perf_counter() - start
+    with decoder:
+        spec, config = decoder.spec, decoder.config
+        lat = read_latent_file(latent, config)
+        caption_emb = lat.caption
+        if caption_emb is not None and (prompt or caption is not None):
+            given = "--prompt" if prompt else "--caption"
+            raise ConfigError(
+                f"latent file {latent} already has a caption_embedding: drop {given}, or write the latent "
+                "without one"
+            )
+        if caption is not None:
+            caption_emb = read_caption_file(caption, config, lat.batch)
+        elif not prompt and caption_emb is None and (spec.released_preset or not spec.random_weights):
+            raise InputFileError(
+                f"latent file {latent} has no caption_embedding: pass --prompt TEXT (with --text-encoder DIR), "
+                f"--caption FILE (from `pidtrt encode-caption`), or add tensor `caption_embedding` "
+                f"[B, {config.txt_max_length}, {config.txt_embed_dim}] (see README, 'Caption embeddings')"
+            )
+        height, width = decoder.output_size(lat.latent_hw, size)
+        if spec.random_weights:
+            warn("--random-weights: the network is randomly initialised; the image means nothing")
+        draws = read_noise_file(noise, steps, lat.batch, height, width) if noise is not None else None
+        start = time.perf_counter()
+        image = decoder.decode(
+            lat.latent, caption_emb, prompt=(prompt if len(prompt) > 1 else prompt[0]) if prompt else None,
+            degrade_sigma=lat.degrade_sigma, seed=seed, noise=draws, size=(height, width), steps=steps,
+        )  # fmt: skip
+        written = write_images(image, output)
+        elapsed = time.perf_counter() - start
     names = ", ".join(str(p) for p in written)
     typer.echo(
-        f"wrote {names} ({width}x{height}, batch {lat.batch}, {steps} steps, {backend}) in {elapsed:.2f} s"
+        f"wrote {names} ({width}x{height}, batch {lat.batch}, {steps} steps, {decoder.backend_name}) in {elapsed:.2f} s"
     )

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from pid_trt.cli.errors import cli_errors
 from pid_trt.errors import ConfigError, InputFileError
-
-#: Tensor and metadata keys of the output file.
-CAPTION_KEY = "caption_embedding"
-PROMPTS_META = "prompts"
+from pid_trt.io.latent import CAPTION_KEY
 
 
 def read_prompts_file(path: Path) -> list[str]:
@@ -54,9 +50,7 @@ def encode_caption(
     output: Path = typer.Option(..., "-o", "--output", help="Output file (.safetensors)."),
 ) -> None:
     """Write caption_embedding [N, 300, D] float32 for the prompts (PiD's caption conditioning)."""
-    from safetensors.torch import save_file
-
-    from pid_trt.atomic import atomic_write
+    from pid_trt.io.caption import write_caption_file
     from pid_trt.text import CaptionEncoder, resolve_text_encoder_source
 
     all_prompts = list(prompts or [])
@@ -75,12 +69,10 @@ def encode_caption(
     with CaptionEncoder.load(source, device=device, dtype=text_dtype) as encoder:
         emb = encoder.encode(all_prompts)
         metadata = {
-            PROMPTS_META: json.dumps(all_prompts, ensure_ascii=False),
             "text_encoder": Path(source).name,
             "text_dtype": encoder.dtype,
             "instruction_tokens": str(encoder.n_instruction_tokens),
         }
-    with atomic_write(output) as tmp:
-        save_file({CAPTION_KEY: emb.contiguous()}, str(tmp), metadata=metadata)
+    write_caption_file(output, emb, all_prompts, metadata)
     n, t, d = emb.shape
     typer.echo(f"wrote {output}: {CAPTION_KEY} [{n}, {t}, {d}] float32 ({n} prompt{'s' * (n != 1)})")

@@ -24,6 +24,14 @@ RandomWeightsOpt = typer.Option(
     False, "--random-weights", help="Seeded random weights for smoke tests and timing (images mean nothing)."
 )
 WeightsSeedOpt = typer.Option(0, "--weights-seed", help="Seed of --random-weights.")
+TextEncoderOpt = typer.Option(
+    None,
+    "--text-encoder",
+    help="Local Gemma-2-2B-it directory for --prompt (default: $PIDTRT_TEXT_ENCODER).",
+)
+TextDtypeOpt = typer.Option(
+    None, "--text-dtype", help="Caption encoder precision: fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)."
+)
 
 
 def backbone_enum(text: str | None) -> Backbone | None:

@@ -8,12 +8,13 @@ from pid_trt.io.latent import (
     sample_latent,
     write_latent_file,
 )
-from pid_trt.io.noise import read_noise_file, write_noise_file
+from pid_trt.io.noise import noise_from_tensors, read_noise_file, write_noise_file
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
     "LatentFile",
     "latent_from_tensors",
+    "noise_from_tensors",
     "png_paths",
     "read_latent_file",
     "read_noise_file",

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
 from pid_trt.atomic import atomic_write
 from pid_trt.errors import InputFileError
-from pid_trt.io.stfile import load_float_tensors, open_input
+from pid_trt.io.stfile import check_finite, load_float_tensors, open_input
 from pid_trt.safetensors_header import read_header_from
 
 NOISE_KEY = "noise"
@@ -38,11 +40,34 @@ def read_noise_file(
             raise InputFileError(
                 f"{what}: has tensor(s) {', '.join(map(repr, names)) or 'none'}; expected exactly one, 'noise'"
             )
-        shape = list(header.tensors[NOISE_KEY].shape)
-        if shape != expected:
-            raise InputFileError(f"{what}: noise has shape {shape}, expected [S, B, 3, H, W] = {expected}")
+        _check_shape(list(header.tensors[NOISE_KEY].shape), expected, what)
         noise = load_float_tensors(f, header, [NOISE_KEY], what)[NOISE_KEY]
     return list(noise.unbind(0))
+
+
+def noise_from_tensors(
+    noise: Sequence[Any], steps: int, batch: int, height: int, width: int, what: str = "noise"
+) -> list[torch.Tensor]:
+    """In-memory draws (a sequence of S tensors / arrays [B, 3, H, W], or one [S, B, 3, H, W])
+    checked by the rules of :func:`read_noise_file`; returns ``steps`` CPU float32 tensors."""
+    expected = [steps, batch, 3, height, width]
+    try:
+        if isinstance(noise, (torch.Tensor, np.ndarray)):
+            stacked = torch.as_tensor(noise)
+        else:
+            stacked = torch.stack([torch.as_tensor(d) for d in noise])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputFileError(f"{what}: expected a list of {steps} tensors [B, 3, H, W] ({exc})") from None
+    _check_shape(list(stacked.shape), expected, what)
+    if not stacked.is_floating_point():
+        raise InputFileError(f"{what}: dtype {stacked.dtype}, expected a float tensor")
+    stacked = check_finite(stacked.detach().to("cpu", torch.float32), NOISE_KEY, what)
+    return list(stacked.unbind(0))
+
+
+def _check_shape(shape: list[int], expected: list[int], what: str) -> None:
+    if shape != expected:
+        raise InputFileError(f"{what}: noise has shape {shape}, expected [S, B, 3, H, W] = {expected}")
 
 
 def write_noise_file(path: str | os.PathLike[str], noise: torch.Tensor | Sequence[torch.Tensor]) -> None:

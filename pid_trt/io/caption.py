@@ -1,0 +1,57 @@
+"""Caption files (DESIGN §3, ``pidtrt encode-caption``): one tensor ``caption_embedding``
+[N, T, D] float32 (row i = prompt i), the prompts as a JSON list in the metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+
+import torch
+from safetensors.torch import save_file
+
+from pid_trt.atomic import atomic_write
+from pid_trt.config import DecoderConfig
+from pid_trt.errors import InputFileError
+from pid_trt.io.latent import CAPTION_KEY, latent_from_tensors
+from pid_trt.io.stfile import load_float_tensors, open_input
+from pid_trt.safetensors_header import read_header_from
+
+PROMPTS_META = "prompts"
+
+
+def write_caption_file(
+    path: str | os.PathLike[str],
+    embedding: torch.Tensor,
+    prompts: Sequence[str],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write ``embedding`` [N, T, D] (as float32) and ``prompts`` (N strings) atomically."""
+    meta = {PROMPTS_META: json.dumps(list(prompts), ensure_ascii=False), **(metadata or {})}
+    tensor = embedding.detach().to("cpu", torch.float32).contiguous()
+    with atomic_write(path) as tmp:
+        save_file({CAPTION_KEY: tensor}, os.fspath(tmp), metadata=meta)
+
+
+def read_caption_file(path: str | os.PathLike[str], config: DecoderConfig, batch: int) -> torch.Tensor:
+    """A caption file's embedding for a decode of ``batch`` rows: [B, txt_max_length, D]
+    float32. One row (or [T, D]) is repeated over the batch; otherwise N must equal B. Width,
+    length and values are checked by the latent file's caption rules."""
+    what = f"caption file {os.fspath(path)}"
+    with open_input(path, what) as f:
+        header = read_header_from(f, what, InputFileError)
+        names = list(header.tensors)
+        if names != [CAPTION_KEY]:
+            raise InputFileError(
+                f"{what}: has tensor(s) {', '.join(map(repr, names)) or 'none'}; expected exactly one, "
+                f"{CAPTION_KEY!r} (from `pidtrt encode-caption`)"
+            )
+        caption = load_float_tensors(f, header, names, what)[CAPTION_KEY]
+    if caption.dim() == 3 and caption.shape[0] == 1:
+        caption = caption[0]
+    if caption.dim() == 3 and caption.shape[0] != batch:
+        raise InputFileError(
+            f"{what}: {caption.shape[0]} caption rows for a latent of batch {batch}: expected 1 or {batch}"
+        )
+    stand_in = torch.zeros(batch, config.lq_latent_channels, 1, 1)
+    return latent_from_tensors(stand_in, caption, config=config, what=what).caption
