@@ -228,7 +228,10 @@ class CaptionEncoder:
         path = resolve_text_encoder_source(source)
         from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a local load: no "Loading weights" bar on stderr
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             causal_lm = AutoModelForCausalLM.from_pretrained(
@@ -250,6 +253,9 @@ class CaptionEncoder:
             raise ConfigError(
                 f"text encoder {path}: cannot be loaded ({type(exc).__name__}: {first})"
             ) from None
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         return cls(model, tokenizer, device=dev, dtype=dtype, source=str(path))
 
     @property
