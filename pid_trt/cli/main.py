@@ -9,8 +9,10 @@ from pid_trt.cli.build import build
 from pid_trt.cli.convert import convert
 from pid_trt.cli.decode import decode
 from pid_trt.cli.encode_caption import encode_caption
+from pid_trt.cli.encode_image import encode_image
 from pid_trt.cli.engines import engines
 from pid_trt.cli.export import export
+from pid_trt.cli.generate import generate
 from pid_trt.cli.sample import sample_latent
 
 app = typer.Typer(
@@ -27,6 +29,8 @@ app.command("convert")(convert)
 app.command("bench")(bench)
 app.command("sample-latent")(sample_latent)
 app.command("encode-caption")(encode_caption)
+app.command("generate")(generate)
+app.command("encode-image")(encode_image)
 app.add_typer(engines, name="engines")
 
 

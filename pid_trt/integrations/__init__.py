@@ -1,0 +1,11 @@
+"""Glue to the tools users already run.
+
+- :mod:`pid_trt.integrations.diffusers`: a diffusers pipeline's latent -> PiD latent
+  (``pid_latent``, ``to_pid_frame``), early capture (``EarlyCapture``), text -> 2K-4K image
+  (``generate``) and image -> latent (``encode_image``): the public entry point, re-exporting
+  :mod:`~pid_trt.integrations.latents` (unpacking, frames), :mod:`~pid_trt.integrations.vae`
+  (VAE normalisation, encode, noise) and :mod:`~pid_trt.integrations.ldm` (per-LDM facts and
+  defaults). Needs the ``diffusers`` extra.
+
+Nothing here imports diffusers or transformers at import time.
+"""
