@@ -13,7 +13,9 @@ from pid_trt.cli.encode_image import encode_image
 from pid_trt.cli.engines import engines
 from pid_trt.cli.export import export
 from pid_trt.cli.generate import generate
+from pid_trt.cli.request import request
 from pid_trt.cli.sample import sample_latent
+from pid_trt.cli.serve import serve
 
 app = typer.Typer(
     name="pidtrt",
@@ -31,6 +33,8 @@ app.command("sample-latent")(sample_latent)
 app.command("encode-caption")(encode_caption)
 app.command("generate")(generate)
 app.command("encode-image")(encode_image)
+app.command("serve")(serve)
+app.command("request")(request)
 app.add_typer(engines, name="engines")
 
 

@@ -1,0 +1,129 @@
+"""``pidtrt serve``: the decoder as Triton model ``pid_decoder`` (KServe v2 HTTP / gRPC)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import typer
+
+from pid_trt.cli.errors import EXIT_ENV, cli_errors, report, warn
+from pid_trt.cli.options import (
+    BackboneOpt,
+    CheckpointOpt,
+    CkptTypeOpt,
+    NetConfigOpt,
+    RandomWeightsOpt,
+    TextDtypeOpt,
+    TextEncoderOpt,
+    WeightsSeedOpt,
+)
+
+
+@cli_errors
+def serve(
+    backbone: str | None = BackboneOpt,
+    ckpt_type: str | None = CkptTypeOpt,
+    checkpoint: Path | None = CheckpointOpt,
+    net_config: Path | None = NetConfigOpt,
+    random_weights: bool = RandomWeightsOpt,
+    weights_seed: int = WeightsSeedOpt,
+    backend: str = typer.Option("torch", "--backend", help="torch, onnxruntime or tensorrt."),
+    dtype: str | None = typer.Option(
+        None, "--dtype", help="Precision, as pidtrt decode (default: fp32, and bf16 for tensorrt)."
+    ),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu or cuda (default: cuda for tensorrt, else cpu); --devices overrides."
+    ),
+    engine_dir: Path = typer.Option(Path("engines"), "--engine-dir", help="Engine store (tensorrt backend)."),
+    export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX store (onnxruntime backend)."),
+    no_hoist: bool = typer.Option(
+        False, "--no-hoist", help="Re-run the per-decode work every step (slower)."
+    ),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="Replay the step engine as a CUDA graph."),
+    no_memory_check: bool = typer.Option(
+        False, "--no-memory-check", help="Skip the check that each batch fits the device memory."
+    ),
+    text_encoder: Path | None = TextEncoderOpt,
+    text_dtype: str | None = TextDtypeOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    http_port: int = typer.Option(8000, "--http-port", help="KServe v2 HTTP port."),
+    grpc_port: int = typer.Option(8001, "--grpc-port", help="KServe v2 gRPC port."),
+    metrics_port: int = typer.Option(8002, "--metrics-port", help="Prometheus metrics port (/metrics)."),
+    max_batch: int = typer.Option(
+        4, "--max-batch", help="Most images decoded together (requests of one size)."
+    ),
+    max_queue_delay_ms: float = typer.Option(
+        10.0, "--max-queue-delay-ms", help="How long a request may wait for others to batch with."
+    ),
+    max_queue_size: int = typer.Option(
+        32,
+        "--max-queue-size",
+        help="Requests waiting beyond this are refused at once (overload), never queued.",
+    ),
+    request_timeout_s: float | None = typer.Option(
+        None, "--request-timeout-s", help="Refuse a request still queued after this many seconds."
+    ),
+    devices: str | None = typer.Option(
+        None, "--devices", help="GPU ids, e.g. 0,1: one model instance (own Decoder) per GPU."
+    ),
+    instances: int = typer.Option(1, "--instances", help="Model instances per GPU, or on the CPU."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="torch threads per CPU instance (default: the cores shared out)."
+    ),
+    workspace: Path | None = typer.Option(
+        None, "--workspace", help="Folder for the run's temp model repository (removed on exit)."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", help="Show Triton's info log lines too."),
+) -> None:
+    """Serve the decoder on Triton Inference Server until Ctrl-C / SIGTERM (extra: serve)."""
+    from pid_trt.serve.config import MODEL_NAME, ModelOptions, ServeOptions, parse_devices
+    from pid_trt.serve.server import PidServer, ServerError
+
+    model = ModelOptions(
+        backbone=backbone, ckpt_type=ckpt_type, checkpoint=checkpoint, net_config=net_config,
+        random_weights=random_weights, weights_seed=weights_seed, backend=backend, dtype=dtype, device=device,
+        engine_dir=engine_dir, export_dir=export_dir, hoist=not no_hoist, cuda_graph=cuda_graph,
+        text_encoder=text_encoder, text_dtype=text_dtype, memory_check=not no_memory_check,
+        max_backends=max(8, 2 * max_batch),
+    )  # fmt: skip
+    options = ServeOptions(
+        host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, max_batch=max_batch,
+        max_queue_delay_ms=max_queue_delay_ms, max_queue_size=max_queue_size,
+        request_timeout_s=request_timeout_s, devices=parse_devices(devices), instances=instances,
+        threads=threads, verbose=verbose,
+    )  # fmt: skip
+    if random_weights:
+        warn("--random-weights: the network is randomly initialised; the images mean nothing")
+    stop = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    server = PidServer(model, options, workspace=workspace)
+    start = time.perf_counter()
+    try:
+        server.start()
+        if not server.wait_ready(cancel=stop):
+            return
+        where = "GPU " + ",".join(map(str, options.devices)) if options.devices else "cpu"
+        typer.echo(
+            f"serving {MODEL_NAME} ({model.backbone or 'custom'}, {backend}, {options.instance_count} instance(s) "
+            f"on {where}, max batch {max_batch}, queue {max_queue_size}) at {server.http_url} "
+            f"(gRPC {server.grpc_url}, metrics {server.metrics_url}); ready in {time.perf_counter() - start:.1f} s; "
+            "Ctrl-C to stop"
+        )
+        while not stop.is_set():
+            if server.wait(timeout_s=0.5) is not None:
+                raise ServerError(f"tritonserver exited on its own with code {server.process.returncode}")
+    except ServerError as exc:
+        report(str(exc))
+        raise typer.Exit(EXIT_ENV) from None
+    finally:
+        code = server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    typer.echo(f"stopped (tritonserver exit code {code})", err=True)

@@ -1,0 +1,193 @@
+"""One batch of server requests -> one image or one error per request.
+
+Triton hands the model the requests its dynamic batcher gathered. Each is checked on its
+own, by the latent file's rules (:func:`pid_trt.io.latent_from_tensors`, the words
+``pidtrt decode`` prints), so a malformed one fails alone. The valid ones are decoded
+together, one :meth:`pid_trt.Decoder.decode` per output size, each request with its own
+noise: the draws of ``seed`` for that request's rows (:func:`pid_trt.sampling.draw_noise`),
+concatenated on the batch axis. A request therefore gets the image ``pidtrt decode`` gives
+for the same latent, seed and backend: bit for bit when it is decoded alone (batch 1), and
+within the backend's batch-size rounding when batched with others (torch on the CPU:
+~1e-5; the reductions of a matrix product of 4 rows are not grouped as those of 1). A
+decode that fails (out of memory, say) fails the requests of its batch only.
+
+No Triton import here: :mod:`pid_trt.serve.model` turns Triton requests into
+:class:`DecodeRequest` and :class:`DecodeResult` back into responses.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pid_trt.errors import ConfigError, InputFileError, PidTrtError
+
+log = logging.getLogger("pid_trt.serve")
+
+#: Sampler steps the server runs (the released 4-step distilled sampler).
+STEPS = 4
+
+
+@dataclass
+class DecodeRequest:
+    """One request's inputs as the server received them (numpy, leading batch axis n).
+
+    latent [n, C, h, w]; caption [n, T, D] or None; prompt: n strings (or 1) or None;
+    degrade_sigma [n, 1] or None; seed [n, 1] or None (0, as ``pidtrt decode``); what: the
+    name errors start with (``request <id>``); outputs: which of image / png to return.
+    """
+
+    latent: np.ndarray
+    caption: np.ndarray | None = None
+    prompt: Sequence[str] | None = None
+    degrade_sigma: np.ndarray | None = None
+    seed: np.ndarray | None = None
+    what: str = "request"
+    outputs: frozenset[str] = frozenset({"image"})
+
+
+@dataclass
+class DecodeResult:
+    """A request's answer: ``image`` [n, 3, H, W] float32 (when asked), ``png`` n PNG files
+    (when asked), or ``error`` (a :class:`~pid_trt.errors.PidTrtError`, one line)."""
+
+    image: np.ndarray | None = None
+    png: list[bytes] | None = None
+    error: PidTrtError | None = None
+
+
+@dataclass
+class _Ready:
+    """A validated request, ready to join its size's decode."""
+
+    index: int
+    latent: torch.Tensor
+    caption: torch.Tensor
+    sigma: torch.Tensor
+    noise: list[torch.Tensor]
+    size: tuple[int, int]
+
+    @property
+    def rows(self) -> int:
+        return int(self.latent.shape[0])
+
+
+def decode_requests(decoder, requests: Sequence[DecodeRequest], steps: int = STEPS) -> list[DecodeResult]:
+    """Decode ``requests`` on ``decoder`` (a :class:`pid_trt.Decoder`); one result per request,
+    in order. Never raises for a bad request or a failed decode: those become the result's
+    ``error`` (an unexpected exception is logged and named as an internal error)."""
+    results = [DecodeResult() for _ in requests]
+    ready: list[_Ready] = []
+    for i, req in enumerate(requests):
+        try:
+            ready.append(_prepare(decoder, i, req, steps))
+        except Exception as exc:
+            results[i].error = _as_error(exc, req.what)
+    groups: dict[tuple[int, int], list[_Ready]] = {}
+    for item in ready:
+        groups.setdefault(item.size, []).append(item)
+    for (height, width), items in groups.items():
+        try:
+            image = decoder.decode(
+                torch.cat([r.latent for r in items]), torch.cat([r.caption for r in items]),
+                degrade_sigma=torch.cat([r.sigma for r in items]),
+                noise=[torch.cat(draws) for draws in zip(*(r.noise for r in items), strict=True)],
+                size=(height, width), steps=steps,
+            )  # fmt: skip
+        except Exception as exc:
+            rows = sum(r.rows for r in items)
+            err = _as_error(exc, f"decode of {len(items)} request(s), {rows} image(s) at {width}x{height}")
+            for r in items:
+                results[r.index].error = err
+            continue
+        log.debug("decoded %d request(s), %d image(s) at %dx%d", len(items), image.shape[0], width, height)
+        start = 0
+        for r in items:
+            part = image[start : start + r.rows]
+            start += r.rows
+            out = results[r.index]
+            wanted = requests[r.index].outputs
+            if "image" in wanted:
+                out.image = part.numpy()
+            if "png" in wanted:
+                try:
+                    out.png = png_bytes(part)
+                except Exception as exc:
+                    out.error = _as_error(exc, requests[r.index].what)
+    return results
+
+
+def png_bytes(images: torch.Tensor) -> list[bytes]:
+    """[n, 3, H, W] float in [-1, 1] -> n PNG files, byte for byte what
+    :func:`pid_trt.io.write_images` writes for the same images."""
+    from PIL import Image
+
+    from pid_trt.io import to_uint8
+
+    if not bool(torch.isfinite(images).all()):
+        raise PidTrtError("decoded images contain NaN/Inf; refusing to encode them as PNG")
+    out = []
+    for pixels in to_uint8(images).numpy():
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def _prepare(decoder, index: int, req: DecodeRequest, steps: int) -> _Ready:
+    """Validate one request by the latent file's rules; its caption and noise."""
+    from pid_trt.io import latent_from_tensors
+    from pid_trt.sampling import draw_noise
+
+    what = req.what
+    rows = int(req.latent.shape[0]) if req.latent.ndim >= 1 else 0
+    seed = _request_seed(req.seed, rows, what)
+    sigma = None if req.degrade_sigma is None else np.asarray(req.degrade_sigma).reshape(-1)
+    if req.prompt is not None and req.caption is not None:
+        raise ConfigError(f"{what}: give caption_embedding or prompt, not both")
+    lat = latent_from_tensors(req.latent, req.caption, sigma, decoder.config, what=what)
+    height, width = decoder.output_size(lat.latent_hw)
+    if req.prompt is not None:
+        caption = decoder.encode_prompts(list(req.prompt), lat.batch)
+    elif lat.caption is not None:
+        caption = lat.caption
+    else:
+        # What Decoder.decode does without a caption (a seeded stand-in for random-weight
+        # nets; a one-line refusal for real checkpoints), drawn per request with its seed.
+        caption = decoder._stand_in_caption(lat.batch, seed)
+    noise = draw_noise((lat.batch, 3, height, width), steps, seed)
+    return _Ready(index, lat.latent, caption, lat.degrade_sigma, noise, (height, width))
+
+
+def _request_seed(seed: np.ndarray | None, rows: int, what: str) -> int:
+    """A request's one seed (rows of a request share it, as a latent file's rows share
+    ``pidtrt decode --seed``); 0 when absent."""
+    if seed is None:
+        return 0
+    values = np.asarray(seed).reshape(-1)
+    if values.size == 0:
+        raise InputFileError(f"{what}: seed is empty, expected one int64 per row")
+    if not np.issubdtype(values.dtype, np.integer):
+        raise InputFileError(f"{what}: seed has dtype {values.dtype}, expected int64")
+    if bool((values != values[0]).any()):
+        raise InputFileError(
+            f"{what}: seed differs across the {rows} rows of one request ({', '.join(map(str, values[:4]))}"
+            f"{' ...' if values.size > 4 else ''}); a request has one seed, as `pidtrt decode --seed`: "
+            "send rows with other seeds as other requests"
+        )
+    return int(values[0])
+
+
+def _as_error(exc: BaseException, what: str) -> PidTrtError:
+    """The project's errors pass as they are; anything else is named as an internal error
+    (and logged with its traceback: it is a bug, or a backend failure)."""
+    if isinstance(exc, PidTrtError):
+        return exc
+    log.error("%s: unexpected %s", what, type(exc).__name__, exc_info=exc)
+    first = " ".join(str(exc).split()) or type(exc).__name__
+    return PidTrtError(f"{what}: internal error ({type(exc).__name__}: {first})")

@@ -1,0 +1,256 @@
+"""The server's options and the Triton model configuration they become.
+
+Two groups: :class:`ModelOptions`, what every model instance passes to
+:meth:`pid_trt.Decoder.load` (the same model options as ``pidtrt decode``), and
+:class:`ServeOptions`, Triton's side (addresses, batching, queue, instances). Nothing here
+imports Triton: the options are checked, and the model configuration written, in the
+``pidtrt serve`` process before ``tritonserver`` starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pid_trt.errors import ConfigError
+
+#: The Triton model's name (DESIGN §3, Serving).
+MODEL_NAME = "pid_decoder"
+#: Model-configuration parameters that tell clients the net's input sizes (strings, as Triton keeps them).
+NET_PARAMETERS = ("latent_channels", "pixels_per_latent", "txt_max_length", "txt_embed_dim", "needs_caption")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """What each model instance passes to :meth:`pid_trt.Decoder.load` (paths absolute).
+
+    ``device`` is the user's ``--device``; with ``--devices`` each instance decodes on its
+    own ``cuda:<id>`` instead. ``text_encoder``: a local Gemma-2-2B-it directory, kept
+    resident once loaded (a server would otherwise reload it for every prompt).
+    """
+
+    backbone: str | None = None
+    ckpt_type: str | None = None
+    checkpoint: str | None = None
+    net_config: str | None = None
+    random_weights: bool = False
+    weights_seed: int = 0
+    backend: str = "torch"
+    dtype: str | None = None
+    device: str | None = None
+    engine_dir: str = "engines"
+    export_dir: str = "export"
+    hoist: bool = True
+    cuda_graph: bool = False
+    text_encoder: str | None = None
+    text_dtype: str | None = None
+    memory_check: bool = True
+    max_backends: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("checkpoint", "net_config", "engine_dir", "export_dir", "text_encoder"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, os.path.abspath(os.fspath(value)))
+
+    def load_kwargs(self, device: str | None = None) -> dict[str, Any]:
+        """Keyword arguments of :meth:`pid_trt.Decoder.load`; ``device`` overrides ``self.device``."""
+        kw = dataclasses.asdict(self)
+        kw["precision"] = kw.pop("dtype")
+        kw["device"] = device if device is not None else self.device
+        kw["keep_text_encoder"] = True
+        kw["memory_hint"] = "pass --no-memory-check to pidtrt serve to try anyway"
+        return kw
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelOptions:
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def check(self) -> dict[str, str]:
+        """Validate the options the way :meth:`pid_trt.Decoder.load` does, without reading the
+        weights (each instance reads them); returns the net's input sizes for the model
+        configuration (:data:`NET_PARAMETERS`). Raises the project's one-line errors."""
+        from pid_trt.backends.factory import BackendKind, BackendRequest
+        from pid_trt.netspec import resolve_net
+
+        kind = BackendRequest(kind=self.backend, spec=None).backend_kind
+        dtype = self.dtype or ("bf16" if kind is BackendKind.TENSORRT else "fp32")
+        device = self.device or ("cuda" if kind is BackendKind.TENSORRT else "cpu")
+        if kind is BackendKind.TENSORRT and not device.startswith("cuda"):
+            raise ConfigError(f"--device {device}: the tensorrt backend runs on cuda")
+        spec = resolve_net(
+            self.backbone, self.ckpt_type, Path(self.checkpoint) if self.checkpoint else None,
+            Path(self.net_config) if self.net_config else None, self.random_weights, self.weights_seed,
+        )  # fmt: skip
+        request = BackendRequest(kind=kind.value, spec=spec, device=device, dtype=dtype)
+        request.precision  # noqa: B018 - one-line error for an unknown --dtype
+        if not device.startswith("cuda"):
+            request.torch_device  # noqa: B018 - one-line error for an unknown --device
+        config = spec.config
+        needs_caption = spec.released_preset or not spec.random_weights
+        return {
+            "latent_channels": str(config.lq_latent_channels),
+            "pixels_per_latent": str(config.pixels_per_latent),
+            "txt_max_length": str(config.txt_max_length),
+            "txt_embed_dim": str(config.txt_embed_dim),
+            "needs_caption": "true" if needs_caption else "false",
+            "net": spec.name,
+            "backend": kind.value,
+            "precision": dtype,
+        }
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Triton's side of ``pidtrt serve``.
+
+    max_batch: most images one decode runs (Triton's ``max_batch_size``); requests of one
+    size are batched up to it, waiting at most ``max_queue_delay_ms`` for company.
+    max_queue_size: requests waiting beyond it are refused at once ("Exceeds maximum queue
+    size", HTTP 503), never queued without bound. request_timeout_s: a request still queued
+    after this long is refused (None: no limit). devices: GPU ids, one model instance per
+    id (each its own Decoder on ``cuda:<id>``); instances: instances per device, or on the
+    CPU. threads: torch threads per CPU instance (default: the cores shared out).
+    """
+
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    max_batch: int = 4
+    max_queue_delay_ms: float = 10.0
+    max_queue_size: int = 32
+    request_timeout_s: float | None = None
+    devices: tuple[int, ...] = field(default_factory=tuple)
+    instances: int = 1
+    threads: int | None = None
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        ports = {
+            "--http-port": self.http_port,
+            "--grpc-port": self.grpc_port,
+            "--metrics-port": self.metrics_port,
+        }
+        for name, port in ports.items():
+            if not 1 <= port <= 65535:
+                raise ConfigError(f"{name} {port}: expected a port in 1..65535")
+        if len(set(ports.values())) != 3:
+            raise ConfigError(
+                f"--http-port {self.http_port}, --grpc-port {self.grpc_port}, --metrics-port "
+                f"{self.metrics_port}: expected three different ports"
+            )
+        _at_least("--max-batch", self.max_batch, 1)
+        _at_least("--max-queue-size", self.max_queue_size, 1)
+        _at_least("--instances", self.instances, 1)
+        if self.threads is not None:
+            _at_least("--threads", self.threads, 1)
+        if not 0 <= self.max_queue_delay_ms <= 60_000:
+            raise ConfigError(f"--max-queue-delay-ms {self.max_queue_delay_ms}: expected 0..60000")
+        if self.request_timeout_s is not None and not 0 < self.request_timeout_s <= 86_400:
+            raise ConfigError(
+                f"--request-timeout-s {self.request_timeout_s}: expected a number of seconds > 0"
+            )
+        if len(set(self.devices)) != len(self.devices) or any(d < 0 for d in self.devices):
+            raise ConfigError(f"--devices {','.join(map(str, self.devices))}: expected distinct GPU ids >= 0")
+
+    @property
+    def instance_count(self) -> int:
+        """Model instances in all (each one process holding a Decoder)."""
+        return self.instances * max(1, len(self.devices))
+
+    def instance_threads(self) -> int | None:
+        """torch threads per CPU instance: ``threads``, else the cores shared out when there
+        are several instances, else None (torch's default)."""
+        if self.threads is not None:
+            return self.threads
+        if self.devices or self.instances == 1:
+            return None
+        return max(1, (os.cpu_count() or 1) // self.instances)
+
+
+def parse_devices(text: str | None) -> tuple[int, ...]:
+    """``--devices 0,1,3`` -> (0, 1, 3); None or "" -> ()."""
+    if not text:
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--devices {text!r}: expected GPU ids separated by commas, e.g. 0,1") from None
+
+
+def model_config_pbtxt(serve: ServeOptions, net: dict[str, str]) -> str:
+    """The Triton model configuration (protobuf text) of :data:`MODEL_NAME`.
+
+    Inputs per request (batched, leading batch axis implied): ``latent`` [C, h, w] FP32,
+    optional ``caption_embedding`` [T, D] FP32, ``prompt`` [1] BYTES, ``degrade_sigma`` [1]
+    FP32, ``seed`` [1] INT64; outputs ``image`` [3, H, W] FP32 and ``png`` [1] BYTES (only
+    what the request asks for is computed).
+    """
+
+    def tensor(name: str, dtype: str, dims: list[int], optional: bool = False) -> str:
+        opt = " optional: true" if optional else ""
+        return f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(map(str, dims))} ]{opt} }}'
+
+    inputs = [
+        tensor("latent", "TYPE_FP32", [-1, -1, -1]),
+        tensor("caption_embedding", "TYPE_FP32", [-1, -1], optional=True),
+        tensor("prompt", "TYPE_STRING", [1], optional=True),
+        tensor("degrade_sigma", "TYPE_FP32", [1], optional=True),
+        tensor("seed", "TYPE_INT64", [1], optional=True),
+    ]
+    outputs = [tensor("image", "TYPE_FP32", [3, -1, -1]), tensor("png", "TYPE_STRING", [1])]
+    if serve.devices:
+        gpus = ", ".join(map(str, serve.devices))
+        group = f"  {{ kind: KIND_GPU count: {serve.instances} gpus: [ {gpus} ] }}"
+    else:
+        group = f"  {{ kind: KIND_CPU count: {serve.instances} }}"
+    policy = [f"max_queue_size: {serve.max_queue_size}", "timeout_action: REJECT"]
+    if serve.request_timeout_s is not None:
+        policy += [
+            f"default_timeout_microseconds: {round(serve.request_timeout_s * 1e6)}",
+            "allow_timeout_override: true",
+        ]
+    params = dict(net)
+    threads = serve.instance_threads()
+    if threads is not None:
+        params["threads"] = str(threads)
+    parameters = "\n".join(
+        f'parameters {{ key: "{k}" value: {{ string_value: {json.dumps(v)} }} }}' for k, v in params.items()
+    )
+    return "\n".join(
+        [
+            f'name: "{MODEL_NAME}"',
+            'backend: "python"',
+            f"max_batch_size: {serve.max_batch}",
+            "input [",
+            ",\n".join(inputs),
+            "]",
+            "output [",
+            ",\n".join(outputs),
+            "]",
+            "instance_group [",
+            group,
+            "]",
+            "dynamic_batching {",
+            f"  max_queue_delay_microseconds: {round(serve.max_queue_delay_ms * 1000)}",
+            f"  default_queue_policy {{ {' '.join(policy)} }}",
+            "}",
+            parameters,
+            "",
+        ]
+    )
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} {value!r}: expected an integer >= {low}")

@@ -1,0 +1,114 @@
+"""Latent file in, image file(s) out, decoded by a running ``pidtrt serve``.
+
+Used by ``pidtrt request`` and ``pidtrt decode --server``. The file is read and checked
+here by the same rules (and with the same messages) as ``pidtrt decode``, against the
+server's net (its model parameters), before anything is sent; the outputs are written as
+``pidtrt decode`` writes them (:func:`pid_trt.io.write_images`; PNGs arrive encoded by the
+server, byte for byte those ``pidtrt decode`` writes for the same image).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pid_trt.atomic import atomic_write
+from pid_trt.config import DecoderConfig
+from pid_trt.errors import ConfigError, InputFileError
+from pid_trt.io import SUPPORTED_SUFFIXES, png_paths, read_latent_file, write_images
+from pid_trt.serve.client import PidClient
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What one request wrote: the files, the image size (height, width) and the batch."""
+
+    written: list[Path]
+    height: int
+    width: int
+    batch: int
+
+
+def server_net(params: dict[str, str]) -> DecoderConfig:
+    """The input sizes of the server's net (its model parameters) as a DecoderConfig, for
+    checking a latent file as ``pidtrt decode`` would (only those sizes are meaningful)."""
+    try:
+        return DecoderConfig(
+            lq_latent_channels=int(params["latent_channels"]),
+            txt_embed_dim=int(params["txt_embed_dim"]),
+            txt_max_length=int(params["txt_max_length"]),
+        )
+    except (KeyError, ValueError):
+        raise ConfigError(f"the server's model parameters lack the net's sizes: {sorted(params)}") from None
+
+
+def check_output(output: str | os.PathLike[str]) -> None:
+    suffix = Path(output).suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise InputFileError(
+            f"output {os.fspath(output)}: unsupported suffix {Path(output).suffix or '(none)'!r}, "
+            f"expected one of {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+
+
+def request_file(
+    client: PidClient,
+    latent: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    prompt: Sequence[str] = (),
+    caption: str | os.PathLike[str] | None = None,
+) -> Decoded:
+    """Send latent file ``latent`` to the server and write ``output`` (.png: one PNG per
+    batch row, as ``pidtrt decode``; .safetensors: tensor ``image``). Raises the project's
+    one-line errors (:class:`~pid_trt.serve.client.ServeRequestError` for the server's)."""
+    from pid_trt.io.caption import read_caption_file
+
+    check_output(output)
+    params = client.parameters()
+    config = server_net(params)
+    lat = read_latent_file(latent, config)
+    caption_emb = lat.caption
+    if caption_emb is not None and (prompt or caption is not None):
+        given = "--prompt" if prompt else "--caption"
+        raise ConfigError(
+            f"latent file {os.fspath(latent)} already has a caption_embedding: drop {given}, or write the "
+            "latent without one"
+        )
+    if caption is not None:
+        caption_emb = read_caption_file(caption, config, lat.batch)
+    png = Path(output).suffix.lower() == ".png"
+    out = client.decode(
+        lat.latent.numpy(), None if caption_emb is None else caption_emb.numpy(),
+        prompt=list(prompt) if prompt else None, degrade_sigma=lat.degrade_sigma.numpy(), seed=seed,
+        outputs=("png",) if png else ("image",), request_id=Path(latent).name,
+    )  # fmt: skip
+    ppl = int(params.get("pixels_per_latent", "0") or 0)
+    height, width = lat.latent_hw[0] * ppl, lat.latent_hw[1] * ppl
+    if png:
+        written = write_pngs(out["png"], output)
+    else:
+        image = torch.from_numpy(np.array(out["image"], dtype=np.float32))
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+        written = write_images(image, output)
+    return Decoded(written, height, width, lat.batch)
+
+
+def write_pngs(pngs: Sequence[bytes], output: str | os.PathLike[str]) -> list[Path]:
+    """Encoded PNGs to ``output`` (``stem_k.png`` for several, as :func:`pid_trt.io.write_images`); atomic."""
+    targets = png_paths(output, len(pngs))
+    for data, target in zip(pngs, targets, strict=True):
+        try:
+            with atomic_write(target) as tmp:
+                Path(tmp).write_bytes(data)
+        except OSError as exc:
+            raise InputFileError(
+                f"output {os.fspath(target)}: write failed ({exc.strerror or exc})"
+            ) from None
+    return targets
