@@ -170,6 +170,14 @@ class Decoder:
     def device(self) -> str:
         return self._request.device
 
+    @property
+    def has_text_encoder(self) -> bool:
+        """Whether a ``prompt`` can be encoded: an encoder was given (or is loaded), or
+        $PIDTRT_TEXT_ENCODER names one."""
+        return (
+            self._text_source is not None or self._text is not None or bool(os.environ.get(TEXT_ENCODER_ENV))
+        )
+
     def output_size(self, latent_hw: tuple[int, int], size: Any = None) -> tuple[int, int]:
         """(height, width) in pixels a latent of ``latent_hw`` cells decodes to; ``size``:
         (height, width) or "WxH" when it is not latent x pixels per cell."""

@@ -174,12 +174,9 @@ class Generation:
 def _caption(decoder: Any, prompt: Any, batch: int) -> torch.Tensor | None:
     """The prompt's caption embedding, or None for a random-weight stand-in net that has no
     caption encoder (the Decoder then draws a seeded random caption, as ``pidtrt decode``)."""
-    from pid_trt.decoder import TEXT_ENCODER_ENV
-
-    spec = getattr(decoder, "spec", None)
-    stand_in = spec is not None and spec.random_weights and not spec.released_preset
-    has_encoder = getattr(decoder, "_text_source", None) is not None or bool(os.environ.get(TEXT_ENCODER_ENV))
-    if prompt is None or (stand_in and not has_encoder):
+    spec = decoder.spec
+    stand_in = spec.random_weights and not spec.released_preset
+    if prompt is None or (stand_in and not decoder.has_text_encoder):
         return None
     return decoder.encode_prompts(prompt, batch)
 
