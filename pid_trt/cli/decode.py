@@ -24,11 +24,17 @@ from pid_trt.io.caption import read_caption_file
 
 @cli_errors
 def decode(
-    latent: Path = typer.Argument(
-        ..., help="Latent file (safetensors: latent, caption_embedding, degrade_sigma)."
+    latent: list[Path] = typer.Argument(
+        ...,
+        help="Latent file (safetensors: latent, caption_embedding, degrade_sigma); or several, directories "
+        "(their *.safetensors) or quoted glob patterns ('runs/**/*.safetensors').",
     ),
     output: Path = typer.Option(
-        ..., "-o", "--output", help="out.png (out_0.png, out_1.png ... for B > 1) or out.safetensors."
+        ...,
+        "-o",
+        "--output",
+        help="out.png (out_0.png, out_1.png ... for B > 1) or out.safetensors; for several inputs a directory "
+        "(out/: out/<stem>.png) or a pattern with {stem}, {name}, {parent}, {index} ('out/{stem}.safetensors').",
     ),
     backbone: str | None = BackboneOpt,
     ckpt_type: str | None = CkptTypeOpt,
@@ -79,50 +85,151 @@ def decode(
     ),
     text_encoder: Path | None = TextEncoderOpt,
     text_dtype: str | None = TextDtypeOpt,
+    skip_existing: bool = typer.Option(
+        False, "--skip-existing", help="Skip inputs whose output exists (resume an interrupted run)."
+    ),
+    server: str | None = typer.Option(
+        None, "--server", help="Decode on a running `pidtrt serve` at this URL (http://HOST:PORT) instead."
+    ),
+    concurrency: int = typer.Option(
+        4, "--concurrency", min=1, help="Requests in flight at once with --server."
+    ),
+    timeout: float = typer.Option(600.0, "--timeout", help="Seconds one --server request may take."),
 ) -> None:
-    """Decode a latent file into image(s)."""
-    from pid_trt.decoder import Decoder
-    from pid_trt.io import read_latent_file, read_noise_file, write_images
+    """Decode latent file(s) into image(s): one file, or many (directories, globs) with a progress bar."""
+    from pid_trt.cli.decode_files import is_single
 
     if prompt and caption is not None:
         raise ConfigError("--prompt and --caption exclude each other: pass one")
-    decoder = Decoder.load(
+    if not is_single(latent) or skip_existing or server is not None:
+        _decode_many(**locals())
+        return
+    latent = latent[0]
+    decoder = _load(**locals())
+    with decoder:
+        written, width, height, batch, elapsed = _decode_file(
+            decoder,
+            latent,
+            output,
+            prompt=prompt,
+            caption=caption,
+            size=size,
+            noise=noise,
+            seed=seed,
+            steps=steps,
+        )
+    names = ", ".join(str(p) for p in written)
+    typer.echo(
+        f"wrote {names} ({width}x{height}, batch {batch}, {steps} steps, {decoder.backend_name}) in {elapsed:.2f} s"
+    )
+
+
+def _load(
+    backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed, backend, dtype, device, engine_dir,
+    export_dir, no_hoist, cuda_graph, text_encoder, text_dtype, no_memory_check, **_,
+):  # fmt: skip
+    from pid_trt.decoder import Decoder
+
+    return Decoder.load(
         backbone=backbone, ckpt_type=ckpt_type, checkpoint=checkpoint, net_config=net_config,
         random_weights=random_weights, weights_seed=weights_seed, backend=backend, precision=dtype,
         device=device, engine_dir=engine_dir, export_dir=export_dir, hoist=not no_hoist,
         cuda_graph=cuda_graph, text_encoder=text_encoder, text_dtype=text_dtype,
         memory_check=not no_memory_check, memory_hint="pass --no-memory-check to try anyway",
     )  # fmt: skip
-    with decoder:
-        spec, config = decoder.spec, decoder.config
-        lat = read_latent_file(latent, config)
-        caption_emb = lat.caption
-        if caption_emb is not None and (prompt or caption is not None):
-            given = "--prompt" if prompt else "--caption"
+
+
+def _decode_file(decoder, latent, output, *, prompt, caption, size, noise, seed, steps, warn_random=True):
+    """Decode one latent file with a loaded Decoder and write its output(s); returns
+    (written paths, width, height, batch, seconds)."""
+    from pid_trt.io import read_latent_file, read_noise_file, write_images
+
+    spec, config = decoder.spec, decoder.config
+    lat = read_latent_file(latent, config)
+    caption_emb = lat.caption
+    if caption_emb is not None and (prompt or caption is not None):
+        given = "--prompt" if prompt else "--caption"
+        raise ConfigError(
+            f"latent file {latent} already has a caption_embedding: drop {given}, or write the latent "
+            "without one"
+        )
+    if caption is not None:
+        caption_emb = read_caption_file(caption, config, lat.batch)
+    elif not prompt and caption_emb is None and (spec.released_preset or not spec.random_weights):
+        raise InputFileError(
+            f"latent file {latent} has no caption_embedding: pass --prompt TEXT (with --text-encoder DIR), "
+            f"--caption FILE (from `pidtrt encode-caption`), or add tensor `caption_embedding` "
+            f"[B, {config.txt_max_length}, {config.txt_embed_dim}] (see README, 'Caption embeddings')"
+        )
+    height, width = decoder.output_size(lat.latent_hw, size)
+    if spec.random_weights and warn_random:
+        warn("--random-weights: the network is randomly initialised; the image means nothing")
+    draws = read_noise_file(noise, steps, lat.batch, height, width) if noise is not None else None
+    start = time.perf_counter()
+    image = decoder.decode(
+        lat.latent, caption_emb, prompt=(prompt if len(prompt) > 1 else prompt[0]) if prompt else None,
+        degrade_sigma=lat.degrade_sigma, seed=seed, noise=draws, size=(height, width), steps=steps,
+    )  # fmt: skip
+    written = write_images(image, output)
+    elapsed = time.perf_counter() - start
+    return written, width, height, lat.batch, elapsed
+
+
+def _decode_many(**opts) -> None:
+    """Several inputs (or --skip-existing, or --server): one output per input, a progress bar,
+    failures reported by input, a summary; exit code non-zero when any failed."""
+    from pid_trt.cli import decode_files as many
+
+    inputs, problems = many.expand_inputs(opts["latent"])
+    if not inputs and problems:
+        raise InputFileError("; ".join(p for _, p in problems))
+    single = many.is_single(opts["latent"])
+    jobs = many.plan_jobs(inputs, opts["output"], single)
+    if opts["noise"] is not None and len(jobs) > 1:
+        raise ConfigError("--noise is one decode's noise: it takes one latent file, not several")
+    if not single:
+        for job in jobs:
+            job.output.parent.mkdir(parents=True, exist_ok=True)
+    server = opts["server"]
+    if server is not None:
+        local_only = {
+            "--backbone": opts["backbone"], "--ckpt-type": opts["ckpt_type"], "--checkpoint": opts["checkpoint"],
+            "--net-config": opts["net_config"], "--random-weights": opts["random_weights"] or None,
+            "--noise": opts["noise"], "--size": opts["size"], "--dtype": opts["dtype"], "--device": opts["device"],
+            "--text-encoder": opts["text_encoder"], "--steps": None if opts["steps"] == 4 else opts["steps"],
+            "--backend": None if opts["backend"] == "torch" else opts["backend"],
+        }  # fmt: skip
+        given = [name for name, value in local_only.items() if value is not None]
+        if given:
             raise ConfigError(
-                f"latent file {latent} already has a caption_embedding: drop {given}, or write the latent "
-                "without one"
+                f"--server decodes with the server's model and settings: drop {', '.join(given)}"
             )
-        if caption is not None:
-            caption_emb = read_caption_file(caption, config, lat.batch)
-        elif not prompt and caption_emb is None and (spec.released_preset or not spec.random_weights):
-            raise InputFileError(
-                f"latent file {latent} has no caption_embedding: pass --prompt TEXT (with --text-encoder DIR), "
-                f"--caption FILE (from `pidtrt encode-caption`), or add tensor `caption_embedding` "
-                f"[B, {config.txt_max_length}, {config.txt_embed_dim}] (see README, 'Caption embeddings')"
+        work, close = many.remote_work(server, opts["timeout"], opts["seed"], opts["prompt"], opts["caption"])
+        try:
+            summary = many.run_jobs(
+                jobs,
+                work,
+                skip_existing=opts["skip_existing"],
+                concurrency=opts["concurrency"],
+                problems=problems,
             )
-        height, width = decoder.output_size(lat.latent_hw, size)
-        if spec.random_weights:
-            warn("--random-weights: the network is randomly initialised; the image means nothing")
-        draws = read_noise_file(noise, steps, lat.batch, height, width) if noise is not None else None
-        start = time.perf_counter()
-        image = decoder.decode(
-            lat.latent, caption_emb, prompt=(prompt if len(prompt) > 1 else prompt[0]) if prompt else None,
-            degrade_sigma=lat.degrade_sigma, seed=seed, noise=draws, size=(height, width), steps=steps,
-        )  # fmt: skip
-        written = write_images(image, output)
-        elapsed = time.perf_counter() - start
-    names = ", ".join(str(p) for p in written)
-    typer.echo(
-        f"wrote {names} ({width}x{height}, batch {lat.batch}, {steps} steps, {decoder.backend_name}) in {elapsed:.2f} s"
-    )
+        finally:
+            close()
+        how = f"server {server}"
+    else:
+        decoder = _load(**opts)
+        with decoder:
+            if decoder.spec.random_weights:
+                warn("--random-weights: the network is randomly initialised; the images mean nothing")
+
+            def work(job) -> None:
+                _decode_file(
+                    decoder, job.latent, job.output, prompt=opts["prompt"], caption=opts["caption"],
+                    size=opts["size"], noise=opts["noise"], seed=opts["seed"], steps=opts["steps"], warn_random=False,
+                )  # fmt: skip
+
+            summary = many.run_jobs(jobs, work, skip_existing=opts["skip_existing"], problems=problems)
+        how = decoder.backend_name
+    typer.echo(many.render_summary(summary, how))
+    if summary.exit_code:
+        raise typer.Exit(summary.exit_code)
