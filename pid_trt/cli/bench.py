@@ -70,11 +70,22 @@ def bench(
     engine_dir: Path = typer.Option(Path("engines"), "--engine-dir", help="Engine store (tensorrt)."),
     export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX store (onnxruntime)."),
     timeout: float | None = typer.Option(
-        None, "--timeout", help="Seconds per case before it counts as failed."
+        None, "--timeout", help="Seconds per case before it counts as failed (--server: per request)."
     ),
+    server: str | None = typer.Option(
+        None, "--server", help="Load-test a running `pidtrt serve` at this URL instead (http://HOST:PORT)."
+    ),
+    concurrency: list[int] = typer.Option(
+        [1], "--concurrency", help="--server: clients sending at once (repeatable: one test each)."
+    ),
+    requests: int = typer.Option(20, "--requests", min=1, help="--server: requests per test."),
 ) -> None:
-    """Benchmark backends (each case in a fresh process), or print the cost model (--estimate)."""
+    """Benchmark backends (each case in a fresh process), or print the cost model (--estimate), or
+    load-test a server (--server)."""
     sizes = _sizes(size, res)
+    if server is not None:
+        _bench_server(server, sizes, concurrency, requests, timeout, json_path, markdown_path, title)
+        return
     if estimate:
         from pid_trt.costmodel import render_markdown as cost_table
 
@@ -118,3 +129,34 @@ def bench(
         markdown_path.write_text(text)
     if plot_path is not None:
         plot(records, plot_path)
+
+
+def _bench_server(
+    url: str,
+    sizes: list[tuple[int, int]],
+    concurrency: list[int],
+    requests: int,
+    timeout: float | None,
+    json_path: Path | None,
+    markdown_path: Path | None,
+    title: str | None,
+) -> None:
+    """``--server``: one load test per size x concurrency; table on stdout, JSON / Markdown files."""
+    from pid_trt.serve.loadtest import dump_document, render_markdown, run_load
+
+    if any(c < 1 for c in concurrency):
+        raise ConfigError(f"--concurrency {concurrency}: expected integers >= 1")
+    records = []
+    for height, width in sizes:
+        for c in dict.fromkeys(concurrency):
+            typer.echo(f"load test {width}x{height}, concurrency {c}, {requests} requests -> {url}", err=True)
+            records.append(run_load(url, height, width, c, requests, timeout_s=timeout or 600.0))
+    text = render_markdown(records, title)
+    typer.echo(text)
+    if json_path is not None:
+        meta = {"command": "pidtrt bench --server", "url": url, "requests": requests}
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(dump_document(records, meta))
+    if markdown_path is not None:
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        markdown_path.write_text(text)

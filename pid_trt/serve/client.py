@@ -102,13 +102,13 @@ class PidClient:
         caption: np.ndarray | None = None,
         *,
         prompt: str | Sequence[str] | None = None,
-        degrade_sigma: float | np.ndarray | None = None,
+        degrade_sigma: float | np.ndarray = 0.0,
         seed: int = 0,
         outputs: Sequence[str] = ("image",),
         request_id: str = "",
     ) -> dict[str, Any]:
         """Decode one request: ``latent`` [B, C, h, w] (or [C, h, w]); ``caption`` [B, T, D]
-        or [T, D]; or ``prompt`` (one string, or B); ``degrade_sigma`` a float or [B]; one
+        or [T, D]; or ``prompt`` (one string, or B); ``degrade_sigma`` a float or [B] (default 0); one
         ``seed`` for the request (as ``pidtrt decode --seed``). Returns {"image": [B, 3, H, W]
         float32} and / or {"png": [B bytes]}, as ``outputs`` asks. Raises ServeRequestError."""
         http = self._http
@@ -128,11 +128,12 @@ class PidClient:
                 texts = texts * rows
             arr = np.array([[t.encode("utf-8")] for t in texts], dtype=object)
             inputs.append(_input(http, "prompt", arr, "BYTES"))
-        if degrade_sigma is not None:
-            sig = np.asarray(degrade_sigma, dtype=np.float32).reshape(-1)
-            if sig.size == 1 and rows > 1:
-                sig = np.repeat(sig, rows)
-            inputs.append(_input(http, "degrade_sigma", sig.reshape(-1, 1), "FP32"))
+        # degrade_sigma and seed always go, so that requests carry the same inputs: Triton
+        # batches only requests whose inputs (names and shapes) match.
+        sig = np.asarray(degrade_sigma, dtype=np.float32).reshape(-1)
+        if sig.size == 1 and rows > 1:
+            sig = np.repeat(sig, rows)
+        inputs.append(_input(http, "degrade_sigma", sig.reshape(-1, 1), "FP32"))
         inputs.append(_input(http, "seed", np.full((rows, 1), int(seed), dtype=np.int64), "INT64"))
         wanted = [http.InferRequestedOutput(name, binary_data=True) for name in outputs]
         result = self._call(

@@ -87,6 +87,7 @@ def _check_numpy() -> None:
 def _port_free(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past connections in TIME_WAIT do not count
         try:
             s.bind((host, port))
         except OSError:
@@ -181,23 +182,26 @@ class PidServer:
         self, timeout_s: float | None = None, poll_s: float = 0.2, cancel: threading.Event | None = None
     ) -> bool:
         """Block until ``/v2/health/ready`` answers 200 (every instance has loaded its
-        Decoder): True; False when ``cancel`` is set first. Raises :class:`ServerError` when
-        Triton exits first (naming the model's load error when there is one) or after
-        ``timeout_s``."""
+        Decoder) and the metrics page answers: True; False when ``cancel`` is set first.
+        Raises :class:`ServerError` when Triton exits first (naming the model's load error
+        when there is one) or after ``timeout_s``."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        url = f"{self.http_url}/v2/health/ready"
+        pending = [f"{self.http_url}/v2/health/ready", self.metrics_url]
         cancel = cancel or threading.Event()
         while not cancel.is_set():
             if self.process is None or self.process.poll() is not None:
                 raise ServerError(self._exit_reason())
             try:
-                with urllib.request.urlopen(url, timeout=2.0) as resp:
+                with urllib.request.urlopen(pending[0], timeout=2.0) as resp:
                     if resp.status == 200:
-                        return True
+                        pending.pop(0)
+                        if not pending:
+                            return True
+                        continue
             except (urllib.error.URLError, OSError):
                 pass
             if deadline is not None and time.monotonic() > deadline:
-                raise ServerError(f"tritonserver not ready after {timeout_s:g} s ({url})")
+                raise ServerError(f"tritonserver not ready after {timeout_s:g} s ({pending[0]})")
             cancel.wait(poll_s)
         return False
 
