@@ -1,0 +1,374 @@
+"""A real ``pidtrt serve`` (Triton, tiny preset, random weights, CPU) under load, as users
+and clients see it: images equal to a direct decode, malformed requests refused one by one
+with the CLI's words, batches formed, overload refused at once, health and metrics answer,
+and shutdown leaves no process, port, /dev/shm region or workspace behind.
+
+The tests of this module share one server and run in file order; the last one stops it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pid_trt.errors import PidTrtError
+from pid_trt.io import latent_from_tensors, write_images, write_latent_file
+from tests.serve.conftest import (
+    REQUEST_TIMEOUT_S,
+    assert_nothing_left,
+    start_server,
+    stop_server,
+)
+
+#: Two output sizes (tiny preset: 32 pixels per latent cell).
+SIZES = ((32, 32), (32, 64))
+#: Largest difference between a batched decode and the same request decoded alone (torch
+#: CPU fp32: measured ~1.1e-5, the matrix products of 4 rows round differently from 1 row).
+BATCH_TOL = 1e-4
+MAX_QUEUE = 8
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    served = start_server(
+        tmp_path_factory.mktemp("serve"), "--max-batch", "4", "--max-queue-delay-ms", "50",
+        "--max-queue-size", str(MAX_QUEUE),
+    )  # fmt: skip
+    yield served
+    if served.proc.poll() is None:  # a test failed before the shutdown test ran
+        stop_server(served, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    from pid_trt import Decoder
+
+    with Decoder.load(backbone="tiny", random_weights=True) as dec:
+        yield dec
+
+
+def client(served):
+    from pid_trt.serve.client import PidClient
+
+    return PidClient(served.url, timeout_s=REQUEST_TIMEOUT_S)
+
+
+def latents(config, seed: int) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+    """One latent [1, C, h, w] and caption [1, T, D] per size."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for h, w in SIZES:
+        lat = torch.randn(1, config.lq_latent_channels, h // 32, w // 32, generator=gen)
+        cap = torch.randn(1, config.txt_max_length, config.txt_embed_dim, generator=gen)
+        out[(h, w)] = (lat.numpy(), cap.numpy())
+    return out
+
+
+def stats(served) -> dict[int, int]:
+    """Decodes run so far, by batch size (Triton's statistics extension)."""
+    with urllib.request.urlopen(f"{served.url}/v2/models/pid_decoder/stats", timeout=10) as resp:
+        doc = json.load(resp)
+    entry = doc["model_stats"][0]
+    return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in entry.get("batch_stats", [])}
+
+
+def malformed(kind: str, lat: np.ndarray, cap: np.ndarray) -> dict:
+    """Inputs of a malformed request of ``kind`` (what the server must refuse alone)."""
+    lat, cap = lat.copy(), cap.copy()
+    if kind == "nan":
+        lat[0, 0, 0, 0] = np.nan
+        return {"latent": lat, "caption": cap}
+    if kind == "channels":
+        return {"latent": np.zeros((1, lat.shape[1] + 3, *lat.shape[2:]), np.float32), "caption": cap}
+    if kind == "caption_width":
+        return {"latent": lat, "caption": cap[..., :-1].copy()}
+    if kind == "sigma":
+        return {"latent": lat, "caption": cap, "degrade_sigma": 1.5}
+    raise AssertionError(kind)
+
+
+def cli_message(config, req: dict, what: str) -> str:
+    """What the CLI's checks say of these inputs (pid_trt.io.latent_from_tensors)."""
+    sigma = req.get("degrade_sigma")
+    try:
+        latent_from_tensors(
+            req["latent"],
+            req["caption"],
+            None if sigma is None else np.array([sigma], np.float32),
+            config,
+            what,
+        )
+    except PidTrtError as exc:
+        return str(exc)
+    raise AssertionError("inputs expected to be refused were accepted")
+
+
+# ---------------------------------------------------------------------------------------------- tests
+def test_health_metrics_and_model_parameters(server) -> None:
+    with urllib.request.urlopen(f"{server.url}/v2/health/ready", timeout=10) as resp:
+        assert resp.status == 200
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as resp:
+        text = resp.read().decode()
+    assert 'nv_inference_request_success{model="pid_decoder"' in text
+    with client(server) as c:
+        assert c.ready()
+        params = c.parameters()
+    assert params["latent_channels"] == "16" and params["pixels_per_latent"] == "32"
+    assert params["net"] == "tiny" and params["backend"] == "torch"
+
+
+def test_request_cli_equals_decode_cli_bit_for_bit(server, tmp_path: Path) -> None:
+    """`pidtrt request` of a latent file = `pidtrt decode` of it, same seed, torch CPU, batch 1."""
+    gen = torch.Generator().manual_seed(3)
+    lat = tmp_path / "lat.safetensors"
+    write_latent_file(
+        lat, torch.randn(1, 16, 2, 2, generator=gen), torch.randn(1, 8, 32, generator=gen), 0.25
+    )
+    common = [sys.executable, "-m", "pid_trt.cli.main"]
+    req = subprocess.run(
+        [*common, "request", lat, "--url", server.url, "--seed", "11", "-o", tmp_path / "req.safetensors"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert req.returncode == 0, req.stderr
+    assert "wrote" in req.stdout and "64x64" in req.stdout
+    dec = subprocess.run(
+        [*common, "decode", lat, "--backbone", "tiny", "--random-weights", "--seed", "11",
+         "-o", tmp_path / "dec.safetensors"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert dec.returncode == 0, dec.stderr
+    got = load_file(str(tmp_path / "req.safetensors"))["image"]
+    want = load_file(str(tmp_path / "dec.safetensors"))["image"]
+    assert torch.equal(got, want)
+
+
+def test_png_output_is_the_decode_clis_png(server, decoder, tmp_path: Path) -> None:
+    lat, cap = latents(decoder.config, 5)[SIZES[1]]
+    with client(server) as c:
+        out = c.decode(lat, cap, seed=2, outputs=("png", "image"), request_id="png")
+    want = decoder.decode(lat, cap, seed=2)
+    assert torch.equal(torch.from_numpy(np.array(out["image"])), want)
+    (path,) = write_images(want, tmp_path / "direct.png")
+    assert out["png"] == [path.read_bytes()]
+
+
+def test_concurrent_clients_two_sizes_with_malformed_requests(server, decoder) -> None:
+    """4 clients x 25 requests, two sizes, every fifth one malformed: each good request gets
+    the image of a direct decode (bit for bit when it ran alone, else within BATCH_TOL), each
+    malformed one its own error in the CLI's words, and batches larger than 1 form."""
+    config = decoder.config
+    inputs = [latents(config, s) for s in range(2)]
+    kinds = ("nan", "channels", "caption_width", "sigma")
+    before = stats(server)
+    results: dict[int, tuple[str, object]] = {}
+    plan: dict[int, dict] = {}
+    for i in range(100):  # client k sends i = k, k + 4, ...: the clients move through the sizes together
+        size = SIZES[(i // 4) % 2]
+        lat, cap = inputs[(i // 8) % 2][size]
+        if i % 5 == 4:
+            plan[i] = {"bad": kinds[(i // 5) % 4], **malformed(kinds[(i // 5) % 4], lat, cap)}
+        else:
+            plan[i] = {"latent": lat, "caption": cap, "seed": i % 3, "key": ((i // 8) % 2, size, i % 3)}
+
+    def worker(k: int) -> None:
+        from pid_trt.serve.client import ServeRequestError
+
+        with client(server) as c:
+            for i in range(k, 100, 4):
+                req = plan[i]
+                try:
+                    out = c.decode(
+                        req["latent"], req["caption"], degrade_sigma=req.get("degrade_sigma", 0.0),
+                        seed=req.get("seed", 0), request_id=f"r{i}",
+                    )  # fmt: skip
+                    results[i] = ("ok", out["image"])
+                except ServeRequestError as exc:
+                    results[i] = (exc.kind, str(exc))
+                except Exception as exc:  # recorded, so that nothing is lost silently
+                    results[i] = ("client", repr(exc))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=400)
+    assert not any(t.is_alive() for t in threads), "a client hung"
+    assert sorted(results) == list(range(100)), "requests lost"
+
+    refs: dict[tuple, torch.Tensor] = {}
+    exact = 0
+    for i, req in plan.items():
+        kind, value = results[i]
+        if "bad" in req:
+            assert kind == "invalid", (i, req["bad"], kind, value)
+            assert value == cli_message(config, req, f"request r{i}"), (i, value)
+            continue
+        assert kind == "ok", (i, kind, value)
+        key = req["key"]
+        if key not in refs:
+            refs[key] = decoder.decode(req["latent"], req["caption"], seed=req["seed"])
+        got = torch.from_numpy(np.array(value))
+        assert got.shape == refs[key].shape
+        diff = (got - refs[key]).abs().max().item()
+        assert diff <= BATCH_TOL, (i, diff)
+        exact += diff == 0.0
+    formed = stats(server)
+    new = {b: formed.get(b, 0) - before.get(b, 0) for b in formed}
+    assert any(b > 1 and n > 0 for b, n in new.items()), f"no batch larger than 1 formed: {new}"
+    assert sum(b * n for b, n in new.items()) == 100, new
+    print(f"batches formed (size: decodes): {new}; {exact} of 80 good images bit-identical to a lone decode")
+
+
+def test_bad_request_fails_alone_inside_a_batch(server, decoder) -> None:
+    """Two good and two malformed requests sent together: one decode of 4 forms (checked on
+    the server's statistics), the good ones get their images, the bad ones their errors."""
+    from pid_trt.serve.client import ServeRequestError
+
+    config = decoder.config
+    lat, cap = latents(config, 9)[(32, 32)]
+    # Triton batches only requests whose inputs have equal shapes: the malformed ones here
+    # (a NaN, a sigma out of range) look like good ones until the model checks them.
+    reqs = [
+        {"latent": lat, "caption": cap, "seed": 1},
+        malformed("nan", lat, cap),
+        {"latent": lat, "caption": cap, "seed": 2},
+        malformed("sigma", lat, cap),
+    ]
+    for _attempt in range(3):  # the batcher may split them when the machine stalls: bounded retries
+        before = stats(server)
+        barrier = threading.Barrier(4, timeout=30)
+        results: dict[int, object] = {}
+
+        def send(i: int, barrier=barrier, results=results) -> None:
+            with client(server) as c:
+                req = reqs[i]
+                barrier.wait()
+                try:
+                    results[i] = c.decode(
+                        req["latent"], req["caption"], degrade_sigma=req.get("degrade_sigma", 0.0),
+                        seed=req.get("seed", 0), request_id=f"mix{i}",
+                    )["image"]  # fmt: skip
+                except ServeRequestError as exc:
+                    results[i] = exc
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        after = stats(server)
+        if after.get(4, 0) > before.get(4, 0):
+            break
+    else:
+        pytest.fail(f"the four requests never formed one batch: {before} -> {after}")
+    for i in (0, 2):
+        want = decoder.decode(lat, cap, seed=reqs[i]["seed"])
+        assert (torch.from_numpy(np.array(results[i])) - want).abs().max().item() <= BATCH_TOL
+    for i in (1, 3):
+        assert isinstance(results[i], ServeRequestError) and results[i].kind == "invalid"
+        assert str(results[i]) == cli_message(config, reqs[i], f"request mix{i}")
+    print(f"malformed request in a batch of 4: {results[1]}")
+
+
+def test_overload_is_refused_at_once_not_queued(server, decoder) -> None:
+    """A burst of 24 requests at a server that holds 4 decoding + MAX_QUEUE waiting: the rest
+    are refused immediately with the overload error; every request ends, none is lost."""
+    from pid_trt.serve.client import ServeRequestError
+
+    lat, cap = latents(decoder.config, 4)[SIZES[1]]
+    n = 24
+    barrier = threading.Barrier(n, timeout=60)
+    results: dict[int, tuple[str, float, str]] = {}
+
+    def send(i: int) -> None:
+        with client(server) as c:
+            barrier.wait()
+            start = time.monotonic()
+            try:
+                c.decode(lat, cap, seed=i, request_id=f"burst{i}")
+                results[i] = ("ok", time.monotonic() - start, "")
+            except ServeRequestError as exc:
+                results[i] = (exc.kind, time.monotonic() - start, str(exc))
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=400)
+    assert len(results) == n, "requests lost"
+    kinds = [k for k, _, _ in results.values()]
+    assert set(kinds) <= {"ok", "overload"}, results
+    refused = [(t, m) for k, t, m in results.values() if k == "overload"]
+    assert refused, f"no request refused with {n} sent at a queue of {MAX_QUEUE}: {kinds}"
+    assert kinds.count("ok") >= MAX_QUEUE, kinds
+    assert all(t < 10.0 for t, _ in refused), f"overload answers were slow: {[t for t, _ in refused]}"
+    assert "Exceeds maximum queue size" in refused[0][1]
+
+
+def test_decode_many_files_through_the_server_and_resume(server, tmp_path: Path) -> None:
+    src = tmp_path / "lats"
+    src.mkdir()
+    gen = torch.Generator().manual_seed(8)
+    for k in range(3):
+        write_latent_file(src / f"l{k}.safetensors", torch.randn(1, 16, 1, 1, generator=gen))
+    (src / "broken.safetensors").write_bytes(b"not a safetensors file")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pid_trt.cli.main", "decode", src, "-o", out, "--server", server.url,
+           "--concurrency", "3", "--seed", "4"]  # fmt: skip
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 2, first.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["l0.png", "l1.png", "l2.png"]
+    assert "broken.safetensors" in first.stderr and "failed 1 of 4" in first.stdout
+    (out / "l1.png").unlink()
+    again = subprocess.run([*cmd, "--skip-existing"], capture_output=True, text=True, timeout=300)
+    assert "decoded 1, skipped 2" in again.stdout, again.stdout + again.stderr
+    assert (out / "l1.png").is_file()
+
+
+def test_bench_server_records_every_request(server, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    res = subprocess.run(
+        [sys.executable, "-m", "pid_trt.cli.main", "bench", "--server", server.url, "--size", "32x32",
+         "--concurrency", "1", "--concurrency", "3", "--requests", "6", "--json", out],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "pid_trt.bench.server/1"
+    assert [r["concurrency"] for r in doc["records"]] == [1, 3]
+    for r in doc["records"]:
+        assert r["ok"] + sum(r["errors"].values()) == r["requests"] == 6 and r["lost"] == 0
+        assert r["ok"] == 6 and r["latency_ms"]["p50"] > 0 and r["images_per_s"] > 0
+        assert sum(int(b) * n for b, n in r["batches"].items()) == 6
+    assert "| 32x32 | 3 | 6 | 6 |" in res.stdout
+
+
+def test_sigint_stops_the_server_and_leaves_nothing(server) -> None:
+    code = stop_server(server, signal.SIGINT)
+    assert code == 0, server.stderr()
+    assert_nothing_left(server)
+
+
+def test_sigterm_stops_a_two_instance_server_and_leaves_nothing(tmp_path: Path, decoder) -> None:
+    served = start_server(tmp_path, "--instances", "2", "--max-batch", "2")
+    try:
+        lat, cap = latents(decoder.config, 1)[(32, 32)]
+        with client(served) as c:
+            got = c.decode(lat, cap, seed=3)["image"]
+        # two instances share the 2 cores: torch runs 1 thread each, so sums may round differently
+        diff = (torch.from_numpy(np.array(got)) - decoder.decode(lat, cap, seed=3)).abs().max().item()
+        assert diff <= BATCH_TOL
+    finally:
+        code = stop_server(served, signal.SIGTERM)
+    assert code == 0, served.stderr()
+    assert_nothing_left(served)
