@@ -1,6 +1,7 @@
 """Resolution buckets: the output sizes each checkpoint type was trained at.
 
-An exported graph and a built engine each serve one bucket (static spatial shape). Sizes
+A static graph and engine serve one bucket (static spatial shape); a dynamic one serves a
+:class:`ShapeRange` (a box of sizes and batches, :mod:`pid_trt.compile.dynamic`). Sizes
 are output pixels, written ``WxH`` like the upstream README.
 
 - ``2k`` checkpoints: 2048x2048, 2304x1728, 1728x2304, 2688x1536, 1536x2688, 2688x1792,
@@ -16,12 +17,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from pid_trt.config import CkptType, DecoderConfig, Preset
 from pid_trt.errors import ConfigError
 
 #: Granularity of any output size (the patch size).
 SIZE_MULTIPLE = 16
+#: Largest side (pixels) of a dynamic-shape range: the rows of the pixel position table its
+#: graphs slice (:data:`pid_trt.model.positions.PIXEL_TABLE_ROWS`).
+DYNAMIC_MAX_SIDE = 8192
 
 
 @dataclass(frozen=True, order=True)
@@ -166,3 +171,116 @@ def output_size(
             f"and heights {lo_h}..{latent_hw[0] * p} (multiples of 16)"
         )
     return height, width
+
+
+# ---------------------------------------------------------------------- dynamic ranges
+def _triple(value: Any, name: str) -> tuple[int, int, int]:
+    try:
+        lo, opt, hi = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} {value!r}: expected (min, opt, max)") from None
+    if not 1 <= lo <= opt <= hi:
+        raise ConfigError(f"{name} {lo}/{opt}/{hi}: expected 1 <= min <= opt <= max")
+    return lo, opt, hi
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """Output sizes and batches one dynamic engine serves: a box, each side (min, opt, max).
+
+    height / width: pixels, multiples of 16, at least two patches, at most
+    :data:`DYNAMIC_MAX_SIDE`; batch: images per call. ``opt`` is the
+    shape TensorRT tunes for.
+    """
+
+    height: tuple[int, int, int]
+    width: tuple[int, int, int]
+    batch: tuple[int, int, int] = (1, 1, 1)
+
+    def __post_init__(self) -> None:
+        for name in ("height", "width"):
+            lo, opt, hi = _triple(getattr(self, name), f"range {name}")
+            for v in (lo, opt, hi):
+                if v % SIZE_MULTIPLE:
+                    raise ConfigError(f"range {name} {v}: expected a multiple of {SIZE_MULTIPLE} pixels")
+            if lo < 2 * SIZE_MULTIPLE:
+                raise ConfigError(f"range {name} min {lo}: expected at least {2 * SIZE_MULTIPLE} pixels")
+            if hi > DYNAMIC_MAX_SIDE:
+                raise ConfigError(
+                    f"range {name} max {hi}: dynamic graphs serve at most {DYNAMIC_MAX_SIDE} pixels"
+                )
+            object.__setattr__(self, name, (lo, opt, hi))
+        object.__setattr__(self, "batch", _triple(self.batch, "range batch"))
+
+    # ------------------------------------------------------------------ views
+    @property
+    def opt_bucket(self) -> Bucket:
+        return Bucket(height=self.height[1], width=self.width[1])
+
+    def contains(self, height: int, width: int, batch: int = 1) -> bool:
+        """True when a ``width`` x ``height`` output at ``batch`` lies inside the box."""
+        return (
+            self.height[0] <= height <= self.height[2]
+            and self.width[0] <= width <= self.width[2]
+            and self.batch[0] <= batch <= self.batch[2]
+        )
+
+    @property
+    def name(self) -> str:
+        """e.g. ``1536-2688x1536-2688 b1-2`` (widths x heights, batches)."""
+        b = f"b{self.batch[0]}" if self.batch[0] == self.batch[2] else f"b{self.batch[0]}-{self.batch[2]}"
+        return f"{self.width[0]}-{self.width[2]}x{self.height[0]}-{self.height[2]} {b}"
+
+    def label(self) -> str:
+        """File-name form of :attr:`name`: ``dyn1536-2688x1536-2688-b1-2``."""
+        return "dyn" + self.name.replace(" ", "-")
+
+    def fields(self) -> dict[str, Any]:
+        """JSON-ready: {"height": [min, opt, max], "width": [...], "batch": [...]}."""
+        return {"height": list(self.height), "width": list(self.width), "batch": list(self.batch)}
+
+    @classmethod
+    def from_fields(cls, fields: Any) -> ShapeRange:
+        if not isinstance(fields, dict):
+            raise ConfigError(f"shape range {fields!r}: expected an object with height, width, batch")
+        return cls(tuple(fields.get("height") or ()), tuple(fields.get("width") or ()),
+                   tuple(fields.get("batch") or ()))  # fmt: skip
+
+
+#: Trained output sizes per checkpoint type (ARCHITECTURE §2.4), as dynamic ranges:
+#: 2k: the 2K aspect ratios (2048², 2304x1728, 2688x1536, 2688x1792 and portraits) ->
+#: both sides 1536..2688; 2kto4k: long edge 2048..3840 (shortest trained side 1536).
+_TRAINED_RANGES: dict[CkptType, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
+    CkptType.K2: ((1536, 2048, 2688), (1536, 2048, 2688)),
+    CkptType.K2TO4K: ((1536, 2160, 3840), (1536, 3840, 3840)),
+}
+#: Range of stand-in presets (tiny, small) and custom nets: CPU-sized.
+STANDIN_RANGE = ((64, 128, 256), (64, 128, 256))
+#: Default batch range of a dynamic build: 1 or 2 images, tuned for 1.
+DEFAULT_BATCH = (1, 1, 2)
+
+
+def default_range(preset: Any, batch: tuple[int, int, int] = DEFAULT_BATCH) -> ShapeRange:
+    """The trained range of a released preset (``2k``: 1536..2688 both sides, opt 2048x2048;
+    ``2kto4k``: 1536..3840 both sides, opt 3840x2160), else :data:`STANDIN_RANGE`."""
+    if preset is not None and getattr(preset, "released", False):
+        height, width = _TRAINED_RANGES[preset.ckpt_type]
+    else:
+        height, width = STANDIN_RANGE
+    return ShapeRange(height, width, batch)
+
+
+def parse_range(
+    min_size: str | None, opt_size: str | None, max_size: str | None, batch: tuple[int, int, int], preset: Any
+) -> ShapeRange:
+    """``--min-size / --opt-size / --max-size WxH`` over :func:`default_range` (each optional)."""
+    from pid_trt.buckets import parse_size
+
+    base = default_range(preset, batch)
+    h, w = list(base.height), list(base.width)
+    for i, text in ((0, min_size), (1, opt_size), (2, max_size)):
+        if text:
+            h[i], w[i] = parse_size(text)
+    if opt_size is None:  # keep the default opt inside a narrowed box
+        h[1], w[1] = min(max(h[1], h[0]), h[2]), min(max(w[1], w[0]), w[2])
+    return ShapeRange(tuple(h), tuple(w), batch)

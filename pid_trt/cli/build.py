@@ -1,4 +1,5 @@
-"""``pidtrt build``: export (or reuse an export) and build both TensorRT engines of one bucket."""
+"""``pidtrt build``: export (or reuse an export) and build both TensorRT engines of one bucket,
+or (``--dynamic``) one pair for a range of sizes and batches; ``--weightless`` strips the weights."""
 
 from __future__ import annotations
 
@@ -81,8 +82,28 @@ def build(
     net_config: Path | None = NetConfigOpt,
     random_weights: bool = RandomWeightsOpt,
     weights_seed: int = WeightsSeedOpt,
-    batch: str = typer.Option(
-        "1", "--batch", help="Batch N (graphs are static-batch; MIN:OPT:MAX needs MIN=MAX)."
+    batch: str | None = typer.Option(
+        None,
+        "--batch",
+        help="Batch N (static graphs: one batch per engine; default 1), or MIN:OPT:MAX with --dynamic "
+        "(default 1:1:2).",
+    ),
+    dynamic: bool = typer.Option(
+        False,
+        "--dynamic",
+        help="One engine pair for a range of sizes and batches (default range: the checkpoint type's "
+        "trained sizes; see --min-size/--opt-size/--max-size) instead of one size.",
+    ),
+    min_size: str | None = typer.Option(None, "--min-size", help="--dynamic: smallest WIDTHxHEIGHT."),
+    opt_size: str | None = typer.Option(
+        None, "--opt-size", help="--dynamic: size to tune for (WIDTHxHEIGHT)."
+    ),
+    max_size: str | None = typer.Option(None, "--max-size", help="--dynamic: largest WIDTHxHEIGHT."),
+    weightless: bool = typer.Option(
+        False,
+        "--weightless",
+        help="Strip the weights from the plans (refittable): refitted at load from the checkpoint given to "
+        "decode; one plan serves every checkpoint of the architecture. Needs a CUDA GPU to build.",
     ),
     builder: str = typer.Option("auto", "--builder", help="auto, tensorrt or tensorrt-rtx."),
     engine_dir: Path = typer.Option(Path("engines"), "--engine-dir", help="Engine store."),
@@ -95,7 +116,8 @@ def build(
         help="TensorRT-RTX target compute capabilities, e.g. 8.6,8.9,12.0 (default: those).",
     ),
 ) -> None:
-    """Export and build the prepare + step TensorRT engines of one bucket into the engine store."""
+    """Export and build the prepare + step TensorRT engines of one bucket (or, with --dynamic, of a
+    range of sizes and batches) into the engine store."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -106,11 +128,33 @@ def build(
     from pid_trt.config import Precision
 
     spec = resolve_net(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
-    bucket = parse_bucket(res, size)
     try:
         prec = Precision(precision.lower())
     except ValueError:
         raise ConfigError(f"--precision {precision!r}: expected fp16, bf16, fp8 or fp32") from None
+    if weightless and prec is Precision.FP8:
+        raise ConfigError(
+            "--weightless --precision fp8: FP8 scales are calibrated per checkpoint, so an fp8 plan cannot "
+            "serve other checkpoints; build it per checkpoint (without --weightless)"
+        )
+    shape_range = None
+    if dynamic:
+        from pid_trt.buckets import parse_range
+
+        if res is not None or size is not None:
+            raise ConfigError(
+                "--dynamic builds a range: give --min-size/--opt-size/--max-size, not --res/--size"
+            )
+        if prec is Precision.FP8:
+            raise ConfigError(
+                "--dynamic --precision fp8: not supported; build static fp8 engines (--size WxH)"
+            )
+        shape_range = parse_range(min_size, opt_size, max_size, parse_batch(batch or "1:1:2"), spec.preset)
+        bucket = shape_range.opt_bucket
+    else:
+        if min_size or opt_size or max_size:
+            raise ConfigError("--min-size/--opt-size/--max-size need --dynamic")
+        bucket = parse_bucket(res, size)
     if prec is Precision.FP8:
         from pid_trt.compile.quantize import calibration_for_bucket, require_modelopt
 
@@ -120,16 +164,16 @@ def build(
             f"fp8: the step graph is quantized with ModelOpt before export, calibrated on {cal.num_samples} "
             f"seeded fp32 decodes at {cal.width}x{cal.height} (the slow part of an fp8 export on a CPU)"
         )
-    note = check_bucket(bucket, spec.preset)
+    note = check_bucket(bucket, spec.preset) if shape_range is None else None
     if note:
         warn(note)
     if prec is Precision.FP32:
         warn("fp32 engines use decomposable (unfused) attention, O(tokens^2) memory: for parity checks only")
-    batch_range = parse_batch(batch)
-    if batch_range[0] != batch_range[2]:
+    batch_range = shape_range.batch if shape_range is not None else parse_batch(batch or "1")
+    if batch_range[0] != batch_range[2] and shape_range is None:
         raise ConfigError(
             f"--batch {batch}: the exporter writes static-batch graphs, so an engine serves one batch; "
-            "build one engine pair per batch (--batch N)"
+            "build one engine pair per batch (--batch N), or one pair for a batch range with --dynamic"
         )
     targets = tuple(c.strip() for c in target_cc.split(",") if c.strip()) if target_cc else ()
     options = BuildOptions(
@@ -139,6 +183,7 @@ def build(
         compute_capabilities=targets,
         batch_range=batch_range,
         decomposable_attention=prec is Precision.FP32,
+        weightless=weightless,  # the weights to strip come per graph from the export (build_pair)
     )
     console = Console(stderr=True)
     start = time.perf_counter()
@@ -157,21 +202,25 @@ def build(
         result = build_pair(
             spec, bucket, prec, batch_range[0], options, engine_dir=engine_dir, export_dir=export_dir,
             flavour=builder, progress=lambda graph: _RichProgress(progress, graph), on_phase=on_phase,
+            shape_range=shape_range,
         )  # fmt: skip
     elapsed = time.perf_counter() - start
 
     state = "exported" if result.exported else "reused"
     typer.echo(f"export ({state}): {result.export_folder} [{result.export_seconds:.1f} s]")
-    table = Table(title=f"{spec.name} {bucket.name} batch {batch_range[0]} {prec.value}")
+    what = f"{bucket.name} batch {batch_range[0]}" if shape_range is None else f"dynamic {shape_range.name}"
+    what += " weightless" if weightless else ""
+    table = Table(title=f"{spec.name} {what} {prec.value}")
     table.add_column("graph")
     table.add_column(f"engine (in {engine_dir})", overflow="fold")
-    for col in ("size", "build", "state"):
+    for col in ("size", "build", "attention", "state"):
         table.add_column(col, no_wrap=True)
     for g in result.engines:
         st = "built" + (" (replaced stale)" if g.replaced else "") if g.built else "reused"
         table.add_row(
-            g.graph, g.path.name, _mib(g.plan_bytes), f"{g.build_seconds:.1f} s" if g.built else "-", st
-        )
+            g.graph, g.path.name, _mib(g.plan_bytes), f"{g.build_seconds:.1f} s" if g.built else "-",
+            f"{g.attention_layers} fused" if g.attention_layers else "-", st,
+        )  # fmt: skip
     out = Console()
     if not out.is_terminal:  # logs / pipes: room for whole engine file names (rich assumes 80 columns)
         out = Console(width=200)

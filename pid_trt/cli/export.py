@@ -1,4 +1,5 @@
-"""``pidtrt export``: torch -> ONNX (prepare.onnx + step.onnx) for one bucket, into the export store."""
+"""``pidtrt export``: torch -> ONNX (prepare.onnx + step.onnx) for one bucket, or with
+``--dynamic`` for a range of sizes and batches, into the export store."""
 
 from __future__ import annotations
 
@@ -37,6 +38,21 @@ def export(
         help="fp32, fp16, bf16 or fp8 (weights and matmuls; I/O stays fp32; fp8 needs the fp8 extra).",
     ),
     batch: int = typer.Option(1, "--batch", min=1, help="Batch size (static in the graphs)."),
+    dynamic: bool = typer.Option(
+        False,
+        "--dynamic",
+        help="One pair of graphs with dynamic batch, height and width (default range: the checkpoint "
+        "type's trained sizes; see --min-size/--opt-size/--max-size/--batch-range).",
+    ),
+    min_size: str | None = typer.Option(None, "--min-size", help="--dynamic: smallest WIDTHxHEIGHT."),
+    opt_size: str | None = typer.Option(None, "--opt-size", help="--dynamic: most common WIDTHxHEIGHT."),
+    max_size: str | None = typer.Option(None, "--max-size", help="--dynamic: largest WIDTHxHEIGHT."),
+    batch_range: str = typer.Option("1:1:2", "--batch-range", help="--dynamic: batch MIN:OPT:MAX."),
+    refittable: bool = typer.Option(
+        False,
+        "--refittable",
+        help="Keep every parameter as one initializer named by its checkpoint key (for weightless plans).",
+    ),
     checkpoint: Path | None = CheckpointOpt,
     net_config: Path | None = NetConfigOpt,
     random_weights: bool = RandomWeightsOpt,
@@ -63,21 +79,35 @@ def export(
     from pid_trt.config import Precision
 
     spec = resolve_net(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
-    bucket = parse_bucket(res, size)
-    note = check_bucket(bucket, spec.preset)
-    if note:
-        warn(note)
+    shape_range = None
+    if dynamic:
+        from pid_trt.buckets import parse_range
+        from pid_trt.cli.build import parse_batch
+        from pid_trt.errors import ConfigError
+
+        if res is not None or size is not None:
+            raise ConfigError(
+                "--dynamic exports a range: give --min-size/--opt-size/--max-size, not --res/--size"
+            )
+        shape_range = parse_range(min_size, opt_size, max_size, parse_batch(batch_range), spec.preset)
+        bucket, batch = shape_range.opt_bucket, shape_range.batch[1]
+    else:
+        bucket = parse_bucket(res, size)
+        note = check_bucket(bucket, spec.preset)
+        if note:
+            warn(note)
     start = time.perf_counter()
-    key = ExportKey.create(spec.config, spec_weights_id(spec), bucket, precision, batch, opset)
+    key = ExportKey.create(
+        spec.config, spec_weights_id(spec), bucket, precision, batch, opset, shape_range, refittable
+    )
     result = find_export(key, export_dir)
     if result is None:
         if key.precision is Precision.FP8:
             from pid_trt.compile.quantize import require_modelopt
 
             require_modelopt()  # before the model is built
-        typer.echo(
-            f"exporting {spec.name} {bucket.name} batch {batch} {key.precision.value} (opset {opset}) ..."
-        )
+        what = f"{bucket.name} batch {batch}" if shape_range is None else f"dynamic {shape_range.name}"
+        typer.echo(f"exporting {spec.name} {what} {key.precision.value} (opset {opset}) ...")
         result = export_onnx(build_model(spec), key, export_dir)
     elapsed = time.perf_counter() - start
     lh, lw = latent_shape(spec.config, bucket)
@@ -92,8 +122,11 @@ def export(
             f"  {name}: {g['nodes']} nodes, attention {g['attention']} x{g['attention_nodes']}, "
             f"largest initializer {_mib(int(g['largest_initializer_bytes']))}"
         )
+    where = f"bucket {bucket.name} (latent {lw}x{lh} cells), batch {batch}"
+    if shape_range is not None:
+        where = f"range {shape_range.name} (opt {bucket.name} batch {batch})"
     typer.echo(
-        f"bucket {bucket.name} (latent {lw}x{lh} cells), batch {batch}, {key.precision.value}, "
+        f"{where}, {key.precision.value}, "
         f"total {_mib(result.size_bytes)}; wall {elapsed:.1f} s, peak RSS {_mib(peak_rss_bytes())}"
     )
     if verify:

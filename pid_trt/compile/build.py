@@ -8,6 +8,7 @@ the engine key and manifest, not forced on the builder.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -47,6 +48,15 @@ class BuildOptions:
         O(tokens²) memory (DESIGN §5), so the build fails with a message instead.
     timing_cache: a timing-cache file to load and update (full TensorRT only); not part of
         the engine key, it changes build time, never the result's validity.
+    profile: the optimisation profile of a dynamic-shape graph, ``((input, min, opt, max), ...)``
+        with shapes as tuples (:func:`pid_trt.compile.dynamic.profile_shapes`); every input with
+        a dynamic dimension must be named. Empty for static graphs (``batch_range`` then covers
+        a dynamic batch alone).
+    weightless: strip the refittable weights from the plan (``STRIP_PLAN`` with
+        ``REFIT_INDIVIDUAL``); ``refit_weights`` names them (the graph's parameters). At load
+        the runtime refits them from a checkpoint (:mod:`pid_trt.compile.refit`).
+    refit_weights: the ONNX initializer names marked refittable (and so stripped) in a
+        weightless build; ignored otherwise.
     """
 
     precision: Precision = Precision.FP32
@@ -56,8 +66,20 @@ class BuildOptions:
     batch_range: tuple[int, int, int] = (1, 1, 1)
     decomposable_attention: bool = False
     timing_cache: Path | None = field(default=None, compare=False)
+    profile: tuple[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...] = ()
+    weightless: bool = False
+    refit_weights: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "profile",
+            tuple(
+                (str(n), tuple(map(int, lo)), tuple(map(int, opt)), tuple(map(int, hi)))
+                for n, lo, opt, hi in self.profile
+            ),
+        )
+        object.__setattr__(self, "refit_weights", tuple(sorted(map(str, self.refit_weights))))
         object.__setattr__(self, "precision", Precision(self.precision))
         object.__setattr__(self, "compute_capabilities", tuple(str(c) for c in self.compute_capabilities))
         object.__setattr__(self, "batch_range", tuple(int(b) for b in self.batch_range))
@@ -78,6 +100,13 @@ class BuildOptions:
         out["precision"] = self.precision.value
         out["compute_capabilities"] = list(self.compute_capabilities)
         out["batch_range"] = list(self.batch_range)
+        for name in ("profile", "weightless", "refit_weights"):  # absent unless used: older keys unchanged
+            out.pop(name)
+        if self.profile:
+            out["profile"] = {n: [list(lo), list(opt), list(hi)] for n, lo, opt, hi in self.profile}
+        if self.weightless:
+            out["weightless"] = True
+            out["refit_weights"] = hashlib.sha256("\n".join(self.refit_weights).encode()).hexdigest()
         return out
 
 
@@ -95,6 +124,8 @@ class BuildReport:
     dynamic_batch: bool
     attention_layers: int
     warnings: tuple[str, ...] = ()
+    dynamic_shapes: bool = False
+    refittable_weights: int = 0
 
 
 class BuildProgress(Protocol):
@@ -199,6 +230,43 @@ def _build_failure(flavour: Flavour, onnx_name: str, errors: list[str]) -> Engin
     return EngineBuildError(f"TensorRT ({flavour.value}) failed to build {onnx_name}: {text[:600]}")
 
 
+def _add_shape_profile(builder: Any, network: Any, config: Any, profile: tuple) -> None:
+    """Add the optimisation profile of a dynamic-shape graph: every input with a dynamic
+    dimension gets its (min, opt, max) from ``profile``; their static dimensions must agree."""
+    given = {name: (lo, opt, hi) for name, lo, opt, hi in profile}
+    prof = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = tuple(tensor.shape)
+        if all(d >= 0 for d in shape):
+            continue
+        if tensor.name not in given:
+            raise ConfigError(
+                f"ONNX input {tensor.name!r} shape {shape} is dynamic but the profile does not name it"
+            )
+        lo, opt, hi = given[tensor.name]
+        for corner in (lo, opt, hi):
+            if len(corner) != len(shape) or any(
+                d >= 0 and d != c for d, c in zip(shape, corner, strict=True)
+            ):
+                raise ConfigError(
+                    f"profile shape {list(corner)} of {tensor.name!r} does not fit its ONNX shape {shape}"
+                )
+        prof.set_shape(tensor.name, lo, opt, hi)
+    config.add_optimization_profile(prof)
+
+
+def _mark_refittable(network: Any, names: tuple[str, ...]) -> int:
+    """Mark ``names`` (ONNX initializer names, as the parser names weights) refittable;
+    returns how many the network has. Raises when one is unknown to the network."""
+    unknown = [n for n in names if not network.mark_weights_refittable(n)]
+    if unknown:
+        raise EngineBuildError(
+            f"{len(unknown)} weight(s) cannot be marked refittable, e.g. {unknown[0]!r}: re-export the graph"
+        )
+    return len(names)
+
+
 def _add_profile(
     trt: ModuleType, builder: Any, network: Any, config: Any, batch: tuple[int, int, int]
 ) -> bool:
@@ -261,7 +329,12 @@ def build_engine(
         raise ConfigError(f"ONNX file {onnx_path}: not found")
     flavour = detect_flavour(flavour)
     trt = load_trt(flavour)
-    targets = normalise_targets(flavour, options.compute_capabilities, fp8=options.precision is Precision.FP8)
+    targets = normalise_targets(
+        flavour,
+        options.compute_capabilities,
+        fp8=options.precision is Precision.FP8,
+        weightless=options.weightless,
+    )
     start = time.perf_counter()
 
     logger = _Logger(trt)
@@ -278,7 +351,18 @@ def build_engine(
     if options.workspace_bytes is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
     set_targets(trt, flavour, config, targets)
-    dynamic = _add_profile(trt, builder, network, config, options.batch_range)
+    if options.profile:
+        _add_shape_profile(builder, network, config, options.profile)
+        dynamic = options.batch_range[0] != options.batch_range[2]
+    else:
+        dynamic = _add_profile(trt, builder, network, config, options.batch_range)
+    refittable = 0
+    if options.weightless:
+        if not options.refit_weights:
+            raise ConfigError("weightless build: no weights named to strip (export the graph refittable)")
+        config.set_flag(trt.BuilderFlag.REFIT_INDIVIDUAL)
+        config.set_flag(trt.BuilderFlag.STRIP_PLAN)
+        refittable = _mark_refittable(network, options.refit_weights)
     cache = None
     if supports_timing_cache(flavour) and options.timing_cache is not None:
         cache = _load_timing_cache(config, Path(options.timing_cache))
@@ -309,6 +393,8 @@ def build_engine(
         dynamic_batch=dynamic,
         attention_layers=attention,
         warnings=tuple(logger.warnings),
+        dynamic_shapes=bool(options.profile),
+        refittable_weights=refittable,
     )
 
 

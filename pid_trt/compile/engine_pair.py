@@ -21,10 +21,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pid_trt.buckets import Bucket
+from pid_trt.buckets import Bucket, ShapeRange
 from pid_trt.compile.build import BuildOptions, BuildProgress
 from pid_trt.compile.trt_flavour import Flavour, flavour_version
-from pid_trt.config import DecoderConfig, Precision
+from pid_trt.config import Precision
 from pid_trt.errors import BackendUnavailableError, ConfigError, StoreError
 from pid_trt.stores.artifacts import Entry, canonical_json, key_digest
 from pid_trt.stores.store import EngineKey, EngineStore
@@ -71,6 +71,7 @@ class GraphBuild:
     build_seconds: float
     built: bool
     replaced: str | None
+    attention_layers: int = 0
 
 
 @dataclass(frozen=True)
@@ -95,22 +96,39 @@ def build_pair(
     flavour: Flavour | str = "auto",
     progress: Callable[[str], BuildProgress | None] | None = None,
     on_phase: Callable[[str], None] | None = None,
+    shape_range: ShapeRange | None = None,
 ) -> PairBuild:
     """Export ``spec`` (a :class:`pid_trt.netspec.NetSpec`) for ``bucket`` (reusing a matching
     export) and build both graphs into the engine store at ``engine_dir``.
 
+    ``shape_range``: one dynamic-shape pair for every size and batch of the range instead
+    (``bucket`` / ``batch`` are ignored; ``options.batch_range`` must be the range's batch).
+    ``options.weightless``: plans without weights, refitted at load (:mod:`pid_trt.compile.refit`);
+    the export keeps the parameters as named initializers, and the plan's key is the
+    architecture key, so every checkpoint of the architecture shares it.
     ``progress(graph)`` may return a :class:`BuildProgress` for that graph's build;
     ``on_phase(name)`` is told "export" / "prepare" / "step" as each phase starts.
     """
+    import dataclasses
+
     from pid_trt.compile.export import ExportKey, export_onnx, find_export, spec_weights_id
 
-    if options.batch_range != (batch, batch, batch):
+    if shape_range is not None:
+        if options.batch_range != shape_range.batch:
+            raise ConfigError(
+                f"batch range {options.batch_range}: expected the shape range's {shape_range.batch}"
+            )
+        bucket, batch = shape_range.opt_bucket, shape_range.batch[1]
+    elif options.batch_range != (batch, batch, batch):
         raise ConfigError(
             f"batch range {options.batch_range}: the exporter writes static-batch graphs; "
-            f"build one engine pair per batch (--batch N)"
+            f"build one engine pair per batch (--batch N), or one dynamic pair (--dynamic)"
         )
+    weightless = options.weightless
     weights = spec_weights_id(spec)
-    key = ExportKey.create(spec.config, weights, bucket, precision, batch)
+    key = ExportKey.create(
+        spec.config, weights, bucket, precision, batch, shape_range=shape_range, refittable=weightless
+    )
     if on_phase:
         on_phase("export")
     start = time.perf_counter()
@@ -121,23 +139,43 @@ def build_pair(
         export = export_onnx(build_model(spec), key, export_dir)
     export_seconds = time.perf_counter() - start
     store = EngineStore(engine_dir)
+    graphs_facts = export.manifest.get("build", {}).get("graphs", {})
+    profiles = None
+    if shape_range is not None:
+        from pid_trt.compile.dynamic import profile_shapes
+
+        profiles = profile_shapes(spec.config, shape_range)
     out = []
     for graph in GRAPHS:
         if on_phase:
             on_phase(graph)
         onnx = export.prepare if graph == "prepare" else export.step
+        facts = graph_facts(graphs_facts, graph)
+        opts = options
+        if profiles is not None:
+            opts = dataclasses.replace(opts, profile=tuple((n, *v) for n, v in profiles[graph].items()))
+        extra: dict[str, Any] = {"graph": graph, "export_digest": export.key.digest(), "weights": weights}
+        ck_sha, onnx_sha = weights_sha256(weights), _graph_sha256(export.manifest, graph)
+        if weightless:
+            from pid_trt.compile.refit import architecture_key
+
+            refit = facts.get("weights") or []
+            opts = dataclasses.replace(opts, refit_weights=tuple(n for n, _, _ in refit))
+            ck_sha = architecture_key(json.loads(spec.config.to_json()), precision.value, refit)
+            onnx_sha = str(facts.get("structure_sha256") or "")
+            extra["refit_weights"] = refit
         ekey = EngineKey.for_build(
-            checkpoint_sha256=weights_sha256(weights),
+            checkpoint_sha256=ck_sha,
             net_config=spec.config,
             height=bucket.height,
             width=bucket.width,
             onnx_path=onnx,
-            options=options,
+            options=opts,
             flavour=flavour,
-            onnx_sha256=_graph_sha256(export.manifest, graph),
+            onnx_sha256=onnx_sha,
+            shape_range=shape_range,
         )
-        extra = {"graph": graph, "export_digest": export.key.digest(), "weights": weights}
-        res = store.build(ekey, onnx, options, progress=progress(graph) if progress else None, extra=extra)
+        res = store.build(ekey, onnx, opts, progress=progress(graph) if progress else None, extra=extra)
         build = res.manifest.get("build", {})
         out.append(
             GraphBuild(
@@ -148,20 +186,36 @@ def build_pair(
                 build_seconds=float(build.get("builder_seconds", 0.0)) if res.built else 0.0,
                 built=res.built,
                 replaced=res.replaced,
+                attention_layers=int(build.get("attention_layers", 0)),
             )
         )
     return PairBuild(export.folder, export.built, export_seconds, tuple(out))
+
+
+def graph_facts(graphs: dict[str, Any], graph: str) -> dict[str, Any]:
+    """The export manifest's facts of ``graph`` (``prepare`` or ``step``)."""
+    facts = graphs.get(f"{graph}.onnx")
+    if not isinstance(facts, dict):
+        raise StoreError(f"export manifest has no facts for {graph}.onnx: re-export it")
+    return facts
 
 
 def key_from_manifest(manifest: dict[str, Any]) -> EngineKey:
     """The :class:`EngineKey` a manifest's ``key`` section describes (StoreError if malformed)."""
     k = manifest.get("key")
     try:
+        shape_range = ShapeRange.from_fields(k["range"]) if "range" in k else None
+        weightless = bool(k.get("weightless", False))
+        height, width = (
+            (shape_range.height[1], shape_range.width[1])
+            if shape_range
+            else (int(k["height"]), int(k["width"]))
+        )
         return EngineKey(
-            checkpoint_sha256=k["checkpoint_sha256"],
+            checkpoint_sha256=k["architecture_sha256"] if weightless else k["checkpoint_sha256"],
             net_config=canonical_json(k["net_config"]),
-            height=int(k["height"]),
-            width=int(k["width"]),
+            height=height,
+            width=width,
             batch_range=tuple(k["batch_range"]),
             precision=k["precision"],
             flavour=k["flavour"],
@@ -169,8 +223,10 @@ def key_from_manifest(manifest: dict[str, Any]) -> EngineKey:
             compute_capabilities=tuple(k["compute_capabilities"]),
             onnx_sha256=k["onnx_sha256"],
             build_options=canonical_json(k["build_options"]),
+            shape_range=shape_range,
+            weightless=weightless,
         )
-    except (TypeError, KeyError, ValueError) as exc:
+    except (TypeError, KeyError, ValueError, ConfigError) as exc:
         raise StoreError(f"engine manifest key is malformed ({type(exc).__name__}: {exc})") from None
 
 
@@ -203,117 +259,10 @@ def engine_status(entry: Entry) -> tuple[EngineStatus, str]:
     return EngineStatus.OK, ""
 
 
-@dataclass(frozen=True)
-class EnginePair:
-    """The two engines a decode runs, with their manifests' keys. Paths are plan files."""
+# The runtime's look-up lives beside the builder's, in its own module; re-exported here.
+from pid_trt.compile.engine_select import EnginePair, build_command, find_pair, select_pair  # noqa: E402
 
-    prepare: Path
-    step: Path
-    key: EngineKey
-    export_digest: str
-
-
-def _describe(k: dict[str, Any]) -> str:
-    lo, _, hi = k.get("batch_range", [0, 0, 0])
-    batch = f"batch {lo}" if lo == hi else f"batch {lo}-{hi}"
-    return f"{k.get('width')}x{k.get('height')} {batch} {k.get('precision')}"
-
-
-def find_pair(
-    engine_dir: Path,
-    config: DecoderConfig,
-    weights: str,
-    bucket: Bucket,
-    precision: Precision,
-    batch: int,
-    build_hint: str,
-    verify_hash: bool = True,
-) -> EnginePair:
-    """The engine pair for a decode, from the store at ``engine_dir`` alone.
-
-    ``weights`` is the export weights id (:func:`pid_trt.compile.export.weights_id`). Raises
-    :class:`StoreError` naming ``build_hint`` (the ``pidtrt build`` command) when there is
-    none, listing the buckets that do have engines for this net and weights; refuses stale
-    (other TensorRT version) or foreign (other net, corrupt) engines with the differing field.
-    """
-    store = EngineStore(engine_dir)
-    net = json.loads(config.to_json())
-    wsha = weights_sha256(weights)
-    mine, others, problems = [], set(), []
-    for entry in store.list():
-        k = entry.manifest.get("key") if isinstance(entry.manifest, dict) else None
-        if entry.problem or not isinstance(k, dict):
-            problems.append(entry)
-            continue
-        if k.get("net_config") != net or k.get("checkpoint_sha256") != wsha:
-            continue
-        lo, _, hi = (k.get("batch_range") or [0, 0, 0])[:3]
-        if (k.get("height"), k.get("width"), k.get("precision")) == (
-            bucket.height,
-            bucket.width,
-            precision.value,
-        ) and (lo <= batch <= hi):
-            mine.append(entry)
-        else:
-            others.add(_describe(k))
-    graphs: dict[str, dict[str, Entry]] = {}
-    for entry in mine:
-        b = entry.manifest.get("build", {})
-        graphs.setdefault(str(b.get("export_digest")), {})[str(b.get("graph"))] = entry
-    pairs = [g for g in graphs.values() if set(GRAPHS) <= set(g)]
-    what = f"{bucket.name} batch {batch} {precision.value}"
-    if not pairs:
-        if mine:
-            half = ", ".join(sorted(e.path.name for e in mine))
-            raise StoreError(
-                f"engine store {engine_dir} has only half of the pair for {what} ({half}): {build_hint}"
-            )
-        have = (
-            "; engines exist for " + ", ".join(sorted(others))
-            if others
-            else "; the store has none for this net"
-        )
-        raise StoreError(f"no TensorRT engine for {what} in {engine_dir}{have}; build it: {build_hint}")
-    pair = max(pairs, key=lambda g: min(e.created for e in g.values()))
-    paths = {}
-    for graph in GRAPHS:
-        entry = pair[graph]
-        status, reason = engine_status(entry)
-        if status is not EngineStatus.OK:
-            raise StoreError(
-                f"{status.value} {graph} engine {entry.path.name} refused ({reason}); rebuild: {build_hint}"
-            )
-        key = key_from_manifest(entry.manifest)
-        path = store.lookup(key, verify_hash=verify_hash)
-        if path is None:
-            raise StoreError(
-                f"{graph} engine {entry.path.name} vanished during look-up; rebuild: {build_hint}"
-            )
-        paths[graph] = (path, key)
-    export_digest = str(pair["step"].manifest.get("build", {}).get("export_digest"))
-    return EnginePair(paths["prepare"][0], paths["step"][0], paths["step"][1], export_digest)
-
-
-def build_command(spec: Any, bucket: Bucket, precision: Precision, batch: int, engine_dir: Path) -> str:
-    """The ``pidtrt build ...`` command line that makes the engine pair of a decode request."""
-    parts = ["pidtrt build"]
-    preset = getattr(spec, "preset", None)
-    if preset is not None:
-        parts.append(f"--backbone {preset.backbone.value}")
-        if preset.released:
-            parts.append(f"--ckpt-type {preset.ckpt_type.value}")
-    else:
-        parts.append("--net-config NET.json")
-    parts.append(f"--size {bucket.name}")
-    parts.append(f"--precision {precision.value}")
-    if batch != 1:
-        parts.append(f"--batch {batch}")
-    if getattr(spec, "random_weights", False):
-        parts.append("--random-weights")
-        if getattr(spec, "weights_seed", 0):
-            parts.append(f"--weights-seed {spec.weights_seed}")
-    else:
-        parts.append(f"--checkpoint {spec.checkpoint}")
-    if Path(engine_dir) != Path("engines"):
-        parts.append(f"--engine-dir {engine_dir}")
-    return " ".join(parts)
+__all__ = [
+    "GRAPHS", "EnginePair", "EngineStatus", "build_command", "build_pair", "engine_status", "find_pair",
+    "key_from_manifest", "select_pair",
+]  # fmt: skip

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from pid_trt.buckets import Bucket
+from pid_trt.compile.dynamic import ShapeRange
 from pid_trt.compile.trace import PrepareGraph, StepGraph, export_module
 from pid_trt.config import DecoderConfig, Precision
 from pid_trt.errors import ConfigError
@@ -119,13 +120,24 @@ class ExportKey:
     precision: Precision
     opset: int
     versions: tuple[tuple[str, str], ...]
+    shape_range: ShapeRange | None = None
+    refittable: bool = False
 
     @classmethod
     def create(
         cls, config: DecoderConfig, weights: str, bucket: Bucket, precision: Precision | str, batch: int,
-        opset: int = DEFAULT_OPSET,
+        opset: int = DEFAULT_OPSET, shape_range: ShapeRange | None = None, refittable: bool = False,
     ) -> ExportKey:  # fmt: skip
-        """The key of exporting ``config`` with ``weights`` (:func:`weights_id`) for one bucket."""
+        """The key of exporting ``config`` with ``weights`` (:func:`weights_id`) for one bucket,
+        or, with ``shape_range``, for every size and batch of that range (``bucket`` and
+        ``batch`` are then its opt values). ``refittable``: every parameter stays one
+        initializer named by its checkpoint key (for weightless engines refitted by name)."""
+        if shape_range is not None:
+            bucket, batch = shape_range.opt_bucket, shape_range.batch[1]
+            if Precision(precision) is Precision.FP8:
+                raise ConfigError(
+                    "dynamic-shape export of fp8 graphs is not supported: build static fp8 engines (--size WxH)"
+                )
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ConfigError(f"batch {batch!r}: expected an integer >= 1")
         if opset < 23:
@@ -141,8 +153,13 @@ class ExportKey:
         hs, ws = bucket.height // config.patch_size, bucket.width // config.patch_size
         if hs * config.patch_size != bucket.height or ws * config.patch_size != bucket.width:
             raise ConfigError(f"bucket {bucket.name}: expected multiples of patch_size {config.patch_size}")
+        if refittable and precision is Precision.FP8:
+            raise ConfigError(
+                "refittable (weightless) fp8 graphs are not supported: FP8 scales are calibrated per "
+                "checkpoint, so an fp8 plan is built per checkpoint (see README, 'Weightless plans')"
+            )
         return cls(config.to_json(), weights, bucket.height, bucket.width, batch, precision, opset,
-                   tuple(sorted(_versions().items())))  # fmt: skip
+                   tuple(sorted(_versions().items())), shape_range, bool(refittable))  # fmt: skip
 
     @property
     def bucket(self) -> Bucket:
@@ -156,7 +173,13 @@ class ExportKey:
         import json
 
         lh, lw = latent_shape(self.config, self.bucket)
+        extra: dict[str, Any] = {}
+        if self.shape_range is not None:  # absent for static exports: their digests are unchanged
+            extra["range"] = self.shape_range.fields()
+        if self.refittable:
+            extra["refittable"] = True
         return {
+            **extra,
             "net_config": json.loads(self.net_config),
             "weights": self.weights,
             "height": self.height,
@@ -176,7 +199,11 @@ class ExportKey:
         """e.g. ``2048x2048-b1-bf16-op23-w3f9a2c-n1a2b``."""
         w = "r" + self.weights.split(":", 1)[1] if self.weights.startswith("random:") else self.weights[:6]
         net = hashlib.sha256(self.net_config.encode()).hexdigest()[:4]
-        return f"{self.width}x{self.height}-b{self.batch}-{self.precision.value}-op{self.opset}-w{w}-n{net}"
+        size = f"{self.width}x{self.height}-b{self.batch}"
+        if self.shape_range is not None:
+            size = self.shape_range.label()
+        refit = "-rf" if self.refittable else ""
+        return f"{size}-{self.precision.value}-op{self.opset}{refit}-w{w}-n{net}"
 
 
 @dataclass(frozen=True)
@@ -196,9 +223,17 @@ class ExportResult:
         return int(self.manifest.get("size_bytes", 0))
 
 
-def graph_io_names(config: DecoderConfig) -> dict[str, tuple[list[str], list[str]]]:
-    """Input and output names of both graphs: {"prepare": (ins, outs), "step": (ins, outs)}."""
+def graph_io_names(config: DecoderConfig, dynamic: bool = False) -> dict[str, tuple[list[str], list[str]]]:
+    """Input and output names of both graphs: {"prepare": (ins, outs), "step": (ins, outs)}.
+    ``dynamic``: the prepare graph also takes ``grid`` (:mod:`pid_trt.compile.dynamic`)."""
     prep_out = ["y_emb", "lq_feats"] + (["pit_feat"] if config.pit_lq_inject else [])
+    if dynamic:
+        from pid_trt.compile.dynamic import GRID_INPUT
+
+        return {
+            "prepare": (["caption", "latent", GRID_INPUT], prep_out),
+            "step": graph_io_names(config)["step"],
+        }
     step_in = ["x", "t", "y_emb", "lq_feats", "degrade_sigma"] + (
         ["pit_feat"] if config.pit_lq_inject else []
     )
@@ -212,17 +247,23 @@ def export_graphs(
     batch: int,
     out_dir: Path,
     opset: int = DEFAULT_OPSET,
+    shape_range: ShapeRange | None = None,
+    refittable: bool = False,
 ) -> dict[str, Any]:
     """Write ``prepare.onnx`` and ``step.onnx`` (+ ``.data``) of ``model`` (fp32, not modified)
-    into ``out_dir``. Returns facts for the manifest (seconds, peak RSS, graph reports)."""
-    from pid_trt.compile.onnx_graph import inspect_graph
-
+    into ``out_dir``. Returns facts for the manifest (seconds, peak RSS, graph reports).
+    ``shape_range``: one pair of dynamic-shape graphs for that range
+    (:mod:`pid_trt.compile.dynamic`); ``refittable``: parameters stay named initializers."""
     precision = Precision(precision)
     config: DecoderConfig = model.config
     start = time.perf_counter()
     base = FP8_BASE if precision is Precision.FP8 else precision
     net = model if base is Precision.FP32 else copy.deepcopy(model).to(_DTYPES[base])
     net = net.eval()
+    params = _params(net, refittable)
+    if shape_range is not None:
+        _export_dynamic(net, config, shape_range, out_dir, opset, refittable)
+        return _export_facts(out_dir, start, latent_shape(config, shape_range.opt_bucket), params)
     lh, lw = latent_shape(config, bucket)
     gen = torch.Generator().manual_seed(0)
     caption = torch.randn(batch, config.txt_max_length, config.txt_embed_dim, generator=gen)
@@ -247,6 +288,7 @@ def export_graphs(
         names["prepare"],
         out_dir / PREPARE_FILE,
         opset,
+        keep_parameters=refittable,
     )
     if precision is Precision.FP8:  # ModelOpt PTQ (calibration at the bucket, capped at 512 px) + Q/DQ
         from pid_trt.compile.export_fp8 import export_fp8_step
@@ -263,7 +305,54 @@ def export_graphs(
         )
     else:
         log.info("export: step graph (%s, %s)", bucket.name, base.value)
-        export_module(StepGraph(net), step_args, names["step"], out_dir / STEP_FILE, opset)
+        export_module(
+            StepGraph(net), step_args, names["step"], out_dir / STEP_FILE, opset, keep_parameters=refittable
+        )
+    return _export_facts(out_dir, start, (lh, lw), params)
+
+
+def _params(net: nn.Module | None, refittable: bool) -> set[str] | None:
+    """Initializer names of ``net``'s parameters in a refittable graph, else None."""
+    if not refittable or net is None:
+        return None
+    from pid_trt.compile.refit import PARAMETER_PREFIX
+
+    return {PARAMETER_PREFIX + name for name, _ in net.named_parameters()}
+
+
+def _export_dynamic(
+    net: nn.Module,
+    config: DecoderConfig,
+    shape_range: ShapeRange,
+    out_dir: Path,
+    opset: int,
+    refittable: bool,
+) -> None:
+    """Both graphs with symbolic batch and size (:mod:`pid_trt.compile.dynamic`)."""
+    from pid_trt.compile.dynamic import DynamicPrepareGraph, dynamic_shapes, trace_inputs
+
+    inputs, dims = trace_inputs(config, shape_range), dynamic_shapes(config, shape_range)
+    names = graph_io_names(config, dynamic=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log.info("export: dynamic prepare graph (%s)", shape_range.name)
+    export_module(
+        DynamicPrepareGraph(net), tuple(inputs["prepare"].values()), names["prepare"], out_dir / PREPARE_FILE,
+        opset, dynamic_shapes=dims["prepare"], keep_parameters=refittable,
+    )  # fmt: skip
+    log.info("export: dynamic step graph (%s)", shape_range.name)
+    export_module(
+        StepGraph(net), tuple(inputs["step"].values()), names["step"], out_dir / STEP_FILE, opset,
+        dynamic_shapes=dims["step"], keep_parameters=refittable,
+    )  # fmt: skip
+
+
+def _export_facts(
+    out_dir: Path, start: float, latent_hw: tuple[int, int], params: set[str] | None
+) -> dict[str, Any]:
+    """Manifest facts of the graphs written to ``out_dir``; ``params``: the parameter
+    initializer names of a refittable export (their list goes into the manifest)."""
+    from pid_trt.compile.onnx_graph import graph_weights, inspect_graph, structure_sha256
+
     files = {}
     for p in sorted(out_dir.iterdir()):
         sha, size = hash_artifact(p)
@@ -276,13 +365,17 @@ def export_graphs(
             "attention_nodes": rep.attention_nodes,
             "largest_initializer_bytes": rep.largest_initializer[1],
             "nodes": sum(rep.ops.values()),
+            "float64": len(rep.float64),
+            "structure_sha256": structure_sha256(out_dir / name),
         }
+        if params is not None:  # what a weightless engine of this graph must be refitted with
+            graphs[name]["weights"] = graph_weights(out_dir / name, params)
     return {
         "files": files,
         "graphs": graphs,
         "export_seconds": round(time.perf_counter() - start, 3),
         "peak_rss_bytes": peak_rss_bytes(),
-        "latent_hw": [lh, lw],
+        "latent_hw": list(latent_hw),
     }
 
 
@@ -325,7 +418,9 @@ def export_onnx(
         require_modelopt()  # before any work, not after the prepare graph
 
     def build(tmp: Path) -> dict[str, Any]:
-        return export_graphs(model, key.bucket, key.precision, key.batch, tmp, key.opset)
+        return export_graphs(
+            model, key.bucket, key.precision, key.batch, tmp, key.opset, key.shape_range, key.refittable
+        )
 
     res = export_store(export_dir).put(key, build, verify_hash=False)
     return _result(res.path, res.manifest, res.built, key)

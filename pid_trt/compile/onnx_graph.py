@@ -73,11 +73,25 @@ class GraphReport:
         return {op: dts for op, dts in self.island_dtypes.items() if dts != ("FLOAT",)}
 
 
-def optimise(model: Any) -> None:
-    """Fold constants and drop dead nodes of an ``onnx_ir.Model`` in place (see module doc)."""
+def optimise(model: Any, keep: set[str] | None = None) -> None:
+    """Fold constants and drop dead nodes of an ``onnx_ir.Model`` in place (see module doc).
+
+    ``keep``: initializer names (the model's parameters) left untouched: not folded into
+    derived constants, not deduplicated, so each stays one named initializer (what refitting
+    by name needs); the casts / transposes applied to them stay as graph nodes, which
+    TensorRT folds at build time and replays at refit. Kept ones that end up unused are dropped.
+    """
     import onnx_ir as ir
     from onnx_ir.passes import common
     from onnxscript.optimizer import _constant_folding
+
+    graph = model.graph
+    held = []
+    for name in sorted(set(graph.initializers) & set(keep or ())):
+        value = graph.initializers.pop(name)
+        held.append((value, value.const_value))
+        value.const_value = None  # looks like a graph input to the folder: never folded
+        graph.inputs.append(value)
 
     fold = _constant_folding.FoldConstantsPass(
         shape_inference=True, input_size_limit=FOLD_INPUT_LIMIT, output_size_limit=FOLD_OUTPUT_LIMIT
@@ -95,6 +109,11 @@ def optimise(model: Any) -> None:
         common.CommonSubexpressionEliminationPass(),
         common.NameFixPass(),
     )(model)
+    for value, const in held:
+        graph.inputs.remove(value)
+        value.const_value = const
+        if value.uses():
+            graph.register_initializer(value)
 
 
 def _elem_name(elem_type: int) -> str:
@@ -151,6 +170,37 @@ def inspect_graph(path: str | Path) -> GraphReport:
         attention_nodes=count,
         island_dtypes={k: tuple(sorted(v)) for k, v in sorted(islands.items())},
         weight_dtypes=dict(weight_dtypes),
+    )
+
+
+def structure_sha256(path: str | Path) -> str:
+    """sha256 of a graph without its weight values: nodes, inputs, outputs and every
+    initializer's name, type and shape (external data is not read). Two exports of one net
+    config, precision and range with different weights hash the same when their parameters were
+    kept as named initializers (``optimise(keep=...)``)."""
+    import hashlib
+
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for init in model.graph.initializer:
+        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            init.ClearField(field)
+        init.ClearField("external_data")
+        init.ClearField("data_location")
+    return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def graph_weights(path: str | Path, names: set[str]) -> list[list[Any]]:
+    """[name, ONNX type name, shape] of every initializer named in ``names`` (the parameters
+    of a refittable graph), sorted by name; external data is not read."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return sorted(
+        [init.name, _elem_name(init.data_type), [int(d) for d in init.dims]]
+        for init in model.graph.initializer
+        if init.name in names
     )
 
 

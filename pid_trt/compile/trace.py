@@ -44,10 +44,15 @@ def export_module(
     path: Path,
     opset: int,
     translations: dict | None = None,
+    dynamic_shapes: dict | None = None,
+    keep_parameters: bool = False,
 ) -> None:
     """Trace ``module`` on ``args`` with the dynamo exporter at ``opset``, optimise the graph
     (:func:`pid_trt.compile.onnx_graph.optimise`) and write it to ``path`` with external data.
-    ``names``: (input names, output names); ``translations``: custom op translations."""
+    ``names``: (input names, output names); ``translations``: custom op translations;
+    ``dynamic_shapes``: torch.export's per-input dims (:mod:`pid_trt.compile.dynamic`);
+    ``keep_parameters``: keep every parameter as its own initializer, named by its module path
+    (refittable graphs: a checkpoint's tensors map onto them by name)."""
     import logging
     import warnings
 
@@ -59,7 +64,10 @@ def export_module(
         program = torch.onnx.export(
             module.eval(), args, dynamo=True, opset_version=opset, optimize=False, verbose=False,
             input_names=names[0], output_names=names[1], external_data=True,
-            custom_translation_table=translations,
+            custom_translation_table=translations, dynamic_shapes=dynamic_shapes,
         )  # fmt: skip
-    optimise(program.model)
+    keep = None
+    if keep_parameters:
+        keep = {name for name, _ in module.named_parameters()}  # "model.<checkpoint key>"
+    optimise(program.model, keep=keep)
     program.save(str(path), external_data=True)

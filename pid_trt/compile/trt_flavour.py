@@ -99,6 +99,17 @@ def cuda_device_count() -> int:
     return count.value
 
 
+def cuda_driver_version() -> str | None:
+    """The CUDA driver's version as ``"major.minor"`` (e.g. ``12.8``); None without a driver."""
+    lib = _libcuda()
+    if lib is None:
+        return None
+    version = ctypes.c_int(0)
+    if lib.cuDriverGetVersion(ctypes.byref(version)) != 0:
+        return None
+    return f"{version.value // 1000}.{version.value % 1000 // 10}"
+
+
 def current_compute_capability(device: int = 0) -> str | None:
     """Compute capability of CUDA device ``device`` as ``"major.minor"``; None without one."""
     lib = _libcuda()
@@ -146,7 +157,7 @@ def flavour_version(flavour: Flavour) -> str:
 
 
 def normalise_targets(
-    flavour: Flavour, targets: tuple[str, ...] | None, fp8: bool = False
+    flavour: Flavour, targets: tuple[str, ...] | None, fp8: bool = False, weightless: bool = False
 ) -> tuple[str, ...]:
     """The compute capabilities an engine is built for, as sorted ``"major.minor"`` strings.
 
@@ -154,7 +165,9 @@ def normalise_targets(
     :data:`FP8_RTX_TARGETS`); each must be one the installed package names
     (``ComputeCapability.SM86`` ...). Full TensorRT builds for the GPU present: its
     capability, which ``targets`` (if given) must equal. With ``fp8`` every target must have
-    FP8 tensor cores (8.9 or newer), else ConfigError.
+    FP8 tensor cores (8.9 or newer), else ConfigError. With ``weightless`` (refittable plans)
+    TensorRT-RTX builds for exactly one target, on a machine with a CUDA GPU: see
+    :func:`_weightless_rtx_target`.
     """
     if flavour is Flavour.TENSORRT:
         cc = current_compute_capability()
@@ -167,6 +180,8 @@ def normalise_targets(
                 f"compute capabilities {', '.join(targets)}: full TensorRT builds only for the GPU present ({cc})"
             )
         chosen: tuple[str, ...] = (cc,)
+    elif weightless:
+        chosen = _weightless_rtx_target(targets)
     else:
         chosen = tuple(targets) if targets else (FP8_RTX_TARGETS if fp8 else DEFAULT_RTX_TARGETS)
     for cc in chosen:
@@ -176,6 +191,26 @@ def normalise_targets(
             )
         _parse_cc(cc)
     return tuple(sorted(set(chosen), key=_parse_cc))
+
+
+def _weightless_rtx_target(targets: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The one target of a refittable TensorRT-RTX build. TensorRT-RTX 1.7 compiles a
+    refittable (REFIT / STRIP_PLAN) network's kernels at build time: with several targets its
+    builder fails (``CHECK(sm_vers_.size() == 1)``), without a CUDA GPU too
+    (``graph_jit ... CUDA_SUCCESS``), even for a single MatMul. So: one target, default the GPU
+    present, and a GPU to build on."""
+    if targets and len(tuple(targets)) != 1:
+        raise ConfigError(
+            f"compute capabilities {', '.join(targets)}: TensorRT-RTX builds a weightless (refittable) plan for "
+            "one target only; give one --target-cc"
+        )
+    if cuda_device_count() == 0:
+        raise BackendUnavailableError(
+            "TensorRT-RTX builds weightless (refittable) plans only on a machine with a CUDA GPU (its builder "
+            "compiles refittable kernels at build time; a CPU-only build fails): run this build on the RTX "
+            "machine, or build without --weightless"
+        )
+    return tuple(targets) if targets else (current_compute_capability() or "",)
 
 
 def _parse_cc(cc: str) -> tuple[int, int]:

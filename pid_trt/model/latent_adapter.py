@@ -18,6 +18,7 @@ from torch import nn
 from pid_trt.config import DecoderConfig, GateType
 from pid_trt.errors import ConfigError
 from pid_trt.model.layers import Conv2d, GroupNorm, Linear
+from pid_trt.model.positions import is_symbolic, size_tensor
 
 F32 = torch.float32
 #: GroupNorm groups of the adapter's ResBlocks.
@@ -75,11 +76,27 @@ def _nearest_index(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
     return idx.to(device)
 
 
+def _nearest_index_graph(
+    n_in: int | torch.SymInt, n_out: int | torch.SymInt, device: torch.device
+) -> torch.Tensor:
+    """:func:`_nearest_index` with sizes known only at run time: min(floor(i * (in/out)), in-1)
+    with the float32 scale PyTorch's CPU kernel uses (in / out in float32)."""
+    scale = size_tensor(n_in, device) / size_tensor(n_out, device)
+    idx = torch.floor(torch.arange(n_out, device=device).to(F32) * scale).to(torch.int64)
+    return torch.minimum(idx, torch.arange(n_in, device=device)[-1])
+
+
 def nearest_resize(z: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Nearest resize (upstream ``F.interpolate(mode='nearest')`` semantics) of [B, C, h, w] to
     [B, C, height, width]. Exact integer upsampling is a reshape + expand (pixel repetition);
-    other sizes gather host-computed indices; equal sizes are the identity."""
+    other sizes gather host-computed indices; equal sizes are the identity. With symbolic sizes
+    (dynamic-shape export) it always gathers, with indices computed in the graph (one graph
+    then serves exact multiples and in-between sizes alike; for exact multiples the gather
+    repeats pixels exactly as the expand does)."""
     b, c, h, w = z.shape
+    if is_symbolic(h, w, height, width):
+        z = torch.index_select(z, 2, _nearest_index_graph(h, height, z.device))
+        return torch.index_select(z, 3, _nearest_index_graph(w, width, z.device))
     if (h, w) == (height, width):
         return z
     if height % h == 0 and width % w == 0:
@@ -125,6 +142,9 @@ class LatentAdapter(nn.Module):
     def align(self, latent: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
         """Unpatchify and align the latent to the patch grid: [B, C, h, w] -> [B, C', grid_h, grid_w]."""
         z = unpatchify_latent(latent, self.unpatchify_factor)
+        if self.upsample_ratio == 1 and is_symbolic(*z.shape[2:], grid_h, grid_w):
+            # Dynamic-shape export: the sizes are not known to match; bilinear at scale 1 is exact.
+            return F.interpolate(z.to(F32), size=(grid_h, grid_w), mode="bilinear", align_corners=False)
         if self.upsample_ratio == 1 and tuple(z.shape[2:]) != (grid_h, grid_w):
             # Upstream resizes bilinearly when a 1:1 latent does not match the grid.
             return F.interpolate(z.to(F32), size=(grid_h, grid_w), mode="bilinear", align_corners=False)

@@ -8,6 +8,15 @@ sinusoid. All float32 and free of float64 ops, so a traced graph carries no floa
   are computed on the host in float64 (Python floats, as upstream computes it in float64),
   cast to float32 and broadcast in the graph; an [H*W, dim] constant is never built.
 - The timestep sinusoid (arguments up to 1000 rad) is float32, never fp16.
+
+Dynamic-shape export (:mod:`pid_trt.compile.dynamic`): when a size is a symbolic
+``torch.SymInt`` (torch.export with ``dynamic_shapes``), the tables are built from the runtime
+size as float32 tensor ops instead (Python ints would specialise the graph to one size, and
+the lru_cache keyed on ints cannot take a symbol): RoPE's NTK theta and its linspace in
+float32 (:func:`rope_axis_angles_graph`, within ~1e-6 of the host values), and the pixel table
+as a slice of a host-computed float64 -> float32 table of :data:`PIXEL_TABLE_ROWS` rows (the
+same numbers as the static table, since a row depends only on its absolute index). With plain
+ints -- every eager call and every static export -- nothing changes.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ import math
 
 import torch
 
+from pid_trt.buckets import DYNAMIC_MAX_SIDE
+
 F32 = torch.float32
 #: Base of the 2-D image RoPE (before NTK scaling); upstream's fixed default.
 IMAGE_ROPE_THETA = 10000.0
@@ -25,6 +36,18 @@ ROPE_POSITION_SCALE = 16.0
 #: Timestep sinusoid: 256 features, max period 10 (not 10000), cos half first.
 TIMESTEP_FEATURES = 256
 TIMESTEP_MAX_PERIOD = 10.0
+#: Rows of the host pixel table that dynamic graphs slice (largest output side they serve).
+PIXEL_TABLE_ROWS = DYNAMIC_MAX_SIDE
+
+
+def is_symbolic(*sizes: object) -> bool:
+    """True when any of ``sizes`` is a symbolic size (a ``torch.SymInt`` of dynamic-shape export)."""
+    return any(isinstance(s, torch.SymInt) for s in sizes)
+
+
+def size_tensor(n: int | torch.SymInt, device: torch.device | None = None) -> torch.Tensor:
+    """A size as a float32 scalar tensor (in a graph: Shape -> Cast, no float64)."""
+    return torch.scalar_tensor(n, dtype=F32, device=device)
 
 
 def ntk_theta(grid: int, ref_grid: int, head_dim: int) -> float:
@@ -42,6 +65,30 @@ def _axis_angles(n: int, theta: float, head_dim: int, device: torch.device | Non
     return pos[:, None] * freqs[None, :]
 
 
+def rope_axis_angles_graph(
+    n: int | torch.SymInt, ref_grid: int, head_dim: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """:func:`_axis_angles` with ``n`` known only at run time, in float32 tensor ops.
+
+    theta^(-4k/head) = exp(-(4k/head) (ln 10000 + a/(a-2) ln(n/ref))) (NTK, a = head/2), and
+    positions as torch.linspace(0, 16, n) computes them on the CPU (first half from the start,
+    second half from the end). Needs n >= 2. Returns [n, head/4] float32.
+    """
+    a = head_dim // 2
+    exps = torch.arange(0, head_dim, 4, device=device)[: head_dim // 4].to(F32) / head_dim
+    nf = size_tensor(n, device)
+    log_theta = math.log(IMAGE_ROPE_THETA)
+    if a > 2:
+        log_theta = log_theta + (a / (a - 2)) * torch.log(nf / float(ref_grid))
+    freqs = torch.exp(-exps * log_theta)
+    idx = torch.arange(n, device=device).to(F32)
+    last = nf - 1.0
+    step = ROPE_POSITION_SCALE / last
+    half = torch.floor(nf / 2.0)
+    pos = torch.where(idx < half, idx * step, ROPE_POSITION_SCALE - (last - idx) * step)
+    return pos[:, None] * freqs[None, :]
+
+
 def rope_2d(
     head_dim: int,
     grid_h: int,
@@ -52,8 +99,12 @@ def rope_2d(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """NTK-aware 2-D RoPE (cos, sin) for a grid_h x grid_w token grid, each [grid_h*grid_w, head/2]
     float32, tokens row-major. ``ref_grid_*`` is the training reference grid in tokens."""
-    ax = _axis_angles(grid_w, ntk_theta(grid_w, ref_grid_w, head_dim), head_dim, device)  # [Ws, q]
-    ay = _axis_angles(grid_h, ntk_theta(grid_h, ref_grid_h, head_dim), head_dim, device)  # [Hs, q]
+    if is_symbolic(grid_h, grid_w):  # dynamic-shape export: from the runtime size, float32
+        ax = rope_axis_angles_graph(grid_w, ref_grid_w, head_dim, device)
+        ay = rope_axis_angles_graph(grid_h, ref_grid_h, head_dim, device)
+    else:
+        ax = _axis_angles(grid_w, ntk_theta(grid_w, ref_grid_w, head_dim), head_dim, device)  # [Ws, q]
+        ay = _axis_angles(grid_h, ntk_theta(grid_h, ref_grid_h, head_dim), head_dim, device)  # [Hs, q]
     q = head_dim // 4
     shape = (grid_h, grid_w, q)
 
@@ -102,7 +153,13 @@ def pixel_pos_tables(
     float32, computed on the host in float64 from absolute pixel indices.
 
     The full table at pixel (h, w) is ``cat(col[w], row[h])`` (see :func:`add_pixel_pos`).
+    With a symbolic size (dynamic-shape export) both are slices of one
+    :data:`PIXEL_TABLE_ROWS`-row table: the same rows, the length chosen at run time.
     """
+    if is_symbolic(height, width):
+        table = torch.tensor(_sincos_rows(PIXEL_TABLE_ROWS, dim // 2), dtype=F32, device=device)
+        table = table.reshape(PIXEL_TABLE_ROWS, dim // 2)
+        return table[:width], table[:height]
     col = torch.tensor(_sincos_rows(width, dim // 2), dtype=F32, device=device).reshape(width, dim // 2)
     row = torch.tensor(_sincos_rows(height, dim // 2), dtype=F32, device=device).reshape(height, dim // 2)
     return col, row

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pid_trt.buckets import ShapeRange
 from pid_trt.compile.build import BuildOptions, BuildProgress, BuildReport, build_engine
 from pid_trt.compile.trt_flavour import Flavour, detect_flavour, flavour_version, normalise_targets
 from pid_trt.config import DecoderConfig, Precision
@@ -52,6 +53,13 @@ class EngineKey:
 
     ``net_config`` is the canonical JSON of the net config (:meth:`DecoderConfig.to_json`);
     ``build_options`` the canonical JSON of :meth:`BuildOptions.key_fields`.
+
+    A dynamic-shape engine has a ``shape_range`` and is keyed by it (the manifest's ``range``
+    replaces ``height`` / ``width``, which then hold its opt size). A ``weightless`` engine
+    carries no checkpoint: ``checkpoint_sha256`` then holds its architecture key (net config,
+    precision, names / types / shapes of the weights to refit: :mod:`pid_trt.compile.refit`),
+    written ``architecture_sha256`` in the manifest, and ``onnx_sha256`` the graph's structure
+    hash (weight values excluded), so one plan serves every checkpoint of that architecture.
     """
 
     kind: ClassVar[str] = "engine"
@@ -68,6 +76,8 @@ class EngineKey:
     compute_capabilities: tuple[str, ...]
     onnx_sha256: str
     build_options: str
+    shape_range: ShapeRange | None = None
+    weightless: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint_sha256", _sha(self.checkpoint_sha256, "checkpoint_sha256"))
@@ -91,15 +101,21 @@ class EngineKey:
         options: BuildOptions,
         flavour: Flavour | str = "auto",
         onnx_sha256: str | None = None,
+        shape_range: ShapeRange | None = None,
     ) -> EngineKey:
         """The key of building ``onnx_path`` with ``options`` on the installed ``flavour``.
 
         Resolves the flavour, its version and the target compute capabilities, and hashes
         the ONNX (file, or folder with external data) unless ``onnx_sha256`` is given.
+        ``shape_range``: a dynamic-shape engine (height / width: its opt size);
+        ``options.weightless``: ``checkpoint_sha256`` is the architecture key.
         """
         resolved = detect_flavour(flavour)
         targets = normalise_targets(
-            resolved, options.compute_capabilities, fp8=options.precision is Precision.FP8
+            resolved,
+            options.compute_capabilities,
+            fp8=options.precision is Precision.FP8,
+            weightless=options.weightless,
         )
         config_json = (
             net_config.to_json()
@@ -118,15 +134,24 @@ class EngineKey:
             compute_capabilities=targets,
             onnx_sha256=onnx_sha256 or file_sha256(onnx_path),
             build_options=canonical_json(options.key_fields()),
+            shape_range=shape_range,
+            weightless=options.weightless,
         )
 
     def fields(self) -> dict[str, Any]:
-        """JSON-ready key fields (what the manifest's ``key`` holds)."""
+        """JSON-ready key fields (what the manifest's ``key`` holds). Static engines with
+        weights keep the fields (and so the digests) they had before ranges and weightless
+        plans existed."""
+        size: dict[str, Any] = {"height": self.height, "width": self.width}
+        if self.shape_range is not None:
+            size = {"range": self.shape_range.fields()}
+        weights: dict[str, Any] = {"checkpoint_sha256": self.checkpoint_sha256}
+        if self.weightless:
+            weights = {"architecture_sha256": self.checkpoint_sha256, "weightless": True}
         return {
-            "checkpoint_sha256": self.checkpoint_sha256,
+            **weights,
             "net_config": json.loads(self.net_config),
-            "height": self.height,
-            "width": self.width,
+            **size,
             "batch_range": list(self.batch_range),
             "precision": self.precision.value,
             "flavour": self.flavour.value,
@@ -145,10 +170,11 @@ class EngineKey:
         lo, _, hi = self.batch_range
         net = hashlib.sha256(self.net_config.encode()).hexdigest()[:4]
         version = ".".join(self.trt_version.split(".")[:3])
-        return (
-            f"{self.width}x{self.height}-b{lo}-{hi}-{self.precision.value}-{self.flavour.value}{version}"
-            f"-ck{self.checkpoint_sha256[:6]}{net}"
-        )
+        size = f"{self.width}x{self.height}-b{lo}-{hi}"
+        if self.shape_range is not None:
+            size = self.shape_range.label()
+        weights = ("wl" if self.weightless else "ck") + self.checkpoint_sha256[:6]
+        return f"{size}-{self.precision.value}-{self.flavour.value}{version}-{weights}{net}"
 
 
 class EngineStore(ArtifactStore):
@@ -190,6 +216,8 @@ class EngineStore(ArtifactStore):
                 "plan_bytes": report.plan_bytes,
                 "builder_seconds": round(report.build_seconds, 3),
                 "dynamic_batch": report.dynamic_batch,
+                "dynamic_shapes": report.dynamic_shapes,
+                "refittable_weights": report.refittable_weights,
                 "attention_layers": report.attention_layers,
                 "onnx_name": Path(onnx_path).name,
                 **dict(extra or {}),
