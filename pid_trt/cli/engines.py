@@ -29,6 +29,15 @@ def _net_name(net: dict) -> str:
     return "custom-" + hashlib.sha256(json.dumps(net, sort_keys=True).encode()).hexdigest()[:4]
 
 
+def _bucket(k: dict) -> str:
+    """``WxH`` of a static engine; ``Wmin-WmaxxHmin-Hmax dynamic`` of a dynamic one."""
+    rng = k.get("range")
+    if isinstance(rng, dict):
+        w, h = rng.get("width") or ["?"] * 3, rng.get("height") or ["?"] * 3
+        return f"{w[0]}-{w[-1]}x{h[0]}-{h[-1]} dynamic"
+    return f"{k.get('width', '?')}x{k.get('height', '?')}"
+
+
 @engines.command("list")
 @cli_errors
 def list_engines(engine_dir: Path = EngineDirOpt) -> None:
@@ -68,9 +77,9 @@ def list_engines(engine_dir: Path = EngineDirOpt) -> None:
             e.digest[:12] or "?",
             net,
             str(b.get("graph", "?")),
-            f"{k.get('width', '?')}x{k.get('height', '?')}",
+            _bucket(k),
             str(lo) if lo == hi else f"{lo}-{hi}",
-            str(k.get("precision", "?")),
+            str(k.get("precision", "?")) + (" weightless" if k.get("weightless") else ""),
             f"{k.get('flavour', '?')} {k.get('trt_version', '?')}",
             ",".join(map(str, k.get("compute_capabilities") or [])),
             _size(e.size_bytes),
