@@ -1,4 +1,4 @@
-"""Parity table of every golden case (shared/golden): torch fp32 and ONNX Runtime fp32 against
+"""Parity table of every golden case (tests/golden): torch fp32 and ONNX Runtime fp32 against
 the official network (max / mean |d| of one call's velocity and of the 4-step image), and the
 image PSNR of the fp16 ONNX graph (ONNX Runtime CPU) and of the bf16 model (torch CPU: ONNX
 Runtime's CPU provider has no bf16 MatMul) against the golden image.
@@ -25,6 +25,7 @@ from pid_trt.config import Precision
 from pid_trt.golden import GoldenCase, load_golden
 from pid_trt.parity import compare, psnr
 from pid_trt.sampling import TIMESCALE, sample
+from pid_trt.verify.bounds import BOUNDS
 
 
 def _torch_denoiser(model, d):
@@ -74,17 +75,20 @@ def main(golden_dir: Path) -> None:
             print(f"done {case.name}", file=sys.stderr, flush=True)
     print(f"Machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, CPU only.\n")  # fmt: skip
-    print("fp32 against the official network (bound: torch 1e-4, ONNX Runtime 1e-3, max |d|)\n")
+    onnx_bound = BOUNDS[Precision.FP32]["image"].limit
+    print(f"fp32 against the official network (bound: torch 1e-4, ONNX Runtime {onnx_bound:g}, max |d|; "
+          "figures by Polygraphy)\n")  # fmt: skip
     print("| case | backend | velocity max abs | velocity mean abs | image max abs | image mean abs |")
     print("|---|---|---|---|---|---|")
     print("\n".join(d_rows))
-    print("\nReduced precision, image PSNR (dB) against the golden image (bound 55 dB fp16 in the tests)\n")
+    fp16, bf16 = (BOUNDS[p]["image"].describe() for p in (Precision.FP16, Precision.BF16))
+    print(
+        f"\nReduced precision, image PSNR (dB) against the golden image (bounds: fp16 {fp16}, bf16 {bf16})\n"
+    )
     print("| case | ONNX Runtime fp16 graph | torch bf16 model |")
     print("|---|---|---|")
     print("\n".join(p_rows))
 
 
 if __name__ == "__main__":
-    main(
-        Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared" / "golden"
-    )
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "tests" / "golden")

@@ -1,8 +1,10 @@
-"""Output comparison in Polygraphy's conventions (``polygraphy run --atol --rtol``).
+"""Output comparison in Polygraphy's conventions (``polygraphy run --atol --rtol``), computed by
+Polygraphy itself through :func:`pid_trt.verify.metrics.measure` (the project's one comparison path).
 
-An output passes when every element satisfies ``|a - b| <= atol + rtol * |b|`` (b is the
-reference) and neither side has NaN or Inf. Each comparison also reports max / mean absolute
-error, max relative error and, for images in [-1, 1], the PSNR in dB (peak-to-peak 2).
+An output passes when every element satisfies ``|a - b| <= atol`` or ``|a - b| <= rtol * |b|``
+(b is the reference; Polygraphy's elementwise check) and neither side has NaN or Inf. Each
+comparison also reports max / mean absolute error, max relative error and, for images in
+[-1, 1], the PSNR in dB (peak-to-peak 2).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
-#: Peak-to-peak range of images in [-1, 1].
-IMAGE_RANGE = 2.0
+from pid_trt.verify.metrics import IMAGE_RANGE, measure, psnr
+
+__all__ = ["IMAGE_RANGE", "Comparison", "Tolerance", "compare", "compare_all", "format_table", "psnr"]
 
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Per-output tolerance: pass iff |a - b| <= atol + rtol * |b| everywhere."""
+    """Per-output tolerance: pass iff |a - b| <= atol or |a - b| <= rtol * |b|, everywhere."""
 
     atol: float = 1e-5
     rtol: float = 1e-5
@@ -29,8 +32,8 @@ class Tolerance:
 class Comparison:
     """One output of one run against its reference.
 
-    max_abs / mean_abs: |a - b|; max_rel: |a - b| / (|b| + 1e-12); psnr_db: for images (else
-    None); nonfinite: count of NaN/Inf in the candidate; passed: within tolerance and finite.
+    max_abs / mean_abs: |a - b|; max_rel: |a - b| / |b|; psnr_db: for images (else None);
+    nonfinite: count of NaN/Inf in the candidate; passed: within tolerance and finite.
     """
 
     name: str
@@ -44,12 +47,6 @@ class Comparison:
     passed: bool
 
 
-def psnr(candidate: torch.Tensor, reference: torch.Tensor, peak_to_peak: float = IMAGE_RANGE) -> float:
-    """PSNR in dB of ``candidate`` vs ``reference``: 10 log10(range^2 / MSE); inf when equal."""
-    mse = torch.mean((candidate.double() - reference.double()) ** 2).item()
-    return math.inf if mse == 0 else 10.0 * math.log10(peak_to_peak**2 / mse)
-
-
 def compare(
     name: str,
     candidate: torch.Tensor,
@@ -58,28 +55,17 @@ def compare(
     image: bool = False,
 ) -> Comparison:
     """Compare one output (any float dtype; computed in float64). Shapes must match."""
-    if tuple(candidate.shape) != tuple(reference.shape):
-        raise ValueError(
-            f"{name}: shape {tuple(candidate.shape)} differs from the reference {tuple(reference.shape)}"
-        )
-    a, b = candidate.detach().double().cpu(), reference.detach().double().cpu()
-    nonfinite = int((~torch.isfinite(a)).sum().item())
-    ref_bad = int((~torch.isfinite(b)).sum().item())
-    diff = (a - b).abs()
-    finite = torch.isfinite(diff)
-    d = diff[finite] if finite.any() else torch.zeros(1, dtype=torch.float64)
-    rel = (diff / (b.abs() + 1e-12))[finite]
-    within = bool((diff <= tolerance.atol + tolerance.rtol * b.abs()).all().item())
+    f = measure(name, candidate, reference, atol=tolerance.atol, rtol=tolerance.rtol)
     return Comparison(
         name=name,
-        shape=tuple(a.shape),
-        max_abs=float(d.max().item()),
-        mean_abs=float(d.mean().item()),
-        max_rel=float(rel.max().item()) if rel.numel() else 0.0,
-        psnr_db=psnr(a, b) if image and nonfinite == 0 else None,
-        nonfinite=nonfinite,
+        shape=f.shape,
+        max_abs=f.max_abs,
+        mean_abs=f.mean_abs,
+        max_rel=f.max_rel,
+        psnr_db=f.psnr_db if image and f.nonfinite == 0 else None,
+        nonfinite=f.nonfinite,
         tolerance=tolerance,
-        passed=within and nonfinite == 0 and ref_bad == 0,
+        passed=bool(f.within_tolerance) and f.nonfinite == 0,
     )
 
 

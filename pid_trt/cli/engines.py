@@ -1,4 +1,4 @@
-"""``pidtrt engines list|rm``: what is in the engine store, and removing from it."""
+"""``pidtrt engines list|rm|show``: what is in the engine store, removing from it, one engine inside."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 
 from pid_trt.cli.errors import cli_errors
 
-engines = typer.Typer(help="List or remove TensorRT engines in the engine store.", no_args_is_help=True)
+engines = typer.Typer(help="List, show or remove TensorRT engines in the engine store.", no_args_is_help=True)
 
 EngineDirOpt = typer.Option(Path("engines"), "--engine-dir", help="Engine store.")
 
@@ -108,3 +108,23 @@ def remove_engines(
     for name in removed:
         typer.echo(f"removed {name}")
     typer.echo(f"{len(removed)} engine(s) removed from {engine_dir}")
+
+
+@engines.command("show")
+@cli_errors
+def show_engine(
+    engine: str = typer.Argument(
+        ..., help="A .plan path, or an engine id (6+ hex digits, see `engines list`)."
+    ),
+    engine_dir: Path = EngineDirOpt,
+    export_dir: Path = typer.Option(
+        Path("export"), "--export-dir", help="ONNX store holding the graph the engine was built from."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON."),
+) -> None:
+    """Per-layer precision summary, attention, I/O tensors, targets and the manifest of one engine."""
+    from pid_trt.compile.engine_info import format_info, inspect_engine, locate
+
+    plan, manifest = locate(engine, engine_dir)
+    info = inspect_engine(plan, manifest, export_dir)
+    typer.echo(json.dumps(info.as_dict(), indent=2) if as_json else format_info(info))

@@ -16,6 +16,7 @@ from pid_trt.cli.generate import generate
 from pid_trt.cli.request import request
 from pid_trt.cli.sample import sample_latent
 from pid_trt.cli.serve import serve
+from pid_trt.cli.verify import verify
 
 app = typer.Typer(
     name="pidtrt",
@@ -33,6 +34,7 @@ app.command("sample-latent")(sample_latent)
 app.command("encode-caption")(encode_caption)
 app.command("generate")(generate)
 app.command("encode-image")(encode_image)
+app.command("verify")(verify)
 app.command("serve")(serve)
 app.command("request")(request)
 app.add_typer(engines, name="engines")

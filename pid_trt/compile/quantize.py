@@ -82,8 +82,6 @@ DEFAULT_FP8_EXCLUDE: tuple[str, ...] = tuple(
 
 #: E4M3 as ModelOpt spells it: (exponent bits, mantissa bits).
 _E4M3 = (4, 3)
-#: Peak-to-peak range of decoded images ([-1, 1]).
-_IMAGE_RANGE = 2.0
 
 
 @dataclass(frozen=True)
@@ -203,9 +201,11 @@ def collect_calibration(model: nn.Module, config: DecoderConfig, calib: Calibrat
 
 
 def psnr_db(image: torch.Tensor, reference: torch.Tensor) -> float:
-    """PSNR (dB) of ``image`` against ``reference``, both in [-1, 1]; inf when identical."""
-    mse = torch.mean((image.double() - reference.double()) ** 2).item()
-    return math.inf if mse == 0 else 10.0 * math.log10(_IMAGE_RANGE**2 / mse)
+    """PSNR (dB) of ``image`` against ``reference``, both in [-1, 1]; inf when identical.
+    The sensitivity sweep's metric, computed by the project's one comparison path (Polygraphy)."""
+    from pid_trt.verify.metrics import psnr
+
+    return psnr(image, reference)
 
 
 # --------------------------------------------------------------------------- ModelOpt

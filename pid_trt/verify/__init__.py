@@ -1,0 +1,12 @@
+"""Parity verification of an engine / graph / model against the reference, with Polygraphy.
+
+- :mod:`pid_trt.verify.metrics`: the project's one comparison path (Polygraphy's comparison
+  functions: max / mean |d|, elementwise atol/rtol, L2, cosine, SNR; PSNR at a fixed range);
+- :mod:`pid_trt.verify.bounds`: the bound of each figure per precision, in one table;
+- :mod:`pid_trt.verify.pairs`: a reference and a candidate backend through the same noise,
+  compared per sampler step (on the reference's x) and on the final image;
+- :mod:`pid_trt.verify.layers`: the step graph layer by layer (Polygraphy, all outputs marked);
+- :mod:`pid_trt.verify.report`: the Markdown + JSON report, the per-step plot, the worst crop.
+
+Nothing heavy is imported here: ``polygraphy`` and ``onnxruntime`` load inside the functions.
+"""

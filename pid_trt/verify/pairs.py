@@ -1,0 +1,259 @@
+"""A reference and a candidate backend through the same noise, compared step by step.
+
+Per input: the reference runs the 4-step sampler; at each step the candidate is evaluated on
+the **reference's** x (so a step's figure is that network call's error alone, not the
+accumulated drift), then the candidate runs its own 4-step decode from the same noise and the
+two final images are compared. Every figure comes from :func:`pid_trt.verify.metrics.measure`
+and is checked against :mod:`pid_trt.verify.bounds`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pid_trt.backends.base import Conditioning
+from pid_trt.backends.factory import BackendKind
+from pid_trt.config import Precision
+from pid_trt.errors import ConfigError
+from pid_trt.sampling import Denoiser, draw_noise, sample, timesteps
+from pid_trt.verify.bounds import Bound, bound_for
+from pid_trt.verify.metrics import Figures, measure
+
+#: Precision of a side given without one (tensorrt: `pidtrt build`'s default).
+DEFAULT_PRECISION = {
+    BackendKind.TORCH: Precision.FP32,
+    BackendKind.ONNXRUNTIME: Precision.FP32,
+    BackendKind.TENSORRT: Precision.BF16,
+}
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: a backend name and a precision (``onnxruntime:fp16``)."""
+
+    kind: BackendKind
+    precision: Precision
+
+    @classmethod
+    def parse(cls, text: str, option: str = "--backend") -> Side:
+        name, _, prec = text.strip().partition(":")
+        try:
+            kind = BackendKind(name)
+        except ValueError:
+            allowed = ", ".join(k.value for k in BackendKind)
+            raise ConfigError(
+                f"{option} {text!r}: expected NAME[:PRECISION] with NAME one of {allowed}"
+            ) from None
+        if not prec:
+            return cls(kind, DEFAULT_PRECISION[kind])
+        try:
+            return cls(kind, Precision(prec))
+        except ValueError:
+            allowed = ", ".join(p.value for p in Precision)
+            raise ConfigError(f"{option} {text!r}: precision {prec!r} is not one of {allowed}") from None
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind.value}:{self.precision.value}"
+
+    def device(self, device: str) -> str:
+        """Where this side runs: tensorrt on cuda, the others on ``device``."""
+        return "cuda" if self.kind is BackendKind.TENSORRT else device
+
+
+def cannot_run(side: Side, device: str) -> str | None:
+    """Why ``side`` cannot run on this machine (one line), or None when it can. Checks only
+    what needs no model, export or engine: CUDA, the optional packages, ORT CPU precisions."""
+    from pid_trt.errors import BackendUnavailableError
+
+    dev = side.device(device)
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        what = "TensorRT engines run" if side.kind is BackendKind.TENSORRT else f"{side.label} on {dev} runs"
+        return f"{what} on an NVIDIA GPU with CUDA; this machine has none"
+    if side.kind is BackendKind.TENSORRT:
+        from pid_trt.compile.trt_flavour import Flavour, is_importable
+
+        if not any(is_importable(f) for f in Flavour):
+            return "neither tensorrt nor tensorrt-rtx is installed (pip install 'pid-trt[rtx]')"
+    if side.kind is BackendKind.ONNXRUNTIME:
+        from pid_trt.backends.ort_backend import _check_cpu_precision, choose_providers
+
+        try:
+            _check_cpu_precision(side.precision, choose_providers(dev))
+        except BackendUnavailableError as exc:
+            return str(exc)
+    return None
+
+
+@dataclass(frozen=True)
+class VerifyInput:
+    """One decode to compare: a label, its conditioning and the seed of its noise."""
+
+    name: str
+    cond: Conditioning
+    seed: int
+
+
+@dataclass(frozen=True)
+class Check:
+    """One bounded figure: ``output`` (``step 2 velocity`` / ``image``) of input ``input``."""
+
+    input: str
+    output: str
+    figure: str
+    value: float
+    bound: Bound
+    ok: bool
+
+    def describe(self) -> str:
+        shown = f"{self.value:.3g}" if self.figure == "max_abs" else f"{self.value:.1f} dB"
+        name = "max|d|" if self.figure == "max_abs" else "PSNR"
+        return f"{self.output} {name} {shown} (bound {self.bound.describe()}; {self.input})"
+
+
+@dataclass
+class InputResult:
+    """Figures of one input: per step (velocity on the reference's x) and the final image.
+    ``xs`` holds the reference's x at each step; the images are kept for the report's crops."""
+
+    name: str
+    seed: int
+    ts: tuple[float, ...]
+    steps: list[Figures]
+    image: Figures
+    reference_image: torch.Tensor
+    candidate_image: torch.Tensor
+    xs: list[torch.Tensor] = field(repr=False, default_factory=list)
+
+
+def _atol(bound: Bound | None) -> float | None:
+    return bound.limit if bound is not None and bound.figure == "max_abs" else None
+
+
+def compare_input(
+    inp: VerifyInput,
+    reference: Denoiser,
+    candidate: Denoiser,
+    noise: Sequence[torch.Tensor],
+    steps: int,
+    bounds: dict[str, Bound | None],
+) -> InputResult:
+    """Run both denoisers through ``noise`` and measure every step and the image."""
+    probes: list[tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]] = []
+
+    def reference_and_probe(x: torch.Tensor, t: float) -> torch.Tensor:
+        v = reference(x, t)
+        probes.append((x.detach().cpu().clone(), t, v.detach().cpu(), candidate(x, t).detach().cpu()))
+        return v
+
+    ref_img = sample(reference_and_probe, noise, steps).float().cpu()
+    first = True
+
+    def candidate_own(x: torch.Tensor, t: float) -> torch.Tensor:
+        nonlocal first
+        if first and torch.equal(x.detach().cpu(), probes[0][0]):  # step 0: the same x as probed
+            first = False
+            return probes[0][3].to(x.device)
+        first = False
+        return candidate(x, t)
+
+    cand_img = sample(candidate_own, noise, steps).float().cpu()
+    atol_v, atol_i = _atol(bounds["velocity"]), _atol(bounds["image"])
+    step_figs = [
+        measure(f"step {i} velocity", vc, v, atol=atol_v) for i, (_x, _t, v, vc) in enumerate(probes)
+    ]
+    image = measure("image", cand_img, ref_img, atol=atol_i)
+    return InputResult(
+        inp.name, inp.seed, timesteps(steps), step_figs, image, ref_img, cand_img, [p[0] for p in probes]
+    )
+
+
+def checks(result: InputResult, bounds: dict[str, Bound | None]) -> list[Check]:
+    """The bounded figures of one input, each with its verdict."""
+    out = []
+    for figs, which in [*((s, "velocity") for s in result.steps), (result.image, "image")]:
+        bound = bounds[which]
+        if bound is None:
+            continue
+        if bound.figure == "max_abs":
+            value, ok = figs.max_abs, bool(figs.within_tolerance)
+        else:
+            value, ok = figs.psnr_db, bound.holds(figs.psnr_db)
+        out.append(Check(result.name, figs.name, bound.figure, value, bound, ok and figs.nonfinite == 0))
+    return out
+
+
+@dataclass(frozen=True)
+class PairRequest:
+    """Everything a verify run needs but the inputs. ``spec``: a :class:`pid_trt.netspec.NetSpec`;
+    ``export_dir`` / ``against_export_dir``: the ONNX stores of the candidate / reference."""
+
+    spec: Any
+    reference: Side
+    candidate: Side
+    device: str = "cpu"
+    steps: int = 4
+    engine_dir: Path = Path("engines")
+    export_dir: Path = Path("export")
+    against_export_dir: Path | None = None
+
+    @property
+    def bounds(self) -> dict[str, Bound | None]:
+        p = self.reference.precision, self.candidate.precision
+        return {"image": bound_for(*p, "image"), "velocity": bound_for(*p, "velocity")}
+
+    def open(self, side: Side, height: int, width: int, batch: int) -> Any:
+        """Construct ``side``'s backend for one (size, batch)."""
+        from pid_trt.backends.factory import BackendRequest, create_backend
+
+        export_dir = self.export_dir
+        if side is self.reference and self.against_export_dir is not None:
+            export_dir = self.against_export_dir
+        return create_backend(
+            BackendRequest(
+                kind=side.kind.value,
+                spec=self.spec,
+                device=side.device(self.device),
+                dtype=side.precision.value,
+                height=height,
+                width=width,
+                batch=batch,
+                engine_dir=self.engine_dir,
+                export_dir=export_dir,
+            )  # fmt: skip
+        )
+
+
+def run_pair(
+    request: PairRequest, inputs: Sequence[VerifyInput], on_input: Callable[[str], None] | None = None
+) -> list[InputResult]:
+    """Compare the pair on every input; one pair of backends per (size, batch)."""
+    groups: dict[tuple[int, int, int], list[VerifyInput]] = {}
+    for inp in inputs:
+        groups.setdefault((inp.cond.height, inp.cond.width, inp.cond.batch), []).append(inp)
+    results = []
+    for (h, w, b), group in groups.items():
+        cand = request.open(request.candidate, h, w, b)  # first: a candidate that cannot load fails fast
+        try:
+            ref = request.open(request.reference, h, w, b)
+            try:
+                for inp in group:
+                    if on_input:
+                        on_input(inp.name)
+                    dev = torch.device(request.reference.device(request.device))
+                    noise = draw_noise((b, 3, h, w), request.steps, inp.seed, dev)
+                    results.append(
+                        compare_input(
+                            inp, ref.bind(inp.cond), cand.bind(inp.cond), noise, request.steps, request.bounds
+                        )
+                    )
+            finally:
+                ref.close()
+        finally:
+            cand.close()
+    return results
