@@ -1,0 +1,260 @@
+"""The serving pieces without a server: options and the Triton model configuration, the
+batch decode (per-request validation and noise), error kinds, and the many-files decode."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pid_trt.errors import ConfigError
+from pid_trt.io import write_images, write_latent_file
+from pid_trt.serve.batch import DecodeRequest, decode_requests
+from pid_trt.serve.config import ModelOptions, ServeOptions, model_config_pbtxt, parse_devices
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    from pid_trt import Decoder
+
+    with Decoder.load(backbone="tiny", random_weights=True) as dec:
+        yield dec
+
+
+def run_cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pid_trt.cli.main", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+# ------------------------------------------------------------------------------------ options
+def test_model_config_has_bounded_queue_batching_and_instances() -> None:
+    net = ModelOptions(backbone="tiny", random_weights=True).check()
+    assert net["latent_channels"] == "16" and net["needs_caption"] == "false"
+    text = model_config_pbtxt(
+        ServeOptions(
+            max_batch=3, max_queue_size=5, max_queue_delay_ms=2.5, request_timeout_s=1.5, instances=2
+        ),
+        net,
+    )
+    assert 'name: "pid_decoder"' in text and "max_batch_size: 3" in text
+    assert "max_queue_size: 5" in text and "timeout_action: REJECT" in text
+    assert "default_timeout_microseconds: 1500000" in text and "max_queue_delay_microseconds: 2500" in text
+    assert "kind: KIND_CPU count: 2" in text
+    gpu = model_config_pbtxt(ServeOptions(devices=(0, 2)), net)
+    assert "kind: KIND_GPU count: 1 gpus: [ 0, 2 ]" in gpu
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"max_queue_size": 0}, "--max-queue-size 0"),
+        ({"max_batch": 0}, "--max-batch 0"),
+        ({"http_port": 9000, "grpc_port": 9000}, "three different ports"),
+        ({"request_timeout_s": 0}, "--request-timeout-s"),
+        ({"devices": (1, 1)}, "distinct GPU ids"),
+    ],
+)
+def test_serve_options_refuse_bad_values(kwargs: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        ServeOptions(**kwargs)
+
+
+def test_devices_parse() -> None:
+    assert parse_devices("0,1,3") == (0, 1, 3) and parse_devices(None) == ()
+    with pytest.raises(ConfigError, match="GPU ids"):
+        parse_devices("0,x")
+
+
+def test_model_options_check_uses_the_clis_errors() -> None:
+    with pytest.raises(ConfigError, match="--backend 'nope' is not known"):
+        ModelOptions(backbone="tiny", random_weights=True, backend="nope").check()
+    with pytest.raises(ConfigError, match="the tensorrt backend runs on cuda"):
+        ModelOptions(backbone="tiny", random_weights=True, backend="tensorrt", device="cpu").check()
+
+
+def test_serve_cli_refuses_bad_options_and_busy_ports_in_one_line(tmp_path: Path) -> None:
+    res = run_cli("serve", "--backbone", "tiny", "--random-weights", "--max-queue-size", "0")
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: --max-queue-size 0")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = run_cli(
+            "serve",
+            "--backbone",
+            "tiny",
+            "--random-weights",
+            "--http-port",
+            port,
+            "--workspace",
+            tmp_path / "ws",
+        )
+    assert res.returncode == 2, res.stderr
+    assert f"error: --http-port {port}: 127.0.0.1:{port} is in use" in res.stderr
+    assert not (tmp_path / "ws").exists()  # refused before any workspace was made
+
+
+# ------------------------------------------------------------------------------- batch decode
+def _inputs(config, seed: int, h: int = 1, w: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    lat = torch.randn(1, config.lq_latent_channels, h, w, generator=gen).numpy()
+    cap = torch.randn(1, config.txt_max_length, config.txt_embed_dim, generator=gen).numpy()
+    return lat, cap
+
+
+def test_each_request_gets_its_own_image_or_error(decoder, tmp_path: Path) -> None:
+    config = decoder.config
+    lat, cap = _inputs(config, 1)
+    lat2, cap2 = _inputs(config, 2, 1, 2)
+    nan = lat.copy()
+    nan[0, 0, 0, 0] = np.nan
+    reqs = [
+        DecodeRequest(lat, cap, seed=np.array([[5]]), what="request a", outputs=frozenset({"image", "png"})),
+        DecodeRequest(nan, cap, what="request b"),
+        DecodeRequest(lat, cap, seed=np.array([[6]]), degrade_sigma=np.array([[0.5]]), what="request c"),
+        DecodeRequest(lat2, cap2, seed=np.array([[5]]), what="request d"),  # another size: its own decode
+        DecodeRequest(lat, cap, degrade_sigma=np.array([[2.0]]), what="request e"),
+        DecodeRequest(np.concatenate([lat, lat]), None, seed=np.array([[1], [2]]), what="request f"),
+        DecodeRequest(lat, cap, prompt=["a fox"], what="request g"),
+    ]
+    out = decode_requests(decoder, reqs)
+    assert [r.error is None for r in out] == [True, False, True, True, False, False, False]
+    assert (
+        str(out[1].error)
+        == "request b: tensor 'latent' has 1 NaN/Inf value(s) as float32, expected finite values"
+    )
+    assert str(out[4].error) == "request e: degrade_sigma 2.0 is outside [0, 1]"
+    assert "request f: seed differs across the 2 rows of one request" in str(out[5].error)
+    assert "request g: give caption_embedding or prompt, not both" == str(out[6].error)
+    # a and c were decoded together (batch 2): each within rounding of its lone decode
+    for r, seed, sigma in ((out[0], 5, 0.0), (out[2], 6, 0.5)):
+        alone = decoder.decode(lat, cap, seed=seed, degrade_sigma=sigma)
+        assert (torch.from_numpy(r.image) - alone).abs().max().item() <= 1e-4
+    # d ran alone (the only request of its size): bit for bit
+    assert torch.equal(torch.from_numpy(out[3].image), decoder.decode(lat2, cap2, seed=5))
+    # the PNG is the bytes write_images writes for that image
+    (png,) = write_images(torch.from_numpy(out[0].image), tmp_path / "a.png")
+    assert out[0].png == [png.read_bytes()]
+    assert out[2].png is None  # not asked for
+
+
+def test_request_without_caption_gets_the_stand_in_of_a_direct_decode(decoder) -> None:
+    lat, _ = _inputs(decoder.config, 3)
+    (res,) = decode_requests(decoder, [DecodeRequest(lat, None, seed=np.array([[9]]))])
+    assert torch.equal(torch.from_numpy(res.image), decoder.decode(lat, seed=9))
+
+
+def test_failed_decode_fails_its_batch_only(decoder, monkeypatch) -> None:
+    lat, cap = _inputs(decoder.config, 4)
+    lat2, cap2 = _inputs(decoder.config, 5, 1, 2)
+    real = decoder.decode
+
+    def flaky(latent, *args, **kwargs):
+        if latent.shape[-1] == 1:
+            from pid_trt.errors import ResourceError
+
+            raise ResourceError("decode of batch 2 at 32x32: out of memory on cpu (test)")
+        return real(latent, *args, **kwargs)
+
+    monkeypatch.setattr(decoder, "decode", flaky)
+    out = decode_requests(
+        decoder, [DecodeRequest(lat, cap), DecodeRequest(lat2, cap2), DecodeRequest(lat, cap)]
+    )
+    assert "out of memory" in str(out[0].error) and out[0].error is out[2].error
+    assert out[1].error is None and out[1].image.shape == (1, 3, 32, 64)
+
+
+# -------------------------------------------------------------------------------- error kinds
+def test_triton_errors_get_their_kind() -> None:
+    from pid_trt.serve.client import _classify, split_url
+
+    assert _classify("503", "[request id: x] Exceeds maximum queue size").kind == "overload"
+    assert _classify("400", "request r1: latent has 5 channels").kind == "invalid"
+    assert str(_classify("400", "[request id: r1] request r1: bad")) == "request r1: bad"
+    assert _classify("503", "decode of batch 4 at 64x64: out of memory on cuda (x)").kind == "resource"
+    assert _classify("500", "Request timeout expired").kind == "timeout"
+    assert _classify("500", "request r: internal error (RuntimeError: x)").kind == "server"
+    assert split_url("http://127.0.0.1:8000/") == ("127.0.0.1:8000", False)
+    assert split_url("https://h:1") == ("h:1", True)
+    with pytest.raises(Exception, match="expected http://HOST:PORT"):
+        split_url("http://h:1/v2")
+
+
+def test_unreachable_server_is_a_connection_error(tmp_path: Path) -> None:
+    from pid_trt.serve.client import PidClient, ServeRequestError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    with PidClient(f"http://127.0.0.1:{port}", timeout_s=10, connect_timeout_s=5) as client:
+        assert not client.ready()
+        with pytest.raises(ServeRequestError) as info:
+            client.parameters()
+    assert info.value.kind == "connection"
+
+
+# ---------------------------------------------------------------------------- many-files decode
+def test_plan_jobs_names_outputs_and_refuses_collisions(tmp_path: Path) -> None:
+    from pid_trt.cli.decode_files import expand_inputs, is_single, plan_jobs
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    for d in (a, b):
+        write_latent_file(d / "x.safetensors", torch.zeros(1, 16, 1, 1))
+    write_latent_file(a / "y.safetensors", torch.zeros(1, 16, 1, 1))
+    (a / "notes.txt").write_text("not a latent")
+    files, problems = expand_inputs([a, Path(f"{tmp_path}/**/x.safetensors"), tmp_path / "empty*"])
+    assert files == [a / "x.safetensors", a / "y.safetensors", b / "x.safetensors"]
+    assert problems == [(f"{tmp_path}/empty*", f"no file matches '{tmp_path}/empty*'")]
+    assert not is_single([a]) and is_single([a / "x.safetensors"]) and not is_single([a, b])
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="would both write"):
+        plan_jobs(files, out, single=False)
+    jobs = plan_jobs(files, Path(f"{out}/{{parent}}_{{stem}}.safetensors"), single=False)
+    assert [j.output.name for j in jobs] == ["a_x.safetensors", "a_y.safetensors", "b_x.safetensors"]
+    with pytest.raises(ConfigError, match="names one file, but 3 latent files"):
+        plan_jobs(files, out / "one.png", single=False)
+    assert plan_jobs(files[:1], out / "one.png", single=True)[0].output == out / "one.png"
+
+
+def test_decode_directory_reports_bad_file_and_resumes(tmp_path: Path) -> None:
+    src = tmp_path / "lats"
+    src.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for k in range(2):
+        write_latent_file(src / f"l{k}.safetensors", torch.randn(1, 16, 1, 1, generator=gen))
+    write_latent_file(src / "wide.safetensors", torch.randn(2, 16, 1, 2, generator=gen))
+    write_latent_file(src / "bad.safetensors", torch.randn(1, 5, 1, 1, generator=gen))
+    out = tmp_path / "out"
+    common = ["--backbone", "tiny", "--random-weights", "--seed", "3"]
+    first = run_cli("decode", src, "-o", f"{out}/", *common)
+    assert first.returncode == 2
+    assert sorted(p.name for p in out.iterdir()) == ["l0.png", "l1.png", "wide_0.png", "wide_1.png"]
+    assert f"error: latent file {src / 'bad.safetensors'}: latent has 5 channels, expected 16" in first.stderr
+    assert "decoded 3, skipped 0 (output exists), failed 1 of 4" in first.stdout
+    # one input alone gives the same image as the single-file decode
+    single = run_cli("decode", src / "l1.safetensors", "-o", tmp_path / "single.png", *common)
+    assert single.returncode == 0, single.stderr
+    assert (tmp_path / "single.png").read_bytes() == (out / "l1.png").read_bytes()
+    (out / "l0.png").unlink()
+    again = run_cli(
+        "decode", src / "l*.safetensors", src / "wide.safetensors", "-o", out, "--skip-existing", *common
+    )
+    assert again.returncode == 0, again.stderr
+    assert "decoded 1, skipped 2 (output exists), failed 0 of 3" in again.stdout
+    assert (out / "l0.png").is_file()
+
+
+def test_noise_file_takes_one_latent_only(tmp_path: Path) -> None:
+    for k in range(2):
+        write_latent_file(tmp_path / f"l{k}.safetensors", torch.zeros(1, 16, 1, 1))
+    res = run_cli(
+        "decode", tmp_path / "l0.safetensors", tmp_path / "l1.safetensors", "-o", tmp_path / "o",
+        "--noise", tmp_path / "n.safetensors", "--backbone", "tiny", "--random-weights",
+    )  # fmt: skip
+    assert res.returncode == 2 and "--noise is one decode's noise" in res.stderr
