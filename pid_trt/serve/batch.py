@@ -88,10 +88,12 @@ def decode_requests(decoder, requests: Sequence[DecodeRequest], steps: int = STE
             ready.append(_prepare(decoder, i, req, steps))
         except Exception as exc:
             results[i].error = _as_error(exc, req.what)
-    groups: dict[tuple[int, int], list[_Ready]] = {}
+    # One decode per output size (and caption length: a prompt's embedding keeps the encoder's
+    # length, as in Decoder.decode, while a caption_embedding is cut to txt_max_length).
+    groups: dict[tuple[int, int, int], list[_Ready]] = {}
     for item in ready:
-        groups.setdefault(item.size, []).append(item)
-    for (height, width), items in groups.items():
+        groups.setdefault((*item.size, int(item.caption.shape[1])), []).append(item)
+    for (height, width, _), items in groups.items():
         try:
             image = decoder.decode(
                 torch.cat([r.latent for r in items]), torch.cat([r.caption for r in items]),

@@ -258,3 +258,25 @@ def test_noise_file_takes_one_latent_only(tmp_path: Path) -> None:
         "--noise", tmp_path / "n.safetensors", "--backbone", "tiny", "--random-weights",
     )  # fmt: skip
     assert res.returncode == 2 and "--noise is one decode's noise" in res.stderr
+
+
+def test_prompt_requests_are_encoded_per_request(tmp_path: Path) -> None:
+    """A ``prompt`` request (text encoder loaded) gets the image of a direct decode of that prompt."""
+    from pid_trt import Decoder
+    from tests.text_helpers import make_tiny_gemma
+
+    gemma = make_tiny_gemma(tmp_path / "gemma")
+    with Decoder.load(backbone="tiny", random_weights=True, text_encoder=gemma) as dec:
+        lat, cap = _inputs(dec.config, 7)
+        fox, lake = decode_requests(
+            dec,
+            [
+                DecodeRequest(lat, prompt=["a red fox in snow"], seed=np.array([[1]])),
+                DecodeRequest(lat, cap, seed=np.array([[1]])),
+                DecodeRequest(lat, prompt=["photo of mountain lake"], seed=np.array([[1]])),
+            ],
+        )[::2]
+        for res, text in ((fox, "a red fox in snow"), (lake, "photo of mountain lake")):
+            want = dec.decode(lat, prompt=text, seed=1)
+            assert (torch.from_numpy(res.image) - want).abs().max().item() <= 1e-4
+        assert not torch.equal(torch.from_numpy(fox.image), torch.from_numpy(lake.image))
