@@ -3,7 +3,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck disable=SC1091
-source "$ROOT/scripts/setup-env.sh" "${PIDTRT_EXTRAS:-dev,rtx,fp8,text,diffusers}"
+source "$ROOT/scripts/setup-env.sh" "${PIDTRT_EXTRAS:-dev,rtx,fp8,text,diffusers,serve}"
 cd "$ROOT"
 ruff check -q . && ruff format -q --check . || { echo "error: lint (ruff check / ruff format --check) failed" >&2; exit 1; }
 # Only a missing GPU may skip a test: with PIDTRT_FAIL_ON_SKIP=1 (tests/conftest.py) any other
