@@ -51,13 +51,17 @@ class Summary:
     skipped: list[Job] = field(default_factory=list)
     failed: list[tuple[str, str, int]] = field(default_factory=list)  # (input, one-line message, exit code)
     seconds: float = 0.0
+    interrupted: bool = False
+    planned: int = 0  # inputs the run set out to do
 
     @property
     def total(self) -> int:
-        return len(self.done) + len(self.skipped) + len(self.failed)
+        return max(self.planned, len(self.done) + len(self.skipped) + len(self.failed))
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
         return max((code for _, _, code in self.failed), default=0)
 
 
@@ -188,7 +192,7 @@ def run_jobs(
 
     from pid_trt.cli.errors import EXIT_USAGE
 
-    summary = Summary()
+    summary = Summary(planned=len(jobs) + len(problems or []))
     lock = threading.Lock()
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     for arg, problem in problems or []:
@@ -225,13 +229,20 @@ def run_jobs(
                     summary.done.append(job)
             progress.advance(task)
 
-        if concurrency <= 1:
-            for job in todo:
-                one(job)
-        else:
-            with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pidtrt-decode") as pool:
+        pool = None
+        try:
+            if concurrency <= 1:
+                for job in todo:
+                    one(job)
+            else:
+                pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pidtrt-decode")
                 for future in [pool.submit(one, job) for job in todo]:
                     future.result()
+        except KeyboardInterrupt:  # stop: what is done stays done; rerun with --skip-existing to resume
+            summary.interrupted = True
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -276,5 +287,7 @@ def render_summary(summary: Summary, how: str) -> str:
         f"decoded {len(summary.done)}, skipped {len(summary.skipped)} (output exists), failed "
         f"{len(summary.failed)} of {summary.total} in {summary.seconds:.1f} s ({how})"
     ]
+    if summary.interrupted:
+        lines[0] = f"interrupted: {lines[0]}; rerun with --skip-existing to resume"
     lines += [f"failed: {message}" for _, message, _ in summary.failed]
     return "\n".join(lines)

@@ -111,7 +111,8 @@ def serve(
             return
         where = "GPU " + ",".join(map(str, options.devices)) if options.devices else "cpu"
         typer.echo(
-            f"serving {MODEL_NAME} ({model.backbone or 'custom'}, {backend}, {options.instance_count} instance(s) "
+            f"serving {MODEL_NAME} ({server.net['net']}, {backend} {server.net['precision']}, "
+            f"{options.instance_count} instance(s) "
             f"on {where}, max batch {max_batch}, queue {max_queue_size}) at {server.http_url} "
             f"(gRPC {server.grpc_url}, metrics {server.metrics_url}); ready in {time.perf_counter() - start:.1f} s; "
             "Ctrl-C to stop"

@@ -131,6 +131,7 @@ class PidServer:
         self._parent = Path(workspace) if workspace is not None else None
         self._log = log if log is not None else sys.stderr
         self.workspace: Path | None = None
+        self.net: dict[str, str] = {}  # the net's facts (ModelOptions.check), once started
         self.process: subprocess.Popen | None = None
         self.shm_prefix = f"pidtrt-serve-{os.getpid()}-"
         self._tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -155,7 +156,7 @@ class PidServer:
         see :meth:`wait_ready`). Raises the project's one-line errors."""
         _check_numpy()
         dist = _tritonserver_dist()
-        net = self.model.check()
+        net = self.net = self.model.check()
         self._check_devices()
         for name, port in (("--http-port", self.serve.http_port), ("--grpc-port", self.serve.grpc_port),
                            ("--metrics-port", self.serve.metrics_port)):  # fmt: skip
