@@ -52,6 +52,9 @@ class TritonPythonModel:
             from pid_trt.decoder import Decoder
 
             self.decoder = Decoder.load(**options.load_kwargs(device))
+            load_weights = getattr(self.decoder, "load_weights", None)
+            if load_weights is not None and self.decoder.backend_name == "torch":
+                load_weights()  # a bad checkpoint fails the load, before the server reports ready
         except Exception as exc:
             message = " ".join(str(exc).split()) or type(exc).__name__
             try:
