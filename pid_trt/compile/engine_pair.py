@@ -125,6 +125,10 @@ def build_pair(
             f"build one engine pair per batch (--batch N), or one dynamic pair (--dynamic)"
         )
     weightless = options.weightless
+    if weightless:  # before the export: refused at once where it cannot be built (no GPU, several targets)
+        from pid_trt.compile.trt_flavour import detect_flavour, normalise_targets
+
+        normalise_targets(detect_flavour(flavour), options.compute_capabilities, weightless=True)
     weights = spec_weights_id(spec)
     key = ExportKey.create(
         spec.config, weights, bucket, precision, batch, shape_range=shape_range, refittable=weightless
@@ -259,10 +263,14 @@ def engine_status(entry: Entry) -> tuple[EngineStatus, str]:
     return EngineStatus.OK, ""
 
 
-# The runtime's look-up lives beside the builder's, in its own module; re-exported here.
-from pid_trt.compile.engine_select import EnginePair, build_command, find_pair, select_pair  # noqa: E402
+# The runtime's look-up lives beside the builder's, in :mod:`pid_trt.compile.engine_select`
+# (which imports this module); its names are served from here too, lazily.
+_SELECT = ("EnginePair", "build_command", "find_pair", "select_pair")
 
-__all__ = [
-    "GRAPHS", "EnginePair", "EngineStatus", "build_command", "build_pair", "engine_status", "find_pair",
-    "key_from_manifest", "select_pair",
-]  # fmt: skip
+
+def __getattr__(name: str) -> Any:
+    if name in _SELECT:
+        from pid_trt.compile import engine_select
+
+        return getattr(engine_select, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

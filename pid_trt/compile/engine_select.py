@@ -145,7 +145,10 @@ def select_pair(
 
     best = min((_TIERS.index(g[0]), rank[g]) for g in complete)
     ties = [g for g in complete if (_TIERS.index(g[0]), rank[g]) == best]
-    pair = candidates[max(ties, key=lambda g: min(e.created for e in candidates[g].values()))]
+    chosen = max(ties, key=lambda g: min(e.created for e in candidates[g].values()))
+    pair = candidates[chosen]
+    if chosen[0].startswith("dynamic") and dynamic_hint:
+        build_hint = dynamic_hint  # what rebuilds a stale dynamic pair
     paths = {}
     for graph in GRAPHS:
         entry = pair[graph]

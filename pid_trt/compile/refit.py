@@ -155,7 +155,8 @@ def tensors_from_onnx(path: Any, weights: Sequence[Sequence[Any]]) -> dict[str, 
         if init.name in wanted:
             arr = np.ascontiguousarray(numpy_helper.to_array(init))
             if init.data_type == onnx.TensorProto.BFLOAT16:  # numpy has no bfloat16: the raw bits
-                t = torch.from_numpy(arr.view(np.int16).copy()).view(torch.bfloat16)
+                t = torch.from_numpy(arr.reshape(-1).view(np.int16).copy()).view(torch.bfloat16)
+                t = t.reshape(tuple(init.dims))
             else:
                 t = torch.from_numpy(arr.copy())
             out[checkpoint_key(init.name)] = t

@@ -86,6 +86,9 @@ class EngineKey:
         object.__setattr__(self, "flavour", Flavour(self.flavour))
         object.__setattr__(self, "batch_range", tuple(int(b) for b in self.batch_range))
         object.__setattr__(self, "compute_capabilities", tuple(str(c) for c in self.compute_capabilities))
+        if self.shape_range is not None:  # a dynamic engine's size is its range's opt size
+            object.__setattr__(self, "height", self.shape_range.height[1])
+            object.__setattr__(self, "width", self.shape_range.width[1])
         if self.height <= 0 or self.width <= 0:
             raise ConfigError(f"engine key bucket {self.width}x{self.height}: expected positive pixel sizes")
 
