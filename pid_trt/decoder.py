@@ -142,14 +142,14 @@ class Decoder:
             kind=kind.value, spec=spec, device=str(device), dtype=str(precision), engine_dir=Path(engine_dir),
             export_dir=Path(export_dir), hoist=hoist, cuda_graph=cuda_graph,
         )  # fmt: skip
-        request.precision, request.torch_device  # noqa: B018 - validate now: one-line errors at load
+        request.precision  # noqa: B018 - validate now: one-line errors at load
+        if kind is not BackendKind.TENSORRT:  # tensorrt: the engine store is checked before CUDA
+            request.torch_device  # noqa: B018
         dec = cls(
             spec, request, text_encoder=text_encoder, text_dtype=text_dtype,
             keep_text_encoder=keep_text_encoder, max_backends=max_backends,
             memory_check=memory_check, memory_hint=memory_hint,
         )  # fmt: skip
-        if kind is BackendKind.TORCH:
-            dec._load_model()
         return dec
 
     # ------------------------------------------------------------------ properties
@@ -287,6 +287,12 @@ class Decoder:
             return [k for k, s in self._slots.items() if s.backend is not None]
 
     # ------------------------------------------------------------------ weights and captions
+    def load_weights(self) -> None:
+        """Read the weights now (strict checkpoint load) instead of on the first decode, e.g.
+        before a server reports ready."""
+        self._check_open()
+        self._load_model()
+
     def _load_model(self) -> torch.nn.Module:
         """The fp32 CPU reference model, built once. The torch backend takes it over (it may
         cast it); other backends only trace it."""
