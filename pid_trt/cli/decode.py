@@ -19,7 +19,7 @@ from pid_trt.cli.options import (
     WeightsSeedOpt,
 )
 from pid_trt.errors import ConfigError, InputFileError
-from pid_trt.io.caption import read_caption_file
+from pid_trt.io.caption import caption_for_latent
 
 
 @cli_errors
@@ -146,16 +146,8 @@ def _decode_file(decoder, latent, output, *, prompt, caption, size, noise, seed,
 
     spec, config = decoder.spec, decoder.config
     lat = read_latent_file(latent, config)
-    caption_emb = lat.caption
-    if caption_emb is not None and (prompt or caption is not None):
-        given = "--prompt" if prompt else "--caption"
-        raise ConfigError(
-            f"latent file {latent} already has a caption_embedding: drop {given}, or write the latent "
-            "without one"
-        )
-    if caption is not None:
-        caption_emb = read_caption_file(caption, config, lat.batch)
-    elif not prompt and caption_emb is None and (spec.released_preset or not spec.random_weights):
+    caption_emb = caption_for_latent(lat, latent, config, prompt=bool(prompt), caption_file=caption)
+    if not prompt and caption_emb is None and (spec.released_preset or not spec.random_weights):
         raise InputFileError(
             f"latent file {latent} has no caption_embedding: pass --prompt TEXT (with --text-encoder DIR), "
             f"--caption FILE (from `pidtrt encode-caption`), or add tensor `caption_embedding` "

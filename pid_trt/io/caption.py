@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 
 from pid_trt.atomic import atomic_write
 from pid_trt.config import DecoderConfig
-from pid_trt.errors import InputFileError
-from pid_trt.io.latent import CAPTION_KEY, latent_from_tensors
+from pid_trt.errors import ConfigError, InputFileError
+from pid_trt.io.latent import CAPTION_KEY, LatentFile, latent_from_tensors
 from pid_trt.io.stfile import load_float_tensors, open_input
 from pid_trt.safetensors_header import read_header_from
 
@@ -55,3 +55,25 @@ def read_caption_file(path: str | os.PathLike[str], config: DecoderConfig, batch
         )
     stand_in = torch.zeros(batch, config.lq_latent_channels, 1, 1)
     return latent_from_tensors(stand_in, caption, config=config, what=what).caption
+
+
+def caption_for_latent(
+    lat: LatentFile,
+    latent_path: str | os.PathLike[str],
+    config: DecoderConfig,
+    *,
+    prompt: bool = False,
+    caption_file: str | os.PathLike[str] | None = None,
+) -> torch.Tensor | None:
+    """The caption embedding a decode of latent file ``latent_path`` uses: the file's own, or
+    ``caption_file``'s ([B, T, D]), or None (a prompt, or no caption at all). A file that
+    already holds a caption refuses ``--prompt`` / ``--caption`` (never silently overridden)."""
+    if lat.caption is not None and (prompt or caption_file is not None):
+        given = "--prompt" if prompt else "--caption"
+        raise ConfigError(
+            f"latent file {os.fspath(latent_path)} already has a caption_embedding: drop {given}, or write "
+            "the latent without one"
+        )
+    if caption_file is not None:
+        return read_caption_file(caption_file, config, lat.batch)
+    return lat.caption

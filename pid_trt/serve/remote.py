@@ -68,21 +68,13 @@ def request_file(
     """Send latent file ``latent`` to the server and write ``output`` (.png: one PNG per
     batch row, as ``pidtrt decode``; .safetensors: tensor ``image``). Raises the project's
     one-line errors (:class:`~pid_trt.serve.client.ServeRequestError` for the server's)."""
-    from pid_trt.io.caption import read_caption_file
+    from pid_trt.io.caption import caption_for_latent
 
     check_output(output)
     params = client.parameters()
     config = server_net(params)
     lat = read_latent_file(latent, config)
-    caption_emb = lat.caption
-    if caption_emb is not None and (prompt or caption is not None):
-        given = "--prompt" if prompt else "--caption"
-        raise ConfigError(
-            f"latent file {os.fspath(latent)} already has a caption_embedding: drop {given}, or write the "
-            "latent without one"
-        )
-    if caption is not None:
-        caption_emb = read_caption_file(caption, config, lat.batch)
+    caption_emb = caption_for_latent(lat, latent, config, prompt=bool(prompt), caption_file=caption)
     png = Path(output).suffix.lower() == ".png"
     out = client.decode(
         lat.latent.numpy(), None if caption_emb is None else caption_emb.numpy(),
