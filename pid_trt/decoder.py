@@ -7,7 +7,7 @@
 
 What a :class:`Decoder` holds:
 
-- the net config and weights, read once (``model_loader``): the torch backend runs that model;
+- the net config and weights, read once (on first need): the torch backend runs that model;
   the onnxruntime and tensorrt backends need it only to export a missing ONNX graph;
 - a bounded, least-recently-used cache of backends keyed by (height, width, batch)
   (``max_backends``; the torch backend serves every size, so it is one entry), so a process
@@ -123,8 +123,9 @@ class Decoder:
         for tensorrt, else cpu). text_encoder: a local Gemma-2-2B-it directory, a loaded
         :class:`pid_trt.text.CaptionEncoder`, or None ($PIDTRT_TEXT_ENCODER when a prompt is
         given). keep_text_encoder: keep the caption encoder resident after encoding (default:
-        kept on the CPU, freed on a GPU so the decode has its memory). The torch backend reads
-        the weights now; the others read them only if an ONNX graph must be exported.
+        kept on the CPU, freed on a GPU so the decode has its memory). The weights are read on the
+        first decode that needs them, after its memory check (torch: the first decode; onnxruntime /
+        tensorrt: only to export a missing ONNX graph), or up front by :meth:`load_weights`.
         """
         kind = BackendRequest(kind=backend, spec=None).backend_kind
         if precision is None:
@@ -145,12 +146,11 @@ class Decoder:
         request.precision  # noqa: B018 - validate now: one-line errors at load
         if kind is not BackendKind.TENSORRT:  # tensorrt: the engine store is checked before CUDA
             request.torch_device  # noqa: B018
-        dec = cls(
+        return cls(
             spec, request, text_encoder=text_encoder, text_dtype=text_dtype,
             keep_text_encoder=keep_text_encoder, max_backends=max_backends,
             memory_check=memory_check, memory_hint=memory_hint,
         )  # fmt: skip
-        return dec
 
     # ------------------------------------------------------------------ properties
     @property
