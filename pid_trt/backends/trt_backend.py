@@ -1,7 +1,7 @@
 """The TensorRT backend: the ``prepare`` engine once per decode, the ``step`` engine per step.
 
 Look-up first, CUDA second: :meth:`TrtBackend.from_request` finds the engine pair in the
-store (:func:`pid_trt.compile.engine_pair.find_pair`) before it touches CUDA, so a missing, stale
+store (:func:`pid_trt.compile.engine_select.select_pair`) before it touches CUDA, so a missing, stale
 or foreign engine is refused with the same one-line error on any machine.
 
 At run time each plan is deserialized once; every I/O tensor is a torch CUDA tensor bound

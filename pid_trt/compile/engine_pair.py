@@ -1,10 +1,9 @@
 """Engine pairs: the two TensorRT engines (``prepare`` + ``step``) of one export, in the store.
 
 :func:`build_pair` exports (reusing a matching export) and builds both graphs of one
-(net config, weights, bucket, precision, batch) into the engine store. :func:`find_pair`
-is the runtime's look-up: it finds the pair for a request from the store alone (no ONNX,
-no CUDA needed), refusing stale or foreign engines with the field that differs.
-:func:`engine_status` classifies one store entry for ``pidtrt engines list``.
+(net config, weights, bucket, precision, batch) into the engine store. The runtime's look-up
+(from the store alone: no ONNX, no CUDA) is :mod:`pid_trt.compile.engine_select`, which
+imports this module. :func:`engine_status` classifies one store entry for ``pidtrt engines list``.
 
 Each engine's manifest ``build`` section records ``graph`` (``prepare`` or ``step``) and
 ``export_digest`` (the export both came from), which pair the two engines.
@@ -261,16 +260,3 @@ def engine_status(entry: Entry) -> tuple[EngineStatus, str]:
     if key_digest(key) != entry.digest:
         return EngineStatus.CORRUPT, "manifest key does not hash to its digest (edited?)"
     return EngineStatus.OK, ""
-
-
-# The runtime's look-up lives beside the builder's, in :mod:`pid_trt.compile.engine_select`
-# (which imports this module); its names are served from here too, lazily.
-_SELECT = ("EnginePair", "build_command", "find_pair", "select_pair")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _SELECT:
-        from pid_trt.compile import engine_select
-
-        return getattr(engine_select, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
