@@ -256,7 +256,7 @@ class ArtifactStore:
         if have != json.loads(canonical_json(want)) or manifest.get("digest") != key_digest(key):
             have = have if isinstance(have, dict) else {}
             diffs = [
-                f"{str(k)[:30]}: built with {_short(have.get(k))}, expected {_short(want.get(k))}"
+                f"{repr(str(k))[1:-1][:30]}: built with {_short(have.get(k))}, expected {_short(want.get(k))}"
                 for k in sorted(set(want) | set(map(str, have)))
                 if canonical_json(have.get(k)) != canonical_json(want.get(k))
             ]
