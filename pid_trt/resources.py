@@ -54,6 +54,10 @@ T = TypeVar("T")
 
 #: Multiplier on the estimate for allocator fragmentation and framework workspaces.
 HEADROOM = 1.25
+#: Per-pixel activations live at once in the pixel transformer, in units of pixel_hidden values
+#: per pixel. 32 from measurement: a tiny 768x768 fp32 decode's peak RSS growth reached 758 MB in
+#: full-suite CI-like runs (24 gave an estimate of 680 MB; 450-560 MB measured in isolation).
+PIXEL_TENSORS = 32
 #: Fixed bytes added to every estimate (CUDA context / runtime buffers), 256 MiB.
 FIXED_OVERHEAD = 256 << 20
 #: Largest edge (pixels) :func:`largest_square` considers.
@@ -134,7 +138,7 @@ def estimate_decode_memory(
     tokens = math.ceil(height / c.patch_size) * math.ceil(width / c.patch_size)
     t, d = c.txt_max_length, c.hidden_size
     n_inject = c.num_lq_outputs + int(c.pit_lq_inject)
-    pit = 24 * c.pixel_hidden_size * px
+    pit = PIXEL_TENSORS * c.pixel_hidden_size * px
     mmdit = (t + tokens) * (6 * d + c.mlp_hidden)
     lq = 4 * tokens * c.lq_hidden_dim
     kept = (n_inject * tokens + t) * d
