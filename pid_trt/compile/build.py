@@ -93,6 +93,16 @@ class BuildOptions:
                 f"batch range {self.batch_range}: expected (min, opt, max) with 1 <= min <= opt <= max"
             )
 
+    def targets(self, flavour: Flavour) -> tuple[str, ...]:
+        """The compute capabilities a plan with these options is built for on ``flavour``
+        (:func:`~pid_trt.compile.trt_flavour.normalise_targets`: fp8 and weightless rules)."""
+        return normalise_targets(
+            flavour,
+            self.compute_capabilities,
+            fp8=self.precision is Precision.FP8,
+            weightless=self.weightless,
+        )
+
     def key_fields(self) -> dict[str, Any]:
         """The options that invalidate an engine, JSON-ready (timing cache excluded)."""
         out = asdict(self)
@@ -329,12 +339,7 @@ def build_engine(
         raise ConfigError(f"ONNX file {onnx_path}: not found")
     flavour = detect_flavour(flavour)
     trt = load_trt(flavour)
-    targets = normalise_targets(
-        flavour,
-        options.compute_capabilities,
-        fp8=options.precision is Precision.FP8,
-        weightless=options.weightless,
-    )
+    targets = options.targets(flavour)
     start = time.perf_counter()
 
     logger = _Logger(trt)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from pid_trt.buckets import ShapeRange
 from pid_trt.compile.build import BuildOptions, BuildProgress, BuildReport, build_engine
-from pid_trt.compile.trt_flavour import Flavour, detect_flavour, flavour_version, normalise_targets
+from pid_trt.compile.trt_flavour import Flavour, detect_flavour, flavour_version
 from pid_trt.config import DecoderConfig, Precision
 from pid_trt.errors import ConfigError
 from pid_trt.stores.artifacts import (
@@ -114,12 +114,7 @@ class EngineKey:
         ``options.weightless``: ``checkpoint_sha256`` is the architecture key.
         """
         resolved = detect_flavour(flavour)
-        targets = normalise_targets(
-            resolved,
-            options.compute_capabilities,
-            fp8=options.precision is Precision.FP8,
-            weightless=options.weightless,
-        )
+        targets = options.targets(resolved)
         config_json = (
             net_config.to_json()
             if isinstance(net_config, DecoderConfig)
