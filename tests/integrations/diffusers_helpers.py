@@ -18,23 +18,25 @@ FLUX_CH, FLUX2_CH, SDXL_CH, QWEN_CH = 16, 32, 4, 16
 _WORDS = "a red fox jumps over the lazy brown dog in snow photo of mountain lake at sunset cat"
 
 
+#: Toy widths of every VAE here: 4 levels (1/8), 8 channels, one layer per block.
+_TOY_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(8, 8, 8, 8),
+    layers_per_block=1,
+    norm_num_groups=4,
+    sample_size=64,
+)
+
+
 def _vae_kl(channels: int, **kw):
     """An AutoencoderKL with 4 levels (1/8) and toy widths."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        latent_channels=channels,
-        norm_num_groups=4,
-        sample_size=64,
-        **kw,
-    ).eval()
+    return AutoencoderKL(latent_channels=channels, **_TOY_VAE, **kw).eval()
 
 
 def flux_vae():
@@ -58,17 +60,7 @@ def flux2_vae():
 
     torch.manual_seed(0)
     vae = AutoencoderKLFlux2(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        latent_channels=FLUX2_CH,
-        norm_num_groups=4,
-        sample_size=64,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
+        latent_channels=FLUX2_CH, use_quant_conv=False, use_post_quant_conv=False, **_TOY_VAE
     ).eval()
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
