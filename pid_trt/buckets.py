@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pid_trt.config import CkptType, DecoderConfig, Preset
+from pid_trt.config import CkptType, NetConfig, Preset
 from pid_trt.errors import ConfigError
 
 #: Granularity of any output size (the patch size).
@@ -137,7 +137,7 @@ def check_bucket(bucket: Bucket, preset: Preset | None) -> str | None:
     )
 
 
-def bucket_for_latent(config: DecoderConfig, latent_h: int, latent_w: int) -> Bucket:
+def bucket_for_latent(config: NetConfig, latent_h: int, latent_w: int) -> Bucket:
     """The bucket a latent of (latent_h, latent_w) cells decodes into."""
     height, width = config.output_size(latent_h, latent_w)
     if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
@@ -146,7 +146,7 @@ def bucket_for_latent(config: DecoderConfig, latent_h: int, latent_w: int) -> Bu
 
 
 def output_size(
-    config: DecoderConfig, latent_hw: tuple[int, int], size: str | tuple[int, int] | None = None
+    config: NetConfig, latent_hw: tuple[int, int], size: str | tuple[int, int] | None = None
 ) -> tuple[int, int]:
     """Output (height, width) in pixels: latent x pixels per cell, or ``size`` ("WxH" or
     (height, width)) when it rounds up to the same latent (e.g. 2160 rows from a 68-row flux

@@ -26,14 +26,14 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from pid_trt.atomic import atomic_write
-from pid_trt.config import DecoderConfig
+from pid_trt.config import NetConfig
 from pid_trt.errors import CheckpointError, ConfigError
 from pid_trt.safetensors_header import FLOAT_DTYPES, read_header
 
 if TYPE_CHECKING:
     import torch
 
-#: Safetensors metadata key holding the net config JSON (:meth:`DecoderConfig.to_json`).
+#: Safetensors metadata key holding the net config JSON (:meth:`NetConfig.to_json`).
 CONFIG_METADATA_KEY = "pid_net_config"
 #: Safetensors metadata key / value identifying files written by :func:`convert_checkpoint`.
 FORMAT_METADATA_KEY = "format"
@@ -58,7 +58,7 @@ class LoadedCheckpoint:
 
     path: Path
     state_dict: Mapping[str, torch.Tensor]
-    config: DecoderConfig
+    config: NetConfig
     sha256: str
     dtypes: Mapping[str, int]
 
@@ -72,19 +72,19 @@ class LoadedCheckpoint:
         return ", ".join(f"{name} x{count}" for name, count in sorted(self.dtypes.items()))
 
 
-def expected_shapes(config: DecoderConfig) -> dict[str, tuple[int, ...]]:
-    """Key → shape of the state dict of ``PidDecoder(config)`` (built on the meta device)."""
+def expected_shapes(config: NetConfig) -> dict[str, tuple[int, ...]]:
+    """Key → shape of the state dict of ``PidNet(config)`` (built on the meta device)."""
     return dict(_expected_shapes(config))
 
 
 @functools.lru_cache(maxsize=16)
-def _expected_shapes(config: DecoderConfig) -> Mapping[str, tuple[int, ...]]:
+def _expected_shapes(config: NetConfig) -> Mapping[str, tuple[int, ...]]:
     import torch
 
-    from pid_trt.model import PidDecoder
+    from pid_trt.model import PidNet
 
     with torch.device("meta"):
-        model = PidDecoder(config)
+        model = PidNet(config)
     return MappingProxyType({name: tuple(t.shape) for name, t in model.state_dict().items()})
 
 
@@ -104,7 +104,7 @@ def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def load_checkpoint(path: str | os.PathLike[str], config: DecoderConfig | None = None) -> LoadedCheckpoint:
+def load_checkpoint(path: str | os.PathLike[str], config: NetConfig | None = None) -> LoadedCheckpoint:
     """Load ``path`` strictly against ``config`` (or the config in the file's metadata).
 
     Raises :class:`CheckpointError` (one line) when the file is unsafe or malformed, holds
@@ -143,7 +143,7 @@ def load_checkpoint(path: str | os.PathLike[str], config: DecoderConfig | None =
 
 
 def check_shapes(
-    shapes: Mapping[str, tuple[int, ...]], config: DecoderConfig, label: str = "checkpoint"
+    shapes: Mapping[str, tuple[int, ...]], config: NetConfig, label: str = "checkpoint"
 ) -> None:
     """Raise one-line :class:`CheckpointError` unless ``shapes`` (key → shape) equals the config's.
 
@@ -170,7 +170,7 @@ def check_shapes(
 
 
 def convert_checkpoint(
-    src: str | os.PathLike[str], dst: str | os.PathLike[str], config: DecoderConfig | None = None
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], config: NetConfig | None = None
 ) -> LoadedCheckpoint:
     """Strictly load ``src`` and write it to ``dst`` as safetensors, atomically.
 
@@ -286,12 +286,12 @@ def _strip_prefix(raw: Mapping[str, Any], path: Path) -> dict[str, Any]:
     return out
 
 
-def _resolve_config(path: Path, config: DecoderConfig | None, metadata: Mapping[str, str]) -> DecoderConfig:
+def _resolve_config(path: Path, config: NetConfig | None, metadata: Mapping[str, str]) -> NetConfig:
     text = metadata.get(CONFIG_METADATA_KEY)
     stored = None
     if text is not None:
         try:
-            stored = DecoderConfig.from_json(text)
+            stored = NetConfig.from_json(text)
         except ConfigError as exc:
             raise CheckpointError(f"checkpoint {path.name}: metadata {CONFIG_METADATA_KEY}: {exc}") from None
     if config is None:

@@ -63,7 +63,7 @@ class Precision(str, Enum):
 
 
 # Upstream ``PidNet`` keyword arguments that only matter for training (or are dead at
-# inference); accepted by :meth:`DecoderConfig.from_upstream` and ignored.
+# inference); accepted by :meth:`NetConfig.from_upstream` and ignored.
 _IGNORED_UPSTREAM = frozenset(
     {
         "repa_encoder_index",
@@ -91,7 +91,7 @@ _FIXED_UPSTREAM: Mapping[str, Any] = {
 
 
 @dataclass(frozen=True)
-class DecoderConfig:
+class NetConfig:
     """Shape-defining hyperparameters of the PiD network (inference path only).
 
     Field names follow upstream ``PidNet`` keyword arguments so that configs round-trip.
@@ -227,7 +227,7 @@ class DecoderConfig:
 
     # ----------------------------------------------------------------- conversion
     @classmethod
-    def from_upstream(cls, kwargs: Mapping[str, Any]) -> DecoderConfig:
+    def from_upstream(cls, kwargs: Mapping[str, Any]) -> NetConfig:
         """Build from upstream ``PidNet`` keyword arguments.
 
         Training-only arguments are ignored; unknown ones and values this inference path does
@@ -285,7 +285,7 @@ class DecoderConfig:
         return json.dumps(self.to_upstream(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str) -> DecoderConfig:
+    def from_json(cls, text: str) -> NetConfig:
         """Parse a JSON object of upstream ``PidNet`` arguments."""
         try:
             data = json.loads(text)
@@ -305,7 +305,7 @@ def _enum(kind: type[Enum], value: Any, name: str) -> Any:
 
 
 # --------------------------------------------------------------------------- presets
-_V1 = DecoderConfig()
+_V1 = NetConfig()
 _V15 = dataclasses.replace(
     _V1,
     lq_hidden_dim=1024,
@@ -317,7 +317,7 @@ _V15 = dataclasses.replace(
 )
 
 # The golden "v1 tiny" config: every path of the real network at toy sizes.
-TINY = DecoderConfig(
+TINY = NetConfig(
     hidden_size=64,
     num_groups=4,
     patch_depth=4,
@@ -355,7 +355,7 @@ class Preset:
 
     backbone: Backbone
     ckpt_type: CkptType
-    config: DecoderConfig
+    config: NetConfig
     experiment: str | None
 
     @property
@@ -371,7 +371,7 @@ class Preset:
         return self.experiment is not None
 
 
-def _latent(base: DecoderConfig, channels: int, down: int, unpatchify: int = 1, sr: int = 4) -> DecoderConfig:
+def _latent(base: NetConfig, channels: int, down: int, unpatchify: int = 1, sr: int = 4) -> NetConfig:
     return dataclasses.replace(
         base,
         lq_latent_channels=channels,
@@ -384,7 +384,7 @@ def _latent(base: DecoderConfig, channels: int, down: int, unpatchify: int = 1, 
 _FLUX_2K = ("PiD_res2k_sr4x_official_flux_distill_4step", _latent(_V1, 16, 8))
 _FLUX_4K = ("PiD_v1pt5_res2kto4k_sr4x_official_flux_distill_4step", _latent(_V15, 16, 8))
 
-_RELEASED: dict[tuple[Backbone, CkptType], tuple[str, DecoderConfig]] = {
+_RELEASED: dict[tuple[Backbone, CkptType], tuple[str, NetConfig]] = {
     (Backbone.FLUX, CkptType.K2): _FLUX_2K,
     (Backbone.FLUX, CkptType.K2TO4K): _FLUX_4K,
     # Z-Image and Z-Image-Turbo use the Flux.1 VAE and share the flux checkpoints.

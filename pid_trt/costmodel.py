@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from pid_trt.config import Backbone, CkptType, DecoderConfig, GateType, Precision, get_preset
+from pid_trt.config import Backbone, CkptType, NetConfig, GateType, Precision, get_preset
 from pid_trt.errors import ConfigError
 
 BYTES_PER_PARAM = {Precision.FP32: 4, Precision.FP16: 2, Precision.BF16: 2, Precision.FP8: 1}
@@ -69,7 +69,7 @@ class FlopBreakdown:
 class CostEstimate:
     """Cost of decoding ``batch`` images of ``height`` x ``width`` pixels in ``steps`` steps."""
 
-    config: DecoderConfig
+    config: NetConfig
     height: int
     width: int
     batch: int
@@ -125,7 +125,7 @@ class CostEstimate:
         return self.steps * self.bytes_per_step + self.bytes_once
 
 
-def param_count(config: DecoderConfig) -> int:
+def param_count(config: NetConfig) -> int:
     """Exact parameter count (elements) of the inference state dict for ``config``."""
     c = config
     d, m, p2, ch = c.hidden_size, c.mlp_hidden, c.patch_size**2, c.in_channels
@@ -149,7 +149,7 @@ def param_count(config: DecoderConfig) -> int:
     return top + c.patch_depth * mmdit + c.pixel_depth * pit + _lq_once_params(c) + _gate_params(c)
 
 
-def _lq_once_params(c: DecoderConfig) -> int:
+def _lq_once_params(c: NetConfig) -> int:
     """LQ CNN + output heads (+ pit_head): the hoistable adapter weights."""
     h = c.lq_hidden_dim
     cnn = 9 * c.lq_conv_in_channels * h + h + 9 * h * h + h
@@ -158,17 +158,17 @@ def _lq_once_params(c: DecoderConfig) -> int:
     return cnn + heads
 
 
-def _gate_width(c: DecoderConfig) -> int:
+def _gate_width(c: NetConfig) -> int:
     return c.hidden_size if c.lq_gate_type is GateType.PER_TOKEN_PER_DIM else 1
 
 
-def _gate_params(c: DecoderConfig) -> int:
+def _gate_params(c: NetConfig) -> int:
     g = _gate_width(c)
     return (c.num_lq_outputs + int(c.pit_lq_inject)) * (1 + 2 * c.hidden_size * g + g)
 
 
 def estimate(
-    config: DecoderConfig,
+    config: NetConfig,
     height: int,
     width: int,
     batch: int = 1,

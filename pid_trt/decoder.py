@@ -38,7 +38,7 @@ import torch
 from pid_trt.backends.base import Backend, Conditioning
 from pid_trt.backends.factory import BackendKind, BackendRequest, create_backend
 from pid_trt.buckets import Bucket, check_bucket, output_size
-from pid_trt.config import DecoderConfig
+from pid_trt.config import NetConfig
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.netspec import NetSpec, build_model, resolve_net
 
@@ -154,7 +154,7 @@ class Decoder:
 
     # ------------------------------------------------------------------ properties
     @property
-    def config(self) -> DecoderConfig:
+    def config(self) -> NetConfig:
         """The net config (latent channels, down factor, sr scale, caption width ...)."""
         return self.spec.config
 

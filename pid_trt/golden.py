@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from pid_trt.config import DecoderConfig
-from pid_trt.model import PidDecoder
+from pid_trt.config import NetConfig
+from pid_trt.model import PidNet
 
 _WEIGHTS = "weights/"
 
@@ -28,8 +28,8 @@ class GoldenCase:
     float32) and every tensor of the file by name."""
 
     name: str
-    config: DecoderConfig
-    model: PidDecoder
+    config: NetConfig
+    model: PidNet
     tensors: dict[str, torch.Tensor]
 
     @property
@@ -57,8 +57,8 @@ def load_golden(path: str | Path) -> GoldenCase:
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     tensors = load_file(str(path))
-    config = DecoderConfig.from_upstream(json.loads(meta["upstream_config"]))
-    model = PidDecoder(config).eval()
+    config = NetConfig.from_upstream(json.loads(meta["upstream_config"]))
+    model = PidNet(config).eval()
     weights = {k[len(_WEIGHTS) :]: v for k, v in tensors.items() if k.startswith(_WEIGHTS)}
     model.load_state_dict(weights, strict=True)
     return GoldenCase(path.stem, config, model, tensors)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pid_trt.config import DecoderConfig, Preset, get_preset
+from pid_trt.config import NetConfig, Preset, get_preset
 from pid_trt.errors import ConfigError
 
 WEIGHTS_HINT = (
@@ -28,7 +28,7 @@ class NetSpec:
     ``checkpoint`` is None exactly when ``random_weights`` is True.
     """
 
-    config: DecoderConfig
+    config: NetConfig
     preset: Preset | None
     checkpoint: Path | None
     random_weights: bool
@@ -45,19 +45,19 @@ class NetSpec:
         return self.preset is not None and self.preset.released
 
 
-def read_net_config(path: Path | Mapping[str, Any]) -> DecoderConfig:
+def read_net_config(path: Path | Mapping[str, Any]) -> NetConfig:
     if isinstance(path, Mapping):
-        return DecoderConfig.from_upstream(path)
+        return NetConfig.from_upstream(path)
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
         raise ConfigError(f"--net-config {path}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--net-config {path}: cannot read ({exc})") from None
-    return DecoderConfig.from_json(text)
+    return NetConfig.from_json(text)
 
 
-def _config_from_checkpoint(path: Path) -> DecoderConfig:
+def _config_from_checkpoint(path: Path) -> NetConfig:
     """The net config stored in a converted checkpoint's metadata (``pidtrt convert``)."""
     from pid_trt.checkpoints import CONFIG_METADATA_KEY
     from pid_trt.errors import CheckpointError
@@ -71,7 +71,7 @@ def _config_from_checkpoint(path: Path) -> DecoderConfig:
     text = read_header(path, error=CheckpointError).metadata.get(CONFIG_METADATA_KEY)
     if text is None:
         raise ConfigError(f"--checkpoint {path} carries no net config in its metadata: {hint}")
-    return DecoderConfig.from_json(text)
+    return NetConfig.from_json(text)
 
 
 def resolve_net(
@@ -112,16 +112,16 @@ def resolve_net(
 
 
 def build_model(spec: NetSpec):
-    """The torch reference :class:`~pid_trt.model.PidDecoder` with the spec's weights (fp32, CPU)."""
+    """The torch reference :class:`~pid_trt.model.PidNet` with the spec's weights (fp32, CPU)."""
     import torch
 
-    from pid_trt.model import PidDecoder, random_init
+    from pid_trt.model import PidNet, random_init
 
     # Build on the meta device and materialise uninitialised storage: every parameter is then
     # written by random_init or the checkpoint, so torch's default init (seconds at full size)
     # is skipped.
     with torch.device("meta"):
-        model = PidDecoder(spec.config)
+        model = PidNet(spec.config)
     model = model.to_empty(device="cpu")
     if spec.random_weights:
         random_init(model, seed=spec.weights_seed)

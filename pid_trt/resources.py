@@ -46,7 +46,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TypeVar
 
-from pid_trt.config import DecoderConfig, Precision
+from pid_trt.config import NetConfig, Precision
 from pid_trt.costmodel import BYTES_PER_PARAM, param_count
 from pid_trt.errors import ConfigError, ResourceError
 
@@ -117,7 +117,7 @@ def _precision(value: Precision | str) -> Precision:
 
 
 def estimate_decode_memory(
-    config: DecoderConfig,
+    config: NetConfig,
     height: int,
     width: int,
     batch: int = 1,
@@ -212,7 +212,7 @@ def _cgroup_headroom(root: Path = Path("/sys/fs/cgroup")) -> int | None:
 
 
 def largest_batch(
-    config: DecoderConfig, height: int, width: int, precision: Precision | str, steps: int, free_bytes: int,
+    config: NetConfig, height: int, width: int, precision: Precision | str, steps: int, free_bytes: int,
     load_precision: Precision | str | None = None,
 ) -> int:  # fmt: skip
     """Largest batch whose estimate fits in ``free_bytes`` at this size (0: not even batch 1)."""
@@ -223,7 +223,7 @@ def largest_batch(
 
 
 def largest_square(
-    config: DecoderConfig, precision: Precision | str, steps: int, free_bytes: int,
+    config: NetConfig, precision: Precision | str, steps: int, free_bytes: int,
     load_precision: Precision | str | None = None,
 ) -> int:  # fmt: skip
     """Largest square edge (pixels, a multiple of the net's pixels per latent cell) that fits
@@ -241,7 +241,7 @@ def largest_square(
 
 
 def check_decode_memory(
-    config: DecoderConfig,
+    config: NetConfig,
     height: int,
     width: int,
     batch: int,

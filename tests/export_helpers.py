@@ -9,20 +9,20 @@ import torch
 
 from pid_trt.buckets import Bucket
 from pid_trt.compile.export import ExportKey, ExportResult, export_onnx, weights_id
-from pid_trt.config import DecoderConfig
+from pid_trt.config import NetConfig
 from pid_trt.golden import load_golden as read_golden
-from pid_trt.model import PidDecoder
+from pid_trt.model import PidNet
 
 _EXPORTS: dict[tuple, ExportResult] = {}
 
 
-def load_golden(path: Path) -> tuple[DecoderConfig, PidDecoder, dict[str, torch.Tensor]]:
+def load_golden(path: Path) -> tuple[NetConfig, PidNet, dict[str, torch.Tensor]]:
     """A golden file's config, the model with its weights, its tensors."""
     case = read_golden(path)
     return case.config, case.model, case.tensors
 
 
-def golden_export(path: Path, precision: str, root: Path) -> tuple[ExportResult, DecoderConfig, dict]:
+def golden_export(path: Path, precision: str, root: Path) -> tuple[ExportResult, NetConfig, dict]:
     """Export (once per test run) a golden case at ``precision`` into ``root``."""
     config, model, d = load_golden(path)
     b, _, h, w = d["in/x"].shape

@@ -23,14 +23,14 @@ from pid_trt.checkpoints import (
 from pid_trt.config import TINY, all_presets
 from pid_trt.errors import CheckpointError
 from pid_trt.inventory import inventory_entry, inventory_shapes, matching_experiments
-from pid_trt.model import PidDecoder
+from pid_trt.model import PidNet
 
 
 @pytest.fixture(scope="module")
 def tiny_state() -> dict[str, torch.Tensor]:
     """A random TINY state dict in bf16 (like the release), keys without ``net.``."""
     torch.manual_seed(0)
-    model = PidDecoder(TINY)
+    model = PidNet(TINY)
     out = {}
     for k, v in model.state_dict().items():
         out[k] = (torch.randn_like(v, dtype=torch.float32) if v.is_floating_point() else v).to(torch.bfloat16)
@@ -54,7 +54,7 @@ def _assert_same(loaded_state, state):
 
 
 def test_expected_shapes_match_a_real_model():
-    model = PidDecoder(TINY)
+    model = PidNet(TINY)
     assert expected_shapes(TINY) == {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert all(not k.startswith("net.") for k in expected_shapes(TINY))
 
@@ -239,7 +239,7 @@ def test_bad_config_in_metadata_refused(tmp_path, tiny_state):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_load_into_casts_to_model_dtype(tmp_path, tiny_state, dtype):
     loaded = load_checkpoint(_save_pth(tmp_path / "w.pth", tiny_state), TINY)
-    model = PidDecoder(TINY).to(dtype)
+    model = PidNet(TINY).to(dtype)
     assert load_into(model, loaded) is model
     got = model.state_dict()
     for k, v in tiny_state.items():
@@ -249,7 +249,7 @@ def test_load_into_casts_to_model_dtype(tmp_path, tiny_state, dtype):
 
 def test_load_into_wrong_model_refused(tmp_path, tiny_state):
     loaded = load_checkpoint(_save_pth(tmp_path / "w.pth", tiny_state), TINY)
-    other = PidDecoder(dataclasses.replace(TINY, patch_depth=2))
+    other = PidNet(dataclasses.replace(TINY, patch_depth=2))
     with pytest.raises(CheckpointError, match="does not fit the model"):
         load_into(other, loaded)
 

@@ -22,7 +22,7 @@ from pid_trt.compile.export import (
 from pid_trt.compile.onnx_graph import AttentionForm, check_model_by_path, inspect_graph, trt_parse
 from pid_trt.config import TINY, Precision, get_preset
 from pid_trt.errors import BackendUnavailableError, ConfigError
-from pid_trt.model import PidDecoder, random_init
+from pid_trt.model import PidNet, random_init
 from tests.conftest import GOLDEN
 from tests.export_helpers import golden_export
 
@@ -43,7 +43,7 @@ def export_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def heads_bf16(export_root):
-    model = random_init(PidDecoder(HEADS_64_72), seed=3).eval()
+    model = random_init(PidNet(HEADS_64_72), seed=3).eval()
     key = ExportKey.create(HEADS_64_72, weights_id(random_seed=3), Bucket(64, 64), "bf16", 1)
     return export_onnx(model, key, export_root)
 
@@ -146,7 +146,7 @@ def test_cached_export_is_reused_only_when_the_key_matches(export_root):
     assert again is not None and again.folder == res.folder and not again.built
     other = dataclasses.replace(res.key, batch=res.key.batch + 1)
     assert find_export(other, export_root) is None
-    served = export_onnx(PidDecoder(config), res.key, export_root)  # weights irrelevant: cache hit
+    served = export_onnx(PidNet(config), res.key, export_root)  # weights irrelevant: cache hit
     assert not served.built and served.folder == res.folder
 
 

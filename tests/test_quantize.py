@@ -28,7 +28,7 @@ from pid_trt.compile.quantize import (
 from pid_trt.config import TINY
 from pid_trt.errors import ConfigError
 from pid_trt.golden import load_golden
-from pid_trt.model import PidDecoder, random_init
+from pid_trt.model import PidNet, random_init
 from tests.conftest import GOLDEN, require
 
 CALIB = CalibrationSpec(num_samples=2, height=64, width=64, seed=0)
@@ -49,7 +49,7 @@ def _mtq():
 
 @pytest.fixture(scope="module")
 def tiny():
-    return random_init(PidDecoder(TINY).eval(), seed=0)
+    return random_init(PidNet(TINY).eval(), seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from pid_trt.checkpoints import expected_shapes, load_checkpoint
 from pid_trt.config import TINY
 from pid_trt.errors import CheckpointError, PidTrtError
-from pid_trt.model import PidDecoder
+from pid_trt.model import PidNet
 from pid_trt.safetensors_header import MAX_HEADER_BYTES, parse_header, read_header
 
 
@@ -197,7 +197,7 @@ def test_header_parser_reads_at_most_the_header(tmp_path):
 @pytest.fixture(scope="module")
 def valid_tiny(tmp_path_factory) -> bytes:
     torch.manual_seed(0)
-    state = {k: torch.randn_like(v).to(torch.bfloat16) for k, v in PidDecoder(TINY).state_dict().items()}
+    state = {k: torch.randn_like(v).to(torch.bfloat16) for k, v in PidNet(TINY).state_dict().items()}
     path = tmp_path_factory.mktemp("fuzz") / "tiny.safetensors"
     save_file(state, str(path), metadata={"pid_net_config": TINY.to_json()})
     return path.read_bytes()

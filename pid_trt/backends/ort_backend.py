@@ -22,7 +22,7 @@ import torch
 
 from pid_trt.backends.base import Backend, Conditioning
 from pid_trt.buckets import Bucket
-from pid_trt.config import DecoderConfig, Precision
+from pid_trt.config import NetConfig, Precision
 from pid_trt.errors import BackendUnavailableError, ConfigError
 from pid_trt.sampling import TIMESCALE, Denoiser
 
@@ -78,7 +78,7 @@ class OrtBackend(Backend):
     name = "onnxruntime"
 
     def __init__(
-        self, prepare_path: Path, step_path: Path, config: DecoderConfig, bucket: Bucket, batch: int,
+        self, prepare_path: Path, step_path: Path, config: NetConfig, bucket: Bucket, batch: int,
         precision: Precision = Precision.FP32, providers: list[str] | None = None, hoist: bool = True,
     ) -> None:  # fmt: skip
         ort = _ort()

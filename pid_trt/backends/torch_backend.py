@@ -13,7 +13,7 @@ _DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precis
 
 
 class TorchBackend(Backend):
-    """Runs :class:`pid_trt.model.PidDecoder` eagerly.
+    """Runs :class:`pid_trt.model.PidNet` eagerly.
 
     With ``hoist`` (default) the latent adapter and caption projection run once per decode
     (``model.prepare``) and each step runs ``model.step``; without it every step runs the

@@ -41,7 +41,7 @@ import torch
 from pid_trt.backends.base import Backend, Conditioning
 from pid_trt.buckets import Bucket
 from pid_trt.compile.trt_flavour import Flavour, load_trt
-from pid_trt.config import DecoderConfig
+from pid_trt.config import NetConfig
 from pid_trt.errors import BackendUnavailableError, ConfigError, StoreError
 from pid_trt.sampling import TIMESCALE, Denoiser
 
@@ -268,7 +268,7 @@ class TrtBackend(Backend):
     name = "tensorrt"
 
     def __init__(
-        self, pair: Any, config: DecoderConfig, bucket: Bucket, batch: int, cuda_graph: bool = False,
+        self, pair: Any, config: NetConfig, bucket: Bucket, batch: int, cuda_graph: bool = False,
         refit: dict[str, dict[str, torch.Tensor]] | None = None, engine_dir: Path | None = None,
     ) -> None:  # fmt: skip
         from pid_trt.compile.build import _Logger

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from pid_trt.buckets import ShapeRange
-from pid_trt.config import DecoderConfig
+from pid_trt.config import NetConfig
 from pid_trt.errors import ConfigError
 
 #: Name of the prepare graph's size-carrying input (shape [Hs, Ws], values unused).
@@ -58,13 +58,13 @@ class DynamicPrepareGraph(nn.Module):
         )  # fmt: skip
 
 
-def latent_range(config: DecoderConfig, pixels: tuple[int, int, int]) -> tuple[int, int, int]:
+def latent_range(config: NetConfig, pixels: tuple[int, int, int]) -> tuple[int, int, int]:
     """Latent cells along one axis for pixel sizes (min, opt, max): ceil(pixels / px)."""
     px = config.pixels_per_latent
     return tuple(math.ceil(v / px) for v in pixels)  # type: ignore[return-value]
 
 
-def _example(config: DecoderConfig, r: ShapeRange) -> tuple[int, int, int]:
+def _example(config: NetConfig, r: ShapeRange) -> tuple[int, int, int]:
     """(batch, Hs, Ws) to trace with: inside the range, every symbolic size >= 2 and all of
     them distinct (equal example sizes could be merged into one symbol, 1 is specialised)."""
     p = config.patch_size
@@ -84,12 +84,12 @@ def _example(config: DecoderConfig, r: ShapeRange) -> tuple[int, int, int]:
     raise ConfigError(f"range {r.name}: too narrow to trace (needs two distinct sizes per axis)")
 
 
-def _lat(config: DecoderConfig, pixels: tuple[int, int, int]) -> tuple[int, int]:
+def _lat(config: NetConfig, pixels: tuple[int, int, int]) -> tuple[int, int]:
     lo, _, hi = latent_range(config, pixels)
     return lo, hi
 
 
-def trace_inputs(config: DecoderConfig, r: ShapeRange) -> dict[str, dict[str, torch.Tensor]]:
+def trace_inputs(config: NetConfig, r: ShapeRange) -> dict[str, dict[str, torch.Tensor]]:
     """Example inputs of both graphs (zeros: tracing only reads shapes)."""
     b, hs, ws = _example(config, r)
     p, d, k, t = config.patch_size, config.hidden_size, config.num_lq_outputs, config.txt_max_length
@@ -112,7 +112,7 @@ def trace_inputs(config: DecoderConfig, r: ShapeRange) -> dict[str, dict[str, to
     return {"prepare": prepare, "step": step}
 
 
-def dynamic_shapes(config: DecoderConfig, r: ShapeRange) -> dict[str, dict[str, dict[int, Any]]]:
+def dynamic_shapes(config: NetConfig, r: ShapeRange) -> dict[str, dict[str, dict[int, Any]]]:
     """``dynamic_shapes`` for torch.export of both graphs (by input name). Sides whose min
     equals max stay static. L (tokens) is left to the exporter to relate to Hs x Ws."""
     from torch.export import Dim
@@ -152,7 +152,7 @@ def dynamic_shapes(config: DecoderConfig, r: ShapeRange) -> dict[str, dict[str, 
     return {"prepare": prepare, "step": step}
 
 
-def profile_shapes(config: DecoderConfig, r: ShapeRange) -> dict[str, dict[str, list[list[int]]]]:
+def profile_shapes(config: NetConfig, r: ShapeRange) -> dict[str, dict[str, list[list[int]]]]:
     """TensorRT optimisation profile of both graphs: {graph: {input: [min, opt, max] shapes}}."""
     p, d, k, t = config.patch_size, config.hidden_size, config.num_lq_outputs, config.txt_max_length
     out: dict[str, dict[str, list[list[int]]]] = {"prepare": {}, "step": {}}
@@ -182,7 +182,7 @@ def profile_shapes(config: DecoderConfig, r: ShapeRange) -> dict[str, dict[str, 
 
 
 def io_shapes(
-    config: DecoderConfig, height: int, width: int, batch: int, latent_hw: tuple[int, int]
+    config: NetConfig, height: int, width: int, batch: int, latent_hw: tuple[int, int]
 ) -> dict[str, list[int]]:
     """Concrete shape of every input of both graphs for one decode (a dynamic engine's binding)."""
     p, d, k, t = config.patch_size, config.hidden_size, config.num_lq_outputs, config.txt_max_length

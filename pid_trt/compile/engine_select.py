@@ -17,7 +17,7 @@ from typing import Any
 
 from pid_trt.buckets import Bucket, ShapeRange
 from pid_trt.compile.engine_pair import GRAPHS, EngineStatus, engine_status, key_from_manifest, weights_sha256
-from pid_trt.config import DecoderConfig, Precision
+from pid_trt.config import NetConfig, Precision
 from pid_trt.errors import ConfigError, StoreError
 from pid_trt.stores.artifacts import Entry
 from pid_trt.stores.store import EngineKey, EngineStore
@@ -85,7 +85,7 @@ def _fit(k: dict[str, Any], bucket: Bucket, batch: int) -> tuple[str, float] | N
 
 def select_pair(
     engine_dir: Path,
-    config: DecoderConfig,
+    config: NetConfig,
     weights: str,
     bucket: Bucket,
     precision: Precision,

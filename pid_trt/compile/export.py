@@ -50,7 +50,7 @@ from torch import nn
 from pid_trt.buckets import Bucket
 from pid_trt.compile.dynamic import ShapeRange
 from pid_trt.compile.trace import PrepareGraph, StepGraph, export_module
-from pid_trt.config import DecoderConfig, Precision
+from pid_trt.config import NetConfig, Precision
 from pid_trt.errors import ConfigError
 from pid_trt.stores.artifacts import ArtifactStore, canonical_json, hash_artifact, key_digest
 
@@ -71,7 +71,7 @@ _DTYPES = {Precision.FP32: torch.float32, Precision.FP16: torch.float16, Precisi
 FP8_BASE = Precision.BF16
 
 
-def latent_shape(config: DecoderConfig, bucket: Bucket) -> tuple[int, int]:
+def latent_shape(config: NetConfig, bucket: Bucket) -> tuple[int, int]:
     """Latent cells (h, w) of a bucket: ceil(H / px), ceil(W / px), px = pixels per cell."""
     px = config.pixels_per_latent
     return math.ceil(bucket.height / px), math.ceil(bucket.width / px)
@@ -125,7 +125,7 @@ class ExportKey:
 
     @classmethod
     def create(
-        cls, config: DecoderConfig, weights: str, bucket: Bucket, precision: Precision | str, batch: int,
+        cls, config: NetConfig, weights: str, bucket: Bucket, precision: Precision | str, batch: int,
         opset: int = DEFAULT_OPSET, shape_range: ShapeRange | None = None, refittable: bool = False,
     ) -> ExportKey:  # fmt: skip
         """The key of exporting ``config`` with ``weights`` (:func:`weights_id`) for one bucket,
@@ -166,8 +166,8 @@ class ExportKey:
         return Bucket(height=self.height, width=self.width)
 
     @property
-    def config(self) -> DecoderConfig:
-        return DecoderConfig.from_json(self.net_config)
+    def config(self) -> NetConfig:
+        return NetConfig.from_json(self.net_config)
 
     def fields(self) -> dict[str, Any]:
         import json
@@ -223,7 +223,7 @@ class ExportResult:
         return int(self.manifest.get("size_bytes", 0))
 
 
-def graph_io_names(config: DecoderConfig, dynamic: bool = False) -> dict[str, tuple[list[str], list[str]]]:
+def graph_io_names(config: NetConfig, dynamic: bool = False) -> dict[str, tuple[list[str], list[str]]]:
     """Input and output names of both graphs: {"prepare": (ins, outs), "step": (ins, outs)}.
     ``dynamic``: the prepare graph also takes ``grid`` (:mod:`pid_trt.compile.dynamic`)."""
     prep_out = ["y_emb", "lq_feats"] + (["pit_feat"] if config.pit_lq_inject else [])
@@ -255,7 +255,7 @@ def export_graphs(
     ``shape_range``: one pair of dynamic-shape graphs for that range
     (:mod:`pid_trt.compile.dynamic`); ``refittable``: parameters stay named initializers."""
     precision = Precision(precision)
-    config: DecoderConfig = model.config
+    config: NetConfig = model.config
     start = time.perf_counter()
     base = FP8_BASE if precision is Precision.FP8 else precision
     net = model if base is Precision.FP32 else copy.deepcopy(model).to(_DTYPES[base])
@@ -322,7 +322,7 @@ def _params(net: nn.Module | None, refittable: bool) -> set[str] | None:
 
 def _export_dynamic(
     net: nn.Module,
-    config: DecoderConfig,
+    config: NetConfig,
     shape_range: ShapeRange,
     out_dir: Path,
     opset: int,
@@ -408,7 +408,7 @@ def export_onnx(
     """Return the export of ``key``, exporting ``model`` (fp32, with the key's weights) if the
     cache has none. The caller vouches that ``model`` holds ``key.weights``."""
     config = getattr(model, "config", None)
-    if not isinstance(config, DecoderConfig) or canonical_json(config.to_json()) != canonical_json(
+    if not isinstance(config, NetConfig) or canonical_json(config.to_json()) != canonical_json(
         key.net_config
     ):
         raise ConfigError("export: the model's net config differs from the export key's")

@@ -62,7 +62,7 @@ def export_fp8_step(
 ) -> nn.Module:
     """Quantize a copy of ``model`` (fp32, unchanged) with :func:`quantize_fp8` and write its
     step graph to ``path`` (+ external data). ``step_args``: example inputs of
-    ``PidDecoder.step``; ``names``: (input names, output names); ``base``: the dtype of the
+    ``PidNet.step``; ``names``: (input names, output names); ``base``: the dtype of the
     unquantized layers and of the activations around the FP8 GEMMs (bf16: attention fuses in
     TensorRT; float32: runs on ONNX Runtime's CPU provider, for accuracy checks). Returns the
     quantized copy, cast to ``base``."""

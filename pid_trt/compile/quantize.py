@@ -29,12 +29,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pid_trt.config import DecoderConfig
+from pid_trt.config import NetConfig
 from pid_trt.errors import BackendUnavailableError, ConfigError
 from pid_trt.sampling import TIMESCALE, draw_noise, sample
 
 #: Layer groups of the step graph, as quantizer-name wildcards (fnmatch, module names of
-#: :class:`~pid_trt.model.PidDecoder`). The sensitivity sweep runs over these.
+#: :class:`~pid_trt.model.PidNet`). The sensitivity sweep runs over these.
 FP8_GROUPS: dict[str, tuple[str, ...]] = {
     "s_embedder": ("s_embedder.*",),
     "t_embedder": ("t_embedder.*",),
@@ -118,7 +118,7 @@ CALIBRATION_MAX_EDGE = 512
 
 
 def calibration_for_bucket(
-    config: DecoderConfig, height: int, width: int, batch: int = 1, max_edge: int = CALIBRATION_MAX_EDGE
+    config: NetConfig, height: int, width: int, batch: int = 1, max_edge: int = CALIBRATION_MAX_EDGE
 ) -> CalibrationSpec:
     """The default :class:`CalibrationSpec` of an FP8 export of ``height`` x ``width``: the
     bucket itself, or scaled down so its longer edge is at most ``max_edge``, each edge a
@@ -145,8 +145,8 @@ class Conditioning:
 
 @dataclass(frozen=True)
 class StepInputs:
-    """One recorded ``PidDecoder.step`` call: x [B, 3, H, W]; t [B] (x1000); y_emb, lq_feats,
-    degrade_sigma, pit_feat as :meth:`PidDecoder.step` takes them (float32)."""
+    """One recorded ``PidNet.step`` call: x [B, 3, H, W]; t [B] (x1000); y_emb, lq_feats,
+    degrade_sigma, pit_feat as :meth:`PidNet.step` takes them (float32)."""
 
     x: torch.Tensor
     t: torch.Tensor
@@ -156,7 +156,7 @@ class StepInputs:
     pit_feat: torch.Tensor | None
 
 
-def random_conditioning(config: DecoderConfig, spec: CalibrationSpec, seed: int) -> Conditioning:
+def random_conditioning(config: NetConfig, spec: CalibrationSpec, seed: int) -> Conditioning:
     """Seeded standard-normal caption and latent, plus the sampler's noises, for one decode."""
     h, w = config.latent_size(spec.height, spec.width)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -191,7 +191,7 @@ def _run_step(model: nn.Module, s: StepInputs) -> torch.Tensor:
     return model.step(s.x, s.t, s.y_emb, s.lq_feats, s.degrade_sigma, s.pit_feat)
 
 
-def collect_calibration(model: nn.Module, config: DecoderConfig, calib: CalibrationSpec) -> list[StepInputs]:
+def collect_calibration(model: nn.Module, config: NetConfig, calib: CalibrationSpec) -> list[StepInputs]:
     """Step inputs along the fp32 sampler trajectory: ``num_samples * steps`` entries, in
     decode order (seed, then timestep). ``model`` must be the unquantized fp32 model."""
     records: list[StepInputs] = []
@@ -303,7 +303,7 @@ def _check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
 
 def quantize_fp8(
     model: nn.Module,
-    config: DecoderConfig,
+    config: NetConfig,
     calib: CalibrationSpec,
     exclude: Sequence[str] = DEFAULT_FP8_EXCLUDE,
     fp8_attention: bool = False,
@@ -311,7 +311,7 @@ def quantize_fp8(
 ) -> nn.Module:
     """FP8 E4M3 PTQ of the step graph (ModelOpt fake quant); quantizes ``model`` in place and returns it.
 
-    ``model``: a float32 :class:`~pid_trt.model.PidDecoder` built from ``config``;
+    ``model``: a float32 :class:`~pid_trt.model.PidNet` built from ``config``;
     ``exclude``: quantizer-name wildcards left unquantized (see :data:`FP8_GROUPS`);
     ``fp8_attention``: also quantize the q / k / v inputs of every SDPA call;
     ``samples``: calibration step inputs (default: :func:`collect_calibration` with ``calib``,
@@ -358,7 +358,7 @@ class Sensitivity:
 
 def fp8_sensitivity(
     model: nn.Module,
-    config: DecoderConfig,
+    config: NetConfig,
     calib: CalibrationSpec = CalibrationSpec(),
     eval_seeds: Sequence[int] = (1000,),
     groups: Sequence[str] | None = None,

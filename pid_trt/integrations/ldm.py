@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pid_trt.config import Backbone, DecoderConfig
+from pid_trt.config import Backbone, NetConfig
 from pid_trt.errors import ConfigError
 
 
@@ -130,7 +130,7 @@ def check_capture_step(step: int, steps: int) -> int:
     return step
 
 
-def check_decoder_fits(config: DecoderConfig, spec: LdmSpec) -> None:
+def check_decoder_fits(config: NetConfig, spec: LdmSpec) -> None:
     """ConfigError unless a PiD net of ``config`` takes this LDM's latent (channels, down factor)."""
     if config.lq_latent_channels != spec.channels or config.latent_spatial_down_factor != spec.down:
         raise ConfigError(

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from pid_trt.atomic import atomic_write
-from pid_trt.config import DecoderConfig
+from pid_trt.config import NetConfig
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.io.latent import CAPTION_KEY, LatentFile, latent_from_tensors
 from pid_trt.io.stfile import load_float_tensors, open_input
@@ -33,7 +33,7 @@ def write_caption_file(
         save_file({CAPTION_KEY: tensor}, os.fspath(tmp), metadata=meta)
 
 
-def read_caption_file(path: str | os.PathLike[str], config: DecoderConfig, batch: int) -> torch.Tensor:
+def read_caption_file(path: str | os.PathLike[str], config: NetConfig, batch: int) -> torch.Tensor:
     """A caption file's embedding for a decode of ``batch`` rows: [B, txt_max_length, D]
     float32. One row (or [T, D]) is repeated over the batch; otherwise N must equal B. Width,
     length and values are checked by the latent file's caption rules."""
@@ -60,7 +60,7 @@ def read_caption_file(path: str | os.PathLike[str], config: DecoderConfig, batch
 def caption_for_latent(
     lat: LatentFile,
     latent_path: str | os.PathLike[str],
-    config: DecoderConfig,
+    config: NetConfig,
     *,
     prompt: bool = False,
     caption_file: str | os.PathLike[str] | None = None,

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from pid_trt.atomic import atomic_write
-from pid_trt.config import DecoderConfig
+from pid_trt.config import NetConfig
 from pid_trt.errors import InputFileError
 from pid_trt.io.stfile import check_finite, load_float_tensors, open_input
 from pid_trt.safetensors_header import SafetensorsHeader, read_header_from
@@ -68,7 +68,7 @@ class LatentFile:
         return int(self.latent.shape[-2]), int(self.latent.shape[-1])
 
 
-def read_latent_file(path: str | os.PathLike[str], config: DecoderConfig | None = None) -> LatentFile:
+def read_latent_file(path: str | os.PathLike[str], config: NetConfig | None = None) -> LatentFile:
     """Read and validate a latent file; with ``config``, also check it fits that net.
 
     Unbatched tensors get B = 1; a [T, D] caption is broadcast over B; a scalar sigma too.
@@ -89,7 +89,7 @@ def latent_from_tensors(
     latent: Any,
     caption: Any = None,
     degrade_sigma: Any = None,
-    config: DecoderConfig | None = None,
+    config: NetConfig | None = None,
     what: str = "latent",
 ) -> LatentFile:
     """Validate in-memory inputs (torch tensors, numpy arrays or floats) by the same rules as
@@ -128,7 +128,7 @@ def _as_tensor(value: Any, name: str, what: str) -> torch.Tensor:
 
 
 def _assemble(
-    tensors: dict[str, torch.Tensor], what: str, config: DecoderConfig | None, backbone: str | None
+    tensors: dict[str, torch.Tensor], what: str, config: NetConfig | None, backbone: str | None
 ) -> LatentFile:
     """Batch validated float32 tensors: unbatched latent -> B = 1, [T, D] caption and scalar
     sigma broadcast over B, captions cut to ``txt_max_length``, sigma checked in [0, 1]."""
@@ -170,7 +170,7 @@ def _check_header(header: SafetensorsHeader, what: str) -> list[str]:
     return [k for k in _KNOWN if k in header.tensors]
 
 
-def _check_shapes(shapes: Mapping[str, Sequence[int]], what: str, config: DecoderConfig | None) -> int:
+def _check_shapes(shapes: Mapping[str, Sequence[int]], what: str, config: NetConfig | None) -> int:
     """Ranks, empty tensors, batch agreement and config fit, from the shapes alone (a file's
     header, or in-memory tensors); returns B."""
     shapes = {name: tuple(shapes[name]) for name in _KNOWN if name in shapes}
@@ -244,7 +244,7 @@ def write_latent_file(
 
 
 def sample_latent(
-    config: DecoderConfig,
+    config: NetConfig,
     batch: int = 1,
     height: int | None = None,
     width: int | None = None,

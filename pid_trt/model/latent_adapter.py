@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pid_trt.config import DecoderConfig, GateType
+from pid_trt.config import NetConfig, GateType
 from pid_trt.errors import ConfigError
 from pid_trt.model.layers import Conv2d, GroupNorm, Linear
 from pid_trt.model.positions import is_symbolic, size_tensor
@@ -111,7 +111,7 @@ class LatentAdapter(nn.Module):
     """Upstream ``LQProjection2D`` (latent-only). Submodules: ``latent_proj`` (Sequential),
     ``output_heads`` (K Linears), ``pit_head`` (v1.5), ``gate_modules`` (K :class:`SigmaGate`)."""
 
-    def __init__(self, config: DecoderConfig) -> None:
+    def __init__(self, config: NetConfig) -> None:
         super().__init__()
         f = config.lq_latent_unpatchify_factor
         cells = config.sr_scale * (config.latent_spatial_down_factor // f)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pid_trt.atomic import atomic_write
-from pid_trt.config import DecoderConfig
+from pid_trt.config import NetConfig
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.io import SUPPORTED_SUFFIXES, png_paths, read_latent_file, write_images
 from pid_trt.serve.client import PidClient
@@ -34,11 +34,11 @@ class Decoded:
     batch: int
 
 
-def server_net(params: dict[str, str]) -> DecoderConfig:
-    """The input sizes of the server's net (its model parameters) as a DecoderConfig, for
+def server_net(params: dict[str, str]) -> NetConfig:
+    """The input sizes of the server's net (its model parameters) as a NetConfig, for
     checking a latent file as ``pidtrt decode`` would (only those sizes are meaningful)."""
     try:
-        return DecoderConfig(
+        return NetConfig(
             lq_latent_channels=int(params["latent_channels"]),
             txt_embed_dim=int(params["txt_embed_dim"]),
             txt_max_length=int(params["txt_max_length"]),

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from pid_trt.buckets import ShapeRange
 from pid_trt.compile.build import BuildOptions, BuildProgress, BuildReport, build_engine
 from pid_trt.compile.trt_flavour import Flavour, detect_flavour, flavour_version
-from pid_trt.config import DecoderConfig, Precision
+from pid_trt.config import NetConfig, Precision
 from pid_trt.errors import ConfigError
 from pid_trt.stores.artifacts import (
     ArtifactStore,
@@ -51,7 +51,7 @@ def _sha(value: str, name: str) -> str:
 class EngineKey:
     """Everything that invalidates an engine. Height and width in output pixels.
 
-    ``net_config`` is the canonical JSON of the net config (:meth:`DecoderConfig.to_json`);
+    ``net_config`` is the canonical JSON of the net config (:meth:`NetConfig.to_json`);
     ``build_options`` the canonical JSON of :meth:`BuildOptions.key_fields`.
 
     A dynamic-shape engine has a ``shape_range`` and is keyed by it (the manifest's ``range``
@@ -97,7 +97,7 @@ class EngineKey:
         cls,
         *,
         checkpoint_sha256: str,
-        net_config: DecoderConfig | str,
+        net_config: NetConfig | str,
         height: int,
         width: int,
         onnx_path: str | os.PathLike[str],
@@ -117,7 +117,7 @@ class EngineKey:
         targets = options.targets(resolved)
         config_json = (
             net_config.to_json()
-            if isinstance(net_config, DecoderConfig)
+            if isinstance(net_config, NetConfig)
             else canonical_json(json.loads(net_config))
         )
         return cls(

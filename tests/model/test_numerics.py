@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pid_trt.config import TINY, GateType, PaddingMode
-from pid_trt.model import PidDecoder, random_init
-from pid_trt.model.decoder import patchify_image
+from pid_trt.model import PidNet, random_init
+from pid_trt.model.network import patchify_image
 from pid_trt.model.latent_adapter import nearest_resize, unpatchify_latent
 from pid_trt.model.pit import unpatchify_pixels
 from pid_trt.model.positions import add_pixel_pos, pixel_pos_tables, rope_1d, rope_2d
@@ -123,7 +123,7 @@ def test_unpatchify_latent_moves_channels_into_space():
 
 # ----------------------------------------------------------------------------- graph
 def test_step_graph_has_no_float64():
-    model = random_init(PidDecoder(V15_TINY).eval(), 0)
+    model = random_init(PidNet(V15_TINY).eval(), 0)
     x, t, y, z, sigma = _inputs(V15_TINY, 1, 32, 64)
     prep = model.prepare(y, z, 32, 64)
 
@@ -162,8 +162,8 @@ def _psnr(ref, got):
 def test_reduced_precision_parameters(config, dtype, min_psnr):
     inputs = _inputs(config, 2, 64, 96)
     with torch.no_grad():
-        ref = random_init(PidDecoder(config).eval(), 3)(*inputs)
-        model = random_init(PidDecoder(config).eval(), 3).to(dtype)
+        ref = random_init(PidNet(config).eval(), 3)(*inputs)
+        model = random_init(PidNet(config).eval(), 3).to(dtype)
         got = model(*inputs)
     assert model.patch_blocks[0].attn.qkv_x.weight.dtype == dtype
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
@@ -174,7 +174,7 @@ def test_reduced_precision_parameters(config, dtype, min_psnr):
 
 # ----------------------------------------------------------------------------- behaviour
 def test_batch_entries_are_independent():
-    model = random_init(PidDecoder(V15_TINY).eval(), 1)
+    model = random_init(PidNet(V15_TINY).eval(), 1)
     x, t, y, z, sigma = _inputs(V15_TINY, 2, 32, 64)
     with torch.no_grad():
         both = model(x, t, y, z, sigma)
@@ -183,7 +183,7 @@ def test_batch_entries_are_independent():
 
 
 def test_sigma_closes_the_gates():
-    model = random_init(PidDecoder(TINY).eval(), 2)
+    model = random_init(PidNet(TINY).eval(), 2)
     x, t, y, z, _ = _inputs(TINY, 1, 32, 32)
     with torch.no_grad():
         far = model(x, t, y, z, torch.tensor([50.0]))  # exp(ln 5) * 50 = 250: every gate shut
@@ -194,14 +194,14 @@ def test_sigma_closes_the_gates():
 
 
 def test_random_init_is_deterministic_and_nonzero():
-    a = random_init(PidDecoder(V15_TINY), 7).state_dict()
-    b = random_init(PidDecoder(V15_TINY), 7).state_dict()
-    c = random_init(PidDecoder(V15_TINY), 8).state_dict()
+    a = random_init(PidNet(V15_TINY), 7).state_dict()
+    b = random_init(PidNet(V15_TINY), 7).state_dict()
+    c = random_init(PidNet(V15_TINY), 8).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
     assert all(bool((v != 0).all()) for v in a.values())
     assert abs(a["lq_proj.gate_modules.0.log_alpha"].item() - math.log(5.0)) < 1e-6
-    model = random_init(PidDecoder(V15_TINY).eval(), 7)
+    model = random_init(PidNet(V15_TINY).eval(), 7)
     with torch.no_grad():
         v = model(*_inputs(V15_TINY, 1, 32, 32))
     assert torch.isfinite(v).all() and v.std().item() > 1e-3

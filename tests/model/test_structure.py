@@ -1,4 +1,4 @@
-"""State-dict layout of PidDecoder: exact upstream names and shapes, no extra state."""
+"""State-dict layout of PidNet: exact upstream names and shapes, no extra state."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import torch
 from pid_trt.config import TINY, GateType, PaddingMode, all_presets
 from pid_trt.errors import ConfigError
 from pid_trt.inventory import inventory_shapes
-from pid_trt.model import PidDecoder
+from pid_trt.model import PidNet
 
 RELEASED = [p for p in all_presets() if p.released]
 
 
 def _meta_model(config):
     with torch.device("meta"):
-        return PidDecoder(config)
+        return PidNet(config)
 
 
 @pytest.mark.parametrize("preset", RELEASED, ids=[p.name for p in RELEASED])
@@ -32,7 +32,7 @@ def test_state_dict_matches_inventory(preset):
 
 
 def test_no_buffers_and_upstream_key_examples():
-    model = PidDecoder(dataclasses.replace(TINY, pit_lq_inject=True, lq_gate_type=GateType.PER_TOKEN))
+    model = PidNet(dataclasses.replace(TINY, pit_lq_inject=True, lq_gate_type=GateType.PER_TOKEN))
     assert list(model.buffers()) == []
     keys = set(model.state_dict())
     for key in (
@@ -53,7 +53,7 @@ def test_no_buffers_and_upstream_key_examples():
 
 
 def test_per_dim_gate_shape():
-    model = PidDecoder(TINY)
+    model = PidNet(TINY)
     w = model.state_dict()["lq_proj.gate_modules.1.content_proj.weight"]
     assert w.shape == (TINY.hidden_size, 2 * TINY.hidden_size)
     assert "pit_lq_gate.log_alpha" not in model.state_dict()
@@ -63,11 +63,11 @@ def test_latent_narrower_than_patch_is_rejected():
     # 8 pixels per latent cell < 16-pixel patches: the (unsupported) fold branch upstream.
     config = dataclasses.replace(TINY, sr_scale=1, latent_spatial_down_factor=8)
     with pytest.raises(ConfigError, match="ratio"):
-        PidDecoder(config)
+        PidNet(config)
 
 
 def test_bad_image_size_is_rejected():
-    model = PidDecoder(TINY)
+    model = PidNet(TINY)
     y = torch.zeros(1, TINY.txt_max_length, TINY.txt_embed_dim)
     with pytest.raises(ConfigError, match="multiples of patch_size"):
         model.prepare(y, torch.zeros(1, 16, 1, 1), 40, 32)
@@ -75,7 +75,7 @@ def test_bad_image_size_is_rejected():
 
 def test_missing_pit_feature_is_rejected():
     config = dataclasses.replace(TINY, pit_lq_inject=True, lq_conv_padding_mode=PaddingMode.REPLICATE)
-    model = PidDecoder(config)
+    model = PidNet(config)
     prep = model.prepare(torch.zeros(1, 8, 32), torch.zeros(1, 16, 1, 1), 32, 32)
     with pytest.raises(ConfigError, match="pit_feat"):
         model.step(torch.zeros(1, 3, 32, 32), torch.zeros(1), prep.y_emb, prep.lq_feats, torch.zeros(1))

@@ -30,7 +30,7 @@ from pid_trt.checkpoints import load_checkpoint
 from pid_trt.config import TINY
 from pid_trt.errors import CheckpointError, InputFileError, StoreError
 from pid_trt.io import read_latent_file, read_noise_file, write_noise_file
-from pid_trt.model import PidDecoder
+from pid_trt.model import PidNet
 from pid_trt.stores.artifacts import MANIFEST_FORMAT
 from pid_trt.stores.store import EngineStore
 from tests.reliability.conftest import address_space_limit, one_line
@@ -155,7 +155,7 @@ def test_latent_random_bytes_with_any_declared_length(data, length):
 @pytest.fixture(scope="module")
 def tiny_ckpt_bytes(tmp_path_factory) -> bytes:
     torch.manual_seed(0)
-    state = {k: torch.randn_like(v).to(torch.bfloat16) for k, v in PidDecoder(TINY).state_dict().items()}
+    state = {k: torch.randn_like(v).to(torch.bfloat16) for k, v in PidNet(TINY).state_dict().items()}
     p = tmp_path_factory.mktemp("ckpt") / "w.safetensors"
     save_file(state, str(p), metadata={"pid_net_config": TINY.to_json()})
     return p.read_bytes()

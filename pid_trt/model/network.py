@@ -1,5 +1,5 @@
-"""``PidDecoder``: the PiD network (upstream ``PidNet``, inference path), split into a per-decode
-:meth:`PidDecoder.prepare` and a per-step :meth:`PidDecoder.step`.
+"""``PidNet``: the PiD network (inference path; upstream names it the same), split into a per-decode
+:meth:`PidNet.prepare` and a per-step :meth:`PidNet.step`.
 
 Shapes: B batch; H x W output pixels (multiples of patch_size p); Hs = H/p, Ws = W/p,
 L = Hs*Ws patch tokens (row-major); T <= txt_max_length text tokens; D = hidden_size;
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pid_trt.config import DecoderConfig
+from pid_trt.config import NetConfig
 from pid_trt.errors import ConfigError
 from pid_trt.model.latent_adapter import LatentAdapter, SigmaGate
 from pid_trt.model.layers import F32, Fp32Linear, Linear, RMSNorm
@@ -24,7 +24,7 @@ from pid_trt.model.positions import TIMESTEP_FEATURES, rope_1d, rope_2d, timeste
 
 
 class Prepared(NamedTuple):
-    """Per-decode conditioning, computed once by :meth:`PidDecoder.prepare` (all float32).
+    """Per-decode conditioning, computed once by :meth:`PidNet.prepare` (all float32).
 
     y_emb: [B, T, D] projected, normalised caption plus its learned positions.
     lq_feats: [B, K, L, D] latent-adapter features, one per trunk injection.
@@ -80,7 +80,7 @@ def patchify_image(x: torch.Tensor, patch: int) -> torch.Tensor:
     return x.reshape(b, (h // patch) * (w // patch), c * patch * patch)
 
 
-class PidDecoder(nn.Module):
+class PidNet(nn.Module):
     """The PiD velocity network. ``state_dict()`` keys are upstream's without the ``net.`` prefix.
 
     forward(x [B, 3, H, W], t [B] (x1000), y [B, T, D_txt], lq_latent [B, C, h, w],
@@ -88,10 +88,10 @@ class PidDecoder(nn.Module):
     ``step(x, t, *prepare(y, lq_latent, H, W)[:2], degrade_sigma, pit_feat)``.
     """
 
-    def __init__(self, config: DecoderConfig) -> None:
+    def __init__(self, config: NetConfig) -> None:
         super().__init__()
-        if not isinstance(config, DecoderConfig):
-            raise ConfigError(f"PidDecoder config {type(config).__name__}: expected a DecoderConfig")
+        if not isinstance(config, NetConfig):
+            raise ConfigError(f"PidNet config {type(config).__name__}: expected a NetConfig")
         self.config = c = config
         d, p = c.hidden_size, c.patch_size
         self.pixel_embedder = PixelEmbedder(c.in_channels, c.pixel_hidden_size, p)
