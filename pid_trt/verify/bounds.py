@@ -51,10 +51,14 @@ BOUNDS: dict[Precision, dict[str, Bound | None]] = {
     },
     Precision.FP16: {
         "image": Bound(
-            "psnr_db", 55.0, "tests/test_ort_parity.py FP16_MIN_PSNR_DB (fp16 ONNX graph; measured 69-74 dB)"
+            "psnr_db",
+            55.0,
+            "tests/backends/test_ort_parity.py FP16_MIN_PSNR_DB (fp16 ONNX graph; measured 69-74 dB)",
         ),
         "velocity": Bound(
-            "psnr_db", 45.0, "tests/test_trt_backend.py VELOCITY_MIN_PSNR_DB (fp16 per-step velocity)"
+            "psnr_db",
+            45.0,
+            "tests/backends/test_trt_backend.py VELOCITY_MIN_PSNR_DB (fp16 per-step velocity)",
         ),
     },
     Precision.BF16: {
@@ -65,7 +69,7 @@ BOUNDS: dict[Precision, dict[str, Bound | None]] = {
     },
     Precision.FP8: {
         "image": Bound(
-            "psnr_db", 31.0, "tests/test_quantize.py GOLDEN_PSNR_DB (FP8 golden images: 33.4-37.6 dB)"
+            "psnr_db", 31.0, "tests/compile/test_quantize.py GOLDEN_PSNR_DB (FP8 golden images: 33.4-37.6 dB)"
         ),
         "velocity": None,
     },

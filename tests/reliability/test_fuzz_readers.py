@@ -3,7 +3,7 @@ object or raises the project's own error (a PidTrtError subclass) with a one-lin
 never another exception, never a hang (hypothesis deadline), never an unbounded allocation
 (each example runs under an RLIMIT_AS cap of the current mapping + 1 GiB).
 
-Already covered elsewhere: latent files in tests/test_io.py (::test_random_bytes_never_crash,
+Already covered elsewhere: latent files in tests/io/test_io.py (::test_random_bytes_never_crash,
 ::test_random_headers_never_crash, ::test_mutated_valid_files_never_crash), checkpoint
 headers in tests/test_security_checkpoints.py (::test_fuzzed_header_bytes_load_or_checkpoint_error,
 ::test_fuzzed_header_json_parses_or_raises_own_error). Added here: noise files, engine
@@ -34,7 +34,7 @@ from pid_trt.model import PidNet
 from pid_trt.stores.artifacts import MANIFEST_FORMAT
 from pid_trt.stores.store import EngineStore
 from tests.reliability.conftest import address_space_limit, one_line
-from tests.test_store import PLAN, make_key, write_plan
+from tests.stores.test_store import PLAN, make_key, write_plan
 
 FUZZ = settings(
     max_examples=150,

@@ -1,7 +1,7 @@
 """Point 5: outputs. An existing output is never replaced by a partial result; a batch whose
 write fails half-way keeps (and still writes) every image it can and names the ones that failed.
 
-Already covered in tests/test_io.py (kept there): ::test_png_write_failure_keeps_existing_file,
+Already covered in tests/io/test_io.py (kept there): ::test_png_write_failure_keeps_existing_file,
 ::test_safetensors_write_failure_keeps_existing_file, ::test_png_batch_failure_names_image
 (image 1 of 3 fails: 0 and 2 written, the old file 1 untouched, no temp files),
 ::test_atomic_write_failure_cleans_up, ::test_atomic_write_replace_failure,

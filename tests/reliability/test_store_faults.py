@@ -1,9 +1,9 @@
 """Point 3: the engine store under faults: killed builds, concurrent builders and users.
 
 Real processes (fork), real SIGKILL, real files; the "build" writes bytes so no TensorRT is
-needed (the store is the same code for real plans: tests/test_build.py).
+needed (the store is the same code for real plans: tests/compile/test_build.py).
 
-Already covered in tests/test_store.py (kept there): ::test_concurrent_puts_build_once
+Already covered in tests/stores/test_store.py (kept there): ::test_concurrent_puts_build_once
 (2 and 4 builders, one build), ::test_sigkill_mid_build_leaves_no_manifest,
 ::test_manifest_naming_outside_path_refused (../x, /etc/passwd, .., sub/x, ''),
 ::test_symlink_out_of_store_refused, ::test_corrupt_engine_refused (same size other bytes,
@@ -28,7 +28,7 @@ import pytest
 from pid_trt.errors import StoreError
 from pid_trt.stores.artifacts import MANIFEST_SUFFIX, TEMP_PREFIX
 from pid_trt.stores.store import EngineStore
-from tests.test_store import PLAN, make_key, write_plan
+from tests.stores.test_store import PLAN, make_key, write_plan
 
 KILL_REPEATS = 3
 CONCURRENT_ROUNDS = 5

@@ -9,7 +9,7 @@ Already covered elsewhere (kept there, listed here so the proof is in one place)
 - ::test_lying_safetensors_header_refused_fast_without_allocation (22 lies: absurd header
   length, offsets past the end, huge shape / small span, duplicate names, overlaps, gaps,
   deep JSON nesting ...; < 2 s and < 64 MiB traced each);
-- tests/test_io.py::test_huge_header_length, ::test_offsets_past_end,
+- tests/io/test_io.py::test_huge_header_length, ::test_offsets_past_end,
   ::test_huge_declared_shape, ::test_huge_declared_offsets (the same for latent files).
 
 Added here: a hard address-space cap (RLIMIT_AS: catches mmap and torch's allocator, which

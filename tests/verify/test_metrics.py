@@ -58,9 +58,9 @@ def test_parity_and_quantize_use_the_same_path():
 
 def test_bounds_are_the_tests_numbers():
     """The table and the constants the test suite holds the project to may not drift apart."""
-    from tests.test_ort_parity import FP16_MIN_PSNR_DB
-    from tests.test_quantize import GOLDEN_PSNR_DB
-    from tests.test_trt_backend import VELOCITY_MIN_PSNR_DB
+    from tests.backends.test_ort_parity import FP16_MIN_PSNR_DB
+    from tests.backends.test_trt_backend import VELOCITY_MIN_PSNR_DB
+    from tests.compile.test_quantize import GOLDEN_PSNR_DB
 
     assert BOUNDS[Precision.FP16]["image"] == Bound(
         "psnr_db", FP16_MIN_PSNR_DB, BOUNDS[Precision.FP16]["image"].source

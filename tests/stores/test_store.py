@@ -1,7 +1,7 @@
 """Engine store: content addressing, validation on lookup, locking, atomic commit, crashes.
 
 Real files and real processes; the "build" writes bytes so that these tests need no
-TensorRT (the real TensorRT-RTX path through the store is in test_build.py).
+TensorRT (the real TensorRT-RTX path through the store is in tests/compile/test_build.py).
 """
 
 from __future__ import annotations
