@@ -3,12 +3,11 @@ object or raises the project's own error (a PidTrtError subclass) with a one-lin
 never another exception, never a hang (hypothesis deadline), never an unbounded allocation
 (each example runs under an RLIMIT_AS cap of the current mapping + 1 GiB).
 
-Already covered elsewhere: latent files in tests/io/test_io.py (::test_random_bytes_never_crash,
-::test_random_headers_never_crash, ::test_mutated_valid_files_never_crash), checkpoint
-headers in tests/test_security_checkpoints.py (::test_fuzzed_header_bytes_load_or_checkpoint_error,
-::test_fuzzed_header_json_parses_or_raises_own_error). Added here: noise files, engine
-manifests (lookup, list and remove of the store), and the one-line / memory-cap properties
-for checkpoints and latent files.
+Covered here: latent files (random bytes behind any declared header length, random headers,
+mutated valid files; whatever is accepted holds every invariant of a LatentFile), noise files,
+checkpoints (one line, capped) and engine manifests (lookup, list and remove of the store).
+Checkpoint headers are also fuzzed in tests/test_security_checkpoints.py
+(::test_fuzzed_header_bytes_load_or_checkpoint_error, ::test_fuzzed_header_json_parses_or_raises_own_error).
 """
 
 from __future__ import annotations
@@ -29,10 +28,11 @@ from safetensors.torch import save_file
 from pid_trt.checkpoints import load_checkpoint
 from pid_trt.config import TINY
 from pid_trt.errors import CheckpointError, InputFileError, StoreError
-from pid_trt.io import read_latent_file, read_noise_file, write_noise_file
+from pid_trt.io import read_latent_file, read_noise_file, write_latent_file, write_noise_file
 from pid_trt.model import PidNet
 from pid_trt.stores.artifacts import MANIFEST_FORMAT
 from pid_trt.stores.store import EngineStore
+from tests.io.helpers import C, D, T, check_valid
 from tests.reliability.conftest import address_space_limit, one_line
 from tests.stores.test_store import PLAN, make_key, write_plan
 
@@ -135,20 +135,71 @@ def test_noise_random_headers(entry, name, data):
     _read_noise_or_refuse(p)
 
 
-# --------------------------------------------------------------------------- latent files (capped)
-@FUZZ
-@given(data=st.binary(max_size=600), length=st.integers(0, 2**64 - 1))
-def test_latent_random_bytes_with_any_declared_length(data, length):
-    p = _scratch() / "l.safetensors"
-    p.write_bytes(struct.pack("<Q", length) + data)
+# --------------------------------------------------------------------------- latent files
+LATENT_FUZZ = settings(FUZZ, max_examples=200)
+
+
+@pytest.fixture(scope="module")
+def latent_bytes(tmp_path_factory) -> bytes:
+    p = tmp_path_factory.mktemp("latent") / "v.safetensors"
+    write_latent_file(
+        p, torch.randn(2, C, 2, 3), torch.randn(2, T, D), torch.tensor([0.1, 0.9]), backbone="tiny"
+    )
+    return p.read_bytes()
+
+
+def _read_latent_or_refuse(path: Path) -> None:
+    """With and without a config: a LatentFile that holds every invariant, or one-line InputFileError."""
     for config in (None, TINY):
         try:
             with address_space_limit():
-                lf = read_latent_file(p, config)
+                lf = read_latent_file(path, config)
         except InputFileError as exc:
             one_line(exc)
         else:
-            assert lf.latent.dim() == 4 and bool(torch.isfinite(lf.latent).all())
+            check_valid(lf, config)
+
+
+@LATENT_FUZZ
+@given(data=st.binary(max_size=600), length=st.none() | st.integers(0, 2**64 - 1))
+def test_latent_random_bytes_with_any_declared_length(data, length):
+    """Arbitrary bytes, as they are or behind a header length prefix of any value."""
+    p = _scratch() / "l.safetensors"
+    p.write_bytes(data if length is None else struct.pack("<Q", length) + data)
+    _read_latent_or_refuse(p)
+
+
+_latent_entry = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from(["F32", "F16", "BF16", "F64", "I64", "BOOL", "F8_E4M3", "U16", "X"]) | _json,
+        "shape": st.lists(st.integers(-1, 20), max_size=5) | _json,
+        "data_offsets": st.lists(st.integers(-1, 3000), min_size=2, max_size=2) | _json,
+    }
+)
+_latent_header = st.dictionaries(
+    st.sampled_from(["latent", "caption_embedding", "degrade_sigma", "__metadata__", "other"]),
+    _latent_entry | _json,
+    max_size=4,
+)
+
+
+@LATENT_FUZZ
+@given(header=_latent_header, data=st.binary(max_size=3000))
+def test_latent_random_headers(header, data):
+    blob = json.dumps(header, allow_nan=True).encode()
+    p = _scratch() / "h.safetensors"
+    p.write_bytes(struct.pack("<Q", len(blob)) + blob + data)
+    _read_latent_or_refuse(p)
+
+
+@LATENT_FUZZ
+@given(flips=_flips, cut=_cut)
+def test_latent_mutated_valid_file(latent_bytes, flips, cut):
+    """Half of the mutations land in the header, where they do the most damage."""
+    p = _scratch() / "m.safetensors"
+    header_end = 8 + struct.unpack("<Q", latent_bytes[:8])[0]
+    p.write_bytes(_mutate(latent_bytes, flips, cut, header_end))
+    _read_latent_or_refuse(p)
 
 
 # --------------------------------------------------------------------------- checkpoints (one line, capped)

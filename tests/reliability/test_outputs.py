@@ -1,11 +1,12 @@
 """Point 5: outputs. An existing output is never replaced by a partial result; a batch whose
 write fails half-way keeps (and still writes) every image it can and names the ones that failed.
 
-Already covered in tests/io/test_io.py (kept there): ::test_png_write_failure_keeps_existing_file,
-::test_safetensors_write_failure_keeps_existing_file, ::test_png_batch_failure_names_image
+Already covered in tests/io/test_images.py (kept there): ::test_png_write_failure_keeps_existing_file,
+::test_safetensors_write_failure_keeps_existing_file, ::test_png_batch_failure_names_the_image_and_keeps_the_others
 (image 1 of 3 fails: 0 and 2 written, the old file 1 untouched, no temp files),
-::test_atomic_write_failure_cleans_up, ::test_atomic_write_replace_failure,
-::test_latent_and_noise_writers_are_atomic; in tests/cli/test_decode_cli.py:
+tests/test_atomic.py::test_atomic_write_failure_keeps_the_old_file_and_removes_the_temp,
+::test_atomic_write_rename_failure_keeps_the_old_file,
+tests/io/test_latent_file.py::test_failed_latent_write_keeps_the_old_file; in tests/cli/test_decode_cli.py:
 ::test_decode_cli_keeps_existing_output_on_failure.
 
 Added here, with real faults only: writers SIGKILLed at random moments (the target is always

@@ -9,8 +9,9 @@ Already covered elsewhere (kept there, listed here so the proof is in one place)
 - ::test_lying_safetensors_header_refused_fast_without_allocation (22 lies: absurd header
   length, offsets past the end, huge shape / small span, duplicate names, overlaps, gaps,
   deep JSON nesting ...; < 2 s and < 64 MiB traced each);
-- tests/io/test_io.py::test_huge_header_length, ::test_offsets_past_end,
-  ::test_huge_declared_shape, ::test_huge_declared_offsets (the same for latent files).
+- tests/io/test_latent_file.py::test_header_length_of_2pow62_is_refused,
+  ::test_data_offsets_past_the_data_area_are_refused, ::test_shape_larger_than_its_data_offsets_is_refused,
+  ::test_data_offsets_of_2pow42_in_a_small_file_are_refused (the same for latent files).
 
 Added here: a hard address-space cap (RLIMIT_AS: catches mmap and torch's allocator, which
 tracemalloc does not see) around the 2**40-byte lies; *sparse* files that truthfully hold a
