@@ -137,14 +137,6 @@ def check_bucket(bucket: Bucket, preset: Preset | None) -> str | None:
     )
 
 
-def bucket_for_latent(config: NetConfig, latent_h: int, latent_w: int) -> Bucket:
-    """The bucket a latent of (latent_h, latent_w) cells decodes into."""
-    height, width = config.output_size(latent_h, latent_w)
-    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
-        raise ConfigError(f"latent {latent_h}x{latent_w} gives {width}x{height}: not a multiple of 16 pixels")
-    return Bucket(height=height, width=width)
-
-
 def output_size(
     config: NetConfig, latent_hw: tuple[int, int], size: str | tuple[int, int] | None = None
 ) -> tuple[int, int]:

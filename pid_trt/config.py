@@ -206,11 +206,6 @@ class NetConfig:
         f = self.lq_latent_unpatchify_factor
         return self.lq_latent_channels // (f * f)
 
-    @property
-    def is_v15(self) -> bool:
-        """True for the v1.5 layout (per-token gates and PiT latent injection)."""
-        return self.pit_lq_inject
-
     def output_size(self, latent_h: int, latent_w: int) -> tuple[int, int]:
         """Output (H, W) in pixels for a latent of (latent_h, latent_w) cells."""
         return latent_h * self.pixels_per_latent, latent_w * self.pixels_per_latent

@@ -3,7 +3,7 @@ the gpu marker, and the rule that nothing but a GPU test may skip.
 
 Ground truth lives in the repository: ``tests/golden/`` (listed, with hashes, in
 ``tests/golden/SHA256SUMS``) and the checkpoint inventory, package data read by
-:mod:`pid_trt.inventory`. A missing file fails the tests that need it, naming the path; it is
+:mod:`pid_trt.verify.inventory`. A missing file fails the tests that need it, naming the path; it is
 never a skip. ``$PIDTRT_GOLDEN_DIR`` may name a folder of further golden files: they are
 added to the parity tests, never substituted for the repository's.
 """

@@ -10,8 +10,8 @@ import torch
 from pid_trt.buckets import Bucket
 from pid_trt.compile.export import ExportKey, ExportResult, export_onnx, weights_id
 from pid_trt.config import NetConfig
-from pid_trt.golden import load_golden as read_golden
 from pid_trt.model import PidNet
+from pid_trt.verify.golden import load_golden as read_golden
 
 _EXPORTS: dict[tuple, ExportResult] = {}
 

@@ -22,8 +22,8 @@ from pid_trt.checkpoints import (
 )
 from pid_trt.config import TINY, all_presets
 from pid_trt.errors import CheckpointError
-from pid_trt.inventory import inventory_entry, inventory_shapes, matching_experiments
 from pid_trt.model import PidNet
+from pid_trt.verify.inventory import inventory_entry, inventory_shapes, matching_experiments
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from pid_trt.config import Precision, all_presets, get_preset
 from pid_trt.costmodel import GPUS, estimate, floor_time, get_gpu, mfu, param_count, render_markdown
 from pid_trt.errors import ConfigError
-from pid_trt.inventory import inventory_entry
+from pid_trt.verify.inventory import inventory_entry
 
 V1 = get_preset("flux", "2k").config
 V15 = get_preset("flux", "2kto4k").config

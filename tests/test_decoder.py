@@ -15,8 +15,8 @@ import pid_trt.decoder as decoder_module
 from pid_trt import Decoder
 from pid_trt.checkpoints import CONFIG_METADATA_KEY
 from pid_trt.errors import ConfigError, InputFileError, PidTrtError
-from pid_trt.golden import load_golden
 from pid_trt.io import sample_latent
+from pid_trt.verify.golden import load_golden
 from tests.conftest import golden_case
 
 TORCH_TOL = 1e-4  # golden README: torch reference, float32, CPU

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from pid_trt.config import all_presets
-from pid_trt.inventory import experiments, inventory_file, load_inventory
+from pid_trt.verify.inventory import experiments, inventory_file, load_inventory
 from tests.conftest import (
     GOLDEN_DIR,
     GOLDEN_ENV,

@@ -70,11 +70,6 @@ _ALIASES = {
 }
 
 
-def ldm_names() -> list[str]:
-    """The canonical LDM names, in table order."""
-    return list(_SPECS)
-
-
 def ldm_spec(name: str | Backbone) -> LdmSpec:
     """The :class:`LdmSpec` of an LDM name (``zimage-turbo`` and upstream's tags such as
     ``flux2-klein-4b`` or ``qwenimage-2512`` are accepted); ConfigError for anything else."""

@@ -18,7 +18,6 @@ between threads: make one per thread.
 from __future__ import annotations
 
 import re
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
@@ -201,20 +200,3 @@ def _classify(status: str | None, message: str) -> ServeRequestError:
     if status is None and ("connect" in low or "refused" in low):
         return ServeRequestError("connection", text)
     return ServeRequestError("server", text)
-
-
-def metrics_text(url: str, timeout_s: float = 10.0) -> str:
-    """Triton's Prometheus metrics page (``http://HOST:METRICS_PORT/metrics``)."""
-    with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-        return resp.read().decode("utf-8", errors="replace")
-
-
-def metric_values(text: str, name: str) -> dict[str, float]:
-    """Values of one metric by its label set, e.g. ``nv_inference_exec_count``."""
-    out = {}
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            key, _, value = line.rpartition(" ")
-            labels = key[len(name) :]
-            out[labels] = float(value)
-    return out

@@ -16,8 +16,8 @@ from pid_trt.backends.base import Conditioning
 from pid_trt.backends.ort_backend import OrtBackend
 from pid_trt.buckets import Bucket
 from pid_trt.config import Precision
-from pid_trt.parity import Tolerance, compare, format_table, psnr
 from pid_trt.sampling import TIMESCALE, sample
+from pid_trt.verify.parity import Tolerance, compare, format_table, psnr
 from tests.conftest import GOLDEN
 from tests.export_helpers import golden_export, load_golden
 

@@ -82,7 +82,7 @@ def test_store_is_checked_before_cuda(store, monkeypatch):
 
 #: Per-step velocity PSNR (dB, peak-to-peak 2 as for images) of the fp16 engine against the
 #: fp32 torch reference fed the same inputs. Bound from the fp16 ONNX graph's measured image
-#: PSNR of 72 dB vs fp32 (tests/test_ort_parity.py), with margin for TensorRT's kernels.
+#: PSNR of 72 dB vs fp32 (tests/backends/test_ort_parity.py), with margin for TensorRT's kernels.
 VELOCITY_MIN_PSNR_DB = 45.0
 #: Final 4-step image PSNR (dB) of the fp16 engine decode against the torch fp32 decode.
 IMAGE_MIN_PSNR_DB = 40.0
@@ -122,8 +122,8 @@ def _conditioning(spec, seed: int = 0):
 def test_trt_matches_torch_per_step_and_image(store, cuda_graph):
     from pid_trt.backends.torch_backend import TorchBackend
     from pid_trt.netspec import build_model
-    from pid_trt.parity import psnr
     from pid_trt.sampling import draw_noise, sample, timesteps
+    from pid_trt.verify.parity import psnr
 
     spec, trt = _gpu_backend(store, cuda_graph)
     ref = TorchBackend(build_model(spec), torch.device("cuda"), torch.float32)

@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from pid_trt.checkpoints import CONFIG_METADATA_KEY
 from pid_trt.config import TINY
-from pid_trt.golden import load_golden
 from pid_trt.io import write_latent_file, write_noise_file
+from pid_trt.verify.golden import load_golden
 from tests.conftest import GOLDEN, golden_case
 
 IMAGE_TOL = 1e-4  # golden README: torch reference, float32, CPU

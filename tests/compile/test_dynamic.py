@@ -43,7 +43,7 @@ def _golden_checkpoint(stem: str, out: Path) -> tuple[Path, Path]:
     """A golden network's weights as a safetensors checkpoint + its net config JSON."""
     from safetensors.torch import save_file
 
-    from pid_trt.golden import load_golden
+    from pid_trt.verify.golden import load_golden
 
     case = load_golden(golden_case(stem))
     ckpt, cfg = out / f"{stem}.safetensors", out / f"{stem}.json"
@@ -84,7 +84,7 @@ def dynamic(tmp_path_factory):
 
 def _export_of(dynamic, case: str):
     from pid_trt.checkpoints import file_sha256
-    from pid_trt.golden import load_golden
+    from pid_trt.verify.golden import load_golden
 
     config = load_golden(golden_case(GOLDEN[case][0])).config
     wid = weights_id(checkpoint_sha256=file_sha256(dynamic["checkpoints"][case]))
@@ -121,7 +121,7 @@ def test_dynamic_graph_is_symbolic_and_has_fp32_islands(dynamic, case):
 
 def _reference(case: str, size, seed: int):
     """(inputs, expected velocity) for one size: the golden file's, or the torch reference's."""
-    from pid_trt.golden import load_golden
+    from pid_trt.verify.golden import load_golden
 
     if size is None:
         return None
@@ -167,7 +167,7 @@ def test_one_dynamic_graph_matches_at_several_sizes_and_batches(dynamic, case):
     """One exported graph pair, run by ONNX Runtime at every size: <= 1e-3 against the golden
     velocity (the official network) where the golden file has that size, else against the
     torch reference of the same weights."""
-    from pid_trt.golden import load_golden
+    from pid_trt.verify.golden import load_golden
 
     export = _export_of(dynamic, case)
     rows = []
@@ -272,7 +272,7 @@ def test_dynamic_engine_decodes_two_sizes_on_a_gpu(mixed_store):
     """The one dynamic pair at two sizes and both batches against the torch reference; its
     runtime caches land in the engine store (TensorRT-RTX, an RTX GPU)."""
     from pid_trt import Decoder
-    from pid_trt.parity import psnr
+    from pid_trt.verify.parity import psnr
 
     trt = Decoder.load(backbone="tiny", random_weights=True, backend="tensorrt", precision="bf16",
                        engine_dir=mixed_store)  # fmt: skip

@@ -27,8 +27,8 @@ from pid_trt.compile.quantize import (
 )
 from pid_trt.config import TINY
 from pid_trt.errors import ConfigError
-from pid_trt.golden import load_golden
 from pid_trt.model import PidNet, random_init
+from pid_trt.verify.golden import load_golden
 from tests.conftest import GOLDEN, require
 
 CALIB = CalibrationSpec(num_samples=2, height=64, width=64, seed=0)

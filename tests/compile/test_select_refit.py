@@ -202,8 +202,8 @@ def _manifest_key(export, graph: str) -> dict:
 
 def test_foreign_or_incomplete_checkpoints_are_refused_in_one_line(refittable):
     from pid_trt.compile.refit import check_architecture, missing_weights, refit_tensors
-    from pid_trt.golden import load_golden
     from pid_trt.netspec import build_model, resolve_net
+    from pid_trt.verify.golden import load_golden
     from tests.conftest import golden_case
 
     a, _ = refittable

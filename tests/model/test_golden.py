@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pid_trt.golden import load_golden
 from pid_trt.sampling import TIMESCALE, sample
+from pid_trt.verify.golden import load_golden
 from tests.conftest import GOLDEN
 
 TOL = 1e-4

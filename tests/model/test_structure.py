@@ -9,8 +9,8 @@ import torch
 
 from pid_trt.config import TINY, GateType, PaddingMode, all_presets
 from pid_trt.errors import ConfigError
-from pid_trt.inventory import inventory_shapes
 from pid_trt.model import PidNet
+from pid_trt.verify.inventory import inventory_shapes
 
 RELEASED = [p for p in all_presets() if p.released]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from pid_trt.golden import load_golden
+from pid_trt.verify.golden import load_golden
 
 
 def golden_user_files(golden: Path, out: Path) -> dict[str, Path]:
