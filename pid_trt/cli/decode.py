@@ -97,7 +97,7 @@ def decode(
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds one --server request may take."),
 ) -> None:
     """Decode latent file(s) into image(s): one file, or many (directories, globs) with a progress bar."""
-    from pid_trt.cli.decode_files import is_single
+    from pid_trt.jobs import is_single
 
     if prompt and caption is not None:
         raise ConfigError("--prompt and --caption exclude each other: pass one")
@@ -168,60 +168,59 @@ def _decode_file(decoder, latent, output, *, prompt, caption, size, noise, seed,
 
 
 def _decode_many(**opts) -> None:
-    """Several inputs (or --skip-existing, or --server): one output per input, a progress bar,
-    failures reported by input, a summary; exit code non-zero when any failed."""
-    from pid_trt.cli import decode_files as many
+    """Several inputs (or --skip-existing, or --server): one output per input (pid_trt.jobs), a
+    progress bar, failures reported by input, a summary; exit code non-zero when any failed."""
+    from pid_trt import jobs as batch
+    from pid_trt.cli.progress import finish, run_with_progress
 
-    inputs, problems = many.expand_inputs(opts["latent"])
+    inputs, problems = batch.expand_inputs(opts["latent"])
     if not inputs and problems:
-        raise InputFileError("; ".join(p for _, p in problems))
-    single = many.is_single(opts["latent"])
-    jobs = many.plan_jobs(inputs, opts["output"], single)
+        raise InputFileError("; ".join(p.message for p in problems))
+    single = batch.is_single(opts["latent"])
+    jobs = batch.plan_jobs(inputs, opts["output"], single=single)
     if opts["noise"] is not None and len(jobs) > 1:
         raise ConfigError("--noise is one decode's noise: it takes one latent file, not several")
     if not single:
-        for job in jobs:
-            job.output.parent.mkdir(parents=True, exist_ok=True)
-    server = opts["server"]
-    if server is not None:
-        local_only = {
-            "--backbone": opts["backbone"], "--ckpt-type": opts["ckpt_type"], "--checkpoint": opts["checkpoint"],
-            "--net-config": opts["net_config"], "--random-weights": opts["random_weights"] or None,
-            "--noise": opts["noise"], "--size": opts["size"], "--dtype": opts["dtype"], "--device": opts["device"],
-            "--text-encoder": opts["text_encoder"], "--steps": None if opts["steps"] == 4 else opts["steps"],
-            "--backend": None if opts["backend"] == "torch" else opts["backend"],
-        }  # fmt: skip
-        given = [name for name, value in local_only.items() if value is not None]
-        if given:
-            raise ConfigError(
-                f"--server decodes with the server's model and settings: drop {', '.join(given)}"
-            )
-        work, close = many.remote_work(server, opts["timeout"], opts["seed"], opts["prompt"], opts["caption"])
-        try:
-            summary = many.run_jobs(
-                jobs,
-                work,
-                skip_existing=opts["skip_existing"],
-                concurrency=opts["concurrency"],
-                problems=problems,
-            )
-        finally:
-            close()
-        how = f"server {server}"
-    else:
-        decoder = _load(**opts)
-        with decoder:
-            if decoder.spec.random_weights:
-                warn("--random-weights: the network is randomly initialised; the images mean nothing")
+        batch.make_parents(jobs)
+    run = {"skip_existing": opts["skip_existing"], "problems": problems}
+    if opts["server"] is not None:
+        from pid_trt.serve.remote import RemoteFiles
 
-            def work(job) -> None:
-                _decode_file(
-                    decoder, job.latent, job.output, prompt=opts["prompt"], caption=opts["caption"],
-                    size=opts["size"], noise=opts["noise"], seed=opts["seed"], steps=opts["steps"], warn_random=False,
-                )  # fmt: skip
+        _refuse_local_options(opts)
+        with RemoteFiles(
+            opts["server"],
+            timeout_s=opts["timeout"],
+            seed=opts["seed"],
+            prompt=opts["prompt"],
+            caption=opts["caption"],
+        ) as work:
+            summary = run_with_progress("decode", jobs, work, concurrency=opts["concurrency"], **run)
+        finish(summary, f"server {opts['server']}")
+        return
+    decoder = _load(**opts)
+    with decoder:
+        if decoder.spec.random_weights:
+            warn("--random-weights: the network is randomly initialised; the images mean nothing")
 
-            summary = many.run_jobs(jobs, work, skip_existing=opts["skip_existing"], problems=problems)
-        how = decoder.backend_name
-    typer.echo(many.render_summary(summary, how))
-    if summary.exit_code:
-        raise typer.Exit(summary.exit_code)
+        def work(job) -> None:
+            _decode_file(
+                decoder, job.source, job.output, prompt=opts["prompt"], caption=opts["caption"],
+                size=opts["size"], noise=opts["noise"], seed=opts["seed"], steps=opts["steps"], warn_random=False,
+            )  # fmt: skip
+
+        summary = run_with_progress("decode", jobs, work, **run)
+    finish(summary, decoder.backend_name)
+
+
+def _refuse_local_options(opts: dict) -> None:
+    """--server decodes with the server's model and settings: refuse the options that pick local ones."""
+    local_only = {
+        "--backbone": opts["backbone"], "--ckpt-type": opts["ckpt_type"], "--checkpoint": opts["checkpoint"],
+        "--net-config": opts["net_config"], "--random-weights": opts["random_weights"] or None,
+        "--noise": opts["noise"], "--size": opts["size"], "--dtype": opts["dtype"], "--device": opts["device"],
+        "--text-encoder": opts["text_encoder"], "--steps": None if opts["steps"] == 4 else opts["steps"],
+        "--backend": None if opts["backend"] == "torch" else opts["backend"],
+    }  # fmt: skip
+    given = [name for name, value in local_only.items() if value is not None]
+    if given:
+        raise ConfigError(f"--server decodes with the server's model and settings: drop {', '.join(given)}")

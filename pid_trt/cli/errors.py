@@ -25,26 +25,49 @@ def report(message: str) -> None:
     typer.echo(f"error: {first}", err=True)
 
 
-def cli_errors(fn: F) -> F:
-    """Decorate a command so the project's errors become one-line messages and exit codes."""
+def exit_code(exc: BaseException) -> int:
+    """The exit code of a failure, the CLI's one mapping: 130 for Ctrl-C; for an error that
+    carries a ``kind`` (a server's answer), :data:`EXIT_USAGE` when it is ``invalid``, else
+    :data:`EXIT_ENV`; :data:`EXIT_ENV` for a missing backend, a resource limit or an I/O
+    failure; :data:`EXIT_USAGE` for the project's other errors; :data:`EXIT_ENV` otherwise."""
     from pid_trt.errors import BackendUnavailableError, ResourceError
+
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    kind = getattr(exc, "kind", None)
+    if kind is not None:
+        return EXIT_USAGE if kind == "invalid" else EXIT_ENV
+    if isinstance(exc, (BackendUnavailableError, ResourceError, OSError)):
+        return EXIT_ENV
+    return EXIT_USAGE if isinstance(exc, PidTrtError) else EXIT_ENV
+
+
+def one_line(exc: BaseException) -> str:
+    """The failure's message on one line: an I/O error as ``reason (file)``, a server's
+    answer with its ``kind`` appended (unless ``invalid``)."""
+    if isinstance(exc, OSError) and exc.filename:
+        text = f"{exc.strerror or exc} ({exc.filename})"
+    else:
+        text = str(exc) or type(exc).__name__
+    kind = getattr(exc, "kind", None)
+    text = " ".join(text.split())
+    return f"{text} ({kind})" if kind and kind != "invalid" else text
+
+
+def cli_errors(fn: F) -> F:
+    """Decorate a command so the project's errors become one-line messages and exit codes
+    (:func:`one_line`, :func:`exit_code`)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (BackendUnavailableError, ResourceError) as exc:
-            report(str(exc))
-            raise typer.Exit(EXIT_ENV) from None
-        except PidTrtError as exc:
-            report(str(exc))
-            raise typer.Exit(EXIT_USAGE) from None
-        except OSError as exc:
-            report(f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc))
-            raise typer.Exit(EXIT_ENV) from None
-        except KeyboardInterrupt:
+        except (PidTrtError, OSError) as exc:
+            report(one_line(exc))
+            raise typer.Exit(exit_code(exc)) from None
+        except KeyboardInterrupt as exc:
             report("interrupted")
-            raise typer.Exit(130) from None
+            raise typer.Exit(exit_code(exc)) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -5,11 +5,15 @@ here by the same rules (and with the same messages) as ``pidtrt decode``, agains
 server's net (its model parameters), before anything is sent; the outputs are written as
 ``pidtrt decode`` writes them (:func:`pid_trt.io.write_images`; PNGs arrive encoded by the
 server, byte for byte those ``pidtrt decode`` writes for the same image).
+:class:`RemoteFiles` is the job worker (:mod:`pid_trt.jobs`) of ``pidtrt decode --server``:
+one client per thread, a request the server refused as overloaded retried a few times.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +25,12 @@ from pid_trt.atomic import atomic_write
 from pid_trt.config import NetConfig
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.io import SUPPORTED_SUFFIXES, png_paths, read_latent_file, write_images
-from pid_trt.serve.client import PidClient
+from pid_trt.jobs import Job
+from pid_trt.serve.client import PidClient, ServeRequestError
+
+#: Retries of a request the server refused as overloaded (its queue was full), and the first wait.
+OVERLOAD_RETRIES = 3
+OVERLOAD_WAIT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -104,3 +113,66 @@ def write_pngs(pngs: Sequence[bytes], output: str | os.PathLike[str]) -> list[Pa
                 f"output {os.fspath(target)}: write failed ({exc.strerror or exc})"
             ) from None
     return targets
+
+
+class RemoteFiles:
+    """A job worker that sends each job's latent file to the server at ``url`` and writes its
+    output, as :func:`request_file` (``timeout_s``: how long one request may take). Called
+    from several threads at once, each with its own client; a request refused as overloaded
+    (``ServeRequestError`` kind ``overload``) is retried ``retries`` times, waiting
+    ``wait_s`` seconds and doubling. :meth:`close` (or leaving the ``with`` block) closes
+    the clients."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float,
+        seed: int = 0,
+        prompt: Sequence[str] = (),
+        caption: str | os.PathLike[str] | None = None,
+        retries: int = OVERLOAD_RETRIES,
+        wait_s: float = OVERLOAD_WAIT_S,
+    ) -> None:
+        self.url, self.timeout_s, self.seed = url, timeout_s, seed
+        self.prompt, self.caption = list(prompt), caption
+        self.retries, self.wait_s = retries, wait_s
+        self._local = threading.local()
+        self._clients: list[PidClient] = []
+        self._lock = threading.Lock()
+
+    def _client(self) -> PidClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = PidClient(self.url, timeout_s=self.timeout_s)
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def __call__(self, job: Job) -> None:
+        client = self._client()
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        wait = self.wait_s
+        for attempt in range(self.retries + 1):
+            try:
+                request_file(
+                    client, job.source, job.output, seed=self.seed, prompt=self.prompt, caption=self.caption
+                )
+                return
+            except ServeRequestError as exc:
+                if exc.kind != "overload" or attempt == self.retries:
+                    raise
+            time.sleep(wait)
+            wait *= 2
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
+
+    def __enter__(self) -> RemoteFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

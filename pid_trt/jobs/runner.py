@@ -1,0 +1,103 @@
+"""Run a worker over jobs: some at once, each failure kept and the others going on, a stop
+on Ctrl-C or on request, a result per input.
+
+The worker is any ``work(job) -> None`` that writes ``job.output`` (atomically, see
+:mod:`pid_trt.atomic`) or raises; the runner knows nothing of what it decodes, encodes or
+generates. Progress goes to a :class:`RunEvents` the front end supplies (the CLI draws a
+progress bar with it); the runner itself prints nothing and picks no exit code.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from pid_trt.errors import ConfigError, InputFileError
+from pid_trt.jobs.inputs import Problem
+from pid_trt.jobs.plan import Job, split_existing
+from pid_trt.jobs.summary import JobResult, Outcome, Summary
+
+
+class RunEvents:
+    """What :func:`run_jobs` reports as it goes; these do nothing, a front end overrides them.
+    :meth:`finished` may be called from several worker threads at once."""
+
+    def started(self, pending: int) -> None:
+        """The run starts ``pending`` jobs (after skipping existing outputs)."""
+
+    def finished(self, result: JobResult) -> None:
+        """One input ended: an argument that named none (first, before :meth:`started`), a
+        skipped job, or a job the worker finished or failed."""
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    work: Callable[[Job], None],
+    *,
+    skip_existing: bool = False,
+    concurrency: int = 1,
+    problems: Sequence[Problem] = (),
+    events: RunEvents | None = None,
+    cancel: threading.Event | None = None,
+) -> Summary:
+    """Run ``work`` on each job, ``concurrency`` at a time (threads; 1: in order, in this
+    thread), and return what happened.
+
+    A job whose worker raises an ``Exception`` is a failed result holding it; the other jobs
+    go on. ``skip_existing``: jobs whose output exists are skipped (resume). ``problems``:
+    arguments that named no input, counted as failed inputs (an :class:`InputFileError`
+    with the problem's message). Ctrl-C (KeyboardInterrupt) or setting ``cancel`` stops
+    the run: jobs already running finish, jobs not started are dropped without a result,
+    and the summary says ``interrupted``.
+    """
+    if concurrency < 1:
+        raise ConfigError(f"concurrency {concurrency}: expected at least 1 job at a time")
+    events = events or RunEvents()
+    summary = Summary(planned=len(jobs) + len(problems))
+    lock = threading.Lock()
+    dropped = threading.Event()  # a job was not started because of ``cancel``
+
+    def record(result: JobResult) -> None:
+        with lock:
+            summary.results.append(result)
+        events.finished(result)
+
+    for problem in problems:
+        record(JobResult(problem.arg, Outcome.FAILED, error=InputFileError(problem.message)))
+    todo, existing = split_existing(jobs) if skip_existing else (list(jobs), [])
+    for job in existing:
+        record(JobResult(job.name, Outcome.SKIPPED, job))
+    events.started(len(todo))
+
+    def one(job: Job) -> None:
+        if cancel is not None and cancel.is_set():
+            dropped.set()
+            return
+        begin = time.perf_counter()
+        try:
+            work(job)
+        except Exception as exc:
+            record(JobResult(job.name, Outcome.FAILED, job, exc, time.perf_counter() - begin))
+        else:
+            record(JobResult(job.name, Outcome.DONE, job, None, time.perf_counter() - begin))
+
+    start = time.perf_counter()
+    pool = None
+    try:
+        if concurrency == 1:
+            for job in todo:
+                one(job)
+        else:
+            pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pidtrt-job")
+            for future in [pool.submit(one, job) for job in todo]:
+                future.result()
+    except KeyboardInterrupt:  # stop: what is done stays done; a rerun that skips existing outputs resumes
+        summary.interrupted = True
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    summary.interrupted = summary.interrupted or dropped.is_set()
+    summary.seconds = time.perf_counter() - start
+    return summary

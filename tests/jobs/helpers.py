@@ -1,0 +1,43 @@
+"""A real worker for the job engine's tests: a text file of colour words in, PNG(s) out.
+
+An input file holds one word per batch row, ``black`` or ``white``; the worker writes the
+rows as 2x2 images with :func:`pid_trt.io.write_images` (atomic; ``stem_k.png`` for
+several rows), where black is pixel value 0 and white 255 (the PNG writer's documented
+end points). Any other word is refused, naming the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pid_trt.errors import InputFileError
+from pid_trt.io import write_images
+from pid_trt.jobs import Job
+
+LEVELS = {"black": -1.0, "white": 1.0}
+#: The PNG byte of each word: the writer maps -1 to 0 and 1 to 255.
+BYTES = {"black": 0, "white": 255}
+
+
+def write_input(path: Path, *words: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(" ".join(words))
+    return path
+
+
+def colour_png(job: Job) -> None:
+    """The worker: read ``job.source``, write ``job.output``."""
+    words = Path(job.source).read_text().split()
+    if not words or any(w not in LEVELS for w in words):
+        raise InputFileError(f"input {job.source}: expected words {sorted(LEVELS)}, got {words!r}")
+    rows = torch.tensor([LEVELS[w] for w in words], dtype=torch.float32)
+    write_images(rows.view(-1, 1, 1, 1).expand(-1, 3, 2, 2), job.output)
+
+
+def png_values(path: Path) -> set[int]:
+    """The distinct byte values of a PNG."""
+    return set(np.unique(np.asarray(Image.open(path))).tolist())
