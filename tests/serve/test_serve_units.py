@@ -200,7 +200,7 @@ def test_unreachable_server_is_a_connection_error(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- many-files decode
 def test_plan_jobs_names_outputs_and_refuses_collisions(tmp_path: Path) -> None:
-    from pid_trt.cli.decode_files import expand_inputs, is_single, plan_jobs
+    from pid_trt.jobs import expand_inputs, is_single, plan_jobs
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
