@@ -1,4 +1,4 @@
-"""Layout rules of DESIGN §4, checked on the source: the CLI imports the core and never the
+"""Layout rules of docs/design.md §2, checked on the source: the CLI imports the core and never the
 reverse, and the package's import graph (lazy imports inside functions included) has no cycle."""
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ class BuildOptions:
     decomposable_attention: let the builder fall back to unfused attention (matmul, softmax,
         matmul) where it has no fused kernel for an ONNX ``Attention`` node (TensorRT-RTX 1.7
         has none in fp32). Off by default: unfused attention at PiD token counts needs
-        O(tokens²) memory (DESIGN §5), so the build fails with a message instead.
+        O(tokens²) memory (docs/design.md §5), so the build fails with a message instead.
     timing_cache: a timing-cache file to load and update (full TensorRT only); not part of
         the engine key, it changes build time, never the result's validity.
     profile: the optimisation profile of a dynamic-shape graph, ``((input, min, opt, max), ...)``

@@ -3,7 +3,7 @@
 - :func:`optimise`: the exporter's constant folding and dead-code removal, without its
   pattern rewriter (which costs most of the export time and adds nothing TensorRT needs).
   Folding turns shape sub-graphs into constants, so every reduce op gets constant axes
-  (DESIGN §7: TensorRT-RTX's parser refuses the rest).
+  (docs/design.md §8: TensorRT-RTX's parser refuses the rest).
 - :func:`inspect_graph`: a :class:`GraphReport` (op counts, float64 tensors, largest
   initializer, attention form, dtypes of the fp32-island ops) from the graph file alone.
 - :func:`trt_parse`: parse a graph (by path, so external data resolves) with the installed
@@ -24,7 +24,7 @@ from pid_trt.errors import BackendUnavailableError, EngineBuildError
 FOLD_INPUT_LIMIT = 8192
 FOLD_OUTPUT_LIMIT = 1 << 20
 
-#: Ops whose output must stay float32 in every precision (DESIGN §5 fp32 islands):
+#: Ops whose output must stay float32 in every precision (docs/design.md §5, fp32 islands):
 #: timestep sinusoid and position tables (Sin, Cos), norm statistics (ReduceMean,
 #: RMSNormalization, GroupNormalization, Sqrt, Reciprocal), gates (Sigmoid), Exp (log_alpha).
 FP32_ISLAND_OPS = frozenset(

@@ -1,4 +1,4 @@
-"""Latent, noise and image files (DESIGN §3); every malformed input raises InputFileError."""
+"""Latent, noise and image files (docs/design.md §3); every malformed input raises InputFileError."""
 
 from pid_trt.io.images import SUPPORTED_SUFFIXES, png_paths, to_uint8, write_images
 from pid_trt.io.latent import (

@@ -1,4 +1,4 @@
-"""Caption files (DESIGN §3, ``pidtrt encode-caption``): one tensor ``caption_embedding``
+"""Caption files (docs/design.md §3, ``pidtrt encode-caption``): one tensor ``caption_embedding``
 [N, T, D] float32 (row i = prompt i), the prompts as a JSON list in the metadata."""
 
 from __future__ import annotations

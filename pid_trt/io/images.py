@@ -1,4 +1,4 @@
-"""Decoded images to files (DESIGN §3): uint8 PNGs or a float32 safetensors tensor."""
+"""Decoded images to files (docs/design.md §3): uint8 PNGs or a float32 safetensors tensor."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Latent files (DESIGN §3): what an LDM hands the decoder, as safetensors.
+"""Latent files (docs/design.md §3): what an LDM hands the decoder, as safetensors.
 
 | key                 | shape                    | required        |
 |---------------------|--------------------------|-----------------|

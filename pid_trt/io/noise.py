@@ -1,4 +1,4 @@
-"""Noise files (DESIGN §3): pre-drawn sampler noise, for bit-reproducible decodes across backends.
+"""Noise files (docs/design.md §3): pre-drawn sampler noise, for bit-reproducible decodes across backends.
 
 One tensor ``noise`` [S, B, 3, H, W]: ``noise[0]`` is the initial noise, ``noise[i]`` the
 re-noise draw after step i.

@@ -1,6 +1,6 @@
 """Building blocks of the PiD reference network, with explicit precision rules.
 
-Precision contract (DESIGN §5): activations between layers are float32. A layer whose
+Precision contract (docs/design.md §5): activations between layers are float32. A layer whose
 parameters were cast to fp16/bf16 casts its *input* to the parameter dtype for the matmul or
 convolution and returns float32 again. Norm statistics, gates and the other fp32 islands
 (:class:`Fp32Linear`) compute in float32 whatever the parameter dtype. With float32

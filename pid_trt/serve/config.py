@@ -18,7 +18,7 @@ from typing import Any
 
 from pid_trt.errors import ConfigError
 
-#: The Triton model's name (DESIGN §3, Serving).
+#: The Triton model's name (docs/design.md §7).
 MODEL_NAME = "pid_decoder"
 #: Model-configuration parameters that tell clients the net's input sizes (strings, as Triton keeps them).
 NET_PARAMETERS = ("latent_channels", "pixels_per_latent", "txt_max_length", "txt_embed_dim", "needs_caption")

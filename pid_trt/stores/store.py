@@ -1,4 +1,4 @@
-"""The engine store (DESIGN §3): engine keys, and the ``engines/`` folder of plans + manifests.
+"""The engine store (docs/design.md §3): engine keys, and the ``engines/`` folder of plans + manifests.
 
 An engine's name and manifest carry everything that invalidates it (:class:`EngineKey`);
 the mechanics (content addressing, locking, atomic commit, validation) are the generic

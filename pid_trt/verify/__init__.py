@@ -6,6 +6,9 @@
 - :mod:`pid_trt.verify.pairs`: a reference and a candidate backend through the same noise,
   compared per sampler step (on the reference's x) and on the final image;
 - :mod:`pid_trt.verify.layers`: the step graph layer by layer (Polygraphy, all outputs marked);
+- :mod:`pid_trt.verify.parity`: one output against its reference in Polygraphy's atol / rtol terms;
+- :mod:`pid_trt.verify.golden`: the official network's golden vectors (``tests/golden/``) as cases;
+- :mod:`pid_trt.verify.inventory`: the released checkpoints' key / shape inventory (package data);
 - :mod:`pid_trt.verify.report`: the Markdown + JSON report, the per-step plot, the worst crop.
 
 Nothing heavy is imported here: ``polygraphy`` and ``onnxruntime`` load inside the functions.

@@ -26,7 +26,7 @@ ONNX_TYPES = {Precision.FP32: onnx.TensorProto.FLOAT, Precision.FP16: onnx.Tenso
 
 
 class _RMSNorm(torch.nn.Module):
-    """RMSNorm computed in fp32 whatever the input type (an FP32 island, DESIGN §5)."""
+    """RMSNorm computed in fp32 whatever the input type (an FP32 island, docs/design.md §5)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()

@@ -29,7 +29,7 @@ from tests.engine_helpers import REPO, built_store, manifests, pidtrt
 
 RANGE = ShapeRange((64, 128, 256), (64, 128, 256), (1, 1, 2))
 RANGE_ARGS = ("--min-size", "64x64", "--opt-size", "128x128", "--max-size", "256x256")
-#: Velocity tolerance of the fp32 dynamic graph on ONNX Runtime (DESIGN: <= 1e-3 fp32).
+#: Velocity tolerance of the fp32 dynamic graph on ONNX Runtime (docs/design.md §5: <= 1e-3 fp32).
 ATOL = 1e-3
 #: (height, width, batch) run through one graph per case; None: the golden file's own inputs.
 SIZES = {
