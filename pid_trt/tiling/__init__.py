@@ -1,0 +1,33 @@
+"""Any output size: the trained size envelope, the one-shot-or-tiles policy, tile grids with
+blend weights, and the tiled denoiser that runs a grid inside the sampler.
+
+- :mod:`~pid_trt.tiling.envelope`: each checkpoint type's trained sizes, as data.
+- :mod:`~pid_trt.tiling.options`: ``--tiles / --tile-size / --tile-overlap / --tile-batch``.
+- :mod:`~pid_trt.tiling.grid`: tiles on the latent grid and their blend weights.
+- :mod:`~pid_trt.tiling.plan`: the policy and both ways' cost (``pidtrt decode --dry-run``).
+- :mod:`~pid_trt.tiling.denoiser`: :class:`TiledDenoiser`, a Denoiser over the full image.
+"""
+
+from pid_trt.tiling.denoiser import TiledDenoiser
+from pid_trt.tiling.envelope import Envelope, envelope_for
+from pid_trt.tiling.grid import Tile, TileGrid, default_overlap, grid_unit, make_grid
+from pid_trt.tiling.options import TileMode, TileOptions
+from pid_trt.tiling.plan import EngineNeed, SizePlan, WayCost, plan, refusal
+
+__all__ = [
+    "EngineNeed",
+    "Envelope",
+    "SizePlan",
+    "Tile",
+    "TileGrid",
+    "TileMode",
+    "TileOptions",
+    "TiledDenoiser",
+    "WayCost",
+    "default_overlap",
+    "envelope_for",
+    "grid_unit",
+    "make_grid",
+    "plan",
+    "refusal",
+]

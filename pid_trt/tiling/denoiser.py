@@ -1,0 +1,135 @@
+"""Tiled decoding inside the sampler: a :class:`~pid_trt.sampling.Denoiser` over the full image
+that evaluates the network tile by tile and blends the predictions.
+
+At each call (one sampler step) every tile's network call sees its window of the current
+full-size image ``x`` and its crop of the latent (whole latent cells: exact), positioned as a
+standalone image of its size (its own RoPE and pixel positions: the backend sees an image of
+the tile's size); the caption and degrade sigma of its image row are shared by all its tiles.
+The velocities are blended with the grid's weights (they sum to one at every pixel) into one
+full-size prediction, from which the unchanged sampler computes x0 and re-noises with its
+full-size noise, exactly as an untiled decode does.
+
+Tiles of one shape run through one backend in batches of ``tile_batch`` (tiles of several
+image rows mix in a batch). ``bind`` maps one batch's :class:`Conditioning` (tile size,
+latent crops) to a denoiser; a backend holds one bound batch at a time (TensorRT binds into
+its own buffers), so with more than one batch per step each batch is re-bound at every step
+(the latent adapter and caption projection re-run: a few percent of the work); with exactly
+one batch it is bound once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from pid_trt.backends.base import Conditioning
+from pid_trt.errors import ConfigError
+from pid_trt.sampling import Denoiser
+from pid_trt.tiling.grid import Tile, TileGrid
+
+#: Binds one tile batch's conditioning (the backend for its size and batch) -> its denoiser.
+Binder = Callable[[Conditioning], Denoiser]
+
+
+@dataclass(frozen=True)
+class TileBatch:
+    """One backend call: (image row, tile) per batch entry, and its conditioning; ``real`` of
+    the entries are real tiles, the rest (``pad_batches``) repeat the last one."""
+
+    units: tuple[tuple[int, Tile], ...]
+    cond: Conditioning
+    real: int
+
+
+class TiledDenoiser:
+    """Denoiser over full-size ``x`` [B, 3, H, W]: per-tile velocities blended (see module doc).
+
+    grid: the tiles of the ``cond.width`` x ``cond.height`` image; cond: the full decode's
+    conditioning (latent [B, C, h, w], caption [B, T, D], degrade_sigma [B]); bind: see
+    :data:`Binder`; tile_batch: tiles per call (>= 1); pad_batches: fill the last batch of
+    each shape up to the shape's batch by repeating its last tile (backends of one static
+    batch: ONNX Runtime, TensorRT), else it runs smaller (torch).
+    """
+
+    def __init__(
+        self,
+        grid: TileGrid,
+        cond: Conditioning,
+        bind: Binder,
+        tile_batch: int = 1,
+        pad_batches: bool = False,
+    ) -> None:
+        if isinstance(tile_batch, bool) or not isinstance(tile_batch, int) or tile_batch < 1:
+            raise ConfigError(f"tile_batch={tile_batch!r}: expected an integer >= 1")
+        if (grid.height, grid.width) != (cond.height, cond.width):
+            raise ConfigError(
+                f"tile grid for {grid.width}x{grid.height}: the decode is {cond.width}x{cond.height}"
+            )
+        lat_h, lat_w = int(cond.latent.shape[-2]), int(cond.latent.shape[-1])
+        need_h, need_w = -(-grid.height // grid.cell), -(-grid.width // grid.cell)
+        if (lat_h, lat_w) != (need_h, need_w):
+            raise ConfigError(
+                f"latent {lat_h}x{lat_w} for a {grid.width}x{grid.height} tile grid: expected {need_h}x{need_w} "
+                f"cells ({grid.cell} px per cell)"
+            )
+        self.grid, self.cond, self._bind = grid, cond, bind
+        self.tile_batch = tile_batch
+        self.batches = self._batches(pad_batches)
+        self._bound: list[Denoiser] | None = None
+
+    def _batches(self, pad: bool) -> tuple[TileBatch, ...]:
+        cond, grid = self.cond, self.grid
+        out = []
+        for shape in grid.shapes():
+            units = [(b, tile) for tile in grid.tiles if tile.shape == shape for b in range(cond.batch)]
+            size = min(self.tile_batch, len(units))
+            for i in range(0, len(units), size):
+                chunk = units[i : i + size]
+                real = len(chunk)
+                if pad and real < size:
+                    chunk = chunk + [chunk[-1]] * (size - real)
+                out.append(TileBatch(tuple(chunk), self._conditioning(chunk, shape), real))
+        return tuple(out)
+
+    def _conditioning(self, units: list[tuple[int, Tile]], shape: tuple[int, int]) -> Conditioning:
+        cond, cell = self.cond, self.grid.cell
+        rows = torch.tensor([b for b, _ in units], dtype=torch.long)
+        crops = []
+        for b, tile in units:
+            ys, xs = tile.latent_window(cell)
+            crops.append(cond.latent[b : b + 1, :, ys, xs])
+        latent = torch.cat(crops).contiguous()
+        caption = cond.caption.index_select(0, rows.to(cond.caption.device))
+        sigma = cond.degrade_sigma.reshape(-1).index_select(0, rows.to(cond.degrade_sigma.device))
+        return Conditioning(latent, caption, sigma, shape[0], shape[1])
+
+    @property
+    def calls_per_step(self) -> int:
+        """Backend calls per sampler step."""
+        return len(self.batches)
+
+    def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """x: [B, 3, H, W] float32; t in [0, 1] -> blended velocity [B, 3, H, W] float32."""
+        if tuple(x.shape[-2:]) != (self.grid.height, self.grid.width) or x.shape[0] != self.cond.batch:
+            raise ConfigError(
+                f"x shape {tuple(x.shape)}: expected [{self.cond.batch}, 3, {self.grid.height}, {self.grid.width}]"
+            )
+        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        wy, wx = (w.to(x.device) for w in self.grid.axis_weights)
+        single = len(self.batches) == 1
+        bound = self._bound
+        for i, batch in enumerate(self.batches):
+            denoise = bound[i] if bound is not None else self._bind(batch.cond)
+            if single and self._bound is None:
+                self._bound = bound = [denoise]
+            windows = [
+                x[b : b + 1, :, tile.pixel_window()[0], tile.pixel_window()[1]] for b, tile in batch.units
+            ]
+            v = denoise(torch.cat(windows), t).to(device=x.device, dtype=torch.float32)
+            for j, (b, tile) in enumerate(batch.units[: batch.real]):
+                ys, xs = tile.pixel_window()
+                weight = wy[tile.row, ys][:, None] * wx[tile.col, xs][None, :]
+                out[b, :, ys, xs] += v[j] * weight
+        return out

@@ -1,0 +1,144 @@
+"""The tiling choice of one decode: ``--tiles auto|off|COLSxROWS``, ``--tile-size WxH``,
+``--tile-overlap PX``, ``--tile-batch N``, ``--allow-untrained-size`` (the same keywords on
+:meth:`pid_trt.Decoder.decode`), parsed and checked on their own; the checks that need the
+image and the net (latent grid, tile vs image) are :func:`pid_trt.tiling.grid.make_grid`'s.
+
+- ``auto`` (default): one shot inside the checkpoint type's trained envelope, tiles outside
+  it, and tiles where a one-shot decode would not fit the device's memory.
+- ``off``: always one shot; a size outside the envelope is refused unless
+  ``allow_untrained_size``.
+- ``COLSxROWS``: that grid of tiles, whatever the size. Without a tile size the tiles split
+  the image evenly with the given overlap; with one, they are spread evenly over the image
+  (a grid that leaves a gap is refused).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from pid_trt.errors import ConfigError
+
+
+class TileMode(str, Enum):
+    """How a decode chooses between one shot and tiles."""
+
+    AUTO = "auto"
+    OFF = "off"
+    GRID = "grid"
+
+
+def _positive_int(value: Any, what: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{what} {value!r}: expected an integer >= {minimum}")
+    return value
+
+
+def _pair(text: str, what: str, example: str) -> tuple[int, int]:
+    parts = str(text).strip().lower().replace("×", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"{what} {text!r}: expected {example}")
+    a, b = (int(p) for p in parts)
+    if a <= 0 or b <= 0:
+        raise ConfigError(f"{what} {text!r}: expected {example} with both numbers positive")
+    return a, b
+
+
+def parse_tiles(value: Any) -> tuple[TileMode, tuple[int, int] | None]:
+    """``auto`` | ``off`` | ``COLSxROWS`` (or a :class:`TileMode`, or (cols, rows)) ->
+    (mode, (cols, rows) or None)."""
+    if isinstance(value, TileMode):
+        if value is TileMode.GRID:
+            raise ConfigError("--tiles grid: expected auto, off or COLSxROWS (e.g. 3x2)")
+        return value, None
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise ConfigError(f"tiles {value!r}: expected (cols, rows)")
+        cols, rows = (_positive_int(v, "--tiles count") for v in value)
+        return TileMode.GRID, (cols, rows)
+    text = str(value).strip().lower()
+    if text in (TileMode.AUTO.value, TileMode.OFF.value):
+        return TileMode(text), None
+    cols, rows = _pair(text, "--tiles", "auto, off or COLSxROWS (e.g. 3x2)")
+    return TileMode.GRID, (cols, rows)
+
+
+def parse_tile_size(value: Any) -> tuple[int, int]:
+    """``WxH`` (pixels), N (square) or (height, width) -> (height, width)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        _positive_int(value, "--tile-size")
+        return value, value
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise ConfigError(f"tile_size {value!r}: expected (height, width) or 'WxH'")
+        height, width = (_positive_int(v, "--tile-size side") for v in value)
+        return height, width
+    width, height = _pair(str(value), "--tile-size", "WIDTHxHEIGHT in pixels, e.g. 2048x2048")
+    return height, width
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """A decode's tiling choice, parsed (see the module docstring).
+
+    grid: (cols, rows) for :attr:`TileMode.GRID`; tile_size: (height, width) pixels or None
+    (auto: a trained size; grid: split evenly); overlap: minimum overlap of neighbouring tiles
+    in pixels, None for the default (:func:`pid_trt.tiling.grid.default_overlap`); batch:
+    tiles per backend call; allow_untrained_size: one shot outside the envelope (auto and off).
+    """
+
+    mode: TileMode = TileMode.AUTO
+    grid: tuple[int, int] | None = None
+    tile_size: tuple[int, int] | None = None
+    overlap: int | None = None
+    batch: int = 1
+    allow_untrained_size: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.mode is TileMode.GRID) != (self.grid is not None):
+            raise ConfigError(
+                f"tiles {self.mode.value} with grid {self.grid!r}: a grid goes with COLSxROWS only"
+            )
+        _positive_int(self.batch, "--tile-batch")
+        if self.overlap is not None:
+            _positive_int(self.overlap, "--tile-overlap", minimum=0)
+        if self.mode is TileMode.OFF:
+            given = [
+                name
+                for name, v in (("--tile-size", self.tile_size), ("--tile-overlap", self.overlap))
+                if v is not None
+            ]
+            if given:
+                raise ConfigError(
+                    f"{' and '.join(given)} with --tiles off: expected --tiles auto or COLSxROWS"
+                )
+
+    @classmethod
+    def create(
+        cls,
+        tiles: Any = "auto",
+        tile_size: Any = None,
+        tile_overlap: int | None = None,
+        tile_batch: int = 1,
+        allow_untrained_size: bool = False,
+    ) -> TileOptions:
+        """From the CLI's / :meth:`pid_trt.Decoder.decode`'s keywords (strings or values)."""
+        mode, grid = parse_tiles(tiles)
+        size = None if tile_size is None else parse_tile_size(tile_size)
+        if not isinstance(allow_untrained_size, bool):
+            raise ConfigError(f"allow_untrained_size={allow_untrained_size!r}: expected True or False")
+        return cls(mode, grid, size, tile_overlap, tile_batch, allow_untrained_size)
+
+    def describe(self) -> str:
+        """The options as CLI flags, e.g. ``--tiles 3x2 --tile-overlap 256 --tile-batch 2``."""
+        tiles = f"{self.grid[0]}x{self.grid[1]}" if self.grid else self.mode.value
+        out = [f"--tiles {tiles}"]
+        if self.tile_size is not None:
+            out.append(f"--tile-size {self.tile_size[1]}x{self.tile_size[0]}")
+        if self.overlap is not None:
+            out.append(f"--tile-overlap {self.overlap}")
+        out.append(f"--tile-batch {self.batch}")
+        if self.allow_untrained_size:
+            out.append("--allow-untrained-size")
+        return " ".join(out)
