@@ -21,12 +21,12 @@ def _torch_profile(spec, res: int, top: int) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from pid_trt.bench.cases import BenchBackend, BenchCase, BenchTarget
+    from pid_trt.bench.cases import BenchCase, BenchTarget
     from pid_trt.bench.runner import _conditioning, make_backend
     from pid_trt.config import Precision
     from pid_trt.sampling import draw_noise, sample
 
-    case = BenchCase(BenchTarget(BenchBackend.TORCH, Precision.FP32, "cpu"), res, res, 1, True)
+    case = BenchCase(BenchTarget("torch", Precision.FP32, "cpu"), res, res, 1, True)
     with make_backend(case, spec, Path("engines"), Path("export")) as backend:
         cond = _conditioning(spec.config, res, res, 1, 0)
         noise = draw_noise((1, 3, res, res))
@@ -51,16 +51,15 @@ def _ort_profile(spec, res: int, export_dir: Path, top: int) -> None:
     import numpy as np
     import onnxruntime as ort
 
-    from pid_trt.bench.cases import BenchBackend, BenchCase, BenchTarget
+    from pid_trt.bench.cases import BenchCase, BenchTarget
     from pid_trt.bench.runner import _conditioning, export_key
-    from pid_trt.compile.export import export_onnx, find_export
+    from pid_trt.compile.export import ensure_export
     from pid_trt.config import Precision
-    from pid_trt.netspec import build_model
     from pid_trt.sampling import TIMESCALE, timesteps
 
-    case = BenchCase(BenchTarget(BenchBackend.ONNXRUNTIME, Precision.FP32, "cpu"), res, res, 1, True)
+    case = BenchCase(BenchTarget("onnxruntime", Precision.FP32, "cpu"), res, res, 1, True)
     key = export_key(spec, case)
-    found = find_export(key, export_dir) or export_onnx(build_model(spec), key, export_dir)
+    found = ensure_export(spec, key, export_dir)
     cond = _conditioning(spec.config, res, res, 1, 0)
     with tempfile.TemporaryDirectory() as tmp:
         opts = ort.SessionOptions()
@@ -104,9 +103,9 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--only", choices=("torch", "onnxruntime"), default=None)
     args = ap.parse_args()
-    from pid_trt.bench.cases import NetArgs
+    from pid_trt.options import NetOptions
 
-    spec = NetArgs(backbone=args.backbone, random_weights=True).resolve()
+    spec = NetOptions(backbone=args.backbone, random_weights=True).resolve()
     if args.only in (None, "torch"):
         _torch_profile(spec, args.res, args.top)
     if args.only in (None, "onnxruntime"):

@@ -12,7 +12,8 @@ What a :class:`Decoder` holds:
 - a bounded, least-recently-used cache of backends keyed by (height, width, batch)
   (``max_backends``; the torch backend serves every size, so it is one entry), so a process
   that decodes mixed sizes exports / loads each size once;
-- optionally the caption encoder (:mod:`pid_trt.text`), loaded on the first ``prompt=``.
+- optionally the caption encoder (:mod:`pid_trt.text`), loaded on the first ``prompt=``, and a
+  bounded cache of the caption embeddings it computed (``caption_cache``; :mod:`pid_trt.captions`).
 
 Threads: :meth:`Decoder.decode` may be called from several threads at once. Decodes that
 share a backend (torch: all of them; onnxruntime / tensorrt: the same size and batch) run
@@ -27,36 +28,31 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from pid_trt.backends.base import Backend, Conditioning
-from pid_trt.backends.factory import BackendKind, BackendRequest, create_backend
+from pid_trt.backends.cache import BackendCache
+from pid_trt.backends.factory import BackendRequest, create_backend
 from pid_trt.buckets import Bucket, check_bucket, output_size
+from pid_trt.captions import (
+    DEFAULT_CAPTION_CACHE,
+    TEXT_ENCODER_ENV,  # noqa: F401 - public here since before the cache
+    CacheStats,
+    CaptionProvider,
+)
 from pid_trt.config import NetConfig
-from pid_trt.errors import ConfigError, InputFileError
-from pid_trt.netspec import NetSpec, build_model, resolve_net
+from pid_trt.errors import ConfigError
+from pid_trt.netspec import NetSpec, build_model, stand_in_caption
+from pid_trt.options import NetOptions, RuntimeOptions
 
 log = logging.getLogger("pid_trt.decoder")
 
 #: Backends kept per Decoder before the least recently used one is closed.
 DEFAULT_MAX_BACKENDS = 4
-#: Environment variable naming the caption encoder's directory when ``text_encoder`` is None.
-TEXT_ENCODER_ENV = "PIDTRT_TEXT_ENCODER"
-
-
-@dataclass
-class _Slot:
-    """One cached backend and the lock that serialises the decodes running on it."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    backend: Backend | None = None
-    evicted: bool = False
 
 
 class Decoder:
@@ -65,31 +61,32 @@ class Decoder:
     def __init__(
         self,
         spec: NetSpec,
-        request: BackendRequest,
+        runtime: RuntimeOptions,
         *,
         text_encoder: Any = None,
         text_dtype: str | None = None,
         keep_text_encoder: bool | None = None,
+        caption_cache: int = DEFAULT_CAPTION_CACHE,
         max_backends: int = DEFAULT_MAX_BACKENDS,
         memory_check: bool = True,
         memory_hint: str = "pass memory_check=False to try anyway",
     ) -> None:
-        if isinstance(max_backends, bool) or not isinstance(max_backends, int) or max_backends < 1:
-            raise ConfigError(f"max_backends={max_backends!r}: expected an integer >= 1")
         self.spec = spec
-        self._request = request
-        self._max_backends = max_backends
+        self.runtime = runtime.resolved()
+        self._request = BackendRequest(spec, self.runtime, model_loader=self._load_model)
+        self._backends = BackendCache(max_backends)
         self._memory_check, self._memory_hint = memory_check, memory_hint
-        self._slots: OrderedDict[tuple[int, int, int] | None, _Slot] = OrderedDict()
-        self._lock = threading.Lock()  # guards _slots, _model, _closed
+        self._lock = threading.Lock()  # guards _model, _closed
         self._model: torch.nn.Module | None = None
         self._model_lock = threading.Lock()
         self._closed = False
-        self._text_source = text_encoder
-        self._text_dtype = text_dtype
-        self._keep_text = keep_text_encoder
-        self._text: Any = None
-        self._text_lock = threading.Lock()
+        self._captions = CaptionProvider(
+            text_encoder,
+            device=self.device,
+            dtype=text_dtype,
+            keep=keep_text_encoder,
+            max_entries=caption_cache,
+        )
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -112,45 +109,44 @@ class Decoder:
         text_encoder: Any = None,
         text_dtype: str | None = None,
         keep_text_encoder: bool | None = None,
+        caption_cache: int = DEFAULT_CAPTION_CACHE,
         max_backends: int = DEFAULT_MAX_BACKENDS,
         memory_check: bool = True,
         memory_hint: str = "pass memory_check=False to try anyway",
     ) -> Decoder:
         """Resolve the model options as the CLI does (same errors, :mod:`pid_trt.errors` types).
 
-        backend: torch | onnxruntime | tensorrt; precision: fp32 | fp16 | bf16 | fp8 (default
-        bf16 for tensorrt, as ``pidtrt build``, else fp32); device: cpu | cuda[:n] (default cuda
-        for tensorrt, else cpu). text_encoder: a local Gemma-2-2B-it directory, a loaded
+        backend: a registered backend (torch | torch-compile | onnxruntime | tensorrt), optionally
+        ``NAME[:PRECISION][@DEVICE]``; precision: fp32 | fp16 | bf16 | fp8 (default: the backend's,
+        :mod:`pid_trt.backends.registry`: tensorrt bf16 as ``pidtrt build``; torch fp32 on the CPU,
+        bf16 on cuda; onnxruntime fp32 on the CPU, fp16 on cuda); device: cpu | cuda[:n] (default
+        cuda for tensorrt, else cpu). text_encoder: a local Gemma-2-2B-it directory, a loaded
         :class:`pid_trt.text.CaptionEncoder`, or None ($PIDTRT_TEXT_ENCODER when a prompt is
         given). keep_text_encoder: keep the caption encoder resident after encoding (default:
-        kept on the CPU, freed on a GPU so the decode has its memory). The weights are read on the
+        kept on the CPU, freed on a GPU so the decode has its memory). caption_cache: caption
+        embeddings kept by (prompt, text encoder), so a repeated prompt skips the encoder
+        (0: off; :mod:`pid_trt.captions`, :meth:`caption_stats`). The weights are read on the
         first decode that needs them, after its memory check (torch: the first decode; onnxruntime /
         tensorrt: only to export a missing ONNX graph), or up front by :meth:`load_weights`.
         """
-        kind = BackendRequest(kind=backend, spec=None).backend_kind
-        if precision is None:
-            precision = "bf16" if kind is BackendKind.TENSORRT else "fp32"
-        if device is None:
-            device = "cuda" if kind is BackendKind.TENSORRT else "cpu"
-        elif kind is BackendKind.TENSORRT and not str(device).startswith("cuda"):
-            raise ConfigError(f"--device {device}: the tensorrt backend runs on cuda")
-        spec = resolve_net(
-            backbone, ckpt_type, Path(checkpoint) if checkpoint is not None else None,
-            Path(net_config) if isinstance(net_config, (str, os.PathLike)) else net_config,
-            random_weights, weights_seed,
+        net = NetOptions(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
+        runtime = RuntimeOptions(backend, precision, device, engine_dir, export_dir, hoist, cuda_graph)
+        return cls.from_options(
+            net, runtime, text_encoder=text_encoder, text_dtype=text_dtype, keep_text_encoder=keep_text_encoder,
+            caption_cache=caption_cache, max_backends=max_backends, memory_check=memory_check,
+            memory_hint=memory_hint,
         )  # fmt: skip
-        request = BackendRequest(
-            kind=kind.value, spec=spec, device=str(device), dtype=str(precision), engine_dir=Path(engine_dir),
-            export_dir=Path(export_dir), hoist=hoist, cuda_graph=cuda_graph,
-        )  # fmt: skip
-        request.precision  # noqa: B018 - validate now: one-line errors at load
-        if kind is not BackendKind.TENSORRT:  # tensorrt: the engine store is checked before CUDA
-            request.torch_device  # noqa: B018
-        return cls(
-            spec, request, text_encoder=text_encoder, text_dtype=text_dtype,
-            keep_text_encoder=keep_text_encoder, max_backends=max_backends,
-            memory_check=memory_check, memory_hint=memory_hint,
-        )  # fmt: skip
+
+    @classmethod
+    def from_options(cls, net: NetOptions, runtime: RuntimeOptions, **kwargs: Any) -> Decoder:
+        """A Decoder from the two option objects (:mod:`pid_trt.options`); ``kwargs`` as
+        :meth:`load` (text_encoder, text_dtype, keep_text_encoder, caption_cache, max_backends, memory_check,
+        memory_hint). The runtime options are checked before the net options are resolved,
+        so a bad ``--backend`` is reported first."""
+        runtime = runtime.resolved()
+        if runtime.device.startswith("cuda") and runtime.backend_class.devices != ("cuda",):
+            BackendRequest(None, runtime).torch_device  # noqa: B018 - no CUDA: one-line error now
+        return cls(net.resolve(), runtime, **kwargs)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -160,23 +156,25 @@ class Decoder:
 
     @property
     def backend_name(self) -> str:
-        return self._request.backend_kind.value
+        return self.runtime.backend
 
     @property
     def precision(self) -> str:
-        return self._request.precision.value
+        return self.runtime.precision_enum.value
 
     @property
     def device(self) -> str:
-        return self._request.device
+        return str(self.runtime.device)
 
     @property
     def has_text_encoder(self) -> bool:
         """Whether a ``prompt`` can be encoded: an encoder was given (or is loaded), or
         $PIDTRT_TEXT_ENCODER names one."""
-        return (
-            self._text_source is not None or self._text is not None or bool(os.environ.get(TEXT_ENCODER_ENV))
-        )
+        return self._captions.available
+
+    def caption_stats(self) -> CacheStats:
+        """The caption cache's hits, misses and entries (:class:`pid_trt.captions.CacheStats`)."""
+        return self._captions.stats()
 
     def output_size(self, latent_hw: tuple[int, int], size: Any = None) -> tuple[int, int]:
         """(height, width) in pixels a latent of ``latent_hw`` cells decodes to; ``size``:
@@ -220,17 +218,17 @@ class Decoder:
         if prompt is not None:
             caption = self.encode_prompts(prompt, batch)
         else:
-            caption = lat.caption if lat.caption is not None else self._stand_in_caption(batch, seed)
+            caption = lat.caption if lat.caption is not None else stand_in_caption(self.spec, batch, seed)
         height, width = output_size(self.config, lat.latent_hw, size)
         notice = check_bucket(Bucket(height=height, width=width), self.spec.preset)
         if notice:
             log.warning(notice)
         req = self._request
-        mem_device = "cuda" if req.backend_kind is BackendKind.TENSORRT else req.device
+        mem_device = req.device
         if self._memory_check:
             check_decode_memory(
-                self.config, height, width, batch, req.dtype, mem_device, steps,
-                load_precision="fp32" if req.backend_kind is BackendKind.TORCH and mem_device == "cpu" else None,
+                self.config, height, width, batch, req.precision.value, mem_device, steps,
+                load_precision="fp32" if req.runtime.backend_class.shares_sizes and mem_device == "cpu" else None,
                 hint=self._memory_hint,
             )  # fmt: skip
         if noise is not None:
@@ -246,45 +244,23 @@ class Decoder:
 
         return run_guarded(run, f"decode of batch {batch} at {width}x{height}", mem_device)
 
-    def backend(self, height: int, width: int, batch: int = 1) -> _Bound:
+    def backend(self, height: int, width: int, batch: int = 1) -> Any:
         """The cached backend for one (size, batch), created if needed, as a context manager
         that holds its lock: ``with dec.backend(h, w, b) as be: be.bind(cond) ...``."""
         self._check_open()
         return self._bound(height, width, batch)
 
-    def _bound(self, height: int, width: int, batch: int) -> _Bound:
-        key = None if self._request.backend_kind is BackendKind.TORCH else (height, width, batch)
-        return _Bound(self, key, height, width, batch)
-
-    def _slot(self, key: tuple[int, int, int] | None) -> _Slot:
-        """The slot of ``key`` (new if absent), marked most recently used."""
-        with self._lock:
-            self._check_open()
-            slot = self._slots.get(key)
-            if slot is None:
-                slot = self._slots[key] = _Slot()
-            self._slots.move_to_end(key)
-            return slot
-
-    def _evict(self) -> None:
-        """Close least-recently-used backends beyond ``max_backends`` (each after its running
-        decode, if any, has finished)."""
-        victims = []
-        with self._lock:
-            while len(self._slots) > self._max_backends:
-                _, slot = self._slots.popitem(last=False)
-                victims.append(slot)
-        for slot in victims:
-            with slot.lock:
-                slot.evicted = True
-                if slot.backend is not None:
-                    slot.backend.close()
-                    slot.backend = None
+    @contextmanager
+    def _bound(self, height: int, width: int, batch: int) -> Iterator[Backend]:
+        request = self._request.sized(height, width, batch)
+        key = None if self.runtime.backend_class.shares_sizes else (height, width, batch)
+        with self._backends.use(key, lambda: create_backend(request)) as backend:
+            yield backend
 
     def cached_sizes(self) -> list[tuple[int, int, int] | None]:
-        """Keys of the backends held now, least recently used first (None: the torch backend)."""
-        with self._lock:
-            return [k for k, s in self._slots.items() if s.backend is not None]
+        """Keys of the backends held now, least recently used first (None: a backend that
+        serves every size, e.g. torch)."""
+        return self._backends.keys()  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ weights and captions
     def load_weights(self) -> None:
@@ -301,20 +277,10 @@ class Decoder:
                 self._model = build_model(self.spec)
             return self._model
 
-    def _stand_in_caption(self, batch: int, seed: int) -> torch.Tensor:
-        config = self.config
-        if self.spec.released_preset or not self.spec.random_weights:
-            raise InputFileError(
-                f"no caption: pass caption_embedding [B, {config.txt_max_length}, {config.txt_embed_dim}] "
-                "(Gemma-2-2B hidden states of the caption) or a prompt with a text encoder "
-                "(see README, 'Caption embeddings')"
-            )
-        gen = torch.Generator().manual_seed(int(seed))
-        return torch.randn(batch, config.txt_max_length, config.txt_embed_dim, generator=gen)
-
     def encode_prompts(self, prompt: str | Sequence[str], batch: int | None = None) -> torch.Tensor:
         """Caption embeddings [B, T, D] float32 for one prompt (repeated over ``batch``) or a
-        list of B prompts, by the caption encoder (loaded on first use)."""
+        list of B prompts, by the caption encoder (loaded on first use); prompts seen before
+        come from the caption cache, bit for bit what the encoder gave then."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ConfigError("prompt: expected a string or a non-empty list of strings")
@@ -325,45 +291,14 @@ class Decoder:
                 raise ConfigError(
                     f"{len(prompts)} prompts for a latent of batch {batch}: expected 1 or {batch}"
                 )
-        with self._text_lock:
-            self._check_open()
-            encoder = self._text_encoder()
-            try:
-                emb = encoder.encode(prompts)
-            finally:
-                if not self._keep_text_resident():
-                    encoder.free()
-                    self._text = None
+        self._check_open()
+        emb = self._captions.encode(prompts)
         width = int(emb.shape[-1])
         if width != self.config.txt_embed_dim:
             raise ConfigError(
                 f"text encoder gives width {width}, expected {self.config.txt_embed_dim} (txt_embed_dim of this net)"
             )
         return emb.float().cpu()
-
-    def _keep_text_resident(self) -> bool:
-        if self._keep_text is not None:
-            return self._keep_text
-        return not self._request.device.startswith("cuda")
-
-    def _text_encoder(self) -> Any:
-        if self._text is not None:
-            return self._text
-        from pid_trt.text import CaptionEncoder
-
-        source = self._text_source
-        if isinstance(source, CaptionEncoder):
-            self._text = source
-            return source
-        if source is None:
-            source = os.environ.get(TEXT_ENCODER_ENV)
-            if not source:
-                raise ConfigError(
-                    f"a prompt needs the caption encoder: pass text_encoder=DIR (CLI: --text-encoder DIR) or set "
-                    f"{TEXT_ENCODER_ENV} to a local Gemma-2-2B-it directory (see README, 'Caption embeddings')"
-                )
-        self._text = CaptionEncoder.load(source, device=self._request.device, dtype=self._text_dtype)
-        return self._text
 
     # ------------------------------------------------------------------ lifetime
     def _check_open(self) -> None:
@@ -374,19 +309,9 @@ class Decoder:
         """Free every backend, the model and the caption encoder. Idempotent."""
         with self._lock:
             self._closed = True
-            slots = list(self._slots.values())
-            self._slots.clear()
             self._model = None
-        for slot in slots:
-            with slot.lock:
-                slot.evicted = True
-                if slot.backend is not None:
-                    slot.backend.close()
-                    slot.backend = None
-        with self._text_lock:
-            if self._text is not None:
-                self._text.free()
-                self._text = None
+        self._backends.close()
+        self._captions.free()
 
     def __enter__(self) -> Decoder:
         return self
@@ -399,41 +324,3 @@ class Decoder:
             f"Decoder({self.spec.name}, backend={self.backend_name}:{self.precision}, device={self.device}, "
             f"cached={self.cached_sizes()})"
         )
-
-
-class _Bound:
-    """Context manager: the backend of one key, locked while in use; evicts others on exit."""
-
-    def __init__(self, dec: Decoder, key: Any, height: int, width: int, batch: int) -> None:
-        self.dec, self.key = dec, key
-        self.height, self.width, self.batch = height, width, batch
-        self.slot: _Slot | None = None
-
-    def __enter__(self) -> Backend:
-        dec = self.dec
-        while True:
-            slot = dec._slot(self.key)
-            slot.lock.acquire()
-            if not slot.evicted:
-                break
-            slot.lock.release()  # evicted between lookup and lock: take a fresh slot
-        try:
-            if slot.backend is None:
-                req = dec._request
-                request = BackendRequest(
-                    kind=req.kind, spec=req.spec, device=req.device, dtype=req.dtype, height=self.height,
-                    width=self.width, batch=self.batch, engine_dir=req.engine_dir,
-                    export_dir=req.export_dir, hoist=req.hoist, cuda_graph=req.cuda_graph,
-                    model_loader=dec._load_model,
-                )  # fmt: skip
-                slot.backend = create_backend(request)
-        except BaseException:
-            slot.lock.release()
-            raise
-        self.slot = slot
-        return slot.backend
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.slot is not None
-        self.slot.lock.release()
-        self.dec._evict()

@@ -44,6 +44,31 @@ class NetSpec:
     def released_preset(self) -> bool:
         return self.preset is not None and self.preset.released
 
+    @property
+    def needs_caption(self) -> bool:
+        """The caption rule: a real checkpoint, or a released preset's architecture, needs a
+        caption embedding; only a random-weight stand-in of another net gets a seeded random one
+        (:func:`stand_in_caption`)."""
+        return self.released_preset or not self.random_weights
+
+
+def stand_in_caption(spec: NetSpec, batch: int, seed: int):
+    """[batch, T, D] float32 seeded random caption for a net that needs none (see
+    :attr:`NetSpec.needs_caption`); raises InputFileError (one line) for one that does."""
+    import torch
+
+    from pid_trt.errors import InputFileError
+
+    config = spec.config
+    if spec.needs_caption:
+        raise InputFileError(
+            f"no caption: pass caption_embedding [B, {config.txt_max_length}, {config.txt_embed_dim}] "
+            "(Gemma-2-2B hidden states of the caption) or a prompt with a text encoder "
+            "(see README, 'Caption embeddings')"
+        )
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randn(batch, config.txt_max_length, config.txt_embed_dim, generator=gen)
+
 
 def read_net_config(path: Path | Mapping[str, Any]) -> NetConfig:
     if isinstance(path, Mapping):

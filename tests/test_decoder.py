@@ -157,7 +157,7 @@ def test_released_preset_needs_a_caption_and_prompt_needs_an_encoder(tmp_path: P
     "kwargs, match",
     [
         ({"backend": "tensorflow"}, "--backend 'tensorflow' is not known"),
-        ({"precision": "int4"}, "--dtype 'int4' is not known"),
+        ({"precision": "int4"}, "--precision 'int4' is not known"),
         ({"device": "tpu"}, "expected cpu or cuda"),
         ({"backend": "tensorrt", "device": "cpu"}, "tensorrt backend runs on cuda"),
         ({"max_backends": 0}, "max_backends=0"),

@@ -1,12 +1,20 @@
-"""The backend interface: bind a decode's conditioning once, then step many times."""
+"""The backend interface: bind a decode's conditioning once, then step many times.
+
+A backend class also describes itself (its name, default precision and device, which
+precisions and devices it runs, whether one instance serves every size), so that the
+Decoder, the server, ``pidtrt bench`` and ``pidtrt verify`` read those facts from the class
+(:mod:`pid_trt.backends.registry`) instead of repeating them.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
+from pid_trt.config import Precision
 from pid_trt.sampling import Denoiser
 
 
@@ -33,9 +41,45 @@ class Conditioning:
 
 class Backend(ABC):
     """A way to evaluate the PiD network. ``bind`` does the per-decode constant work once
-    (latent adapter, caption projection) and returns the per-step :class:`Denoiser`."""
+    (latent adapter, caption projection) and returns the per-step :class:`Denoiser`.
 
-    name: str = "abstract"
+    Class attributes (the facts every front end reads; see :mod:`pid_trt.backends.registry`):
+
+    name: the ``--backend`` name.
+    precisions: the precisions it runs.
+    devices: device kinds it runs on ("cpu", "cuda").
+    shares_sizes: one instance decodes every size and batch (the Decoder caches one).
+    can_unhoist: it can re-run the per-decode work every step (``hoist=False``).
+    """
+
+    name: ClassVar[str] = "abstract"
+    precisions: ClassVar[tuple[Precision, ...]] = (Precision.FP32,)
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    shares_sizes: ClassVar[bool] = False
+    can_unhoist: ClassVar[bool] = True
+
+    @classmethod
+    def default_device(cls) -> str:
+        """The device a decode runs on when the user names none."""
+        return cls.devices[0]
+
+    @classmethod
+    def default_precision(cls, device: str) -> Precision:
+        """The precision a decode runs at on ``device`` when the user names none."""
+        return cls.precisions[0]
+
+    @classmethod
+    def unavailable(cls, device: str, precision: Precision) -> str | None:
+        """Why this backend cannot run ``precision`` on ``device`` on this machine (one
+        line), or None when it can. Checks only what needs no model, export or engine."""
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            return f"{cls.name}:{precision.value} on {device} runs on an NVIDIA GPU with CUDA; this machine has none"
+        return None
+
+    @classmethod
+    @abstractmethod
+    def from_request(cls, request: Any) -> Backend:
+        """Construct the backend for one :class:`~pid_trt.backends.factory.BackendRequest` (size, batch, precision, device, stores)."""
 
     @abstractmethod
     def bind(self, cond: Conditioning) -> Denoiser:
@@ -43,3 +87,9 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release device memory / sessions. Idempotent."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,50 +1,41 @@
-"""Pick and construct a backend from what the user asked for."""
+"""Construct a backend for one (size, batch) from resolved runtime options."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from pid_trt.backends.base import Backend
+from pid_trt.backends.registry import backend_class
 from pid_trt.config import Precision
-from pid_trt.errors import BackendUnavailableError, ConfigError
-
-
-class BackendKind(str, Enum):
-    TORCH = "torch"
-    ONNXRUNTIME = "onnxruntime"
-    TENSORRT = "tensorrt"
+from pid_trt.errors import BackendUnavailableError
 
 
 @dataclass(frozen=True)
 class BackendRequest:
-    """One decode's backend choice.
+    """One backend to construct.
 
-    kind: backend name (str or BackendKind); spec: pid_trt.netspec.NetSpec (config +
-    weights); device: "cpu" or "cuda"; dtype: precision name; height / width: output size
-    in pixels; batch: B; engine_dir / export_dir: artifact stores; hoist: run the per-decode
-    constant work (latent adapter, caption projection) once instead of every step;
-    cuda_graph: replay the step engine as a CUDA graph (tensorrt backend); model_loader: returns
-    the fp32 CPU reference model with the spec's weights (default: build it from the spec;
+    spec: the resolved network (config + weights); runtime: resolved
+    :class:`pid_trt.options.RuntimeOptions` (backend name, precision, device, stores, hoist,
+    CUDA graph); height / width: output size in pixels; batch: B; model_loader: returns the
+    fp32 CPU reference model with the spec's weights (default: build it from the spec;
     :class:`pid_trt.Decoder` passes one that reads the weights once).
     """
 
-    kind: str
-    spec: object
-    device: str = "cpu"
-    dtype: str = "fp32"
+    spec: Any
+    runtime: Any
     height: int = 0
     width: int = 0
     batch: int = 1
-    engine_dir: Path = Path("engines")
-    export_dir: Path = Path("export")
-    hoist: bool = True
-    cuda_graph: bool = False
     model_loader: Callable[[], torch.nn.Module] | None = field(default=None, compare=False)
+
+    def sized(self, height: int, width: int, batch: int) -> BackendRequest:
+        return dataclasses.replace(self, height=height, width=width, batch=batch)
 
     def load_model(self) -> torch.nn.Module:
         """The reference model (fp32, CPU) with the spec's weights."""
@@ -55,25 +46,35 @@ class BackendRequest:
         return build_model(self.spec)
 
     @property
-    def backend_kind(self) -> BackendKind:
-        try:
-            return BackendKind(self.kind)
-        except ValueError:
-            allowed = ", ".join(k.value for k in BackendKind)
-            raise ConfigError(f"--backend {self.kind!r} is not known: expected one of {allowed}") from None
+    def backend(self) -> str:
+        return self.runtime.backend
 
     @property
     def precision(self) -> Precision:
-        try:
-            return Precision(self.dtype)
-        except ValueError:
-            allowed = ", ".join(p.value for p in Precision)
-            raise ConfigError(f"--dtype {self.dtype!r} is not known: expected one of {allowed}") from None
+        return self.runtime.precision_enum
+
+    @property
+    def device(self) -> str:
+        return str(self.runtime.device)
+
+    @property
+    def engine_dir(self) -> Path:
+        return Path(self.runtime.engine_dir)
+
+    @property
+    def export_dir(self) -> Path:
+        return Path(self.runtime.export_dir)
+
+    @property
+    def hoist(self) -> bool:
+        return self.runtime.hoist
+
+    @property
+    def cuda_graph(self) -> bool:
+        return self.runtime.cuda_graph
 
     @property
     def torch_device(self) -> torch.device:
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"--device {self.device!r}: expected cpu or cuda")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailableError(
                 f"--device {self.device}: no CUDA device is available to torch (run with --device cpu)"
@@ -82,16 +83,5 @@ class BackendRequest:
 
 
 def create_backend(request: BackendRequest) -> Backend:
-    """Construct the requested backend (imports its optional dependency only now)."""
-    kind = request.backend_kind
-    if kind is BackendKind.TORCH:
-        from pid_trt.backends.torch_backend import TorchBackend
-
-        return TorchBackend.from_request(request)
-    if kind is BackendKind.ONNXRUNTIME:
-        from pid_trt.backends.ort_backend import OrtBackend
-
-        return OrtBackend.from_request(request)
-    from pid_trt.backends.trt_backend import TrtBackend
-
-    return TrtBackend.from_request(request)
+    """Construct the requested backend (imports its module, and so its optional dependency, only now)."""
+    return backend_class(request.backend).from_request(request)

@@ -21,6 +21,14 @@ class TorchBackend(Backend):
     """
 
     name = "torch"
+    precisions = (Precision.FP32, Precision.BF16, Precision.FP16)
+    devices = ("cpu", "cuda")
+    shares_sizes = True
+
+    @classmethod
+    def default_precision(cls, device: str) -> Precision:
+        """fp32 on the CPU (bf16 matmuls are slow there), bf16 on a GPU (PiD's training precision)."""
+        return Precision.FP32 if device == "cpu" else Precision.BF16
 
     def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype, hoist: bool = True):
         self.model = model.to(device=device, dtype=dtype).eval()
@@ -32,7 +40,9 @@ class TorchBackend(Backend):
     def from_request(cls, request) -> TorchBackend:
         precision = request.precision
         if precision not in _DTYPES:
-            raise ConfigError(f"--dtype {precision.value}: the torch backend runs fp32, bf16 or fp16")
+            raise ConfigError(
+                f"--precision {precision.value}: the {cls.name} backend runs fp32, bf16 or fp16"
+            )
         device = request.torch_device
         return cls(request.load_model(), device, _DTYPES[precision], hoist=request.hoist)
 

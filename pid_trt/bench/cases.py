@@ -5,99 +5,41 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import dataclass
-from enum import Enum
-from pathlib import Path
 from typing import Any
 
+from pid_trt.backends.registry import BackendSpec, backend_class, check_device, parse_precision
 from pid_trt.config import Precision
 from pid_trt.errors import ConfigError
 
 
-class BenchBackend(str, Enum):
-    """Backends ``pidtrt bench`` knows. torch-compile is the torch backend under torch.compile."""
-
-    TORCH = "torch"
-    TORCH_COMPILE = "torch-compile"
-    ONNXRUNTIME = "onnxruntime"
-    TENSORRT = "tensorrt"
-
-    @property
-    def supports_no_hoist(self) -> bool:
-        """Whether the backend can re-run the per-decode work every step (TensorRT engines can't)."""
-        return self is not BenchBackend.TENSORRT
-
-    @property
-    def factory_kind(self) -> str:
-        """The :class:`pid_trt.backends.factory.BackendKind` value it runs on."""
-        return "torch" if self is BenchBackend.TORCH_COMPILE else self.value
-
-
-def default_precision(backend: BenchBackend, device: str) -> Precision:
-    """fp32 on CPU (bf16 matmuls are slow or missing there); bf16 eager / fp16 ORT+TRT on GPU."""
-    if backend is BenchBackend.TENSORRT:
-        return Precision.FP16
-    if device == "cpu":
-        return Precision.FP32
-    return Precision.FP16 if backend is BenchBackend.ONNXRUNTIME else Precision.BF16
-
-
 @dataclass(frozen=True)
 class BenchTarget:
-    """One backend at one precision on one device ("cpu" or "cuda[:n]")."""
+    """One backend (a registered name, :mod:`pid_trt.backends.registry`) at one precision on
+    one device ("cpu" or "cuda[:n]")."""
 
-    backend: BenchBackend
+    backend: str
     precision: Precision
     device: str
 
+    @property
+    def can_unhoist(self) -> bool:
+        """Whether the backend can re-run the per-decode work every step (TensorRT engines can't)."""
+        return backend_class(self.backend).can_unhoist
 
-def parse_target(text: str, dtype: str | None, device: str) -> BenchTarget:
+
+def parse_target(text: str, precision: str | None, device: str) -> BenchTarget:
     """``NAME[:PRECISION][@DEVICE]`` (e.g. ``tensorrt:fp8``, ``torch:fp32@cpu``) -> target.
 
-    Precision defaults to ``dtype`` or :func:`default_precision`; device to ``device``
-    (tensorrt always runs on cuda).
+    Precision defaults to ``precision`` or the backend's default on the device; device to
+    ``device``, or the backend's own device when it cannot run there (tensorrt: cuda).
     """
-    name, _, dev = text.strip().partition("@")
-    name, _, prec = name.partition(":")
-    try:
-        backend = BenchBackend(name.strip().lower())
-    except ValueError:
-        allowed = ", ".join(b.value for b in BenchBackend)
-        raise ConfigError(
-            f"--backend {text!r}: expected one of {allowed} (optionally :PRECISION@DEVICE)"
-        ) from None
-    dev = (dev or device).strip().lower()
-    if dev != "cpu" and not dev.startswith("cuda"):
-        raise ConfigError(f"--backend {text!r}: device {dev!r} is not cpu or cuda")
-    if backend is BenchBackend.TENSORRT and dev == "cpu":
-        dev = "cuda"
-    prec = prec or dtype
-    try:
-        precision = Precision(prec.lower()) if prec else default_precision(backend, dev)
-    except ValueError:
-        raise ConfigError(f"--backend {text!r}: precision {prec!r} is not fp32, fp16, bf16 or fp8") from None
-    return BenchTarget(backend, precision, dev)
-
-
-@dataclass(frozen=True)
-class NetArgs:
-    """The model options of the command line, kept as given so a child process can resolve them
-    (:func:`pid_trt.netspec.resolve_net`)."""
-
-    backbone: str | None = None
-    ckpt_type: str | None = None
-    checkpoint: str | None = None
-    net_config: str | None = None
-    random_weights: bool = False
-    weights_seed: int = 0
-
-    def resolve(self) -> Any:
-        """The :class:`pid_trt.netspec.NetSpec` (raises ConfigError when incomplete)."""
-        from pid_trt.netspec import resolve_net
-
-        return resolve_net(
-            self.backbone, self.ckpt_type, Path(self.checkpoint) if self.checkpoint else None,
-            Path(self.net_config) if self.net_config else None, self.random_weights, self.weights_seed,
-        )  # fmt: skip
+    spec = BackendSpec.parse(text)
+    cls = spec.cls
+    dev = spec.device or check_device(device)
+    if ("cuda" if dev.startswith("cuda") else "cpu") not in cls.devices:
+        dev = cls.default_device()
+    chosen = spec.precision or (parse_precision(precision) if precision else cls.default_precision(dev))
+    return BenchTarget(cls.name, chosen, dev)
 
 
 @dataclass(frozen=True)
@@ -113,14 +55,14 @@ class BenchCase:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["target"] = {"backend": self.target.backend.value, "precision": self.target.precision.value,
+        d["target"] = {"backend": self.target.backend, "precision": self.target.precision.value,
                        "device": self.target.device}  # fmt: skip
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BenchCase:
         t = d["target"]
-        target = BenchTarget(BenchBackend(t["backend"]), Precision(t["precision"]), t["device"])
+        target = BenchTarget(str(t["backend"]), Precision(t["precision"]), t["device"])
         return cls(
             target, int(d["height"]), int(d["width"]), int(d["batch"]), bool(d["hoist"]), int(d["steps"])
         )
@@ -142,7 +84,7 @@ def expand_cases(
             raise ConfigError(f"--batch {b}: expected a positive integer")
     cases = []
     for (h, w), batch, target in itertools.product(sizes, batches, targets):
-        mine = hoists if target.backend.supports_no_hoist else (True,)
+        mine = hoists if target.can_unhoist else (True,)
         for hoist in dict.fromkeys(mine):
             cases.append(BenchCase(target, h, w, batch, hoist, steps))
     return cases

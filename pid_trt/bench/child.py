@@ -29,11 +29,12 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _run(job: dict[str, Any]) -> dict[str, Any]:
-    from pid_trt.bench.cases import BenchCase, NetArgs
+    from pid_trt.bench.cases import BenchCase
     from pid_trt.bench.runner import measure, prepare_artifacts
+    from pid_trt.options import NetOptions
 
     case = BenchCase.from_dict(job["case"])
-    spec = NetArgs(**job["net"]).resolve()
+    spec = NetOptions.from_dict(job["net"]).resolve()
     engine_dir, export_dir = Path(job["engine_dir"]), Path(job["export_dir"])
     if job["mode"] == "prepare":
         return {"status": "ok", "artifacts": dataclasses.asdict(prepare_artifacts(spec, case, export_dir))}

@@ -14,12 +14,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pid_trt.bench.cases import BenchBackend, BenchCase, NetArgs
+from pid_trt.bench.cases import BenchCase
 from pid_trt.bench.child import run_job
 from pid_trt.bench.env import collect_environment
 from pid_trt.bench.records import BenchRecord, Environment, Status
 from pid_trt.bench.runner import percentiles
 from pid_trt.errors import ConfigError
+from pid_trt.options import NetOptions
 
 #: Device-name fragments -> :data:`pid_trt.costmodel.GPUS` keys (H100 PCIe is not the SXM part).
 _GPU_ALIASES: tuple[tuple[str, str], ...] = (
@@ -31,7 +32,7 @@ _GPU_ALIASES: tuple[tuple[str, str], ...] = (
 class BenchSettings:
     """Run settings shared by every case. warmup / runs: decodes; timeout_s: per child process."""
 
-    net: NetArgs
+    net: NetOptions
     warmup: int = 1
     runs: int = 5
     engine_dir: Path = Path("engines")
@@ -50,9 +51,9 @@ def unavailable_reason(case: BenchCase) -> str | None:
         if not torch.cuda.is_available():
             return (f"no CUDA GPU: torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'}) "
                     "sees none")  # fmt: skip
-    if t.backend is BenchBackend.ONNXRUNTIME and importlib.util.find_spec("onnxruntime") is None:
+    if t.backend == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
         return "onnxruntime is not installed: pip install 'pid-trt[cpu]' (or [gpu])"
-    if t.backend is BenchBackend.TENSORRT and not any(
+    if t.backend == "tensorrt" and not any(
         importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx")
     ):
         return "neither tensorrt nor tensorrt_rtx is installed: pip install 'pid-trt[tensorrt]'"
@@ -74,7 +75,7 @@ def gpu_spec_for(device_name: str) -> Any:
 def _base_record(case: BenchCase, env: Environment, status: Status, reason: str | None) -> BenchRecord:
     t = case.target
     return BenchRecord(
-        backend=t.backend.value, precision=t.precision.value, height=case.height, width=case.width,
+        backend=t.backend, precision=t.precision.value, height=case.height, width=case.width,
         batch=case.batch, steps=case.steps, hoisted=case.hoist, device=env.device,
         device_kind=env.device_kind, status=status, reason=reason, env=env,
     )  # fmt: skip
@@ -108,7 +109,7 @@ def to_record(case: BenchCase, result: dict[str, Any], env: Environment, config:
     arts = result["artifacts"]
     notes = list(result.get("notes") or ())
     first = result.get("first_decode_s")
-    if case.target.backend is BenchBackend.TORCH_COMPILE and first is not None:
+    if case.target.backend == "torch-compile" and first is not None:
         build_s = build_s or first
         notes.append("build_s: first decode, torch.compile included")
     rec = replace(
@@ -158,12 +159,12 @@ def run_bench(
             records.append(_base_record(case, env, Status.SKIPPED, reason))
             continue
         job = {
-            "case": case.to_dict(), "net": settings.net.__dict__, "engine_dir": str(settings.engine_dir),
+            "case": case.to_dict(), "net": settings.net.to_dict(), "engine_dir": str(settings.engine_dir),
             "export_dir": str(settings.export_dir), "warmup": settings.warmup, "runs": settings.runs,
             "seed": settings.seed, "threads": settings.threads,
         }  # fmt: skip
         art_key = (case.target, case.height, case.width, case.batch)
-        if case.target.backend is BenchBackend.ONNXRUNTIME and art_key not in prepared:
+        if case.target.backend == "onnxruntime" and art_key not in prepared:
             prep = run_job({**job, "mode": "prepare"}, settings.timeout_s)
             if prep["status"] != Status.OK.value:
                 records.append(_base_record(case, env, Status(prep["status"]), prep.get("reason")))

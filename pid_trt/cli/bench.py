@@ -9,12 +9,16 @@ import typer
 from pid_trt.buckets import parse_size
 from pid_trt.cli.errors import cli_errors
 from pid_trt.cli.options import (
-    BackboneOpt,
-    CheckpointOpt,
-    CkptTypeOpt,
-    NetConfigOpt,
-    RandomWeightsOpt,
-    WeightsSeedOpt,
+    Backbone,
+    Checkpoint,
+    CkptType,
+    EngineDir,
+    ExportDir,
+    NetConfigFile,
+    PrecisionName,
+    RandomWeights,
+    WeightsSeed,
+    net_options,
 )
 from pid_trt.errors import ConfigError
 
@@ -28,12 +32,12 @@ def _sizes(size: list[str], res: list[int]) -> list[tuple[int, int]]:
 
 @cli_errors
 def bench(
-    backbone: str | None = BackboneOpt,
-    ckpt_type: str | None = CkptTypeOpt,
-    checkpoint: Path | None = CheckpointOpt,
-    net_config: Path | None = NetConfigOpt,
-    random_weights: bool = RandomWeightsOpt,
-    weights_seed: int = WeightsSeedOpt,
+    backbone: Backbone = None,
+    ckpt_type: CkptType = None,
+    checkpoint: Checkpoint = None,
+    net_config: NetConfigFile = None,
+    random_weights: RandomWeights = False,
+    weights_seed: WeightsSeed = 0,
     size: list[str] = typer.Option([], "--size", help="Output WxH in pixels (repeatable)."),
     res: list[int] = typer.Option([], "--res", help="Square output size in pixels (repeatable)."),
     batch: list[int] = typer.Option([1], "--batch", help="Batch size (repeatable)."),
@@ -42,11 +46,7 @@ def bench(
         "--backend",
         help="torch, torch-compile, onnxruntime, tensorrt; NAME[:PRECISION][@DEVICE], e.g. tensorrt:fp8 (repeatable).",
     ),
-    dtype: str | None = typer.Option(
-        None,
-        "--dtype",
-        help="Precision for backends given without one (default: fp32 on CPU; bf16 torch, fp16 ORT/TRT on GPU).",
-    ),
+    dtype: PrecisionName = None,
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when torch sees a GPU)."),
     steps: int = typer.Option(4, "--steps", min=1, help="Sampler steps per decode."),
     warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed decodes before timing."),
@@ -67,8 +67,8 @@ def bench(
     ),
     title: str | None = typer.Option(None, "--title", help="Heading of the markdown report."),
     estimate: bool = typer.Option(False, "--estimate", help="Print the cost-model table only; run nothing."),
-    engine_dir: Path = typer.Option(Path("engines"), "--engine-dir", help="Engine store (tensorrt)."),
-    export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX store (onnxruntime)."),
+    engine_dir: EngineDir = Path("engines"),
+    export_dir: ExportDir = Path("export"),
     timeout: float | None = typer.Option(
         None, "--timeout", help="Seconds per case before it counts as failed (--server: per request)."
     ),
@@ -96,7 +96,7 @@ def bench(
                 typer.echo(cost_table(backbone, ckpt_type, h, w, b, steps))
         return
 
-    from pid_trt.bench.cases import NetArgs, expand_cases, parse_target
+    from pid_trt.bench.cases import expand_cases, parse_target
     from pid_trt.bench.records import dump_document
     from pid_trt.bench.report import plot, render_markdown
     from pid_trt.bench.session import BenchSettings, run_bench
@@ -105,8 +105,7 @@ def bench(
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    net = NetArgs(backbone, ckpt_type, str(checkpoint) if checkpoint else None,
-                  str(net_config) if net_config else None, random_weights, weights_seed)  # fmt: skip
+    net = net_options(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed).absolute()
     targets = list(dict.fromkeys(parse_target(b, dtype, device) for b in backend))
     hoists = (True, False) if compare_hoist else (hoist,)
     cases = expand_cases(targets, sizes, batch, hoists, steps)
@@ -114,14 +113,14 @@ def bench(
 
     def progress(case, i, n):
         t = case.target
-        typer.echo(f"[{i + 1}/{n}] {t.backend.value} {t.precision.value}@{t.device} {case.width}x{case.height} "
+        typer.echo(f"[{i + 1}/{n}] {t.backend} {t.precision.value}@{t.device} {case.width}x{case.height} "
                    f"batch {case.batch}{'' if case.hoist else ' no-hoist'}", err=True)  # fmt: skip
 
     records = run_bench(cases, settings, progress)
     text = render_markdown(records, title)
     typer.echo(text)
     if json_path is not None:
-        meta = {"net": net.__dict__, "command": "pidtrt bench", "warmup": warmup, "runs": runs}
+        meta = {"net": net.to_dict(), "command": "pidtrt bench", "warmup": warmup, "runs": runs}
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(dump_document(records, meta))
     if markdown_path is not None:

@@ -7,7 +7,11 @@ from pathlib import Path
 import typer
 
 from pid_trt.cli.errors import cli_errors
-from pid_trt.cli.options import BackboneOpt, CkptTypeOpt, NetConfigOpt
+from pid_trt.cli.options import (
+    Backbone,
+    CkptType,
+    NetConfigFile,
+)
 from pid_trt.config import get_preset
 from pid_trt.errors import ConfigError
 from pid_trt.netspec import read_net_config
@@ -17,9 +21,9 @@ from pid_trt.netspec import read_net_config
 def convert(
     checkpoint: Path = typer.Argument(..., help="Checkpoint to convert (.pth as released, or .safetensors)."),
     output: Path = typer.Option(..., "-o", "--output", help="Output .safetensors file."),
-    backbone: str | None = BackboneOpt,
-    ckpt_type: str | None = CkptTypeOpt,
-    net_config: Path | None = NetConfigOpt,
+    backbone: Backbone = None,
+    ckpt_type: CkptType = None,
+    net_config: NetConfigFile = None,
 ) -> None:
     """Strictly load a checkpoint and write it as safetensors with its net config in the metadata,
     so later commands need neither --backbone nor --net-config."""

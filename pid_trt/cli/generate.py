@@ -8,7 +8,20 @@ from pathlib import Path
 import typer
 
 from pid_trt.cli.errors import cli_errors, warn
-from pid_trt.cli.options import CheckpointOpt, CkptTypeOpt, NetConfigOpt, RandomWeightsOpt, WeightsSeedOpt
+from pid_trt.cli.options import (
+    BackendName,
+    Checkpoint,
+    CkptType,
+    Device,
+    EngineDir,
+    ExportDir,
+    NetConfigFile,
+    PrecisionName,
+    RandomWeights,
+    WeightsSeed,
+    net_options,
+    runtime_options,
+)
 from pid_trt.errors import ConfigError
 
 
@@ -75,11 +88,11 @@ def generate(
         "--pid",
         help="PiD preset when not the LDM's own (e.g. tiny, small); see also --net-config.",
     ),
-    ckpt_type: str | None = CkptTypeOpt,
-    checkpoint: Path | None = CheckpointOpt,
-    net_config: Path | None = NetConfigOpt,
-    random_weights: bool = RandomWeightsOpt,
-    weights_seed: int = WeightsSeedOpt,
+    ckpt_type: CkptType = None,
+    checkpoint: Checkpoint = None,
+    net_config: NetConfigFile = None,
+    random_weights: RandomWeights = False,
+    weights_seed: WeightsSeed = 0,
     text_encoder: str | None = typer.Option(
         None,
         "--text-encoder",
@@ -90,18 +103,16 @@ def generate(
     text_dtype: str | None = typer.Option(
         None, "--text-dtype", help="Caption encoder precision: fp32 or bf16."
     ),
-    backend: str = typer.Option("torch", "--backend", help="PiD backend: torch, onnxruntime or tensorrt."),
-    device: str | None = typer.Option(
-        None, "--device", help="cpu or cuda, for the pipeline and PiD (default: cuda for tensorrt, else cpu)."
-    ),
-    dtype: str | None = typer.Option(None, "--dtype", help="PiD precision (as pidtrt decode --dtype)."),
+    backend: BackendName = "torch",
+    device: Device = None,
+    dtype: PrecisionName = None,
     ldm_dtype: str | None = typer.Option(
         None,
         "--ldm-dtype",
         help="Pipeline precision: fp32, bf16 or fp16 (default: bf16 on cuda, fp32 on cpu).",
     ),
-    engine_dir: Path = typer.Option(Path("engines"), "--engine-dir", help="Engine store (tensorrt backend)."),
-    export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX store (onnxruntime backend)."),
+    engine_dir: EngineDir = Path("engines"),
+    export_dir: ExportDir = Path("export"),
 ) -> None:
     """Generate an image with a local diffusers pipeline, decoded by PiD from an early latent."""
     import torch
@@ -137,11 +148,10 @@ def generate(
     pipe = load_pipeline(pipeline, device, torch_dtype)
     if ldm is None:
         ldm = ldm_for_pipeline(pipe)
-    with Decoder.load(
-        backbone=preset_name(ldm), ckpt_type=ckpt_type, checkpoint=checkpoint, net_config=net_config,
-        random_weights=random_weights, weights_seed=weights_seed, backend=backend, precision=dtype,
-        device=device, engine_dir=engine_dir, export_dir=export_dir, text_encoder=text_encoder,
-        text_dtype=text_dtype,
+    with Decoder.from_options(
+        net_options(preset_name(ldm), ckpt_type, checkpoint, net_config, random_weights, weights_seed),
+        runtime_options(backend, dtype, device, engine_dir, export_dir),
+        text_encoder=text_encoder, text_dtype=text_dtype,
     ) as dec:  # fmt: skip
         if random_weights:
             warn("--random-weights: the PiD network is randomly initialised; the image means nothing")

@@ -1,50 +1,125 @@
-"""Typer options shared by several commands; they resolve through :mod:`pid_trt.netspec`."""
+"""Typer option declarations shared by the commands, as ``Annotated`` aliases: each option
+is declared once here, and a command lists it as ``backbone: Backbone = None``.
+
+:func:`net_options` and :func:`runtime_options` turn the parsed values into the two option
+objects of :mod:`pid_trt.options`, which do all the checking.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from pid_trt.config import Backbone, CkptType, get_preset
+from pid_trt.config import Backbone as BackboneName
+from pid_trt.config import CkptType as CkptTypeName
+from pid_trt.config import get_preset
 from pid_trt.errors import ConfigError
-from pid_trt.netspec import WEIGHTS_HINT, NetSpec, build_model, resolve_net
+from pid_trt.options import NetOptions, RuntimeOptions
 
-__all__ = ["WEIGHTS_HINT", "NetSpec", "build_model", "resolve_net", "backbone_enum", "ckpt_enum"]
+# ------------------------------------------------------------------ which network
+Backbone = Annotated[
+    str | None,
+    typer.Option(
+        "--backbone",
+        help="Preset: flux, zimage, zimage_turbo, flux2, sd3, sdxl, qwenimage, dinov2, siglip, tiny, small.",
+    ),
+]
+CkptType = Annotated[
+    str | None,
+    typer.Option("--ckpt-type", help="Checkpoint type: 2k or 2kto4k (default: 2k where it exists)."),
+]
+Checkpoint = Annotated[
+    Path | None, typer.Option("--checkpoint", help="PiD checkpoint (.pth as released, or .safetensors).")
+]
+NetConfigFile = Annotated[
+    Path | None, typer.Option("--net-config", help="JSON file of upstream PidNet keyword arguments.")
+]
+RandomWeights = Annotated[
+    bool,
+    typer.Option(
+        "--random-weights", help="Seeded random weights for smoke tests and timing (images mean nothing)."
+    ),
+]
+WeightsSeed = Annotated[int, typer.Option("--weights-seed", help="Seed of --random-weights.")]
 
-BackboneOpt = typer.Option(
-    None,
-    "--backbone",
-    help="Preset: flux, zimage, zimage_turbo, flux2, sd3, sdxl, qwenimage, dinov2, siglip, tiny, small.",
-)
-CkptTypeOpt = typer.Option(
-    None, "--ckpt-type", help="Checkpoint type: 2k or 2kto4k (default: 2k where it exists)."
-)
-CheckpointOpt = typer.Option(None, "--checkpoint", help="PiD checkpoint (.pth as released, or .safetensors).")
-NetConfigOpt = typer.Option(None, "--net-config", help="JSON file of upstream PidNet keyword arguments.")
-RandomWeightsOpt = typer.Option(
-    False, "--random-weights", help="Seeded random weights for smoke tests and timing (images mean nothing)."
-)
-WeightsSeedOpt = typer.Option(0, "--weights-seed", help="Seed of --random-weights.")
-TextEncoderOpt = typer.Option(
-    None,
-    "--text-encoder",
-    help="Local Gemma-2-2B-it directory for --prompt (default: $PIDTRT_TEXT_ENCODER).",
-)
-TextDtypeOpt = typer.Option(
-    None, "--text-dtype", help="Caption encoder precision: fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)."
-)
+# ------------------------------------------------------------------ how to run it
+BackendName = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="torch, torch-compile, onnxruntime or tensorrt; NAME[:PRECISION][@DEVICE] also, e.g. tensorrt:fp8.",
+    ),
+]
+PrecisionName = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        "--dtype",
+        help="fp32, fp16, bf16 or fp8 (default: the backend's: tensorrt bf16 as pidtrt build; torch and "
+        "onnxruntime fp32 on the CPU, bf16 / fp16 on cuda). --dtype is the old name.",
+    ),
+]
+Device = Annotated[
+    str | None, typer.Option("--device", help="cpu or cuda[:N] (default: cuda for tensorrt, else cpu).")
+]
+EngineDir = Annotated[Path, typer.Option("--engine-dir", help="Engine store (tensorrt backend).")]
+ExportDir = Annotated[Path, typer.Option("--export-dir", help="ONNX store (onnxruntime backend, exports).")]
+NoHoist = Annotated[
+    bool,
+    typer.Option(
+        "--no-hoist",
+        help="Re-run the latent adapter and caption projection every step (as upstream; slower).",
+    ),
+]
+CudaGraph = Annotated[
+    bool, typer.Option("--cuda-graph", help="Replay the step engine as a CUDA graph (tensorrt).")
+]
+
+# ------------------------------------------------------------------ inputs
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the sampler's noise.")]
+TextEncoder = Annotated[
+    Path | None,
+    typer.Option(
+        "--text-encoder", help="Local Gemma-2-2B-it directory for --prompt (default: $PIDTRT_TEXT_ENCODER)."
+    ),
+]
+TextDtype = Annotated[
+    str | None,
+    typer.Option(
+        "--text-dtype", help="Caption encoder precision: fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)."
+    ),
+]
 
 
-def backbone_enum(text: str | None) -> Backbone | None:
+def net_options(
+    backbone: str | None, ckpt_type: str | None, checkpoint: Path | None, net_config: Path | None,
+    random_weights: bool, weights_seed: int,
+) -> NetOptions:  # fmt: skip
+    """The network options as given on the command line (checked by :meth:`NetOptions.resolve`)."""
+    return NetOptions(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
+
+
+def runtime_options(
+    backend: str, precision: str | None, device: str | None, engine_dir: Path, export_dir: Path,
+    no_hoist: bool = False, cuda_graph: bool = False,
+) -> RuntimeOptions:  # fmt: skip
+    """The runtime options as given (checked by :meth:`RuntimeOptions.resolved`)."""
+    return RuntimeOptions(backend, precision, device, engine_dir, export_dir, not no_hoist, cuda_graph)
+
+
+def backbone_enum(text: str | None) -> BackboneName | None:
     """Validate a --backbone value early (for commands that only need the name)."""
     if text is None:
         return None
     return get_preset(text).backbone
 
 
-def ckpt_enum(text: str | None) -> CkptType | None:
+def ckpt_enum(text: str | None) -> CkptTypeName | None:
     if text is None:
         return None
     try:
-        return CkptType(text)
+        return CkptTypeName(text)
     except ValueError:
         raise ConfigError(f"--ckpt-type {text!r}: expected 2k or 2kto4k") from None

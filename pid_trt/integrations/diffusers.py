@@ -174,9 +174,7 @@ class Generation:
 def _caption(decoder: Any, prompt: Any, batch: int) -> torch.Tensor | None:
     """The prompt's caption embedding, or None for a random-weight stand-in net that has no
     caption encoder (the Decoder then draws a seeded random caption, as ``pidtrt decode``)."""
-    spec = decoder.spec
-    stand_in = spec.random_weights and not spec.released_preset
-    if prompt is None or (stand_in and not decoder.has_text_encoder):
+    if prompt is None or (not decoder.spec.needs_caption and not decoder.has_text_encoder):
         return None
     return decoder.encode_prompts(prompt, batch)
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from pid_trt.errors import ConfigError, InputFileError, PidTrtError
+from pid_trt.netspec import stand_in_caption
 
 log = logging.getLogger("pid_trt.serve")
 
@@ -161,7 +162,7 @@ def _prepare(decoder, index: int, req: DecodeRequest, steps: int) -> _Ready:
     else:
         # What Decoder.decode does without a caption (a seeded stand-in for random-weight
         # nets; a one-line refusal for real checkpoints), drawn per request with its seed.
-        caption = decoder._stand_in_caption(lat.batch, seed)
+        caption = stand_in_caption(decoder.spec, lat.batch, seed)
     noise = draw_noise((lat.batch, 3, height, width), steps, seed)
     return _Ready(index, lat.latent, caption, lat.degrade_sigma, noise, (height, width))
 

@@ -13,99 +13,94 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pid_trt.errors import ConfigError
+from pid_trt.options import NetOptions, RuntimeOptions
 
 #: The Triton model's name (docs/design.md §7).
 MODEL_NAME = "pid_decoder"
+#: Caption embeddings each instance keeps (``--caption-cache``): pid_trt.captions.DEFAULT_CAPTION_CACHE,
+#: written out so that this module stays free of torch (a test checks the two agree).
+CAPTION_CACHE = 32
 #: Model-configuration parameters that tell clients the net's input sizes (strings, as Triton keeps them).
 NET_PARAMETERS = ("latent_channels", "pixels_per_latent", "txt_max_length", "txt_embed_dim", "needs_caption")
 
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """What each model instance passes to :meth:`pid_trt.Decoder.load` (paths absolute).
+    """What each model instance passes to :meth:`pid_trt.Decoder.from_options`: the network
+    (:class:`~pid_trt.options.NetOptions`) and how to run it
+    (:class:`~pid_trt.options.RuntimeOptions`), paths made absolute.
 
-    ``device`` is the user's ``--device``; with ``--devices`` each instance decodes on its
-    own ``cuda:<id>`` instead. ``text_encoder``: a local Gemma-2-2B-it directory, kept
-    resident once loaded (a server would otherwise reload it for every prompt).
+    The runtime's ``device`` is the user's ``--device``; with ``--devices`` each instance
+    decodes on its own ``cuda:<id>`` instead. ``text_encoder``: a local Gemma-2-2B-it
+    directory, kept resident once loaded (a server would otherwise reload it for every prompt).
+    ``caption_cache``: caption embeddings kept by prompt (:mod:`pid_trt.captions`; 0: none).
     """
 
-    backbone: str | None = None
-    ckpt_type: str | None = None
-    checkpoint: str | None = None
-    net_config: str | None = None
-    random_weights: bool = False
-    weights_seed: int = 0
-    backend: str = "torch"
-    dtype: str | None = None
-    device: str | None = None
-    engine_dir: str = "engines"
-    export_dir: str = "export"
-    hoist: bool = True
-    cuda_graph: bool = False
+    net: NetOptions = field(default_factory=NetOptions)
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     text_encoder: str | None = None
     text_dtype: str | None = None
     memory_check: bool = True
     max_backends: int = 8
+    caption_cache: int = CAPTION_CACHE
 
     def __post_init__(self) -> None:
-        for name in ("checkpoint", "net_config", "engine_dir", "export_dir", "text_encoder"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, os.path.abspath(os.fspath(value)))
+        object.__setattr__(self, "net", self.net.absolute())
+        object.__setattr__(self, "runtime", self.runtime.absolute())
+        if self.text_encoder is not None:
+            object.__setattr__(self, "text_encoder", os.path.abspath(os.fspath(self.text_encoder)))
+        _at_least("--caption-cache", self.caption_cache, 0)
 
-    def load_kwargs(self, device: str | None = None) -> dict[str, Any]:
-        """Keyword arguments of :meth:`pid_trt.Decoder.load`; ``device`` overrides ``self.device``."""
-        kw = dataclasses.asdict(self)
-        kw["precision"] = kw.pop("dtype")
-        kw["device"] = device if device is not None else self.device
-        kw["keep_text_encoder"] = True
-        kw["memory_hint"] = "pass --no-memory-check to pidtrt serve to try anyway"
-        return kw
+    def decoder_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :meth:`pid_trt.Decoder.from_options` beside the two option objects."""
+        return {
+            "text_encoder": self.text_encoder, "text_dtype": self.text_dtype, "keep_text_encoder": True,
+            "caption_cache": self.caption_cache,
+            "max_backends": self.max_backends, "memory_check": self.memory_check,
+            "memory_hint": "pass --no-memory-check to pidtrt serve to try anyway",
+        }  # fmt: skip
+
+    def runtime_on(self, device: str | None) -> RuntimeOptions:
+        """The runtime options, on ``device`` when given (an instance's own GPU)."""
+        return self.runtime if device is None else dataclasses.replace(self.runtime, device=device)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        data = {
+            "net": self.net.to_dict(), "runtime": self.runtime.to_dict(), "text_encoder": self.text_encoder,
+            "text_dtype": self.text_dtype, "memory_check": self.memory_check, "max_backends": self.max_backends,
+            "caption_cache": self.caption_cache,
+        }  # fmt: skip
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ModelOptions:
         data = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        known = {f.name for f in dataclasses.fields(cls)} - {"net", "runtime"}
+        return cls(
+            NetOptions.from_dict(data.get("net", {})),
+            RuntimeOptions.from_dict(data.get("runtime", {})),
+            **{k: v for k, v in data.items() if k in known},
+        )
 
     def check(self) -> dict[str, str]:
-        """Validate the options the way :meth:`pid_trt.Decoder.load` does, without reading the
-        weights (each instance reads them); returns the net's input sizes for the model
+        """Validate the options as :meth:`pid_trt.Decoder.from_options` does, without reading
+        the weights (each instance reads them); returns the net's input sizes for the model
         configuration (:data:`NET_PARAMETERS`). Raises the project's one-line errors."""
-        from pid_trt.backends.factory import BackendKind, BackendRequest
-        from pid_trt.netspec import resolve_net
-
-        kind = BackendRequest(kind=self.backend, spec=None).backend_kind
-        dtype = self.dtype or ("bf16" if kind is BackendKind.TENSORRT else "fp32")
-        device = self.device or ("cuda" if kind is BackendKind.TENSORRT else "cpu")
-        if kind is BackendKind.TENSORRT and not device.startswith("cuda"):
-            raise ConfigError(f"--device {device}: the tensorrt backend runs on cuda")
-        spec = resolve_net(
-            self.backbone, self.ckpt_type, Path(self.checkpoint) if self.checkpoint else None,
-            Path(self.net_config) if self.net_config else None, self.random_weights, self.weights_seed,
-        )  # fmt: skip
-        request = BackendRequest(kind=kind.value, spec=spec, device=device, dtype=dtype)
-        request.precision  # noqa: B018 - one-line error for an unknown --dtype
-        if not device.startswith("cuda"):
-            request.torch_device  # noqa: B018 - one-line error for an unknown --device
+        runtime = self.runtime.resolved()
+        spec = self.net.resolve()
         config = spec.config
-        needs_caption = spec.released_preset or not spec.random_weights
         return {
             "latent_channels": str(config.lq_latent_channels),
             "pixels_per_latent": str(config.pixels_per_latent),
             "txt_max_length": str(config.txt_max_length),
             "txt_embed_dim": str(config.txt_embed_dim),
-            "needs_caption": "true" if needs_caption else "false",
+            "needs_caption": "true" if spec.needs_caption else "false",
             "net": spec.name,
-            "backend": kind.value,
-            "precision": dtype,
+            "backend": runtime.backend,
+            "precision": runtime.precision_enum.value,
         }
 
 

@@ -6,9 +6,18 @@ Triton imports this through the model repository :mod:`pid_trt.serve.server` wri
 ``execute`` receives the requests Triton's dynamic batcher gathered and returns one response
 per request: its outputs, or its own error (:mod:`pid_trt.serve.batch`).
 
+Outputs and the PNG's encoding: :mod:`pid_trt.serve.protocol` (``png`` is base64 text unless
+the request parameter ``png_encoding`` is ``binary``).
+
 Error codes: a malformed request (the project's input / config errors) is INVALID_ARG
-(HTTP 400); an out-of-memory or a decode that does not fit the device (ResourceError) is
-UNAVAILABLE (HTTP 503); anything else INTERNAL (HTTP 500).
+(HTTP 400, gRPC INVALID_ARGUMENT); an out-of-memory or a decode that does not fit the device
+(ResourceError) is UNAVAILABLE (HTTP 503); anything else INTERNAL (HTTP 500).
+
+Metrics: when this Triton's Python backend has custom metrics (``pb_utils.MetricFamily``),
+each instance reports its Decoder's caption cache on Triton's metrics port:
+``pid_caption_cache_hits_total`` / ``pid_caption_cache_misses_total`` (counters: prompt rows
+answered from the cache / by the caption encoder) and ``pid_caption_cache_entries`` (gauge),
+labelled ``model`` and ``instance``.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import triton_python_backend_utils as pb_utils  # provided by Triton's Python ba
 from pid_trt.errors import ConfigError, InputFileError, ResourceError
 from pid_trt.serve.batch import DecodeRequest, decode_requests
 from pid_trt.serve.config import ModelOptions
+from pid_trt.serve.protocol import encode_pngs, png_encoding
 
 #: File in the model directory holding the :class:`ModelOptions` (JSON).
 OPTIONS_FILE = "options.json"
@@ -51,7 +61,9 @@ class TritonPythonModel:
                 torch.set_num_threads(int(params["threads"]))
             from pid_trt.decoder import Decoder
 
-            self.decoder = Decoder.load(**options.load_kwargs(device))
+            self.decoder = Decoder.from_options(
+                options.net, options.runtime_on(device), **options.decoder_kwargs()
+            )
             load_weights = getattr(self.decoder, "load_weights", None)
             if load_weights is not None and self.decoder.backend_name == "torch":
                 load_weights()  # a bad checkpoint fails the load, before the server reports ready
@@ -61,10 +73,11 @@ class TritonPythonModel:
                 (model_dir / LOAD_ERROR_FILE).write_text(f"{self.name}: {message}\n")
             finally:
                 raise
+        self.metrics = _CacheMetrics.create(self.name, self.decoder)
         log.info("%s: %r ready", self.name, self.decoder)
 
     def execute(self, requests: list) -> list:
-        parsed: list[DecodeRequest | None] = []
+        parsed: list[tuple[DecodeRequest, str] | None] = []
         errors: dict[int, Exception] = {}
         for i, request in enumerate(requests):
             try:
@@ -72,11 +85,11 @@ class TritonPythonModel:
             except Exception as exc:  # a request Triton let through that we cannot read
                 errors[i] = exc
                 parsed.append(None)
-        good = [p for p in parsed if p is not None]
+        good = [p[0] for p in parsed if p is not None]
         results = iter(decode_requests(self.decoder, good))
         responses = []
-        for i, req in enumerate(parsed):
-            if req is None:
+        for i, item in enumerate(parsed):
+            if item is None:
                 responses.append(_error_response(errors[i]))
                 continue
             result = next(results)
@@ -88,9 +101,11 @@ class TritonPythonModel:
                 tensors.append(pb_utils.Tensor("image", np.ascontiguousarray(result.image, dtype=np.float32)))
             if result.png is not None:
                 png = np.empty((len(result.png), 1), dtype=object)
-                png[:, 0] = result.png
+                png[:, 0] = encode_pngs(result.png, item[1])
                 tensors.append(pb_utils.Tensor("png", png))
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        if self.metrics is not None:
+            self.metrics.update()
         return responses
 
     def finalize(self) -> None:
@@ -99,22 +114,76 @@ class TritonPythonModel:
             decoder.close()
 
 
-def _parse(request) -> DecodeRequest:
+def _parse(request) -> tuple[DecodeRequest, str]:
+    """A Triton request as a DecodeRequest, and the PNG encoding it asks for."""
+
     def get(name: str) -> np.ndarray | None:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         return None if tensor is None else tensor.as_numpy()
 
     rid = request.request_id()
+    what = f"request {rid}" if rid else "request"
+    encoding = png_encoding(request.parameters(), what)
+    latent = get("latent")
+    if latent is None:  # Triton lets a request without it through (the model has optional inputs)
+        raise InputFileError(f"{what}: no input 'latent'; expected FP32 [B, C, h, w], the latent to decode")
     prompt = get("prompt")
     prompts = None
     if prompt is not None:
         prompts = [p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in prompt.reshape(-1)]
+    # Triton lists every output when the request lists none (KServe v2: all outputs).
     wanted = frozenset(request.requested_output_names()) or frozenset({"image", "png"})
     return DecodeRequest(
-        latent=get("latent"), caption=get("caption_embedding"), prompt=prompts,
-        degrade_sigma=get("degrade_sigma"), seed=get("seed"),
-        what=f"request {rid}" if rid else "request", outputs=wanted,
-    )  # fmt: skip
+        latent=latent, caption=get("caption_embedding"), prompt=prompts,
+        degrade_sigma=get("degrade_sigma"), seed=get("seed"), what=what, outputs=wanted,
+    ), encoding  # fmt: skip
+
+
+class _CacheMetrics:
+    """The caption cache's counters on Triton's metrics port (custom metrics of the Python
+    backend), updated after every batch from the Decoder's :meth:`caption_stats`."""
+
+    def __init__(self, name: str, decoder) -> None:
+        family = pb_utils.MetricFamily
+        labels = {"model": "pid_decoder", "instance": name}
+        self._stats = decoder.caption_stats
+        # The families must outlive their metrics: Triton refuses updates of a metric whose family was deleted.
+        self._families = [
+            family(name=metric, description=text, kind=kind)
+            for metric, text, kind in (
+                ("pid_caption_cache_hits_total",
+                 "Prompt rows answered from the caption-embedding cache (no caption encoder run)", family.COUNTER),
+                ("pid_caption_cache_misses_total",
+                 "Prompt rows the caption encoder computed (not in the caption-embedding cache)", family.COUNTER),
+                ("pid_caption_cache_entries", "Caption embeddings held in the cache now", family.GAUGE),
+            )
+        ]  # fmt: skip
+        self._hits, self._misses, self._entries = (f.Metric(labels=labels) for f in self._families)
+        self._seen = (0, 0)
+
+    @classmethod
+    def create(cls, name: str, decoder) -> _CacheMetrics | None:
+        """The metrics, or None where this Triton has no custom metrics (or the Decoder no cache)."""
+        if not hasattr(pb_utils, "MetricFamily") or not hasattr(decoder, "caption_stats"):
+            return None
+        try:
+            return cls(name, decoder)
+        except Exception as exc:  # metrics are a report, never a reason not to serve
+            log.warning("%s: no caption-cache metrics (%s)", name, " ".join(str(exc).split()))
+            return None
+
+    def update(self) -> None:
+        try:
+            stats = self._stats()
+            hits, misses = self._seen
+            if stats.hits > hits:
+                self._hits.increment(stats.hits - hits)
+            if stats.misses > misses:
+                self._misses.increment(stats.misses - misses)
+            self._entries.set(stats.entries)
+            self._seen = (stats.hits, stats.misses)
+        except Exception as exc:  # a failed report must not fail the batch's responses
+            log.warning("caption-cache metrics not updated (%s)", " ".join(str(exc).split()))
 
 
 def _error_response(exc: Exception):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pid_trt.bench.cases import BenchBackend, BenchTarget, NetArgs, expand_cases, parse_target
+from pid_trt.bench.cases import BenchTarget, expand_cases, parse_target
 from pid_trt.bench.records import (
     REQUIRED_KEYS,
     SCHEMA_VERSION,
@@ -28,6 +28,7 @@ from pid_trt.bench.session import BenchSettings, gpu_spec_for, run_bench
 from pid_trt.cli.main import app
 from pid_trt.config import Precision
 from pid_trt.errors import ConfigError
+from pid_trt.options import NetOptions
 from tests.conftest import require
 
 ENV = Environment("Test CPU (2 cores)", "cpu", "Test CPU", 2, None, {"torch": "x"})
@@ -149,13 +150,13 @@ def test_plot_writes_png_with_skipped_rows(tmp_path):
 
 
 def test_parse_target_defaults_and_overrides():
-    assert parse_target("torch", None, "cpu") == BenchTarget(BenchBackend.TORCH, Precision.FP32, "cpu")
+    assert parse_target("torch", None, "cpu") == BenchTarget("torch", Precision.FP32, "cpu")
     assert parse_target("torch", None, "cuda").precision is Precision.BF16
     assert parse_target("tensorrt:fp8", None, "cpu") == BenchTarget(
-        BenchBackend.TENSORRT, Precision.FP8, "cuda"
+        "tensorrt", Precision.FP8, "cuda"
     )
     assert parse_target("onnxruntime@cpu", "fp16", "cuda") == BenchTarget(
-        BenchBackend.ONNXRUNTIME, Precision.FP16, "cpu"
+        "onnxruntime", Precision.FP16, "cpu"
     )
     for bad in ("jax", "torch:int4", "torch@tpu"):
         with pytest.raises(ConfigError):
@@ -166,7 +167,7 @@ def test_expand_cases_hoist_only_where_supported():
     targets = [parse_target("torch", None, "cpu"), parse_target("tensorrt", None, "cpu")]
     cases = expand_cases(targets, [(64, 64), (128, 128)], [1, 2], (True, False))
     assert len(cases) == 2 * 2 * (2 + 1)
-    assert all(c.hoist for c in cases if c.target.backend is BenchBackend.TENSORRT)
+    assert all(c.hoist for c in cases if c.target.backend == "tensorrt")
     assert cases[0].height == 64 and cases[-1].height == 128
 
 
@@ -207,7 +208,7 @@ def test_cli_tiny_bench_writes_valid_json(tmp_path):
 
 def test_failing_case_becomes_a_failed_record(tmp_path):
     # fp8 is not a torch dtype: the child raises, the run goes on and records why.
-    settings = BenchSettings(NetArgs(backbone="tiny", random_weights=True), warmup=0, runs=1)
+    settings = BenchSettings(NetOptions(backbone="tiny", random_weights=True), warmup=0, runs=1)
     cases = expand_cases([parse_target("torch:fp8", None, "cpu")], [(64, 64)], [1], (True,))
     (rec,) = run_bench(cases, settings)
     assert rec.status is Status.FAILED and "fp8" in rec.reason

@@ -14,6 +14,7 @@ import torch
 
 from pid_trt.errors import ConfigError
 from pid_trt.io import write_images, write_latent_file
+from pid_trt.options import NetOptions, RuntimeOptions
 from pid_trt.serve.batch import DecodeRequest, decode_requests
 from pid_trt.serve.config import ModelOptions, ServeOptions, model_config_pbtxt, parse_devices
 
@@ -33,7 +34,7 @@ def run_cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
 
 # ------------------------------------------------------------------------------------ options
 def test_model_config_has_bounded_queue_batching_and_instances() -> None:
-    net = ModelOptions(backbone="tiny", random_weights=True).check()
+    net = ModelOptions(NetOptions(backbone="tiny", random_weights=True)).check()
     assert net["latent_channels"] == "16" and net["needs_caption"] == "false"
     text = model_config_pbtxt(
         ServeOptions(
@@ -72,9 +73,11 @@ def test_devices_parse() -> None:
 
 def test_model_options_check_uses_the_clis_errors() -> None:
     with pytest.raises(ConfigError, match="--backend 'nope' is not known"):
-        ModelOptions(backbone="tiny", random_weights=True, backend="nope").check()
+        ModelOptions(NetOptions(backbone="tiny", random_weights=True), RuntimeOptions(backend="nope")).check()
     with pytest.raises(ConfigError, match="the tensorrt backend runs on cuda"):
-        ModelOptions(backbone="tiny", random_weights=True, backend="tensorrt", device="cpu").check()
+        ModelOptions(
+            NetOptions(backbone="tiny", random_weights=True), RuntimeOptions(backend="tensorrt", device="cpu")
+        ).check()
 
 
 def test_serve_cli_refuses_bad_options_and_busy_ports_in_one_line(tmp_path: Path) -> None:
