@@ -25,6 +25,7 @@ import numpy as np
 
 from pid_trt.errors import BackendUnavailableError, PidTrtError
 from pid_trt.serve.config import MODEL_NAME
+from pid_trt.serve.protocol import BINARY, PNG_ENCODING
 
 #: Error kinds, in the order reports list them.
 ERROR_KINDS = ("invalid", "overload", "timeout", "resource", "server", "connection", "client")
@@ -43,7 +44,7 @@ def _import_http():
         import tritonclient.http as http
     except ImportError:
         raise BackendUnavailableError(
-            "the pidtrt server client needs the serve extra: pip install 'pid-trt[serve]' (tritonclient[http])"
+            "the pidtrt server client needs the serve extra: pip install 'pid-trt[serve]' (tritonclient[http,grpc])"
         ) from None
     return http
 
@@ -135,8 +136,13 @@ class PidClient:
         inputs.append(_input(http, "degrade_sigma", sig.reshape(-1, 1), "FP32"))
         inputs.append(_input(http, "seed", np.full((rows, 1), int(seed), dtype=np.int64), "INT64"))
         wanted = [http.InferRequestedOutput(name, binary_data=True) for name in outputs]
+        # Binary answers carry the PNG as it is (the server's default is base64 text, for JSON).
+        params = {PNG_ENCODING: BINARY} if "png" in outputs else None
         result = self._call(
-            lambda: self._client.infer(MODEL_NAME, inputs, outputs=wanted, request_id=request_id), "infer"
+            lambda: self._client.infer(
+                MODEL_NAME, inputs, outputs=wanted, request_id=request_id, parameters=params
+            ),
+            "infer",
         )
         out: dict[str, Any] = {}
         for name in outputs:

@@ -6,8 +6,9 @@ workspace (a fresh temp folder, removed on stop):
 
 - ``backends/python/``: links to the wheel's Python backend and the stub built for this
   Python (3.x);
-- ``repository/pid_decoder/``: ``config.pbtxt`` (:func:`~pid_trt.serve.config.model_config_pbtxt`),
-  ``options.json`` (:class:`~pid_trt.serve.config.ModelOptions`) and ``1/model.py``.
+- ``repository/pid_decoder/``: ``config.pbtxt`` (:func:`~pid_trt.serve.config.model_config_pbtxt`;
+  its parameters: the net's input sizes, what each output is and how the PNG travels, the
+  caption cache's size), ``options.json`` (:class:`~pid_trt.serve.config.ModelOptions`) and ``1/model.py``.
 
 then runs ``tritonserver`` in its own session (so a terminal's Ctrl-C reaches ``pidtrt
 serve`` only, which stops Triton once, gracefully), tied to this process's life
@@ -38,6 +39,7 @@ from pathlib import Path
 
 from pid_trt.errors import BackendUnavailableError, ConfigError, PidTrtError
 from pid_trt.serve.config import MODEL_NAME, ModelOptions, ServeOptions, model_config_pbtxt
+from pid_trt.serve.protocol import OUTPUT_DOCS
 
 #: Bytes of each instance's shared-memory region at start, and the step it grows by.
 SHM_DEFAULT_BYTES = 16 << 20
@@ -287,7 +289,9 @@ class PidServer:
         repo = self.workspace / "repository"
         model = repo / MODEL_NAME
         (model / "1").mkdir(parents=True)
-        (model / "config.pbtxt").write_text(model_config_pbtxt(self.serve, net))
+        # The net's facts, what each output is and how the PNG travels (pid_trt.serve.protocol).
+        params = {**net, **OUTPUT_DOCS, "caption_cache": str(self.model.caption_cache)}
+        (model / "config.pbtxt").write_text(model_config_pbtxt(self.serve, params))
         (model / "options.json").write_text(self.model.to_json())
         (model / "1" / "model.py").write_text(_MODEL_PY)
         return repo
