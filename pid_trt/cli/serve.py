@@ -48,6 +48,12 @@ def serve(
     ),
     text_encoder: Path | None = TextEncoderOpt,
     text_dtype: str | None = TextDtypeOpt,
+    caption_cache: int = typer.Option(
+        32,
+        "--caption-cache",
+        help="Caption embeddings kept per instance by prompt: a repeated prompt skips the text encoder "
+        "(0: none; 2.8 MB each for Gemma-2-2B).",
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     http_port: int = typer.Option(8000, "--http-port", help="KServe v2 HTTP port."),
     grpc_port: int = typer.Option(8001, "--grpc-port", help="KServe v2 gRPC port."),
@@ -87,6 +93,7 @@ def serve(
         random_weights=random_weights, weights_seed=weights_seed, backend=backend, dtype=dtype, device=device,
         engine_dir=engine_dir, export_dir=export_dir, hoist=not no_hoist, cuda_graph=cuda_graph,
         text_encoder=text_encoder, text_dtype=text_dtype, memory_check=not no_memory_check,
+        caption_cache=caption_cache,
         max_backends=max(8, 2 * max_batch),
     )  # fmt: skip
     options = ServeOptions(
