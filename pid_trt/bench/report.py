@@ -142,3 +142,20 @@ def plot(records: list[BenchRecord], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def write_reports(
+    records: list[BenchRecord], text: str, meta: dict, *, json_path: Path | None = None,
+    markdown_path: Path | None = None, plot_path: Path | None = None,
+) -> None:  # fmt: skip
+    """Write the run as JSON (records + ``meta``), its Markdown ``text`` and a plot, each where asked."""
+    from pid_trt.bench.records import dump_document
+
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(dump_document(records, meta))
+    if markdown_path is not None:
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        markdown_path.write_text(text)
+    if plot_path is not None:
+        plot(records, plot_path)

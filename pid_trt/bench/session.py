@@ -42,6 +42,22 @@ class BenchSettings:
     timeout_s: float | None = None
 
 
+def plan_cases(
+    backends: list[str], precision: str | None, device: str, sizes: list[tuple[int, int]], batches: list[int],
+    hoists: tuple[bool, ...], steps: int = 4,
+) -> list[BenchCase]:  # fmt: skip
+    """The cases of one ``pidtrt bench`` run: each backend (``NAME[:PRECISION][@DEVICE]``) x
+    size x batch x hoist variant; ``device`` "auto" is cuda when torch sees a GPU, else cpu."""
+    from pid_trt.bench.cases import expand_cases, parse_target
+
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    targets = list(dict.fromkeys(parse_target(b, precision, device) for b in backends))
+    return expand_cases(targets, sizes, batches, hoists, steps)
+
+
 def unavailable_reason(case: BenchCase) -> str | None:
     """Why ``case`` cannot run on this machine (cheap checks only), or None."""
     t = case.target

@@ -96,19 +96,12 @@ def bench(
                 typer.echo(cost_table(backbone, ckpt_type, h, w, b, steps))
         return
 
-    from pid_trt.bench.cases import expand_cases, parse_target
-    from pid_trt.bench.records import dump_document
-    from pid_trt.bench.report import plot, render_markdown
-    from pid_trt.bench.session import BenchSettings, run_bench
+    from pid_trt.bench.report import render_markdown, write_reports
+    from pid_trt.bench.session import BenchSettings, plan_cases, run_bench
 
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     net = net_options(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed).absolute()
-    targets = list(dict.fromkeys(parse_target(b, dtype, device) for b in backend))
     hoists = (True, False) if compare_hoist else (hoist,)
-    cases = expand_cases(targets, sizes, batch, hoists, steps)
+    cases = plan_cases(backend, dtype, device, sizes, batch, hoists, steps)
     settings = BenchSettings(net, warmup, runs, engine_dir, export_dir, threads, weights_seed, timeout)
 
     def progress(case, i, n):
@@ -119,15 +112,8 @@ def bench(
     records = run_bench(cases, settings, progress)
     text = render_markdown(records, title)
     typer.echo(text)
-    if json_path is not None:
-        meta = {"net": net.to_dict(), "command": "pidtrt bench", "warmup": warmup, "runs": runs}
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(dump_document(records, meta))
-    if markdown_path is not None:
-        markdown_path.parent.mkdir(parents=True, exist_ok=True)
-        markdown_path.write_text(text)
-    if plot_path is not None:
-        plot(records, plot_path)
+    meta = {"net": net.to_dict(), "command": "pidtrt bench", "warmup": warmup, "runs": runs}
+    write_reports(records, text, meta, json_path=json_path, markdown_path=markdown_path, plot_path=plot_path)
 
 
 def _bench_server(

@@ -131,8 +131,8 @@ def generate(
     if net_config is not None and ckpt_type is not None:
         raise ConfigError("--ckpt-type needs a preset (--pid or the backbone's), not --net-config")
     height, width = parse_size(size) if size is not None else (res, res)
-    if device is None:
-        device = "cuda" if backend == "tensorrt" else "cpu"
+    runtime = runtime_options(backend, dtype, device, engine_dir, export_dir).resolved()
+    device = runtime.device
     torch_dtype = _dtype(ldm_dtype, device)
     if not pipeline.is_dir():
         raise ConfigError(f"--pipeline {pipeline}: not a directory")
@@ -150,7 +150,7 @@ def generate(
         ldm = ldm_for_pipeline(pipe)
     with Decoder.from_options(
         net_options(preset_name(ldm), ckpt_type, checkpoint, net_config, random_weights, weights_seed),
-        runtime_options(backend, dtype, device, engine_dir, export_dir),
+        runtime,
         text_encoder=text_encoder, text_dtype=text_dtype,
     ) as dec:  # fmt: skip
         if random_weights:
