@@ -8,19 +8,9 @@ import typer
 
 from pid_trt.buckets import parse_size
 from pid_trt.cli.errors import cli_errors
-from pid_trt.cli.options import (
-    Backbone,
-    Checkpoint,
-    CkptType,
-    EngineDir,
-    ExportDir,
-    NetConfigFile,
-    PrecisionName,
-    RandomWeights,
-    WeightsSeed,
-    net_options,
-)
+from pid_trt.cli.options import EngineDir, ExportDir, PrecisionName, with_net
 from pid_trt.errors import ConfigError
+from pid_trt.options import NetOptions
 
 
 def _sizes(size: list[str], res: list[int]) -> list[tuple[int, int]]:
@@ -31,13 +21,9 @@ def _sizes(size: list[str], res: list[int]) -> list[tuple[int, int]]:
 
 
 @cli_errors
+@with_net
 def bench(
-    backbone: Backbone = None,
-    ckpt_type: CkptType = None,
-    checkpoint: Checkpoint = None,
-    net_config: NetConfigFile = None,
-    random_weights: RandomWeights = False,
-    weights_seed: WeightsSeed = 0,
+    net: NetOptions,
     size: list[str] = typer.Option([], "--size", help="Output WxH in pixels (repeatable)."),
     res: list[int] = typer.Option([], "--res", help="Square output size in pixels (repeatable)."),
     batch: list[int] = typer.Option([1], "--batch", help="Batch size (repeatable)."),
@@ -89,20 +75,20 @@ def bench(
     if estimate:
         from pid_trt.costmodel import render_markdown as cost_table
 
-        if backbone is None:
+        if net.backbone is None:
             raise ConfigError("--estimate needs --backbone (a preset)")
         for h, w in sizes:
             for b in batch:
-                typer.echo(cost_table(backbone, ckpt_type, h, w, b, steps))
+                typer.echo(cost_table(net.backbone, net.ckpt_type, h, w, b, steps))
         return
 
     from pid_trt.bench.report import render_markdown, write_reports
     from pid_trt.bench.session import BenchSettings, plan_cases, run_bench
 
-    net = net_options(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed).absolute()
+    net = net.absolute()
     hoists = (True, False) if compare_hoist else (hoist,)
     cases = plan_cases(backend, dtype, device, sizes, batch, hoists, steps)
-    settings = BenchSettings(net, warmup, runs, engine_dir, export_dir, threads, weights_seed, timeout)
+    settings = BenchSettings(net, warmup, runs, engine_dir, export_dir, threads, net.weights_seed, timeout)
 
     def progress(case, i, n):
         t = case.target

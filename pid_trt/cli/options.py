@@ -7,8 +7,11 @@ objects of :mod:`pid_trt.options`, which do all the checking.
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -93,6 +96,54 @@ TextDtype = Annotated[
 ]
 
 
+def _param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+#: The command-line parameters that make a :class:`NetOptions`, in its field order.
+NET_PARAMS = (
+    _param("backbone", Backbone, None),
+    _param("ckpt_type", CkptType, None),
+    _param("checkpoint", Checkpoint, None),
+    _param("net_config", NetConfigFile, None),
+    _param("random_weights", RandomWeights, False),
+    _param("weights_seed", WeightsSeed, 0),
+)
+#: The command-line parameters that make a :class:`RuntimeOptions`.
+RUNTIME_PARAMS = (
+    _param("backend", BackendName, "torch"),
+    _param("precision", PrecisionName, None),
+    _param("device", Device, None),
+    _param("engine_dir", EngineDir, Path("engines")),
+    _param("export_dir", ExportDir, Path("export")),
+    _param("no_hoist", NoHoist, False),
+    _param("cuda_graph", CudaGraph, False),
+)
+
+
+def _bundle(name: str, params: tuple[inspect.Parameter, ...], make: Callable[..., Any]) -> Callable:
+    """A decorator that shows a command's parameter ``name`` to typer as ``params`` and hands
+    the command ``make(**their values)`` in its place."""
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command, eval_str=True)
+        if name not in signature.parameters:
+            raise TypeError(f"{command.__name__} has no parameter {name!r} to expand")
+        expanded: list[inspect.Parameter] = []
+        for p in signature.parameters.values():
+            expanded += [q.replace(kind=p.kind) for q in params] if p.name == name else [p]
+
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            kwargs[name] = make(*(kwargs.pop(p.name) for p in params))
+            return command(*args, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=expanded)  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
 def net_options(
     backbone: str | None, ckpt_type: str | None, checkpoint: Path | None, net_config: Path | None,
     random_weights: bool, weights_seed: int,
@@ -107,6 +158,12 @@ def runtime_options(
 ) -> RuntimeOptions:  # fmt: skip
     """The runtime options as given (checked by :meth:`RuntimeOptions.resolved`)."""
     return RuntimeOptions(backend, precision, device, engine_dir, export_dir, not no_hoist, cuda_graph)
+
+
+#: ``@with_net`` on a command with a parameter ``net: NetOptions``: typer sees the six network options.
+with_net = _bundle("net", NET_PARAMS, net_options)
+#: ``@with_runtime`` on a command with ``runtime: RuntimeOptions``: typer sees the seven runtime options.
+with_runtime = _bundle("runtime", RUNTIME_PARAMS, runtime_options)
 
 
 def backbone_enum(text: str | None) -> BackboneName | None:
