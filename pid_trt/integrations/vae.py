@@ -16,7 +16,8 @@ the LDM normalises it:
 
 (the fixed constants are upstream's ``pipeline_registry``; they equal the released VAEs'
 configs). Noise is then added as the PiD net was trained (§3.3): x = (1 - s) z + s e, or
-sqrt(1 - s^2) z + s e for sdxl (variance preserving). DINOv2 / SigLIP encoders: out of scope.
+sqrt(1 - s^2) z + s e for sdxl (variance preserving). The DINOv2 / SigLIP representation
+encoders are :mod:`pid_trt.integrations.rae_encoders`.
 """
 
 from __future__ import annotations
@@ -112,7 +113,15 @@ def add_noise(latent: torch.Tensor, sigma: float, backbone: str, seed: int = 0) 
     """Noise a clean PiD latent to level ``sigma`` in [0, 1] as PiD was trained (§3.3): flow
     form (1 - s) z + s e, or variance preserving sqrt(1 - s^2) z + s e for sdxl; e drawn
     from a CPU generator seeded with ``seed``. sigma = 0 returns ``latent`` unchanged."""
-    spec = ldm_spec(backbone)
+    return noise_latent(latent, sigma, seed, variance_preserving=ldm_spec(backbone).variance_preserving)
+
+
+def noise_latent(
+    latent: torch.Tensor, sigma: float, seed: int = 0, variance_preserving: bool = False
+) -> torch.Tensor:
+    """:func:`add_noise`'s formula for a latent of any PiD backbone: (1 - s) z + s e, or
+    sqrt(1 - s^2) z + s e when ``variance_preserving``; e from a CPU generator seeded with
+    ``seed``; sigma = 0 returns ``latent`` unchanged; sigma outside [0, 1] is a ConfigError."""
     sigma = float(sigma)
     if not 0.0 <= sigma <= 1.0 or math.isnan(sigma):
         raise ConfigError(f"degrade sigma {sigma!r}: expected a value in [0, 1]")
@@ -120,7 +129,7 @@ def add_noise(latent: torch.Tensor, sigma: float, backbone: str, seed: int = 0) 
         return latent
     gen = torch.Generator().manual_seed(int(seed))
     noise = torch.randn(latent.shape, generator=gen, dtype=torch.float32).to(latent.device, latent.dtype)
-    keep = math.sqrt(max(0.0, 1.0 - sigma * sigma)) if spec.variance_preserving else 1.0 - sigma
+    keep = math.sqrt(max(0.0, 1.0 - sigma * sigma)) if variance_preserving else 1.0 - sigma
     return keep * latent + sigma * noise
 
 

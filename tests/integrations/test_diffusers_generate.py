@@ -175,7 +175,7 @@ def test_cli_encode_image_refuses(image_file, tmp_path):
     res = invoke(
         "encode-image", image_file, "--vae", vae_dir, "--backbone", "dinov2", "-o", tmp_path / "l.safetensors"
     )
-    assert res.exit_code == 2 and "out of scope" in res.output
+    assert res.exit_code == 2 and "pass --encoder DIR, not --vae" in res.output
     res = invoke(
         "encode-image", image_file, "--vae", vae_dir, "--backbone", "flux", "-o", tmp_path / "l.safetensors"
     )
