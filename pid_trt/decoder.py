@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -48,6 +48,7 @@ from pid_trt.config import NetConfig
 from pid_trt.errors import ConfigError
 from pid_trt.netspec import NetSpec, build_model, stand_in_caption
 from pid_trt.options import NetOptions, RuntimeOptions
+from pid_trt.tiling import Envelope, SizePlan, TiledDenoiser, TileMode, TileOptions, envelope_for, plan
 
 log = logging.getLogger("pid_trt.decoder")
 
@@ -70,8 +71,12 @@ class Decoder:
         max_backends: int = DEFAULT_MAX_BACKENDS,
         memory_check: bool = True,
         memory_hint: str = "pass memory_check=False to try anyway",
+        envelope: Envelope | str | None = None,
     ) -> None:
         self.spec = spec
+        if isinstance(envelope, str):
+            envelope = Envelope.parse(envelope, name=f"{spec.name} (given)")
+        self.envelope: Envelope | None = envelope if envelope is not None else envelope_for(spec.preset)
         self.runtime = runtime.resolved()
         self._request = BackendRequest(spec, self.runtime, model_loader=self._load_model)
         self._backends = BackendCache(max_backends)
@@ -113,6 +118,7 @@ class Decoder:
         max_backends: int = DEFAULT_MAX_BACKENDS,
         memory_check: bool = True,
         memory_hint: str = "pass memory_check=False to try anyway",
+        envelope: Envelope | str | None = None,
     ) -> Decoder:
         """Resolve the model options as the CLI does (same errors, :mod:`pid_trt.errors` types).
 
@@ -128,20 +134,23 @@ class Decoder:
         (0: off; :mod:`pid_trt.captions`, :meth:`caption_stats`). The weights are read on the
         first decode that needs them, after its memory check (torch: the first decode; onnxruntime /
         tensorrt: only to export a missing ONNX graph), or up front by :meth:`load_weights`.
+        envelope: the net's trained output sizes ("WxH,WxH..." or a
+        :class:`pid_trt.tiling.Envelope`; default: the checkpoint type's, none for stand-ins and
+        custom nets), which ``decode(tiles="auto")`` keeps one-shot decodes inside.
         """
         net = NetOptions(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
         runtime = RuntimeOptions(backend, precision, device, engine_dir, export_dir, hoist, cuda_graph)
         return cls.from_options(
             net, runtime, text_encoder=text_encoder, text_dtype=text_dtype, keep_text_encoder=keep_text_encoder,
             caption_cache=caption_cache, max_backends=max_backends, memory_check=memory_check,
-            memory_hint=memory_hint,
+            memory_hint=memory_hint, envelope=envelope,
         )  # fmt: skip
 
     @classmethod
     def from_options(cls, net: NetOptions, runtime: RuntimeOptions, **kwargs: Any) -> Decoder:
         """A Decoder from the two option objects (:mod:`pid_trt.options`); ``kwargs`` as
         :meth:`load` (text_encoder, text_dtype, keep_text_encoder, caption_cache, max_backends, memory_check,
-        memory_hint). The runtime options are checked before the net options are resolved,
+        memory_hint, envelope). The runtime options are checked before the net options are resolved,
         so a bad ``--backend`` is reported first."""
         runtime = runtime.resolved()
         if runtime.device.startswith("cuda") and runtime.backend_class.devices != ("cuda",):
@@ -193,6 +202,11 @@ class Decoder:
         noise: Sequence[Any] | None = None,
         size: Any = None,
         steps: int = 4,
+        tiles: Any = "auto",
+        tile_size: Any = None,
+        tile_overlap: int | None = None,
+        tile_batch: int = 1,
+        allow_untrained_size: bool = False,
     ) -> torch.Tensor:
         """Decode ``latent`` ([C, h, w] or [B, C, h, w], torch or numpy) into [B, 3, H, W]
         float32 in [-1, 1] on the CPU.
@@ -203,6 +217,14 @@ class Decoder:
         [B] in [0, 1]; seed: the sampler's noise (ignored with ``noise``, a list of ``steps``
         draws [B, 3, H, W]); size: (height, width) or "WxH"; steps: 4 = the released sampler.
         Inputs are checked by the latent file's rules (:func:`pid_trt.io.latent_from_tensors`).
+
+        tiles: "auto" (one shot inside the trained envelope, tiles outside it or where a one-shot
+        decode would not fit the device's memory), "off" (one shot; outside the envelope
+        refused unless ``allow_untrained_size``) or "COLSxROWS"; tile_size: "WxH" or (height,
+        width) pixels; tile_overlap: pixels; tile_batch: tiles per backend call
+        (:mod:`pid_trt.tiling`; :meth:`plan` says what a decode will do). A tiled decode runs
+        the same sampler with the same full-size noise; ``tiles="1x1"`` equals the one-shot
+        decode exactly.
         """
         from pid_trt.io import latent_from_tensors, noise_from_tensors
         from pid_trt.resources import check_decode_memory, run_guarded
@@ -211,26 +233,30 @@ class Decoder:
         self._check_open()
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"steps={steps!r}: expected an integer >= 1")
+        options = TileOptions.create(tiles, tile_size, tile_overlap, tile_batch, allow_untrained_size)
         if prompt is not None and caption_embedding is not None:
             raise ConfigError("give caption_embedding or prompt, not both")
         lat = latent_from_tensors(latent, caption_embedding, degrade_sigma, self.config)
         batch = lat.batch
+        height, width = output_size(self.config, lat.latent_hw, size)
+        size_plan = self._plan(height, width, batch, steps, options)  # refuses before memory or weights
         if prompt is not None:
             caption = self.encode_prompts(prompt, batch)
         else:
             caption = lat.caption if lat.caption is not None else stand_in_caption(self.spec, batch, seed)
-        height, width = output_size(self.config, lat.latent_hw, size)
-        notice = check_bucket(Bucket(height=height, width=width), self.spec.preset)
-        if notice:
-            log.warning(notice)
         req = self._request
         mem_device = req.device
-        if self._memory_check:
-            check_decode_memory(
-                self.config, height, width, batch, req.precision.value, mem_device, steps,
-                load_precision="fp32" if req.runtime.backend_class.shares_sizes and mem_device == "cpu" else None,
-                hint=self._memory_hint,
-            )  # fmt: skip
+        if not size_plan.tiled:
+            notice = check_bucket(Bucket(height=height, width=width), self.spec.preset)
+            if notice:
+                log.warning(notice)
+            if self._memory_check:
+                check_decode_memory(
+                    self.config, height, width, batch, req.precision.value, mem_device, steps,
+                    load_precision=self._load_precision(), hint=self._memory_hint,
+                )  # fmt: skip
+        elif self._memory_check:
+            self._check_tiled_memory(size_plan)
         if noise is not None:
             draws = noise_from_tensors(noise, steps, batch, height, width)
         else:
@@ -238,11 +264,97 @@ class Decoder:
         cond = Conditioning(lat.latent, caption, lat.degrade_sigma, height, width)
 
         def run() -> torch.Tensor:
-            with self._bound(height, width, batch) as backend:
-                dev = req.torch_device
-                return sample(backend.bind(cond), [d.to(dev) for d in draws], steps).float().cpu()
+            dev = req.torch_device
+            if size_plan.grid is None:
+                with self._bound(height, width, batch) as backend:
+                    return sample(backend.bind(cond), [d.to(dev) for d in draws], steps).float().cpu()
+            with self._tile_backends(size_plan) as bind:
+                shares = self.runtime.backend_class.shares_sizes
+                denoiser = TiledDenoiser(
+                    size_plan.grid, cond, bind, size_plan.tile_batch, pad_batches=not shares
+                )
+                return sample(denoiser, [d.to(dev) for d in draws], steps).float().cpu()
 
-        return run_guarded(run, f"decode of batch {batch} at {width}x{height}", mem_device)
+        what = f"decode of batch {batch} at {width}x{height}"
+        if size_plan.grid is not None:
+            what += f" in {size_plan.grid.cols}x{size_plan.grid.rows} tiles"
+        return run_guarded(run, what, mem_device)
+
+    def plan(
+        self,
+        height: int,
+        width: int,
+        batch: int = 1,
+        steps: int = 4,
+        *,
+        tiles: Any = "auto",
+        tile_size: Any = None,
+        tile_overlap: int | None = None,
+        tile_batch: int = 1,
+        allow_untrained_size: bool = False,
+    ) -> SizePlan:
+        """What :meth:`decode` with these keywords does for a ``width`` x ``height`` output of
+        ``batch`` images: one shot or tiles, the engines, both ways' cost
+        (:class:`pid_trt.tiling.SizePlan`; ``render()`` prints it). Reads no weights."""
+        self._check_open()
+        options = TileOptions.create(tiles, tile_size, tile_overlap, tile_batch, allow_untrained_size)
+        return self._plan(height, width, batch, steps, options)
+
+    def _load_precision(self) -> str | None:
+        """The width weights are staged in (torch on the CPU materialises fp32)."""
+        shares = self.runtime.backend_class.shares_sizes
+        return "fp32" if shares and self._request.device == "cpu" else None
+
+    def _plan(self, height: int, width: int, batch: int, steps: int, options: TileOptions) -> SizePlan:
+        from pid_trt.resources import available_memory
+
+        memory_free = None
+        if options.mode is TileMode.AUTO and self._memory_check:
+            avail = available_memory(self._request.device)
+            memory_free = None if avail is None else avail.free_bytes
+        return plan(
+            self.config, height, width, options, envelope=self.envelope, batch=batch, steps=steps,
+            precision=self._request.precision, load_precision=self._load_precision(), memory_free=memory_free,
+        )  # fmt: skip
+
+    def _check_tiled_memory(self, size_plan: SizePlan) -> None:
+        """ResourceError (one line) when the tiled decode's estimate exceeds the free memory."""
+        from pid_trt.errors import ResourceError
+        from pid_trt.resources import available_memory
+
+        avail = available_memory(self._request.device)
+        need = size_plan.cost.memory.total
+        if avail is None or need <= avail.free_bytes:
+            return
+        g = size_plan.grid
+        assert g is not None
+        raise ResourceError(
+            f"tiled decode of batch {size_plan.batch} at {size_plan.width}x{size_plan.height} ({g.count} tiles of "
+            f"{g.tile_width}x{g.tile_height}, tile batch {size_plan.tile_batch}) needs about {need / 2**30:.1f} GiB "
+            f"but {avail.kind.value} has {avail.free_bytes / 2**30:.1f} GiB available ({avail.source}); "
+            f"use a smaller --tile-batch or --tile-size; {self._memory_hint}"
+        )
+
+    @contextmanager
+    def _tile_backends(self, size_plan: SizePlan) -> Iterator[Any]:
+        """Hold the backend of every tile shape for the decode (in key order, so concurrent
+        decodes cannot deadlock); yields the binder a :class:`TiledDenoiser` calls."""
+        shares = self.runtime.backend_class.shares_sizes
+        keys = sorted({(e.height, e.width, e.batch) for e in size_plan.engines})
+        with ExitStack() as stack:
+            if shares:
+                backend = stack.enter_context(self._bound(*keys[0]))
+
+                def bind(cond: Conditioning) -> Any:
+                    return backend.bind(cond)
+
+            else:
+                held = {key: stack.enter_context(self._bound(*key)) for key in keys}
+
+                def bind(cond: Conditioning) -> Any:
+                    return held[(cond.height, cond.width, cond.batch)].bind(cond)
+
+            yield bind
 
     def backend(self, height: int, width: int, batch: int = 1) -> Any:
         """The cached backend for one (size, batch), created if needed, as a context manager

@@ -78,6 +78,7 @@ class TiledDenoiser:
         self.tile_batch = tile_batch
         self.batches = self._batches(pad_batches)
         self._bound: list[Denoiser] | None = None
+        self._weights: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _batches(self, pad: bool) -> tuple[TileBatch, ...]:
         cond, grid = self.cond, self.grid
@@ -117,7 +118,9 @@ class TiledDenoiser:
                 f"x shape {tuple(x.shape)}: expected [{self.cond.batch}, 3, {self.grid.height}, {self.grid.width}]"
             )
         out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        wy, wx = (w.to(x.device) for w in self.grid.axis_weights)
+        if x.device not in self._weights:
+            self._weights[x.device] = tuple(w.to(x.device) for w in self.grid.axis_weights)  # type: ignore[assignment]
+        wy, wx = self._weights[x.device]
         single = len(self.batches) == 1
         bound = self._bound
         for i, batch in enumerate(self.batches):

@@ -127,9 +127,14 @@ class SizePlan:
         if self.grid is not None:
             g = self.grid
             ox, oy = g.overlaps()
+            overlap = [
+                f"{o} px between {axis}"
+                for o, axis, k in ((ox, "columns", g.cols), (oy, "rows", g.rows))
+                if k > 1
+            ]
             lines.append(
                 f"tiles: {g.cols}x{g.rows} = {g.count} per image, {g.tile_width}x{g.tile_height} px, overlap "
-                f"{ox} px between columns, {oy} px between rows, tile batch {self.tile_batch}"
+                f"{', '.join(overlap) or 'none'}, tile batch {self.tile_batch}"
             )
             lines.append(
                 f"  columns at x = {', '.join(map(str, g.lefts))}; rows at y = {', '.join(map(str, g.tops))}"
@@ -323,10 +328,11 @@ def plan(
         grid = make_grid(config, height, width, options.tile_size, options)
         return finish(grid, f"--tiles {options.grid[0]}x{options.grid[1]}; {where}")  # type: ignore[index]
     # auto
-    if (inside or options.allow_untrained_size) and fits:
+    for_quality = not (inside or options.allow_untrained_size)
+    if not for_quality and fits:
         forced = "" if inside else " (--allow-untrained-size)"
         return finish(None, f"{where}{forced}")
-    why = where if not (inside or options.allow_untrained_size) else (
+    why = where if for_quality else (
         f"a one-shot decode needs about {one.memory.total / _GIB:.1f} GiB, more than the "
         f"{memory_free / _GIB:.1f} GiB available"  # type: ignore[operator]
     )  # fmt: skip
@@ -342,18 +348,24 @@ def plan(
             key = (cost.flops, grid.count)
             if best is None or key < best[:2]:
                 best = (cost.flops, grid.count, grid)
-        if best is None:  # nothing fits the memory: the smallest trained tile, refused later
+        if best is not None:
+            g = best[2]
+            return finish(
+                g, f"{why}; tiles of {g.tile_width}x{g.tile_height}, the trained size with the least FLOP"
+            )
+        if for_quality:  # nothing fits the memory: the smallest trained tile (the memory check refuses it)
             tile = min(_candidates(config, height, width, envelope), key=lambda t: t[0] * t[1])
-            return finish(make_grid(config, height, width, tile, options), why)
-        g = best[2]
-        return finish(
-            g, f"{why}; tiles of {g.tile_width}x{g.tile_height}, the trained size with the least FLOP"
-        )
+            return finish(
+                make_grid(config, height, width, tile, options), f"{why}; no tile batch fits the memory"
+            )
+        return finish(None, f"{where}; no tile batch fits the memory either")
     # no envelope: tiles only for memory, the largest square tile whose decode fits
     assert memory_free is not None
     tile = _largest_fitting_tile(
         config, height, width, options, batch, steps, precision, load, memory_free, gpu
     )
+    if tile is None:  # one shot: its memory check says what would fit
+        return finish(None, f"{where}; no tile batch fits the memory either")
     return finish(
         make_grid(config, height, width, tile, options), f"{why}; tiles of the largest square that fits"
     )
@@ -362,9 +374,9 @@ def plan(
 def _largest_fitting_tile(
     config: NetConfig, height: int, width: int, options: TileOptions, batch: int, steps: int,
     precision: Precision, load: Precision | None, memory_free: int, gpu: str,
-) -> tuple[int, int]:  # fmt: skip
+) -> tuple[int, int] | None:  # fmt: skip
     """The largest square tile (clipped to the image) whose tiled decode fits ``memory_free``;
-    the smallest grid step when none does (the caller's memory check then refuses it)."""
+    None when not even one grid step does."""
     unit = grid_unit(config)
     ext_h, ext_w = -(-height // unit) * unit, -(-width // unit) * unit
 
@@ -380,7 +392,7 @@ def _largest_fitting_tile(
 
     lo, hi = 1, max(ext_h, ext_w) // unit  # largest k that fits, by bisection (fits is monotone enough)
     if not fits(lo):
-        return tile_of(lo)
+        return None
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if fits(mid):

@@ -141,3 +141,17 @@ def test_given_envelope_for_a_stand_in() -> None:
     assert p.tiled and (p.grid.tile_height, p.grid.tile_width) == (256, 256)
     # 32 cells, tile 8, overlap 1: ceil(31 / 7) = 5 per axis
     assert (p.grid.cols, p.grid.rows) == (5, 5)
+
+
+def test_when_no_tile_fits_the_memory_either() -> None:
+    """Inside the envelope (or without one) the plan stays one shot, so the one-shot memory
+    check says what would fit; outside it, tiles of the smallest trained size (refused later)."""
+    assert not plan(TINY, 1024, 1024, precision="fp32", memory_free=1).tiled
+    env = envelope_for(FLUX_2K)
+    p = plan(FLUX_2K.config, 4096, 4096, envelope=env, memory_free=1)
+    assert p.tiled and (p.grid.tile_height, p.grid.tile_width) in {
+        (1728, 2304),
+        (2304, 1728),
+        (1536, 2688),
+        (2688, 1536),
+    }
