@@ -500,7 +500,8 @@ def _quiet_transformers():
 
 def _remove_final_norm_affine(model: Any, spec: RaeEncoderSpec) -> None:
     """DINOv2: the final LayerNorm normalises without weight / bias; SigLIP: ``post_layernorm``
-    becomes the identity (the recipe's own affine-free LayerNorm follows the tower)."""
+    becomes the identity (the recipe's own affine-free LayerNorm follows the tower) and the
+    attention-pooling head, which only makes ``pooler_output``, is dropped."""
     if spec.recipe.backbone is Backbone.DINOV2:
         norm = model.layernorm
         norm.elementwise_affine = False
@@ -509,6 +510,9 @@ def _remove_final_norm_affine(model: Any, spec: RaeEncoderSpec) -> None:
         return
     tower = getattr(model, "vision_model", model)  # transformers < 5 nests the tower
     tower.post_layernorm = torch.nn.Identity()
+    if getattr(tower, "use_head", False):  # the pooled output is no part of the recipe
+        tower.use_head = False
+        tower.head = None
 
 
 def encode_image_rae(

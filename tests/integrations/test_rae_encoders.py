@@ -64,7 +64,8 @@ def dino_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sig_dir(tmp_path_factory) -> Path:
-    """A full SigLIP model folder (text + vision), as google/siglip2-so400m-patch14-224 ships."""
+    """A full SigLIP model folder (text + vision), as google/siglip2-so400m-patch14-224 ships
+    (without the attention-pooling head: it only makes pooler_output, and is slow on the CPU)."""
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
 
     root = tmp_path_factory.mktemp("siglip")
@@ -72,7 +73,7 @@ def sig_dir(tmp_path_factory) -> Path:
         text_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
                          vocab_size=64, bos_token_id=1, eos_token_id=2, pad_token_id=0),
         vision_config=dict(hidden_size=1152, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                           patch_size=14, image_size=224),
+                           patch_size=14, image_size=224, vision_use_head=False),
     )  # fmt: skip
     torch.manual_seed(0)
     model = SiglipModel(cfg).eval()
@@ -115,9 +116,9 @@ def upstream_load_image(path) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, np.uint8).astype("float32")).permute(2, 0, 1)[None] / 127.5 - 1.0
 
 
-@torch.no_grad()
-def upstream_dinov2(folder, stat_path, images: torch.Tensor) -> torch.Tensor:
-    """DINOv2Encoder + DINOv2VAE.encode (resize_target 448, normalize_layernorm_affine, stats)."""
+def upstream_dinov2(folder, stat_path):
+    """DINOv2Encoder + DINOv2VAE.encode (resize_target 448, normalize_layernorm_affine, stats):
+    returns encode(images [B, 3, H, W] in [-1, 1])."""
     from transformers import AutoImageProcessor, AutoModel
 
     encoder = AutoModel.from_pretrained(folder, local_files_only=True).eval()
@@ -131,22 +132,25 @@ def upstream_dinov2(folder, stat_path, images: torch.Tensor) -> torch.Tensor:
     stats = torch.load(stat_path, map_location="cpu")
     lat_mean, lat_var = stats["mean"].float().unsqueeze(0), stats["var"].float().unsqueeze(0)
 
-    b, _, h, w = images.shape
-    x = (images + 1.0) / 2.0
-    if h != 448 or w != 448:
-        x = F.interpolate(x.to(torch.float32), size=(448, 448), mode="bicubic", align_corners=False)
-    x = (x - mean) / std
-    tokens = encoder(x).last_hidden_state[:, num_special:]
-    n, c = tokens.shape[1], tokens.shape[2]
-    g = int(math.isqrt(n))
-    z = tokens.transpose(1, 2).contiguous().view(b, c, g, g)
-    return (z.float() - lat_mean) / torch.sqrt(lat_var + 1e-5)
+    @torch.no_grad()
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = images.shape
+        x = (images + 1.0) / 2.0
+        if h != 448 or w != 448:
+            x = F.interpolate(x.to(torch.float32), size=(448, 448), mode="bicubic", align_corners=False)
+        x = (x - mean) / std
+        tokens = encoder(x).last_hidden_state[:, num_special:]
+        n, c = tokens.shape[1], tokens.shape[2]
+        g = int(math.isqrt(n))
+        z = tokens.transpose(1, 2).contiguous().view(b, c, g, g)
+        return (z.float() - lat_mean) / torch.sqrt(lat_var + 1e-5)
+
+    return encode
 
 
-@torch.no_grad()
-def upstream_siglip(folder, images: torch.Tensor) -> torch.Tensor:
+def upstream_siglip(folder):
     """ScaleRAEEncoder + ScaleRAEVAE.encode (resize_target 224 with antialias, post_layernorm
-    bypassed, affine-free layer norm eps 1e-6)."""
+    bypassed, affine-free layer norm eps 1e-6): returns encode(images)."""
     from transformers import AutoImageProcessor, AutoModel
 
     full = AutoModel.from_pretrained(folder, local_files_only=True)
@@ -157,18 +161,22 @@ def upstream_siglip(folder, images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(proc.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(proc.image_std, dtype=torch.float32).view(1, 3, 1, 1)
 
-    b, _, h, w = images.shape
-    x = (images + 1.0) / 2.0
-    if h != 224 or w != 224:
-        x = F.interpolate(
-            x.to(torch.float32), size=(224, 224), mode="bicubic", align_corners=False, antialias=True
-        )
-    x = (x - mean) / std
-    tokens = tower(x).last_hidden_state
-    tokens = F.layer_norm(tokens.float(), (hidden,), weight=None, bias=None, eps=1e-6)
-    n, c = tokens.shape[1], tokens.shape[2]
-    g = int(math.isqrt(n))
-    return tokens.transpose(1, 2).contiguous().view(b, c, g, g)
+    @torch.no_grad()
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = images.shape
+        x = (images + 1.0) / 2.0
+        if h != 224 or w != 224:
+            x = F.interpolate(
+                x.to(torch.float32), size=(224, 224), mode="bicubic", align_corners=False, antialias=True
+            )
+        x = (x - mean) / std
+        tokens = tower(x).last_hidden_state
+        tokens = F.layer_norm(tokens.float(), (hidden,), weight=None, bias=None, eps=1e-6)
+        n, c = tokens.shape[1], tokens.shape[2]
+        g = int(math.isqrt(n))
+        return tokens.transpose(1, 2).contiguous().view(b, c, g, g)
+
+    return encode
 
 
 # ---- parity -----------------------------------------------------------------------------------
@@ -191,27 +199,27 @@ def _delta(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_dinov2_matches_upstream(dino, dino_dir, stats_files, image_file):
     """A 496x464 photo (resized) and a 448x448 batch of two (no resize) against the reference;
-    the safetensors statistics give the same latent as upstream's stat.pt."""
-    photo = upstream_load_image(image_file)
+    the safetensors statistics are the same tensors as upstream's stat.pt."""
+    reference = upstream_dinov2(dino_dir, stats_files["pt"])
     z = dino.encode(image_file)
     assert tuple(z.shape) == (1, 768, 32, 32) and z.dtype == torch.float32
-    d_photo = _delta(z, upstream_dinov2(dino_dir, stats_files["pt"], photo))
+    d_photo = _delta(z, reference(upstream_load_image(image_file)))
     square = torch.rand(2, 3, 448, 448, generator=torch.Generator().manual_seed(5)) * 2 - 1
-    d_square = _delta(dino.encode(square), upstream_dinov2(dino_dir, stats_files["pt"], square))
+    d_square = _delta(dino.encode(square), reference(square))
     print(f"dinov2 max|Δ| vs upstream path: photo {d_photo:.2e}, 448² batch {d_square:.2e}")
     assert d_photo <= TOL and d_square <= TOL
-    st = load_rae_encoder(dino_dir, "dinov2", stats=read_rae_stats(stats_files["safetensors"]))
-    assert _delta(st.encode(photo), z) <= TOL
     assert float(z.std()) > 0.1  # not a constant: the reference is not trivially matched
+    st, pt = read_rae_stats(stats_files["safetensors"]), read_rae_stats(stats_files["pt"])
+    assert torch.equal(st.mean, pt.mean) and torch.equal(st.var, pt.var)
 
 
 def test_siglip_matches_upstream(sig, sig_dir, image_file):
-    photo = upstream_load_image(image_file)
+    reference = upstream_siglip(sig_dir)
     z = sig.encode(image_file)
     assert tuple(z.shape) == (1, 1152, 16, 16) and z.dtype == torch.float32
-    d_photo = _delta(z, upstream_siglip(sig_dir, photo))
+    d_photo = _delta(z, reference(upstream_load_image(image_file)))
     square = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(6)) * 2 - 1
-    d_square = _delta(sig.encode(square), upstream_siglip(sig_dir, square))
+    d_square = _delta(sig.encode(square), reference(square))
     print(f"siglip max|Δ| vs upstream path: photo {d_photo:.2e}, 224² batch {d_square:.2e}")
     assert d_photo <= TOL and d_square <= TOL
     # Per token: zero mean, unit variance over the 1152 channels (the affine-free LayerNorm).
@@ -248,10 +256,14 @@ def test_cli_dinov2_end_to_end(dino, dino_dir, stats_files, image_file, tmp_path
     torch.testing.assert_close(lf.latent, 0.8 * dino.encode(image_file) + 0.2 * eps, atol=TOL, rtol=0)
 
 
-def test_cli_siglip_end_to_end(sig, sig_dir, image_file, tmp_path):
+def test_cli_siglip(sig, sig_dir, image_file, tmp_path):
+    """In-process (the subprocess run above covers the entry point): SigLIP, clean."""
     out = tmp_path / "photo.safetensors"
-    res = _pidtrt("encode-image", image_file, "--backbone", "siglip", "--encoder", sig_dir, "-o", out)
-    assert res.returncode == 0, res.stderr
+    res = CliRunner().invoke(
+        app,
+        ["encode-image", str(image_file), "--backbone", "siglip", "--encoder", str(sig_dir), "-o", str(out)],
+    )
+    assert res.exit_code == 0, res.output
     lf = read_latent_file(out, get_preset("siglip").config)
     assert tuple(lf.latent.shape) == (1, 1152, 16, 16) and lf.backbone == "siglip"
     assert lf.degrade_sigma.tolist() == [0.0]
