@@ -20,9 +20,10 @@ from pid_trt.backends.base import Conditioning
 from pid_trt.backends.ort_backend import OrtBackend
 from pid_trt.buckets import Bucket
 from pid_trt.checkpoints import file_sha256
-from pid_trt.compile.export import ExportKey, export_onnx, weights_id
+from pid_trt.compile.export import export_onnx
 from pid_trt.config import Precision
 from pid_trt.sampling import TIMESCALE, sample
+from pid_trt.stores.keys import ExportKey, weights_id
 from pid_trt.verify.bounds import BOUNDS
 from pid_trt.verify.golden import GoldenCase, load_golden
 from pid_trt.verify.parity import compare, psnr

@@ -54,6 +54,12 @@ class Bucket:
         return (self.height // patch_size) * (self.width // patch_size)
 
 
+def latent_shape(config: NetConfig, bucket: Bucket) -> tuple[int, int]:
+    """Latent cells (h, w) of a bucket: ceil(H / px), ceil(W / px), px = pixels per cell."""
+    px = config.pixels_per_latent
+    return math.ceil(bucket.height / px), math.ceil(bucket.width / px)
+
+
 _TWO_K: tuple[tuple[int, int], ...] = (
     (2048, 2048),
     (2304, 1728),
@@ -260,6 +266,15 @@ def default_range(preset: Any, batch: tuple[int, int, int] = DEFAULT_BATCH) -> S
     else:
         height, width = STANDIN_RANGE
     return ShapeRange(height, width, batch)
+
+
+def parse_batch(text: str) -> tuple[int, int, int]:
+    """``--batch N`` or ``MIN:OPT:MAX`` -> (min, opt, max)."""
+    parts = str(text).split(":")
+    if len(parts) not in (1, 3) or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"--batch {text!r}: expected N or MIN:OPT:MAX (positive integers)")
+    vals = [int(p) for p in parts]
+    return (vals[0],) * 3 if len(vals) == 1 else (vals[0], vals[1], vals[2])  # type: ignore[return-value]
 
 
 def parse_range(

@@ -142,9 +142,7 @@ def load_checkpoint(path: str | os.PathLike[str], config: NetConfig | None = Non
     return LoadedCheckpoint(path, state, config, file_sha256(path), dict(dtypes))
 
 
-def check_shapes(
-    shapes: Mapping[str, tuple[int, ...]], config: NetConfig, label: str = "checkpoint"
-) -> None:
+def check_shapes(shapes: Mapping[str, tuple[int, ...]], config: NetConfig, label: str = "checkpoint") -> None:
     """Raise one-line :class:`CheckpointError` unless ``shapes`` (key → shape) equals the config's.
 
     The message gives the count and the first few names of missing, unexpected and

@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from pid_trt.config import Backbone, CkptType, NetConfig, GateType, Precision, get_preset
+from pid_trt.config import Backbone, CkptType, GateType, NetConfig, Precision, get_preset
 from pid_trt.errors import ConfigError
 
 BYTES_PER_PARAM = {Precision.FP32: 4, Precision.FP16: 2, Precision.BF16: 2, Precision.FP8: 1}

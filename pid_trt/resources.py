@@ -335,6 +335,17 @@ def release_memory(device: str = "cpu") -> None:
             torch.cuda.empty_cache()
 
 
+def peak_rss_bytes(children: bool = False) -> int:
+    """Peak resident set size of this process so far, in bytes; with ``children`` the larger
+    of that and the peak of any finished child process (Linux: ``ru_maxrss`` is KiB)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if children:
+        peak = max(peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return int(peak) * 1024
+
+
 def run_guarded(fn: Callable[[], T], what: str, device: str = "cpu") -> T:
     """Run ``fn()``; an out-of-memory inside it becomes a one-line :class:`ResourceError`.
 

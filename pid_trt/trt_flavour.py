@@ -5,7 +5,9 @@
 list of target compute capabilities, and finishes the engine just-in-time on first run.
 
 Neither package is imported at module import time: :func:`load_trt` imports lazily, so
-``import pid_trt.compile.trt_flavour`` works without either.
+``import pid_trt.trt_flavour`` works without either. Below the stages that use it: the
+builder (:mod:`pid_trt.compile.build`), the engine key (:mod:`pid_trt.stores.keys`), the
+runtime (:mod:`pid_trt.backends.trt_backend`) and ``pidtrt verify``.
 """
 
 from __future__ import annotations
@@ -62,6 +64,30 @@ def load_trt(flavour: Flavour) -> ModuleType:
     raise BackendUnavailableError(
         f"TensorRT flavour {flavour.value!r} is not installed ({last}): run {flavour.pip_extra}"
     )
+
+
+class TrtLogger:
+    """A TensorRT ``ILogger`` of module ``trt`` that keeps the errors and warnings it is sent
+    (``.errors``, ``.warnings``: lists of messages as TensorRT wrote them), for error messages.
+
+    ``TrtLogger(trt)`` returns an instance of a ``trt.ILogger`` subclass (the class is made per
+    module, since neither TensorRT package is imported here); it must outlive the builders,
+    runtimes and engines given it."""
+
+    def __new__(cls, trt: ModuleType) -> Any:
+        class Collecting(trt.ILogger):  # type: ignore[name-defined, misc]
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.errors: list[str] = []
+                self.warnings: list[str] = []
+
+            def log(self, severity: Any, msg: str) -> None:
+                if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                    self.errors.append(msg)
+                elif severity == trt.ILogger.Severity.WARNING:
+                    self.warnings.append(msg)
+
+        return Collecting()
 
 
 def is_importable(flavour: Flavour) -> bool:

@@ -91,7 +91,7 @@ def require(module: str):
     extra = EXTRAS[module]
     try:
         if module == "tensorrt_rtx":  # importable and its libraries load
-            from pid_trt.compile.trt_flavour import Flavour, load_trt
+            from pid_trt.trt_flavour import Flavour, load_trt
 
             return load_trt(Flavour.TENSORRT_RTX)
         return importlib.import_module(module)

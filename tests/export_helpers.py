@@ -8,9 +8,11 @@ from pathlib import Path
 import torch
 
 from pid_trt.buckets import Bucket
-from pid_trt.compile.export import ExportKey, ExportResult, export_onnx, weights_id
+from pid_trt.compile.export import export_onnx
 from pid_trt.config import NetConfig
 from pid_trt.model import PidNet
+from pid_trt.stores.exports import ExportResult
+from pid_trt.stores.keys import ExportKey, weights_id
 from pid_trt.verify.golden import load_golden as read_golden
 
 _EXPORTS: dict[tuple, ExportResult] = {}

@@ -1,9 +1,13 @@
-"""Layout rules of docs/design.md §2, checked on the source: the CLI imports the core and never the
-reverse, and the package's import graph (lazy imports inside functions included) has no cycle."""
+"""Layout rules of docs/design.md §2, checked on the source: the declared import contracts
+(pyproject.toml's ``[tool.importlinter]``: the package's layers, no cycle between modules), and
+the CLI imports the core and never the reverse (lazy imports inside functions included)."""
 
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pid_trt"
@@ -29,60 +33,45 @@ def import_graph() -> dict[str, set[str]]:
     return graph
 
 
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components of more than one module (Tarjan, iterative)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found: list[list[str]] = []
-    counter = 0
-    for root in sorted(graph):
-        if root in index:
-            continue
-        work = [(root, iter(sorted(graph[root])))]
-        index[root] = low[root] = counter
-        counter += 1
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            node, children = work[-1]
-            child = next(children, None)
-            if child is not None:
-                if child not in index:
-                    index[child] = low[child] = counter
-                    counter += 1
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(sorted(graph[child]))))
-                elif child in on_stack:
-                    low[node] = min(low[node], index[child])
-                continue
-            work.pop()
-            if work:
-                low[work[-1][0]] = min(low[work[-1][0]], low[node])
-            if low[node] == index[node]:
-                comp = []
-                while True:
-                    top = stack.pop()
-                    on_stack.discard(top)
-                    comp.append(top)
-                    if top == node:
-                        break
-                if len(comp) > 1:
-                    found.append(sorted(comp))
-    return found
+def lint_imports(root: Path, config: Path) -> subprocess.CompletedProcess[str]:
+    """``lint-imports`` (import-linter) on the contracts in ``config``, with ``root`` importable."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    code = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    return subprocess.run(
+        [sys.executable, "-c", code, "--no-cache", str(config)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
 
 
-def test_cycle_finder_finds_a_planted_cycle() -> None:
-    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
-    assert cycles(graph) == [["a", "b", "c"]]
+def test_import_contracts_hold() -> None:
+    """pyproject.toml's [tool.importlinter] contracts: the package's layers (the CLI on top, each
+    layer importing only those below it, so the package-level graph has no cycle) and no cycle
+    between the modules of any package; imports inside functions count."""
+    root = PACKAGE.parent
+    run = lint_imports(root, root / "pyproject.toml")
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert "0 broken" in run.stdout
 
 
-def test_import_graph_has_no_cycle() -> None:
-    graph = import_graph()
-    assert "pid_trt.compile.export" in graph and "pid_trt.compile.trace" in graph["pid_trt.compile.export"]
-    assert cycles(graph) == []
+def test_import_contracts_catch_an_upward_import(tmp_path: Path) -> None:
+    """The same kinds of contract, on a planted package whose lower layer imports an upper one
+    inside a function: both are reported broken."""
+    pkg = tmp_path / "planted"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "top.py").write_text("import planted.bottom\n")
+    (pkg / "bottom.py").write_text("def late():\n    import planted.top\n")
+    config = tmp_path / "contracts.toml"
+    config.write_text(
+        '[tool.importlinter]\nroot_package = "planted"\n\n'
+        '[[tool.importlinter.contracts]]\nname = "layers"\ntype = "layers"\n'
+        'containers = ["planted"]\nexhaustive = true\nlayers = ["top", "bottom"]\n\n'
+        '[[tool.importlinter.contracts]]\nname = "siblings"\ntype = "acyclic_siblings"\nancestors = ["planted"]\n'
+    )
+    run = lint_imports(tmp_path, config)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "planted.bottom is not allowed to import planted.top" in run.stdout
+    assert "0 kept, 2 broken" in run.stdout
 
 
 def test_core_never_imports_the_cli() -> None:

@@ -57,7 +57,7 @@ def choose_providers(device: str) -> list[str]:
     return gpu + ["CPUExecutionProvider"]
 
 
-def _check_cpu_precision(precision: Precision, providers: list[str]) -> None:
+def check_cpu_precision(precision: Precision, providers: list[str]) -> None:
     """Refuse precisions whose graphs ONNX Runtime's CPU provider cannot run: bf16 (no bfloat16
     MatMul / Conv kernels) and fp8 (its graphs are bf16 around the FP8 GEMMs)."""
     if precision in (Precision.BF16, Precision.FP8) and providers == ["CPUExecutionProvider"]:
@@ -83,7 +83,7 @@ class OrtBackend(Backend):
     ) -> None:  # fmt: skip
         ort = _ort()
         providers = providers or ["CPUExecutionProvider"]
-        _check_cpu_precision(precision, providers)
+        check_cpu_precision(precision, providers)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
@@ -103,21 +103,22 @@ class OrtBackend(Backend):
     @classmethod
     def from_request(cls, request: Any) -> OrtBackend:
         """Open (exporting first if needed) the graphs for ``request`` (a BackendRequest)."""
-        from pid_trt.compile.export import ExportKey, export_onnx, find_export, spec_weights_id
+        from pid_trt.compile.export import ensure_export
+        from pid_trt.stores.keys import ExportKey
 
         precision = request.precision
         providers = choose_providers(request.device)
-        _check_cpu_precision(precision, providers)  # before exporting a graph it could not run
+        check_cpu_precision(precision, providers)  # before exporting a graph it could not run
         spec = request.spec
         bucket = Bucket(height=request.height, width=request.width)
-        key = ExportKey.create(spec.config, spec_weights_id(spec), bucket, precision, request.batch)
-        found = find_export(key, request.export_dir)
-        if found is None:
-            log.warning(
+        key = ExportKey.for_spec(spec, bucket, precision, request.batch)
+        found = ensure_export(
+            spec, key, request.export_dir, load_model=request.load_model,
+            on_export=lambda _: log.warning(
                 "no ONNX export for %s batch %d %s in %s: exporting it now (minutes at full size)",
                 bucket.name, request.batch, precision.value, request.export_dir,
-            )  # fmt: skip
-            found = export_onnx(request.load_model(), key, request.export_dir)
+            ),
+        )  # fmt: skip
         return cls(
             found.prepare, found.step, spec.config, bucket, request.batch, precision, providers, request.hoist
         )

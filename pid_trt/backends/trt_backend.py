@@ -1,7 +1,7 @@
 """The TensorRT backend: the ``prepare`` engine once per decode, the ``step`` engine per step.
 
 Look-up first, CUDA second: :meth:`TrtBackend.from_request` finds the engine pair in the
-store (:func:`pid_trt.compile.engine_select.select_pair`) before it touches CUDA, so a missing, stale
+store (:func:`pid_trt.stores.select.select_pair`) before it touches CUDA, so a missing, stale
 or foreign engine is refused with the same one-line error on any machine.
 
 At run time each plan is deserialized once; every I/O tensor is a torch CUDA tensor bound
@@ -40,10 +40,10 @@ import torch
 
 from pid_trt.backends.base import Backend, Conditioning
 from pid_trt.buckets import Bucket
-from pid_trt.compile.trt_flavour import Flavour, load_trt
 from pid_trt.config import NetConfig
 from pid_trt.errors import BackendUnavailableError, ConfigError, StoreError
 from pid_trt.sampling import TIMESCALE, Denoiser
+from pid_trt.trt_flavour import Flavour, load_trt
 
 log = logging.getLogger("pid_trt.backends.trt_backend")
 
@@ -238,8 +238,8 @@ class _Cache:
     def __init__(
         self, engine_dir: Path, engine_digest: str, flavour: Flavour, trt_version: str, cc: str
     ) -> None:
-        from pid_trt.compile.trt_flavour import cuda_driver_version
         from pid_trt.stores.runtime_cache import RuntimeCacheKey, RuntimeCacheStore
+        from pid_trt.trt_flavour import cuda_driver_version
 
         self.store = RuntimeCacheStore(engine_dir)
         self.key = RuntimeCacheKey(
@@ -271,14 +271,14 @@ class TrtBackend(Backend):
         self, pair: Any, config: NetConfig, bucket: Bucket, batch: int, cuda_graph: bool = False,
         refit: dict[str, dict[str, torch.Tensor]] | None = None, engine_dir: Path | None = None,
     ) -> None:  # fmt: skip
-        from pid_trt.compile.build import _Logger
         from pid_trt.compile.dynamic import io_shapes
+        from pid_trt.trt_flavour import TrtLogger
 
         flavour = pair.key.flavour
         trt, self.compute_capability = check_runtime(flavour, pair.key.compute_capabilities)
         self.pair, self.config, self.bucket, self.batch = pair, config, bucket, batch
         self.flavour, self.cuda_graph = flavour, cuda_graph
-        self._logger = _Logger(trt)  # must outlive the runtime and engines
+        self._logger = TrtLogger(trt)  # must outlive the runtime and engines
         self.runtime = trt.Runtime(self._logger)
         free_before = torch.cuda.mem_get_info()[0]
         shared: dict[str, torch.Tensor] = {}
@@ -315,8 +315,8 @@ class TrtBackend(Backend):
         The store is checked before CUDA: missing / stale / foreign engines raise
         :class:`StoreError` (naming the ``pidtrt build`` command) on any machine.
         """
-        from pid_trt.compile.engine_select import build_command, select_pair
-        from pid_trt.compile.export import spec_weights_id
+        from pid_trt.stores.keys import spec_weights_id
+        from pid_trt.stores.select import build_command, select_pair
 
         spec, precision = request.spec, request.precision
         bucket = Bucket(height=request.height, width=request.width)

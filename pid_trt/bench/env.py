@@ -6,7 +6,6 @@ import os
 import platform
 import shutil
 import subprocess
-from importlib import metadata
 from pathlib import Path
 
 from pid_trt.bench.records import Environment
@@ -38,13 +37,9 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 
 def package_versions() -> dict[str, str]:
     """Installed versions of :data:`PACKAGES` (read from metadata: nothing is imported)."""
-    found = {}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
+    from pid_trt.versions import package_versions as installed
+
+    return installed(PACKAGES)
 
 
 def nvidia_driver() -> str | None:

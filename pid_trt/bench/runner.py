@@ -74,12 +74,12 @@ def _conditioning(config: Any, height: int, width: int, batch: int, seed: int):
 
 
 def export_key(spec: Any, case: BenchCase) -> Any:
-    """The :class:`pid_trt.compile.export.ExportKey` the onnxruntime backend looks up for ``case``."""
+    """The :class:`pid_trt.stores.keys.ExportKey` the onnxruntime backend looks up for ``case``."""
     from pid_trt.buckets import Bucket
-    from pid_trt.compile.export import ExportKey, spec_weights_id
+    from pid_trt.stores.keys import ExportKey
 
     bucket = Bucket(height=case.height, width=case.width)
-    return ExportKey.create(spec.config, spec_weights_id(spec), bucket, case.target.precision, case.batch)
+    return ExportKey.for_spec(spec, bucket, case.target.precision, case.batch)
 
 
 def prepare_artifacts(spec: Any, case: BenchCase, export_dir: Path) -> Artifacts:
@@ -87,22 +87,19 @@ def prepare_artifacts(spec: Any, case: BenchCase, export_dir: Path) -> Artifacts
     measuring process doesn't carry the export's memory; engines are never built here."""
     if case.target.backend is not BenchBackend.ONNXRUNTIME:
         return Artifacts()
-    from pid_trt.compile.export import export_onnx, find_export
-    from pid_trt.netspec import build_model
+    from pid_trt.compile.export import ensure_export
 
-    key = export_key(spec, case)
-    found = find_export(key, export_dir)
-    if found is not None:
-        return Artifacts(engine_mb=found.size_bytes / _MIB)
     start = time.perf_counter()
-    made = export_onnx(build_model(spec), key, export_dir)
-    return Artifacts(engine_mb=made.size_bytes / _MIB, build_s=time.perf_counter() - start)
+    found = ensure_export(spec, export_key(spec, case), export_dir)
+    if not found.built:
+        return Artifacts(engine_mb=found.size_bytes / _MIB)
+    return Artifacts(engine_mb=found.size_bytes / _MIB, build_s=time.perf_counter() - start)
 
 
 def _artifacts(backend: Any, case: BenchCase, spec: Any, export_dir: Path) -> Artifacts:
     kind = case.target.backend
     if kind is BenchBackend.ONNXRUNTIME:
-        from pid_trt.compile.export import find_export
+        from pid_trt.stores.exports import find_export
 
         found = find_export(export_key(spec, case), export_dir)
         return Artifacts(engine_mb=found.size_bytes / _MIB if found else None)

@@ -3,7 +3,6 @@ or (``--dynamic``) one pair for a range of sizes and batches; ``--weightless`` s
 
 from __future__ import annotations
 
-import resource
 import threading
 import time
 from pathlib import Path
@@ -20,27 +19,10 @@ from pid_trt.cli.options import (
     WeightsSeedOpt,
     resolve_net,
 )
-from pid_trt.errors import ConfigError
-
-
-def parse_batch(text: str) -> tuple[int, int, int]:
-    """``N`` or ``MIN:OPT:MAX`` -> (min, opt, max)."""
-    parts = str(text).split(":")
-    if len(parts) not in (1, 3) or not all(p.strip().isdigit() for p in parts):
-        raise ConfigError(f"--batch {text!r}: expected N or MIN:OPT:MAX (positive integers)")
-    vals = [int(p) for p in parts]
-    return (vals[0],) * 3 if len(vals) == 1 else (vals[0], vals[1], vals[2])  # type: ignore[return-value]
 
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
-
-
-def _peak_rss() -> int:
-    """Peak RSS in bytes of this process or any finished child (Linux ru_maxrss is KiB)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return int(max(own, kids)) * 1024
 
 
 class _RichProgress:
@@ -122,69 +104,18 @@ def build(
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from pid_trt.buckets import check_bucket, parse_bucket
-    from pid_trt.compile.build import BuildOptions
     from pid_trt.compile.engine_pair import build_pair
-    from pid_trt.config import Precision
+    from pid_trt.compile.plan import plan_build
+    from pid_trt.resources import peak_rss_bytes
 
     spec = resolve_net(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
-    try:
-        prec = Precision(precision.lower())
-    except ValueError:
-        raise ConfigError(f"--precision {precision!r}: expected fp16, bf16, fp8 or fp32") from None
-    if weightless and prec is Precision.FP8:
-        raise ConfigError(
-            "--weightless --precision fp8: FP8 scales are calibrated per checkpoint, so an fp8 plan cannot "
-            "serve other checkpoints; build it per checkpoint (without --weightless)"
-        )
-    shape_range = None
-    if dynamic:
-        from pid_trt.buckets import parse_range
-
-        if res is not None or size is not None:
-            raise ConfigError(
-                "--dynamic builds a range: give --min-size/--opt-size/--max-size, not --res/--size"
-            )
-        if prec is Precision.FP8:
-            raise ConfigError(
-                "--dynamic --precision fp8: not supported; build static fp8 engines (--size WxH)"
-            )
-        shape_range = parse_range(min_size, opt_size, max_size, parse_batch(batch or "1:1:2"), spec.preset)
-        bucket = shape_range.opt_bucket
-    else:
-        if min_size or opt_size or max_size:
-            raise ConfigError("--min-size/--opt-size/--max-size need --dynamic")
-        bucket = parse_bucket(res, size)
-    if prec is Precision.FP8:
-        from pid_trt.compile.quantize import calibration_for_bucket, require_modelopt
-
-        require_modelopt()
-        cal = calibration_for_bucket(spec.config, bucket.height, bucket.width)
-        warn(
-            f"fp8: the step graph is quantized with ModelOpt before export, calibrated on {cal.num_samples} "
-            f"seeded fp32 decodes at {cal.width}x{cal.height} (the slow part of an fp8 export on a CPU)"
-        )
-    note = check_bucket(bucket, spec.preset) if shape_range is None else None
-    if note:
+    plan = plan_build(
+        spec, precision=precision, res=res, size=size, batch=batch, dynamic=dynamic, min_size=min_size,
+        opt_size=opt_size, max_size=max_size, weightless=weightless, target_cc=target_cc, opt_level=opt_level,
+        workspace_gb=workspace_gb,
+    )  # fmt: skip
+    for note in plan.notes:
         warn(note)
-    if prec is Precision.FP32:
-        warn("fp32 engines use decomposable (unfused) attention, O(tokens^2) memory: for parity checks only")
-    batch_range = shape_range.batch if shape_range is not None else parse_batch(batch or "1")
-    if batch_range[0] != batch_range[2] and shape_range is None:
-        raise ConfigError(
-            f"--batch {batch}: the exporter writes static-batch graphs, so an engine serves one batch; "
-            "build one engine pair per batch (--batch N), or one pair for a batch range with --dynamic"
-        )
-    targets = tuple(c.strip() for c in target_cc.split(",") if c.strip()) if target_cc else ()
-    options = BuildOptions(
-        precision=prec,
-        optimization_level=opt_level,
-        workspace_bytes=int(workspace_gb * 2**30) if workspace_gb else None,
-        compute_capabilities=targets,
-        batch_range=batch_range,
-        decomposable_attention=prec is Precision.FP32,
-        weightless=weightless,  # the weights to strip come per graph from the export (build_pair)
-    )
     console = Console(stderr=True)
     start = time.perf_counter()
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
@@ -200,17 +131,16 @@ def build(
                 typer.echo(f"[{time.perf_counter() - start:7.1f} s] {label}", err=True)
 
         result = build_pair(
-            spec, bucket, prec, batch_range[0], options, engine_dir=engine_dir, export_dir=export_dir,
-            flavour=builder, progress=lambda graph: _RichProgress(progress, graph), on_phase=on_phase,
-            shape_range=shape_range,
+            spec, plan.bucket, plan.precision, plan.batch_range[0], plan.options, engine_dir=engine_dir,
+            export_dir=export_dir, flavour=builder, progress=lambda graph: _RichProgress(progress, graph),
+            on_phase=on_phase, shape_range=plan.shape_range,
         )  # fmt: skip
     elapsed = time.perf_counter() - start
 
     state = "exported" if result.exported else "reused"
     typer.echo(f"export ({state}): {result.export_folder} [{result.export_seconds:.1f} s]")
-    what = f"{bucket.name} batch {batch_range[0]}" if shape_range is None else f"dynamic {shape_range.name}"
-    what += " weightless" if weightless else ""
-    table = Table(title=f"{spec.name} {what} {prec.value}")
+    what = plan.describe() + (" weightless" if weightless else "")
+    table = Table(title=f"{spec.name} {what} {plan.precision.value}")
     table.add_column("graph")
     table.add_column(f"engine (in {engine_dir})", overflow="fold")
     for col in ("size", "build", "attention", "state"):
@@ -226,4 +156,4 @@ def build(
         out = Console(width=200)
     out.print(table)
     total = sum(g.plan_bytes for g in result.engines)
-    typer.echo(f"total {_mib(total)}; wall {elapsed:.1f} s; peak RSS {_mib(_peak_rss())}")
+    typer.echo(f"total {_mib(total)}; wall {elapsed:.1f} s; peak RSS {_mib(peak_rss_bytes(children=True))}")

@@ -45,8 +45,7 @@ def list_engines(engine_dir: Path = EngineDirOpt) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pid_trt.compile.engine_pair import engine_status
-    from pid_trt.stores.store import EngineStore
+    from pid_trt.stores.store import EngineStore, engine_status
 
     entries = EngineStore(engine_dir).list()
     if not entries:
@@ -123,7 +122,7 @@ def show_engine(
     as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON."),
 ) -> None:
     """Per-layer precision summary, attention, I/O tensors, targets and the manifest of one engine."""
-    from pid_trt.compile.engine_info import format_info, inspect_engine, locate
+    from pid_trt.verify.engine_info import format_info, inspect_engine, locate
 
     plan, manifest = locate(engine, engine_dir)
     info = inspect_engine(plan, manifest, export_dir)

@@ -66,49 +66,28 @@ def export(
     ),
 ) -> None:
     """Export prepare.onnx and step.onnx for one resolution bucket (reused when already exported)."""
-    from pid_trt.buckets import check_bucket, parse_bucket
-    from pid_trt.cli.options import build_model
-    from pid_trt.compile.export import (
-        ExportKey,
-        export_onnx,
-        find_export,
-        latent_shape,
-        peak_rss_bytes,
-        spec_weights_id,
-    )
-    from pid_trt.config import Precision
+    from pid_trt.buckets import latent_shape
+    from pid_trt.compile.export import ensure_export
+    from pid_trt.compile.plan import plan_export
+    from pid_trt.resources import peak_rss_bytes
+    from pid_trt.stores.keys import ExportKey
 
     spec = resolve_net(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
-    shape_range = None
-    if dynamic:
-        from pid_trt.buckets import parse_range
-        from pid_trt.cli.build import parse_batch
-        from pid_trt.errors import ConfigError
-
-        if res is not None or size is not None:
-            raise ConfigError(
-                "--dynamic exports a range: give --min-size/--opt-size/--max-size, not --res/--size"
-            )
-        shape_range = parse_range(min_size, opt_size, max_size, parse_batch(batch_range), spec.preset)
-        bucket, batch = shape_range.opt_bucket, shape_range.batch[1]
-    else:
-        bucket = parse_bucket(res, size)
-        note = check_bucket(bucket, spec.preset)
-        if note:
-            warn(note)
+    plan = plan_export(
+        spec, precision=precision, res=res, size=size, batch=batch, dynamic=dynamic, min_size=min_size,
+        opt_size=opt_size, max_size=max_size, batch_range=batch_range,
+    )  # fmt: skip
+    for note in plan.notes:
+        warn(note)
+    bucket, batch, shape_range = plan.bucket, plan.batch, plan.shape_range
     start = time.perf_counter()
-    key = ExportKey.create(
-        spec.config, spec_weights_id(spec), bucket, precision, batch, opset, shape_range, refittable
-    )
-    result = find_export(key, export_dir)
-    if result is None:
-        if key.precision is Precision.FP8:
-            from pid_trt.compile.quantize import require_modelopt
-
-            require_modelopt()  # before the model is built
-        what = f"{bucket.name} batch {batch}" if shape_range is None else f"dynamic {shape_range.name}"
-        typer.echo(f"exporting {spec.name} {what} {key.precision.value} (opset {opset}) ...")
-        result = export_onnx(build_model(spec), key, export_dir)
+    key = ExportKey.for_spec(spec, bucket, plan.precision, batch, opset, shape_range, refittable)
+    result = ensure_export(
+        spec, key, export_dir,
+        on_export=lambda key: typer.echo(
+            f"exporting {spec.name} {plan.describe()} {key.precision.value} (opset {opset}) ..."
+        ),
+    )  # fmt: skip
     elapsed = time.perf_counter() - start
     lh, lw = latent_shape(spec.config, bucket)
     state = "exported" if result.built else "cached"

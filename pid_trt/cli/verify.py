@@ -30,6 +30,15 @@ from pid_trt.cli.options import (
 EXIT_FAIL = 1
 #: The reference or the candidate cannot run on this machine.
 EXIT_CANNOT_RUN = 4
+#: Distributions whose versions the report's header records (those installed).
+REPORT_PACKAGES = (
+    "pid-trt",
+    "torch",
+    "onnxruntime",
+    "polygraphy",
+    "tensorrt-rtx-cu12-bindings",
+    "tensorrt-cu12",
+)
 
 
 def _inputs(spec: Any, latents: list[Path], res: int | None, size: str | None, seeds: int, batch: int):
@@ -72,64 +81,6 @@ def _inputs(spec: Any, latents: list[Path], res: int | None, size: str | None, s
         cond = Conditioning(lat.latent, lat.caption, lat.degrade_sigma, bucket.height, bucket.width)
         out.append(VerifyInput(f"random latent seed {s}", cond, s))
     return out
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for dist in (
-        "pid-trt",
-        "torch",
-        "onnxruntime",
-        "polygraphy",
-        "tensorrt-rtx-cu12-bindings",
-        "tensorrt-cu12",
-    ):
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def _layers(request: Any, inputs: list, results: list, timescale: float) -> tuple[Any, str]:
-    """Compare the candidate's step graph with the fp32 reference graph, layer by layer, on the
-    step input (reference x) where the candidate's velocity is worst."""
-    import math
-
-    from pid_trt.backends.factory import BackendKind
-    from pid_trt.buckets import Bucket
-    from pid_trt.compile.export import ExportKey, export_onnx, find_export, spec_weights_id
-    from pid_trt.config import Precision
-    from pid_trt.netspec import build_model
-    from pid_trt.verify.bounds import LAYER_REL_L2, governing
-    from pid_trt.verify.layers import compare_layers, format_layers, step_feeds
-
-    spec, cand = request.spec, request.candidate
-    i_res, i_step = min(
-        ((i, s) for i, r in enumerate(results) for s in range(len(r.steps))),
-        key=lambda p: (
-            results[p[0]].steps[p[1]].psnr_db if not math.isnan(results[p[0]].steps[p[1]].psnr_db) else -1
-        ),
-    )
-    r = results[i_res]
-    cond = next(inp.cond for inp in inputs if inp.name == r.name)
-    h, w, b = cond.height, cond.width, cond.batch
-    weights = spec_weights_id(spec)
-
-    def graphs(precision: Precision, export_dir: Path):
-        key = ExportKey.create(spec.config, weights, Bucket(h, w), precision, b)
-        return find_export(key, export_dir) or export_onnx(build_model(spec), key, export_dir)
-
-    ref = graphs(Precision.FP32, request.against_export_dir or request.export_dir)
-    assert cand.kind is BackendKind.ONNXRUNTIME
-    got = graphs(cand.precision, request.export_dir)
-    feeds = step_feeds(ref.prepare, cond, r.xs[i_step], r.ts[i_step], timescale)
-    bound = LAYER_REL_L2[governing(request.reference.precision, cand.precision)]
-    rep = compare_layers(ref.step, got.step, feeds, bound)
-    where = f"{r.name}, step {i_step} (t={r.ts[i_step]:g}): the step with the worst velocity PSNR"
-    return rep, f"{where}\n{format_layers(rep)}"
 
 
 @cli_errors
@@ -176,9 +127,11 @@ def verify(
     from pid_trt.errors import BackendUnavailableError, ConfigError
     from pid_trt.netspec import resolve_net
     from pid_trt.sampling import TIMESCALE
+    from pid_trt.verify.layers import worst_step_layers
     from pid_trt.verify.metrics import polygraphy_compare
     from pid_trt.verify.pairs import PairRequest, Side, cannot_run, checks, run_pair
     from pid_trt.verify.report import build_report, text_table, write_report
+    from pid_trt.versions import package_versions
 
     polygraphy_compare()  # a missing Polygraphy is an environment error before any work
     cand, ref = Side.parse(backend, "--backend"), Side.parse(against, "--against")
@@ -211,7 +164,7 @@ def verify(
     typer.echo(text_table(results, bounds, found))
     layer_rep, layer_text = None, None
     if layers:
-        layer_rep, layer_text = _layers(request, inputs, results, TIMESCALE)
+        layer_rep, layer_text = worst_step_layers(request, inputs, results, TIMESCALE)
         typer.echo("\n" + layer_text)
     if report is not None:
         c0 = inputs[0].cond
@@ -224,7 +177,7 @@ def verify(
             "device": device,
             "size": f"{c0.width}x{c0.height}",
             "steps": steps,
-            "versions": _versions(),
+            "versions": package_versions(REPORT_PACKAGES),
         }
         rep = build_report(header=header, results=results, bounds=bounds, checks=found, layers=layer_rep)
         written, files = write_report(report, rep, results, bounds, found, layer_text)

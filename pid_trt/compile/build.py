@@ -1,7 +1,7 @@
 """ONNX → serialized TensorRT plan, through the TensorRT Python API (no trtexec).
 
 One code path for both flavours (full TensorRT and TensorRT-RTX); the few lines that
-differ live in :mod:`pid_trt.compile.trt_flavour`. Networks are strongly typed, so the precision of
+differ live in :mod:`pid_trt.trt_flavour`. Networks are strongly typed, so the precision of
 an engine is the precision of its ONNX graph: :attr:`BuildOptions.precision` is recorded in
 the engine key and manifest, not forced on the builder.
 """
@@ -16,8 +16,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
-from pid_trt.compile.trt_flavour import (
+from pid_trt.config import Precision
+from pid_trt.errors import ConfigError, EngineBuildError
+from pid_trt.trt_flavour import (
     Flavour,
+    TrtLogger,
     cuda_device_count,
     detect_flavour,
     load_trt,
@@ -26,8 +29,6 @@ from pid_trt.compile.trt_flavour import (
     set_targets,
     supports_timing_cache,
 )
-from pid_trt.config import Precision
-from pid_trt.errors import ConfigError, EngineBuildError
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class BuildOptions:
     optimization_level: ``builder_optimization_level``, 0-5 (TensorRT default 3).
     workspace_bytes: limit of the WORKSPACE memory pool in bytes; None = the library default.
     compute_capabilities: TensorRT-RTX targets as ``"major.minor"`` strings; empty = the
-        portable default (see :data:`pid_trt.compile.trt_flavour.DEFAULT_RTX_TARGETS`). Full TensorRT
+        portable default (see :data:`pid_trt.trt_flavour.DEFAULT_RTX_TARGETS`). Full TensorRT
         builds for the GPU present.
     batch_range: (min, opt, max) batch for the optimization profile when the graph's inputs
         have a dynamic batch dimension; ignored for static-shape graphs.
@@ -95,7 +96,7 @@ class BuildOptions:
 
     def targets(self, flavour: Flavour) -> tuple[str, ...]:
         """The compute capabilities a plan with these options is built for on ``flavour``
-        (:func:`~pid_trt.compile.trt_flavour.normalise_targets`: fp8 and weightless rules)."""
+        (:func:`~pid_trt.trt_flavour.normalise_targets`: fp8 and weightless rules)."""
         return normalise_targets(
             flavour,
             self.compute_capabilities,
@@ -171,25 +172,6 @@ def _progress_monitor(trt: ModuleType, progress: BuildProgress) -> Any:
             progress.phase_finish(phase_name)
 
     return Monitor()
-
-
-class _Logger:
-    """A TensorRT logger that keeps errors and warnings for the error message."""
-
-    def __new__(cls, trt: ModuleType) -> Any:
-        class Collecting(trt.ILogger):  # type: ignore[name-defined, misc]
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-                self.errors: list[str] = []
-                self.warnings: list[str] = []
-
-            def log(self, severity: Any, msg: str) -> None:
-                if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                    self.errors.append(msg)
-                elif severity == trt.ILogger.Severity.WARNING:
-                    self.warnings.append(msg)
-
-        return Collecting()
 
 
 def _parser_errors(parser: Any) -> str:
@@ -342,7 +324,7 @@ def build_engine(
     targets = options.targets(flavour)
     start = time.perf_counter()
 
-    logger = _Logger(trt)
+    logger = TrtLogger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt, flavour))
     parser = trt.OnnxParser(network, logger)
@@ -417,7 +399,7 @@ def check_plan(plan_path: str | Path, flavour: Flavour | str = "auto") -> str:
     """
     flavour = detect_flavour(flavour)
     trt = load_trt(flavour)
-    runtime = trt.Runtime(_Logger(trt))
+    runtime = trt.Runtime(TrtLogger(trt))
     size = int(getattr(runtime, "engine_header_size", 0) or 64)
     with open(plan_path, "rb") as f:
         header = f.read(size)

@@ -1,9 +1,10 @@
 """Engine pairs: the two TensorRT engines (``prepare`` + ``step``) of one export, in the store.
 
 :func:`build_pair` exports (reusing a matching export) and builds both graphs of one
-(net config, weights, bucket, precision, batch) into the engine store. The runtime's look-up
-(from the store alone: no ONNX, no CUDA) is :mod:`pid_trt.compile.engine_select`, which
-imports this module. :func:`engine_status` classifies one store entry for ``pidtrt engines list``.
+(net config, weights, bucket, precision, batch) into the engine store: for each graph the
+engine key of the build (:func:`engine_key`) and the plan, built unless the store has it
+(:func:`build_into_store`). The runtime's look-up (from the store alone: no ONNX, no CUDA)
+is :mod:`pid_trt.stores.select`.
 
 Each engine's manifest ``build`` section records ``graph`` (``prepare`` or ``step``) and
 ``export_digest`` (the export both came from), which pair the two engines.
@@ -11,52 +12,23 @@ Each engine's manifest ``build`` section records ``graph`` (``prepare`` or ``ste
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from pid_trt.buckets import Bucket, ShapeRange
-from pid_trt.compile.build import BuildOptions, BuildProgress
-from pid_trt.compile.trt_flavour import Flavour, flavour_version
-from pid_trt.config import Precision
-from pid_trt.errors import BackendUnavailableError, ConfigError, StoreError
-from pid_trt.stores.artifacts import Entry, canonical_json, key_digest
-from pid_trt.stores.store import EngineKey, EngineStore
-
-#: The graphs of an export, in the order they are built and run.
-GRAPHS: tuple[str, ...] = ("prepare", "step")
-
-
-class EngineStatus(str, Enum):
-    """Health of a store entry: usable, built by another TensorRT, or broken."""
-
-    OK = "ok"
-    STALE = "stale"
-    CORRUPT = "corrupt"
-
-
-def weights_sha256(weights: str) -> str:
-    """The engine key's ``checkpoint_sha256`` for an export's weights id
-    (:func:`pid_trt.compile.export.weights_id`): a checkpoint's sha256 as is, else the sha256 of the
-    id text (``random:<seed>`` for seeded random weights)."""
-    w = weights.lower()
-    if len(w) == 64 and all(c in "0123456789abcdef" for c in w):
-        return w
-    return hashlib.sha256(weights.encode()).hexdigest()
-
-
-def _graph_sha256(export_manifest: dict[str, Any], graph: str) -> str:
-    """sha256 over a graph file and its external data, from the export manifest's file list."""
-    files = export_manifest.get("build", {}).get("files", {})
-    mine = {k: v["sha256"] for k, v in files.items() if k.startswith(f"{graph}.onnx")}
-    if f"{graph}.onnx" not in mine:
-        raise StoreError(f"export manifest lists no {graph}.onnx: re-export it")
-    return hashlib.sha256(canonical_json(mine).encode()).hexdigest()
+from pid_trt.compile.build import BuildOptions, BuildProgress, BuildReport, build_engine
+from pid_trt.config import NetConfig, Precision
+from pid_trt.errors import ConfigError, StoreError
+from pid_trt.stores.artifacts import PutResult, canonical_json, hash_artifact
+from pid_trt.stores.exports import GRAPHS, graph_sha256
+from pid_trt.stores.keys import EngineKey, ExportKey, weights_sha256
+from pid_trt.stores.store import EngineStore
+from pid_trt.trt_flavour import Flavour, detect_flavour, flavour_version, normalise_targets
 
 
 @dataclass(frozen=True)
@@ -110,7 +82,7 @@ def build_pair(
     """
     import dataclasses
 
-    from pid_trt.compile.export import ExportKey, export_onnx, find_export, spec_weights_id
+    from pid_trt.compile.export import ensure_export
 
     if shape_range is not None:
         if options.batch_range != shape_range.batch:
@@ -125,21 +97,13 @@ def build_pair(
         )
     weightless = options.weightless
     if weightless:  # before the export: refused at once where it cannot be built (no GPU, several targets)
-        from pid_trt.compile.trt_flavour import detect_flavour, normalise_targets
-
         normalise_targets(detect_flavour(flavour), options.compute_capabilities, weightless=True)
-    weights = spec_weights_id(spec)
-    key = ExportKey.create(
-        spec.config, weights, bucket, precision, batch, shape_range=shape_range, refittable=weightless
-    )
+    key = ExportKey.for_spec(spec, bucket, precision, batch, shape_range=shape_range, refittable=weightless)
+    weights = key.weights
     if on_phase:
         on_phase("export")
     start = time.perf_counter()
-    export = find_export(key, export_dir)
-    if export is None:
-        from pid_trt.netspec import build_model
-
-        export = export_onnx(build_model(spec), key, export_dir)
+    export = ensure_export(spec, key, export_dir)
     export_seconds = time.perf_counter() - start
     store = EngineStore(engine_dir)
     graphs_facts = export.manifest.get("build", {}).get("graphs", {})
@@ -158,7 +122,7 @@ def build_pair(
         if profiles is not None:
             opts = dataclasses.replace(opts, profile=tuple((n, *v) for n, v in profiles[graph].items()))
         extra: dict[str, Any] = {"graph": graph, "export_digest": export.key.digest(), "weights": weights}
-        ck_sha, onnx_sha = weights_sha256(weights), _graph_sha256(export.manifest, graph)
+        ck_sha, onnx_sha = weights_sha256(weights), graph_sha256(export.manifest, graph)
         if weightless:
             from pid_trt.compile.refit import architecture_key
 
@@ -167,7 +131,7 @@ def build_pair(
             ck_sha = architecture_key(json.loads(spec.config.to_json()), precision.value, refit)
             onnx_sha = str(facts.get("structure_sha256") or "")
             extra["refit_weights"] = refit
-        ekey = EngineKey.for_build(
+        ekey = engine_key(
             checkpoint_sha256=ck_sha,
             net_config=spec.config,
             height=bucket.height,
@@ -178,7 +142,9 @@ def build_pair(
             onnx_sha256=onnx_sha,
             shape_range=shape_range,
         )
-        res = store.build(ekey, onnx, opts, progress=progress(graph) if progress else None, extra=extra)
+        res = build_into_store(
+            store, ekey, onnx, opts, progress=progress(graph) if progress else None, extra=extra
+        )
         build = res.manifest.get("build", {})
         out.append(
             GraphBuild(
@@ -203,60 +169,83 @@ def graph_facts(graphs: dict[str, Any], graph: str) -> dict[str, Any]:
     return facts
 
 
-def key_from_manifest(manifest: dict[str, Any]) -> EngineKey:
-    """The :class:`EngineKey` a manifest's ``key`` section describes (StoreError if malformed)."""
-    k = manifest.get("key")
-    try:
-        shape_range = ShapeRange.from_fields(k["range"]) if "range" in k else None
-        weightless = bool(k.get("weightless", False))
-        height, width = (
-            (shape_range.height[1], shape_range.width[1])
-            if shape_range
-            else (int(k["height"]), int(k["width"]))
-        )
-        return EngineKey(
-            checkpoint_sha256=k["architecture_sha256"] if weightless else k["checkpoint_sha256"],
-            net_config=canonical_json(k["net_config"]),
-            height=height,
-            width=width,
-            batch_range=tuple(k["batch_range"]),
-            precision=k["precision"],
-            flavour=k["flavour"],
-            trt_version=str(k["trt_version"]),
-            compute_capabilities=tuple(k["compute_capabilities"]),
-            onnx_sha256=k["onnx_sha256"],
-            build_options=canonical_json(k["build_options"]),
-            shape_range=shape_range,
-            weightless=weightless,
-        )
-    except (TypeError, KeyError, ValueError, ConfigError) as exc:
-        raise StoreError(f"engine manifest key is malformed ({type(exc).__name__}: {exc})") from None
+def engine_key(
+    *,
+    checkpoint_sha256: str,
+    net_config: NetConfig | str,
+    height: int,
+    width: int,
+    onnx_path: str | os.PathLike[str],
+    options: BuildOptions,
+    flavour: Flavour | str = "auto",
+    onnx_sha256: str | None = None,
+    shape_range: ShapeRange | None = None,
+) -> EngineKey:
+    """The key of building ``onnx_path`` with ``options`` on the installed ``flavour``.
+
+    Resolves the flavour, its version and the target compute capabilities, and hashes
+    the ONNX (file, or folder with external data) unless ``onnx_sha256`` is given.
+    ``shape_range``: a dynamic-shape engine (height / width: its opt size);
+    ``options.weightless``: ``checkpoint_sha256`` is the architecture key.
+    """
+    resolved = detect_flavour(flavour)
+    targets = options.targets(resolved)
+    config_json = (
+        net_config.to_json() if isinstance(net_config, NetConfig) else canonical_json(json.loads(net_config))
+    )
+    return EngineKey(
+        checkpoint_sha256=checkpoint_sha256,
+        net_config=config_json,
+        height=height,
+        width=width,
+        batch_range=options.batch_range,
+        precision=options.precision,
+        flavour=resolved,
+        trt_version=flavour_version(resolved),
+        compute_capabilities=targets,
+        onnx_sha256=onnx_sha256 or hash_artifact(Path(onnx_path))[0],
+        build_options=canonical_json(options.key_fields()),
+        shape_range=shape_range,
+        weightless=options.weightless,
+    )
 
 
-def installed_version(flavour: Flavour) -> str | None:
-    """Version of the installed TensorRT package of ``flavour``; None when it is not installed."""
-    try:
-        return flavour_version(flavour)
-    except BackendUnavailableError:
-        return None
+def build_into_store(
+    store: EngineStore,
+    key: EngineKey,
+    onnx_path: str | os.PathLike[str],
+    options: BuildOptions,
+    *,
+    progress: BuildProgress | None = None,
+    extra: Mapping[str, Any] | None = None,
+    **put_kwargs: Any,
+) -> PutResult:
+    """Return the key's engine from ``store``, building ``onnx_path`` with ``options`` if it is absent.
 
+    The build report (plan size, build seconds, flavour, targets) goes into the manifest,
+    with ``extra`` (JSON-ready, e.g. which graph of an export this is). ``progress``
+    receives the builder's phases (see :func:`pid_trt.compile.build.build_engine`);
+    ``put_kwargs`` go to :meth:`~pid_trt.stores.artifacts.ArtifactStore.put`.
+    """
+    if key.build_options != canonical_json(options.key_fields()) or key.precision != options.precision:
+        raise ConfigError("engine key was made for other build options than the ones given to build()")
 
-def engine_status(entry: Entry) -> tuple[EngineStatus, str]:
-    """Classify a store entry without loading it: (status, one-line reason or "")."""
-    if entry.problem:
-        return EngineStatus.CORRUPT, entry.problem
-    try:
-        key = key_from_manifest(entry.manifest)
-    except StoreError as exc:
-        return EngineStatus.CORRUPT, str(exc)
-    have = installed_version(key.flavour)
-    if have is None:
-        return EngineStatus.STALE, f"{key.flavour.value} is not installed"
-    if have != key.trt_version:
-        return (
-            EngineStatus.STALE,
-            f"trt_version: built with {key.flavour.value} {key.trt_version}, installed {have}",
-        )
-    if key_digest(key) != entry.digest:
-        return EngineStatus.CORRUPT, "manifest key does not hash to its digest (edited?)"
-    return EngineStatus.OK, ""
+    def _build(tmp: Path) -> dict[str, Any]:
+        report: BuildReport = build_engine(onnx_path, tmp, options, key.flavour, progress)
+        if report.trt_version != key.trt_version or report.compute_capabilities != key.compute_capabilities:
+            raise ConfigError(
+                f"engine key says {key.flavour.value} {key.trt_version} for {key.compute_capabilities}, "
+                f"the build used {report.trt_version} for {report.compute_capabilities}"
+            )
+        return {
+            "plan_bytes": report.plan_bytes,
+            "builder_seconds": round(report.build_seconds, 3),
+            "dynamic_batch": report.dynamic_batch,
+            "dynamic_shapes": report.dynamic_shapes,
+            "refittable_weights": report.refittable_weights,
+            "attention_layers": report.attention_layers,
+            "onnx_name": Path(onnx_path).name,
+            **dict(extra or {}),
+        }
+
+    return store.put(key, _build, **put_kwargs)

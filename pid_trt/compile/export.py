@@ -26,201 +26,47 @@ Attention is the ONNX opset-23 ``Attention`` op (what ``F.scaled_dot_product_att
 exports to at opset >= 23); ONNX Runtime's CPU provider runs it and TensorRT(-RTX) parses it
 into a fused attention layer. Weights always go to an external data file beside each graph.
 
-Exports land in an :class:`~pid_trt.stores.artifacts.ArtifactStore` of kind ``onnx`` (``export/`` by
-default): a folder ``<label>-<digest16>/`` holding both graphs and their data, and a sibling
-``<folder>.manifest.json`` with the full :class:`ExportKey`, per-file sha256 and graph facts.
-A cached export is reused only when its manifest matches the key.
+Exports land in the export store (:mod:`pid_trt.stores.exports`, ``export/`` by default),
+keyed by :class:`~pid_trt.stores.keys.ExportKey`; :func:`ensure_export` is the one way to get
+the export of a net, size, precision and batch: from the store, or exported now.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
-import math
-import resource
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
-from pid_trt.buckets import Bucket
-from pid_trt.compile.dynamic import ShapeRange
+from pid_trt.buckets import Bucket, ShapeRange, latent_shape
 from pid_trt.compile.trace import PrepareGraph, StepGraph, export_module
 from pid_trt.config import NetConfig, Precision
 from pid_trt.errors import ConfigError
-from pid_trt.stores.artifacts import ArtifactStore, canonical_json, hash_artifact, key_digest
+from pid_trt.resources import peak_rss_bytes
+from pid_trt.stores.artifacts import canonical_json, hash_artifact
+from pid_trt.stores.exports import (
+    DEFAULT_EXPORT_DIR,
+    PREPARE_FILE,
+    STEP_FILE,
+    ExportResult,
+    export_store,
+    find_export,
+)
+from pid_trt.stores.keys import DEFAULT_OPSET, ExportKey
 
 #: Stage lines ("export: step graph", "fp8: calibrating ...") at INFO; the CLI shows them.
 log = logging.getLogger("pid_trt.compile.export")
 
-DEFAULT_EXPORT_DIR = Path("export")
-DEFAULT_OPSET = 23
-#: Bumped whenever the graphs this module writes change for the same key (2: FP8 step graphs
-#: on a bf16 base), so that older exports no longer match.
-EXPORTER_REVISION = 2
-PREPARE_FILE = "prepare.onnx"
-STEP_FILE = "step.onnx"
 _DTYPES = {Precision.FP32: torch.float32, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
 #: Base precision of fp8 graphs: the layers left unquantized, the activations between the
 #: FP8 GEMMs and attention run in bf16 (TensorRT fuses attention only in fp16/bf16), and the
 #: prepare graph is the bf16 one. Calibration still runs on the fp32 model.
 FP8_BASE = Precision.BF16
-
-
-def latent_shape(config: NetConfig, bucket: Bucket) -> tuple[int, int]:
-    """Latent cells (h, w) of a bucket: ceil(H / px), ceil(W / px), px = pixels per cell."""
-    px = config.pixels_per_latent
-    return math.ceil(bucket.height / px), math.ceil(bucket.width / px)
-
-
-def weights_id(checkpoint_sha256: str | None = None, random_seed: int | None = None) -> str:
-    """Key text of the weights: a checkpoint's sha256 (hex) or ``random:<seed>``."""
-    if (checkpoint_sha256 is None) == (random_seed is None):
-        raise ConfigError("weights: give exactly one of a checkpoint sha256 or a random seed")
-    if random_seed is not None:
-        return f"random:{int(random_seed)}"
-    sha = checkpoint_sha256.lower()
-    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-        raise ConfigError(f"checkpoint sha256 {checkpoint_sha256!r}: expected 64 hex digits")
-    return sha
-
-
-def spec_weights_id(spec: Any) -> str:
-    """:func:`weights_id` of a :class:`pid_trt.netspec.NetSpec` (hashes the checkpoint file)."""
-    if spec.random_weights:
-        return weights_id(random_seed=spec.weights_seed)
-    from pid_trt.checkpoints import file_sha256
-
-    return weights_id(checkpoint_sha256=file_sha256(spec.checkpoint))
-
-
-def _versions() -> dict[str, str]:
-    import onnx
-    import onnxscript
-
-    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__}
-
-
-@dataclass(frozen=True)
-class ExportKey:
-    """Everything that invalidates an export. height/width: output pixels; batch: B."""
-
-    kind: ClassVar[str] = "onnx"
-    suffix: ClassVar[str] = ""
-
-    net_config: str
-    weights: str
-    height: int
-    width: int
-    batch: int
-    precision: Precision
-    opset: int
-    versions: tuple[tuple[str, str], ...]
-    shape_range: ShapeRange | None = None
-    refittable: bool = False
-
-    @classmethod
-    def create(
-        cls, config: NetConfig, weights: str, bucket: Bucket, precision: Precision | str, batch: int,
-        opset: int = DEFAULT_OPSET, shape_range: ShapeRange | None = None, refittable: bool = False,
-    ) -> ExportKey:  # fmt: skip
-        """The key of exporting ``config`` with ``weights`` (:func:`weights_id`) for one bucket,
-        or, with ``shape_range``, for every size and batch of that range (``bucket`` and
-        ``batch`` are then its opt values). ``refittable``: every parameter stays one
-        initializer named by its checkpoint key (for weightless engines refitted by name)."""
-        if shape_range is not None:
-            bucket, batch = shape_range.opt_bucket, shape_range.batch[1]
-            if Precision(precision) is Precision.FP8:
-                raise ConfigError(
-                    "dynamic-shape export of fp8 graphs is not supported: build static fp8 engines (--size WxH)"
-                )
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ConfigError(f"batch {batch!r}: expected an integer >= 1")
-        if opset < 23:
-            raise ConfigError(
-                f"opset {opset}: expected >= 23 (attention exports as the fused Attention op from 23)"
-            )
-        try:
-            precision = Precision(precision)
-        except ValueError:
-            raise ConfigError(f"precision {precision!r}: expected fp32, fp16, bf16 or fp8") from None
-        if precision not in _DTYPES and precision is not Precision.FP8:
-            raise ConfigError(f"precision {precision.value}: ONNX export supports fp32, fp16, bf16 or fp8")
-        hs, ws = bucket.height // config.patch_size, bucket.width // config.patch_size
-        if hs * config.patch_size != bucket.height or ws * config.patch_size != bucket.width:
-            raise ConfigError(f"bucket {bucket.name}: expected multiples of patch_size {config.patch_size}")
-        if refittable and precision is Precision.FP8:
-            raise ConfigError(
-                "refittable (weightless) fp8 graphs are not supported: FP8 scales are calibrated per "
-                "checkpoint, so an fp8 plan is built per checkpoint (see README, 'Weightless plans')"
-            )
-        return cls(config.to_json(), weights, bucket.height, bucket.width, batch, precision, opset,
-                   tuple(sorted(_versions().items())), shape_range, bool(refittable))  # fmt: skip
-
-    @property
-    def bucket(self) -> Bucket:
-        return Bucket(height=self.height, width=self.width)
-
-    @property
-    def config(self) -> NetConfig:
-        return NetConfig.from_json(self.net_config)
-
-    def fields(self) -> dict[str, Any]:
-        import json
-
-        lh, lw = latent_shape(self.config, self.bucket)
-        extra: dict[str, Any] = {}
-        if self.shape_range is not None:  # absent for static exports: their digests are unchanged
-            extra["range"] = self.shape_range.fields()
-        if self.refittable:
-            extra["refittable"] = True
-        return {
-            **extra,
-            "net_config": json.loads(self.net_config),
-            "weights": self.weights,
-            "height": self.height,
-            "width": self.width,
-            "latent_hw": [lh, lw],
-            "batch": self.batch,
-            "precision": self.precision.value,
-            "opset": self.opset,
-            "versions": dict(self.versions),
-            "exporter_revision": EXPORTER_REVISION,
-        }
-
-    def digest(self) -> str:
-        return key_digest(self)
-
-    def label(self) -> str:
-        """e.g. ``2048x2048-b1-bf16-op23-w3f9a2c-n1a2b``."""
-        w = "r" + self.weights.split(":", 1)[1] if self.weights.startswith("random:") else self.weights[:6]
-        net = hashlib.sha256(self.net_config.encode()).hexdigest()[:4]
-        size = f"{self.width}x{self.height}-b{self.batch}"
-        if self.shape_range is not None:
-            size = self.shape_range.label()
-        refit = "-rf" if self.refittable else ""
-        return f"{size}-{self.precision.value}-op{self.opset}{refit}-w{w}-n{net}"
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    """A ready export: ``folder`` holds ``prepare`` and ``step`` (paths of the two graphs);
-    ``built`` is False when the cache served it; ``manifest`` as stored."""
-
-    folder: Path
-    prepare: Path
-    step: Path
-    manifest: dict[str, Any]
-    built: bool
-    key: ExportKey
-
-    @property
-    def size_bytes(self) -> int:
-        return int(self.manifest.get("size_bytes", 0))
 
 
 def graph_io_names(config: NetConfig, dynamic: bool = False) -> dict[str, tuple[list[str], list[str]]]:
@@ -379,29 +225,6 @@ def _export_facts(
     }
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far, in bytes (Linux: ru_maxrss is KiB)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def export_store(export_dir: str | Path = DEFAULT_EXPORT_DIR) -> ArtifactStore:
-    """The ONNX export cache at ``export_dir`` (kind ``onnx``)."""
-    return ArtifactStore(export_dir, kind=ExportKey.kind)
-
-
-def _result(path: Path, manifest: dict[str, Any], built: bool, key: ExportKey) -> ExportResult:
-    return ExportResult(path, path / PREPARE_FILE, path / STEP_FILE, manifest, built, key)
-
-
-def find_export(key: ExportKey, export_dir: str | Path = DEFAULT_EXPORT_DIR) -> ExportResult | None:
-    """The cached export of ``key``, or None. Raises StoreError for a stale / corrupt one."""
-    store = export_store(export_dir)
-    path = store.lookup(key, verify_hash=False)
-    if path is None:
-        return None
-    return _result(path, store.manifest(key) or {}, False, key)
-
-
 def export_onnx(
     model: nn.Module, key: ExportKey, export_dir: str | Path = DEFAULT_EXPORT_DIR
 ) -> ExportResult:
@@ -423,4 +246,37 @@ def export_onnx(
         )
 
     res = export_store(export_dir).put(key, build, verify_hash=False)
-    return _result(res.path, res.manifest, res.built, key)
+    return ExportResult.at(res.path, res.manifest, res.built, key)
+
+
+def ensure_export(
+    spec: Any,
+    key: ExportKey,
+    export_dir: str | Path = DEFAULT_EXPORT_DIR,
+    *,
+    load_model: Callable[[], nn.Module] | None = None,
+    on_export: Callable[[ExportKey], None] | None = None,
+) -> ExportResult:
+    """The export of ``key`` (:meth:`ExportKey.for_spec` of ``spec``, a
+    :class:`pid_trt.netspec.NetSpec`) from the store at ``export_dir``, or, when the store has
+    none, exported now (``result.built`` is then True).
+
+    Before exporting: fp8 checks that ModelOpt is installed, then ``on_export(key)`` is told
+    (a log line, a message), then ``load_model()`` gives the fp32 model with the spec's
+    weights (default :func:`pid_trt.netspec.build_model`). Raises StoreError for a stale or
+    corrupt export in the store.
+    """
+    found = find_export(key, export_dir)
+    if found is not None:
+        return found
+    if key.precision is Precision.FP8:
+        from pid_trt.compile.quantize import require_modelopt
+
+        require_modelopt()  # before the model is built
+    if on_export is not None:
+        on_export(key)
+    if load_model is None:
+        from pid_trt.netspec import build_model
+
+        return export_onnx(build_model(spec), key, export_dir)
+    return export_onnx(load_model(), key, export_dir)

@@ -232,7 +232,7 @@ def trt_parse(path: str | Path) -> ParseReport:
     Raises :class:`BackendUnavailableError` when neither is installed and
     :class:`EngineBuildError` with the parser's first errors when parsing fails.
     """
-    from pid_trt.compile.trt_flavour import Flavour, load_trt
+    from pid_trt.trt_flavour import Flavour, load_trt
 
     try:
         trt = load_trt(Flavour.TENSORRT_RTX)

@@ -10,7 +10,8 @@ random latents/captions the fp32 model runs the 4-step decode and every step inp
 (x_t at each timestep, with its conditioning) is recorded; calibration replays them.
 
 Image quality is scored as PSNR (dB) of the quantized 4-step decode against the fp32 decode
-of the same inputs and noises; images are in [-1, 1], so the peak-to-peak range is 2.
+of the same inputs and noises (:func:`decode`); the per-group sensitivity sweep that chose
+:data:`DEFAULT_FP8_EXCLUDE` is :mod:`pid_trt.verify.fp8_sensitivity`.
 
 ``modelopt`` is imported only inside the functions that need it (the ``fp8`` extra).
 """
@@ -18,7 +19,6 @@ of the same inputs and noises; images are in [-1, 1], so the peak-to-peak range 
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import io
 import math
@@ -60,7 +60,7 @@ PREPARE_LAYERS: tuple[str, ...] = (
 )
 
 #: Step-graph layers left unquantized by default, from the sensitivity sweep
-#: (:func:`fp8_sensitivity`; random weights, so re-check with trained ones): the groups whose
+#: (:func:`pid_trt.verify.fp8_sensitivity.fp8_sensitivity`; random weights, so re-check with trained ones): the groups whose
 #: quantization alone costs the most image PSNR -- the PiT modulation (the largest single
 #: loss, and the largest GEMM of the network: ~14% of step MACs at 2K stay bf16), the PiT
 #: pixel MLP (K = 16), the first/last layers (s / pixel embedders, final layer) -- plus the
@@ -132,8 +132,9 @@ def calibration_for_bucket(
 
 
 @dataclass(frozen=True)
-class Conditioning:
-    """One decode's inputs: caption [B, T, D_txt], latent [B, C, h, w], sigma [B], noises."""
+class DecodeInputs:
+    """One calibration or evaluation decode's inputs: caption [B, T, D_txt], latent [B, C, h, w],
+    degrade_sigma [B], the sampler's noises (each [B, 3, H, W]); height, width in pixels."""
 
     caption: torch.Tensor
     latent: torch.Tensor
@@ -156,7 +157,7 @@ class StepInputs:
     pit_feat: torch.Tensor | None
 
 
-def random_conditioning(config: NetConfig, spec: CalibrationSpec, seed: int) -> Conditioning:
+def random_conditioning(config: NetConfig, spec: CalibrationSpec, seed: int) -> DecodeInputs:
     """Seeded standard-normal caption and latent, plus the sampler's noises, for one decode."""
     h, w = config.latent_size(spec.height, spec.width)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -165,26 +166,36 @@ def random_conditioning(config: NetConfig, spec: CalibrationSpec, seed: int) -> 
     latent = torch.randn(b, config.lq_latent_channels, h, w, generator=gen)
     noise = draw_noise((b, config.in_channels, spec.height, spec.width), spec.steps, seed=seed)
     sigma = torch.full((b,), float(spec.degrade_sigma))
-    return Conditioning(caption, latent, sigma, tuple(noise), spec.height, spec.width)
+    return DecodeInputs(caption, latent, sigma, tuple(noise), spec.height, spec.width)
 
 
-def decode(model: nn.Module, cond: Conditioning, steps: int = 4, record: list | None = None) -> torch.Tensor:
-    """The released sampler over ``model.prepare`` / ``model.step``; image [B, 3, H, W] in [-1, 1].
-
+class RecordingDenoiser:
+    """The :class:`~pid_trt.sampling.Denoiser` of one decode on ``model`` (a
+    :class:`~pid_trt.model.PidNet`): ``model.prepare`` once, here, then ``model.step`` per call.
     With ``record`` (a list) every step call's :class:`StepInputs` is appended to it.
-    """
+    Call it under ``torch.no_grad()``."""
+
+    def __init__(self, model: nn.Module, inputs: DecodeInputs, record: list | None = None) -> None:
+        self.model, self.record = model, record
+        self.prepared = model.prepare(inputs.caption, inputs.latent, inputs.height, inputs.width)
+        self.degrade_sigma = inputs.degrade_sigma
+        self.batch = inputs.caption.shape[0]
+
+    def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        p = self.prepared
+        tt = torch.full((self.batch,), t * TIMESCALE, dtype=torch.float32)
+        inputs = StepInputs(x, tt, p.y_emb, p.lq_feats, self.degrade_sigma, p.pit_feat)
+        if self.record is not None:
+            self.record.append(inputs)
+        return _run_step(self.model, inputs)
+
+
+def decode(model: nn.Module, cond: DecodeInputs, steps: int = 4, record: list | None = None) -> torch.Tensor:
+    """The released sampler (:func:`pid_trt.sampling.sample`) over a :class:`RecordingDenoiser`
+    of ``model``; image [B, 3, H, W] in [-1, 1]. With ``record`` (a list) every step call's
+    :class:`StepInputs` is appended to it."""
     with torch.no_grad():
-        prep = model.prepare(cond.caption, cond.latent, cond.height, cond.width)
-        batch = cond.caption.shape[0]
-
-        def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
-            tt = torch.full((batch,), t * TIMESCALE, dtype=torch.float32)
-            inputs = StepInputs(x, tt, prep.y_emb, prep.lq_feats, cond.degrade_sigma, prep.pit_feat)
-            if record is not None:
-                record.append(inputs)
-            return _run_step(model, inputs)
-
-        return sample(denoise, list(cond.noise), steps)
+        return sample(RecordingDenoiser(model, cond, record), list(cond.noise), steps)
 
 
 def _run_step(model: nn.Module, s: StepInputs) -> torch.Tensor:
@@ -198,14 +209,6 @@ def collect_calibration(model: nn.Module, config: NetConfig, calib: CalibrationS
     for i in range(calib.num_samples):
         decode(model, random_conditioning(config, calib, calib.seed + i), calib.steps, records)
     return records
-
-
-def psnr_db(image: torch.Tensor, reference: torch.Tensor) -> float:
-    """PSNR (dB) of ``image`` against ``reference``, both in [-1, 1]; inf when identical.
-    The sensitivity sweep's metric, computed by the project's one comparison path (Polygraphy)."""
-    from pid_trt.verify.metrics import psnr
-
-    return psnr(image, reference)
 
 
 # --------------------------------------------------------------------------- ModelOpt
@@ -345,67 +348,17 @@ def enabled_quantizers(model: nn.Module) -> list[str]:
     return sorted(n for n, m in model.named_modules() if isinstance(m, TensorQuantizer) and m.is_enabled)
 
 
-# --------------------------------------------------------------------------- sensitivity
-@dataclass(frozen=True)
-class Sensitivity:
-    """Image PSNR (dB, vs fp32) with one layer group quantized alone (``only``) and with every
-    group but that one quantized (``all_but``)."""
-
-    group: str
-    only_db: float
-    all_but_db: float
-
-
-def fp8_sensitivity(
-    model: nn.Module,
-    config: NetConfig,
-    calib: CalibrationSpec = CalibrationSpec(),
-    eval_seeds: Sequence[int] = (1000,),
-    groups: Sequence[str] | None = None,
-    all_but: bool = True,
-) -> tuple[float, list[Sensitivity]]:
-    """Per-group FP8 sensitivity: (PSNR with every group quantized, [per-group results]).
-
-    PSNR is the mean over ``eval_seeds`` of the quantized 4-step decode vs the fp32 decode
-    (same inputs and noises), in dB; ``all_but=False`` skips the leave-one-out runs (their
-    ``all_but_db`` is NaN) and halves the cost. ``model`` (fp32) is left unchanged; each variant is
-    quantized on a deep copy with the same calibration step inputs.
-    """
-    names = list(FP8_GROUPS) if groups is None else list(groups)
-    for g in names:
-        if g not in FP8_GROUPS:
-            raise ConfigError(f"sensitivity group {g!r}: expected one of {', '.join(FP8_GROUPS)}")
-    samples = collect_calibration(model, config, calib)
-    conds = [random_conditioning(config, calib, s) for s in eval_seeds]
-    refs = [decode(model, c, calib.steps) for c in conds]
-
-    def score(exclude: tuple[str, ...]) -> float:
-        q = quantize_fp8(copy.deepcopy(model), config, calib, exclude, samples=samples)
-        return sum(psnr_db(decode(q, c, calib.steps), r) for c, r in zip(conds, refs, strict=True)) / len(
-            conds
-        )
-
-    every = score(())
-    out = []
-    for g in names:
-        others = tuple(p for h in FP8_GROUPS if h != g for p in FP8_GROUPS[h])
-        out.append(Sensitivity(g, score(others), score(FP8_GROUPS[g]) if all_but else math.nan))
-    return every, out
-
-
 __all__ = [
     "DEFAULT_FP8_EXCLUDE",
     "FP8_GROUPS",
     "PREPARE_LAYERS",
     "CalibrationSpec",
-    "Conditioning",
-    "Sensitivity",
+    "DecodeInputs",
+    "RecordingDenoiser",
     "StepInputs",
     "collect_calibration",
     "decode",
     "enabled_quantizers",
-    "fp8_sensitivity",
-    "psnr_db",
     "quantize_fp8",
     "random_conditioning",
 ]

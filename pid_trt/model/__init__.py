@@ -6,7 +6,7 @@
 - :func:`random_init`: seeded deterministic weights for smoke runs.
 """
 
-from pid_trt.model.network import PidNet, Prepared
 from pid_trt.model.init import random_init
+from pid_trt.model.network import PidNet, Prepared
 
 __all__ = ["PidNet", "Prepared", "random_init"]

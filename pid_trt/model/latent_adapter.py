@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pid_trt.config import NetConfig, GateType
+from pid_trt.config import GateType, NetConfig
 from pid_trt.errors import ConfigError
 from pid_trt.model.layers import Conv2d, GroupNorm, Linear
 from pid_trt.model.positions import is_symbolic, size_tensor

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from pid_trt.buckets import Bucket, ShapeRange
-from pid_trt.compile.engine_pair import GRAPHS, EngineStatus, engine_status, key_from_manifest, weights_sha256
 from pid_trt.config import NetConfig, Precision
 from pid_trt.errors import ConfigError, StoreError
 from pid_trt.stores.artifacts import Entry
-from pid_trt.stores.store import EngineKey, EngineStore
+from pid_trt.stores.exports import GRAPHS
+from pid_trt.stores.keys import EngineKey, key_from_manifest, weights_sha256
+from pid_trt.stores.store import EngineStatus, EngineStore, engine_status
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def select_pair(
     these ``weights``; else a dynamic pair with these weights whose range holds the size and
     batch (the tightest range, then the newest); else a weightless static pair, then a
     weightless dynamic one, of this net config and precision (refitted at load). ``weights``
-    is the export weights id (:func:`pid_trt.compile.export.weights_id`). Raises
+    is the export weights id (:func:`pid_trt.stores.keys.weights_id`). Raises
     :class:`StoreError` naming ``build_hint`` (the ``pidtrt build`` command; ``dynamic_hint``
     the one for a range) when none fits, listing the engines this net and weights do have;
     refuses stale (other TensorRT version) or foreign (other net, corrupt) engines with the
@@ -167,10 +168,6 @@ def select_pair(
     export_digest = str(pair["step"].manifest.get("build", {}).get("export_digest"))
     manifests = {g: pair[g].manifest for g in GRAPHS}
     return EnginePair(paths["prepare"][0], paths["step"][0], paths["step"][1], export_digest, manifests)
-
-
-#: The look-up's former name (static engines only then); kept for callers.
-find_pair = select_pair
 
 
 def build_command(

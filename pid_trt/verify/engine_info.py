@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pid_trt.compile.trt_flavour import Flavour, cuda_device_count, load_trt, network_flags
 from pid_trt.errors import StoreError
-from pid_trt.stores.artifacts import ArtifactStore
+from pid_trt.stores.exports import export_store, graph_sha256
 from pid_trt.stores.store import EngineStore
+from pid_trt.trt_flavour import Flavour, TrtLogger, cuda_device_count, load_trt, network_flags
 
 
 @dataclass(frozen=True)
@@ -97,20 +97,6 @@ def locate(engine: str, engine_dir: Path) -> tuple[Path, dict[str, Any]]:
     return found[0].path, found[0].manifest
 
 
-class _Log:
-    def __new__(cls, trt: Any) -> Any:
-        class Collect(trt.ILogger):  # type: ignore[misc, name-defined]
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-                self.errors: list[str] = []
-
-            def log(self, severity: Any, msg: str) -> None:
-                if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
-                    self.errors.append(" ".join(msg.split()))
-
-        return Collect()
-
-
 #: Layer types whose precision is the engine's arithmetic (the rest move or reshape data).
 COMPUTE_TYPES = ("MATRIX_MULTIPLY", "CONVOLUTION", "ATTENTION_OUTPUT", "NORMALIZATION", "REDUCE", "SOFTMAX")
 
@@ -123,11 +109,11 @@ def _is_attention(name: str, kind: str) -> bool:
 def _from_inspector(trt: Any, plan: Path, info: EngineInfo) -> bool:
     """Fill ``info`` from the engine inspector; False (and ``info.note``) when the plan cannot be
     deserialised here."""
-    logger = _Log(trt)
+    logger = TrtLogger(trt)
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(plan.read_bytes())
     if engine is None:
-        why = logger.errors[0] if logger.errors else "deserialize_cuda_engine returned None"
+        why = " ".join(logger.errors[0].split()) if logger.errors else "deserialize_cuda_engine returned None"
         cuda = re.search(r"cudaError \d+: [^)]*", why)
         why = cuda.group(0) if cuda else why[:160]
         where = "without a CUDA GPU" if cuda_device_count() == 0 else "on this GPU"
@@ -170,17 +156,15 @@ def _from_inspector(trt: Any, plan: Path, info: EngineInfo) -> bool:
 
 def _export_graph(manifest: dict[str, Any], export_dir: Path) -> tuple[Path | None, str]:
     """The ONNX graph the engine was built from, or (None, why not)."""
-    from pid_trt.compile.engine_pair import _graph_sha256
-
     build, key = manifest.get("build", {}), manifest.get("key", {})
     digest, graph = build.get("export_digest"), build.get("graph")
     if not digest or not graph:
         return None, "the manifest names no export_digest / graph"
-    for entry in ArtifactStore(export_dir, kind="onnx").list():
+    for entry in export_store(export_dir).list():
         if entry.digest == digest and not entry.problem:
             onnx = entry.path / f"{graph}.onnx"
             try:
-                same = _graph_sha256(entry.manifest, graph) == key.get("onnx_sha256")
+                same = graph_sha256(entry.manifest, graph) == key.get("onnx_sha256")
             except StoreError:
                 same = False
             if not same:
@@ -191,7 +175,7 @@ def _export_graph(manifest: dict[str, Any], export_dir: Path) -> tuple[Path | No
 
 def _from_network(trt: Any, onnx: Path, flavour: Flavour, info: EngineInfo) -> None:
     """Fill ``info`` from the network TensorRT parses out of ``onnx`` (strongly typed)."""
-    logger = _Log(trt)
+    logger = TrtLogger(trt)
     network = trt.Builder(logger).create_network(network_flags(trt, flavour))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx)):

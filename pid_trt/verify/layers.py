@@ -209,3 +209,42 @@ def format_layers(report: LayerReport) -> str:
                 f"  {r.index:>5} {r.node[:28]:<28} {r.op[:12]:<12} {r.tensor[:20]:<20} {r.rel_l2:>9.3g}  {w}"
             )
     return "\n".join(lines)
+
+
+def worst_step_layers(request: Any, inputs: list, results: list, timescale: float) -> tuple[LayerReport, str]:
+    """The candidate's step graph against the fp32 reference graph, layer by layer, on the step
+    input (the reference's x) where the candidate's velocity PSNR is worst: (report, text).
+
+    ``request``: the :class:`pid_trt.verify.pairs.PairRequest` of the run (an onnxruntime
+    candidate); ``inputs`` / ``results``: its :class:`~pid_trt.verify.pairs.VerifyInput` list and
+    the results :func:`~pid_trt.verify.pairs.run_pair` returned. Both graphs come from the export
+    stores (exported first where missing: :func:`pid_trt.compile.export.ensure_export`).
+    """
+    from pid_trt.buckets import Bucket
+    from pid_trt.compile.export import ensure_export
+    from pid_trt.config import Precision
+    from pid_trt.stores.keys import ExportKey
+    from pid_trt.verify.bounds import LAYER_REL_L2, governing
+
+    spec, cand = request.spec, request.candidate
+    i_res, i_step = min(
+        ((i, s) for i, r in enumerate(results) for s in range(len(r.steps))),
+        key=lambda p: (
+            results[p[0]].steps[p[1]].psnr_db if not math.isnan(results[p[0]].steps[p[1]].psnr_db) else -1
+        ),
+    )
+    r = results[i_res]
+    cond = next(inp.cond for inp in inputs if inp.name == r.name)
+    bucket, batch = Bucket(cond.height, cond.width), cond.batch
+
+    def graphs(precision: Precision, export_dir: Path):
+        return ensure_export(spec, ExportKey.for_spec(spec, bucket, precision, batch), export_dir)
+
+    ref = graphs(Precision.FP32, request.against_export_dir or request.export_dir)
+    assert cand.label.startswith("onnxruntime:")
+    got = graphs(cand.precision, request.export_dir)
+    feeds = step_feeds(ref.prepare, cond, r.xs[i_step], r.ts[i_step], timescale)
+    bound = LAYER_REL_L2[governing(request.reference.precision, cand.precision)]
+    rep = compare_layers(ref.step, got.step, feeds, bound)
+    where = f"{r.name}, step {i_step} (t={r.ts[i_step]:g}): the step with the worst velocity PSNR"
+    return rep, f"{where}\n{format_layers(rep)}"

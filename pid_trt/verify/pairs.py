@@ -76,15 +76,15 @@ def cannot_run(side: Side, device: str) -> str | None:
         what = "TensorRT engines run" if side.kind is BackendKind.TENSORRT else f"{side.label} on {dev} runs"
         return f"{what} on an NVIDIA GPU with CUDA; this machine has none"
     if side.kind is BackendKind.TENSORRT:
-        from pid_trt.compile.trt_flavour import Flavour, is_importable
+        from pid_trt.trt_flavour import Flavour, is_importable
 
         if not any(is_importable(f) for f in Flavour):
             return "neither tensorrt nor tensorrt-rtx is installed (pip install 'pid-trt[rtx]')"
     if side.kind is BackendKind.ONNXRUNTIME:
-        from pid_trt.backends.ort_backend import _check_cpu_precision, choose_providers
+        from pid_trt.backends.ort_backend import check_cpu_precision, choose_providers
 
         try:
-            _check_cpu_precision(side.precision, choose_providers(dev))
+            check_cpu_precision(side.precision, choose_providers(dev))
         except BackendUnavailableError as exc:
             return str(exc)
     return None

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from pid_trt.compile.build import BuildOptions, build_engine, check_plan
-from pid_trt.compile.trt_flavour import DEFAULT_RTX_TARGETS, Flavour, detect_flavour, is_importable
+from pid_trt.compile.engine_pair import build_into_store, engine_key
 from pid_trt.config import TINY, Precision
 from pid_trt.errors import BackendUnavailableError, ConfigError, EngineBuildError
-from pid_trt.stores.store import EngineKey, EngineStore
+from pid_trt.stores.store import EngineStore
+from pid_trt.trt_flavour import DEFAULT_RTX_TARGETS, Flavour, detect_flavour, is_importable
 
 pytestmark = pytest.mark.requires("tensorrt_rtx")
 
@@ -204,15 +205,15 @@ def test_store_build_then_cache_hit(onnx_graphs, tmp_path):
     store = EngineStore(tmp_path / "engines")
     options = BuildOptions(Precision.BF16)
     path = onnx_graphs[Precision.BF16]
-    key = EngineKey.for_build(checkpoint_sha256="ab" * 32, net_config=TINY, height=256, width=256,
+    key = engine_key(checkpoint_sha256="ab" * 32, net_config=TINY, height=256, width=256,
                               onnx_path=path, options=options, flavour=RTX)  # fmt: skip
-    first = store.build(key, path, options)
+    first = build_into_store(store, key, path, options)
     assert first.built and first.manifest["build"]["plan_bytes"] == first.path.stat().st_size
     assert first.manifest["key"]["precision"] == "bf16" and first.manifest["key"]["flavour"] == "tensorrt-rtx"
-    again = store.build(key, path, options)
+    again = build_into_store(store, key, path, options)
     assert not again.built and again.path == first.path
     assert store.lookup(key) == first.path
-    other = EngineKey.for_build(checkpoint_sha256="ab" * 32, net_config=TINY, height=256, width=256,
+    other = engine_key(checkpoint_sha256="ab" * 32, net_config=TINY, height=256, width=256,
                                 onnx_path=path, options=BuildOptions(Precision.BF16, optimization_level=2),
                                 flavour=RTX)  # fmt: skip
     assert other.digest() != key.digest() and store.lookup(other) is None

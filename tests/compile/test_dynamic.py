@@ -22,8 +22,9 @@ import pytest
 import torch
 
 from pid_trt.buckets import Bucket, ShapeRange
-from pid_trt.compile.export import ExportKey, find_export, weights_id
 from pid_trt.config import Precision
+from pid_trt.stores.exports import find_export
+from pid_trt.stores.keys import ExportKey, weights_id
 from tests.conftest import golden_case, require
 from tests.engine_helpers import REPO, built_store, manifests, pidtrt
 
@@ -240,9 +241,9 @@ def test_engines_list_shows_static_and_dynamic_side_by_side(mixed_store):
 @pytest.mark.slow
 def test_store_selection_on_real_engines(mixed_store):
     """Exact static first, else the covering range, else the build command (both forms)."""
-    from pid_trt.compile.engine_select import build_command, select_pair
     from pid_trt.errors import StoreError
     from pid_trt.netspec import resolve_net
+    from pid_trt.stores.select import build_command, select_pair
 
     spec = resolve_net("tiny", None, None, None, True)
     wid = weights_id(random_seed=0)

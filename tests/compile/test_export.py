@@ -10,19 +10,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from pid_trt.buckets import Bucket
-from pid_trt.compile.export import (
-    EXPORTER_REVISION,
-    ExportKey,
-    export_onnx,
-    find_export,
-    latent_shape,
-    weights_id,
-)
+from pid_trt.buckets import Bucket, latent_shape
+from pid_trt.compile.export import export_onnx
 from pid_trt.compile.onnx_graph import AttentionForm, check_model_by_path, inspect_graph, trt_parse
 from pid_trt.config import TINY, Precision, get_preset
 from pid_trt.errors import BackendUnavailableError, ConfigError
 from pid_trt.model import PidNet, random_init
+from pid_trt.stores.exports import find_export
+from pid_trt.stores.keys import EXPORTER_REVISION, ExportKey, weights_id
 from tests.conftest import GOLDEN
 from tests.export_helpers import golden_export
 

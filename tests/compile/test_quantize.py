@@ -19,16 +19,16 @@ from pid_trt.compile.quantize import (
     FP8_GROUPS,
     PREPARE_LAYERS,
     CalibrationSpec,
-    Conditioning,
+    DecodeInputs,
     collect_calibration,
     decode,
-    psnr_db,
     random_conditioning,
 )
 from pid_trt.config import TINY
 from pid_trt.errors import ConfigError
 from pid_trt.model import PidNet, random_init
 from pid_trt.verify.golden import load_golden
+from pid_trt.verify.metrics import psnr as psnr_db
 from tests.conftest import GOLDEN, require
 
 CALIB = CalibrationSpec(num_samples=2, height=64, width=64, seed=0)
@@ -160,7 +160,7 @@ def test_golden_fp8_image_psnr(path):
     model, config, d = _golden(path)
     b, _, h, w = d["in/x"].shape
     calib = CalibrationSpec(num_samples=1, height=h, width=w, batch=b)
-    cond = Conditioning(
+    cond = DecodeInputs(
         d["in/y"],
         d["in/lq_latent"],
         d["in/degrade_sigma"],
@@ -263,8 +263,8 @@ def test_fp8_graphs_run_in_onnxruntime(tiny, fp8_fp32_base_graphs):
 @pytest.mark.slow  # the FP8 export calibrates 4 decodes and traces (~60 s shared)
 def test_fp8_engine_builds_for_fp8_targets_only(fp8_graphs, tmp_path):
     from pid_trt.compile.build import BuildOptions, build_engine
-    from pid_trt.compile.trt_flavour import Flavour, normalise_targets
     from pid_trt.config import Precision
+    from pid_trt.trt_flavour import Flavour, normalise_targets
 
     require("tensorrt_rtx")
     assert normalise_targets(Flavour.TENSORRT_RTX, (), fp8=True) == ("8.9", "12.0")

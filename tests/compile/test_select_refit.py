@@ -16,11 +16,12 @@ import pytest
 import torch
 
 from pid_trt.buckets import Bucket, ShapeRange, default_range, parse_range
-from pid_trt.compile.engine_select import select_pair
-from pid_trt.compile.trt_flavour import Flavour, flavour_version
 from pid_trt.config import TINY, Precision, get_preset
 from pid_trt.errors import ConfigError, StoreError
-from pid_trt.stores.store import EngineKey, EngineStore
+from pid_trt.stores.keys import EngineKey
+from pid_trt.stores.select import select_pair
+from pid_trt.stores.store import EngineStore
+from pid_trt.trt_flavour import Flavour, flavour_version
 from tests.engine_helpers import pidtrt
 
 pytestmark = pytest.mark.requires("tensorrt_rtx")
@@ -31,7 +32,7 @@ RANGE = ShapeRange((64, 128, 256), (64, 128, 256), (1, 1, 2))
 
 
 def _key(**changes) -> EngineKey:
-    from pid_trt.compile.engine_pair import weights_sha256
+    from pid_trt.stores.keys import weights_sha256
 
     key = EngineKey(
         checkpoint_sha256=weights_sha256(WEIGHTS), net_config=TINY.to_json(), height=64, width=64,
@@ -108,7 +109,7 @@ def test_stale_dynamic_engine_is_refused_with_the_field(tmp_path):
 
 
 def test_range_keys_and_labels():
-    from pid_trt.compile.engine_pair import key_from_manifest
+    from pid_trt.stores.keys import key_from_manifest
 
     key = _key(shape_range=RANGE, batch_range=(1, 1, 2))
     f = key.fields()
@@ -142,8 +143,9 @@ def test_shape_ranges():
 @pytest.fixture(scope="module")
 def refittable(tmp_path_factory):
     """A refittable static tiny bf16 export (seed 0) and one of seed 1: (result, result)."""
-    from pid_trt.compile.export import ExportKey, export_onnx, weights_id
+    from pid_trt.compile.export import export_onnx
     from pid_trt.netspec import build_model, resolve_net
+    from pid_trt.stores.keys import ExportKey, weights_id
 
     root = tmp_path_factory.mktemp("refit")
     out = []
@@ -240,7 +242,7 @@ def test_foreign_or_incomplete_checkpoints_are_refused_in_one_line(refittable):
 def test_weightless_build_refused_without_a_gpu(tmp_path):
     """TensorRT-RTX 1.7 compiles refittable plans at build time: on a CPU-only machine the
     build is refused at once, in one line (no export is attempted)."""
-    from pid_trt.compile.trt_flavour import cuda_device_count
+    from pid_trt.trt_flavour import cuda_device_count
 
     if cuda_device_count():
         pytest.skip("a GPU is present: the weightless build runs (see the gpu test)")

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from pid_trt.config import TINY, GateType, PaddingMode
 from pid_trt.model import PidNet, random_init
-from pid_trt.model.network import patchify_image
 from pid_trt.model.latent_adapter import nearest_resize, unpatchify_latent
+from pid_trt.model.network import patchify_image
 from pid_trt.model.pit import unpatchify_pixels
 from pid_trt.model.positions import add_pixel_pos, pixel_pos_tables, rope_1d, rope_2d
 

@@ -17,11 +17,12 @@ from typing import Any, ClassVar
 
 import pytest
 
-from pid_trt.compile.trt_flavour import Flavour
 from pid_trt.config import TINY, Precision
 from pid_trt.errors import ConfigError, StoreError
 from pid_trt.stores.artifacts import MANIFEST_SUFFIX, TEMP_PREFIX, ArtifactStore
-from pid_trt.stores.store import EngineKey, EngineStore
+from pid_trt.stores.keys import EngineKey
+from pid_trt.stores.store import EngineStore
+from pid_trt.trt_flavour import Flavour
 
 PLAN = b"vtrt" + bytes(range(256)) * 64
 

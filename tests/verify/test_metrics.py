@@ -46,7 +46,7 @@ def test_rtol_and_nonfinite_follow_polygraphy():
 
 
 def test_parity_and_quantize_use_the_same_path():
-    from pid_trt.compile.quantize import psnr_db
+    from pid_trt.verify.fp8_sensitivity import psnr as psnr_db
     from pid_trt.verify.parity import Tolerance, compare
 
     ref = torch.linspace(-1, 1, 64).reshape(1, 1, 8, 8)
