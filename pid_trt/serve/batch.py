@@ -101,6 +101,9 @@ def decode_requests(decoder, requests: Sequence[DecodeRequest], steps: int = STE
                 degrade_sigma=torch.cat([r.sigma for r in items]),
                 noise=[torch.cat(draws) for draws in zip(*(r.noise for r in items), strict=True)],
                 size=(height, width), steps=steps,
+                # One shot at any size, as before tiled decoding: the server does not take the
+                # tiling options yet, so a request too large for memory is still refused (503).
+                tiles="off", allow_untrained_size=True,
             )  # fmt: skip
         except Exception as exc:
             rows = sum(r.rows for r in items)
