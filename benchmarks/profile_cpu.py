@@ -22,13 +22,13 @@ def _torch_profile(spec, res: int, top: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from pid_trt.bench.cases import BenchCase, BenchTarget
-    from pid_trt.bench.runner import _conditioning, make_backend
+    from pid_trt.bench.runner import make_backend, seeded_conditioning
     from pid_trt.config import Precision
     from pid_trt.sampling import draw_noise, sample
 
     case = BenchCase(BenchTarget("torch", Precision.FP32, "cpu"), res, res, 1, True)
     with make_backend(case, spec, Path("engines"), Path("export")) as backend:
-        cond = _conditioning(spec.config, res, res, 1, 0)
+        cond = seeded_conditioning(spec.config, res, res, 1, 0)
         noise = draw_noise((1, 3, res, res))
         sample(backend.bind(cond), noise)  # warm-up
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -52,7 +52,7 @@ def _ort_profile(spec, res: int, export_dir: Path, top: int) -> None:
     import onnxruntime as ort
 
     from pid_trt.bench.cases import BenchCase, BenchTarget
-    from pid_trt.bench.runner import _conditioning, export_key
+    from pid_trt.bench.runner import export_key, seeded_conditioning
     from pid_trt.compile.export import ensure_export
     from pid_trt.config import Precision
     from pid_trt.sampling import TIMESCALE, timesteps
@@ -60,7 +60,7 @@ def _ort_profile(spec, res: int, export_dir: Path, top: int) -> None:
     case = BenchCase(BenchTarget("onnxruntime", Precision.FP32, "cpu"), res, res, 1, True)
     key = export_key(spec, case)
     found = ensure_export(spec, key, export_dir)
-    cond = _conditioning(spec.config, res, res, 1, 0)
+    cond = seeded_conditioning(spec.config, res, res, 1, 0)
     with tempfile.TemporaryDirectory() as tmp:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

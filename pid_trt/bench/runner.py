@@ -64,7 +64,9 @@ class Measurement:
     notes: tuple[str, ...] = ()
 
 
-def _conditioning(config: Any, height: int, width: int, batch: int, seed: int):
+def seeded_conditioning(config: Any, height: int, width: int, batch: int, seed: int):
+    """The :class:`~pid_trt.backends.base.Conditioning` of a seeded random latent and caption for
+    a ``height`` x ``width`` (pixels) decode of ``batch`` images (the bench's inputs)."""
     from pid_trt.backends.base import Conditioning
     from pid_trt.io import sample_latent
 
@@ -209,7 +211,7 @@ def measure(
     with make_backend(case, spec, engine_dir, export_dir) as backend:
         setup_s = time.perf_counter() - start
         arts = _artifacts(backend, case, spec, export_dir)
-        cond = _conditioning(spec.config, case.height, case.width, case.batch, seed)
+        cond = seeded_conditioning(spec.config, case.height, case.width, case.batch, seed)
         noise = draw_noise((case.batch, 3, case.height, case.width), case.steps, seed, dev)
         stamp, elapsed, sync = _clock(cuda)
         first_decode_s = None
