@@ -6,6 +6,8 @@
   :mod:`~pid_trt.integrations.latents` (unpacking, frames), :mod:`~pid_trt.integrations.vae`
   (VAE normalisation, encode, noise) and :mod:`~pid_trt.integrations.ldm` (per-LDM facts and
   defaults). Needs the ``diffusers`` extra.
+- :mod:`pid_trt.integrations.rae_encoders`: image -> latent for the dinov2 (RAE) and siglip
+  (Scale-RAE) nets, by upstream's recipes through transformers' own model classes.
 
 Nothing here imports diffusers or transformers at import time.
 """
