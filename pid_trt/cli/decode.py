@@ -95,12 +95,40 @@ def decode(
         4, "--concurrency", min=1, help="Requests in flight at once with --server."
     ),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds one --server request may take."),
+    tiles: str = typer.Option(
+        "auto",
+        "--tiles",
+        help="auto: one shot inside the checkpoint type's trained sizes, tiles of a trained size outside them or "
+        "where one shot would not fit the memory; off: one shot; COLSxROWS: that grid of tiles.",
+    ),
+    tile_size: str | None = typer.Option(
+        None, "--tile-size", help="Tile WIDTHxHEIGHT in pixels, on the latent grid (default: a trained size)."
+    ),
+    tile_overlap: int | None = typer.Option(
+        None,
+        "--tile-overlap",
+        help="Least overlap of neighbouring tiles in pixels (default: 1/8 of the tile).",
+    ),
+    tile_batch: int = typer.Option(1, "--tile-batch", help="Tiles per backend call (one engine batch)."),
+    allow_untrained_size: bool = typer.Option(
+        False,
+        "--allow-untrained-size",
+        help="Decode in one shot outside the trained sizes (colours may drift).",
+    ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Print the plan (one shot or tiles, engines, cost) and exit; reads no weights.",
+    ),
 ) -> None:
     """Decode latent file(s) into image(s): one file, or many (directories, globs) with a progress bar."""
     from pid_trt.jobs import is_single
 
     if prompt and caption is not None:
         raise ConfigError("--prompt and --caption exclude each other: pass one")
+    if dry_run and server is None:
+        _dry_run(**locals())
+        return
     if not is_single(latent) or skip_existing or server is not None:
         _decode_many(**locals())
         return
@@ -117,6 +145,7 @@ def decode(
             noise=noise,
             seed=seed,
             steps=steps,
+            tiling=_tiling(**locals()),
         )
     names = ", ".join(str(p) for p in written)
     typer.echo(
@@ -139,9 +168,64 @@ def _load(
     )  # fmt: skip
 
 
-def _decode_file(decoder, latent, output, *, prompt, caption, size, noise, seed, steps, warn_random=True):
+def _tiling(tiles, tile_size, tile_overlap, tile_batch, allow_untrained_size, **_) -> dict:
+    """The tiling keywords of Decoder.decode / Decoder.plan, as the user gave them."""
+    return {
+        "tiles": tiles, "tile_size": tile_size, "tile_overlap": tile_overlap, "tile_batch": tile_batch,
+        "allow_untrained_size": allow_untrained_size,
+    }  # fmt: skip
+
+
+def _net_args(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed, spec) -> str:
+    """The model options of a ``pidtrt build`` command for the same net."""
+    args = []
+    if spec.preset is not None and backbone is not None:
+        args += ["--backbone", spec.preset.backbone.value]
+        if spec.preset.released:
+            args += ["--ckpt-type", spec.preset.ckpt_type.value]
+    elif net_config is not None:
+        args += ["--net-config", str(net_config)]
+    if checkpoint is not None:
+        args += ["--checkpoint", str(checkpoint)]
+    elif random_weights:
+        args += ["--random-weights"] + (["--weights-seed", str(weights_seed)] if weights_seed else [])
+    return " ".join(args)
+
+
+def _dry_run(**opts) -> None:
+    """--dry-run: the plan of each distinct (batch, size) among the inputs; no weights read."""
+    from pid_trt import jobs as batch
+    from pid_trt.io import read_latent_file
+
+    inputs, problems = batch.expand_inputs(opts["latent"])
+    if not inputs:
+        raise InputFileError("; ".join(p.message for p in problems) or "no latent file to plan for")
+    decoder = _load(**opts)
+    with decoder:
+        seen: dict[tuple[int, int, int], list[Path]] = {}
+        for path in inputs:
+            lat = read_latent_file(path, decoder.config)
+            height, width = decoder.output_size(lat.latent_hw, opts["size"])
+            seen.setdefault((lat.batch, height, width), []).append(path)
+        args = _net_args(
+            opts["backbone"], opts["ckpt_type"], opts["checkpoint"], opts["net_config"], opts["random_weights"],
+            opts["weights_seed"], decoder.spec,
+        )  # fmt: skip
+        for i, ((rows, height, width), paths) in enumerate(seen.items()):
+            plan = decoder.plan(height, width, rows, opts["steps"], **_tiling(**opts))
+            if len(inputs) > 1:
+                more = f" and {len(paths) - 1} more" if len(paths) > 1 else ""
+                typer.echo(("\n" if i else "") + f"{paths[0]}{more}:")
+            typer.echo(plan.render(decoder.spec.name, args))
+    for problem in problems:
+        warn(problem.message)
+
+
+def _decode_file(
+    decoder, latent, output, *, prompt, caption, size, noise, seed, steps, warn_random=True, tiling=None
+):
     """Decode one latent file with a loaded Decoder and write its output(s); returns
-    (written paths, width, height, batch, seconds)."""
+    (written paths, width, height, batch, seconds). ``tiling``: Decoder.decode's tiling keywords."""
     from pid_trt.io import read_latent_file, read_noise_file, write_images
 
     spec, config = decoder.spec, decoder.config
@@ -157,10 +241,11 @@ def _decode_file(decoder, latent, output, *, prompt, caption, size, noise, seed,
     if spec.random_weights and warn_random:
         warn("--random-weights: the network is randomly initialised; the image means nothing")
     draws = read_noise_file(noise, steps, lat.batch, height, width) if noise is not None else None
+    tiling = tiling or {}
     start = time.perf_counter()
     image = decoder.decode(
         lat.latent, caption_emb, prompt=(prompt if len(prompt) > 1 else prompt[0]) if prompt else None,
-        degrade_sigma=lat.degrade_sigma, seed=seed, noise=draws, size=(height, width), steps=steps,
+        degrade_sigma=lat.degrade_sigma, seed=seed, noise=draws, size=(height, width), steps=steps, **tiling,
     )  # fmt: skip
     written = write_images(image, output)
     elapsed = time.perf_counter() - start
@@ -206,6 +291,7 @@ def _decode_many(**opts) -> None:
             _decode_file(
                 decoder, job.source, job.output, prompt=opts["prompt"], caption=opts["caption"],
                 size=opts["size"], noise=opts["noise"], seed=opts["seed"], steps=opts["steps"], warn_random=False,
+                tiling=_tiling(**opts),
             )  # fmt: skip
 
         summary = run_with_progress("decode", jobs, work, **run)
@@ -220,6 +306,9 @@ def _refuse_local_options(opts: dict) -> None:
         "--noise": opts["noise"], "--size": opts["size"], "--dtype": opts["dtype"], "--device": opts["device"],
         "--text-encoder": opts["text_encoder"], "--steps": None if opts["steps"] == 4 else opts["steps"],
         "--backend": None if opts["backend"] == "torch" else opts["backend"],
+        "--tiles": None if opts["tiles"] == "auto" else opts["tiles"], "--tile-size": opts["tile_size"],
+        "--tile-overlap": opts["tile_overlap"], "--tile-batch": None if opts["tile_batch"] == 1 else opts["tile_batch"],
+        "--allow-untrained-size": opts["allow_untrained_size"] or None, "--dry-run": opts["dry_run"] or None,
     }  # fmt: skip
     given = [name for name, value in local_only.items() if value is not None]
     if given:
