@@ -336,3 +336,23 @@ def test_library_refusals(dino_dir, sig_dir, stats_files, dino):
         load_rae_encoder(dino_dir, "flux")
     with pytest.raises(InputFileError, match="too small"):
         dino.encode(torch.zeros(1, 3, 448, 440))
+
+
+def test_cli_siglip_many_images_and_sigmas(sig, sig_dir, image_file, tmp_path):
+    """Two images, one too small (it fails alone), two sigmas: one latent per sigma of the
+    good image, the noise of its index (seed + 0) in the flow form."""
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((200, 256, 3), np.uint8)).save(small)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["encode-image", str(image_file), str(small), "--backbone", "siglip",
+                                   "--encoder", str(sig_dir), "--degrade-sigma", "0,0.3", "--seed", "9",
+                                   "-o", f"{out}/"])  # fmt: skip
+    assert res.exit_code == 2 and "failed 1 of 2" in res.output and "too small" in res.output, res.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "photo_sigma0.000.safetensors",
+        "photo_sigma0.300.safetensors",
+    ]
+    z = sig.encode(image_file)
+    eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(9))
+    assert _delta(read_latent_file(out / "photo_sigma0.000.safetensors").latent, z) <= TOL
+    assert _delta(read_latent_file(out / "photo_sigma0.300.safetensors").latent, 0.7 * z + 0.3 * eps) <= TOL
