@@ -62,7 +62,7 @@ def check_cpu_precision(precision: Precision, providers: list[str]) -> None:
     MatMul / Conv kernels) and fp8 (its graphs are bf16 around the FP8 GEMMs)."""
     if precision in (Precision.BF16, Precision.FP8) and providers == ["CPUExecutionProvider"]:
         raise BackendUnavailableError(
-            f"--dtype {precision.value}: ONNX Runtime's CPU provider has no bfloat16 kernels"
+            f"--precision {precision.value}: ONNX Runtime's CPU provider has no bfloat16 kernels"
             f"{' (fp8 graphs are bf16 around the FP8 GEMMs)' if precision is Precision.FP8 else ''}; "
             "use fp32 or fp16 on CPU, or --device cuda with onnxruntime-gpu"
         )
@@ -76,6 +76,24 @@ class OrtBackend(Backend):
     """
 
     name = "onnxruntime"
+    precisions = (Precision.FP32, Precision.FP16, Precision.BF16, Precision.FP8)
+    devices = ("cpu", "cuda")
+
+    @classmethod
+    def default_precision(cls, device: str) -> Precision:
+        """fp32 on the CPU provider, fp16 with the CUDA / TensorRT providers."""
+        return Precision.FP32 if device == "cpu" else Precision.FP16
+
+    @classmethod
+    def unavailable(cls, device: str, precision: Precision) -> str | None:
+        reason = super().unavailable(device, precision)
+        if reason is not None:
+            return reason
+        try:
+            check_cpu_precision(precision, choose_providers(device))
+        except BackendUnavailableError as exc:
+            return str(exc)
+        return None
 
     def __init__(
         self, prepare_path: Path, step_path: Path, config: NetConfig, bucket: Bucket, batch: int,

@@ -40,10 +40,10 @@ import torch
 
 from pid_trt.backends.base import Backend, Conditioning
 from pid_trt.buckets import Bucket
-from pid_trt.config import NetConfig
+from pid_trt.config import NetConfig, Precision
 from pid_trt.errors import BackendUnavailableError, ConfigError, StoreError
 from pid_trt.sampling import TIMESCALE, Denoiser
-from pid_trt.trt_flavour import Flavour, load_trt
+from pid_trt.trt_flavour import Flavour, is_importable, load_trt
 
 log = logging.getLogger("pid_trt.backends.trt_backend")
 
@@ -266,6 +266,17 @@ class TrtBackend(Backend):
     """The prepare + step engine pair of one (net, weights, bucket, precision, batch)."""
 
     name = "tensorrt"
+    precisions = (Precision.BF16, Precision.FP16, Precision.FP32, Precision.FP8)
+    devices = ("cuda",)
+    can_unhoist = False
+
+    @classmethod
+    def unavailable(cls, device: str, precision: Precision) -> str | None:
+        if not torch.cuda.is_available():
+            return "TensorRT engines run on an NVIDIA GPU with CUDA; this machine has none"
+        if not any(is_importable(f) for f in Flavour):
+            return "neither tensorrt nor tensorrt-rtx is installed (pip install 'pid-trt[rtx]')"
+        return None
 
     def __init__(
         self, pair: Any, config: NetConfig, bucket: Bucket, batch: int, cuda_graph: bool = False,

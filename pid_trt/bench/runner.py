@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pid_trt.bench.cases import BenchBackend, BenchCase
+from pid_trt.bench.cases import BenchCase
 from pid_trt.bench.records import Percentiles
 
 _MIB = float(2**20)
@@ -87,7 +87,7 @@ def export_key(spec: Any, case: BenchCase) -> Any:
 def prepare_artifacts(spec: Any, case: BenchCase, export_dir: Path) -> Artifacts:
     """Make what a backend needs before it can be timed (the ONNX export for onnxruntime) so the
     measuring process doesn't carry the export's memory; engines are never built here."""
-    if case.target.backend is not BenchBackend.ONNXRUNTIME:
+    if case.target.backend != "onnxruntime":
         return Artifacts()
     from pid_trt.compile.export import ensure_export
 
@@ -100,12 +100,12 @@ def prepare_artifacts(spec: Any, case: BenchCase, export_dir: Path) -> Artifacts
 
 def _artifacts(backend: Any, case: BenchCase, spec: Any, export_dir: Path) -> Artifacts:
     kind = case.target.backend
-    if kind is BenchBackend.ONNXRUNTIME:
+    if kind == "onnxruntime":
         from pid_trt.stores.exports import find_export
 
         found = find_export(export_key(spec, case), export_dir)
         return Artifacts(engine_mb=found.size_bytes / _MIB if found else None)
-    if kind is BenchBackend.TENSORRT:
+    if kind == "tensorrt":
         import json
 
         plans = (backend.pair.prepare, backend.pair.step)
@@ -124,27 +124,19 @@ def _artifacts(backend: Any, case: BenchCase, spec: Any, export_dir: Path) -> Ar
 @contextmanager
 def make_backend(case: BenchCase, spec: Any, engine_dir: Path, export_dir: Path) -> Iterator[Any]:
     """The case's backend, from a :class:`pid_trt.Decoder` (the object ``pidtrt decode`` runs
-    on), held for the duration of the ``with`` block and closed after it. torch-compile: the
-    torch backend with ``step`` and ``forward`` under ``torch.compile`` (max-autotune on CUDA)."""
-    from pid_trt.backends.factory import BackendRequest
+    on), held for the duration of the ``with`` block and closed after it."""
     from pid_trt.decoder import Decoder
+    from pid_trt.options import RuntimeOptions
 
     t = case.target
-    request = BackendRequest(
-        kind=t.backend.factory_kind, spec=spec, device=t.device, dtype=t.precision.value,
-        engine_dir=engine_dir, export_dir=export_dir, hoist=case.hoist,
-    )  # fmt: skip
+    runtime = RuntimeOptions(
+        backend=t.backend, precision=t.precision, device=t.device, engine_dir=engine_dir,
+        export_dir=export_dir, hoist=case.hoist,
+    ).resolved()  # fmt: skip
     with (
-        Decoder(spec, request, max_backends=1) as dec,
+        Decoder(spec, runtime, max_backends=1) as dec,
         dec.backend(case.height, case.width, case.batch) as backend,
     ):
-        if t.backend is BenchBackend.TORCH_COMPILE:
-            import torch
-
-            mode = "max-autotune" if t.device.startswith("cuda") else None
-            model = backend.model
-            model.step = torch.compile(model.step, mode=mode)
-            model.forward = torch.compile(model.forward, mode=mode)
         yield backend
 
 
@@ -232,10 +224,10 @@ def measure(
         notes.append(
             f"load average (1 min) {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
         )
-        if case.target.backend is BenchBackend.TORCH_COMPILE and warmup == 0:
+        if case.target.backend == "torch-compile" and warmup == 0:
             notes.append("no warm-up: the first timed decode includes torch.compile")
         ort_threads = None
-        if case.target.backend is BenchBackend.ONNXRUNTIME:
+        if case.target.backend == "onnxruntime":
             ort_threads = backend.step_session.get_session_options().intra_op_num_threads or None
         used_threads = ort_threads or torch.get_num_threads()
         peak = peak_memory_mb(dev, arts.device_mb)

@@ -11,14 +11,16 @@ import typer
 
 from pid_trt.cli.errors import cli_errors, warn
 from pid_trt.cli.options import (
-    BackboneOpt,
-    CheckpointOpt,
-    CkptTypeOpt,
-    NetConfigOpt,
-    RandomWeightsOpt,
-    WeightsSeedOpt,
-    resolve_net,
+    Backbone,
+    Checkpoint,
+    CkptType,
+    EngineDir,
+    ExportDir,
+    NetConfigFile,
+    RandomWeights,
+    WeightsSeed,
 )
+from pid_trt.netspec import resolve_net
 
 
 def _mib(n: int) -> str:
@@ -53,17 +55,17 @@ class _RichProgress:
 
 @cli_errors
 def build(
-    backbone: str | None = BackboneOpt,
-    ckpt_type: str | None = CkptTypeOpt,
+    backbone: Backbone = None,
+    ckpt_type: CkptType = None,
     res: int | None = typer.Option(None, "--res", help="Square output size N (N x N pixels)."),
     size: str | None = typer.Option(
         None, "--size", help="Output size WIDTHxHEIGHT in pixels, e.g. 3840x2160."
     ),
     precision: str = typer.Option("bf16", "--precision", help="fp16, bf16, fp8 or fp32 (fp32: parity only)."),
-    checkpoint: Path | None = CheckpointOpt,
-    net_config: Path | None = NetConfigOpt,
-    random_weights: bool = RandomWeightsOpt,
-    weights_seed: int = WeightsSeedOpt,
+    checkpoint: Checkpoint = None,
+    net_config: NetConfigFile = None,
+    random_weights: RandomWeights = False,
+    weights_seed: WeightsSeed = 0,
     batch: str | None = typer.Option(
         None,
         "--batch",
@@ -88,8 +90,8 @@ def build(
         "decode; one plan serves every checkpoint of the architecture. Needs a CUDA GPU to build.",
     ),
     builder: str = typer.Option("auto", "--builder", help="auto, tensorrt or tensorrt-rtx."),
-    engine_dir: Path = typer.Option(Path("engines"), "--engine-dir", help="Engine store."),
-    export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX export store."),
+    engine_dir: EngineDir = Path("engines"),
+    export_dir: ExportDir = Path("export"),
     opt_level: int = typer.Option(3, "--opt-level", help="Builder optimization level 0-5."),
     workspace_gb: float | None = typer.Option(None, "--workspace-gb", help="Workspace pool limit in GiB."),
     target_cc: str | None = typer.Option(

@@ -9,14 +9,23 @@ import typer
 
 from pid_trt.cli.errors import cli_errors, warn
 from pid_trt.cli.options import (
-    BackboneOpt,
-    CheckpointOpt,
-    CkptTypeOpt,
-    NetConfigOpt,
-    RandomWeightsOpt,
-    TextDtypeOpt,
-    TextEncoderOpt,
-    WeightsSeedOpt,
+    Backbone,
+    BackendName,
+    Checkpoint,
+    CkptType,
+    CudaGraph,
+    Device,
+    EngineDir,
+    ExportDir,
+    NetConfigFile,
+    NoHoist,
+    PrecisionName,
+    RandomWeights,
+    TextDtype,
+    TextEncoder,
+    WeightsSeed,
+    net_options,
+    runtime_options,
 )
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.io.caption import caption_for_latent
@@ -36,12 +45,12 @@ def decode(
         help="out.png (out_0.png, out_1.png ... for B > 1) or out.safetensors; for several inputs a directory "
         "(out/: out/<stem>.png) or a pattern with {stem}, {name}, {parent}, {index} ('out/{stem}.safetensors').",
     ),
-    backbone: str | None = BackboneOpt,
-    ckpt_type: str | None = CkptTypeOpt,
-    checkpoint: Path | None = CheckpointOpt,
-    net_config: Path | None = NetConfigOpt,
-    random_weights: bool = RandomWeightsOpt,
-    weights_seed: int = WeightsSeedOpt,
+    backbone: Backbone = None,
+    ckpt_type: CkptType = None,
+    checkpoint: Checkpoint = None,
+    net_config: NetConfigFile = None,
+    random_weights: RandomWeights = False,
+    weights_seed: WeightsSeed = 0,
     noise: Path | None = typer.Option(
         None, "--noise", help="Noise file [S, B, 3, H, W] for reproducible decodes."
     ),
@@ -49,42 +58,29 @@ def decode(
     steps: int = typer.Option(
         4, "--steps", min=1, help="Sampling steps (4 = the released distilled sampler)."
     ),
-    backend: str = typer.Option("torch", "--backend", help="torch, onnxruntime or tensorrt."),
-    device: str | None = typer.Option(
-        None, "--device", help="cpu or cuda (default: cuda for tensorrt, else cpu)."
-    ),
-    dtype: str | None = typer.Option(
-        None,
-        "--dtype",
-        help="torch: fp32|bf16; onnxruntime: fp32|fp16|bf16; tensorrt: the engine's fp16|bf16|fp8|fp32 "
-        "(default: fp32, and bf16 for tensorrt, as pidtrt build).",
-    ),
-    engine_dir: Path = typer.Option(Path("engines"), "--engine-dir", help="Engine store (tensorrt backend)."),
-    export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX store (onnxruntime backend)."),
+    backend: BackendName = "torch",
+    device: Device = None,
+    dtype: PrecisionName = None,
+    engine_dir: EngineDir = Path("engines"),
+    export_dir: ExportDir = Path("export"),
     size: str | None = typer.Option(
         None,
         "--size",
         help="Output WxH when it is not latent x down factor x sr scale (e.g. 3840x2160 from a 68x120 latent).",
     ),
-    no_hoist: bool = typer.Option(
-        False,
-        "--no-hoist",
-        help="Re-run the latent adapter and caption projection every step (as upstream; slower).",
-    ),
+    no_hoist: NoHoist = False,
     no_memory_check: bool = typer.Option(
         False, "--no-memory-check", help="Skip the up-front check that the decode fits the device memory."
     ),
-    cuda_graph: bool = typer.Option(
-        False, "--cuda-graph", help="Replay the step engine as a CUDA graph (tensorrt)."
-    ),
+    cuda_graph: CudaGraph = False,
     prompt: list[str] = typer.Option(
         [], "--prompt", help="Caption text (one, or one per batch row), encoded with --text-encoder."
     ),
     caption: Path | None = typer.Option(
         None, "--caption", help="Caption file from `pidtrt encode-caption` (caption_embedding [N, T, D])."
     ),
-    text_encoder: Path | None = TextEncoderOpt,
-    text_dtype: str | None = TextDtypeOpt,
+    text_encoder: TextEncoder = None,
+    text_dtype: TextDtype = None,
     skip_existing: bool = typer.Option(
         False, "--skip-existing", help="Skip inputs whose output exists (resume an interrupted run)."
     ),
@@ -159,12 +155,11 @@ def _load(
 ):  # fmt: skip
     from pid_trt.decoder import Decoder
 
-    return Decoder.load(
-        backbone=backbone, ckpt_type=ckpt_type, checkpoint=checkpoint, net_config=net_config,
-        random_weights=random_weights, weights_seed=weights_seed, backend=backend, precision=dtype,
-        device=device, engine_dir=engine_dir, export_dir=export_dir, hoist=not no_hoist,
-        cuda_graph=cuda_graph, text_encoder=text_encoder, text_dtype=text_dtype,
-        memory_check=not no_memory_check, memory_hint="pass --no-memory-check to try anyway",
+    return Decoder.from_options(
+        net_options(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed),
+        runtime_options(backend, dtype, device, engine_dir, export_dir, no_hoist, cuda_graph),
+        text_encoder=text_encoder, text_dtype=text_dtype, memory_check=not no_memory_check,
+        memory_hint="pass --no-memory-check to try anyway",
     )  # fmt: skip
 
 

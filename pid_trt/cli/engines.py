@@ -9,6 +9,9 @@ from pathlib import Path
 import typer
 
 from pid_trt.cli.errors import cli_errors
+from pid_trt.cli.options import (
+    ExportDir,
+)
 
 engines = typer.Typer(help="List, show or remove TensorRT engines in the engine store.", no_args_is_help=True)
 
@@ -116,9 +119,7 @@ def show_engine(
         ..., help="A .plan path, or an engine id (6+ hex digits, see `engines list`)."
     ),
     engine_dir: Path = EngineDirOpt,
-    export_dir: Path = typer.Option(
-        Path("export"), "--export-dir", help="ONNX store holding the graph the engine was built from."
-    ),
+    export_dir: ExportDir = Path("export"),
     as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON."),
 ) -> None:
     """Per-layer precision summary, attention, I/O tensors, targets and the manifest of one engine."""

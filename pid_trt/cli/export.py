@@ -10,14 +10,15 @@ import typer
 
 from pid_trt.cli.errors import cli_errors, warn
 from pid_trt.cli.options import (
-    BackboneOpt,
-    CheckpointOpt,
-    CkptTypeOpt,
-    NetConfigOpt,
-    RandomWeightsOpt,
-    WeightsSeedOpt,
-    resolve_net,
+    Backbone,
+    Checkpoint,
+    CkptType,
+    ExportDir,
+    NetConfigFile,
+    RandomWeights,
+    WeightsSeed,
 )
+from pid_trt.netspec import resolve_net
 
 
 def _mib(n: int) -> str:
@@ -26,8 +27,8 @@ def _mib(n: int) -> str:
 
 @cli_errors
 def export(
-    backbone: str | None = BackboneOpt,
-    ckpt_type: str | None = CkptTypeOpt,
+    backbone: Backbone = None,
+    ckpt_type: CkptType = None,
     res: int | None = typer.Option(None, "--res", help="Square output size N (N x N pixels)."),
     size: str | None = typer.Option(
         None, "--size", help="Output size WIDTHxHEIGHT in pixels, e.g. 3840x2160."
@@ -53,11 +54,11 @@ def export(
         "--refittable",
         help="Keep every parameter as one initializer named by its checkpoint key (for weightless plans).",
     ),
-    checkpoint: Path | None = CheckpointOpt,
-    net_config: Path | None = NetConfigOpt,
-    random_weights: bool = RandomWeightsOpt,
-    weights_seed: int = WeightsSeedOpt,
-    export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX export store."),
+    checkpoint: Checkpoint = None,
+    net_config: NetConfigFile = None,
+    random_weights: RandomWeights = False,
+    weights_seed: WeightsSeed = 0,
+    export_dir: ExportDir = Path("export"),
     opset: int = typer.Option(23, "--opset", help="ONNX opset (>= 23: fused Attention op)."),
     verify: bool = typer.Option(
         False,

@@ -11,43 +11,44 @@ import typer
 
 from pid_trt.cli.errors import EXIT_ENV, cli_errors, report, warn
 from pid_trt.cli.options import (
-    BackboneOpt,
-    CheckpointOpt,
-    CkptTypeOpt,
-    NetConfigOpt,
-    RandomWeightsOpt,
-    TextDtypeOpt,
-    TextEncoderOpt,
-    WeightsSeedOpt,
+    Backbone,
+    BackendName,
+    Checkpoint,
+    CkptType,
+    CudaGraph,
+    Device,
+    EngineDir,
+    ExportDir,
+    NetConfigFile,
+    NoHoist,
+    PrecisionName,
+    RandomWeights,
+    TextDtype,
+    TextEncoder,
+    WeightsSeed,
 )
 
 
 @cli_errors
 def serve(
-    backbone: str | None = BackboneOpt,
-    ckpt_type: str | None = CkptTypeOpt,
-    checkpoint: Path | None = CheckpointOpt,
-    net_config: Path | None = NetConfigOpt,
-    random_weights: bool = RandomWeightsOpt,
-    weights_seed: int = WeightsSeedOpt,
-    backend: str = typer.Option("torch", "--backend", help="torch, onnxruntime or tensorrt."),
-    dtype: str | None = typer.Option(
-        None, "--dtype", help="Precision, as pidtrt decode (default: fp32, and bf16 for tensorrt)."
-    ),
-    device: str | None = typer.Option(
-        None, "--device", help="cpu or cuda (default: cuda for tensorrt, else cpu); --devices overrides."
-    ),
-    engine_dir: Path = typer.Option(Path("engines"), "--engine-dir", help="Engine store (tensorrt backend)."),
-    export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX store (onnxruntime backend)."),
-    no_hoist: bool = typer.Option(
-        False, "--no-hoist", help="Re-run the per-decode work every step (slower)."
-    ),
-    cuda_graph: bool = typer.Option(False, "--cuda-graph", help="Replay the step engine as a CUDA graph."),
+    backbone: Backbone = None,
+    ckpt_type: CkptType = None,
+    checkpoint: Checkpoint = None,
+    net_config: NetConfigFile = None,
+    random_weights: RandomWeights = False,
+    weights_seed: WeightsSeed = 0,
+    backend: BackendName = "torch",
+    dtype: PrecisionName = None,
+    device: Device = None,
+    engine_dir: EngineDir = Path("engines"),
+    export_dir: ExportDir = Path("export"),
+    no_hoist: NoHoist = False,
+    cuda_graph: CudaGraph = False,
     no_memory_check: bool = typer.Option(
         False, "--no-memory-check", help="Skip the check that each batch fits the device memory."
     ),
-    text_encoder: Path | None = TextEncoderOpt,
-    text_dtype: str | None = TextDtypeOpt,
+    text_encoder: TextEncoder = None,
+    text_dtype: TextDtype = None,
     caption_cache: int = typer.Option(
         32,
         "--caption-cache",
@@ -85,13 +86,13 @@ def serve(
     verbose: bool = typer.Option(False, "--verbose", help="Show Triton's info log lines too."),
 ) -> None:
     """Serve the decoder on Triton Inference Server until Ctrl-C / SIGTERM (extra: serve)."""
+    from pid_trt.options import NetOptions, RuntimeOptions
     from pid_trt.serve.config import MODEL_NAME, ModelOptions, ServeOptions, parse_devices
     from pid_trt.serve.server import PidServer, ServerError
 
     model = ModelOptions(
-        backbone=backbone, ckpt_type=ckpt_type, checkpoint=checkpoint, net_config=net_config,
-        random_weights=random_weights, weights_seed=weights_seed, backend=backend, dtype=dtype, device=device,
-        engine_dir=engine_dir, export_dir=export_dir, hoist=not no_hoist, cuda_graph=cuda_graph,
+        NetOptions(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed),
+        RuntimeOptions(backend, dtype, device, engine_dir, export_dir, not no_hoist, cuda_graph),
         text_encoder=text_encoder, text_dtype=text_dtype, memory_check=not no_memory_check,
         caption_cache=caption_cache,
         max_backends=max(8, 2 * max_batch),

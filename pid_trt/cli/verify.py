@@ -18,12 +18,14 @@ import typer
 
 from pid_trt.cli.errors import cli_errors, warn
 from pid_trt.cli.options import (
-    BackboneOpt,
-    CheckpointOpt,
-    CkptTypeOpt,
-    NetConfigOpt,
-    RandomWeightsOpt,
-    WeightsSeedOpt,
+    Backbone,
+    Checkpoint,
+    CkptType,
+    EngineDir,
+    ExportDir,
+    NetConfigFile,
+    RandomWeights,
+    WeightsSeed,
 )
 
 #: A bounded figure is outside its bound.
@@ -43,12 +45,12 @@ REPORT_PACKAGES = (
 
 def _inputs(spec: Any, latents: list[Path], res: int | None, size: str | None, seeds: int, batch: int):
     """(inputs, height, width): the user's latent files x seeds, or seeded random latents."""
-    import torch
 
     from pid_trt.backends.base import Conditioning
     from pid_trt.buckets import output_size, parse_bucket
     from pid_trt.errors import ConfigError, InputFileError
     from pid_trt.io import read_latent_file, sample_latent
+    from pid_trt.netspec import stand_in_caption
     from pid_trt.verify.pairs import VerifyInput
 
     config = spec.config
@@ -63,13 +65,12 @@ def _inputs(spec: Any, latents: list[Path], res: int | None, size: str | None, s
             height, width = output_size(config, lat.latent_hw, size)
             caption = lat.caption
             if caption is None:
-                if not spec.random_weights:
+                if spec.needs_caption:
                     raise InputFileError(
                         f"latent file {path} has no caption_embedding: add one as tensor `caption_embedding` "
                         f"[B, {config.txt_max_length}, {config.txt_embed_dim}]"
                     )
-                gen = torch.Generator().manual_seed(0)
-                caption = torch.randn(lat.batch, config.txt_max_length, config.txt_embed_dim, generator=gen)
+                caption = stand_in_caption(spec, lat.batch, 0)
             cond = Conditioning(lat.latent, caption, lat.degrade_sigma, height, width)
             out += [VerifyInput(f"{Path(path).name} seed {s}", cond, s) for s in range(seeds)]
         return out
@@ -89,12 +90,12 @@ def verify(
         ..., "--backend", help="Candidate NAME[:PRECISION], e.g. onnxruntime:fp16, tensorrt:bf16."
     ),
     against: str = typer.Option("torch:fp32", "--against", help="Reference NAME[:PRECISION]."),
-    backbone: str | None = BackboneOpt,
-    ckpt_type: str | None = CkptTypeOpt,
-    checkpoint: Path | None = CheckpointOpt,
-    net_config: Path | None = NetConfigOpt,
-    random_weights: bool = RandomWeightsOpt,
-    weights_seed: int = WeightsSeedOpt,
+    backbone: Backbone = None,
+    ckpt_type: CkptType = None,
+    checkpoint: Checkpoint = None,
+    net_config: NetConfigFile = None,
+    random_weights: RandomWeights = False,
+    weights_seed: WeightsSeed = 0,
     res: int | None = typer.Option(None, "--res", help="Square output size in pixels (random latents)."),
     size: str | None = typer.Option(
         None, "--size", help="Output WxH (random latents, or a latent's in-between size)."
@@ -108,8 +109,8 @@ def verify(
     device: str = typer.Option(
         "cpu", "--device", help="Device of the torch / onnxruntime sides (tensorrt: cuda)."
     ),
-    engine_dir: Path = typer.Option(Path("engines"), "--engine-dir", help="Engine store (tensorrt)."),
-    export_dir: Path = typer.Option(Path("export"), "--export-dir", help="ONNX store of the candidate."),
+    engine_dir: EngineDir = Path("engines"),
+    export_dir: ExportDir = Path("export"),
     against_export_dir: Path | None = typer.Option(
         None, "--against-export-dir", help="ONNX store of the reference (default: --export-dir)."
     ),
@@ -123,7 +124,6 @@ def verify(
     ),
 ) -> None:
     """Compare a candidate backend with a reference per step and on the image; exit 1 if a figure is out of bound."""
-    from pid_trt.backends.factory import BackendKind
     from pid_trt.errors import BackendUnavailableError, ConfigError
     from pid_trt.netspec import resolve_net
     from pid_trt.sampling import TIMESCALE
@@ -134,13 +134,13 @@ def verify(
     from pid_trt.versions import package_versions
 
     polygraphy_compare()  # a missing Polygraphy is an environment error before any work
-    cand, ref = Side.parse(backend, "--backend"), Side.parse(against, "--against")
+    cand, ref = Side.parse(backend, "--backend", device), Side.parse(against, "--against", device)
     pair = f"{cand.label} against {ref.label}"
-    if layers and cand.kind is BackendKind.TORCH:
+    if layers and cand.name == "torch":
         raise ConfigError("--layers compares ONNX step graphs: the candidate must be onnxruntime")
     for side, role in ((cand, "candidate"), (ref, "reference")):
         reason = cannot_run(side, device)
-        if reason is None and layers and side is cand and cand.kind is BackendKind.TENSORRT:
+        if reason is None and layers and side is cand and cand.name == "tensorrt":
             reason = (
                 "--layers for TensorRT engines is not implemented (no GPU here to run Polygraphy's TrtRunner)"
             )

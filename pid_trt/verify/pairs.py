@@ -16,78 +16,53 @@ from typing import Any
 
 import torch
 
-from pid_trt.backends.base import Conditioning
-from pid_trt.backends.factory import BackendKind
+from pid_trt.backends.base import Backend, Conditioning
+from pid_trt.backends.registry import BackendSpec, backend_class
 from pid_trt.config import Precision
-from pid_trt.errors import ConfigError
 from pid_trt.sampling import Denoiser, draw_noise, sample, timesteps
 from pid_trt.verify.bounds import Bound, bound_for
 from pid_trt.verify.metrics import Figures, measure
 
-#: Precision of a side given without one (tensorrt: `pidtrt build`'s default).
-DEFAULT_PRECISION = {
-    BackendKind.TORCH: Precision.FP32,
-    BackendKind.ONNXRUNTIME: Precision.FP32,
-    BackendKind.TENSORRT: Precision.BF16,
-}
-
 
 @dataclass(frozen=True)
 class Side:
-    """One side of a comparison: a backend name and a precision (``onnxruntime:fp16``)."""
+    """One side of a comparison: a registered backend, a precision and, where written, a
+    device (``onnxruntime:fp16``, ``torch:bf16@cuda``)."""
 
-    kind: BackendKind
+    name: str
     precision: Precision
+    pinned_device: str | None = None
 
     @classmethod
-    def parse(cls, text: str, option: str = "--backend") -> Side:
-        name, _, prec = text.strip().partition(":")
-        try:
-            kind = BackendKind(name)
-        except ValueError:
-            allowed = ", ".join(k.value for k in BackendKind)
-            raise ConfigError(
-                f"{option} {text!r}: expected NAME[:PRECISION] with NAME one of {allowed}"
-            ) from None
-        if not prec:
-            return cls(kind, DEFAULT_PRECISION[kind])
-        try:
-            return cls(kind, Precision(prec))
-        except ValueError:
-            allowed = ", ".join(p.value for p in Precision)
-            raise ConfigError(f"{option} {text!r}: precision {prec!r} is not one of {allowed}") from None
+    def parse(cls, text: str, option: str = "--backend", device: str = "cpu") -> Side:
+        """``NAME[:PRECISION][@DEVICE]``; the precision defaults to the backend's own on its device."""
+        spec = BackendSpec.parse(text, option)
+        side = cls(spec.name, Precision.FP32, spec.device)
+        return cls(spec.name, spec.precision or spec.cls.default_precision(side.device(device)), spec.device)
+
+    @property
+    def cls(self) -> type[Backend]:
+        return backend_class(self.name)
 
     @property
     def label(self) -> str:
-        return f"{self.kind.value}:{self.precision.value}"
+        return f"{self.name}:{self.precision.value}"
 
     def device(self, device: str) -> str:
-        """Where this side runs: tensorrt on cuda, the others on ``device``."""
-        return "cuda" if self.kind is BackendKind.TENSORRT else device
+        """Where this side runs: its own device if written, else ``device`` where the backend
+        runs there, else the backend's device (tensorrt: cuda)."""
+        dev = self.pinned_device or device
+        return (
+            dev
+            if ("cuda" if dev.startswith("cuda") else "cpu") in self.cls.devices
+            else self.cls.default_device()
+        )
 
 
 def cannot_run(side: Side, device: str) -> str | None:
     """Why ``side`` cannot run on this machine (one line), or None when it can. Checks only
-    what needs no model, export or engine: CUDA, the optional packages, ORT CPU precisions."""
-    from pid_trt.errors import BackendUnavailableError
-
-    dev = side.device(device)
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        what = "TensorRT engines run" if side.kind is BackendKind.TENSORRT else f"{side.label} on {dev} runs"
-        return f"{what} on an NVIDIA GPU with CUDA; this machine has none"
-    if side.kind is BackendKind.TENSORRT:
-        from pid_trt.trt_flavour import Flavour, is_importable
-
-        if not any(is_importable(f) for f in Flavour):
-            return "neither tensorrt nor tensorrt-rtx is installed (pip install 'pid-trt[rtx]')"
-    if side.kind is BackendKind.ONNXRUNTIME:
-        from pid_trt.backends.ort_backend import check_cpu_precision, choose_providers
-
-        try:
-            check_cpu_precision(side.precision, choose_providers(dev))
-        except BackendUnavailableError as exc:
-            return str(exc)
-    return None
+    what needs no model, export or engine (the backend's own :meth:`Backend.unavailable`)."""
+    return side.cls.unavailable(side.device(device), side.precision)
 
 
 @dataclass(frozen=True)
@@ -210,23 +185,15 @@ class PairRequest:
     def open(self, side: Side, height: int, width: int, batch: int) -> Any:
         """Construct ``side``'s backend for one (size, batch)."""
         from pid_trt.backends.factory import BackendRequest, create_backend
+        from pid_trt.options import RuntimeOptions
 
         export_dir = self.export_dir
         if side is self.reference and self.against_export_dir is not None:
             export_dir = self.against_export_dir
-        return create_backend(
-            BackendRequest(
-                kind=side.kind.value,
-                spec=self.spec,
-                device=side.device(self.device),
-                dtype=side.precision.value,
-                height=height,
-                width=width,
-                batch=batch,
-                engine_dir=self.engine_dir,
-                export_dir=export_dir,
-            )  # fmt: skip
-        )
+        runtime = RuntimeOptions(
+            side.name, side.precision, side.device(self.device), self.engine_dir, export_dir
+        ).resolved()
+        return create_backend(BackendRequest(self.spec, runtime, height, width, batch))
 
 
 def run_pair(
