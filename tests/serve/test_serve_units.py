@@ -83,6 +83,10 @@ def test_model_options_check_uses_the_clis_errors() -> None:
 def test_serve_cli_refuses_bad_options_and_busy_ports_in_one_line(tmp_path: Path) -> None:
     res = run_cli("serve", "--backbone", "tiny", "--random-weights", "--max-queue-size", "0")
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: --max-queue-size 0")
+    res = run_cli("serve", "--backbone", "tiny", "--random-weights", "--caption-cache", "-1")
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == (
+        "error: --caption-cache -1: expected an integer >= 0"
+    )
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -283,3 +287,21 @@ def test_prompt_requests_are_encoded_per_request(tmp_path: Path) -> None:
             want = dec.decode(lat, prompt=text, seed=1)
             assert (torch.from_numpy(res.image) - want).abs().max().item() <= 1e-4
         assert not torch.equal(torch.from_numpy(fox.image), torch.from_numpy(lake.image))
+
+
+# ------------------------------------------------------------------------------- protocol
+def test_png_encoding_is_base64_unless_binary_is_asked() -> None:
+    import base64
+
+    from pid_trt.errors import InputFileError
+    from pid_trt.serve.protocol import encode_pngs, png_encoding
+
+    assert png_encoding("{}") == png_encoding("") == png_encoding(None) == "base64"
+    assert png_encoding('{"png_encoding": "binary", "other": 1}') == "binary"
+    assert png_encoding({"png_encoding": "base64"}) == "base64"
+    with pytest.raises(InputFileError, match=r"^request r7: parameter png_encoding 'hex': expected 'base64'"):
+        png_encoding('{"png_encoding": "hex"}', "request r7")
+    pngs = [b"\x89PNG\r\n\x1a\n\x00\xff", b""]
+    text = encode_pngs(pngs, "base64")
+    assert all(t.isascii() for t in text) and [base64.b64decode(t) for t in text] == pngs
+    assert encode_pngs(pngs, "binary") == pngs
