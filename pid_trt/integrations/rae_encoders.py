@@ -268,7 +268,8 @@ def read_encoder_spec(directory: str | os.PathLike[str], backbone: str | Backbon
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(root, local_files_only=True)
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(root, local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         first = " ".join(str(exc).split())[:200]
         raise ConfigError(
