@@ -1,0 +1,82 @@
+"""Decode one latent file with a loaded :class:`pid_trt.Decoder` and write its image(s): the
+worker of ``pidtrt decode`` for one file and for many (:func:`pid_trt.jobs.run_jobs`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pid_trt.errors import InputFileError
+from pid_trt.io.caption import caption_for_latent
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """What every file of one run is decoded with.
+
+    prompt: caption text (one, or one per batch row; encoded by the Decoder's text encoder);
+    caption_file: a ``pidtrt encode-caption`` file; size: output "WxH" when it is not the
+    latent's own; noise_file: a noise file [S, B, 3, H, W] (one file's run only); seed: the
+    sampler's noise seed; steps: sampler steps; tiling: :meth:`pid_trt.Decoder.decode`'s
+    tiling keywords (tiles, tile_size, tile_overlap, tile_batch, allow_untrained_size).
+    """
+
+    prompt: tuple[str, ...] = ()
+    caption_file: Path | None = None
+    size: str | None = None
+    noise_file: Path | None = None
+    seed: int = 0
+    steps: int = 4
+    tiling: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What one file's decode wrote: the paths, the output size in pixels, the batch, seconds."""
+
+    written: list[Path]
+    width: int
+    height: int
+    batch: int
+    seconds: float
+
+
+def decode_file(
+    decoder: Any,
+    latent: Path,
+    output: Path,
+    settings: DecodeSettings,
+    on_start: Callable[[], None] | None = None,
+) -> Decoded:
+    """Read ``latent``, decode it with ``decoder`` and write ``output`` (PNG(s) or safetensors,
+    atomically). Raises the project's one-line errors for a bad file or a missing caption.
+    ``on_start`` is called once the inputs are read and checked, before the decode runs."""
+    from pid_trt.io import read_latent_file, read_noise_file, write_images
+
+    spec, config = decoder.spec, decoder.config
+    lat = read_latent_file(latent, config)
+    prompt = settings.prompt
+    caption = caption_for_latent(lat, latent, config, prompt=bool(prompt), caption_file=settings.caption_file)
+    if not prompt and caption is None and spec.needs_caption:
+        raise InputFileError(
+            f"latent file {latent} has no caption_embedding: pass --prompt TEXT (with --text-encoder DIR), "
+            f"--caption FILE (from `pidtrt encode-caption`), or add tensor `caption_embedding` "
+            f"[B, {config.txt_max_length}, {config.txt_embed_dim}] (see README, 'Caption embeddings')"
+        )
+    height, width = decoder.output_size(lat.latent_hw, settings.size)
+    steps = settings.steps
+    noise = settings.noise_file
+    draws = read_noise_file(noise, steps, lat.batch, height, width) if noise is not None else None
+    if on_start is not None:
+        on_start()
+    start = time.perf_counter()
+    image = decoder.decode(
+        lat.latent, caption, prompt=(list(prompt) if len(prompt) > 1 else prompt[0]) if prompt else None,
+        degrade_sigma=lat.degrade_sigma, seed=settings.seed, noise=draws, size=(height, width), steps=steps,
+        **settings.tiling,
+    )  # fmt: skip
+    written = write_images(image, output)
+    return Decoded(written, width, height, lat.batch, time.perf_counter() - start)
