@@ -80,6 +80,31 @@ CudaGraph = Annotated[
     bool, typer.Option("--cuda-graph", help="Replay the step engine as a CUDA graph (tensorrt).")
 ]
 
+# ------------------------------------------------------------------ any size (pid_trt.tiling)
+Tiles = Annotated[
+    str,
+    typer.Option(
+        "--tiles",
+        help="auto: one shot inside the checkpoint type's trained sizes, tiles of a trained size outside them or "
+        "where one shot would not fit the memory; off: one shot; COLSxROWS: that grid of tiles.",
+    ),
+]
+TileSize = Annotated[
+    str | None,
+    typer.Option("--tile-size", help="Tile WIDTHxHEIGHT in pixels, on the latent grid (default: a trained size)."),
+]
+TileOverlap = Annotated[
+    int | None,
+    typer.Option("--tile-overlap", help="Least overlap of neighbouring tiles in pixels (default: 1/8 of the tile)."),
+]
+TileBatch = Annotated[int, typer.Option("--tile-batch", help="Tiles per backend call (one engine batch).")]
+AllowUntrainedSize = Annotated[
+    bool,
+    typer.Option(
+        "--allow-untrained-size", help="Decode in one shot outside the trained sizes (colours may drift)."
+    ),
+]
+
 # ------------------------------------------------------------------ inputs
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the sampler's noise.")]
 TextEncoder = Annotated[
@@ -118,6 +143,15 @@ RUNTIME_PARAMS = (
     _param("export_dir", ExportDir, Path("export")),
     _param("no_hoist", NoHoist, False),
     _param("cuda_graph", CudaGraph, False),
+)
+
+#: The command-line parameters of a decode's tiling (:meth:`pid_trt.Decoder.decode`'s keywords).
+TILING_PARAMS = (
+    _param("tiles", Tiles, "auto"),
+    _param("tile_size", TileSize, None),
+    _param("tile_overlap", TileOverlap, None),
+    _param("tile_batch", TileBatch, 1),
+    _param("allow_untrained_size", AllowUntrainedSize, False),
 )
 
 
@@ -160,10 +194,28 @@ def runtime_options(
     return RuntimeOptions(backend, precision, device, engine_dir, export_dir, not no_hoist, cuda_graph)
 
 
+def tiling_keywords(
+    tiles: str = "auto", tile_size: str | None = None, tile_overlap: int | None = None, tile_batch: int = 1,
+    allow_untrained_size: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """The tiling keywords of :meth:`pid_trt.Decoder.decode` / ``plan`` as given (checked there)."""
+    return {
+        "tiles": tiles, "tile_size": tile_size, "tile_overlap": tile_overlap, "tile_batch": tile_batch,
+        "allow_untrained_size": allow_untrained_size,
+    }  # fmt: skip
+
+
+def given_flags(params: tuple[inspect.Parameter, ...], values: dict[str, Any]) -> list[str]:
+    """The flags among ``params`` whose value in ``values`` differs from their default."""
+    return ["--" + p.name.replace("_", "-") for p in params if values.get(p.name, p.default) != p.default]
+
+
 #: ``@with_net`` on a command with a parameter ``net: NetOptions``: typer sees the six network options.
 with_net = _bundle("net", NET_PARAMS, net_options)
 #: ``@with_runtime`` on a command with ``runtime: RuntimeOptions``: typer sees the seven runtime options.
 with_runtime = _bundle("runtime", RUNTIME_PARAMS, runtime_options)
+#: ``@with_tiling`` on a command with ``tiling: dict``: typer sees the five tiling options.
+with_tiling = _bundle("tiling", TILING_PARAMS, tiling_keywords)
 
 
 def backbone_enum(text: str | None) -> BackboneName | None:
