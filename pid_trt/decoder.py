@@ -264,11 +264,12 @@ class Decoder:
         cond = Conditioning(lat.latent, caption, lat.degrade_sigma, height, width)
 
         def run() -> torch.Tensor:
-            dev = req.torch_device
             if size_plan.grid is None:
                 with self._bound(height, width, batch) as backend:
+                    dev = req.torch_device
                     return sample(backend.bind(cond), [d.to(dev) for d in draws], steps).float().cpu()
-            with self._tile_backends(size_plan) as bind:
+            with self._tile_backends(size_plan) as bind:  # the engine store is checked before CUDA
+                dev = req.torch_device
                 shares = self.runtime.backend_class.shares_sizes
                 denoiser = TiledDenoiser(
                     size_plan.grid, cond, bind, size_plan.tile_batch, pad_batches=not shares
