@@ -58,8 +58,19 @@ def generate(
     pipeline: Path = typer.Option(
         ..., "--pipeline", help="Local diffusers pipeline folder (model_index.json)."
     ),
-    prompt: str = typer.Option(..., "--prompt", help="Text prompt (the LDM's, and PiD's caption)."),
-    output: Path = typer.Option(..., "-o", "--output", help="out.png or out.safetensors (as pidtrt decode)."),
+    prompt: list[str] | None = typer.Option(
+        None, "--prompt", help="Text prompt (the LDM's, and PiD's caption); repeat it for several."
+    ),
+    prompts_file: Path | None = typer.Option(
+        None, "--prompts-file", help="Text file, one prompt a line (blank lines skipped); after --prompt."
+    ),
+    output: Path = typer.Option(
+        ...,
+        "-o",
+        "--output",
+        help="out.png or out.safetensors for one prompt and one capture; else a folder: "
+        "OUT/<index>-<slug>/<capture>.png per prompt and capture, and OUT/manifest.json.",
+    ),
     backbone: str | None = typer.Option(
         None,
         "--backbone",
@@ -68,10 +79,20 @@ def generate(
     ),
     res: int = typer.Option(2048, "--res", help="Output size in pixels (square); see --size."),
     size: str | None = typer.Option(None, "--size", help="Output WxH in pixels (instead of --res)."),
-    capture_step: int | None = typer.Option(
+    capture_step: list[int] | None = typer.Option(
         None,
         "--capture-step",
-        help="Keep the latent after this LDM step (default: upstream's, e.g. 24 of 28).",
+        help="Keep the latent after this LDM step (repeatable: one LDM run keeps each; default: upstream's, "
+        "e.g. 24 of 28).",
+    ),
+    capture_final: bool = typer.Option(
+        False, "--capture-final", help="Also decode the final latent (the LDM runs all its steps)."
+    ),
+    compare_vae: bool = typer.Option(
+        False,
+        "--compare-vae",
+        help="Also decode each capture with the LDM's own VAE: <capture>_vae.png, <capture>_compare.png "
+        "(VAE upscaled | PiD) and PiD's colour drift (CIELAB) in the manifest.",
     ),
     steps: int | None = typer.Option(
         None, "--steps", help="LDM steps (default: upstream's for the backbone)."
@@ -79,9 +100,17 @@ def generate(
     guidance_scale: float | None = typer.Option(
         None, "--guidance-scale", help="LDM guidance (default: upstream's)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the LDM's noise and of PiD's sampler."),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the LDM's noise and of PiD's sampler (prompt i of a run: seed + i)."
+    ),
     save_latent: Path | None = typer.Option(
         None, "--save-latent", help="Also write the PiD latent file (pidtrt decode reproduces the image)."
+    ),
+    save_latents: bool = typer.Option(
+        False, "--save-latents", help="Folder runs: also write each capture's latent file beside its image."
+    ),
+    skip_existing: bool = typer.Option(
+        False, "--skip-existing", help="Skip prompts whose files all exist (resume an interrupted run)."
     ),
     pid: str | None = typer.Option(
         None,
@@ -114,60 +143,181 @@ def generate(
     engine_dir: EngineDir = Path("engines"),
     export_dir: ExportDir = Path("export"),
 ) -> None:
-    """Generate an image with a local diffusers pipeline, decoded by PiD from an early latent."""
-    import torch
-
-    from pid_trt import Decoder
+    """Generate images with a local diffusers pipeline, decoded by PiD from early latents:
+    one prompt or many (--prompts-file), one capture or several of one LDM run."""
     from pid_trt.buckets import parse_size
-    from pid_trt.integrations.diffusers import generate as run_generate
-    from pid_trt.integrations.diffusers import load_pipeline
-    from pid_trt.integrations.ldm import check_decoder_fits, ldm_for_pipeline, ldm_spec
-    from pid_trt.io import write_images, write_latent_file
+    from pid_trt.integrations.diffusers import pipeline_class_name
+    from pid_trt.integrations.generate_run import GenerateSettings
+    from pid_trt.integrations.ldm import ldm_for_class_name, ldm_spec
+    from pid_trt.jobs import is_dir_target
+    from pid_trt.jobs.prompts import collect_prompts
     from pid_trt.netspec import resolve_net
 
-    ldm = ldm_spec(backbone) if backbone is not None else None
+    # Everything that can be checked is checked before anything loads or is written.
+    prompts = collect_prompts(prompt or [], [prompts_file] if prompts_file is not None else [])
     if pid is not None and net_config is not None:
         raise ConfigError("--pid and --net-config exclude each other: a preset fixes the net config")
     if net_config is not None and ckpt_type is not None:
         raise ConfigError("--ckpt-type needs a preset (--pid or the backbone's), not --net-config")
     height, width = parse_size(size) if size is not None else (res, res)
     runtime = runtime_options(backend, dtype, device, engine_dir, export_dir).resolved()
-    device = runtime.device
-    torch_dtype = _dtype(ldm_dtype, device)
-    if not pipeline.is_dir():
-        raise ConfigError(f"--pipeline {pipeline}: not a directory")
-    quiet_hf_logs()
+    torch_dtype = _dtype(ldm_dtype, runtime.device)
+    class_name = pipeline_class_name(pipeline)
+    ldm = ldm_spec(backbone) if backbone is not None else ldm_for_class_name(class_name)
+    preset = None if net_config is not None else (pid or ldm.backbone.value)
+    net = resolve_net(preset, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
+    settings = GenerateSettings.make(
+        ldm, net.config, height, width, steps, capture_step or (), capture_final, seed=seed,
+        guidance_scale=guidance_scale, compare_vae=compare_vae, save_latents=save_latents,
+    )  # fmt: skip
+    n_images = len(prompts) * len(settings.capture_steps)
+    folder = is_dir_target(output) or n_images > 1
+    if folder and not is_dir_target(output):
+        raise ConfigError(
+            f"-o {output} names one file, but {len(prompts)} prompt(s) x {len(settings.capture_steps)} "
+            f"capture(s) make {n_images} images: pass a folder (-o {output.with_suffix('')}/)"
+        )
+    if folder and save_latent is not None:
+        raise ConfigError("--save-latent FILE is for one image (-o FILE); a folder run takes --save-latents")
+    if not folder and save_latents:
+        raise ConfigError(
+            "--save-latents is for a folder run (-o DIR/); with -o FILE pass --save-latent FILE"
+        )
+    if not folder and output.suffix.lower() not in (".png", ".safetensors"):
+        raise ConfigError(f"-o {output}: expected out.png, out.safetensors or a folder (-o {output}/)")
+    run = _Run(pipeline, torch_dtype, net_options(preset, ckpt_type, checkpoint, net_config, random_weights,
+               weights_seed), runtime, text_encoder, text_dtype, random_weights)  # fmt: skip
+    if folder:
+        _folder_run(run, prompts, settings, output, skip_existing)
+    else:
+        _one_image(run, prompts[0], settings, output, save_latent, skip_existing)
 
-    def preset_name(spec) -> str | None:
-        return None if net_config is not None else (pid or spec.backbone.value)
 
-    if ldm is not None:  # refuse a PiD net that cannot take this latent before loading anything
-        net = resolve_net(preset_name(ldm), ckpt_type, checkpoint, net_config, random_weights, weights_seed)
-        check_decoder_fits(net.config, ldm)
-    start = time.perf_counter()
-    pipe = load_pipeline(pipeline, device, torch_dtype)
-    if ldm is None:
-        ldm = ldm_for_pipeline(pipe)
-    with Decoder.from_options(
-        net_options(preset_name(ldm), ckpt_type, checkpoint, net_config, random_weights, weights_seed),
-        runtime,
-        text_encoder=text_encoder, text_dtype=text_dtype,
-    ) as dec:  # fmt: skip
-        if random_weights:
+class _Run:
+    """The models of one command, loaded on demand: the pipeline, then PiD's Decoder."""
+
+    def __init__(self, pipeline, torch_dtype, net, runtime, text_encoder, text_dtype, random_weights):
+        self.pipeline, self.torch_dtype, self.net, self.runtime = pipeline, torch_dtype, net, runtime
+        self.text_encoder, self.text_dtype, self.random_weights = text_encoder, text_dtype, random_weights
+
+    def load(self):
+        """(pipeline, Decoder); the Decoder is a context manager the caller closes."""
+        from pid_trt import Decoder
+        from pid_trt.integrations.diffusers import load_pipeline
+
+        quiet_hf_logs()
+        pipe = load_pipeline(self.pipeline, self.runtime.device, self.torch_dtype)
+        dec = Decoder.from_options(
+            self.net, self.runtime, text_encoder=self.text_encoder, text_dtype=self.text_dtype
+        )
+        if self.random_weights:
             warn("--random-weights: the PiD network is randomly initialised; the image means nothing")
-        extra = {"guidance_scale": guidance_scale} if guidance_scale is not None else {}
+        return pipe, dec
+
+
+def _one_image(run: _Run, prompt: str, settings, output: Path, save_latent: Path | None, skip: bool) -> None:
+    """One prompt, one capture, ``-o FILE``: the image (and --save-latent, --compare-vae's
+    ``<stem>_vae.png`` / ``<stem>_compare.png``), one line on stdout."""
+    import torch
+
+    from pid_trt.integrations.diffusers import generate as run_generate
+    from pid_trt.io import write_images, write_latent_file
+
+    extras = [output.with_name(f"{output.stem}_{k}.png") for k in ("vae", "compare")]
+    wanted = [output] + (extras if settings.compare_vae else []) + ([save_latent] if save_latent else [])
+    if skip and all(p.is_file() for p in wanted):
+        typer.echo(f"skipped {output} (exists)")
+        return
+    start = time.perf_counter()
+    pipe, dec = run.load()
+    ldm = settings.backbone
+    with dec:
+        extra = {"guidance_scale": settings.guidance_scale} if settings.guidance_scale is not None else {}
         result = run_generate(
-            pipe, dec, prompt, height, width, capture_step, seed, backbone=ldm.name,
-            num_inference_steps=steps, **extra,
+            pipe, dec, prompt, settings.height, settings.width, settings.capture_steps[0], settings.seed,
+            backbone=ldm, num_inference_steps=settings.steps, **extra,
         )  # fmt: skip
     written = write_images(result.image, output)
+    drift_note = ""
+    if settings.compare_vae:
+        from pid_trt.integrations.vae_compare import compare_with_vae, write_comparison
+
+        cmp = compare_with_vae(pipe.vae, result.latent, ldm, result.image)
+        written += write_comparison(cmp, *extras)
+        d = cmp.drift
+        drift_note = (
+            f"; PiD vs VAE: chroma {d.mean_chroma_shift:+.2f}, green-magenta {d.green_magenta_bias:+.2f}, "
+            f"delta E {d.mean_delta_e:.2f} (CIELAB)"
+        )
     if save_latent is not None:
+        from pid_trt.integrations.ldm import ldm_spec
+
         sigma = torch.tensor([result.degrade_sigma], dtype=torch.float32)
-        write_latent_file(save_latent, result.latent, result.caption, sigma, backbone=ldm.backbone.value)
+        write_latent_file(
+            save_latent, result.latent, result.caption, sigma, backbone=ldm_spec(ldm).backbone.value
+        )
     names = ", ".join(str(p) for p in written)
     latent_note = f"; latent -> {save_latent}" if save_latent is not None else ""
     typer.echo(
-        f"wrote {names} ({width}x{height}; {ldm.name} at {result.ldm_size[1]}x{result.ldm_size[0]}, "
-        f"latent after step {result.step} of {result.steps}, degrade_sigma {result.degrade_sigma:.4f}"
-        f"{latent_note}) in {time.perf_counter() - start:.2f} s"
+        f"wrote {names} ({settings.width}x{settings.height}; {result.backbone} at {result.ldm_size[1]}x"
+        f"{result.ldm_size[0]}, latent after step {result.step} of {result.steps}, degrade_sigma "
+        f"{result.degrade_sigma:.4f}{latent_note}{drift_note}) in {time.perf_counter() - start:.2f} s"
     )
+
+
+def _folder_run(run: _Run, prompts: list[str], settings, root: Path, skip: bool) -> None:
+    """Every prompt into its folder under ``root`` (:mod:`pid_trt.integrations.generate_run`),
+    a progress bar over prompts, the run manifest, a summary line."""
+    from pid_trt.cli.errors import one_line
+    from pid_trt.cli.progress import finish, run_with_progress
+    from pid_trt.integrations.generate_run import (
+        MANIFEST_NAME,
+        RunInfo,
+        generate_prompt,
+        prompt_outputs,
+        write_run_manifest,
+    )
+    from pid_trt.jobs import Job
+    from pid_trt.jobs.prompts import prompt_folder
+
+    outs = [
+        prompt_outputs(root / prompt_folder(i, p, len(prompts)), i, p, settings)
+        for i, p in enumerate(prompts)
+    ]
+    jobs = [Job(o.prompt, o.record, o.index) for o in outs]
+    start = time.perf_counter()
+    pending = [o for o in outs if not (skip and o.complete())]
+    pipe = dec = None
+    if pending:
+        pipe, dec = run.load()
+    net = run.net
+    info = RunInfo(
+        str(run.pipeline), str(run.torch_dtype).removeprefix("torch."),
+        net.backbone or (str(net.net_config) if net.net_config else "?"),
+        str(net.checkpoint) if net.checkpoint else None, net.random_weights,
+        dec.backend_name if dec else run.runtime.backend, str(dec.precision if dec else run.runtime.precision),
+        dec.device if dec else str(run.runtime.device), time.perf_counter() - start,
+    )  # fmt: skip
+    root.mkdir(parents=True, exist_ok=True)
+
+    def work(job: Job) -> None:
+        vae = pipe.vae if settings.compare_vae else None
+        generate_prompt(pipe, dec, outs[job.index], settings, vae=vae)
+
+    try:
+        summary = run_with_progress(
+            "generate", jobs, work, skip_existing=skip, exists=lambda job: outs[job.index].complete()
+        )
+    finally:
+        if dec is not None:
+            dec.close()
+    outcomes = {
+        r.job.index: (r.outcome.value, one_line(r.error) if r.error is not None else None)
+        for r in summary.results
+        if r.job is not None
+    }
+    manifest = root / MANIFEST_NAME
+    write_run_manifest(manifest, outs, settings, info, outcomes, summary.seconds)
+    n = len(settings.capture_steps)
+    how = f"{settings.backbone}, {n} capture{'s' * (n != 1)} a prompt from one LDM run; manifest {manifest}"
+    finish(summary, how, verb="generated")

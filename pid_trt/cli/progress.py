@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pid_trt.cli.errors import exit_code, one_line
-from pid_trt.jobs import Job, JobResult, Outcome, Problem, RunEvents, Summary, run_jobs
+from pid_trt.jobs import Job, JobResult, Outcome, Problem, RunEvents, Summary, output_exists, run_jobs
 
 
 def failure_line(result: JobResult) -> str:
@@ -67,12 +67,14 @@ def run_with_progress(
     skip_existing: bool,
     concurrency: int = 1,
     problems: Sequence[Problem] = (),
+    exists: Callable[[Job], bool] = output_exists,
 ) -> Summary:
-    """:func:`pid_trt.jobs.run_jobs` under a :class:`ProgressBar`."""
+    """:func:`pid_trt.jobs.run_jobs` under a :class:`ProgressBar` (``exists``: its resume test)."""
     with ProgressBar(label) as bar:
         return run_jobs(
-            jobs, work, skip_existing=skip_existing, concurrency=concurrency, problems=problems, events=bar
-        )
+            jobs, work, skip_existing=skip_existing, concurrency=concurrency, problems=problems, events=bar,
+            exists=exists,
+        )  # fmt: skip
 
 
 def render_summary(summary: Summary, how: str, verb: str = "decoded") -> str:

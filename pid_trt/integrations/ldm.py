@@ -7,6 +7,7 @@ its pipeline registry). No diffusers import here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pid_trt.config import Backbone, NetConfig
@@ -92,7 +93,12 @@ def ldm_spec(name: str | Backbone) -> LdmSpec:
 def ldm_for_pipeline(pipe: object) -> LdmSpec:
     """The LDM of a diffusers pipeline object, by its class name (Z-Image gives ``zimage``:
     name ``zimage_turbo`` yourself for the turbo model's defaults)."""
-    cls = type(pipe).__name__
+    return ldm_for_class_name(type(pipe).__name__)
+
+
+def ldm_for_class_name(cls: str) -> LdmSpec:
+    """The LDM of a diffusers pipeline class name (e.g. ``FluxPipeline``, as a pipeline
+    folder's ``model_index.json`` names it); ConfigError for a class of no LDM here."""
     for spec in _SPECS.values():
         if cls in spec.pipelines:
             return spec
@@ -113,6 +119,41 @@ def default_capture_step(spec: LdmSpec, steps: int) -> int:
     if steps == spec.steps:
         return spec.capture
     return min(steps, max(1, round(spec.capture * steps / spec.steps)))
+
+
+def resolve_capture_steps(
+    spec: LdmSpec, steps: int, requested: Sequence[int] = (), final: bool = False
+) -> tuple[int, ...]:
+    """The capture steps of a ``steps``-step run, ascending, each once: ``requested`` (each
+    checked by :func:`check_capture_step`), plus ``steps`` (the final latent) when ``final``;
+    :func:`default_capture_step` alone when neither is given."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"num_inference_steps={steps!r}: expected an integer >= 1")
+    chosen = {check_capture_step(k, steps) for k in requested}
+    if final:
+        chosen.add(steps)
+    if not chosen:
+        chosen.add(default_capture_step(spec, steps))
+    return tuple(sorted(chosen))
+
+
+def ldm_size(spec: LdmSpec, pixels_per_latent: int, height: int, width: int) -> tuple[int, int]:
+    """(height, width) in pixels the LDM runs at for a PiD output of (height, width): the
+    output / ``pixels_per_latent`` rounded up to whole latent cells, times the LDM's down
+    factor. ConfigError for an output that is not a positive multiple of 16, or (flux, sd3,
+    qwenimage, zimage: latents packed in 2x2 cells) an odd number of cells."""
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 16 or value % 16:
+            raise ConfigError(f"{name}={value!r}: expected a positive multiple of 16 (output pixels)")
+    p = pixels_per_latent
+    cells_h, cells_w = -(-height // p), -(-width // p)
+    if spec.name != "sdxl" and spec.packing != "flux2" and (cells_h % 2 or cells_w % 2):
+        raise ConfigError(
+            f"size {width}x{height}: {spec.name} works on pairs of latent cells, so the output needs "
+            f"{2 * -(-cells_w // 2)}x{2 * -(-cells_h // 2)} cells of {p} pixels; pick width and height that "
+            f"round up to an even number of {p}-pixel cells (e.g. multiples of {2 * p})"
+        )
+    return cells_h * spec.down, cells_w * spec.down
 
 
 def check_capture_step(step: int, steps: int) -> int:

@@ -109,6 +109,30 @@ def pid_to_vae(vae: Any, latent: torch.Tensor, backbone: str) -> torch.Tensor:
     return z / scale + shift
 
 
+def decode_latent(vae: Any, latent: torch.Tensor, backbone: str) -> torch.Tensor:
+    """Decode a PiD latent [B, C, h, w] with the LDM's own ``vae`` (the baseline PiD replaces):
+    :func:`pid_to_vae`, then ``vae.decode`` in the VAE's precision (an fp16 VAE whose config
+    asks ``force_upcast`` runs in float32, as the pipelines do). Returns [B, 3, h * 8, w * 8]
+    (flux2: h * 16) float32 in [-1, 1] on the CPU. A noisy latent (an early capture) is decoded
+    as it is, noise included, as upstream's baseline."""
+    spec = ldm_spec(backbone)
+    param = next(vae.parameters())
+    upcast = param.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        dtype = next(vae.parameters()).dtype
+        z = pid_to_vae(vae, latent.to(param.device, torch.float32), spec.name).to(dtype)
+        with torch.no_grad():
+            image = vae.decode(z, return_dict=False)[0]
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+    if spec.name == "qwenimage":
+        image = image[:, :, 0]
+    return image.float().clamp(-1.0, 1.0).cpu()
+
+
 def add_noise(latent: torch.Tensor, sigma: float, backbone: str, seed: int = 0) -> torch.Tensor:
     """Noise a clean PiD latent to level ``sigma`` in [0, 1] as PiD was trained (§3.3): flow
     form (1 - s) z + s e, or variance preserving sqrt(1 - s^2) z + s e for sdxl; e drawn

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.jobs.inputs import Problem
-from pid_trt.jobs.plan import Job, split_existing
+from pid_trt.jobs.plan import Job, output_exists, split_existing
 from pid_trt.jobs.summary import JobResult, Outcome, Summary
 
 
@@ -41,12 +41,15 @@ def run_jobs(
     problems: Sequence[Problem] = (),
     events: RunEvents | None = None,
     cancel: threading.Event | None = None,
+    exists: Callable[[Job], bool] = output_exists,
 ) -> Summary:
     """Run ``work`` on each job, ``concurrency`` at a time (threads; 1: in order, in this
     thread), and return what happened.
 
     A job whose worker raises an ``Exception`` is a failed result holding it; the other jobs
-    go on. ``skip_existing``: jobs whose output exists are skipped (resume). ``problems``:
+    go on. ``skip_existing``: jobs whose output exists are skipped (resume); ``exists``
+    tells (default: :func:`~pid_trt.jobs.output_exists`, a job writing several files passes
+    its own test). ``problems``:
     arguments that named no input, counted as failed inputs (an :class:`InputFileError`
     with the problem's message). Ctrl-C (KeyboardInterrupt) or setting ``cancel`` stops
     the run: jobs already running finish, jobs not started are dropped without a result,
@@ -66,7 +69,7 @@ def run_jobs(
 
     for problem in problems:
         record(JobResult(problem.arg, Outcome.FAILED, error=InputFileError(problem.message)))
-    todo, existing = split_existing(jobs) if skip_existing else (list(jobs), [])
+    todo, existing = split_existing(jobs, exists) if skip_existing else (list(jobs), [])
     for job in existing:
         record(JobResult(job.name, Outcome.SKIPPED, job))
     events.started(len(todo))

@@ -1,0 +1,354 @@
+"""Many prompts and captures through one LDM pipeline and one PiD :class:`~pid_trt.Decoder`:
+the files each prompt writes, the worker that writes them, and the run manifest.
+
+Output layout under the output folder ``OUT`` (``pidtrt generate ... -o OUT/``)::
+
+    OUT/manifest.json                        the run manifest (JSON, written at the end)
+    OUT/0000-a-red-fox/step22.png            PiD's decode of the latent after LDM step 22
+    OUT/0000-a-red-fox/final.png             ... of the final latent (the run's last step)
+    OUT/0000-a-red-fox/step22_vae.png        the LDM's own VAE decode, at the LDM's size
+    OUT/0000-a-red-fox/step22_compare.png    that image upscaled | PiD's, labelled
+    OUT/0000-a-red-fox/step22.safetensors    the PiD latent file (``pidtrt decode`` input)
+    OUT/0000-a-red-fox/generation.json       the prompt's record, written after its images
+
+One folder per prompt, ``<index>-<slug>`` (:func:`pid_trt.jobs.prompts.prompt_folder`), one
+file per capture and kind; ``stepK`` is zero-padded to the step count's digits, and the
+capture at the run's last step is ``final``. Prompt i of the run is generated with seed
+``seed + i`` (upstream's rule), for the LDM's noise and PiD's sampler alike. The LDM runs once
+per prompt whatever the number of captures (:func:`~pid_trt.integrations.diffusers.run_ldm`).
+Every file is written atomically and the record last, so a prompt whose files all exist is
+finished, and a rerun that skips those resumes an interrupted run. No printing here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pid_trt.atomic import atomic_write_bytes
+from pid_trt.errors import InputFileError
+from pid_trt.integrations.colour import SPACE
+from pid_trt.integrations.ldm import LdmSpec, check_decoder_fits, ldm_size, ldm_spec, resolve_capture_steps
+
+#: The prompt's record in its folder, and the run manifest in the output folder.
+RECORD_NAME = "generation.json"
+MANIFEST_NAME = "manifest.json"
+#: ``format`` of the run manifest and of each record; bumped when a field changes meaning.
+MANIFEST_FORMAT = "pidtrt-generate"
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """What every prompt of one run is generated with.
+
+    backbone: the LDM name; height / width: PiD's output in pixels; ldm_size: (height, width)
+    the LDM runs at; steps: LDM steps; capture_steps: the steps whose latents PiD decodes,
+    ascending (``steps`` = the final latent); seed: prompt i uses ``seed + i``; pid_steps:
+    PiD sampler steps; guidance_scale: the LDM's (None: upstream's default); compare_vae:
+    also decode each capture with the LDM's VAE; save_latents: also write each PiD latent.
+    """
+
+    backbone: str
+    height: int
+    width: int
+    ldm_size: tuple[int, int]
+    steps: int
+    capture_steps: tuple[int, ...]
+    seed: int = 0
+    pid_steps: int = 4
+    guidance_scale: float | None = None
+    compare_vae: bool = False
+    save_latents: bool = False
+
+    @classmethod
+    def make(
+        cls,
+        backbone: str | LdmSpec,
+        config: Any,
+        height: int,
+        width: int,
+        steps: int | None = None,
+        capture_steps: Sequence[int] = (),
+        capture_final: bool = False,
+        **options: Any,
+    ) -> GenerateSettings:
+        """Checked settings for a PiD net of ``config`` (a :class:`~pid_trt.config.NetConfig`)
+        decoding this LDM, before anything loads: the net takes the LDM's latent, the size
+        suits both, each capture step lies in 1..steps (steps None: upstream's default;
+        no capture given: its recommended step). ``options``: the other fields."""
+        spec = backbone if isinstance(backbone, LdmSpec) else ldm_spec(backbone)
+        check_decoder_fits(config, spec)
+        size = ldm_size(spec, config.pixels_per_latent, height, width)
+        steps = spec.steps if steps is None else steps
+        captures = resolve_capture_steps(spec, steps, capture_steps, capture_final)
+        return cls(spec.name, height, width, size, steps, captures, **options)
+
+    def label(self, step: int) -> str:
+        """A capture's file stem: ``final`` for the run's last step, else ``step<K>`` with K
+        zero-padded to the step count's digits (``step06`` of 28)."""
+        return "final" if step == self.steps else f"step{step:0{len(str(self.steps))}d}"
+
+
+@dataclass(frozen=True)
+class CaptureFiles:
+    """The files of one capture: PiD's image, and (None when not asked for) the VAE's
+    image, the side-by-side and the latent file."""
+
+    step: int
+    label: str
+    pid: Path
+    vae: Path | None = None
+    compare: Path | None = None
+    latent: Path | None = None
+
+    def paths(self) -> list[Path]:
+        return [p for p in (self.pid, self.vae, self.compare, self.latent) if p is not None]
+
+
+@dataclass(frozen=True)
+class PromptOutputs:
+    """One prompt of a run: its position ``index``, text, ``seed``, ``folder`` and the files
+    each capture writes there, then its ``record`` (written last)."""
+
+    index: int
+    prompt: str
+    seed: int
+    folder: Path
+    captures: tuple[CaptureFiles, ...]
+    record: Path
+
+    def paths(self) -> list[Path]:
+        """Every file the prompt writes, the record last."""
+        return [p for c in self.captures for p in c.paths()] + [self.record]
+
+    def complete(self) -> bool:
+        """Every file is there (each was written atomically: a finished prompt)."""
+        return all(p.is_file() for p in self.paths())
+
+
+def prompt_outputs(folder: Path, index: int, prompt: str, settings: GenerateSettings) -> PromptOutputs:
+    """The files prompt ``index`` writes in ``folder`` (see the module's layout)."""
+    captures = []
+    for step in settings.capture_steps:
+        label = settings.label(step)
+        captures.append(
+            CaptureFiles(
+                step,
+                label,
+                folder / f"{label}.png",
+                folder / f"{label}_vae.png" if settings.compare_vae else None,
+                folder / f"{label}_compare.png" if settings.compare_vae else None,
+                folder / f"{label}.safetensors" if settings.save_latents else None,
+            )
+        )
+    return PromptOutputs(index, prompt, settings.seed + index, folder, tuple(captures), folder / RECORD_NAME)
+
+
+def generate_prompt(
+    pipe: Any,
+    decoder: Any,
+    outputs: PromptOutputs,
+    settings: GenerateSettings,
+    vae: Any = None,
+    pipe_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Generate one prompt: the LDM once (stopping after the last capture), PiD on each
+    capture, the VAE too when ``settings.compare_vae`` (``vae``: the LDM's, e.g. ``pipe.vae``),
+    each file written atomically, the record last. Returns the record (see
+    :func:`write_run_manifest`). ``pipe_kwargs``: extra pipeline arguments (e.g.
+    ``prompt_embeds``)."""
+    import torch
+
+    from pid_trt.integrations.diffusers import prompt_caption, run_ldm
+    from pid_trt.io import write_images, write_latent_file
+
+    if settings.compare_vae and vae is None:
+        raise InputFileError("compare_vae needs the LDM's VAE (vae=pipe.vae)")
+    begin = time.perf_counter()
+    extra = dict(pipe_kwargs or {})
+    if settings.guidance_scale is not None:
+        extra.setdefault("guidance_scale", settings.guidance_scale)
+    run = run_ldm(
+        pipe, outputs.prompt, settings.height, settings.width, settings.capture_steps, outputs.seed,
+        pixels_per_latent=decoder.config.pixels_per_latent, backbone=settings.backbone,
+        num_inference_steps=settings.steps, **extra,
+    )  # fmt: skip
+    caption = prompt_caption(decoder, outputs.prompt, 1)
+    outputs.folder.mkdir(parents=True, exist_ok=True)
+    root = outputs.folder.parent
+    files = {c.step: c for c in outputs.captures}
+    captures = []
+    for cap in run.captures:
+        target = files[cap.step]
+        start = time.perf_counter()
+        image = decoder.decode(
+            cap.latent, caption, degrade_sigma=cap.sigma, seed=outputs.seed,
+            size=(settings.height, settings.width), steps=settings.pid_steps,
+        )  # fmt: skip
+        pid_seconds = time.perf_counter() - start
+        write_images(image, target.pid)
+        entry: dict[str, Any] = {
+            "step": cap.step,
+            "label": target.label,
+            "degrade_sigma": round(cap.sigma, 6),
+            "files": {"pid": _relative(target.pid, root)},
+            "seconds": {"pid": round(pid_seconds, 4)},
+        }
+        if target.latent is not None:
+            sigma = torch.tensor([cap.sigma], dtype=torch.float32)
+            backbone = ldm_spec(settings.backbone).backbone.value
+            write_latent_file(target.latent, cap.latent.cpu(), caption, sigma, backbone=backbone)
+            entry["files"]["latent"] = _relative(target.latent, root)
+        if target.vae is not None and target.compare is not None:
+            from pid_trt.integrations.vae_compare import compare_with_vae, write_comparison
+
+            start = time.perf_counter()
+            cmp = compare_with_vae(vae, cap.latent, settings.backbone, image)
+            entry["seconds"]["vae"] = round(time.perf_counter() - start, 4)
+            write_comparison(cmp, target.vae, target.compare)
+            entry["files"].update(vae=_relative(target.vae, root), compare=_relative(target.compare, root))
+            entry["vae_size"] = [int(cmp.vae_image.shape[-1]), int(cmp.vae_image.shape[-2])]
+            entry["colour_drift"] = cmp.drift.as_dict()
+        captures.append(entry)
+    record = {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "index": outputs.index,
+        "prompt": outputs.prompt,
+        "seed": outputs.seed,
+        "folder": outputs.folder.name,
+        "ldm": {
+            "backbone": run.backbone,
+            "steps": run.steps,
+            "size": [run.ldm_size[1], run.ldm_size[0]],
+            "seconds": round(run.seconds, 4),
+        },
+        "size": [settings.width, settings.height],
+        "captures": captures,
+        "seconds": round(time.perf_counter() - begin, 4),
+    }
+    _write_json(outputs.record, record)
+    return record
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the run manifest says about the run beyond the settings: the pipeline folder and
+    its precision, the PiD net (preset or net-config name, checkpoint, random weights), the
+    backend, its precision and device, and the seconds spent loading the models."""
+
+    pipeline: str
+    ldm_dtype: str
+    pid: str
+    checkpoint: str | None
+    random_weights: bool
+    backend: str
+    precision: str
+    device: str
+    load_seconds: float = 0.0
+
+
+def write_run_manifest(
+    path: Path,
+    outputs: Sequence[PromptOutputs],
+    settings: GenerateSettings,
+    info: RunInfo,
+    outcomes: Mapping[int, tuple[str, str | None]] | None = None,
+    run_seconds: float = 0.0,
+) -> dict[str, Any]:
+    """Write the run manifest (JSON, atomically) to ``path`` and return it: the run (see
+    :class:`RunInfo`, the settings, the timings) and one entry per prompt: its record as
+    written (from this run or, skipped, an earlier one) with ``status`` ``done`` /
+    ``skipped``, or ``{index, prompt, seed, folder, status: failed, error}`` / ``missing``
+    (not run: interrupted, or another process's share). ``outcomes``: this run's
+    ``index -> (status, error message)``; ``run_seconds``: the run's wall time."""
+    outcomes = outcomes or {}
+    entries = []
+    for out in outputs:
+        status, error = outcomes.get(out.index, (None, None))
+        record = _read_record(out.record) if status != "failed" else None
+        if record is not None:
+            entry = {"status": status or "done", **record}
+        else:
+            entry = {
+                "index": out.index, "prompt": out.prompt, "seed": out.seed, "folder": out.folder.name,
+                "status": status or "missing",
+            }  # fmt: skip
+            if error:
+                entry["error"] = error
+        entries.append(entry)
+    counts = {s: sum(e["status"] == s for e in entries) for s in ("done", "skipped", "failed", "missing")}
+
+    def total(key: str) -> float:
+        return round(
+            sum(c.get("seconds", {}).get(key, 0.0) for e in entries for c in e.get("captures", [])), 4
+        )
+
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "written": datetime.now(UTC).isoformat(timespec="seconds"),
+        "pipeline": info.pipeline,
+        "ldm": settings.backbone,
+        "ldm_dtype": info.ldm_dtype,
+        "pid": {"net": info.pid, "checkpoint": info.checkpoint, "random_weights": info.random_weights},
+        "backend": info.backend,
+        "precision": info.precision,
+        "device": info.device,
+        "size": [settings.width, settings.height],
+        "ldm_size": [settings.ldm_size[1], settings.ldm_size[0]],
+        "steps": settings.steps,
+        "pid_steps": settings.pid_steps,
+        "guidance_scale": settings.guidance_scale,
+        "captures": [{"step": k, "label": settings.label(k)} for k in settings.capture_steps],
+        "seed": settings.seed,
+        "seed_rule": "prompt i uses seed + i (the LDM's noise and PiD's sampler)",
+        "compare_vae": settings.compare_vae,
+        "colour_space": SPACE if settings.compare_vae else None,
+        "counts": {"prompts": len(entries), **counts},
+        "timings": {
+            "load_s": round(info.load_seconds, 4),
+            "run_s": round(run_seconds, 4),
+            "ldm_s": round(sum(e.get("ldm", {}).get("seconds", 0.0) for e in entries), 4),
+            "pid_s": total("pid"),
+            "vae_s": total("vae"),
+        },
+        "prompts": entries,
+    }
+    _write_json(path, manifest)
+    return manifest
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return os.fspath(path)
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    try:
+        atomic_write_bytes(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    except OSError as exc:
+        raise InputFileError(f"output {os.fspath(path)}: write failed ({exc.strerror or exc})") from None
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """A prompt's record, or None when it is absent or unreadable (then the prompt counts as
+    not done)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    data.pop("format", None)
+    data.pop("version", None)
+    return data
