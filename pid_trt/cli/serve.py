@@ -2,48 +2,21 @@
 
 from __future__ import annotations
 
-import signal
-import threading
-import time
 from pathlib import Path
 
 import typer
 
 from pid_trt.cli.errors import EXIT_ENV, cli_errors, report, warn
-from pid_trt.cli.options import (
-    Backbone,
-    BackendName,
-    Checkpoint,
-    CkptType,
-    CudaGraph,
-    Device,
-    EngineDir,
-    ExportDir,
-    NetConfigFile,
-    NoHoist,
-    PrecisionName,
-    RandomWeights,
-    TextDtype,
-    TextEncoder,
-    WeightsSeed,
-)
+from pid_trt.cli.options import TextDtype, TextEncoder, with_net, with_runtime
+from pid_trt.options import NetOptions, RuntimeOptions
 
 
 @cli_errors
+@with_net
+@with_runtime
 def serve(
-    backbone: Backbone = None,
-    ckpt_type: CkptType = None,
-    checkpoint: Checkpoint = None,
-    net_config: NetConfigFile = None,
-    random_weights: RandomWeights = False,
-    weights_seed: WeightsSeed = 0,
-    backend: BackendName = "torch",
-    dtype: PrecisionName = None,
-    device: Device = None,
-    engine_dir: EngineDir = Path("engines"),
-    export_dir: ExportDir = Path("export"),
-    no_hoist: NoHoist = False,
-    cuda_graph: CudaGraph = False,
+    net: NetOptions = None,  # type: ignore[assignment] - the model options (cli.options.with_net)
+    runtime: RuntimeOptions = None,  # type: ignore[assignment] - backend, precision ... (with_runtime)
     no_memory_check: bool = typer.Option(
         False, "--no-memory-check", help="Skip the check that each batch fits the device memory."
     ),
@@ -86,16 +59,12 @@ def serve(
     verbose: bool = typer.Option(False, "--verbose", help="Show Triton's info log lines too."),
 ) -> None:
     """Serve the decoder on Triton Inference Server until Ctrl-C / SIGTERM (extra: serve)."""
-    from pid_trt.options import NetOptions, RuntimeOptions
     from pid_trt.serve.config import MODEL_NAME, ModelOptions, ServeOptions, parse_devices
-    from pid_trt.serve.server import PidServer, ServerError
+    from pid_trt.serve.server import PidServer, ServerError, serve_until_signal
 
     model = ModelOptions(
-        NetOptions(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed),
-        RuntimeOptions(backend, dtype, device, engine_dir, export_dir, not no_hoist, cuda_graph),
-        text_encoder=text_encoder, text_dtype=text_dtype, memory_check=not no_memory_check,
-        caption_cache=caption_cache,
-        max_backends=max(8, 2 * max_batch),
+        net, runtime, text_encoder=text_encoder, text_dtype=text_dtype, memory_check=not no_memory_check,
+        caption_cache=caption_cache, max_backends=max(8, 2 * max_batch),
     )  # fmt: skip
     options = ServeOptions(
         host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, max_batch=max_batch,
@@ -103,36 +72,22 @@ def serve(
         request_timeout_s=request_timeout_s, devices=parse_devices(devices), instances=instances,
         threads=threads, verbose=verbose,
     )  # fmt: skip
-    if random_weights:
+    if net.random_weights:
         warn("--random-weights: the network is randomly initialised; the images mean nothing")
-    stop = threading.Event()
-
-    def on_signal(signum, frame) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     server = PidServer(model, options, workspace=workspace)
-    start = time.perf_counter()
-    try:
-        server.start()
-        if not server.wait_ready(cancel=stop):
-            return
+
+    def ready(seconds: float) -> None:
         where = "GPU " + ",".join(map(str, options.devices)) if options.devices else "cpu"
         typer.echo(
-            f"serving {MODEL_NAME} ({server.net['net']}, {backend} {server.net['precision']}, "
-            f"{options.instance_count} instance(s) "
-            f"on {where}, max batch {max_batch}, queue {max_queue_size}) at {server.http_url} "
-            f"(gRPC {server.grpc_url}, metrics {server.metrics_url}); ready in {time.perf_counter() - start:.1f} s; "
+            f"serving {MODEL_NAME} ({server.net['net']}, {server.net['backend']} {server.net['precision']}, "
+            f"{options.instance_count} instance(s) on {where}, max batch {max_batch}, queue {max_queue_size}) "
+            f"at {server.http_url} (gRPC {server.grpc_url}, metrics {server.metrics_url}); ready in {seconds:.1f} s; "
             "Ctrl-C to stop"
         )
-        while not stop.is_set():
-            if server.wait(timeout_s=0.5) is not None:
-                raise ServerError(f"tritonserver exited on its own with code {server.process.returncode}")
+
+    try:
+        code = serve_until_signal(server, ready)
     except ServerError as exc:
         report(str(exc))
         raise typer.Exit(EXIT_ENV) from None
-    finally:
-        code = server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     typer.echo(f"stopped (tritonserver exit code {code})", err=True)

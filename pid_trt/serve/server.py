@@ -35,6 +35,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from pid_trt.errors import BackendUnavailableError, ConfigError, PidTrtError
@@ -379,3 +380,30 @@ class PidServer:
                 leftover.unlink()
             except OSError:
                 pass
+
+
+def serve_until_signal(server: PidServer, on_ready: Callable[[float], None]) -> int | None:
+    """Start ``server``, call ``on_ready(seconds to ready)`` once it answers, and serve until
+    SIGINT / SIGTERM (or until tritonserver exits on its own: :class:`ServerError`); always
+    stops it. Returns tritonserver's exit code. Run it in the main thread (signal handlers)."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    previous = {
+        s: signal.signal(s, lambda signum, frame: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    start = time.perf_counter()
+    try:
+        server.start()
+        if not server.wait_ready(cancel=stop):
+            return server.stop()
+        on_ready(time.perf_counter() - start)
+        while not stop.is_set():
+            if server.wait(timeout_s=0.5) is not None:
+                raise ServerError(f"tritonserver exited on its own with code {server.process.returncode}")
+    finally:
+        code = server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code
