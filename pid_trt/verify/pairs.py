@@ -19,6 +19,7 @@ import torch
 from pid_trt.backends.base import Backend, Conditioning
 from pid_trt.backends.registry import BackendSpec, backend_class
 from pid_trt.config import Precision
+from pid_trt.errors import ConfigError
 from pid_trt.sampling import Denoiser, draw_noise, sample, timesteps
 from pid_trt.verify.bounds import Bound, bound_for
 from pid_trt.verify.metrics import Figures, measure
@@ -63,6 +64,22 @@ def cannot_run(side: Side, device: str) -> str | None:
     """Why ``side`` cannot run on this machine (one line), or None when it can. Checks only
     what needs no model, export or engine (the backend's own :meth:`Backend.unavailable`)."""
     return side.cls.unavailable(side.device(device), side.precision)
+
+
+def pair_cannot_run(candidate: Side, reference: Side, device: str, layers: bool = False) -> str | None:
+    """Why the pair cannot run here ("candidate NAME:PREC: why", one line), or None. Raises
+    ConfigError for ``layers`` with a candidate that has no ONNX step graph (torch)."""
+    if layers and candidate.name in ("torch", "torch-compile"):
+        raise ConfigError("--layers compares ONNX step graphs: the candidate must be onnxruntime")
+    for side, role in ((candidate, "candidate"), (reference, "reference")):
+        reason = cannot_run(side, device)
+        if reason is None and layers and side is candidate and candidate.name == "tensorrt":
+            reason = (
+                "--layers for TensorRT engines is not implemented (no GPU here to run Polygraphy's TrtRunner)"
+            )
+        if reason:
+            return f"{role} {side.label}: {reason}"
+    return None
 
 
 @dataclass(frozen=True)

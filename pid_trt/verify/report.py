@@ -269,3 +269,33 @@ def write_report(
     if not plot_note:
         written.append(out_dir / PLOT_FILE)
     return written, report["files"]
+
+
+#: Distributions whose versions the report's header records (those installed).
+REPORT_PACKAGES = (
+    "pid-trt",
+    "torch",
+    "onnxruntime",
+    "polygraphy",
+    "tensorrt-rtx-cu12-bindings",
+    "tensorrt-cu12",
+)
+
+
+def report_header(command: str, request: Any, inputs: list[Any]) -> dict[str, Any]:
+    """The report's header: the command line, the net and its weights, the pair, the device,
+    the first input's size, the steps and the installed versions of :data:`REPORT_PACKAGES`."""
+    from pid_trt.versions import package_versions
+
+    spec, c0 = request.spec, inputs[0].cond
+    return {
+        "command": command,
+        "net": spec.name,
+        "weights": str(spec.checkpoint) if spec.checkpoint else f"random:{spec.weights_seed}",
+        "reference": request.reference.label,
+        "candidate": request.candidate.label,
+        "device": request.device,
+        "size": f"{c0.width}x{c0.height}",
+        "steps": request.steps,
+        "versions": package_versions(REPORT_PACKAGES),
+    }
