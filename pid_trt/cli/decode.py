@@ -9,8 +9,10 @@ import typer
 
 from pid_trt.cli.errors import cli_errors, warn
 from pid_trt.cli.options import TextDtype, TextEncoder, with_net, with_runtime, with_tiling
+from pid_trt.cli.ranks import THREADS_HELP, join_world
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.jobs.decode import DecodeSettings, decode_file
+from pid_trt.jobs.distributed import RankGroup, World
 from pid_trt.options import NetOptions, RuntimeOptions
 
 RANDOM_WEIGHTS_WARNING = "--random-weights: the network is randomly initialised; the {} mean{} nothing"
@@ -74,22 +76,26 @@ def decode(
         "--dry-run",
         help="Print the plan (one shot or tiles, engines, cost) and exit; reads no weights.",
     ),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ) -> None:
-    """Decode latent file(s) into image(s): one file, or many (directories, globs) with a progress bar."""
+    """Decode latent file(s) into image(s): one file, or many (directories, globs) with a progress bar.
+    Under torchrun each process decodes its share of the files on its own GPU (README, 'Batch jobs')."""
     from pid_trt.jobs import is_single
 
+    world = join_world(threads)
     if prompt and caption is not None:
         raise ConfigError("--prompt and --caption exclude each other: pass one")
     settings = DecodeSettings(tuple(prompt), caption, size, noise, seed, steps, tiling)
     if server is not None:
         _refuse_local_options(net, runtime, settings, text_encoder, dry_run)
-        _decode_remote(latent, output, server, settings, skip_existing, concurrency, timeout)
+        _decode_remote(world, latent, output, server, settings, skip_existing, concurrency, timeout)
         return
-    loaded = _loader(net, runtime, text_encoder, text_dtype, no_memory_check)
+    loaded = _loader(net, _rank_runtime(world, runtime), text_encoder, text_dtype, no_memory_check)
     if dry_run:
-        _dry_run(latent, net, settings, loaded)
-    elif not is_single(latent) or skip_existing:
-        _decode_many(latent, output, settings, skip_existing, loaded)
+        if world.is_main:
+            _dry_run(latent, net, settings, loaded)
+    elif not is_single(latent) or skip_existing or world.distributed:
+        _decode_many(world, latent, output, settings, skip_existing, loaded)
     else:
         with loaded() as decoder:
             random = decoder.spec.random_weights
@@ -101,6 +107,19 @@ def decode(
             f"wrote {', '.join(map(str, done.written))} ({done.width}x{done.height}, batch {done.batch}, "
             f"{steps} steps, {decoder.backend_name}) in {done.seconds:.2f} s"
         )
+
+
+def _rank_runtime(world: World, runtime: RuntimeOptions) -> RuntimeOptions:
+    """Under torchrun, the runtime options of this rank: a plain ``cuda`` device becomes
+    ``cuda:LOCAL_RANK``, also made the process's current CUDA device. One process: as given."""
+    if not world.distributed:
+        return runtime
+    from pid_trt.jobs.distributed import bind_cuda_device, rank_device
+
+    device = runtime.resolved().device
+    mine = rank_device(world, device)
+    bind_cuda_device(mine)
+    return runtime if mine == device else dataclasses.replace(runtime, device=mine)
 
 
 def _loader(net: NetOptions, runtime: RuntimeOptions, text_encoder, text_dtype, no_memory_check: bool):
@@ -173,41 +192,43 @@ def _plan(latent: list[Path], output: Path, settings: DecodeSettings):
     return planned, problems
 
 
-def _decode_many(latent, output, settings: DecodeSettings, skip_existing: bool, load) -> None:
-    """Several inputs (or --skip-existing): one output per input, a progress bar, failures
-    reported by input, a summary; exit code non-zero when any failed."""
-    from pid_trt.cli.progress import finish, run_with_progress
+def _decode_many(world: World, latent, output, settings: DecodeSettings, skip_existing: bool, load) -> None:
+    """Several inputs (or --skip-existing, or torchrun): one output per input, a progress bar,
+    failures reported by input, a summary; exit code non-zero when any failed. Under torchrun
+    every rank plans the same jobs and decodes its shard (:mod:`pid_trt.cli.ranks`)."""
+    from pid_trt.cli.ranks import finish_run, run_rank
 
     planned, problems = _plan(latent, output, settings)
-    with load() as decoder:
-        if decoder.spec.random_weights:
-            warn(RANDOM_WEIGHTS_WARNING.format("images", ""))
-        summary = run_with_progress(
-            "decode", planned, lambda job: decode_file(decoder, job.source, job.output, settings),
-            skip_existing=skip_existing, problems=problems,
-        )  # fmt: skip
-    finish(summary, decoder.backend_name)
+    with RankGroup(world) as group:
+        with load() as decoder:
+            if decoder.spec.random_weights and world.is_main:
+                warn(RANDOM_WEIGHTS_WARNING.format("images", ""))
+            summary = run_rank(
+                world, "decode", planned, lambda job: decode_file(decoder, job.source, job.output, settings),
+                skip_existing=skip_existing, problems=problems,
+            )  # fmt: skip
+        finish_run(group, summary, decoder.backend_name)
 
 
 def _decode_remote(
-    latent, output, server: str, settings: DecodeSettings, skip_existing, concurrency, timeout
+    world: World, latent, output, server: str, settings: DecodeSettings, skip_existing, concurrency, timeout
 ):
-    """--server: every input decoded by a running `pidtrt serve`."""
-    from pid_trt.cli.progress import finish, run_with_progress
+    """--server: every input decoded by a running `pidtrt serve` (under torchrun, each rank
+    sends its shard)."""
+    from pid_trt.cli.ranks import finish_run, run_rank
     from pid_trt.serve.remote import RemoteFiles
 
     planned, problems = _plan(latent, output, settings)
-    with RemoteFiles(
-        server,
-        timeout_s=timeout,
-        seed=settings.seed,
-        prompt=list(settings.prompt),
-        caption=settings.caption_file,
-    ) as work:
-        summary = run_with_progress(
-            "decode", planned, work, concurrency=concurrency, skip_existing=skip_existing, problems=problems
-        )
-    finish(summary, f"server {server}")
+    with RankGroup(world) as group:
+        with RemoteFiles(
+            server, timeout_s=timeout, seed=settings.seed, prompt=list(settings.prompt),
+            caption=settings.caption_file,
+        ) as work:  # fmt: skip
+            summary = run_rank(
+                world, "decode", planned, work, concurrency=concurrency, skip_existing=skip_existing,
+                problems=problems,
+            )  # fmt: skip
+        finish_run(group, summary, f"server {server}")
 
 
 def _refuse_local_options(net, runtime, settings: DecodeSettings, text_encoder, dry_run: bool) -> None:

@@ -17,6 +17,7 @@ import typer
 
 from pid_trt.cli.errors import cli_errors
 from pid_trt.cli.generate import quiet_hf_logs
+from pid_trt.cli.ranks import THREADS_HELP, join_world
 from pid_trt.errors import ConfigError, InputFileError
 
 
@@ -85,11 +86,18 @@ def encode_image(
         False, "--skip-existing", help="Skip images whose latents exist (resume an interrupted run)."
     ),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda, for the VAE or encoder."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ) -> None:
-    """Encode images into PiD latent files (latent, degrade_sigma; caption with --text-encoder)."""
+    """Encode images into PiD latent files (latent, degrade_sigma; caption with --text-encoder).
+    Under torchrun each process encodes its share of the images on its own GPU (README, 'Batch jobs')."""
     from pid_trt import jobs as batch
+    from pid_trt.jobs.distributed import RankGroup, bind_cuda_device, rank_device
     from pid_trt.jobs.manifest import ImageSample, image_samples
 
+    world = join_world(threads)
+    if world.distributed:
+        device = rank_device(world, device)
+        bind_cuda_device(device)
     sigmas = parse_sigmas(degrade_sigma)
     args = list(images or [])
     manifests = list(manifest or [])
@@ -99,7 +107,13 @@ def encode_image(
         raise ConfigError(f"-o {output}: expected a .safetensors latent file, a folder or a pattern")
     if prompt is not None and text_encoder is None:
         raise ConfigError("--prompt is stored as a caption embedding: it needs --text-encoder DIR")
-    one_file = not manifests and batch.is_single(args) and len(sigmas) == 1 and not skip_existing
+    one_file = (
+        not manifests
+        and batch.is_single(args)
+        and len(sigmas) == 1
+        and not skip_existing
+        and not world.distributed
+    )
     if one_file and not batch.is_dir_target(output) and not any(p in str(output) for p in batch.PLACEHOLDERS):
         image_size(Path(args[0]))  # a missing or unreadable image fails before any model loads
         source = _Source.open(backbone, vae, encoder, rae_stats, text_encoder, text_dtype, device)
@@ -121,16 +135,17 @@ def encode_image(
     _refuse_shared_outputs(jobs, targets)
     if not single:
         batch.make_parents(jobs)
-    source = _Source.open(backbone, vae, encoder, rae_stats, text_encoder, text_dtype, device)
+    from pid_trt.cli.ranks import finish_run, run_rank
 
-    def work(job) -> None:
-        source.write(samples[job.index], targets[job.index], seed + job.index)
+    with RankGroup(world) as group:
+        source = _Source.open(backbone, vae, encoder, rae_stats, text_encoder, text_dtype, device)
 
-    from pid_trt.cli.progress import finish, run_with_progress
+        def work(job) -> None:
+            source.write(samples[job.index], targets[job.index], seed + job.index)
 
-    summary = run_with_progress("encode", jobs, work, skip_existing=skip_existing, problems=problems)
-    n = len(sigmas)
-    finish(summary, f"{source.name}, {n} sigma{'s' * (n != 1)} an image", verb="encoded")
+        summary = run_rank(world, "encode", jobs, work, skip_existing=skip_existing, problems=problems)
+        n = len(sigmas)
+        finish_run(group, summary, f"{source.name}, {n} sigma{'s' * (n != 1)} an image", verb="encoded")
 
 
 #: Suffixes ``{stem}`` drops from an image's name.

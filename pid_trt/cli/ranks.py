@@ -1,0 +1,103 @@
+"""A command over many inputs as one rank of a ``torchrun`` run (:mod:`pid_trt.jobs.distributed`).
+
+One process (no ``RANK`` / ``WORLD_SIZE``, or a world size of 1): the run is exactly the
+one-process run (:func:`pid_trt.cli.progress.run_with_progress`, then
+:func:`~pid_trt.cli.progress.finish`). Several: each rank runs its shard of the planned jobs;
+rank 0 draws the progress bar of its own shard and prints the one summary of the whole run;
+the other ranks print only their own failures (``error: rank R: ...``). Every rank exits
+with the whole run's code: non-zero on every rank when an input failed on any rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import typer
+
+from pid_trt.cli.errors import exit_code
+from pid_trt.cli.progress import failure_line, finish, render_summary, run_with_progress
+from pid_trt.jobs import Job, JobResult, Outcome, Problem, RunEvents, Summary, run_jobs, shard
+from pid_trt.jobs.distributed import (
+    RankGroup,
+    World,
+    rank_threads,
+    run_exit_code,
+    set_threads,
+    world_from_env,
+)
+
+#: ``--threads`` help, shared by the commands that run as ranks.
+THREADS_HELP = (
+    "torch intra-op threads (ONNX Runtime follows); default: torch's, or under torchrun the node's cores "
+    "shared among its ranks."
+)
+
+
+def join_world(threads: int | None) -> World:
+    """This process's world (torchrun's variables; one-line error for inconsistent ones),
+    with its CPU threads set (:func:`pid_trt.jobs.distributed.rank_threads`). Call it first,
+    before anything is read or written."""
+    world = world_from_env()
+    set_threads(rank_threads(world, threads))
+    return world
+
+
+class RankErrors(RunEvents):
+    """A rank other than 0: its failures on stderr as they happen, nothing else."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def finished(self, result: JobResult) -> None:
+        if result.outcome is Outcome.FAILED:
+            typer.echo(f"error: rank {self.rank}: {failure_line(result)}", err=True)
+
+
+def run_rank(
+    world: World,
+    label: str,
+    jobs: Sequence[Job],
+    work: Callable[[Job], None],
+    *,
+    skip_existing: bool,
+    concurrency: int = 1,
+    problems: Sequence[Problem] = (),
+) -> Summary:
+    """This rank's part of the run: every job (one process), or its :func:`~pid_trt.jobs.shard`
+    of ``jobs`` (the same planned list on every rank). ``problems`` (arguments that named no
+    input) count once, on rank 0."""
+    if not world.distributed:
+        return run_with_progress(
+            label, jobs, work, skip_existing=skip_existing, concurrency=concurrency, problems=problems
+        )
+    mine = shard(jobs, world.rank, world.world_size)
+    if world.is_main:
+        return run_with_progress(
+            f"{label} (rank 0 of {world.world_size})", mine, work, skip_existing=skip_existing,
+            concurrency=concurrency, problems=problems,
+        )  # fmt: skip
+    return run_jobs(
+        mine, work, skip_existing=skip_existing, concurrency=concurrency, events=RankErrors(world.rank)
+    )
+
+
+def describe(result: JobResult) -> tuple[str, int]:
+    """A failed input's one-line message and exit code, as this rank's front end words them."""
+    error = result.error
+    return failure_line(result), exit_code(error) if error is not None else 1
+
+
+def finish_run(group: RankGroup, summary: Summary, how: str, verb: str = "decoded") -> None:
+    """Report the run and exit with its code: :func:`~pid_trt.cli.progress.finish` for one
+    process; for several, the ranks' results gathered, the summary printed by rank 0 (``how``
+    gains ``N ranks``), and every rank exiting with the whole run's code."""
+    world = group.world
+    if not world.distributed:
+        finish(summary, how, verb)
+        return
+    merged = group.gather(summary, describe)
+    if world.is_main:
+        typer.echo(render_summary(merged, f"{how}, {world.world_size} ranks", verb))
+    code = run_exit_code(merged)
+    if code:
+        raise typer.Exit(code)
