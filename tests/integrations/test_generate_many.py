@@ -23,6 +23,7 @@ from pid_trt.config import TINY
 from pid_trt.integrations.colour import colour_drift, srgb_to_lab, srgb_to_xyz
 from pid_trt.integrations.diffusers import pid_latent, to_pid_frame
 from pid_trt.integrations.generate_run import GenerateSettings, generate_prompt, prompt_outputs
+from pid_trt.integrations.vae import decode_latent
 from pid_trt.io import read_latent_file
 from pid_trt.jobs.prompts import prompt_folder, read_prompts_file, slug
 from tests.integrations import diffusers_helpers as helpers
@@ -78,6 +79,26 @@ def test_colour_drift_against_published_values():
     assert d.green_magenta_bias == pytest.approx(ag / 2, abs=5e-3) and d.green_magenta_bias < 0
     assert d.mean_chroma_shift == pytest.approx(math.hypot(ag, bg) / 2, abs=5e-3)
     assert d.colour_cast == pytest.approx(math.hypot(ag, bg) / 2, abs=5e-3)
+
+
+# ------------------------------------------------------------------ the VAE's own decode
+@pytest.mark.parametrize("backbone", ["flux", "flux2", "qwenimage", "sdxl"])
+def test_vae_decode_of_the_pid_latent_is_the_pipelines_image(backbone):
+    """decode_latent(PiD latent) is the image the pipeline itself decodes (output_type="pt")
+    from the same run: the baseline --compare-vae writes, for every VAE layout (Flux.1,
+    FLUX.2's BatchNorm + patchify, Qwen-Image's video VAE, SDXL)."""
+    pipe = helpers.make_pipeline(backbone)
+    h, w = 64, 96
+
+    def run(output_type):
+        gen = torch.Generator().manual_seed(3)
+        return pipe(height=h, width=w, num_inference_steps=3, generator=gen, output_type=output_type,
+                    **helpers.embeds(backbone)).images  # fmt: skip
+
+    latent = pid_latent(pipe, run("latent"), backbone, h, w)
+    image = decode_latent(pipe.vae, latent, backbone)
+    assert image.shape == (1, 3, h, w) and image.dtype == torch.float32
+    torch.testing.assert_close(image, run("pt") * 2 - 1, atol=4e-5, rtol=0)
 
 
 # ------------------------------------------------------------------ prompts
