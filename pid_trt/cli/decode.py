@@ -196,7 +196,7 @@ def _decode_many(world: World, latent, output, settings: DecodeSettings, skip_ex
     """Several inputs (or --skip-existing, or torchrun): one output per input, a progress bar,
     failures reported by input, a summary; exit code non-zero when any failed. Under torchrun
     every rank plans the same jobs and decodes its shard (:mod:`pid_trt.cli.ranks`)."""
-    from pid_trt.cli.ranks import finish_run, run_rank
+    from pid_trt.cli.ranks import finish_run, gather_run, run_rank
 
     planned, problems = _plan(latent, output, settings)
     with RankGroup(world) as group:
@@ -207,7 +207,7 @@ def _decode_many(world: World, latent, output, settings: DecodeSettings, skip_ex
                 world, "decode", planned, lambda job: decode_file(decoder, job.source, job.output, settings),
                 skip_existing=skip_existing, problems=problems,
             )  # fmt: skip
-        finish_run(group, summary, decoder.backend_name)
+        finish_run(world, gather_run(group, summary), decoder.backend_name)
 
 
 def _decode_remote(
@@ -215,7 +215,7 @@ def _decode_remote(
 ):
     """--server: every input decoded by a running `pidtrt serve` (under torchrun, each rank
     sends its shard)."""
-    from pid_trt.cli.ranks import finish_run, run_rank
+    from pid_trt.cli.ranks import finish_run, gather_run, run_rank
     from pid_trt.serve.remote import RemoteFiles
 
     planned, problems = _plan(latent, output, settings)
@@ -228,7 +228,7 @@ def _decode_remote(
                 world, "decode", planned, work, concurrency=concurrency, skip_existing=skip_existing,
                 problems=problems,
             )  # fmt: skip
-        finish_run(group, summary, f"server {server}")
+        finish_run(world, gather_run(group, summary), f"server {server}")
 
 
 def _refuse_local_options(net, runtime, settings: DecodeSettings, text_encoder, dry_run: bool) -> None:

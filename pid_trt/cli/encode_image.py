@@ -135,7 +135,7 @@ def encode_image(
     _refuse_shared_outputs(jobs, targets)
     if not single:
         batch.make_parents(jobs)
-    from pid_trt.cli.ranks import finish_run, run_rank
+    from pid_trt.cli.ranks import finish_run, gather_run, run_rank
 
     with RankGroup(world) as group:
         source = _Source.open(backbone, vae, encoder, rae_stats, text_encoder, text_dtype, device)
@@ -145,7 +145,12 @@ def encode_image(
 
         summary = run_rank(world, "encode", jobs, work, skip_existing=skip_existing, problems=problems)
         n = len(sigmas)
-        finish_run(group, summary, f"{source.name}, {n} sigma{'s' * (n != 1)} an image", verb="encoded")
+        finish_run(
+            world,
+            gather_run(group, summary),
+            f"{source.name}, {n} sigma{'s' * (n != 1)} an image",
+            verb="encoded",
+        )
 
 
 #: Suffixes ``{stem}`` drops from an image's name.

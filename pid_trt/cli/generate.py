@@ -22,7 +22,9 @@ from pid_trt.cli.options import (
     net_options,
     runtime_options,
 )
+from pid_trt.cli.ranks import THREADS_HELP, join_world
 from pid_trt.errors import ConfigError
+from pid_trt.jobs.distributed import World
 
 
 def _dtype(text: str | None, device: str):
@@ -142,9 +144,11 @@ def generate(
     ),
     engine_dir: EngineDir = Path("engines"),
     export_dir: ExportDir = Path("export"),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ) -> None:
     """Generate images with a local diffusers pipeline, decoded by PiD from early latents:
-    one prompt or many (--prompts-file), one capture or several of one LDM run."""
+    one prompt or many (--prompts-file), one capture or several of one LDM run. Under torchrun
+    each process generates its share of the prompts on its own GPU (README, 'Batch jobs')."""
     from pid_trt.buckets import parse_size
     from pid_trt.integrations.diffusers import pipeline_class_name
     from pid_trt.integrations.generate_run import GenerateSettings
@@ -154,13 +158,14 @@ def generate(
     from pid_trt.netspec import resolve_net
 
     # Everything that can be checked is checked before anything loads or is written.
+    world = join_world(threads)
     prompts = collect_prompts(prompt or [], [prompts_file] if prompts_file is not None else [])
     if pid is not None and net_config is not None:
         raise ConfigError("--pid and --net-config exclude each other: a preset fixes the net config")
     if net_config is not None and ckpt_type is not None:
         raise ConfigError("--ckpt-type needs a preset (--pid or the backbone's), not --net-config")
     height, width = parse_size(size) if size is not None else (res, res)
-    runtime = runtime_options(backend, dtype, device, engine_dir, export_dir).resolved()
+    runtime = _rank_runtime(world, runtime_options(backend, dtype, device, engine_dir, export_dir).resolved())
     torch_dtype = _dtype(ldm_dtype, runtime.device)
     class_name = pipeline_class_name(pipeline)
     ldm = ldm_spec(backbone) if backbone is not None else ldm_for_class_name(class_name)
@@ -188,9 +193,23 @@ def generate(
     run = _Run(pipeline, torch_dtype, net_options(preset, ckpt_type, checkpoint, net_config, random_weights,
                weights_seed), runtime, text_encoder, text_dtype, random_weights)  # fmt: skip
     if folder:
-        _folder_run(run, prompts, settings, output, skip_existing)
-    else:
+        _folder_run(world, run, prompts, settings, output, skip_existing)
+    elif world.is_main:  # one image: rank 0 makes it, the other ranks have nothing to do
         _one_image(run, prompts[0], settings, output, save_latent, skip_existing)
+
+
+def _rank_runtime(world: World, runtime):
+    """Under torchrun, this rank's resolved runtime options: a plain ``cuda`` device becomes
+    ``cuda:LOCAL_RANK`` (the pipeline's and PiD's), the process's current CUDA device too."""
+    if not world.distributed:
+        return runtime
+    import dataclasses
+
+    from pid_trt.jobs.distributed import bind_cuda_device, rank_device
+
+    device = rank_device(world, runtime.device)
+    bind_cuda_device(device)
+    return dataclasses.replace(runtime, device=device)
 
 
 class _Run:
@@ -265,11 +284,12 @@ def _one_image(run: _Run, prompt: str, settings, output: Path, save_latent: Path
     )
 
 
-def _folder_run(run: _Run, prompts: list[str], settings, root: Path, skip: bool) -> None:
+def _folder_run(world: World, run: _Run, prompts: list[str], settings, root: Path, skip: bool) -> None:
     """Every prompt into its folder under ``root`` (:mod:`pid_trt.integrations.generate_run`),
-    a progress bar over prompts, the run manifest, a summary line."""
+    a progress bar over prompts, the run manifest, a summary line. Under torchrun each rank
+    generates its shard of the prompts; rank 0 writes the manifest of the whole run."""
     from pid_trt.cli.errors import one_line
-    from pid_trt.cli.progress import finish, run_with_progress
+    from pid_trt.cli.ranks import finish_run, gather_run, run_rank
     from pid_trt.integrations.generate_run import (
         MANIFEST_NAME,
         RunInfo,
@@ -277,7 +297,8 @@ def _folder_run(run: _Run, prompts: list[str], settings, root: Path, skip: bool)
         prompt_outputs,
         write_run_manifest,
     )
-    from pid_trt.jobs import Job
+    from pid_trt.jobs import Job, shard
+    from pid_trt.jobs.distributed import RankGroup
     from pid_trt.jobs.prompts import prompt_folder
 
     outs = [
@@ -285,39 +306,48 @@ def _folder_run(run: _Run, prompts: list[str], settings, root: Path, skip: bool)
         for i, p in enumerate(prompts)
     ]
     jobs = [Job(o.prompt, o.record, o.index) for o in outs]
-    start = time.perf_counter()
-    pending = [o for o in outs if not (skip and o.complete())]
-    pipe = dec = None
-    if pending:
-        pipe, dec = run.load()
-    net = run.net
-    info = RunInfo(
-        str(run.pipeline), str(run.torch_dtype).removeprefix("torch."),
-        net.backbone or (str(net.net_config) if net.net_config else "?"),
-        str(net.checkpoint) if net.checkpoint else None, net.random_weights,
-        dec.backend_name if dec else run.runtime.backend, str(dec.precision if dec else run.runtime.precision),
-        dec.device if dec else str(run.runtime.device), time.perf_counter() - start,
-    )  # fmt: skip
-    root.mkdir(parents=True, exist_ok=True)
+    with RankGroup(world) as group:
+        start = time.perf_counter()
+        mine = [outs[job.index] for job in shard(jobs, world.rank, world.world_size)]
+        pending = [o for o in mine if not (skip and o.complete())]
+        pipe = dec = None
+        if pending:
+            pipe, dec = run.load()
+        net = run.net
+        info = RunInfo(
+            str(run.pipeline), str(run.torch_dtype).removeprefix("torch."),
+            net.backbone or (str(net.net_config) if net.net_config else "?"),
+            str(net.checkpoint) if net.checkpoint else None, net.random_weights,
+            dec.backend_name if dec else run.runtime.backend, str(dec.precision if dec else run.runtime.precision),
+            dec.device if dec else str(run.runtime.device), time.perf_counter() - start,
+        )  # fmt: skip
+        root.mkdir(parents=True, exist_ok=True)
 
-    def work(job: Job) -> None:
-        vae = pipe.vae if settings.compare_vae else None
-        generate_prompt(pipe, dec, outs[job.index], settings, vae=vae)
+        def work(job: Job) -> None:
+            vae = pipe.vae if settings.compare_vae else None
+            generate_prompt(pipe, dec, outs[job.index], settings, vae=vae)
 
-    try:
-        summary = run_with_progress(
-            "generate", jobs, work, skip_existing=skip, exists=lambda job: outs[job.index].complete()
-        )
-    finally:
-        if dec is not None:
-            dec.close()
+        try:
+            summary = run_rank(
+                world,
+                "generate",
+                jobs,
+                work,
+                skip_existing=skip,
+                exists=lambda job: outs[job.index].complete(),
+            )
+        finally:
+            if dec is not None:
+                dec.close()
+        summary = gather_run(group, summary)
     outcomes = {
         r.job.index: (r.outcome.value, one_line(r.error) if r.error is not None else None)
         for r in summary.results
         if r.job is not None
     }
     manifest = root / MANIFEST_NAME
-    write_run_manifest(manifest, outs, settings, info, outcomes, summary.seconds)
+    if world.is_main:
+        write_run_manifest(manifest, outs, settings, info, outcomes, summary.seconds)
     n = len(settings.capture_steps)
     how = f"{settings.backbone}, {n} capture{'s' * (n != 1)} a prompt from one LDM run; manifest {manifest}"
-    finish(summary, how, verb="generated")
+    finish_run(world, summary, how, verb="generated")

@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 
 import typer
 
-from pid_trt.cli.errors import exit_code
+from pid_trt.cli.errors import exit_code, one_line
 from pid_trt.cli.progress import failure_line, finish, render_summary, run_with_progress
-from pid_trt.jobs import Job, JobResult, Outcome, Problem, RunEvents, Summary, run_jobs, shard
+from pid_trt.jobs import Job, JobResult, Outcome, Problem, RunEvents, Summary, output_exists, run_jobs, shard
 from pid_trt.jobs.distributed import (
     RankGroup,
     World,
@@ -62,42 +62,42 @@ def run_rank(
     skip_existing: bool,
     concurrency: int = 1,
     problems: Sequence[Problem] = (),
+    exists: Callable[[Job], bool] = output_exists,
 ) -> Summary:
     """This rank's part of the run: every job (one process), or its :func:`~pid_trt.jobs.shard`
     of ``jobs`` (the same planned list on every rank). ``problems`` (arguments that named no
-    input) count once, on rank 0."""
+    input) count once, on rank 0; ``exists``: the resume test (:func:`pid_trt.jobs.run_jobs`)."""
+    options = dict(skip_existing=skip_existing, concurrency=concurrency, exists=exists)
     if not world.distributed:
-        return run_with_progress(
-            label, jobs, work, skip_existing=skip_existing, concurrency=concurrency, problems=problems
-        )
+        return run_with_progress(label, jobs, work, problems=problems, **options)
     mine = shard(jobs, world.rank, world.world_size)
     if world.is_main:
         return run_with_progress(
-            f"{label} (rank 0 of {world.world_size})", mine, work, skip_existing=skip_existing,
-            concurrency=concurrency, problems=problems,
-        )  # fmt: skip
-    return run_jobs(
-        mine, work, skip_existing=skip_existing, concurrency=concurrency, events=RankErrors(world.rank)
-    )
+            f"{label} (rank 0 of {world.world_size})", mine, work, problems=problems, **options
+        )
+    return run_jobs(mine, work, events=RankErrors(world.rank), **options)
 
 
 def describe(result: JobResult) -> tuple[str, int]:
     """A failed input's one-line message and exit code, as this rank's front end words them."""
     error = result.error
-    return failure_line(result), exit_code(error) if error is not None else 1
+    return (one_line(error), exit_code(error)) if error is not None else ("failed", 1)
 
 
-def finish_run(group: RankGroup, summary: Summary, how: str, verb: str = "decoded") -> None:
-    """Report the run and exit with its code: :func:`~pid_trt.cli.progress.finish` for one
-    process; for several, the ranks' results gathered, the summary printed by rank 0 (``how``
-    gains ``N ranks``), and every rank exiting with the whole run's code."""
-    world = group.world
+def gather_run(group: RankGroup, summary: Summary) -> Summary:
+    """The whole run's summary, on every rank (one process: its ``summary`` as it is)."""
+    return group.gather(summary, describe)
+
+
+def finish_run(world: World, summary: Summary, how: str, verb: str = "decoded") -> None:
+    """Report a run (its :func:`gather_run` summary) and exit with its code:
+    :func:`~pid_trt.cli.progress.finish` for one process; for several, the summary printed by
+    rank 0 (``how`` gains ``N ranks``) and every rank exiting with the whole run's code."""
     if not world.distributed:
         finish(summary, how, verb)
         return
-    merged = group.gather(summary, describe)
     if world.is_main:
-        typer.echo(render_summary(merged, f"{how}, {world.world_size} ranks", verb))
-    code = run_exit_code(merged)
+        typer.echo(render_summary(summary, f"{how}, {world.world_size} ranks", verb))
+    code = run_exit_code(summary)
     if code:
         raise typer.Exit(code)

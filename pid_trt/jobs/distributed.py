@@ -156,8 +156,8 @@ def set_threads(threads: int | None) -> None:
 
 
 class RankFailure(PidTrtError):
-    """A failed input as a rank reported it: its one-line ``message`` (naming the input) and
-    the exit ``code`` that rank's front end gave it, so rank 0 can report every rank's failures."""
+    """A failed input as a rank reported it: its one-line ``message`` and the exit ``code``
+    that rank's front end gave it, so rank 0 can report every rank's failures."""
 
     def __init__(self, message: str, code: int, rank: int) -> None:
         super().__init__(message)
@@ -210,8 +210,8 @@ class RankGroup:
             dist.destroy_process_group()
 
     def gather(self, summary: Summary, describe: Describe) -> Summary:
-        """The whole run's summary, on every rank: each rank's results (in rank order, its
-        failures as :class:`RankFailure` worded by ``describe``), the planned inputs summed,
+        """The whole run's summary, on every rank: each rank's results (in rank order, with
+        their jobs; failures as :class:`RankFailure` worded by ``describe``), the planned inputs summed,
         the wall time of the slowest rank, interrupted if any rank was. One process: its
         ``summary`` as it is."""
         if not self.world.distributed:
@@ -227,6 +227,7 @@ class RankGroup:
                 (
                     r.name,
                     r.outcome.value,
+                    r.job,
                     r.seconds,
                     *(describe(r) if r.outcome is Outcome.FAILED else ("", 0)),
                 )
@@ -245,9 +246,9 @@ def merge_reports(reports: list[dict]) -> Summary:
         merged.planned += report["planned"]
         merged.seconds = max(merged.seconds, report["seconds"])
         merged.interrupted = merged.interrupted or report["interrupted"]
-        for name, outcome, seconds, message, code in report["results"]:
+        for name, outcome, job, seconds, message, code in report["results"]:
             error = RankFailure(message, code, report["rank"]) if outcome == Outcome.FAILED.value else None
-            merged.results.append(JobResult(name, Outcome(outcome), None, error, seconds))
+            merged.results.append(JobResult(name, Outcome(outcome), job, error, seconds))
     return merged
 
 

@@ -95,9 +95,9 @@ def _result(name: str, outcome: Outcome, error: Exception | None = None) -> JobR
 def test_reports_merge_in_rank_order_with_each_failure_and_its_code() -> None:
     reports = [
         {"rank": 1, "planned": 2, "seconds": 3.0, "interrupted": False,
-         "results": [("b", "done", 1.0, "", 0), ("d", "failed", 0.1, "d: bad file", 2)]},
+         "results": [("b", "done", None, 1.0, "", 0), ("d", "failed", None, 0.1, "d: bad file", 2)]},
         {"rank": 0, "planned": 3, "seconds": 2.0, "interrupted": False,
-         "results": [("a", "skipped", 0.0, "", 0), ("c", "done", 1.0, "", 0), ("x/", "failed", 0, "no file", 3)]},
+         "results": [("a", "skipped", None, 0.0, "", 0), ("c", "done", None, 1.0, "", 0), ("x/", "failed", None, 0, "no file", 3)]},
     ]  # fmt: skip
     merged = merge_reports(reports)
     assert merged.planned == 5 and merged.seconds == 3.0 and merged.total == 5
@@ -135,6 +135,7 @@ def test_a_group_of_one_gathers_through_gloo(monkeypatch) -> None:
         merged = group.gather(summary, lambda r: (str(r.error), 2))
     assert not dist.is_initialized()  # left at the end of the block
     assert [(r.name, r.outcome) for r in merged.results] == [("a", Outcome.DONE), ("b", Outcome.FAILED)]
+    assert [r.job for r in merged.results] == [r.job for r in summary.results]  # jobs travel too
     assert isinstance(merged.failed[0].error, RankFailure) and merged.failed[0].error.code == 2
     assert run_exit_code(merged) == 2 and merged.seconds == 1.5
     assert RankGroup(World()).gather(summary, lambda r: ("", 0)) is summary

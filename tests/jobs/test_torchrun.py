@@ -48,8 +48,9 @@ def torchrun_cmd(*args) -> list[str]:
     return [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "--no-python", "pidtrt", *map(str, args)]
 
 
-def torchrun(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(torchrun_cmd(*args), capture_output=True, text=True, env=clean_env(), timeout=300)
+def torchrun(*args, **env) -> subprocess.CompletedProcess:
+    cmd = torchrun_cmd(*args)
+    return subprocess.run(cmd, capture_output=True, text=True, env={**clean_env(), **env}, timeout=300)
 
 
 def outputs(folder: Path) -> dict[str, bytes]:
@@ -230,3 +231,42 @@ def test_encode_image_two_ranks_equal_one_process(tmp_path) -> None:
     assert two.stdout.startswith("encoded 3, skipped 0 (output exists), failed 0 of 3 in ")
     ref, got = outputs(tmp_path / "one"), outputs(tmp_path / "two")
     assert len(ref) == 6 and got == ref
+
+
+def test_generate_two_ranks_equal_one_process(tmp_path) -> None:
+    """Three prompts on a tiny random FLUX.1 pipeline and PiD: the ranks' images are the
+    one-process run's (prompt i keeps seed + i) and rank 0's manifest lists every prompt."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from pid_trt.cli.main import app
+    from tests.integrations import diffusers_helpers as helpers
+
+    flux = helpers.make_flux_dir(tmp_path / "flux")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox\nthe lazy dog\na cat at sunset\n")
+    args = ["generate", "--pipeline", str(flux), "--prompts-file", str(prompts), "--pid", "tiny",
+            "--random-weights", "--res", "64", "--steps", "4", "--capture-step", "2", "--threads", "1"]  # fmt: skip
+    threads = torch.get_num_threads()
+    try:  # the reference in this process
+        one = CliRunner().invoke(app, [*args, "-o", f"{tmp_path / 'one'}/"], env={"PIDTRT_TEXT_ENCODER": ""})
+    finally:
+        torch.set_num_threads(threads)
+    assert one.exit_code == 0, one.output
+    res = torchrun(*args, "-o", f"{tmp_path / 'two'}/", PIDTRT_TEXT_ENCODER="")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("generated 3, skipped 0 (output exists), failed 0 of 3 in "), res.stdout
+
+    def pngs(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.png"))}
+
+    ref, got = pngs(tmp_path / "one"), pngs(tmp_path / "two")
+    assert len(ref) == 3 and got == ref
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert [(e["prompt"], e["seed"], e["status"]) for e in manifest["prompts"]] == [
+        ("a red fox", 0, "done"),
+        ("the lazy dog", 1, "done"),
+        ("a cat at sunset", 2, "done"),
+    ]
+    assert manifest["counts"]["done"] == 3
