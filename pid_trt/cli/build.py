@@ -10,17 +10,8 @@ from pathlib import Path
 import typer
 
 from pid_trt.cli.errors import cli_errors, warn
-from pid_trt.cli.options import (
-    Backbone,
-    Checkpoint,
-    CkptType,
-    EngineDir,
-    ExportDir,
-    NetConfigFile,
-    RandomWeights,
-    WeightsSeed,
-)
-from pid_trt.netspec import resolve_net
+from pid_trt.cli.options import EngineDir, ExportDir, with_net
+from pid_trt.options import NetOptions
 
 
 def _mib(n: int) -> str:
@@ -54,18 +45,14 @@ class _RichProgress:
 
 
 @cli_errors
+@with_net
 def build(
-    backbone: Backbone = None,
-    ckpt_type: CkptType = None,
+    net: NetOptions = None,  # type: ignore[assignment] - the model options (cli.options.with_net)
     res: int | None = typer.Option(None, "--res", help="Square output size N (N x N pixels)."),
     size: str | None = typer.Option(
         None, "--size", help="Output size WIDTHxHEIGHT in pixels, e.g. 3840x2160."
     ),
     precision: str = typer.Option("bf16", "--precision", help="fp16, bf16, fp8 or fp32 (fp32: parity only)."),
-    checkpoint: Checkpoint = None,
-    net_config: NetConfigFile = None,
-    random_weights: RandomWeights = False,
-    weights_seed: WeightsSeed = 0,
     batch: str | None = typer.Option(
         None,
         "--batch",
@@ -102,15 +89,9 @@ def build(
 ) -> None:
     """Export and build the prepare + step TensorRT engines of one bucket (or, with --dynamic, of a
     range of sizes and batches) into the engine store."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-
-    from pid_trt.compile.engine_pair import build_pair
     from pid_trt.compile.plan import plan_build
-    from pid_trt.resources import peak_rss_bytes
 
-    spec = resolve_net(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
+    spec = net.resolve()
     plan = plan_build(
         spec, precision=precision, res=res, size=size, batch=batch, dynamic=dynamic, min_size=min_size,
         opt_size=opt_size, max_size=max_size, weightless=weightless, target_cc=target_cc, opt_level=opt_level,
@@ -118,8 +99,20 @@ def build(
     )  # fmt: skip
     for note in plan.notes:
         warn(note)
-    console = Console(stderr=True)
     start = time.perf_counter()
+    result = _build_with_progress(spec, plan, engine_dir, export_dir, builder, start)
+    _print_result(spec, plan, result, engine_dir, weightless, time.perf_counter() - start)
+
+
+def _build_with_progress(spec, plan, engine_dir: Path, export_dir: Path, builder: str, start: float):
+    """Run :func:`pid_trt.compile.engine_pair.build_pair` under a rich progress display (a plain
+    line per phase when stderr is not a terminal)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from pid_trt.compile.engine_pair import build_pair
+
+    console = Console(stderr=True)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         phase_task: dict[str, int] = {}
@@ -132,12 +125,19 @@ def build(
             if not console.is_terminal:  # logs and CI: one plain line per phase
                 typer.echo(f"[{time.perf_counter() - start:7.1f} s] {label}", err=True)
 
-        result = build_pair(
+        return build_pair(
             spec, plan.bucket, plan.precision, plan.batch_range[0], plan.options, engine_dir=engine_dir,
             export_dir=export_dir, flavour=builder, progress=lambda graph: _RichProgress(progress, graph),
             on_phase=on_phase, shape_range=plan.shape_range,
         )  # fmt: skip
-    elapsed = time.perf_counter() - start
+
+
+def _print_result(spec, plan, result, engine_dir: Path, weightless: bool, elapsed: float) -> None:
+    """The export line, the table of both engines and the totals."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pid_trt.resources import peak_rss_bytes
 
     state = "exported" if result.exported else "reused"
     typer.echo(f"export ({state}): {result.export_folder} [{result.export_seconds:.1f} s]")

@@ -9,16 +9,8 @@ from pathlib import Path
 import typer
 
 from pid_trt.cli.errors import cli_errors, warn
-from pid_trt.cli.options import (
-    Backbone,
-    Checkpoint,
-    CkptType,
-    ExportDir,
-    NetConfigFile,
-    RandomWeights,
-    WeightsSeed,
-)
-from pid_trt.netspec import resolve_net
+from pid_trt.cli.options import ExportDir, with_net
+from pid_trt.options import NetOptions
 
 
 def _mib(n: int) -> str:
@@ -26,9 +18,9 @@ def _mib(n: int) -> str:
 
 
 @cli_errors
+@with_net
 def export(
-    backbone: Backbone = None,
-    ckpt_type: CkptType = None,
+    net: NetOptions = None,  # type: ignore[assignment] - the model options (cli.options.with_net)
     res: int | None = typer.Option(None, "--res", help="Square output size N (N x N pixels)."),
     size: str | None = typer.Option(
         None, "--size", help="Output size WIDTHxHEIGHT in pixels, e.g. 3840x2160."
@@ -54,10 +46,6 @@ def export(
         "--refittable",
         help="Keep every parameter as one initializer named by its checkpoint key (for weightless plans).",
     ),
-    checkpoint: Checkpoint = None,
-    net_config: NetConfigFile = None,
-    random_weights: RandomWeights = False,
-    weights_seed: WeightsSeed = 0,
     export_dir: ExportDir = Path("export"),
     opset: int = typer.Option(23, "--opset", help="ONNX opset (>= 23: fused Attention op)."),
     verify: bool = typer.Option(
@@ -67,29 +55,38 @@ def export(
     ),
 ) -> None:
     """Export prepare.onnx and step.onnx for one resolution bucket (reused when already exported)."""
-    from pid_trt.buckets import latent_shape
     from pid_trt.compile.export import ensure_export
     from pid_trt.compile.plan import plan_export
-    from pid_trt.resources import peak_rss_bytes
     from pid_trt.stores.keys import ExportKey
 
-    spec = resolve_net(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
+    spec = net.resolve()
     plan = plan_export(
         spec, precision=precision, res=res, size=size, batch=batch, dynamic=dynamic, min_size=min_size,
         opt_size=opt_size, max_size=max_size, batch_range=batch_range,
     )  # fmt: skip
     for note in plan.notes:
         warn(note)
-    bucket, batch, shape_range = plan.bucket, plan.batch, plan.shape_range
     start = time.perf_counter()
-    key = ExportKey.for_spec(spec, bucket, plan.precision, batch, opset, shape_range, refittable)
+    key = ExportKey.for_spec(
+        spec, plan.bucket, plan.precision, plan.batch, opset, plan.shape_range, refittable
+    )
     result = ensure_export(
         spec, key, export_dir,
         on_export=lambda key: typer.echo(
             f"exporting {spec.name} {plan.describe()} {key.precision.value} (opset {opset}) ..."
         ),
     )  # fmt: skip
-    elapsed = time.perf_counter() - start
+    _print_export(spec, plan, key, result, time.perf_counter() - start)
+    if verify:
+        _verify(result.folder)
+
+
+def _print_export(spec, plan, key, result, elapsed: float) -> None:
+    """The export folder, its files and graphs, and the totals."""
+    from pid_trt.buckets import latent_shape
+    from pid_trt.resources import peak_rss_bytes
+
+    bucket, batch, shape_range = plan.bucket, plan.batch, plan.shape_range
     lh, lw = latent_shape(spec.config, bucket)
     state = "exported" if result.built else "cached"
     typer.echo(f"{state}: {result.folder}")
@@ -109,8 +106,6 @@ def export(
         f"{where}, {key.precision.value}, "
         f"total {_mib(result.size_bytes)}; wall {elapsed:.1f} s, peak RSS {_mib(peak_rss_bytes())}"
     )
-    if verify:
-        _verify(result.folder)
 
 
 def _verify(folder: Path) -> None:
