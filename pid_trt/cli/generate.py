@@ -190,8 +190,9 @@ def generate(
         )
     if not folder and output.suffix.lower() not in (".png", ".safetensors"):
         raise ConfigError(f"-o {output}: expected out.png, out.safetensors or a folder (-o {output}/)")
-    run = _Run(pipeline, torch_dtype, net_options(preset, ckpt_type, checkpoint, net_config, random_weights,
-               weights_seed), runtime, text_encoder, text_dtype, random_weights)  # fmt: skip
+    net_opts = net_options(preset, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
+    warn_random = random_weights and world.is_main  # under torchrun, rank 0 alone warns
+    run = _Run(pipeline, torch_dtype, net_opts, runtime, text_encoder, text_dtype, warn_random)
     if folder:
         _folder_run(world, run, prompts, settings, output, skip_existing)
     elif world.is_main:  # one image: rank 0 makes it, the other ranks have nothing to do

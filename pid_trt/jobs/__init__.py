@@ -1,6 +1,8 @@
 """Batch jobs over many inputs: which files the arguments name (:mod:`.inputs`), the output
 each writes, resuming and sharding (:mod:`.plan`), running a worker over them
-(:mod:`.runner`) and what the run did (:mod:`.summary`).
+(:mod:`.runner`) and what the run did (:mod:`.summary`); a run split among the processes
+of a ``torchrun`` launch (:mod:`.distributed`: this rank, its device and threads, the ranks'
+results gathered).
 
 Used by ``pidtrt decode DIR|GLOB ...``; the pieces know nothing of decoding, so a command
 over many prompts or images, or one process of a multi-process run (:func:`shard`), reuses
