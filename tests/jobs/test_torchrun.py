@@ -115,6 +115,7 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds torchrun's ranks through /proc")
+@pytest.mark.slow
 def test_a_killed_run_restarts_and_decodes_only_what_is_missing(latents, one_process, tmp_path) -> None:
     out = tmp_path / "out"
     log = (tmp_path / "run.log").open("w")
@@ -200,6 +201,7 @@ def test_rank_without_world_size_is_refused_in_one_line(latents, tmp_path) -> No
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_encode_image_two_ranks_equal_one_process(tmp_path) -> None:
     """Three images, two sigmas each, on a tiny random FLUX VAE: each image's noise seed is
     its place in the whole run, so the ranks' latents are the one-process run's."""
@@ -233,6 +235,7 @@ def test_encode_image_two_ranks_equal_one_process(tmp_path) -> None:
     assert len(ref) == 6 and got == ref
 
 
+@pytest.mark.slow
 def test_generate_two_ranks_equal_one_process(tmp_path) -> None:
     """Three prompts on a tiny random FLUX.1 pipeline and PiD: the ranks' images are the
     one-process run's (prompt i keeps seed + i) and rank 0's manifest lists every prompt."""
