@@ -91,11 +91,15 @@ Tiles = Annotated[
 ]
 TileSize = Annotated[
     str | None,
-    typer.Option("--tile-size", help="Tile WIDTHxHEIGHT in pixels, on the latent grid (default: a trained size)."),
+    typer.Option(
+        "--tile-size", help="Tile WIDTHxHEIGHT in pixels, on the latent grid (default: a trained size)."
+    ),
 ]
 TileOverlap = Annotated[
     int | None,
-    typer.Option("--tile-overlap", help="Least overlap of neighbouring tiles in pixels (default: 1/8 of the tile)."),
+    typer.Option(
+        "--tile-overlap", help="Least overlap of neighbouring tiles in pixels (default: 1/8 of the tile)."
+    ),
 ]
 TileBatch = Annotated[int, typer.Option("--tile-batch", help="Tiles per backend call (one engine batch).")]
 AllowUntrainedSize = Annotated[

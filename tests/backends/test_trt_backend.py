@@ -70,9 +70,11 @@ def test_store_is_checked_before_cuda(store, monkeypatch):
     from pid_trt.backends.trt_backend import TrtBackend
     from pid_trt.errors import BackendUnavailableError
     from pid_trt.netspec import resolve_net
+    from pid_trt.options import RuntimeOptions
 
     spec = resolve_net("tiny", None, None, None, True)
-    req = BackendRequest("tensorrt", spec, "cuda", "bf16", 64, 64, 1, store["root"] / "engines")
+    runtime = RuntimeOptions("tensorrt", "bf16", "cuda", store["root"] / "engines").resolved()
+    req = BackendRequest(spec, runtime, 64, 64, 1)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(BackendUnavailableError, match="needs an NVIDIA GPU"):
         TrtBackend.from_request(req)
@@ -93,11 +95,11 @@ def _gpu_backend(store, cuda_graph: bool = False):
     from pid_trt.backends.trt_backend import TrtBackend
     from pid_trt.errors import BackendUnavailableError
     from pid_trt.netspec import resolve_net
+    from pid_trt.options import RuntimeOptions
 
     spec = resolve_net("tiny", None, None, None, True)
-    req = BackendRequest(
-        "tensorrt", spec, "cuda", "fp16", 64, 64, 1, store["root"] / "engines", cuda_graph=cuda_graph
-    )
+    runtime = RuntimeOptions("tensorrt", "fp16", "cuda", store["root"] / "engines", cuda_graph=cuda_graph)
+    req = BackendRequest(spec, runtime.resolved(), 64, 64, 1)
     try:
         return spec, TrtBackend.from_request(req)
     except BackendUnavailableError as exc:

@@ -152,9 +152,7 @@ def test_plot_writes_png_with_skipped_rows(tmp_path):
 def test_parse_target_defaults_and_overrides():
     assert parse_target("torch", None, "cpu") == BenchTarget("torch", Precision.FP32, "cpu")
     assert parse_target("torch", None, "cuda").precision is Precision.BF16
-    assert parse_target("tensorrt:fp8", None, "cpu") == BenchTarget(
-        "tensorrt", Precision.FP8, "cuda"
-    )
+    assert parse_target("tensorrt:fp8", None, "cpu") == BenchTarget("tensorrt", Precision.FP8, "cuda")
     assert parse_target("onnxruntime@cpu", "fp16", "cuda") == BenchTarget(
         "onnxruntime", Precision.FP16, "cpu"
     )

@@ -177,10 +177,10 @@ def test_onnxruntime_cpu_refuses_bf16_graphs_before_exporting(dtype: str, tmp_pa
     one line, exit 3, and no minutes-long export of a graph it could not run."""
     lat = _tiny_latent(tmp_path)
     res = run_cli("decode", lat, "-o", tmp_path / "o.png", "--backbone", "tiny", "--random-weights",
-                  "--backend", "onnxruntime", "--dtype", dtype, "--export-dir", tmp_path / "exp")  # fmt: skip
+                  "--backend", "onnxruntime", "--precision", dtype, "--export-dir", tmp_path / "exp")  # fmt: skip
     assert res.returncode == 3, res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and f"--dtype {dtype}" in errors[0] and "fp16" in errors[0], res.stderr
+    assert len(errors) == 1 and f"--precision {dtype}" in errors[0] and "fp16" in errors[0], res.stderr
     assert "Traceback" not in res.stderr and "exporting" not in res.stderr
     assert not (tmp_path / "o.png").exists() and not list(tmp_path.glob("exp/*"))
 
