@@ -9,21 +9,7 @@ import typer
 from pid_trt.cli.errors import cli_errors
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.io.latent import CAPTION_KEY
-
-
-def read_prompts_file(path: Path) -> list[str]:
-    """One prompt per line (UTF-8); blank lines are skipped, line ends stripped."""
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise InputFileError(f"--prompts-file {path}: no such file") from None
-    except IsADirectoryError:
-        raise InputFileError(f"--prompts-file {path}: is a directory, expected a text file") from None
-    except UnicodeDecodeError as exc:
-        raise InputFileError(
-            f"--prompts-file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
-        ) from None
-    return [line for line in text.splitlines() if line.strip()]
+from pid_trt.jobs.prompts import read_prompts_file
 
 
 @cli_errors

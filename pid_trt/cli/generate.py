@@ -38,23 +38,6 @@ def _dtype(text: str | None, device: str):
     return table[text]
 
 
-def quiet_hf_logs() -> None:
-    """Keep diffusers' / transformers' progress bars and advice lines out of the CLI's output
-    (errors still show)."""
-    import os
-
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"diffusers\..*")
-    from diffusers.utils import logging as dlog
-
-    dlog.set_verbosity_error()
-    dlog.disable_progress_bar()
-
-
 @cli_errors
 def generate(
     pipeline: Path = typer.Option(
@@ -223,7 +206,7 @@ class _Run:
     def load(self):
         """(pipeline, Decoder); the Decoder is a context manager the caller closes."""
         from pid_trt import Decoder
-        from pid_trt.integrations.diffusers import load_pipeline
+        from pid_trt.integrations.diffusers import load_pipeline, quiet_hf_logs
 
         quiet_hf_logs()
         pipe = load_pipeline(self.pipeline, self.runtime.device, self.torch_dtype)

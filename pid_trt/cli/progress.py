@@ -1,17 +1,17 @@
 """How a command over many inputs shows its run (:mod:`pid_trt.jobs`): a progress bar and
-each failure as it happens on stderr, then a summary line on stdout and the exit code."""
+each failure as it happens on stderr (rank 0, or the one process), other ranks' failures,
+then a summary line on stdout and the exit code (:mod:`pid_trt.cli.ranks` runs it)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pid_trt.cli.errors import exit_code, one_line
-from pid_trt.jobs import Job, JobResult, Outcome, Problem, RunEvents, Summary, output_exists, run_jobs
+from pid_trt.jobs import JobResult, Outcome, RunEvents, Summary
 
 
 def failure_line(result: JobResult) -> str:
@@ -59,22 +59,15 @@ class ProgressBar(RunEvents):
             self.progress.advance(self.task)
 
 
-def run_with_progress(
-    label: str,
-    jobs: Sequence[Job],
-    work: Callable[[Job], None],
-    *,
-    skip_existing: bool,
-    concurrency: int = 1,
-    problems: Sequence[Problem] = (),
-    exists: Callable[[Job], bool] = output_exists,
-) -> Summary:
-    """:func:`pid_trt.jobs.run_jobs` under a :class:`ProgressBar` (``exists``: its resume test)."""
-    with ProgressBar(label) as bar:
-        return run_jobs(
-            jobs, work, skip_existing=skip_existing, concurrency=concurrency, problems=problems, events=bar,
-            exists=exists,
-        )  # fmt: skip
+class RankErrors(RunEvents):
+    """A ``torchrun`` rank other than 0: its failures on stderr as they happen, nothing else."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def finished(self, result: JobResult) -> None:
+        if result.outcome is Outcome.FAILED:
+            typer.echo(f"error: rank {self.rank}: {failure_line(result)}", err=True)
 
 
 def render_summary(summary: Summary, how: str, verb: str = "decoded") -> str:
@@ -95,11 +88,3 @@ def summary_exit_code(summary: Summary) -> int:
     if summary.interrupted:
         return 130
     return max((exit_code(r.error) for r in summary.failed if r.error is not None), default=0)
-
-
-def finish(summary: Summary, how: str, verb: str = "decoded") -> None:
-    """Print the summary on stdout and exit with :func:`summary_exit_code` when it is not 0."""
-    typer.echo(render_summary(summary, how, verb))
-    code = summary_exit_code(summary)
-    if code:
-        raise typer.Exit(code)

@@ -1,8 +1,7 @@
 """A command over many inputs as one rank of a ``torchrun`` run (:mod:`pid_trt.jobs.distributed`).
 
-One process (no ``RANK`` / ``WORLD_SIZE``, or a world size of 1): the run is exactly the
-one-process run (:func:`pid_trt.cli.progress.run_with_progress`, then
-:func:`~pid_trt.cli.progress.finish`). Several: each rank runs its shard of the planned jobs;
+One process (no ``RANK`` / ``WORLD_SIZE``, or a world size of 1): every job under a progress
+bar, a summary, the exit code of the worst failure. Several: each rank runs its shard of the planned jobs;
 rank 0 draws the progress bar of its own shard and prints the one summary of the whole run;
 the other ranks print only their own failures (``error: rank R: ...``). Every rank exits
 with the whole run's code: non-zero on every rank when an input failed on any rank.
@@ -15,8 +14,8 @@ from collections.abc import Callable, Sequence
 import typer
 
 from pid_trt.cli.errors import exit_code, one_line
-from pid_trt.cli.progress import failure_line, finish, render_summary, run_with_progress
-from pid_trt.jobs import Job, JobResult, Outcome, Problem, RunEvents, Summary, output_exists, run_jobs, shard
+from pid_trt.cli.progress import ProgressBar, RankErrors, render_summary, summary_exit_code
+from pid_trt.jobs import Job, JobResult, Problem, Summary, output_exists, run_jobs, shard
 from pid_trt.jobs.distributed import (
     RankGroup,
     World,
@@ -42,17 +41,6 @@ def join_world(threads: int | None) -> World:
     return world
 
 
-class RankErrors(RunEvents):
-    """A rank other than 0: its failures on stderr as they happen, nothing else."""
-
-    def __init__(self, rank: int) -> None:
-        self.rank = rank
-
-    def finished(self, result: JobResult) -> None:
-        if result.outcome is Outcome.FAILED:
-            typer.echo(f"error: rank {self.rank}: {failure_line(result)}", err=True)
-
-
 def run_rank(
     world: World,
     label: str,
@@ -69,13 +57,13 @@ def run_rank(
     input) count once, on rank 0; ``exists``: the resume test (:func:`pid_trt.jobs.run_jobs`)."""
     options = dict(skip_existing=skip_existing, concurrency=concurrency, exists=exists)
     if not world.distributed:
-        return run_with_progress(label, jobs, work, problems=problems, **options)
-    mine = shard(jobs, world.rank, world.world_size)
-    if world.is_main:
-        return run_with_progress(
-            f"{label} (rank 0 of {world.world_size})", mine, work, problems=problems, **options
-        )
-    return run_jobs(mine, work, events=RankErrors(world.rank), **options)
+        mine, label_ = list(jobs), label
+    else:
+        mine, label_ = shard(jobs, world.rank, world.world_size), f"{label} (rank 0 of {world.world_size})"
+        if not world.is_main:
+            return run_jobs(mine, work, events=RankErrors(world.rank), **options)
+    with ProgressBar(label_) as bar:
+        return run_jobs(mine, work, problems=problems, events=bar, **options)
 
 
 def describe(result: JobResult) -> tuple[str, int]:
@@ -90,14 +78,12 @@ def gather_run(group: RankGroup, summary: Summary) -> Summary:
 
 
 def finish_run(world: World, summary: Summary, how: str, verb: str = "decoded") -> None:
-    """Report a run (its :func:`gather_run` summary) and exit with its code:
-    :func:`~pid_trt.cli.progress.finish` for one process; for several, the summary printed by
-    rank 0 (``how`` gains ``N ranks``) and every rank exiting with the whole run's code."""
-    if not world.distributed:
-        finish(summary, how, verb)
-        return
+    """Report a run (its :func:`gather_run` summary) and exit with its code: the summary
+    printed by rank 0 (with several, ``how`` gains ``N ranks``), every rank exiting with the
+    whole run's code."""
     if world.is_main:
-        typer.echo(render_summary(summary, f"{how}, {world.world_size} ranks", verb))
-    code = run_exit_code(summary)
+        ranks = f", {world.world_size} ranks" if world.distributed else ""
+        typer.echo(render_summary(summary, how + ranks, verb))
+    code = run_exit_code(summary) if world.distributed else summary_exit_code(summary)
     if code:
         raise typer.Exit(code)

@@ -75,10 +75,28 @@ __all__ = [
     "pid_to_vae",
     "pipeline_class_name",
     "prompt_caption",
+    "quiet_hf_logs",
     "run_ldm",
     "to_pid_frame",
     "vae_to_pid",
 ]
+
+
+def quiet_hf_logs() -> None:
+    """Keep diffusers' / transformers' progress bars and advice lines out of the CLI's output
+    (errors still show)."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"diffusers\..*")
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
 
 
 def load_pipeline(directory: str | os.PathLike[str], device: str = "cpu", dtype: torch.dtype | None = None):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pid_trt.errors import InputFileError
+from pid_trt.input_files import read_text
 from pid_trt.jobs.inputs import Problem, expand_inputs
 
 #: Image suffixes a folder contributes (lower and upper case).
@@ -37,16 +38,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ImageSample]:
     line) for a missing / non-UTF-8 / empty file, a line that is not a JSON object, or one
     without a string ``image`` (``prompt``, when there, must be a string)."""
     what = f"manifest {os.fspath(path)}"
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise InputFileError(f"{what}: file not found") from None
-    except IsADirectoryError:
-        raise InputFileError(f"{what}: is a directory, expected a JSON-lines file") from None
-    except UnicodeDecodeError as exc:
-        raise InputFileError(f"{what}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise InputFileError(f"{what}: cannot be read ({exc.strerror or exc})") from None
+    text = read_text(path, what, "a JSON-lines file")
     base = Path(path).parent
     samples = []
     for number, line in enumerate(text.splitlines(), start=1):

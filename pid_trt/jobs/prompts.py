@@ -11,9 +11,9 @@ import os
 import re
 import unicodedata
 from collections.abc import Sequence
-from pathlib import Path
 
 from pid_trt.errors import ConfigError, InputFileError
+from pid_trt.input_files import read_text
 
 #: Longest slug of a prompt in its folder name (characters; cut at a word boundary).
 SLUG_CHARS = 48
@@ -24,16 +24,7 @@ def read_prompts_file(path: str | os.PathLike[str]) -> list[str]:
     blank lines skipped (a UTF-8 byte-order mark is dropped). InputFileError naming the file
     when it is missing, not UTF-8 or holds no prompt."""
     what = f"prompts file {os.fspath(path)}"
-    try:
-        text = Path(path).read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise InputFileError(f"{what}: file not found") from None
-    except IsADirectoryError:
-        raise InputFileError(f"{what}: is a directory, expected a text file with one prompt a line") from None
-    except UnicodeDecodeError as exc:
-        raise InputFileError(f"{what}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise InputFileError(f"{what}: cannot be read ({exc.strerror or exc})") from None
+    text = read_text(path, what, "a text file with one prompt a line")
     prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise InputFileError(f"{what}: no prompts (expected one prompt a line; blank lines are skipped)")
