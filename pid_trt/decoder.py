@@ -25,19 +25,17 @@ after ``close`` raises :class:`~pid_trt.errors.ConfigError`.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from pid_trt.backends.base import Backend, Conditioning
+from pid_trt.backends.base import Conditioning
 from pid_trt.backends.cache import BackendCache
-from pid_trt.backends.factory import BackendRequest, create_backend
-from pid_trt.buckets import Bucket, check_bucket, output_size
+from pid_trt.backends.factory import BackendRequest
+from pid_trt.buckets import output_size
 from pid_trt.captions import (
     DEFAULT_CAPTION_CACHE,
     TEXT_ENCODER_ENV,  # noqa: F401 - public here since before the cache
@@ -48,9 +46,7 @@ from pid_trt.config import NetConfig
 from pid_trt.errors import ConfigError
 from pid_trt.netspec import NetSpec, build_model, stand_in_caption
 from pid_trt.options import NetOptions, RuntimeOptions
-from pid_trt.tiling import Envelope, SizePlan, TiledDenoiser, TileMode, TileOptions, envelope_for, plan
-
-log = logging.getLogger("pid_trt.decoder")
+from pid_trt.tiling import Envelope, PlanRunner, SizePlan, TileOptions, envelope_for
 
 #: Backends kept per Decoder before the least recently used one is closed.
 DEFAULT_MAX_BACKENDS = 4
@@ -80,7 +76,7 @@ class Decoder:
         self.runtime = runtime.resolved()
         self._request = BackendRequest(spec, self.runtime, model_loader=self._load_model)
         self._backends = BackendCache(max_backends)
-        self._memory_check, self._memory_hint = memory_check, memory_hint
+        self._runner = PlanRunner(self._request, self._backends, self.envelope, memory_check, memory_hint)
         self._lock = threading.Lock()  # guards _model, _closed
         self._model: torch.nn.Module | None = None
         self._model_lock = threading.Lock()
@@ -207,6 +203,7 @@ class Decoder:
         tile_overlap: int | None = None,
         tile_batch: int = 1,
         allow_untrained_size: bool = False,
+        devices: Any = None,
     ) -> torch.Tensor:
         """Decode ``latent`` ([C, h, w] or [B, C, h, w], torch or numpy) into [B, 3, H, W]
         float32 in [-1, 1] on the CPU.
@@ -224,62 +221,44 @@ class Decoder:
         width) pixels; tile_overlap: pixels; tile_batch: tiles per backend call
         (:mod:`pid_trt.tiling`; :meth:`plan` says what a decode will do). A tiled decode runs
         the same sampler with the same full-size noise; ``tiles="1x1"`` equals the one-shot
-        decode exactly.
+        decode exactly. devices: "cuda:0,cuda:1" or a list: tile batches dealt round-robin over
+        one backend per device, run concurrently, blended on this Decoder's device.
         """
         from pid_trt.io import latent_from_tensors, noise_from_tensors
-        from pid_trt.resources import check_decode_memory, run_guarded
+        from pid_trt.resources import run_guarded
         from pid_trt.sampling import draw_noise, sample
 
         self._check_open()
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"steps={steps!r}: expected an integer >= 1")
-        options = TileOptions.create(tiles, tile_size, tile_overlap, tile_batch, allow_untrained_size)
+        tiling = TileOptions.create(tiles, tile_size, tile_overlap, tile_batch, allow_untrained_size, devices)
         if prompt is not None and caption_embedding is not None:
             raise ConfigError("give caption_embedding or prompt, not both")
         lat = latent_from_tensors(latent, caption_embedding, degrade_sigma, self.config)
-        batch = lat.batch
-        height, width = output_size(self.config, lat.latent_hw, size)
-        size_plan = self._plan(height, width, batch, steps, options)  # refuses before memory or weights
+        b, (h, w) = lat.batch, output_size(self.config, lat.latent_hw, size)
+        size_plan = self._runner.plan(h, w, b, steps, tiling)  # refuses before memory or weights
         if prompt is not None:
-            caption = self.encode_prompts(prompt, batch)
+            caption = self.encode_prompts(prompt, b)
         else:
-            caption = lat.caption if lat.caption is not None else stand_in_caption(self.spec, batch, seed)
-        req = self._request
-        mem_device = req.device
-        if not size_plan.tiled:
-            notice = check_bucket(Bucket(height=height, width=width), self.spec.preset)
-            if notice:
-                log.warning(notice)
-            if self._memory_check:
-                check_decode_memory(
-                    self.config, height, width, batch, req.precision.value, mem_device, steps,
-                    load_precision=self._load_precision(), hint=self._memory_hint,
-                )  # fmt: skip
-        elif self._memory_check:
-            self._check_tiled_memory(size_plan)
-        if noise is not None:
-            draws = noise_from_tensors(noise, steps, batch, height, width)
-        else:
-            draws = draw_noise((batch, 3, height, width), steps, seed)
-        cond = Conditioning(lat.latent, caption, lat.degrade_sigma, height, width)
+            caption = lat.caption if lat.caption is not None else stand_in_caption(self.spec, b, seed)
+        self._runner.check_memory(size_plan)
+        draws = (
+            noise_from_tensors(noise, steps, b, h, w)
+            if noise is not None
+            else draw_noise((b, 3, h, w), steps, seed)
+        )
+        cond = Conditioning(lat.latent, caption, lat.degrade_sigma, h, w)
 
         def run() -> torch.Tensor:
-            if size_plan.grid is None:
-                with self._bound(height, width, batch) as backend:
-                    dev = req.torch_device
-                    return sample(backend.bind(cond), [d.to(dev) for d in draws], steps).float().cpu()
-            with self._tile_backends(size_plan) as bind:  # the engine store is checked before CUDA
-                dev = req.torch_device
-                shares = self.runtime.backend_class.shares_sizes
-                denoiser = TiledDenoiser(
-                    size_plan.grid, cond, bind, size_plan.tile_batch, pad_batches=not shares
-                )
-                return sample(denoiser, [d.to(dev) for d in draws], steps).float().cpu()
+            with self._runner.denoiser(
+                size_plan, cond, tiling.devices
+            ) as denoise:  # engines checked before CUDA
+                dev = self._request.torch_device
+                return sample(denoise, [d.to(dev) for d in draws], steps).float().cpu()
 
-        what = f"decode of batch {batch} at {width}x{height}"
-        if size_plan.grid is not None:
-            what += f" in {size_plan.grid.cols}x{size_plan.grid.rows} tiles"
-        return run_guarded(run, what, mem_device)
+        grid = size_plan.grid
+        tiled = "" if grid is None else f" in {grid.cols}x{grid.rows} tiles"
+        return run_guarded(run, f"decode of batch {b} at {w}x{h}{tiled}", self._request.device)
 
     def plan(
         self,
@@ -293,82 +272,27 @@ class Decoder:
         tile_overlap: int | None = None,
         tile_batch: int = 1,
         allow_untrained_size: bool = False,
+        devices: Any = None,
     ) -> SizePlan:
         """What :meth:`decode` with these keywords does for a ``width`` x ``height`` output of
         ``batch`` images: one shot or tiles, the engines, both ways' cost
         (:class:`pid_trt.tiling.SizePlan`; ``render()`` prints it). Reads no weights."""
         self._check_open()
-        options = TileOptions.create(tiles, tile_size, tile_overlap, tile_batch, allow_untrained_size)
-        return self._plan(height, width, batch, steps, options)
+        tiling = TileOptions.create(tiles, tile_size, tile_overlap, tile_batch, allow_untrained_size, devices)
+        return self._runner.plan(height, width, batch, steps, tiling)
 
-    def _load_precision(self) -> str | None:
-        """The width weights are staged in (torch on the CPU materialises fp32)."""
-        shares = self.runtime.backend_class.shares_sizes
-        return "fp32" if shares and self._request.device == "cpu" else None
-
-    def _plan(self, height: int, width: int, batch: int, steps: int, options: TileOptions) -> SizePlan:
-        from pid_trt.resources import available_memory
-
-        memory_free = None
-        if options.mode is TileMode.AUTO and self._memory_check:
-            avail = available_memory(self._request.device)
-            memory_free = None if avail is None else avail.free_bytes
-        return plan(
-            self.config, height, width, options, envelope=self.envelope, batch=batch, steps=steps,
-            precision=self._request.precision, load_precision=self._load_precision(), memory_free=memory_free,
-        )  # fmt: skip
-
-    def _check_tiled_memory(self, size_plan: SizePlan) -> None:
-        """ResourceError (one line) when the tiled decode's estimate exceeds the free memory."""
-        from pid_trt.errors import ResourceError
-        from pid_trt.resources import available_memory
-
-        avail = available_memory(self._request.device)
-        need = size_plan.cost.memory.total
-        if avail is None or need <= avail.free_bytes:
-            return
-        g = size_plan.grid
-        assert g is not None
-        raise ResourceError(
-            f"tiled decode of batch {size_plan.batch} at {size_plan.width}x{size_plan.height} ({g.count} tiles of "
-            f"{g.tile_width}x{g.tile_height}, tile batch {size_plan.tile_batch}) needs about {need / 2**30:.1f} GiB "
-            f"but {avail.kind.value} has {avail.free_bytes / 2**30:.1f} GiB available ({avail.source}); "
-            f"use a smaller --tile-batch or --tile-size; {self._memory_hint}"
-        )
-
-    @contextmanager
-    def _tile_backends(self, size_plan: SizePlan) -> Iterator[Any]:
-        """Hold the backend of every tile shape for the decode (in key order, so concurrent
-        decodes cannot deadlock); yields the binder a :class:`TiledDenoiser` calls."""
-        shares = self.runtime.backend_class.shares_sizes
-        keys = sorted({(e.height, e.width, e.batch) for e in size_plan.engines})
-        with ExitStack() as stack:
-            if shares:
-                backend = stack.enter_context(self._bound(*keys[0]))
-
-                def bind(cond: Conditioning) -> Any:
-                    return backend.bind(cond)
-
-            else:
-                held = {key: stack.enter_context(self._bound(*key)) for key in keys}
-
-                def bind(cond: Conditioning) -> Any:
-                    return held[(cond.height, cond.width, cond.batch)].bind(cond)
-
-            yield bind
+    def denoiser(self, size_plan: SizePlan, cond: Conditioning, devices: Sequence[str] = ()) -> Any:
+        """The denoiser :meth:`decode` runs for ``cond`` under ``size_plan`` (one shot: the
+        backend's; tiled: a :class:`pid_trt.tiling.TiledDenoiser`), as a context manager that
+        holds its backends: ``with dec.denoiser(plan, cond) as den: sample(den, noise, 4)``."""
+        self._check_open()
+        return self._runner.denoiser(size_plan, cond, devices)
 
     def backend(self, height: int, width: int, batch: int = 1) -> Any:
         """The cached backend for one (size, batch), created if needed, as a context manager
         that holds its lock: ``with dec.backend(h, w, b) as be: be.bind(cond) ...``."""
         self._check_open()
-        return self._bound(height, width, batch)
-
-    @contextmanager
-    def _bound(self, height: int, width: int, batch: int) -> Iterator[Backend]:
-        request = self._request.sized(height, width, batch)
-        key = None if self.runtime.backend_class.shares_sizes else (height, width, batch)
-        with self._backends.use(key, lambda: create_backend(request)) as backend:
-            yield backend
+        return self._runner.bound(height, width, batch)
 
     def cached_sizes(self) -> list[tuple[int, int, int] | None]:
         """Keys of the backends held now, least recently used first (None: a backend that

@@ -6,6 +6,8 @@ blend weights, and the tiled denoiser that runs a grid inside the sampler.
 - :mod:`~pid_trt.tiling.grid`: tiles on the latent grid and their blend weights.
 - :mod:`~pid_trt.tiling.plan`: the policy and both ways' cost (``pidtrt decode --dry-run``).
 - :mod:`~pid_trt.tiling.denoiser`: :class:`TiledDenoiser`, a Denoiser over the full image.
+- :mod:`~pid_trt.tiling.runner`: :class:`PlanRunner`, a plan run against a backend cache
+  (memory checks, backends per tile shape and per ``--devices`` entry).
 """
 
 from pid_trt.tiling.denoiser import TiledDenoiser
@@ -13,10 +15,12 @@ from pid_trt.tiling.envelope import Envelope, envelope_for
 from pid_trt.tiling.grid import Tile, TileGrid, default_overlap, grid_unit, make_grid
 from pid_trt.tiling.options import TileMode, TileOptions
 from pid_trt.tiling.plan import EngineNeed, SizePlan, WayCost, plan, refusal
+from pid_trt.tiling.runner import PlanRunner
 
 __all__ = [
     "EngineNeed",
     "Envelope",
+    "PlanRunner",
     "SizePlan",
     "Tile",
     "TileGrid",

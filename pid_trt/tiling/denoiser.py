@@ -15,11 +15,19 @@ latent crops) to a denoiser; a backend holds one bound batch at a time (TensorRT
 its own buffers), so with more than one batch per step each batch is re-bound at every step
 (the latent adapter and caption projection re-run: a few percent of the work); with exactly
 one batch it is bound once.
+
+Several binders (one backend per device, ``--devices``): batch ``i`` goes to binder
+``i % n``; each binder's batches run in order on its own thread, the binders concurrently,
+and their predictions are blended on ``x``'s device in batch order, so the result is the
+one-binder result bit for bit wherever the backends compute the same numbers. A binder with
+exactly one batch binds it once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -48,7 +56,7 @@ class TiledDenoiser:
 
     grid: the tiles of the ``cond.width`` x ``cond.height`` image; cond: the full decode's
     conditioning (latent [B, C, h, w], caption [B, T, D], degrade_sigma [B]); bind: see
-    :data:`Binder`; tile_batch: tiles per call (>= 1); pad_batches: fill the last batch of
+    :data:`Binder`, or several (one per device: see the module docstring); tile_batch: tiles per call (>= 1); pad_batches: fill the last batch of
     each shape up to the shape's batch by repeating its last tile (backends of one static
     batch: ONNX Runtime, TensorRT), else it runs smaller (torch).
     """
@@ -57,7 +65,7 @@ class TiledDenoiser:
         self,
         grid: TileGrid,
         cond: Conditioning,
-        bind: Binder,
+        bind: Binder | Sequence[Binder],
         tile_batch: int = 1,
         pad_batches: bool = False,
     ) -> None:
@@ -74,10 +82,17 @@ class TiledDenoiser:
                 f"latent {lat_h}x{lat_w} for a {grid.width}x{grid.height} tile grid: expected {need_h}x{need_w} "
                 f"cells ({grid.cell} px per cell)"
             )
-        self.grid, self.cond, self._bind = grid, cond, bind
+        binders = (bind,) if callable(bind) else tuple(bind)
+        if not binders:
+            raise ConfigError("TiledDenoiser: expected at least one binder")
+        self.grid, self.cond, self._binders = grid, cond, binders
         self.tile_batch = tile_batch
         self.batches = self._batches(pad_batches)
-        self._bound: list[Denoiser] | None = None
+        owners = [i % len(binders) for i in range(len(self.batches))]
+        self._owner = tuple(owners)
+        #: batch index -> its denoiser, for the batches whose binder has no other batch (bound once).
+        self._keep = {i for i, k in enumerate(owners) if owners.count(k) == 1}
+        self._bound: dict[int, Denoiser] = {}
         self._weights: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _batches(self, pad: bool) -> tuple[TileBatch, ...]:
@@ -121,18 +136,38 @@ class TiledDenoiser:
         if x.device not in self._weights:
             self._weights[x.device] = tuple(w.to(x.device) for w in self.grid.axis_weights)  # type: ignore[assignment]
         wy, wx = self._weights[x.device]
-        single = len(self.batches) == 1
-        bound = self._bound
-        for i, batch in enumerate(self.batches):
-            denoise = bound[i] if bound is not None else self._bind(batch.cond)
-            if single and self._bound is None:
-                self._bound = bound = [denoise]
-            windows = [
-                x[b : b + 1, :, tile.pixel_window()[0], tile.pixel_window()[1]] for b, tile in batch.units
+        if len(self._binders) == 1:
+            for i, batch in enumerate(self.batches):
+                self._blend(out, batch, self._run(i, x, t), wy, wx)
+            return out
+        with ExitStack() as stack:  # one thread per binder: its batches in order, binders at once
+            pools = [
+                stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix=f"pid-tiles-{k}"))
+                for k in range(len(self._binders))
             ]
-            v = denoise(torch.cat(windows), t).to(device=x.device, dtype=torch.float32)
-            for j, (b, tile) in enumerate(batch.units[: batch.real]):
-                ys, xs = tile.pixel_window()
-                weight = wy[tile.row, ys][:, None] * wx[tile.col, xs][None, :]
-                out[b, :, ys, xs] += v[j] * weight
+            futures: list[Future] = [
+                pools[self._owner[i]].submit(self._run, i, x, t) for i in range(len(self.batches))
+            ]
+            for i, batch in enumerate(self.batches):
+                self._blend(out, batch, futures[i].result(), wy, wx)
         return out
+
+    def _run(self, i: int, x: torch.Tensor, t: float) -> torch.Tensor:
+        """Batch ``i``'s velocities [batch, 3, h, w] float32 on ``x``'s device."""
+        batch = self.batches[i]
+        denoise = self._bound.get(i)
+        if denoise is None:
+            denoise = self._binders[self._owner[i]](batch.cond)
+            if i in self._keep:
+                self._bound[i] = denoise
+        windows = [x[b : b + 1, :, tile.pixel_window()[0], tile.pixel_window()[1]] for b, tile in batch.units]
+        return denoise(torch.cat(windows), t).to(device=x.device, dtype=torch.float32)
+
+    @staticmethod
+    def _blend(
+        out: torch.Tensor, batch: TileBatch, v: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor
+    ) -> None:
+        for j, (b, tile) in enumerate(batch.units[: batch.real]):
+            ys, xs = tile.pixel_window()
+            weight = wy[tile.row, ys][:, None] * wx[tile.col, xs][None, :]
+            out[b, :, ys, xs] += v[j] * weight

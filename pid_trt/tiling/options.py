@@ -10,6 +10,11 @@ image and the net (latent grid, tile vs image) are :func:`pid_trt.tiling.grid.ma
 - ``COLSxROWS``: that grid of tiles, whatever the size. Without a tile size the tiles split
   the image evenly with the given overlap; with one, they are spread evenly over the image
   (a grid that leaves a gap is refused).
+
+``--devices cpu,cuda:0,...`` spreads the tile batches of one decode over one backend per
+device (round-robin, concurrently); the predictions are blended on the decode's device. It
+needs tiles: with ``--tiles off`` it is refused; a decode that ``auto`` runs in one shot runs
+on the decode's own device.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from pid_trt.backends.registry import check_device
 from pid_trt.errors import ConfigError
 
 
@@ -64,6 +70,21 @@ def parse_tiles(value: Any) -> tuple[TileMode, tuple[int, int] | None]:
     return TileMode.GRID, (cols, rows)
 
 
+def parse_devices(value: Any) -> tuple[str, ...]:
+    """``cpu,cuda:0,cuda:1`` (or a sequence of names, or None / "") -> the device names,
+    each ``cpu`` | ``cuda`` | ``cuda:N`` (lower-cased); a repeated name is kept (one backend each)."""
+    if value is None:
+        return ()
+    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else list(value)
+    if isinstance(value, str) and not value.strip():
+        return ()
+    if not parts or any(not isinstance(p, str) or not p for p in parts):
+        raise ConfigError(
+            f"--devices {value!r}: expected device names separated by commas, e.g. cuda:0,cuda:1"
+        )
+    return tuple(check_device(p, "--devices") for p in parts)
+
+
 def parse_tile_size(value: Any) -> tuple[int, int]:
     """``WxH`` (pixels), N (square) or (height, width) -> (height, width)."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -85,7 +106,9 @@ class TileOptions:
     grid: (cols, rows) for :attr:`TileMode.GRID`; tile_size: (height, width) pixels or None
     (auto: a trained size; grid: split evenly); overlap: minimum overlap of neighbouring tiles
     in pixels, None for the default (:func:`pid_trt.tiling.grid.default_overlap`); batch:
-    tiles per backend call; allow_untrained_size: one shot outside the envelope (auto and off).
+    tiles per backend call; allow_untrained_size: one shot outside the envelope (auto and off);
+    devices: the devices the tile batches are dealt over, one backend each (empty: the
+    decode's own device).
     """
 
     mode: TileMode = TileMode.AUTO
@@ -94,6 +117,7 @@ class TileOptions:
     overlap: int | None = None
     batch: int = 1
     allow_untrained_size: bool = False
+    devices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.mode is TileMode.GRID) != (self.grid is not None):
@@ -109,6 +133,8 @@ class TileOptions:
                 for name, v in (("--tile-size", self.tile_size), ("--tile-overlap", self.overlap))
                 if v is not None
             ]
+            if self.devices:
+                given.append("--devices")
             if given:
                 raise ConfigError(
                     f"{' and '.join(given)} with --tiles off: expected --tiles auto or COLSxROWS"
@@ -122,13 +148,14 @@ class TileOptions:
         tile_overlap: int | None = None,
         tile_batch: int = 1,
         allow_untrained_size: bool = False,
+        devices: Any = None,
     ) -> TileOptions:
         """From the CLI's / :meth:`pid_trt.Decoder.decode`'s keywords (strings or values)."""
         mode, grid = parse_tiles(tiles)
         size = None if tile_size is None else parse_tile_size(tile_size)
         if not isinstance(allow_untrained_size, bool):
             raise ConfigError(f"allow_untrained_size={allow_untrained_size!r}: expected True or False")
-        return cls(mode, grid, size, tile_overlap, tile_batch, allow_untrained_size)
+        return cls(mode, grid, size, tile_overlap, tile_batch, allow_untrained_size, parse_devices(devices))
 
     def describe(self) -> str:
         """The options as CLI flags, e.g. ``--tiles 3x2 --tile-overlap 256 --tile-batch 2``."""
@@ -141,4 +168,6 @@ class TileOptions:
         out.append(f"--tile-batch {self.batch}")
         if self.allow_untrained_size:
             out.append("--allow-untrained-size")
+        if self.devices:
+            out.append(f"--devices {','.join(self.devices)}")
         return " ".join(out)
