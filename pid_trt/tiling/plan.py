@@ -301,43 +301,57 @@ def plan(
         assert envelope is not None
         raise ConfigError(refusal(height, width, envelope))
     one = one_shot_cost(config, height, width, batch, steps, precision, load, gpu)
-    fits = memory_free is None or one.memory.total <= memory_free
-    size = f"{width}x{height}"
+    args = (config, height, width, options, batch, steps, precision, load, memory_free, gpu)
+    grid, reason = _decide(args, envelope, inside, one)
+    if grid is None:
+        needs: tuple[EngineNeed, ...] = (EngineNeed(height, width, batch, batch),)
+        cost = None
+    else:
+        needs = engine_needs(grid, batch, options.batch)
+        cost = tiled_cost(config, grid, batch, options.batch, steps, precision, load, gpu)
+    return SizePlan(
+        height, width, batch, steps, precision, envelope, inside, reason, grid, options.batch, needs, one, cost, gpu
+    )  # fmt: skip
+
+
+def _decide(
+    args: tuple, envelope: Envelope | None, inside: bool, one: WayCost
+) -> tuple[TileGrid | None, str]:
+    """(grid or None for one shot, the reason) by the options' mode; ``args``: the
+    :func:`_auto_tiles` arguments before ``envelope``."""
+    config, height, width, options, _b, _s, _p, _l, memory_free, _g = args
     where = (
         "no trained sizes are known for this net"
         if envelope is None
-        else f"{size} is {'inside' if inside else 'outside'} the trained sizes"
+        else f"{width}x{height} is {'inside' if inside else 'outside'} the trained sizes"
     )
-
-    def finish(grid: TileGrid | None, reason: str) -> SizePlan:
-        if grid is None:
-            needs: tuple[EngineNeed, ...] = (EngineNeed(height, width, batch, batch),)
-            cost = None
-        else:
-            needs = engine_needs(grid, batch, options.batch)
-            cost = tiled_cost(config, grid, batch, options.batch, steps, precision, load, gpu)
-        return SizePlan(
-            height, width, batch, steps, precision, envelope, inside, reason, grid, options.batch, needs,
-            one, cost, gpu,
-        )  # fmt: skip
-
+    forced = "" if inside else " (--allow-untrained-size)"
     if options.mode is TileMode.OFF:
-        forced = "" if inside else " (--allow-untrained-size)"
-        return finish(None, f"--tiles off; {where}{forced}")
+        return None, f"--tiles off; {where}{forced}"
     if options.mode is TileMode.GRID:
         grid = make_grid(config, height, width, options.tile_size, options)
-        return finish(grid, f"--tiles {options.grid[0]}x{options.grid[1]}; {where}")  # type: ignore[index]
-    # auto
+        return grid, f"--tiles {options.grid[0]}x{options.grid[1]}; {where}"
     for_quality = not (inside or options.allow_untrained_size)
-    if not for_quality and fits:
-        forced = "" if inside else " (--allow-untrained-size)"
-        return finish(None, f"{where}{forced}")
+    if not for_quality and (memory_free is None or one.memory.total <= memory_free):
+        return None, f"{where}{forced}"
     why = where if for_quality else (
         f"a one-shot decode needs about {one.memory.total / _GIB:.1f} GiB, more than the "
-        f"{memory_free / _GIB:.1f} GiB available"  # type: ignore[operator]
+        f"{memory_free / _GIB:.1f} GiB available"
     )  # fmt: skip
     if options.tile_size is not None:
-        return finish(make_grid(config, height, width, options.tile_size, options), why)
+        return make_grid(config, height, width, options.tile_size, options), why
+    grid, reason = _auto_tiles(*args, envelope, for_quality)
+    return grid, (f"{why}; {reason}" if grid is not None else f"{where}; {reason}")
+
+
+def _auto_tiles(
+    config: NetConfig, height: int, width: int, options: TileOptions, batch: int, steps: int,
+    precision: Precision, load: Precision | None, memory_free: int | None, gpu: str,
+    envelope: Envelope | None, for_quality: bool,
+) -> tuple[TileGrid | None, str]:  # fmt: skip
+    """``--tiles auto`` where tiles are wanted: (the grid, why that tile) or (None: one shot,
+    why no tile does). With an envelope: the trained size whose grid has the least FLOP among
+    those that fit the memory; without one (tiles for memory only): the largest square that fits."""
     if envelope is not None:
         best: tuple[float, int, TileGrid] | None = None
         for tile in _candidates(config, height, width, envelope):
@@ -345,30 +359,22 @@ def plan(
             cost = tiled_cost(config, grid, batch, options.batch, steps, precision, load, gpu)
             if memory_free is not None and cost.memory.total > memory_free:
                 continue
-            key = (cost.flops, grid.count)
-            if best is None or key < best[:2]:
+            if best is None or (cost.flops, grid.count) < best[:2]:
                 best = (cost.flops, grid.count, grid)
         if best is not None:
             g = best[2]
-            return finish(
-                g, f"{why}; tiles of {g.tile_width}x{g.tile_height}, the trained size with the least FLOP"
-            )
+            return g, f"tiles of {g.tile_width}x{g.tile_height}, the trained size with the least FLOP"
         if for_quality:  # nothing fits the memory: the smallest trained tile (the memory check refuses it)
             tile = min(_candidates(config, height, width, envelope), key=lambda t: t[0] * t[1])
-            return finish(
-                make_grid(config, height, width, tile, options), f"{why}; no tile batch fits the memory"
-            )
-        return finish(None, f"{where}; no tile batch fits the memory either")
-    # no envelope: tiles only for memory, the largest square tile whose decode fits
+            return make_grid(config, height, width, tile, options), "no tile batch fits the memory"
+        return None, "no tile batch fits the memory either"
     assert memory_free is not None
     tile = _largest_fitting_tile(
         config, height, width, options, batch, steps, precision, load, memory_free, gpu
     )
     if tile is None:  # one shot: its memory check says what would fit
-        return finish(None, f"{where}; no tile batch fits the memory either")
-    return finish(
-        make_grid(config, height, width, tile, options), f"{why}; tiles of the largest square that fits"
-    )
+        return None, "no tile batch fits the memory either"
+    return make_grid(config, height, width, tile, options), "tiles of the largest square that fits"
 
 
 def _largest_fitting_tile(
