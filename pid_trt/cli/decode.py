@@ -11,7 +11,7 @@ from pid_trt.cli.errors import cli_errors, warn
 from pid_trt.cli.options import TextDtype, TextEncoder, with_net, with_runtime, with_tiling
 from pid_trt.cli.ranks import THREADS_HELP, join_world
 from pid_trt.errors import ConfigError, InputFileError
-from pid_trt.jobs.decode import DecodeSettings, decode_file
+from pid_trt.jobs.decode import DecodeSettings, decode_exists, decode_file
 from pid_trt.jobs.distributed import RankGroup, World
 from pid_trt.options import NetOptions, RuntimeOptions
 
@@ -77,6 +77,17 @@ def decode(
         help="Print the plan (one shot or tiles, engines, cost) and exit; reads no weights.",
     ),
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+    compare_vae: bool = typer.Option(
+        False,
+        "--compare-vae",
+        help="Also decode each latent with the LDM's own VAE (--vae): <out>_vae.png, <out>_compare.png (VAE "
+        "upscaled | PiD), <out>_compare.json (colour drift); many files: compare_vae.json beside them.",
+    ),
+    vae: Path | None = typer.Option(
+        None,
+        "--vae",
+        help="The LDM's diffusers VAE folder (or a pipeline folder with vae/) for --compare-vae.",
+    ),
 ) -> None:
     """Decode latent file(s) into image(s): one file, or many (directories, globs) with a progress bar.
     Under torchrun each process decodes its share of the files on its own GPU (README, 'Batch jobs')."""
@@ -87,10 +98,16 @@ def decode(
         raise ConfigError("--prompt and --caption exclude each other: pass one")
     settings = DecodeSettings(tuple(prompt), caption, size, noise, seed, steps, tiling)
     if server is not None:
-        _refuse_local_options(net, runtime, settings, text_encoder, dry_run)
+        _refuse_local_options(net, runtime, settings, text_encoder, dry_run, compare_vae or vae is not None)
         _decode_remote(world, latent, output, server, settings, skip_existing, concurrency, timeout)
         return
-    loaded = _loader(net, _rank_runtime(world, runtime), text_encoder, text_dtype, no_memory_check)
+    runtime = _rank_runtime(world, runtime)
+    if not dry_run:
+        from pid_trt.integrations.vae_beside import vae_beside
+
+        beside = vae_beside(compare_vae, vae, net, str(runtime.resolved().device))
+        settings = dataclasses.replace(settings, beside=beside)
+    loaded = _loader(net, runtime, text_encoder, text_dtype, no_memory_check)
     if dry_run:
         if world.is_main:
             _dry_run(latent, net, settings, loaded)
@@ -103,9 +120,14 @@ def decode(
                 decoder, latent[0], output, settings,
                 on_start=(lambda: warn(RANDOM_WEIGHTS_WARNING.format("image", "s"))) if random else None,
             )  # fmt: skip
+        d = (done.beside or {}).get("colour_drift")
+        drift = (
+            f"; PiD vs VAE: chroma {d['mean_chroma_shift']:+.2f}, green-magenta {d['green_magenta_bias']:+.2f}, "
+            f"delta E {d['mean_delta_e']:.2f} (CIELAB)" if d else ""
+        )  # fmt: skip
         typer.echo(
             f"wrote {', '.join(map(str, done.written))} ({done.width}x{done.height}, batch {done.batch}, "
-            f"{steps} steps, {decoder.backend_name}) in {done.seconds:.2f} s"
+            f"{steps} steps, {decoder.backend_name}{drift}) in {done.seconds:.2f} s"
         )
 
 
@@ -205,9 +227,15 @@ def _decode_many(world: World, latent, output, settings: DecodeSettings, skip_ex
                 warn(RANDOM_WEIGHTS_WARNING.format("images", ""))
             summary = run_rank(
                 world, "decode", planned, lambda job: decode_file(decoder, job.source, job.output, settings),
-                skip_existing=skip_existing, problems=problems,
+                skip_existing=skip_existing, problems=problems, exists=decode_exists(settings),
             )  # fmt: skip
-        finish_run(world, gather_run(group, summary), decoder.backend_name)
+        summary, how = gather_run(group, summary), decoder.backend_name
+        if settings.beside is not None and world.is_main:
+            from pid_trt.integrations.vae_beside import write_run_manifest
+
+            path, _ = write_run_manifest(settings.beside, planned, summary.results, decoder, summary.seconds)
+            how += f"; VAE beside PiD, manifest {path}"
+        finish_run(world, summary, how)
 
 
 def _decode_remote(
@@ -231,7 +259,9 @@ def _decode_remote(
         finish_run(world, gather_run(group, summary), f"server {server}")
 
 
-def _refuse_local_options(net, runtime, settings: DecodeSettings, text_encoder, dry_run: bool) -> None:
+def _refuse_local_options(
+    net, runtime, settings: DecodeSettings, text_encoder, dry_run: bool, vae: bool
+) -> None:
     """--server decodes with the server's model and settings: refuse the options that pick local ones."""
     from pid_trt.cli.options import NET_PARAMS, TILING_PARAMS, given_flags
 
@@ -241,7 +271,7 @@ def _refuse_local_options(net, runtime, settings: DecodeSettings, text_encoder, 
         ("--noise", settings.noise_file, None), ("--size", settings.size, None),
         ("--precision", runtime.precision, None), ("--device", runtime.device, None),
         ("--text-encoder", text_encoder, None), ("--steps", settings.steps, default.steps),
-        ("--backend", runtime.backend, "torch"), ("--dry-run", dry_run, False),
+        ("--backend", runtime.backend, "torch"), ("--dry-run", dry_run, False), ("--compare-vae", vae, False),
     ) if value != unset]  # fmt: skip
     given += given_flags(TILING_PARAMS, settings.tiling)
     if given:

@@ -7,10 +7,29 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pid_trt.errors import InputFileError
 from pid_trt.io.caption import caption_for_latent
+from pid_trt.jobs.plan import Job, output_exists
+
+
+class Beside(Protocol):
+    """A second decoder beside PiD on each latent file (the LDM's own VAE:
+    :class:`pid_trt.integrations.vae_beside.VaeBeside`)."""
+
+    def record(self, output: Path) -> Path:
+        """Its record of PiD's output ``output``, written last: there, the file is finished."""
+
+    def check(self, latent: Any, source: Path) -> Any:
+        """Accept the read latent file (:class:`pid_trt.io.LatentFile`) or raise a one-line
+        error, before PiD decodes it; returns what :meth:`write` needs."""
+
+    def write(
+        self, checked: Any, latent: Any, image: Any, output: Path, pid_files: list[Path], pid_seconds: float
+    ) -> tuple[list[Path], dict[str, Any]]:
+        """Decode beside PiD's ``image`` [B, 3, H, W] (written to ``pid_files``), write its
+        files beside ``output``, its record last; returns (paths written, the record)."""
 
 
 @dataclass(frozen=True)
@@ -21,7 +40,8 @@ class DecodeSettings:
     caption_file: a ``pidtrt encode-caption`` file; size: output "WxH" when it is not the
     latent's own; noise_file: a noise file [S, B, 3, H, W] (one file's run only); seed: the
     sampler's noise seed; steps: sampler steps; tiling: :meth:`pid_trt.Decoder.decode`'s
-    tiling keywords (tiles, tile_size, tile_overlap, tile_batch, allow_untrained_size).
+    tiling keywords (tiles, tile_size, tile_overlap, tile_batch, allow_untrained_size);
+    beside: a second decoder beside PiD (``--compare-vae``), or None.
     """
 
     prompt: tuple[str, ...] = ()
@@ -31,17 +51,29 @@ class DecodeSettings:
     seed: int = 0
     steps: int = 4
     tiling: dict[str, Any] = field(default_factory=dict)
+    beside: Beside | None = None
 
 
 @dataclass(frozen=True)
 class Decoded:
-    """What one file's decode wrote: the paths, the output size in pixels, the batch, seconds."""
+    """What one file's decode wrote: the paths, the output size in pixels, the batch, seconds
+    (PiD's decode), and the beside decoder's record (None without one)."""
 
     written: list[Path]
     width: int
     height: int
     batch: int
     seconds: float
+    beside: dict[str, Any] | None = None
+
+
+def decode_exists(settings: DecodeSettings) -> Callable[[Job], bool]:
+    """The ``--skip-existing`` test of a decode job: its output exists
+    (:func:`~pid_trt.jobs.output_exists`), and with a beside decoder its record too."""
+    if settings.beside is None:
+        return output_exists
+    beside = settings.beside
+    return lambda job: output_exists(job) and beside.record(job.output).is_file()
 
 
 def decode_file(
@@ -70,6 +102,8 @@ def decode_file(
     steps = settings.steps
     noise = settings.noise_file
     draws = read_noise_file(noise, steps, lat.batch, height, width) if noise is not None else None
+    beside = settings.beside
+    checked = beside.check(lat, latent) if beside is not None else None
     if on_start is not None:
         on_start()
     start = time.perf_counter()
@@ -78,5 +112,10 @@ def decode_file(
         degrade_sigma=lat.degrade_sigma, seed=settings.seed, noise=draws, size=(height, width), steps=steps,
         **settings.tiling,
     )  # fmt: skip
+    pid_seconds = time.perf_counter() - start
     written = write_images(image, output)
-    return Decoded(written, width, height, lat.batch, time.perf_counter() - start)
+    record = None
+    if beside is not None:
+        more, record = beside.write(checked, lat, image, output, list(written), pid_seconds)
+        written += more
+    return Decoded(written, width, height, lat.batch, time.perf_counter() - start, record)
