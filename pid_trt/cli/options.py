@@ -108,6 +108,14 @@ AllowUntrainedSize = Annotated[
         "--allow-untrained-size", help="Decode in one shot outside the trained sizes (colours may drift)."
     ),
 ]
+TileDevices = Annotated[
+    str | None,
+    typer.Option(
+        "--devices",
+        help="Spread the tiles of a decode over these devices, e.g. cuda:0,cuda:1: one backend each, run at "
+        "once, blended on --device (needs tiles).",
+    ),
+]
 
 # ------------------------------------------------------------------ inputs
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the sampler's noise.")]
@@ -156,6 +164,7 @@ TILING_PARAMS = (
     _param("tile_overlap", TileOverlap, None),
     _param("tile_batch", TileBatch, 1),
     _param("allow_untrained_size", AllowUntrainedSize, False),
+    _param("devices", TileDevices, None),
 )
 
 
@@ -200,13 +209,17 @@ def runtime_options(
 
 def tiling_keywords(
     tiles: str = "auto", tile_size: str | None = None, tile_overlap: int | None = None, tile_batch: int = 1,
-    allow_untrained_size: bool = False,
+    allow_untrained_size: bool = False, devices: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The tiling keywords of :meth:`pid_trt.Decoder.decode` / ``plan`` as given (checked there)."""
-    return {
+    """The tiling keywords of :meth:`pid_trt.Decoder.decode` / ``plan`` as given (checked there);
+    ``devices`` only when given (a command whose bundle has no ``--devices`` passes none)."""
+    out = {
         "tiles": tiles, "tile_size": tile_size, "tile_overlap": tile_overlap, "tile_batch": tile_batch,
         "allow_untrained_size": allow_untrained_size,
     }  # fmt: skip
+    if devices is not None:
+        out["devices"] = devices
+    return out
 
 
 def given_flags(params: tuple[inspect.Parameter, ...], values: dict[str, Any]) -> list[str]:
@@ -218,8 +231,11 @@ def given_flags(params: tuple[inspect.Parameter, ...], values: dict[str, Any]) -
 with_net = _bundle("net", NET_PARAMS, net_options)
 #: ``@with_runtime`` on a command with ``runtime: RuntimeOptions``: typer sees the seven runtime options.
 with_runtime = _bundle("runtime", RUNTIME_PARAMS, runtime_options)
-#: ``@with_tiling`` on a command with ``tiling: dict``: typer sees the five tiling options.
+#: ``@with_tiling`` on a command with ``tiling: dict``: typer sees the six tiling options.
 with_tiling = _bundle("tiling", TILING_PARAMS, tiling_keywords)
+#: The tiling options without ``--devices``, for ``pidtrt serve``, whose ``--devices`` already
+#: places one model instance per GPU (each instance tiles on its own device).
+with_request_tiling = _bundle("tiling", TILING_PARAMS[:5], tiling_keywords)
 
 
 def backbone_enum(text: str | None) -> BackboneName | None:
