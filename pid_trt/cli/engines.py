@@ -2,43 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import typer
 
 from pid_trt.cli.errors import cli_errors
-from pid_trt.cli.options import (
-    ExportDir,
-)
+from pid_trt.cli.options import ExportDir
 
 engines = typer.Typer(help="List, show or remove TensorRT engines in the engine store.", no_args_is_help=True)
 
 EngineDirOpt = typer.Option(Path("engines"), "--engine-dir", help="Engine store.")
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**20:,.1f} MiB"
-
-
-def _net_name(net: dict) -> str:
-    """The preset name whose net config equals ``net``, else ``custom-<hash4>``."""
-    from pid_trt.config import all_presets
-
-    for preset in all_presets():
-        if json.loads(preset.config.to_json()) == net:
-            return preset.name
-    return "custom-" + hashlib.sha256(json.dumps(net, sort_keys=True).encode()).hexdigest()[:4]
-
-
-def _bucket(k: dict) -> str:
-    """``WxH`` of a static engine; ``Wmin-WmaxxHmin-Hmax dynamic`` of a dynamic one."""
-    rng = k.get("range")
-    if isinstance(rng, dict):
-        w, h = rng.get("width") or ["?"] * 3, rng.get("height") or ["?"] * 3
-        return f"{w[0]}-{w[-1]}x{h[0]}-{h[-1]} dynamic"
-    return f"{k.get('width', '?')}x{k.get('height', '?')}"
 
 
 @engines.command("list")
@@ -48,49 +22,20 @@ def list_engines(engine_dir: Path = EngineDirOpt) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pid_trt.stores.store import EngineStore, engine_status
+    from pid_trt.stores.listing import ENGINE_COLUMNS, engine_row, mebibytes
+    from pid_trt.stores.store import EngineStore
 
     entries = EngineStore(engine_dir).list()
     if not entries:
         typer.echo(f"no engines in {engine_dir}")
         return
     table = Table(title=f"engines in {engine_dir}")
-    for col in (
-        "id",
-        "net",
-        "graph",
-        "bucket",
-        "batch",
-        "precision",
-        "flavour",
-        "targets",
-        "size",
-        "created",
-        "status",
-    ):
+    for col in ENGINE_COLUMNS:
         table.add_column(col, overflow="fold")
     for e in entries:
-        status, reason = engine_status(e)
-        k = e.manifest.get("key") if isinstance(e.manifest.get("key"), dict) else {}
-        b = e.manifest.get("build") if isinstance(e.manifest.get("build"), dict) else {}
-        lo, _, hi = (k.get("batch_range") or ["?", "?", "?"])[:3]
-        net = _net_name(k["net_config"]) if isinstance(k.get("net_config"), dict) else "?"
-        table.add_row(
-            e.digest[:12] or "?",
-            net,
-            str(b.get("graph", "?")),
-            _bucket(k),
-            str(lo) if lo == hi else f"{lo}-{hi}",
-            str(k.get("precision", "?")) + (" weightless" if k.get("weightless") else ""),
-            f"{k.get('flavour', '?')} {k.get('trt_version', '?')}",
-            ",".join(map(str, k.get("compute_capabilities") or [])),
-            _size(e.size_bytes),
-            e.created.replace("+00:00", "Z"),
-            status.value + (f": {reason}" if reason else ""),
-        )
+        table.add_row(*engine_row(e))
     Console(width=200).print(table)
-    total = sum(e.size_bytes for e in entries)
-    typer.echo(f"{len(entries)} engine(s), {_size(total)}")
+    typer.echo(f"{len(entries)} engine(s), {mebibytes(sum(e.size_bytes for e in entries))}")
 
 
 @engines.command("rm")

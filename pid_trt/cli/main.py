@@ -25,18 +25,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.command("decode")(decode)
-app.command("build")(build)
-app.command("export")(export)
-app.command("convert")(convert)
-app.command("bench")(bench)
-app.command("sample-latent")(sample_latent)
-app.command("encode-caption")(encode_caption)
-app.command("generate")(generate)
-app.command("encode-image")(encode_image)
-app.command("verify")(verify)
-app.command("serve")(serve)
-app.command("request")(request)
+for _name, _command in (
+    ("decode", decode), ("build", build), ("export", export), ("convert", convert), ("bench", bench),
+    ("sample-latent", sample_latent), ("encode-caption", encode_caption), ("generate", generate),
+    ("encode-image", encode_image), ("verify", verify), ("serve", serve), ("request", request),
+):  # fmt: skip
+    app.command(_name)(_command)
 app.add_typer(engines, name="engines")
 
 

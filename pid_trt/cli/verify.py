@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import shlex
 import sys
-import time
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -62,49 +62,43 @@ def verify(
 ) -> None:
     """Compare a candidate backend with a reference per step and on the image; exit 1 if a figure is out of bound."""
     from pid_trt.errors import BackendUnavailableError
-    from pid_trt.sampling import TIMESCALE
     from pid_trt.verify.inputs import verify_inputs
-    from pid_trt.verify.layers import worst_step_layers
     from pid_trt.verify.metrics import polygraphy_compare
-    from pid_trt.verify.pairs import PairRequest, Side, checks, pair_cannot_run, run_pair
-    from pid_trt.verify.report import build_report, report_header, text_table, write_report
+    from pid_trt.verify.pairs import PairRequest, Side, pair_cannot_run
+    from pid_trt.verify.report import text_table
+    from pid_trt.verify.session import verify_pair
 
     polygraphy_compare()  # a missing Polygraphy is an environment error before any work
     cand, ref = Side.parse(backend, "--backend", device), Side.parse(against, "--against", device)
     pair = f"{cand.label} against {ref.label}"
     reason = pair_cannot_run(cand, ref, device, layers)
     if reason:
-        typer.echo(f"cannot run here: {pair}: {reason}", err=True)
-        raise typer.Exit(EXIT_CANNOT_RUN)
+        _cannot_run(pair, reason)
     spec = net.resolve()
     inputs = verify_inputs(spec, latents, res, size, seeds, batch)
     request = PairRequest(spec, ref, cand, device, steps, engine_dir, export_dir, against_export_dir)
-    start = time.perf_counter()
     try:
-        results = run_pair(request, inputs, on_input=lambda name: typer.echo(f"verify: {name}", err=True))
+        run = verify_pair(
+            request, inputs, layers=layers, on_input=lambda n: typer.echo(f"verify: {n}", err=True)
+        )
     except BackendUnavailableError as exc:
-        typer.echo(f"cannot run here: {pair}: {exc}", err=True)
-        raise typer.Exit(EXIT_CANNOT_RUN) from None
-    bounds = request.bounds
-    found = [c for r in results for c in checks(r, bounds)]
-    typer.echo(
-        f"{pair} ({spec.name}, {len(inputs)} input(s), {steps} steps, {time.perf_counter() - start:.1f} s)"
-    )
-    typer.echo(text_table(results, bounds, found))
-    layer_rep, layer_text = None, None
-    if layers:
-        layer_rep, layer_text = worst_step_layers(request, inputs, results, TIMESCALE)
-        typer.echo("\n" + layer_text)
+        _cannot_run(pair, str(exc))
+    typer.echo(f"{pair} ({spec.name}, {len(inputs)} input(s), {steps} steps, {run.seconds:.1f} s)")
+    typer.echo(text_table(run.results, run.bounds, run.checks))
+    if run.layers_text:
+        typer.echo("\n" + run.layers_text)
     if report is not None:
-        header = report_header(shlex.join(["pidtrt", *sys.argv[1:]]), request, inputs)
-        rep = build_report(header=header, results=results, bounds=bounds, checks=found, layers=layer_rep)
-        written, files = write_report(report, rep, results, bounds, found, layer_text)
-        if files["plot_note"]:
-            warn(files["plot_note"])
+        written, plot_note = run.write(report, shlex.join(["pidtrt", *sys.argv[1:]]))
+        if plot_note:
+            warn(plot_note)
         typer.echo(f"report: {', '.join(str(p) for p in written)}")
-    failed = [c for c in found if not c.ok]
-    if failed:
-        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        typer.echo(f"FAIL: {failed[0].describe()}{more}", err=True)
+    if run.failed:
+        more = f" (and {len(run.failed) - 1} more)" if len(run.failed) > 1 else ""
+        typer.echo(f"FAIL: {run.failed[0].describe()}{more}", err=True)
         raise typer.Exit(EXIT_FAIL)
-    typer.echo(f"PASS: {len(found)} bounded figure(s) inside their bounds")
+    typer.echo(f"PASS: {len(run.checks)} bounded figure(s) inside their bounds")
+
+
+def _cannot_run(pair: str, reason: str) -> NoReturn:
+    typer.echo(f"cannot run here: {pair}: {reason}", err=True)
+    raise typer.Exit(EXIT_CANNOT_RUN)
