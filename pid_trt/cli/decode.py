@@ -105,8 +105,7 @@ def decode(
     if not dry_run:
         from pid_trt.integrations.vae_beside import vae_beside
 
-        beside = vae_beside(compare_vae, vae, net, str(runtime.resolved().device))
-        settings = dataclasses.replace(settings, beside=beside)
+        settings = dataclasses.replace(settings, beside=vae_beside(compare_vae, vae, net, runtime))
     loaded = _loader(net, runtime, text_encoder, text_dtype, no_memory_check)
     if dry_run:
         if world.is_main:

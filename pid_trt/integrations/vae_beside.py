@@ -200,12 +200,13 @@ class VaeBeside:
 
 
 def vae_beside(
-    compare_vae: bool, vae: str | os.PathLike[str] | None, net: Any = None, device: str = "cpu"
+    compare_vae: bool, vae: str | os.PathLike[str] | None, net: Any = None, runtime: Any = None
 ) -> VaeBeside | None:
     """The ``--compare-vae`` / ``--vae DIR`` of ``pidtrt decode``: None without them, else the
     loaded :class:`VaeBeside`; ConfigError for one without the other or a net of no VAE.
     ``net``: the :class:`pid_trt.options.NetOptions` (its preset backbone names the LDM of
-    latent files without metadata); ``device``: the VAE's."""
+    latent files without metadata); ``runtime``: the :class:`pid_trt.options.RuntimeOptions`
+    whose device the VAE runs on (None: the CPU)."""
     if not compare_vae:
         if vae is not None:
             raise ConfigError(f"--vae {os.fspath(vae)} is the LDM's VAE of --compare-vae: add --compare-vae")
@@ -216,6 +217,7 @@ def vae_beside(
             "folder with vae/)"
         )
     backbone = getattr(net, "backbone", None) if getattr(net, "net_config", None) is None else None
+    device = str(runtime.resolved().device) if runtime is not None else "cpu"
     return VaeBeside(vae, str(backbone).lower() if backbone else None, device)
 
 
