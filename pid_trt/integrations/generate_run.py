@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pid_trt.atomic import atomic_write_bytes
+from pid_trt.atomic import atomic_write_bytes, remove_stale_temps
 from pid_trt.errors import InputFileError
 from pid_trt.integrations.colour import SPACE
 from pid_trt.integrations.ldm import LdmSpec, check_decoder_fits, ldm_size, ldm_spec, resolve_capture_steps
@@ -161,7 +161,8 @@ def generate_prompt(
 ) -> dict[str, Any]:
     """Generate one prompt: the LDM once (stopping after the last capture), PiD on each
     capture, the VAE too when ``settings.compare_vae`` (``vae``: the LDM's, e.g. ``pipe.vae``),
-    each file written atomically, the record last. Returns the record (see
+    each file written atomically, the record last (temp files a killed run left in the
+    prompt's folder are removed first, when their writer is gone). Returns the record (see
     :func:`write_run_manifest`). ``pipe_kwargs``: extra pipeline arguments (e.g.
     ``prompt_embeds``)."""
     import torch
@@ -182,6 +183,7 @@ def generate_prompt(
     )  # fmt: skip
     caption = prompt_caption(decoder, outputs.prompt, 1)
     outputs.folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(outputs.folder, lambda name: True, time.time())  # the folder is this prompt's alone
     root = outputs.folder.parent
     files = {c.step: c for c in outputs.captures}
     captures = []

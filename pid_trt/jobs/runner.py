@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.jobs.inputs import Problem
 from pid_trt.jobs.plan import Job, output_exists, split_existing
+from pid_trt.jobs.stale import remove_stale_outputs
 from pid_trt.jobs.summary import JobResult, Outcome, Summary
 
 
@@ -53,7 +54,9 @@ def run_jobs(
     arguments that named no input, counted as failed inputs (an :class:`InputFileError`
     with the problem's message). Ctrl-C (KeyboardInterrupt) or setting ``cancel`` stops
     the run: jobs already running finish, jobs not started are dropped without a result,
-    and the summary says ``interrupted``.
+    and the summary says ``interrupted``. First, the temp files a killed run left for these
+    jobs' outputs are removed (:func:`pid_trt.jobs.stale.remove_stale_outputs`: only those
+    whose writer is gone).
     """
     if concurrency < 1:
         raise ConfigError(f"concurrency {concurrency}: expected at least 1 job at a time")
@@ -69,6 +72,7 @@ def run_jobs(
 
     for problem in problems:
         record(JobResult(problem.arg, Outcome.FAILED, error=InputFileError(problem.message)))
+    remove_stale_outputs(jobs, time.time())  # a killed run's leftovers: only dead writers' temp files
     todo, existing = split_existing(jobs, exists) if skip_existing else (list(jobs), [])
     for job in existing:
         record(JobResult(job.name, Outcome.SKIPPED, job))

@@ -2,7 +2,7 @@
 gloo), as a user starts it: the union of the ranks' outputs is the one-process run's, file for
 file and bit for bit (both with one torch thread a process, so the float sums are the same);
 a rank killed midway leaves only complete files and a restart with --skip-existing decodes
-only the missing ones; RANK without WORLD_SIZE is refused before anything is written."""
+only the missing ones (and removes the dead ranks' temp files); RANK without WORLD_SIZE is refused before anything is written."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pid_trt.atomic import TEMP_PREFIX
+from pid_trt.atomic import TEMP_PREFIX, host_tag
 from pid_trt.config import TINY
 from pid_trt.io import write_latent_file
 
@@ -140,9 +140,12 @@ def test_a_killed_run_restarts_and_decodes_only_what_is_missing(latents, one_pro
     # what is there is complete: each file is the one-process run's
     assert [name for name in before if before[name] != one_process[name]] == []
     mtimes = {name: (out / name).stat().st_mtime_ns for name in before}
+    # a temp file of the killed rank (named as pid_trt.atomic names them) beside whatever it left
+    (out / f"{TEMP_PREFIX}lat{FILES - 1}.png.{ranks[1]}-{host_tag()}.0123abcd").write_bytes(b"half")
 
     res = torchrun("decode", latents, "-o", f"{out}/", *TINY_ARGS, "--skip-existing")
     assert res.returncode == 0, res.stderr
+    assert [p.name for p in out.iterdir() if p.name.startswith(TEMP_PREFIX)] == []  # dead writers' leftovers
     missing = FILES - len(before)
     assert res.stdout.startswith(
         f"decoded {missing}, skipped {len(before)} (output exists), failed 0 of {FILES} in "
