@@ -44,7 +44,9 @@ def parse_target(text: str, precision: str | None, device: str) -> BenchTarget:
 
 @dataclass(frozen=True)
 class BenchCase:
-    """One measured configuration. height / width: output pixels; batch: images per decode."""
+    """One measured configuration. height / width: output pixels; batch: images per decode;
+    tiling: the tiling keywords of :meth:`pid_trt.Decoder.decode` as (name, value) pairs, the
+    decode running as its plan says (:meth:`pid_trt.Decoder.plan`); empty: one shot at any size."""
 
     target: BenchTarget
     height: int
@@ -52,19 +54,28 @@ class BenchCase:
     batch: int
     hoist: bool
     steps: int = 4
+    tiling: tuple[tuple[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["target"] = {"backend": self.target.backend, "precision": self.target.precision.value,
                        "device": self.target.device}  # fmt: skip
+        d["tiling"] = dict(self.tiling)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BenchCase:
         t = d["target"]
         target = BenchTarget(str(t["backend"]), Precision(t["precision"]), t["device"])
+        tiling = tuple(sorted((d.get("tiling") or {}).items()))
         return cls(
-            target, int(d["height"]), int(d["width"]), int(d["batch"]), bool(d["hoist"]), int(d["steps"])
+            target,
+            int(d["height"]),
+            int(d["width"]),
+            int(d["batch"]),
+            bool(d["hoist"]),
+            int(d["steps"]),
+            tiling,
         )
 
 
@@ -74,9 +85,11 @@ def expand_cases(
     batches: list[int],
     hoists: tuple[bool, ...],
     steps: int = 4,
+    tiling: dict[str, Any] | None = None,
 ) -> list[BenchCase]:
     """Every target x size x batch x hoist, in that nesting order (size outermost); a backend
-    that cannot run un-hoisted gets its hoisted variant only."""
+    that cannot run un-hoisted gets its hoisted variant only. With ``tiling`` (decode keywords),
+    each case twice: one shot, then as the tiling options plan it (tiled rows beside one-shot ones)."""
     if not targets or not sizes or not batches or not hoists:
         raise ConfigError("bench: expected at least one backend, size, batch and hoist variant")
     for b in batches:
@@ -87,4 +100,6 @@ def expand_cases(
         mine = hoists if target.can_unhoist else (True,)
         for hoist in dict.fromkeys(mine):
             cases.append(BenchCase(target, h, w, batch, hoist, steps))
+            if tiling:
+                cases.append(BenchCase(target, h, w, batch, hoist, steps, tuple(sorted(tiling.items()))))
     return cases

@@ -65,7 +65,11 @@ class BenchRecord:
     build_s: engine build / export / compile seconds when this run made them, else None;
     setup_s: backend construction seconds (load, export or compile); flop_per_decode: cost
     model FLOP of one decode (hoisted or not, as run); achieved_tflops: flop / p50 seconds;
-    floor_ms / mfu: roofline floor and model FLOP utilisation on a known GPU (None on CPU).
+    floor_ms / mfu: roofline floor and model FLOP utilisation on a known GPU (None on CPU and
+    for tiled rows). tiling: the tiling options the row ran with ("--tiles 2x2 --tile-batch 2"; None:
+    one shot at any size); tiles: the grid of a tiled decode ("COLSxROWS"; None: one shot);
+    tile_size: "WxH" pixels; tile_batch: tiles per backend call; tile_count: tile network
+    evaluations per step (grid tiles x batch); tile_devices: the devices the tiles ran on.
     """
 
     backend: str
@@ -95,6 +99,12 @@ class BenchRecord:
     mfu: float | None = None
     env: Environment | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    tiling: str | None = None
+    tiles: str | None = None
+    tile_size: str | None = None
+    tile_batch: int | None = None
+    tile_count: int | None = None
+    tile_devices: list[str] | None = None
 
     @property
     def ok(self) -> bool:
@@ -102,8 +112,9 @@ class BenchRecord:
 
     @property
     def label(self) -> str:
-        """Short variant name, e.g. ``onnxruntime fp32 no-hoist``."""
-        return f"{self.backend} {self.precision}" + ("" if self.hoisted else " no-hoist")
+        """Short variant name, e.g. ``onnxruntime fp32 no-hoist`` or ``torch fp32 tiles 2x2``."""
+        tiled = f" tiles {self.tiles}" if self.tiles else (" one shot" if self.tiling else "")
+        return f"{self.backend} {self.precision}" + ("" if self.hoisted else " no-hoist") + tiled
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (enums as their values)."""

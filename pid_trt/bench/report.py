@@ -30,7 +30,8 @@ def render_table(records: list[BenchRecord]) -> str:
     """One markdown row per record, skipped / failed ones included with their reason."""
     base = baselines(records)
     gpu = any(r.device_kind == "cuda" and r.ok for r in records)
-    head = ["backend", "precision", "size", "batch", "hoisted", "p50 ms", "p95 ms", "p99 ms", "step p50 ms",
+    tiling = any(r.tiling for r in records)
+    head = ["backend", "precision", "size", "batch", "hoisted"] + (["tiles"] if tiling else []) + ["p50 ms", "p95 ms", "p99 ms", "step p50 ms",
             "images/s", "peak MB", "TFLOP/s"]  # fmt: skip
     if gpu:
         head += ["floor ms", "MFU"]
@@ -39,6 +40,8 @@ def render_table(records: list[BenchRecord]) -> str:
     for r in records:
         b = base.get((r.height, r.width, r.batch))
         cells = [r.backend, r.precision, f"{r.width}x{r.height}", str(r.batch), "yes" if r.hoisted else "no"]
+        if tiling:
+            cells.append(tiles_cell(r))
         lat = r.latency_ms
         cells += [_f(lat.p50 if lat else None), _f(lat.p95 if lat else None), _f(lat.p99 if lat else None)]
         cells += [_f(r.step_ms.p50 if r.step_ms else None), _f(r.images_per_s, "{:.3g}"),
@@ -53,6 +56,14 @@ def render_table(records: list[BenchRecord]) -> str:
         cells.append(status.replace("|", "/"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def tiles_cell(r: BenchRecord) -> str:
+    """How a row decoded: ``one shot``, or ``2x2 of 64x64, tile batch 2, 4 tiles`` (+ devices)."""
+    if not r.tiles:
+        return "one shot"
+    devices = f", on {','.join(r.tile_devices)}" if r.tile_devices else ""
+    return f"{r.tiles} of {r.tile_size}, tile batch {r.tile_batch}, {r.tile_count} tiles{devices}"
 
 
 def render_header(records: list[BenchRecord]) -> str:

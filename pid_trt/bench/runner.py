@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ class Measurement:
     peak_memory_mb: float
     artifacts: Artifacts
     notes: tuple[str, ...] = ()
+    tiles: dict[str, Any] | None = None  # a tiling case's plan: see tiled_figures
 
 
 def seeded_conditioning(config: Any, height: int, width: int, batch: int, seed: int):
@@ -140,6 +141,50 @@ def make_backend(case: BenchCase, spec: Any, engine_dir: Path, export_dir: Path)
         yield backend
 
 
+def tiled_figures(size_plan: Any, devices: Sequence[str]) -> dict[str, Any]:
+    """What a bench record says of a tiling case's plan: grid ("COLSxROWS", None: one shot),
+    tile_size ("WxH"), tile_batch, tile_count (tile evaluations per step), devices, and the tiled
+    decode's FLOP (cost model, hoisted)."""
+    g = size_plan.grid
+    if g is None:
+        return {"grid": None}
+    return {
+        "grid": f"{g.cols}x{g.rows}", "tile_size": f"{g.tile_width}x{g.tile_height}",
+        "tile_batch": size_plan.tile_batch, "tile_count": g.count * size_plan.batch, "devices": list(devices),
+        "flop_per_decode": size_plan.cost.flops,
+    }  # fmt: skip
+
+
+@contextmanager
+def make_denoisers(
+    case: BenchCase, spec: Any, engine_dir: Path, export_dir: Path, cond: Any
+) -> Iterator[tuple[Any, Callable[[], AbstractContextManager[Any]], dict[str, Any] | None]]:
+    """(the one-shot backend or None, a function that opens one decode's denoiser of ``cond``,
+    the tiling case's :func:`tiled_figures` or None), from a :class:`pid_trt.Decoder`. Every
+    backend is created on entry (setup), and each decode binds anew, tiled or not."""
+    from pid_trt.decoder import Decoder
+    from pid_trt.options import RuntimeOptions
+    from pid_trt.tiling import TileOptions
+
+    t = case.target
+    runtime = RuntimeOptions(
+        backend=t.backend, precision=t.precision, device=t.device, engine_dir=engine_dir,
+        export_dir=export_dir, hoist=case.hoist,
+    ).resolved()  # fmt: skip
+    kw = dict(case.tiling)
+    with Decoder(spec, runtime, max_backends=8) as dec:
+        size_plan = dec.plan(case.height, case.width, case.batch, case.steps, **kw) if kw else None
+        if size_plan is not None and size_plan.tiled:
+            devices = TileOptions.create(**kw).devices
+            with dec.denoiser(size_plan, cond, devices):  # creates every tile backend now
+                pass
+            yield None, lambda: dec.denoiser(size_plan, cond, devices), tiled_figures(size_plan, devices)
+            return
+        with dec.backend(case.height, case.width, case.batch) as backend:
+            figures = None if size_plan is None else tiled_figures(size_plan, ())
+            yield backend, lambda: nullcontext(backend.bind(cond)), figures
+
+
 def peak_memory_mb(device: str, engine_device_mb: float | None) -> float:
     """CPU: this process's peak RSS (``ru_maxrss``, MiB). CUDA: torch's peak allocated plus the
     engine memory the backend reports (TensorRT weights + context), MiB."""
@@ -198,12 +243,12 @@ def measure(
     dev = case.target.device
     cuda = dev.startswith("cuda")
     load_before = os.getloadavg()[0]
-    start = time.perf_counter()
     notes: list[str] = []
-    with make_backend(case, spec, engine_dir, export_dir) as backend:
+    cond = seeded_conditioning(spec.config, case.height, case.width, case.batch, seed)
+    start = time.perf_counter()
+    with make_denoisers(case, spec, engine_dir, export_dir, cond) as (backend, open_denoiser, tiles):
         setup_s = time.perf_counter() - start
-        arts = _artifacts(backend, case, spec, export_dir)
-        cond = seeded_conditioning(spec.config, case.height, case.width, case.batch, seed)
+        arts = _artifacts(backend, case, spec, export_dir) if backend is not None else Artifacts()
         noise = draw_noise((case.batch, 3, case.height, case.width), case.steps, seed, dev)
         stamp, elapsed, sync = _clock(cuda)
         first_decode_s = None
@@ -213,7 +258,8 @@ def measure(
             calls: list[tuple[Any, Any]] = []
             t0 = time.perf_counter()
             s0 = stamp()
-            sample(_timed(backend.bind(cond), calls, stamp), noise, case.steps)
+            with open_denoiser() as den:
+                sample(_timed(den, calls, stamp), noise, case.steps)
             s1 = stamp()
             sync()
             if i == 0:
@@ -227,10 +273,18 @@ def measure(
         if case.target.backend == "torch-compile" and warmup == 0:
             notes.append("no warm-up: the first timed decode includes torch.compile")
         ort_threads = None
-        if case.target.backend == "onnxruntime":
+        if case.target.backend == "onnxruntime" and backend is not None:
             ort_threads = backend.step_session.get_session_options().intra_op_num_threads or None
         used_threads = ort_threads or torch.get_num_threads()
         peak = peak_memory_mb(dev, arts.device_mb)
     return Measurement(
-        tuple(decode_ms), tuple(step_ms), setup_s, first_decode_s, used_threads, peak, arts, tuple(notes)
+        tuple(decode_ms),
+        tuple(step_ms),
+        setup_s,
+        first_decode_s,
+        used_threads,
+        peak,
+        arts,
+        tuple(notes),
+        tiles,
     )

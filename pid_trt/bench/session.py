@@ -44,10 +44,11 @@ class BenchSettings:
 
 def plan_cases(
     backends: list[str], precision: str | None, device: str, sizes: list[tuple[int, int]], batches: list[int],
-    hoists: tuple[bool, ...], steps: int = 4,
+    hoists: tuple[bool, ...], steps: int = 4, tiling: dict[str, Any] | None = None,
 ) -> list[BenchCase]:  # fmt: skip
     """The cases of one ``pidtrt bench`` run: each backend (``NAME[:PRECISION][@DEVICE]``) x
-    size x batch x hoist variant; ``device`` "auto" is cuda when torch sees a GPU, else cpu."""
+    size x batch x hoist variant (and, with ``tiling``, one shot and tiled); ``device`` "auto" is
+    cuda when torch sees a GPU, else cpu."""
     from pid_trt.bench.cases import expand_cases, parse_target
 
     if device == "auto":
@@ -55,7 +56,7 @@ def plan_cases(
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     targets = list(dict.fromkeys(parse_target(b, precision, device) for b in backends))
-    return expand_cases(targets, sizes, batches, hoists, steps)
+    return expand_cases(targets, sizes, batches, hoists, steps, tiling)
 
 
 def unavailable_reason(case: BenchCase) -> str | None:
@@ -94,7 +95,17 @@ def _base_record(case: BenchCase, env: Environment, status: Status, reason: str 
         backend=t.backend, precision=t.precision.value, height=case.height, width=case.width,
         batch=case.batch, steps=case.steps, hoisted=case.hoist, device=env.device,
         device_kind=env.device_kind, status=status, reason=reason, env=env,
+        tiling=_tiling_flags(case),
     )  # fmt: skip
+
+
+def _tiling_flags(case: BenchCase) -> str | None:
+    """A tiling case's options as CLI flags (``--tiles 2x2 --tile-batch 2``); None: one shot."""
+    if not case.tiling:
+        return None
+    from pid_trt.tiling import TileOptions
+
+    return TileOptions.create(**dict(case.tiling)).describe()
 
 
 def _cost_fields(case: BenchCase, config: Any, p50_ms: float, env: Environment) -> dict[str, Any]:
@@ -136,7 +147,16 @@ def to_record(case: BenchCase, result: dict[str, Any], env: Environment, config:
         build_s=build_s if build_s is not None else arts.get("build_s"), setup_s=result.get("setup_s"),
         notes=tuple(notes),
     )  # fmt: skip
-    return replace(rec, **_cost_fields(case, config, lat.p50, env))
+    rec = replace(rec, **_cost_fields(case, config, lat.p50, env))
+    tiles = result.get("tiles")
+    if not tiles or tiles.get("grid") is None:
+        return rec
+    flop = tiles["flop_per_decode"]  # the tiled decode's own FLOP (the cost model's, hoisted)
+    return replace(
+        rec, tiles=tiles["grid"], tile_size=tiles["tile_size"], tile_batch=tiles["tile_batch"],
+        tile_count=tiles["tile_count"], tile_devices=tiles["devices"] or None, flop_per_decode=flop,
+        achieved_tflops=flop / (lat.p50 / 1e3) / 1e12, floor_ms=None, mfu=None,
+    )  # fmt: skip
 
 
 def run_bench(

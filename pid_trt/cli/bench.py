@@ -8,7 +8,15 @@ import typer
 
 from pid_trt.buckets import parse_size
 from pid_trt.cli.errors import cli_errors
-from pid_trt.cli.options import EngineDir, ExportDir, PrecisionName, with_net
+from pid_trt.cli.options import (
+    TILING_PARAMS,
+    EngineDir,
+    ExportDir,
+    PrecisionName,
+    given_flags,
+    with_net,
+    with_tiling,
+)
 from pid_trt.errors import ConfigError
 from pid_trt.options import NetOptions
 
@@ -22,6 +30,7 @@ def _sizes(size: list[str], res: list[int]) -> list[tuple[int, int]]:
 
 @cli_errors
 @with_net
+@with_tiling
 def bench(
     net: NetOptions,
     size: list[str] = typer.Option([], "--size", help="Output WxH in pixels (repeatable)."),
@@ -65,10 +74,17 @@ def bench(
         [1], "--concurrency", help="--server: clients sending at once (repeatable: one test each)."
     ),
     requests: int = typer.Option(20, "--requests", min=1, help="--server: requests per test."),
+    tiling: dict = None,  # type: ignore[assignment] - --tiles, --tile-size ... (with_tiling)
 ) -> None:
     """Benchmark backends (each case in a fresh process), or print the cost model (--estimate), or
-    load-test a server (--server)."""
+    load-test a server (--server). With tiling options (--tiles 2x2, --tile-size ...), each case is
+    measured in one shot and as those options plan it: tiled rows beside one-shot rows."""
     sizes = _sizes(size, res)
+    tiled = given_flags(TILING_PARAMS, tiling)
+    if tiled and (server is not None or estimate):
+        raise ConfigError(
+            f"{', '.join(tiled)} with {'--server' if server else '--estimate'}: tiling options measure local decodes"
+        )
     if server is not None:
         _bench_server(server, sizes, concurrency, requests, timeout, json_path, markdown_path, title)
         return
@@ -87,13 +103,14 @@ def bench(
 
     net = net.absolute()
     hoists = (True, False) if compare_hoist else (hoist,)
-    cases = plan_cases(backend, dtype, device, sizes, batch, hoists, steps)
+    cases = plan_cases(backend, dtype, device, sizes, batch, hoists, steps, tiling if tiled else None)
     settings = BenchSettings(net, warmup, runs, engine_dir, export_dir, threads, net.weights_seed, timeout)
 
     def progress(case, i, n):
         t = case.target
+        how = " " + " ".join(f"{k}={v}" for k, v in case.tiling) if case.tiling else ""
         typer.echo(f"[{i + 1}/{n}] {t.backend} {t.precision.value}@{t.device} {case.width}x{case.height} "
-                   f"batch {case.batch}{'' if case.hoist else ' no-hoist'}", err=True)  # fmt: skip
+                   f"batch {case.batch}{'' if case.hoist else ' no-hoist'}{how}", err=True)  # fmt: skip
 
     records = run_bench(cases, settings, progress)
     text = render_markdown(records, title)

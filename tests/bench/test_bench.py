@@ -222,3 +222,36 @@ def test_estimate_prints_cost_table_without_running():
 def test_bad_size_is_a_usage_error():
     res = CliRunner().invoke(app, ["bench", "--backbone", "tiny", "--random-weights", "--size", "70x64"])
     assert res.exit_code == 2 and "70x64" in res.output
+
+
+def test_cli_tiled_bench_writes_tiled_rows_beside_one_shot_rows(tmp_path):
+    """--tiles 2x2 --tile-batch 2: each case one shot, then tiled; the tiled row names its grid,
+    tile size, tile batch and tile count; the table has a tiles column."""
+    out = tmp_path / "bench.json"
+    args = ["bench", "--backbone", "tiny", "--random-weights", "--size", "128x96", "--runs", "1", "--warmup", "0",
+            "--device", "cpu", "--tiles", "2x2", "--tile-batch", "2", "--json", str(out)]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    one, tiled = json.loads(out.read_text())["records"]
+    for r in (one, tiled):
+        validate_record(r)
+        assert r["status"] == "ok" and (r["height"], r["width"]) == (96, 128)
+    assert one["tiling"] is None and one["tiles"] is None
+    assert tiled["tiling"] == "--tiles 2x2 --tile-batch 2"
+    assert (tiled["tiles"], tiled["tile_batch"], tiled["tile_count"]) == ("2x2", 2, 4)
+    w, h = map(int, tiled["tile_size"].split("x"))
+    assert (
+        64 <= w < 128 and 48 <= h < 96 and w % 32 == 0 and h % 32 == 0
+    )  # two tiles overlap on the latent grid
+    assert tiled["flop_per_decode"] > one["flop_per_decode"]  # the overlaps are computed twice
+    assert "| tiles |" in res.output and "| one shot |" in res.output
+    assert f"| 2x2 of {tiled['tile_size']}, tile batch 2, 4 tiles |" in res.output
+    rec = BenchRecord.from_dict(tiled)
+    assert rec.label == "torch fp32 tiles 2x2" and rec.tile_count == 4
+
+
+def test_tiling_options_are_refused_with_server_or_estimate():
+    res = CliRunner().invoke(
+        app, ["bench", "--estimate", "--backbone", "flux", "--size", "64x64", "--tiles", "2x2"]
+    )
+    assert res.exit_code != 0 and "--tiles with --estimate" in res.output
