@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from pid_trt.cli.errors import cli_errors, warn
-from pid_trt.cli.options import EngineDir, ExportDir, with_net
+from pid_trt.cli.options import EngineDir, ExportDir, OutputSize, Res, with_net
 from pid_trt.options import NetOptions
 
 
@@ -48,10 +48,8 @@ class _RichProgress:
 @with_net
 def build(
     net: NetOptions = None,  # type: ignore[assignment] - the model options (cli.options.with_net)
-    res: int | None = typer.Option(None, "--res", help="Square output size N (N x N pixels)."),
-    size: str | None = typer.Option(
-        None, "--size", help="Output size WIDTHxHEIGHT in pixels, e.g. 3840x2160."
-    ),
+    res: Res = None,
+    size: OutputSize = None,
     precision: str = typer.Option("bf16", "--precision", help="fp16, bf16, fp8 or fp32 (fp32: parity only)."),
     batch: str | None = typer.Option(
         None,

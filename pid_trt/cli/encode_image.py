@@ -11,81 +11,113 @@ once per sigma, a progress bar, failures reported by image, a summary.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from pid_trt import jobs as batch
 from pid_trt.cli.errors import cli_errors
-from pid_trt.cli.ranks import THREADS_HELP, join_world
+from pid_trt.cli.options import TextDtype
+from pid_trt.cli.ranks import Threads, join_world
 from pid_trt.errors import ConfigError, InputFileError
 
-
-@cli_errors
-def encode_image(
-    images: list[str] | None = typer.Argument(
-        None,
-        help="Images, folders (their images) or quoted glob patterns (centre-cropped to multiples of 16).",
+ImagesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Images, folders (their images) or quoted glob patterns (centre-cropped to multiples of 16)."
     ),
-    vae: Path | None = typer.Option(
-        None,
+]
+Vae = Annotated[
+    Path | None,
+    typer.Option(
         "--vae",
         help="Local diffusers VAE folder, or a pipeline folder with a vae/ subfolder (the diffusers LDMs).",
     ),
-    backbone: str = typer.Option(
-        ...,
+]
+Backbone = Annotated[
+    str,
+    typer.Option(
         "--backbone",
         help="flux, flux2, sd3, sdxl, qwenimage, zimage or zimage_turbo (the VAE's LDM), "
         "or dinov2 / siglip (a representation encoder, --encoder).",
     ),
-    output: Path = typer.Option(
-        ...,
+]
+Output = Annotated[
+    Path,
+    typer.Option(
         "-o",
         "--output",
         help="Latent file (.safetensors); for several images a folder or a pattern ({stem}, {name}, "
         "{parent}, {index}).",
     ),
-    encoder: Path | None = typer.Option(
-        None,
+]
+Encoder = Annotated[
+    Path | None,
+    typer.Option(
         "--encoder",
         help="dinov2 / siglip: local transformers folder of DINOv2-B with registers or SigLIP-2 So400M/14-224.",
     ),
-    rae_stats: Path | None = typer.Option(
-        None,
+]
+RaeStats = Annotated[
+    Path | None,
+    typer.Option(
         "--rae-stats",
         help="dinov2: RAE latent statistics (upstream's stat.pt, or safetensors with mean and var).",
     ),
-    manifest: list[Path] | None = typer.Option(
-        None,
+]
+Manifest = Annotated[
+    list[Path] | None,
+    typer.Option(
         "--manifest",
         help='JSON-lines file, one {"image": PATH, "prompt": TEXT} a line (repeatable); after the arguments.',
     ),
-    degrade_sigma: list[str] | None = typer.Option(
-        None,
+]
+DegradeSigma = Annotated[
+    list[str] | None,
+    typer.Option(
         "--degrade-sigma",
         help="Noise level(s) in [0, 1] (0: clean), stored with each latent; repeat it or give a list "
         "(0,0.2,0.4): one latent per sigma, named <name>_sigma<σ>.safetensors when several.",
     ),
-    seed: int = typer.Option(
-        0, "--seed", help="Seed of that noise (image i of a run uses seed + i, as upstream)."
-    ),
-    prompt: str | None = typer.Option(
-        None, "--prompt", help="Caption of the images without a manifest prompt (with --text-encoder)."
-    ),
-    text_encoder: Path | None = typer.Option(
-        None,
+]
+Seed = Annotated[
+    int, typer.Option("--seed", help="Seed of that noise (image i of a run uses seed + i, as upstream).")
+]
+Prompt = Annotated[
+    str | None,
+    typer.Option("--prompt", help="Caption of the images without a manifest prompt (with --text-encoder)."),
+]
+TextEncoder = Annotated[
+    Path | None,
+    typer.Option(
         "--text-encoder",
         help="Local Gemma-2-2B-it directory: store each image's caption embedding with its latents.",
     ),
-    text_dtype: str | None = typer.Option(
-        None,
-        "--text-dtype",
-        help="Caption encoder precision: fp32 or bf16 (default: bf16 on cuda, fp32 on cpu).",
-    ),
-    skip_existing: bool = typer.Option(
-        False, "--skip-existing", help="Skip images whose latents exist (resume an interrupted run)."
-    ),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda, for the VAE or encoder."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+]
+SkipExisting = Annotated[
+    bool, typer.Option("--skip-existing", help="Skip images whose latents exist (resume an interrupted run).")
+]
+Device = Annotated[str, typer.Option("--device", help="cpu or cuda, for the VAE or encoder.")]
+
+
+@cli_errors
+def encode_image(
+    images: ImagesArg = None,
+    vae: Vae = None,
+    encoder: Encoder = None,
+    rae_stats: RaeStats = None,
+    manifest: Manifest = None,
+    degrade_sigma: DegradeSigma = None,
+    seed: Seed = 0,
+    prompt: Prompt = None,
+    text_encoder: TextEncoder = None,
+    text_dtype: TextDtype = None,
+    skip_existing: SkipExisting = False,
+    device: Device = "cpu",
+    threads: Threads = None,
+    *,
+    backbone: Backbone,
+    output: Output,
 ) -> None:
     """Encode images into PiD latent files (latent, degrade_sigma; caption with --text-encoder).
     Under torchrun each process encodes its share of the images on its own GPU (README, 'Batch jobs')."""

@@ -9,22 +9,17 @@ from pathlib import Path
 import typer
 
 from pid_trt.cli.errors import cli_errors, warn
-from pid_trt.cli.options import ExportDir, with_net
+from pid_trt.cli.options import ExportDir, OutputSize, Res, with_net
 from pid_trt.options import NetOptions
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:,.1f} MiB"
+from pid_trt.stores.listing import mebibytes
 
 
 @cli_errors
 @with_net
 def export(
     net: NetOptions = None,  # type: ignore[assignment] - the model options (cli.options.with_net)
-    res: int | None = typer.Option(None, "--res", help="Square output size N (N x N pixels)."),
-    size: str | None = typer.Option(
-        None, "--size", help="Output size WIDTHxHEIGHT in pixels, e.g. 3840x2160."
-    ),
+    res: Res = None,
+    size: OutputSize = None,
     precision: str = typer.Option(
         "fp32",
         "--precision",
@@ -92,19 +87,19 @@ def _print_export(spec, plan, key, result, elapsed: float) -> None:
     typer.echo(f"{state}: {result.folder}")
     files = result.manifest.get("build", {}).get("files", {})
     for name, info in sorted(files.items()):
-        typer.echo(f"  {name:<22} {_mib(int(info['bytes'])):>14}  sha256 {info['sha256'][:16]}")
+        typer.echo(f"  {name:<22} {mebibytes(int(info['bytes'])):>14}  sha256 {info['sha256'][:16]}")
     graphs = result.manifest.get("build", {}).get("graphs", {})
     for name, g in sorted(graphs.items()):
         typer.echo(
             f"  {name}: {g['nodes']} nodes, attention {g['attention']} x{g['attention_nodes']}, "
-            f"largest initializer {_mib(int(g['largest_initializer_bytes']))}"
+            f"largest initializer {mebibytes(int(g['largest_initializer_bytes']))}"
         )
     where = f"bucket {bucket.name} (latent {lw}x{lh} cells), batch {batch}"
     if shape_range is not None:
         where = f"range {shape_range.name} (opt {bucket.name} batch {batch})"
     typer.echo(
         f"{where}, {key.precision.value}, "
-        f"total {_mib(result.size_bytes)}; wall {elapsed:.1f} s, peak RSS {_mib(peak_rss_bytes())}"
+        f"total {mebibytes(result.size_bytes)}; wall {elapsed:.1f} s, peak RSS {mebibytes(peak_rss_bytes())}"
     )
 
 

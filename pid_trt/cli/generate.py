@@ -4,27 +4,25 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from pid_trt.cli.errors import cli_errors, warn
 from pid_trt.cli.options import (
-    BackendName,
     Checkpoint,
     CkptType,
-    Device,
-    EngineDir,
-    ExportDir,
     NetConfigFile,
-    PrecisionName,
     RandomWeights,
+    TextDtype,
     WeightsSeed,
     net_options,
-    runtime_options,
+    with_runtime,
 )
-from pid_trt.cli.ranks import THREADS_HELP, join_world
+from pid_trt.cli.ranks import Threads, join_world
 from pid_trt.errors import ConfigError
 from pid_trt.jobs.distributed import World
+from pid_trt.options import RuntimeOptions
 
 
 def _dtype(text: str | None, device: str):
@@ -38,96 +36,139 @@ def _dtype(text: str | None, device: str):
     return table[text]
 
 
-@cli_errors
-def generate(
-    pipeline: Path = typer.Option(
-        ..., "--pipeline", help="Local diffusers pipeline folder (model_index.json)."
+Pipeline = Annotated[
+    Path, typer.Option("--pipeline", help="Local diffusers pipeline folder (model_index.json).")
+]
+Prompt = Annotated[
+    list[str] | None,
+    typer.Option("--prompt", help="Text prompt (the LDM's, and PiD's caption); repeat it for several."),
+]
+PromptsFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--prompts-file", help="Text file, one prompt a line (blank lines skipped); after --prompt."
     ),
-    prompt: list[str] | None = typer.Option(
-        None, "--prompt", help="Text prompt (the LDM's, and PiD's caption); repeat it for several."
-    ),
-    prompts_file: Path | None = typer.Option(
-        None, "--prompts-file", help="Text file, one prompt a line (blank lines skipped); after --prompt."
-    ),
-    output: Path = typer.Option(
-        ...,
+]
+Output = Annotated[
+    Path,
+    typer.Option(
         "-o",
         "--output",
         help="out.png or out.safetensors for one prompt and one capture; else a folder: "
         "OUT/<index>-<slug>/<capture>.png per prompt and capture, and OUT/manifest.json.",
     ),
-    backbone: str | None = typer.Option(
-        None,
+]
+Backbone = Annotated[
+    str | None,
+    typer.Option(
         "--backbone",
         help="The LDM: flux, flux2, flux2_klein, sd3, sdxl, qwenimage, zimage, zimage_turbo "
         "(default: from the pipeline class).",
     ),
-    res: int = typer.Option(2048, "--res", help="Output size in pixels (square); see --size."),
-    size: str | None = typer.Option(None, "--size", help="Output WxH in pixels (instead of --res)."),
-    capture_step: list[int] | None = typer.Option(
-        None,
+]
+Res = Annotated[int, typer.Option("--res", help="Output size in pixels (square); see --size.")]
+Size = Annotated[str | None, typer.Option("--size", help="Output WxH in pixels (instead of --res).")]
+CaptureStep = Annotated[
+    list[int] | None,
+    typer.Option(
         "--capture-step",
         help="Keep the latent after this LDM step (repeatable: one LDM run keeps each; default: upstream's, "
         "e.g. 24 of 28).",
     ),
-    capture_final: bool = typer.Option(
-        False, "--capture-final", help="Also decode the final latent (the LDM runs all its steps)."
-    ),
-    compare_vae: bool = typer.Option(
-        False,
+]
+CaptureFinal = Annotated[
+    bool, typer.Option("--capture-final", help="Also decode the final latent (the LDM runs all its steps).")
+]
+CompareVae = Annotated[
+    bool,
+    typer.Option(
         "--compare-vae",
         help="Also decode each capture with the LDM's own VAE: <capture>_vae.png, <capture>_compare.png "
         "(VAE upscaled | PiD) and PiD's colour drift (CIELAB) in the manifest.",
     ),
-    steps: int | None = typer.Option(
-        None, "--steps", help="LDM steps (default: upstream's for the backbone)."
+]
+Steps = Annotated[
+    int | None, typer.Option("--steps", help="LDM steps (default: upstream's for the backbone).")
+]
+GuidanceScale = Annotated[
+    float | None, typer.Option("--guidance-scale", help="LDM guidance (default: upstream's).")
+]
+Seed = Annotated[
+    int,
+    typer.Option(
+        "--seed", help="Seed of the LDM's noise and of PiD's sampler (prompt i of a run: seed + i)."
     ),
-    guidance_scale: float | None = typer.Option(
-        None, "--guidance-scale", help="LDM guidance (default: upstream's)."
+]
+SaveLatent = Annotated[
+    Path | None,
+    typer.Option(
+        "--save-latent", help="Also write the PiD latent file (pidtrt decode reproduces the image)."
     ),
-    seed: int = typer.Option(
-        0, "--seed", help="Seed of the LDM's noise and of PiD's sampler (prompt i of a run: seed + i)."
+]
+SaveLatents = Annotated[
+    bool,
+    typer.Option(
+        "--save-latents", help="Folder runs: also write each capture's latent file beside its image."
     ),
-    save_latent: Path | None = typer.Option(
-        None, "--save-latent", help="Also write the PiD latent file (pidtrt decode reproduces the image)."
+]
+SkipExisting = Annotated[
+    bool,
+    typer.Option("--skip-existing", help="Skip prompts whose files all exist (resume an interrupted run)."),
+]
+Pid = Annotated[
+    str | None,
+    typer.Option(
+        "--pid", help="PiD preset when not the LDM's own (e.g. tiny, small); see also --net-config."
     ),
-    save_latents: bool = typer.Option(
-        False, "--save-latents", help="Folder runs: also write each capture's latent file beside its image."
-    ),
-    skip_existing: bool = typer.Option(
-        False, "--skip-existing", help="Skip prompts whose files all exist (resume an interrupted run)."
-    ),
-    pid: str | None = typer.Option(
-        None,
-        "--pid",
-        help="PiD preset when not the LDM's own (e.g. tiny, small); see also --net-config.",
-    ),
-    ckpt_type: CkptType = None,
-    checkpoint: Checkpoint = None,
-    net_config: NetConfigFile = None,
-    random_weights: RandomWeights = False,
-    weights_seed: WeightsSeed = 0,
-    text_encoder: str | None = typer.Option(
-        None,
+]
+TextEncoder = Annotated[
+    str | None,
+    typer.Option(
         "--text-encoder",
         envvar="PIDTRT_TEXT_ENCODER",
         show_envvar=True,
         help="Local Gemma-2-2B-it directory for PiD's caption.",
     ),
-    text_dtype: str | None = typer.Option(
-        None, "--text-dtype", help="Caption encoder precision: fp32 or bf16."
+]
+LdmDtype = Annotated[
+    str | None,
+    typer.Option(
+        "--ldm-dtype", help="Pipeline precision: fp32, bf16 or fp16 (default: bf16 on cuda, fp32 on cpu)."
     ),
-    backend: BackendName = "torch",
-    device: Device = None,
-    dtype: PrecisionName = None,
-    ldm_dtype: str | None = typer.Option(
-        None,
-        "--ldm-dtype",
-        help="Pipeline precision: fp32, bf16 or fp16 (default: bf16 on cuda, fp32 on cpu).",
-    ),
-    engine_dir: EngineDir = Path("engines"),
-    export_dir: ExportDir = Path("export"),
-    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+]
+
+
+@cli_errors
+@with_runtime
+def generate(
+    prompt: Prompt = None,
+    prompts_file: PromptsFile = None,
+    backbone: Backbone = None,
+    res: Res = 2048,
+    size: Size = None,
+    capture_step: CaptureStep = None,
+    capture_final: CaptureFinal = False,
+    compare_vae: CompareVae = False,
+    steps: Steps = None,
+    guidance_scale: GuidanceScale = None,
+    seed: Seed = 0,
+    save_latent: SaveLatent = None,
+    save_latents: SaveLatents = False,
+    skip_existing: SkipExisting = False,
+    pid: Pid = None,
+    ckpt_type: CkptType = None,
+    checkpoint: Checkpoint = None,
+    net_config: NetConfigFile = None,
+    random_weights: RandomWeights = False,
+    weights_seed: WeightsSeed = 0,
+    text_encoder: TextEncoder = None,
+    text_dtype: TextDtype = None,
+    runtime: RuntimeOptions = None,
+    ldm_dtype: LdmDtype = None,
+    threads: Threads = None,
+    *,
+    pipeline: Pipeline,
+    output: Output,
 ) -> None:
     """Generate images with a local diffusers pipeline, decoded by PiD from early latents:
     one prompt or many (--prompts-file), one capture or several of one LDM run. Under torchrun
@@ -136,33 +177,50 @@ def generate(
     from pid_trt.integrations.diffusers import pipeline_class_name
     from pid_trt.integrations.generate_run import GenerateSettings
     from pid_trt.integrations.ldm import ldm_for_class_name, ldm_spec
-    from pid_trt.jobs import is_dir_target
     from pid_trt.jobs.prompts import collect_prompts
-    from pid_trt.netspec import resolve_net
 
     # Everything that can be checked is checked before anything loads or is written.
     world = join_world(threads)
     prompts = collect_prompts(prompt or [], [prompts_file] if prompts_file is not None else [])
+    _check_net_flags(pid, net_config, ckpt_type)
+    height, width = parse_size(size) if size is not None else (res, res)
+    run_options = _rank_runtime(world, runtime.resolved())
+    torch_dtype = _dtype(ldm_dtype, run_options.device)
+    ldm = ldm_spec(backbone) if backbone is not None else ldm_for_class_name(pipeline_class_name(pipeline))
+    preset = None if net_config is not None else (pid or ldm.backbone.value)
+    net = net_options(preset, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
+    settings = GenerateSettings.make(
+        ldm, net.resolve().config, height, width, steps, capture_step or (), capture_final, seed=seed,
+        guidance_scale=guidance_scale, compare_vae=compare_vae, save_latents=save_latents,
+    )  # fmt: skip
+    folder = _is_folder_run(output, len(prompts), len(settings.capture_steps), save_latent, save_latents)
+    warn_random = random_weights and world.is_main  # under torchrun, rank 0 alone warns
+    run = _Run(pipeline, torch_dtype, net, run_options, text_encoder, text_dtype, warn_random)
+    if folder:
+        _folder_run(world, run, prompts, settings, output, skip_existing)
+    elif world.is_main:  # one image: rank 0 makes it, the other ranks have nothing to do
+        _one_image(run, prompts[0], settings, output, save_latent, skip_existing)
+
+
+def _check_net_flags(pid: str | None, net_config: Path | None, ckpt_type: str | None) -> None:
     if pid is not None and net_config is not None:
         raise ConfigError("--pid and --net-config exclude each other: a preset fixes the net config")
     if net_config is not None and ckpt_type is not None:
         raise ConfigError("--ckpt-type needs a preset (--pid or the backbone's), not --net-config")
-    height, width = parse_size(size) if size is not None else (res, res)
-    runtime = _rank_runtime(world, runtime_options(backend, dtype, device, engine_dir, export_dir).resolved())
-    torch_dtype = _dtype(ldm_dtype, runtime.device)
-    class_name = pipeline_class_name(pipeline)
-    ldm = ldm_spec(backbone) if backbone is not None else ldm_for_class_name(class_name)
-    preset = None if net_config is not None else (pid or ldm.backbone.value)
-    net = resolve_net(preset, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
-    settings = GenerateSettings.make(
-        ldm, net.config, height, width, steps, capture_step or (), capture_final, seed=seed,
-        guidance_scale=guidance_scale, compare_vae=compare_vae, save_latents=save_latents,
-    )  # fmt: skip
-    n_images = len(prompts) * len(settings.capture_steps)
+
+
+def _is_folder_run(
+    output: Path, n_prompts: int, n_captures: int, save_latent: Path | None, save_latents: bool
+) -> bool:
+    """Whether the run writes a folder (-o DIR/, or several images); ConfigError for -o and
+    latent flags that do not fit."""
+    from pid_trt.jobs import is_dir_target
+
+    n_images = n_prompts * n_captures
     folder = is_dir_target(output) or n_images > 1
     if folder and not is_dir_target(output):
         raise ConfigError(
-            f"-o {output} names one file, but {len(prompts)} prompt(s) x {len(settings.capture_steps)} "
+            f"-o {output} names one file, but {n_prompts} prompt(s) x {n_captures} "
             f"capture(s) make {n_images} images: pass a folder (-o {output.with_suffix('')}/)"
         )
     if folder and save_latent is not None:
@@ -173,13 +231,7 @@ def generate(
         )
     if not folder and output.suffix.lower() not in (".png", ".safetensors"):
         raise ConfigError(f"-o {output}: expected out.png, out.safetensors or a folder (-o {output}/)")
-    net_opts = net_options(preset, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
-    warn_random = random_weights and world.is_main  # under torchrun, rank 0 alone warns
-    run = _Run(pipeline, torch_dtype, net_opts, runtime, text_encoder, text_dtype, warn_random)
-    if folder:
-        _folder_run(world, run, prompts, settings, output, skip_existing)
-    elif world.is_main:  # one image: rank 0 makes it, the other ranks have nothing to do
-        _one_image(run, prompts[0], settings, output, save_latent, skip_existing)
+    return folder
 
 
 def _rank_runtime(world: World, runtime):

@@ -117,6 +117,12 @@ TileDevices = Annotated[
     ),
 ]
 
+# ------------------------------------------------------------------ sizes
+Res = Annotated[int | None, typer.Option("--res", help="Square output size N (N x N pixels).")]
+OutputSize = Annotated[
+    str | None, typer.Option("--size", help="Output size WIDTHxHEIGHT in pixels, e.g. 3840x2160.")
+]
+
 # ------------------------------------------------------------------ inputs
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the sampler's noise.")]
 TextEncoder = Annotated[

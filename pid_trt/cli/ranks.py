@@ -10,6 +10,7 @@ with the whole run's code: non-zero on every rank when an input failed on any ra
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Annotated
 
 import typer
 
@@ -30,6 +31,8 @@ THREADS_HELP = (
     "torch intra-op threads (ONNX Runtime follows); default: torch's, or under torchrun the node's cores "
     "shared among its ranks."
 )
+#: ``--threads``, for the commands that run as ranks.
+Threads = Annotated[int | None, typer.Option("--threads", min=1, help=THREADS_HELP)]
 
 
 def join_world(threads: int | None) -> World:
