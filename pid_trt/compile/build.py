@@ -325,45 +325,14 @@ def build_engine(
     start = time.perf_counter()
 
     logger = TrtLogger(trt)
-    builder = trt.Builder(logger)
-    network = builder.create_network(network_flags(trt, flavour))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        detail = _parser_errors(parser) or _one_line("; ".join(logger.errors)) or "no detail"
-        raise EngineBuildError(f"TensorRT ({flavour.value}) cannot parse {onnx_path.name}: {detail}")
-
+    builder, network, parser = _parse_network(trt, flavour, onnx_path, logger)
     attention = _attention_layers(trt, network, options.decomposable_attention)
-    config = builder.create_builder_config()
-    config.builder_optimization_level = options.optimization_level
-    if options.workspace_bytes is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
-    set_targets(trt, flavour, config, targets)
-    if options.profile:
-        _add_shape_profile(builder, network, config, options.profile)
-        dynamic = options.batch_range[0] != options.batch_range[2]
-    else:
-        dynamic = _add_profile(trt, builder, network, config, options.batch_range)
-    refittable = 0
-    if options.weightless:
-        if not options.refit_weights:
-            raise ConfigError("weightless build: no weights named to strip (export the graph refittable)")
-        config.set_flag(trt.BuilderFlag.REFIT_INDIVIDUAL)
-        config.set_flag(trt.BuilderFlag.STRIP_PLAN)
-        refittable = _mark_refittable(network, options.refit_weights)
+    config, dynamic, refittable = _builder_config(trt, flavour, builder, network, options, targets)
     cache = None
     if supports_timing_cache(flavour) and options.timing_cache is not None:
         cache = _load_timing_cache(config, Path(options.timing_cache))
-
-    monitor = _progress_monitor(trt, progress) if progress is not None else None
-    if monitor is not None and hasattr(config, "progress_monitor"):
-        config.progress_monitor = monitor
-    plan = builder.build_serialized_network(network, config)
-    if plan is None or plan.nbytes == 0:
-        raise _build_failure(flavour, onnx_path.name, logger.errors)
-    plan_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_bytes(plan_path, plan)
-    size = plan.nbytes
-    del plan
+    size = _build_plan(trt, builder, network, config, progress, plan_path, logger, flavour, onnx_path.name)
+    del parser  # it owns the parsed weights: kept alive until the plan is written
     if cache is not None:
         tmp = Path(f"{options.timing_cache}.tmp{os.getpid()}")
         _write_bytes(tmp, cache.serialize())
@@ -383,6 +352,66 @@ def build_engine(
         dynamic_shapes=bool(options.profile),
         refittable_weights=refittable,
     )
+
+
+def _parse_network(trt: ModuleType, flavour: Flavour, onnx_path: Path, logger: Any) -> tuple[Any, Any, Any]:
+    """(builder, network, parser) of ``onnx_path``; raises EngineBuildError with the parser's errors.
+    The parser owns the parsed weights: keep it alive until the plan is built."""
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(trt, flavour))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        detail = _parser_errors(parser) or _one_line("; ".join(logger.errors)) or "no detail"
+        raise EngineBuildError(f"TensorRT ({flavour.value}) cannot parse {onnx_path.name}: {detail}")
+    return builder, network, parser
+
+
+def _builder_config(
+    trt: ModuleType, flavour: Flavour, builder: Any, network: Any, options: BuildOptions, targets: tuple
+) -> tuple[Any, bool, int]:
+    """The builder config of ``options`` (optimisation level, workspace, targets, shape or batch
+    profile, weightless flags). Returns (config, whether the batch is dynamic, refittable weights)."""
+    config = builder.create_builder_config()
+    config.builder_optimization_level = options.optimization_level
+    if options.workspace_bytes is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
+    set_targets(trt, flavour, config, targets)
+    if options.profile:
+        _add_shape_profile(builder, network, config, options.profile)
+        dynamic = options.batch_range[0] != options.batch_range[2]
+    else:
+        dynamic = _add_profile(trt, builder, network, config, options.batch_range)
+    refittable = 0
+    if options.weightless:
+        if not options.refit_weights:
+            raise ConfigError("weightless build: no weights named to strip (export the graph refittable)")
+        config.set_flag(trt.BuilderFlag.REFIT_INDIVIDUAL)
+        config.set_flag(trt.BuilderFlag.STRIP_PLAN)
+        refittable = _mark_refittable(network, options.refit_weights)
+    return config, dynamic, refittable
+
+
+def _build_plan(
+    trt: ModuleType,
+    builder: Any,
+    network: Any,
+    config: Any,
+    progress: BuildProgress | None,
+    plan_path: Path,
+    logger: Any,
+    flavour: Flavour,
+    onnx_name: str,
+) -> int:
+    """Build the serialized plan and write it to ``plan_path`` (fsynced); returns its bytes."""
+    monitor = _progress_monitor(trt, progress) if progress is not None else None
+    if monitor is not None and hasattr(config, "progress_monitor"):
+        config.progress_monitor = monitor
+    plan = builder.build_serialized_network(network, config)
+    if plan is None or plan.nbytes == 0:
+        raise _build_failure(flavour, onnx_name, logger.errors)
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_bytes(plan_path, plan)
+    return int(plan.nbytes)
 
 
 # First bytes of a serialized plan, per flavour (observed: TensorRT-RTX 1.x plans start "vtrt").

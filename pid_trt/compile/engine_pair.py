@@ -12,6 +12,7 @@ Each engine's manifest ``build`` section records ``graph`` (``prepare`` or ``ste
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -80,33 +81,21 @@ def build_pair(
     ``progress(graph)`` may return a :class:`BuildProgress` for that graph's build;
     ``on_phase(name)`` is told "export" / "prepare" / "step" as each phase starts.
     """
-    import dataclasses
-
     from pid_trt.compile.export import ensure_export
 
-    if shape_range is not None:
-        if options.batch_range != shape_range.batch:
-            raise ConfigError(
-                f"batch range {options.batch_range}: expected the shape range's {shape_range.batch}"
-            )
-        bucket, batch = shape_range.opt_bucket, shape_range.batch[1]
-    elif options.batch_range != (batch, batch, batch):
-        raise ConfigError(
-            f"batch range {options.batch_range}: the exporter writes static-batch graphs; "
-            f"build one engine pair per batch (--batch N), or one dynamic pair (--dynamic)"
-        )
-    weightless = options.weightless
-    if weightless:  # before the export: refused at once where it cannot be built (no GPU, several targets)
+    bucket, batch = _pair_size(options, bucket, batch, shape_range)
+    if options.weightless:
+        # before the export: refused at once where it cannot be built (no GPU, several targets)
         normalise_targets(detect_flavour(flavour), options.compute_capabilities, weightless=True)
-    key = ExportKey.for_spec(spec, bucket, precision, batch, shape_range=shape_range, refittable=weightless)
-    weights = key.weights
+    key = ExportKey.for_spec(
+        spec, bucket, precision, batch, shape_range=shape_range, refittable=options.weightless
+    )
     if on_phase:
         on_phase("export")
     start = time.perf_counter()
     export = ensure_export(spec, key, export_dir)
     export_seconds = time.perf_counter() - start
     store = EngineStore(engine_dir)
-    graphs_facts = export.manifest.get("build", {}).get("graphs", {})
     profiles = None
     if shape_range is not None:
         from pid_trt.compile.dynamic import profile_shapes
@@ -117,48 +106,108 @@ def build_pair(
         if on_phase:
             on_phase(graph)
         onnx = export.prepare if graph == "prepare" else export.step
-        facts = graph_facts(graphs_facts, graph)
-        opts = options
-        if profiles is not None:
-            opts = dataclasses.replace(opts, profile=tuple((n, *v) for n, v in profiles[graph].items()))
-        extra: dict[str, Any] = {"graph": graph, "export_digest": export.key.digest(), "weights": weights}
-        ck_sha, onnx_sha = weights_sha256(weights), graph_sha256(export.manifest, graph)
-        if weightless:
-            from pid_trt.compile.refit import architecture_key
-
-            refit = facts.get("weights") or []
-            opts = dataclasses.replace(opts, refit_weights=tuple(n for n, _, _ in refit))
-            ck_sha = architecture_key(json.loads(spec.config.to_json()), precision.value, refit)
-            onnx_sha = str(facts.get("structure_sha256") or "")
-            extra["refit_weights"] = refit
-        ekey = engine_key(
-            checkpoint_sha256=ck_sha,
-            net_config=spec.config,
-            height=bucket.height,
-            width=bucket.width,
-            onnx_path=onnx,
-            options=opts,
-            flavour=flavour,
-            onnx_sha256=onnx_sha,
-            shape_range=shape_range,
+        opts, ekey, extra = _graph_plan(
+            spec, export, graph, onnx, bucket, precision, options, flavour, shape_range, profiles
         )
         res = build_into_store(
             store, ekey, onnx, opts, progress=progress(graph) if progress else None, extra=extra
         )
-        build = res.manifest.get("build", {})
-        out.append(
-            GraphBuild(
-                graph=graph,
-                path=res.path,
-                digest=ekey.digest(),
-                plan_bytes=int(res.manifest.get("size_bytes", 0)),
-                build_seconds=float(build.get("builder_seconds", 0.0)) if res.built else 0.0,
-                built=res.built,
-                replaced=res.replaced,
-                attention_layers=int(build.get("attention_layers", 0)),
-            )
-        )
+        out.append(_graph_build(graph, ekey, res))
     return PairBuild(export.folder, export.built, export_seconds, tuple(out))
+
+
+def _pair_size(
+    options: BuildOptions, bucket: Bucket, batch: int, shape_range: ShapeRange | None
+) -> tuple[Bucket, int]:
+    """The (bucket, batch) the pair is exported at: the range's opt size and batch for a dynamic
+    pair. Raises ConfigError when ``options.batch_range`` does not match the pair's batch."""
+    if shape_range is not None:
+        if options.batch_range != shape_range.batch:
+            raise ConfigError(
+                f"batch range {options.batch_range}: expected the shape range's {shape_range.batch}"
+            )
+        return shape_range.opt_bucket, shape_range.batch[1]
+    if options.batch_range != (batch, batch, batch):
+        raise ConfigError(
+            f"batch range {options.batch_range}: the exporter writes static-batch graphs; "
+            f"build one engine pair per batch (--batch N), or one dynamic pair (--dynamic)"
+        )
+    return bucket, batch
+
+
+def _graph_plan(
+    spec: Any,
+    export: Any,
+    graph: str,
+    onnx: Path,
+    bucket: Bucket,
+    precision: Precision,
+    options: BuildOptions,
+    flavour: Flavour | str,
+    shape_range: ShapeRange | None,
+    profiles: dict[str, Any] | None,
+) -> tuple[BuildOptions, EngineKey, dict[str, Any]]:
+    """(build options, engine key, manifest extra) of one graph of the pair."""
+    ck_sha, onnx_sha, extra = _graph_identity(spec, export, graph, precision, options.weightless)
+    opts = _graph_options(options, graph, profiles, extra.get("refit_weights"))
+    key = engine_key(
+        checkpoint_sha256=ck_sha,
+        net_config=spec.config,
+        height=bucket.height,
+        width=bucket.width,
+        onnx_path=onnx,
+        options=opts,
+        flavour=flavour,
+        onnx_sha256=onnx_sha,
+        shape_range=shape_range,
+    )
+    return opts, key, extra
+
+
+def _graph_identity(
+    spec: Any, export: Any, graph: str, precision: Precision, weightless: bool
+) -> tuple[str, str, dict[str, Any]]:
+    """(checkpoint sha256, ONNX sha256, manifest extra) of one graph's engine: the weights' and
+    the graph files' hashes, or for a weightless plan the architecture key and the graph's
+    structure hash (extra then lists the ``refit_weights``)."""
+    facts = graph_facts(export.manifest.get("build", {}).get("graphs", {}), graph)
+    weights = export.key.weights
+    extra: dict[str, Any] = {"graph": graph, "export_digest": export.key.digest(), "weights": weights}
+    ck_sha, onnx_sha = weights_sha256(weights), graph_sha256(export.manifest, graph)
+    if weightless:
+        from pid_trt.compile.refit import architecture_key
+
+        refit = facts.get("weights") or []
+        ck_sha = architecture_key(json.loads(spec.config.to_json()), precision.value, refit)
+        onnx_sha = str(facts.get("structure_sha256") or "")
+        extra["refit_weights"] = refit
+    return ck_sha, onnx_sha, extra
+
+
+def _graph_options(
+    options: BuildOptions, graph: str, profiles: dict[str, Any] | None, refit: list | None
+) -> BuildOptions:
+    """``options`` for one graph: its shape profile (dynamic pair), the weights to strip (weightless)."""
+    if profiles is not None:
+        options = dataclasses.replace(options, profile=tuple((n, *v) for n, v in profiles[graph].items()))
+    if refit is not None:
+        options = dataclasses.replace(options, refit_weights=tuple(n for n, _, _ in refit))
+    return options
+
+
+def _graph_build(graph: str, key: EngineKey, res: PutResult) -> GraphBuild:
+    """What the store's answer says of one graph's engine."""
+    build = res.manifest.get("build", {})
+    return GraphBuild(
+        graph=graph,
+        path=res.path,
+        digest=key.digest(),
+        plan_bytes=int(res.manifest.get("size_bytes", 0)),
+        build_seconds=float(build.get("builder_seconds", 0.0)) if res.built else 0.0,
+        built=res.built,
+        replaced=res.replaced,
+        attention_layers=int(build.get("attention_layers", 0)),
+    )
 
 
 def graph_facts(graphs: dict[str, Any], graph: str) -> dict[str, Any]:

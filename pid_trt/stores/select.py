@@ -109,10 +109,37 @@ def select_pair(
     differing field.
     """
     store = EngineStore(engine_dir)
+    candidates, rank, others = _candidates(store, config, weights, bucket, batch, precision)
+    what = f"{bucket.name} batch {batch} {precision.value}"
+    complete = [g for g, graphs in candidates.items() if set(GRAPHS) <= set(graphs)]
+    if not complete:
+        raise _no_pair(engine_dir, what, candidates, others, build_hint, dynamic_hint)
+    best = min((_TIERS.index(g[0]), rank[g]) for g in complete)
+    ties = [g for g in complete if (_TIERS.index(g[0]), rank[g]) == best]
+    chosen = max(ties, key=lambda g: min(e.created for e in candidates[g].values()))
+    pair = candidates[chosen]
+    if chosen[0].startswith("dynamic") and dynamic_hint:
+        build_hint = dynamic_hint  # what rebuilds a stale dynamic pair
+    paths = {graph: _checked_engine(store, graph, pair[graph], build_hint, verify_hash) for graph in GRAPHS}
+    export_digest = str(pair["step"].manifest.get("build", {}).get("export_digest"))
+    manifests = {g: pair[g].manifest for g in GRAPHS}
+    return EnginePair(paths["prepare"][0], paths["step"][0], paths["step"][1], export_digest, manifests)
+
+
+#: A group of engines that may form a pair: (kind, export digest).
+_Group = tuple[str, str]
+
+
+def _candidates(
+    store: EngineStore, config: NetConfig, weights: str, bucket: Bucket, batch: int, precision: Precision
+) -> tuple[dict[_Group, dict[str, Entry]], dict[_Group, float], set[str]]:
+    """The store's engines of this net (and weights, unless weightless) grouped by (kind, export
+    digest) -> {graph: entry} when they serve the decode, with each group's preference within
+    its kind; and descriptions of this net's engines that do not serve it."""
     net = json.loads(config.to_json())
     wsha = weights_sha256(weights)
-    candidates: dict[tuple[str, str], dict[str, Entry]] = {}
-    rank: dict[tuple[str, str], float] = {}
+    candidates: dict[_Group, dict[str, Entry]] = {}
+    rank: dict[_Group, float] = {}
     others: set[str] = set()
     for entry in store.list():
         k = entry.manifest.get("key") if isinstance(entry.manifest, dict) else None
@@ -128,46 +155,45 @@ def select_pair(
         group = (fit[0], str(b.get("export_digest")))
         candidates.setdefault(group, {})[str(b.get("graph"))] = entry
         rank[group] = fit[1]
-    what = f"{bucket.name} batch {batch} {precision.value}"
-    complete = [g for g, graphs in candidates.items() if set(GRAPHS) <= set(graphs)]
-    if not complete:
-        if candidates:
-            half = ", ".join(sorted(e.path.name for g in candidates.values() for e in g.values()))
-            raise StoreError(
-                f"engine store {engine_dir} has only half of the pair for {what} ({half}): {build_hint}"
-            )
-        have = (
-            "; engines exist for " + ", ".join(sorted(others))
-            if others
-            else "; the store has none for this net"
-        )
-        alt = f" (or one engine for a range of sizes: {dynamic_hint})" if dynamic_hint else ""
-        raise StoreError(f"no TensorRT engine for {what} in {engine_dir}{have}; build it: {build_hint}{alt}")
+    return candidates, rank, others
 
-    best = min((_TIERS.index(g[0]), rank[g]) for g in complete)
-    ties = [g for g in complete if (_TIERS.index(g[0]), rank[g]) == best]
-    chosen = max(ties, key=lambda g: min(e.created for e in candidates[g].values()))
-    pair = candidates[chosen]
-    if chosen[0].startswith("dynamic") and dynamic_hint:
-        build_hint = dynamic_hint  # what rebuilds a stale dynamic pair
-    paths = {}
-    for graph in GRAPHS:
-        entry = pair[graph]
-        status, reason = engine_status(entry)
-        if status is not EngineStatus.OK:
-            raise StoreError(
-                f"{status.value} {graph} engine {entry.path.name} refused ({reason}); rebuild: {build_hint}"
-            )
-        key = key_from_manifest(entry.manifest)
-        path = store.lookup(key, verify_hash=verify_hash)
-        if path is None:
-            raise StoreError(
-                f"{graph} engine {entry.path.name} vanished during look-up; rebuild: {build_hint}"
-            )
-        paths[graph] = (path, key)
-    export_digest = str(pair["step"].manifest.get("build", {}).get("export_digest"))
-    manifests = {g: pair[g].manifest for g in GRAPHS}
-    return EnginePair(paths["prepare"][0], paths["step"][0], paths["step"][1], export_digest, manifests)
+
+def _no_pair(
+    engine_dir: Path,
+    what: str,
+    candidates: dict[_Group, dict[str, Entry]],
+    others: set[str],
+    build_hint: str,
+    dynamic_hint: str | None,
+) -> StoreError:
+    """The error when no complete pair serves ``what``: half a pair, or none (naming the
+    engines the store has for this net, and the build command)."""
+    if candidates:
+        half = ", ".join(sorted(e.path.name for g in candidates.values() for e in g.values()))
+        return StoreError(
+            f"engine store {engine_dir} has only half of the pair for {what} ({half}): {build_hint}"
+        )
+    have = (
+        "; engines exist for " + ", ".join(sorted(others)) if others else "; the store has none for this net"
+    )
+    alt = f" (or one engine for a range of sizes: {dynamic_hint})" if dynamic_hint else ""
+    return StoreError(f"no TensorRT engine for {what} in {engine_dir}{have}; build it: {build_hint}{alt}")
+
+
+def _checked_engine(
+    store: EngineStore, graph: str, entry: Entry, build_hint: str, verify_hash: bool
+) -> tuple[Path, EngineKey]:
+    """(plan path, key) of a chosen engine; StoreError when it is stale, corrupt or gone."""
+    status, reason = engine_status(entry)
+    if status is not EngineStatus.OK:
+        raise StoreError(
+            f"{status.value} {graph} engine {entry.path.name} refused ({reason}); rebuild: {build_hint}"
+        )
+    key = key_from_manifest(entry.manifest)
+    path = store.lookup(key, verify_hash=verify_hash)
+    if path is None:
+        raise StoreError(f"{graph} engine {entry.path.name} vanished during look-up; rebuild: {build_hint}")
+    return path, key
 
 
 def build_command(
