@@ -132,6 +132,27 @@ def pytest_runtest_setup(item):
             require(module)
 
 
+# ----------------------------------------------------------------- shared test data
+@pytest.fixture(scope="session")
+def tiny_checkpoint_bytes(tmp_path_factory) -> bytes:
+    """A valid safetensors checkpoint of the tiny net (bf16 random weights drawn with seed 0,
+    its net config in the metadata), as bytes: what the checkpoint fuzz tests mutate."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pid_trt.config import TINY
+    from pid_trt.model import PidNet
+
+    gen = torch.Generator().manual_seed(0)
+    state = {
+        k: torch.randn(v.shape, generator=gen).to(torch.bfloat16)
+        for k, v in PidNet(TINY).state_dict().items()
+    }
+    path = tmp_path_factory.mktemp("tiny-checkpoint") / "tiny.safetensors"
+    save_file(state, str(path), metadata={"pid_net_config": TINY.to_json()})
+    return path.read_bytes()
+
+
 # ----------------------------------------------------------------- no skips but GPU ones
 #: Skipped tests outside the gpu marker, as (node id, reason), in the order they ran.
 _SKIPPED: list[tuple[str, str]] = []

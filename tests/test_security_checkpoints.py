@@ -25,7 +25,6 @@ from safetensors.torch import save_file
 from pid_trt.checkpoints import expected_shapes, load_checkpoint
 from pid_trt.config import TINY
 from pid_trt.errors import CheckpointError, PidTrtError
-from pid_trt.model import PidNet
 from pid_trt.safetensors_header import MAX_HEADER_BYTES, parse_header, read_header
 
 
@@ -194,15 +193,6 @@ def test_header_parser_reads_at_most_the_header(tmp_path):
 
 
 # --------------------------------------------------------------------------- fuzzing
-@pytest.fixture(scope="module")
-def valid_tiny(tmp_path_factory) -> bytes:
-    torch.manual_seed(0)
-    state = {k: torch.randn_like(v).to(torch.bfloat16) for k, v in PidNet(TINY).state_dict().items()}
-    path = tmp_path_factory.mktemp("fuzz") / "tiny.safetensors"
-    save_file(state, str(path), metadata={"pid_net_config": TINY.to_json()})
-    return path.read_bytes()
-
-
 def _mutate(data: bytes, edits: list[tuple[int, int]], header_len: int | None, cut: int | None) -> bytes:
     (n,) = struct.unpack("<Q", data[:8])
     buf = bytearray(data)
@@ -225,9 +215,11 @@ _lengths = st.one_of(st.none(), st.integers(0, 2**64 - 1), st.integers(0, 4096))
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(edits=_edits, header_len=_lengths, cut=st.one_of(st.none(), st.integers(0, 2**31)))
-def test_fuzzed_header_bytes_load_or_checkpoint_error(tmp_path_factory, valid_tiny, edits, header_len, cut):
+def test_fuzzed_header_bytes_load_or_checkpoint_error(
+    tmp_path_factory, tiny_checkpoint_bytes, edits, header_len, cut
+):
     path = tmp_path_factory.mktemp("f", numbered=True) / "w.safetensors"
-    path.write_bytes(_mutate(valid_tiny, edits, header_len, cut))
+    path.write_bytes(_mutate(tiny_checkpoint_bytes, edits, header_len, cut))
     try:
         loaded = load_checkpoint(path, None)
     except CheckpointError:
@@ -250,9 +242,9 @@ def test_fuzzed_header_json_parses_or_raises_own_error(raw, size):
         pass
 
 
-def test_mutation_helper_really_mutates(valid_tiny):
+def test_mutation_helper_really_mutates(tiny_checkpoint_bytes):
     """Guard against a fuzz test that never reaches the parser with bad bytes."""
-    bad = _mutate(valid_tiny, [(8, ord("["))], None, None)
-    assert bad != valid_tiny
+    bad = _mutate(tiny_checkpoint_bytes, [(8, ord("["))], None, None)
+    assert bad != tiny_checkpoint_bytes
     with pytest.raises(PidTrtError):
         parse_header(bad[8 : 8 + struct.unpack("<Q", bad[:8])[0]], len(bad), PidTrtError)

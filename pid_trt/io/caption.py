@@ -14,7 +14,7 @@ from pid_trt.atomic import atomic_write
 from pid_trt.config import NetConfig
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.io.latent import CAPTION_KEY, LatentFile, latent_from_tensors
-from pid_trt.io.stfile import load_float_tensors, open_input
+from pid_trt.io.stfile import load_float_tensors, open_input, require_only_tensor
 from pid_trt.safetensors_header import read_header_from
 
 PROMPTS_META = "prompts"
@@ -40,13 +40,8 @@ def read_caption_file(path: str | os.PathLike[str], config: NetConfig, batch: in
     what = f"caption file {os.fspath(path)}"
     with open_input(path, what) as f:
         header = read_header_from(f, what, InputFileError)
-        names = list(header.tensors)
-        if names != [CAPTION_KEY]:
-            raise InputFileError(
-                f"{what}: has tensor(s) {', '.join(map(repr, names)) or 'none'}; expected exactly one, "
-                f"{CAPTION_KEY!r} (from `pidtrt encode-caption`)"
-            )
-        caption = load_float_tensors(f, header, names, what)[CAPTION_KEY]
+        require_only_tensor(header, CAPTION_KEY, what, made_by="`pidtrt encode-caption`")
+        caption = load_float_tensors(f, header, [CAPTION_KEY], what)[CAPTION_KEY]
     if caption.dim() == 3 and caption.shape[0] == 1:
         caption = caption[0]
     if caption.dim() == 3 and caption.shape[0] != batch:

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from pid_trt.atomic import atomic_write
 from pid_trt.errors import InputFileError
-from pid_trt.io.stfile import check_finite, load_float_tensors, open_input
+from pid_trt.io.stfile import check_finite, load_float_tensors, open_input, require_only_tensor
 from pid_trt.safetensors_header import read_header_from
 
 NOISE_KEY = "noise"
@@ -35,11 +35,7 @@ def read_noise_file(
     expected = [steps, batch, 3, height, width]
     with open_input(path, what) as f:
         header = read_header_from(f, what, InputFileError)
-        names = list(header.tensors)
-        if names != [NOISE_KEY]:
-            raise InputFileError(
-                f"{what}: has tensor(s) {', '.join(map(repr, names)) or 'none'}; expected exactly one, 'noise'"
-            )
+        require_only_tensor(header, NOISE_KEY, what)
         _check_shape(list(header.tensors[NOISE_KEY].shape), expected, what)
         noise = load_float_tensors(f, header, [NOISE_KEY], what)[NOISE_KEY]
     return list(noise.unbind(0))

@@ -82,6 +82,23 @@ def open_input(
         raise error(f"{what}: cannot be opened ({exc.strerror or exc})") from None
 
 
+def require_only_tensor(
+    header: SafetensorsHeader,
+    key: str,
+    what: str,
+    made_by: str = "",
+    error: type[PidTrtError] = InputFileError,
+) -> None:
+    """Refuse a file holding anything but exactly one tensor, ``key`` (``made_by``: the command
+    that writes such files, named in the message)."""
+    names = list(header.tensors)
+    if names != [key]:
+        source = f" (from {made_by})" if made_by else ""
+        raise error(
+            f"{what}: has tensor(s) {', '.join(map(repr, names)) or 'none'}; expected exactly one, {key!r}{source}"
+        )
+
+
 def load_float_tensors(
     f: BinaryIO,
     header: SafetensorsHeader,

@@ -16,6 +16,7 @@ also validates the blob against the environment when it deserializes it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -54,14 +55,8 @@ class RuntimeCacheKey:
     driver_version: str
 
     def fields(self) -> dict[str, Any]:
-        return {
-            "engine_digest": self.engine_digest,
-            "compute_capability": self.compute_capability,
-            "gpu_name": self.gpu_name,
-            "flavour": self.flavour,
-            "trt_version": self.trt_version,
-            "driver_version": self.driver_version,
-        }
+        """Every field, by name (all plain strings)."""
+        return dataclasses.asdict(self)
 
     def label(self) -> str:
         return f"{self.engine_digest[:12]}-sm{self.compute_capability.replace('.', '')}"

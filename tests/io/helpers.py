@@ -33,3 +33,14 @@ def check_valid(lf: LatentFile, config=None) -> None:
         assert lf.latent.shape[1] == config.lq_latent_channels
         if lf.caption is not None:
             assert lf.caption.shape[1:] == (config.txt_max_length, config.txt_embed_dim)
+
+
+def failing_save_file(errno: int, message: str):
+    """A stand-in for ``safetensors.torch.save_file`` that writes part of the file, then fails
+    as a full or broken disk does (``OSError(errno, message)``)."""
+
+    def save_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError(errno, message)
+
+    return save_file

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 import pid_trt.io.images as images_mod
 from pid_trt.errors import InputFileError, PidTrtError
 from pid_trt.io import to_uint8, write_images
-from tests.io.helpers import no_temp_files
+from tests.io.helpers import failing_save_file, no_temp_files
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -94,12 +94,7 @@ def test_png_write_failure_keeps_existing_file(tmp_path, monkeypatch):
 def test_safetensors_write_failure_keeps_existing_file(tmp_path, monkeypatch):
     target = tmp_path / "o.safetensors"
     target.write_bytes(b"old content")
-
-    def failing(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"partial")
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(images_mod, "save_file", failing)
+    monkeypatch.setattr(images_mod, "save_file", failing_save_file(5, "Input/output error"))
     with pytest.raises(InputFileError, match="write failed"):
         write_images(torch.zeros(1, 3, 2, 2), target)
     assert target.read_bytes() == b"old content" and no_temp_files(tmp_path)

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from pid_trt.config import TINY, get_preset
 from pid_trt.errors import InputFileError
 from pid_trt.io import read_latent_file, sample_latent, write_latent_file
-from tests.io.helpers import C, D, T, check_valid, no_temp_files
+from tests.io.helpers import C, D, T, check_valid, failing_save_file, no_temp_files
 
 
 # --------------------------------------------------------------------------- helpers
@@ -352,12 +352,7 @@ def test_failed_latent_write_keeps_the_old_file(tmp_path, monkeypatch):
 
     target = tmp_path / "l.safetensors"
     target.write_bytes(b"old")
-
-    def failing(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"partial")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(latent_mod, "save_file", failing)
+    monkeypatch.setattr(latent_mod, "save_file", failing_save_file(28, "No space left on device"))
     with pytest.raises(OSError):
         write_latent_file(target, torch.zeros(1, C, 1, 1))
     assert target.read_bytes() == b"old" and no_temp_files(tmp_path)

@@ -23,13 +23,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors.torch import save_file
 
 from pid_trt.checkpoints import load_checkpoint
 from pid_trt.config import TINY
 from pid_trt.errors import CheckpointError, InputFileError, StoreError
 from pid_trt.io import read_latent_file, read_noise_file, write_latent_file, write_noise_file
-from pid_trt.model import PidNet
 from pid_trt.stores.artifacts import MANIFEST_FORMAT
 from pid_trt.stores.store import EngineStore
 from tests.io.helpers import C, D, T, check_valid
@@ -49,8 +47,11 @@ _json = st.recursive(
 )
 
 
-def _mutate(data: bytes, flips: list[tuple[int, int]], cut: int | None, focus: int) -> bytes:
-    """Overwrite bytes (every other one inside the first ``focus`` bytes), then maybe truncate."""
+def _mutate(data: bytes, flips: list[tuple[int, int]], cut: int | None, focus: int | None = None) -> bytes:
+    """Overwrite bytes (every other one inside the first ``focus`` bytes; default: the length
+    field and JSON header of a safetensors file), then maybe truncate."""
+    if focus is None:
+        focus = 8 + struct.unpack("<Q", data[:8])[0]
     buf = bytearray(data)
     for i, (pos, value) in enumerate(flips):
         buf[pos % (focus if i % 2 else len(buf))] = value
@@ -111,8 +112,7 @@ def test_noise_random_bytes(data):
 @given(flips=_flips, cut=_cut)
 def test_noise_mutated_valid_file(noise_bytes, flips, cut):
     p = _scratch() / "n.safetensors"
-    header_end = 8 + struct.unpack("<Q", noise_bytes[:8])[0]
-    p.write_bytes(_mutate(noise_bytes, flips, cut, header_end))
+    p.write_bytes(_mutate(noise_bytes, flips, cut))
     _read_noise_or_refuse(p)
 
 
@@ -197,26 +197,15 @@ def test_latent_random_headers(header, data):
 def test_latent_mutated_valid_file(latent_bytes, flips, cut):
     """Half of the mutations land in the header, where they do the most damage."""
     p = _scratch() / "m.safetensors"
-    header_end = 8 + struct.unpack("<Q", latent_bytes[:8])[0]
-    p.write_bytes(_mutate(latent_bytes, flips, cut, header_end))
+    p.write_bytes(_mutate(latent_bytes, flips, cut))
     _read_latent_or_refuse(p)
 
 
 # --------------------------------------------------------------------------- checkpoints (one line, capped)
-@pytest.fixture(scope="module")
-def tiny_ckpt_bytes(tmp_path_factory) -> bytes:
-    torch.manual_seed(0)
-    state = {k: torch.randn_like(v).to(torch.bfloat16) for k, v in PidNet(TINY).state_dict().items()}
-    p = tmp_path_factory.mktemp("ckpt") / "w.safetensors"
-    save_file(state, str(p), metadata={"pid_net_config": TINY.to_json()})
-    return p.read_bytes()
-
-
 @FUZZ
 @given(flips=_flips, cut=_cut, length=st.none() | st.integers(0, 2**64 - 1))
-def test_checkpoint_mutations_one_line_and_capped(tiny_ckpt_bytes, flips, cut, length):
-    header_end = 8 + struct.unpack("<Q", tiny_ckpt_bytes[:8])[0]
-    data = bytearray(_mutate(tiny_ckpt_bytes, flips, cut, header_end))
+def test_checkpoint_mutations_one_line_and_capped(tiny_checkpoint_bytes, flips, cut, length):
+    data = bytearray(_mutate(tiny_checkpoint_bytes, flips, cut))
     if length is not None and len(data) >= 8:
         data[:8] = struct.pack("<Q", length)
     p = _scratch() / "w.safetensors"

@@ -28,7 +28,7 @@ import pytest
 from pid_trt.errors import StoreError
 from pid_trt.stores.artifacts import MANIFEST_SUFFIX, TEMP_PREFIX
 from pid_trt.stores.store import EngineStore
-from tests.stores.test_store import PLAN, make_key, write_plan
+from tests.stores.test_store import PLAN, make_key, run_together, write_plan
 
 KILL_REPEATS = 3
 CONCURRENT_ROUNDS = 5
@@ -159,20 +159,7 @@ def _build_and_use(root: str, counter: str, reader_first: bool, start: Any, out:
 @pytest.mark.parametrize("n_procs", [2, 4])
 def test_build_while_others_look_up(tmp_path, n_procs, round_):
     root, counter = tmp_path / "engines", tmp_path / "builds.txt"
-    start, out = _CTX.Event(), _CTX.Queue()
-    procs = [
-        _CTX.Process(
-            target=_build_and_use, args=(str(root), str(counter), i % 2 == 1, start, out), daemon=True
-        )
-        for i in range(n_procs)
-    ]
-    for p in procs:
-        p.start()
-    start.set()
-    results = [out.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
+    results = run_together(_build_and_use, [(str(root), str(counter), i % 2 == 1) for i in range(n_procs)])
     assert [e for *_, errors in results for e in errors] == []  # no corrupt or refused read
     assert len(counter.read_text().splitlines()) == 1  # one build in all
     assert sum(built for _, built, _, _ in results) == 1

@@ -231,15 +231,13 @@ def test_list_and_remove(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".locks"]
 
 
-@pytest.mark.parametrize("n_procs", [2, 4])
-def test_concurrent_puts_build_once(tmp_path, n_procs):
-    root, counter = tmp_path / "engines", tmp_path / "builds.txt"
+def run_together(target: Any, args: list[tuple]) -> list[Any]:
+    """Run ``target(*a, start, out)`` for each ``a`` of ``args`` in forked processes released at
+    once by the ``start`` event; returns what each put on the ``out`` queue (in arrival order)
+    after checking that every process exited 0."""
     ctx = multiprocessing.get_context("fork")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [
-        ctx.Process(target=_put_worker, args=(str(root), str(counter), 0.5, start, out))
-        for _ in range(n_procs)
-    ]
+    procs = [ctx.Process(target=target, args=(*a, start, out), daemon=True) for a in args]
     for p in procs:
         p.start()
     start.set()
@@ -247,6 +245,13 @@ def test_concurrent_puts_build_once(tmp_path, n_procs):
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
+    return results
+
+
+@pytest.mark.parametrize("n_procs", [2, 4])
+def test_concurrent_puts_build_once(tmp_path, n_procs):
+    root, counter = tmp_path / "engines", tmp_path / "builds.txt"
+    results = run_together(_put_worker, [(str(root), str(counter), 0.5)] * n_procs)
     assert len(counter.read_text().splitlines()) == 1  # the build ran once
     assert sum(built for _, built, _ in results) == 1
     assert len({(path, sha) for path, _, sha in results}) == 1
