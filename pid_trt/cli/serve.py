@@ -7,13 +7,14 @@ from pathlib import Path
 import typer
 
 from pid_trt.cli.errors import EXIT_ENV, cli_errors, report, warn
-from pid_trt.cli.options import TextDtype, TextEncoder, with_net, with_runtime
+from pid_trt.cli.options import TextDtype, TextEncoder, with_net, with_request_tiling, with_runtime
 from pid_trt.options import NetOptions, RuntimeOptions
 
 
 @cli_errors
 @with_net
 @with_runtime
+@with_request_tiling
 def serve(
     net: NetOptions = None,  # type: ignore[assignment] - the model options (cli.options.with_net)
     runtime: RuntimeOptions = None,  # type: ignore[assignment] - backend, precision ... (with_runtime)
@@ -57,14 +58,23 @@ def serve(
         None, "--workspace", help="Folder for the run's temp model repository (removed on exit)."
     ),
     verbose: bool = typer.Option(False, "--verbose", help="Show Triton's info log lines too."),
+    tiling: dict = None,  # type: ignore[assignment] - --tiles, --tile-size ... (with_request_tiling)
+    envelope: str | None = typer.Option(
+        None,
+        "--envelope",
+        help="The net's trained sizes WxH[,WxH...], which --tiles auto keeps one-shot decodes inside "
+        "(default: the checkpoint type's; none for tiny, small and --net-config nets).",
+    ),
 ) -> None:
-    """Serve the decoder on Triton Inference Server until Ctrl-C / SIGTERM (extra: serve)."""
+    """Serve the decoder on Triton Inference Server until Ctrl-C / SIGTERM (extra: serve). Requests of
+    any size: --tiles auto (default) tiles outside the trained sizes or where one shot would not fit;
+    a request may carry its own tiles / tile_size / tile_overlap / tile_batch / allow_untrained_size."""
     from pid_trt.serve.config import MODEL_NAME, ModelOptions, ServeOptions, parse_devices
     from pid_trt.serve.server import PidServer, ServerError, serve_until_signal
 
     model = ModelOptions(
         net, runtime, text_encoder=text_encoder, text_dtype=text_dtype, memory_check=not no_memory_check,
-        caption_cache=caption_cache, max_backends=max(8, 2 * max_batch),
+        caption_cache=caption_cache, max_backends=max(8, 2 * max_batch), tiling=tiling, envelope=envelope,
     )  # fmt: skip
     options = ServeOptions(
         host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, max_batch=max_batch,

@@ -2,7 +2,11 @@
 
 Triton hands the model the requests its dynamic batcher gathered. Each is checked on its
 own, by the latent file's rules (:func:`pid_trt.io.latent_from_tensors`, the words
-``pidtrt decode`` prints), so a malformed one fails alone. The valid ones are decoded
+``pidtrt decode`` prints), so a malformed one fails alone. Each request's size is planned as
+``pidtrt decode`` plans it (:meth:`pid_trt.Decoder.plan` with the server's tiling options,
+overridden by the request's own): a request the plan tiles is decoded on its own, exactly as
+``Decoder.decode(..., tiles=...)`` decodes it; a size refused (``tiles off`` outside the
+trained sizes) fails that request alone. The one-shot ones are decoded
 together, one :meth:`pid_trt.Decoder.decode` per output size, each request with its own
 noise: the draws of ``seed`` for that request's rows (:func:`pid_trt.sampling.draw_noise`),
 concatenated on the batch axis. A request therefore gets the image ``pidtrt decode`` gives
@@ -20,7 +24,8 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,16 +55,19 @@ class DecodeRequest:
     seed: np.ndarray | None = None
     what: str = "request"
     outputs: frozenset[str] = frozenset({"image"})
+    tiling: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class DecodeResult:
     """A request's answer: ``image`` [n, 3, H, W] float32 (when asked), ``png`` n PNG files
-    (when asked), or ``error`` (a :class:`~pid_trt.errors.PidTrtError`, one line)."""
+    (when asked), or ``error`` (a :class:`~pid_trt.errors.PidTrtError`, one line); ``tiled``:
+    whether it was decoded in tiles."""
 
     image: np.ndarray | None = None
     png: list[bytes] | None = None
     error: PidTrtError | None = None
+    tiled: bool = False
 
 
 @dataclass
@@ -72,60 +80,75 @@ class _Ready:
     sigma: torch.Tensor
     noise: list[torch.Tensor]
     size: tuple[int, int]
+    tiling: dict[str, Any] | None = None  # the decode keywords of a tiled request; None: one shot
 
     @property
     def rows(self) -> int:
         return int(self.latent.shape[0])
 
 
-def decode_requests(decoder, requests: Sequence[DecodeRequest], steps: int = STEPS) -> list[DecodeResult]:
+def decode_requests(
+    decoder, requests: Sequence[DecodeRequest], steps: int = STEPS, tiling: dict[str, Any] | None = None
+) -> list[DecodeResult]:
     """Decode ``requests`` on ``decoder`` (a :class:`pid_trt.Decoder`); one result per request,
-    in order. Never raises for a bad request or a failed decode: those become the result's
-    ``error`` (an unexpected exception is logged and named as an internal error)."""
+    in order. ``tiling``: the server's tiling keywords (each request's own override them).
+    Never raises for a bad request or a failed decode: those become the result's ``error``
+    (an unexpected exception is logged and named as an internal error)."""
     results = [DecodeResult() for _ in requests]
     ready: list[_Ready] = []
     for i, req in enumerate(requests):
         try:
-            ready.append(_prepare(decoder, i, req, steps))
+            ready.append(_prepare(decoder, i, req, steps, {**(tiling or {}), **req.tiling}))
         except Exception as exc:
             results[i].error = _as_error(exc, req.what)
-    # One decode per output size (and caption length: a prompt's embedding keeps the encoder's
-    # length, as in Decoder.decode, while a caption_embedding is cut to txt_max_length).
-    groups: dict[tuple[int, int, int], list[_Ready]] = {}
+    # A tiled request alone; one shot: one decode per output size (and caption length: a prompt's
+    # embedding keeps the encoder's length, as in Decoder.decode, while a caption_embedding is cut
+    # to txt_max_length).
+    groups: dict[tuple[int, ...], list[_Ready]] = {}
     for item in ready:
-        groups.setdefault((*item.size, int(item.caption.shape[1])), []).append(item)
-    for (height, width, _), items in groups.items():
-        try:
-            image = decoder.decode(
-                torch.cat([r.latent for r in items]), torch.cat([r.caption for r in items]),
-                degrade_sigma=torch.cat([r.sigma for r in items]),
-                noise=[torch.cat(draws) for draws in zip(*(r.noise for r in items), strict=True)],
-                size=(height, width), steps=steps,
-                # One shot at any size, as before tiled decoding: the server does not take the
-                # tiling options yet, so a request too large for memory is still refused (503).
-                tiles="off", allow_untrained_size=True,
-            )  # fmt: skip
-        except Exception as exc:
-            rows = sum(r.rows for r in items)
-            err = _as_error(exc, f"decode of {len(items)} request(s), {rows} image(s) at {width}x{height}")
-            for r in items:
-                results[r.index].error = err
-            continue
-        log.debug("decoded %d request(s), %d image(s) at %dx%d", len(items), image.shape[0], width, height)
-        start = 0
-        for r in items:
-            part = image[start : start + r.rows]
-            start += r.rows
-            out = results[r.index]
-            wanted = requests[r.index].outputs
-            if "image" in wanted:
-                out.image = part.numpy()
-            if "png" in wanted:
-                try:
-                    out.png = png_bytes(part)
-                except Exception as exc:
-                    out.error = _as_error(exc, requests[r.index].what)
+        key = (item.index,) if item.tiling is not None else (*item.size, int(item.caption.shape[1]))
+        groups.setdefault(key, []).append(item)
+    for items in groups.values():
+        _decode_group(decoder, items, requests, results, steps)
     return results
+
+
+def _decode_group(decoder, items: list[_Ready], requests, results: list[DecodeResult], steps: int) -> None:
+    """One decode of ``items`` (one tiled request, or one-shot requests of one size); their
+    results (or the decode's error for each)."""
+    height, width = items[0].size
+    # One-shot requests were planned one by one; together they decode in one shot at any size.
+    tiling = (
+        items[0].tiling if items[0].tiling is not None else {"tiles": "off", "allow_untrained_size": True}
+    )
+    try:
+        image = decoder.decode(
+            torch.cat([r.latent for r in items]), torch.cat([r.caption for r in items]),
+            degrade_sigma=torch.cat([r.sigma for r in items]),
+            noise=[torch.cat(draws) for draws in zip(*(r.noise for r in items), strict=True)],
+            size=(height, width), steps=steps, **tiling,
+        )  # fmt: skip
+    except Exception as exc:
+        rows = sum(r.rows for r in items)
+        err = _as_error(exc, f"decode of {len(items)} request(s), {rows} image(s) at {width}x{height}")
+        for r in items:
+            results[r.index].error = err
+        return
+    log.debug("decoded %d request(s), %d image(s) at %dx%d", len(items), image.shape[0], width, height)
+    start = 0
+    for r in items:
+        part = image[start : start + r.rows]
+        start += r.rows
+        out = results[r.index]
+        out.tiled = r.tiling is not None
+        wanted = requests[r.index].outputs
+        if "image" in wanted:
+            out.image = part.numpy()
+        if "png" in wanted:
+            try:
+                out.png = png_bytes(part)
+            except Exception as exc:
+                out.error = _as_error(exc, requests[r.index].what)
 
 
 def png_bytes(images: torch.Tensor) -> list[bytes]:
@@ -145,8 +168,9 @@ def png_bytes(images: torch.Tensor) -> list[bytes]:
     return out
 
 
-def _prepare(decoder, index: int, req: DecodeRequest, steps: int) -> _Ready:
-    """Validate one request by the latent file's rules; its caption and noise."""
+def _prepare(decoder, index: int, req: DecodeRequest, steps: int, tiling: dict[str, Any]) -> _Ready:
+    """Validate one request by the latent file's rules and plan its size (``tiling``: its
+    decode keywords); its caption and noise."""
     from pid_trt.io import latent_from_tensors
     from pid_trt.sampling import draw_noise
 
@@ -158,6 +182,10 @@ def _prepare(decoder, index: int, req: DecodeRequest, steps: int) -> _Ready:
         raise ConfigError(f"{what}: give caption_embedding or prompt, not both")
     lat = latent_from_tensors(req.latent, req.caption, sigma, decoder.config, what=what)
     height, width = decoder.output_size(lat.latent_hw)
+    try:
+        size_plan = decoder.plan(height, width, lat.batch, steps, **tiling)
+    except ConfigError as exc:  # the decode's own words (bad tiling, tiles off outside the envelope)
+        raise ConfigError(f"{what}: {exc}") from None
     if req.prompt is not None:
         caption = decoder.encode_prompts(list(req.prompt), lat.batch)
     elif lat.caption is not None:
@@ -167,7 +195,8 @@ def _prepare(decoder, index: int, req: DecodeRequest, steps: int) -> _Ready:
         # nets; a one-line refusal for real checkpoints), drawn per request with its seed.
         caption = stand_in_caption(decoder.spec, lat.batch, seed)
     noise = draw_noise((lat.batch, 3, height, width), steps, seed)
-    return _Ready(index, lat.latent, caption, lat.degrade_sigma, noise, (height, width))
+    tiled = tiling if size_plan.tiled else None
+    return _Ready(index, lat.latent, caption, lat.degrade_sigma, noise, (height, width), tiled)
 
 
 def _request_seed(seed: np.ndarray | None, rows: int, what: str) -> int:

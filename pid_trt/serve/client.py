@@ -106,11 +106,14 @@ class PidClient:
         seed: int = 0,
         outputs: Sequence[str] = ("image",),
         request_id: str = "",
+        tiling: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Decode one request: ``latent`` [B, C, h, w] (or [C, h, w]); ``caption`` [B, T, D]
         or [T, D]; or ``prompt`` (one string, or B); ``degrade_sigma`` a float or [B] (default 0); one
         ``seed`` for the request (as ``pidtrt decode --seed``). Returns {"image": [B, 3, H, W]
-        float32} and / or {"png": [B bytes]}, as ``outputs`` asks. Raises ServeRequestError."""
+        float32} and / or {"png": [B bytes]}, as ``outputs`` asks. ``tiling``: this request's
+        tiling keywords (``tiles``, ``tile_size`` ...: :data:`pid_trt.serve.protocol.TILING_PARAMETERS`)
+        over the server's. Raises ServeRequestError."""
         http = self._http
         lat = np.ascontiguousarray(latent, dtype=np.float32)
         if lat.ndim == 3:
@@ -137,7 +140,7 @@ class PidClient:
         inputs.append(_input(http, "seed", np.full((rows, 1), int(seed), dtype=np.int64), "INT64"))
         wanted = [http.InferRequestedOutput(name, binary_data=True) for name in outputs]
         # Binary answers carry the PNG as it is (the server's default is base64 text, for JSON).
-        params = {PNG_ENCODING: BINARY} if "png" in outputs else None
+        params = {**(tiling or {}), **({PNG_ENCODING: BINARY} if "png" in outputs else {})} or None
         result = self._call(
             lambda: self._client.infer(
                 MODEL_NAME, inputs, outputs=wanted, request_id=request_id, parameters=params

@@ -37,6 +37,9 @@ class ModelOptions:
     decodes on its own ``cuda:<id>`` instead. ``text_encoder``: a local Gemma-2-2B-it
     directory, kept resident once loaded (a server would otherwise reload it for every prompt).
     ``caption_cache``: caption embeddings kept by prompt (:mod:`pid_trt.captions`; 0: none).
+    ``tiling``: the tiling keywords of :meth:`pid_trt.Decoder.decode` every request gets unless
+    it gives its own (``--tiles ...``; default auto); ``envelope``: the net's trained sizes
+    ("WxH,..."; default the checkpoint type's, none for stand-ins).
     """
 
     net: NetOptions = field(default_factory=NetOptions)
@@ -46,6 +49,8 @@ class ModelOptions:
     memory_check: bool = True
     max_backends: int = 8
     caption_cache: int = CAPTION_CACHE
+    tiling: dict[str, Any] = field(default_factory=dict)
+    envelope: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "net", self.net.absolute())
@@ -60,7 +65,7 @@ class ModelOptions:
             "text_encoder": self.text_encoder, "text_dtype": self.text_dtype, "keep_text_encoder": True,
             "caption_cache": self.caption_cache,
             "max_backends": self.max_backends, "memory_check": self.memory_check,
-            "memory_hint": "pass --no-memory-check to pidtrt serve to try anyway",
+            "memory_hint": "pass --no-memory-check to pidtrt serve to try anyway", "envelope": self.envelope,
         }  # fmt: skip
 
     def runtime_on(self, device: str | None) -> RuntimeOptions:
@@ -71,7 +76,7 @@ class ModelOptions:
         data = {
             "net": self.net.to_dict(), "runtime": self.runtime.to_dict(), "text_encoder": self.text_encoder,
             "text_dtype": self.text_dtype, "memory_check": self.memory_check, "max_backends": self.max_backends,
-            "caption_cache": self.caption_cache,
+            "caption_cache": self.caption_cache, "tiling": self.tiling, "envelope": self.envelope,
         }  # fmt: skip
         return json.dumps(data, indent=2, sort_keys=True)
 
@@ -88,10 +93,15 @@ class ModelOptions:
     def check(self) -> dict[str, str]:
         """Validate the options as :meth:`pid_trt.Decoder.from_options` does, without reading
         the weights (each instance reads them); returns the net's input sizes for the model
-        configuration (:data:`NET_PARAMETERS`). Raises the project's one-line errors."""
+        configuration (:data:`NET_PARAMETERS`), the tiling defaults and the envelope. Raises
+        the project's one-line errors."""
+        from pid_trt.tiling import Envelope, TileOptions, envelope_for
+
         runtime = self.runtime.resolved()
         spec = self.net.resolve()
         config = spec.config
+        tiling = TileOptions.create(**self.tiling)
+        envelope = Envelope.parse(self.envelope) if self.envelope is not None else envelope_for(spec.preset)
         return {
             "latent_channels": str(config.lq_latent_channels),
             "pixels_per_latent": str(config.pixels_per_latent),
@@ -101,6 +111,8 @@ class ModelOptions:
             "net": spec.name,
             "backend": runtime.backend,
             "precision": runtime.precision_enum.value,
+            "tiling": tiling.describe(),
+            "envelope": envelope.describe(limit=32) if envelope is not None else "none",
         }
 
 

@@ -17,7 +17,13 @@ Metrics: when this Triton's Python backend has custom metrics (``pb_utils.Metric
 each instance reports its Decoder's caption cache on Triton's metrics port:
 ``pid_caption_cache_hits_total`` / ``pid_caption_cache_misses_total`` (counters: prompt rows
 answered from the cache / by the caption encoder) and ``pid_caption_cache_entries`` (gauge),
-labelled ``model`` and ``instance``.
+and ``pid_tiled_requests_total`` (counter: requests answered by a tiled decode), labelled
+``model`` and ``instance``.
+
+Tiling: each request is planned with the server's ``--tiles ...`` options (``options.json``),
+over which the request's parameters ``tiles``, ``tile_size``, ``tile_overlap``, ``tile_batch``
+and ``allow_untrained_size`` win (:mod:`pid_trt.serve.protocol`); a tiled request is decoded
+on its own (:mod:`pid_trt.serve.batch`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import triton_python_backend_utils as pb_utils  # provided by Triton's Python ba
 from pid_trt.errors import ConfigError, InputFileError, ResourceError
 from pid_trt.serve.batch import DecodeRequest, decode_requests
 from pid_trt.serve.config import ModelOptions
-from pid_trt.serve.protocol import encode_pngs, png_encoding
+from pid_trt.serve.protocol import encode_pngs, png_encoding, request_tiling
 
 #: File in the model directory holding the :class:`ModelOptions` (JSON).
 OPTIONS_FILE = "options.json"
@@ -61,6 +67,7 @@ class TritonPythonModel:
                 torch.set_num_threads(int(params["threads"]))
             from pid_trt.decoder import Decoder
 
+            self.tiling = dict(options.tiling)
             self.decoder = Decoder.from_options(
                 options.net, options.runtime_on(device), **options.decoder_kwargs()
             )
@@ -74,6 +81,7 @@ class TritonPythonModel:
             finally:
                 raise
         self.metrics = _CacheMetrics.create(self.name, self.decoder)
+        self.tiled = _TiledMetric.create(self.name)
         log.info("%s: %r ready", self.name, self.decoder)
 
     def execute(self, requests: list) -> list:
@@ -86,7 +94,10 @@ class TritonPythonModel:
                 errors[i] = exc
                 parsed.append(None)
         good = [p[0] for p in parsed if p is not None]
-        results = iter(decode_requests(self.decoder, good))
+        done = decode_requests(self.decoder, good, tiling=self.tiling)
+        if self.tiled is not None:
+            self.tiled.add(sum(r.tiled and r.error is None for r in done))
+        results = iter(done)
         responses = []
         for i, item in enumerate(parsed):
             if item is None:
@@ -123,7 +134,9 @@ def _parse(request) -> tuple[DecodeRequest, str]:
 
     rid = request.request_id()
     what = f"request {rid}" if rid else "request"
-    encoding = png_encoding(request.parameters(), what)
+    params = request.parameters()
+    encoding = png_encoding(params, what)
+    tiling = request_tiling(params, what)
     latent = get("latent")
     if latent is None:  # Triton lets a request without it through (the model has optional inputs)
         raise InputFileError(f"{what}: no input 'latent'; expected FP32 [B, C, h, w], the latent to decode")
@@ -135,7 +148,7 @@ def _parse(request) -> tuple[DecodeRequest, str]:
     wanted = frozenset(request.requested_output_names()) or frozenset({"image", "png"})
     return DecodeRequest(
         latent=latent, caption=get("caption_embedding"), prompt=prompts,
-        degrade_sigma=get("degrade_sigma"), seed=get("seed"), what=what, outputs=wanted,
+        degrade_sigma=get("degrade_sigma"), seed=get("seed"), what=what, outputs=wanted, tiling=tiling,
     ), encoding  # fmt: skip
 
 
@@ -184,6 +197,37 @@ class _CacheMetrics:
             self._seen = (stats.hits, stats.misses)
         except Exception as exc:  # a failed report must not fail the batch's responses
             log.warning("caption-cache metrics not updated (%s)", " ".join(str(exc).split()))
+
+
+class _TiledMetric:
+    """``pid_tiled_requests_total``: requests this instance answered with a tiled decode."""
+
+    def __init__(self, name: str) -> None:
+        family = pb_utils.MetricFamily
+        self._family = family(  # kept: Triton refuses updates of a metric whose family was deleted
+            name="pid_tiled_requests_total",
+            description="Requests answered by a tiled decode (outside the trained sizes, or too large for one shot)",
+            kind=family.COUNTER,
+        )
+        self._metric = self._family.Metric(labels={"model": "pid_decoder", "instance": name})
+
+    @classmethod
+    def create(cls, name: str) -> _TiledMetric | None:
+        """The counter, or None where this Triton has no custom metrics."""
+        if not hasattr(pb_utils, "MetricFamily"):
+            return None
+        try:
+            return cls(name)
+        except Exception as exc:  # metrics are a report, never a reason not to serve
+            log.warning("%s: no tiled-request metric (%s)", name, " ".join(str(exc).split()))
+            return None
+
+    def add(self, count: int) -> None:
+        try:
+            if count:
+                self._metric.increment(count)
+        except Exception as exc:  # a failed report must not fail the batch's responses
+            log.warning("tiled-request metric not updated (%s)", " ".join(str(exc).split()))
 
 
 def _error_response(exc: Exception):

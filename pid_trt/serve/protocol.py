@@ -16,6 +16,11 @@ Triton consumes ``binary_data`` / ``binary_data_output`` itself (the model does 
 them) and this Python backend cannot attach parameters to a response, so the PNG's encoding
 is chosen by the client, in the request, and stated in the model configuration's parameters
 (:data:`OUTPUT_DOCS`, ``GET /v2/models/pid_decoder/config``). No Triton import here.
+
+A request may also carry its own tiling choice (:data:`TILING_PARAMETERS`: ``tiles``,
+``tile_size``, ``tile_overlap``, ``tile_batch``, ``allow_untrained_size``, the keywords of
+:meth:`pid_trt.Decoder.decode`), over the server's ``--tiles ...`` defaults; the values are
+checked where the decode's are (a bad one is a malformed request, HTTP 400).
 """
 
 from __future__ import annotations
@@ -33,6 +38,15 @@ PNG_ENCODING = "png_encoding"
 BASE64, BINARY = "base64", "binary"
 PNG_ENCODINGS = (BASE64, BINARY)
 
+#: Request parameters that choose a request's tiling, and the JSON types each may take.
+TILING_PARAMETERS: dict[str, tuple[type, ...]] = {
+    "tiles": (str,),
+    "tile_size": (str,),
+    "tile_overlap": (int,),
+    "tile_batch": (int,),
+    "allow_untrained_size": (bool,),
+}
+
 #: Model-configuration parameters describing the outputs and the request parameter (strings).
 OUTPUT_DOCS: dict[str, str] = {
     "output_image": "FP32 [3, H, W] per row: the decoded image in [-1, 1] (JSON: numbers)",
@@ -41,7 +55,34 @@ OUTPUT_DOCS: dict[str, str] = {
         "parameter png_encoding is binary (then raw bytes: binary-data extension or gRPC only)"
     ),
     "png_encoding": "base64",
+    "request_parameters": "png_encoding, " + ", ".join(TILING_PARAMETERS),
 }
+
+
+def _as_dict(parameters: str | dict[str, Any] | None) -> dict[str, Any]:
+    """A request's parameters (Triton's Python backend gives a JSON object as text) as a dict."""
+    if isinstance(parameters, str):
+        try:
+            parameters = json.loads(parameters) if parameters.strip() else {}
+        except json.JSONDecodeError:
+            parameters = {}
+    return parameters if isinstance(parameters, dict) else {}
+
+
+def request_tiling(parameters: str | dict[str, Any] | None, what: str = "request") -> dict[str, Any]:
+    """The tiling keywords a request gives (:data:`TILING_PARAMETERS`; absent ones are not
+    in the dict). Raises InputFileError naming a value of the wrong type."""
+    params = _as_dict(parameters)
+    out = {}
+    for name, types in TILING_PARAMETERS.items():
+        if name not in params:
+            continue
+        value = params[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            kind = {str: "a string", int: "an integer", bool: "true or false"}[types[0]]
+            raise InputFileError(f"{what}: parameter {name} {value!r}: expected {kind}")
+        out[name] = value
+    return out
 
 
 def png_encoding(parameters: str | dict[str, Any] | None, what: str = "request") -> str:
@@ -49,12 +90,7 @@ def png_encoding(parameters: str | dict[str, Any] | None, what: str = "request")
 
     ``parameters``: the request's parameters as Triton's Python backend gives them (a JSON
     object as text), or a dict. Raises InputFileError (a malformed request) naming the value."""
-    if isinstance(parameters, str):
-        try:
-            parameters = json.loads(parameters) if parameters.strip() else {}
-        except json.JSONDecodeError:
-            parameters = {}
-    value = (parameters or {}).get(PNG_ENCODING, BASE64)
+    value = _as_dict(parameters).get(PNG_ENCODING, BASE64)
     if value not in PNG_ENCODINGS:
         raise InputFileError(
             f"{what}: parameter {PNG_ENCODING} {value!r}: expected {BASE64!r} (the default, valid in JSON) "

@@ -58,6 +58,8 @@ def server(tmp_path_factory, gemma):
         str(gemma),
         "--caption-cache",
         "4",
+        "--tiles",  # one shot at any size: the too-large request is refused (503), not tiled
+        "off",
     )
     yield served
     stop_server(served, signal.SIGINT if served.proc.poll() is None else signal.SIGKILL)

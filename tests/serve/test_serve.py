@@ -36,13 +36,15 @@ SIZES = ((32, 32), (32, 64))
 #: CPU fp32: measured ~1.1e-5, the matrix products of 4 rows round differently from 1 row).
 BATCH_TOL = 1e-4
 MAX_QUEUE = 8
+#: The trained sizes the server is given (tiny has none): SIZES are inside, 128x96 is not.
+ENVELOPE = "64x64"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     served = start_server(
         tmp_path_factory.mktemp("serve"), "--max-batch", "4", "--max-queue-delay-ms", "50",
-        "--max-queue-size", str(MAX_QUEUE),
+        "--max-queue-size", str(MAX_QUEUE), "--envelope", ENVELOPE,
     )  # fmt: skip
     yield served
     if served.proc.poll() is None:  # a test failed before the shutdown test ran
@@ -351,6 +353,47 @@ def test_bench_server_records_every_request(server, tmp_path: Path) -> None:
         assert r["ok"] == 6 and r["latency_ms"]["p50"] > 0 and r["images_per_s"] > 0
         assert sum(int(b) * n for b, n in r["batches"].items()) == 6
     assert "| 32x32 | 3 | 6 | 6 |" in res.stdout
+
+
+def tiled_requests(served) -> float:
+    """``pid_tiled_requests_total`` summed over instances, from the Prometheus page."""
+    with urllib.request.urlopen(served.metrics_url, timeout=10) as resp:
+        text = resp.read().decode()
+    lines = [ln for ln in text.splitlines() if ln.startswith("pid_tiled_requests_total{")]
+    assert lines, "no pid_tiled_requests_total metric"
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)
+
+
+def test_a_request_outside_the_envelope_is_answered_tiled(server, tmp_path: Path) -> None:
+    """128x96 is outside the server's 64x64 envelope: answered in tiles, bit for bit
+    Decoder.decode(tiles="auto") with the same envelope and seed; a request's own tiles win;
+    with tiles off it gets the decode's one-line refusal as HTTP 400; the metric counts."""
+    from pid_trt import Decoder
+    from pid_trt.serve.client import ServeRequestError
+
+    gen = torch.Generator().manual_seed(21)
+    lat = torch.randn(1, 16, 3, 4, generator=gen).numpy()
+    cap = torch.randn(1, 8, 32, generator=gen).numpy()
+    before = tiled_requests(server)
+    with client(server) as c:
+        params = c.parameters()
+        auto = c.decode(lat, cap, seed=5, request_id="tiled")["image"]
+        grid = c.decode(lat, cap, seed=5, tiling={"tiles": "2x2", "tile_batch": 2})["image"]
+        with pytest.raises(ServeRequestError) as err:
+            c.decode(lat, cap, seed=5, request_id="off", tiling={"tiles": "off"})
+    assert params["envelope"] == ENVELOPE and params["tiling"] == "--tiles auto --tile-batch 1"
+    assert err.value.kind == "invalid" and "\n" not in str(err.value)  # HTTP 400
+    assert str(err.value).startswith(
+        "request off: 128x96 is outside the trained sizes of tiny (given) (64x64): decode it in tiles of a "
+        "trained size (--tiles auto) or force one shot with --allow-untrained-size"
+    )
+    with Decoder.load(backbone="tiny", random_weights=True, envelope=ENVELOPE) as dec:
+        assert dec.plan(96, 128).tiled
+        assert torch.equal(torch.from_numpy(np.array(auto)), dec.decode(lat, cap, seed=5))
+        assert torch.equal(
+            torch.from_numpy(np.array(grid)), dec.decode(lat, cap, seed=5, tiles="2x2", tile_batch=2)
+        )
+    assert tiled_requests(server) == before + 2
 
 
 def test_sigint_stops_the_server_and_leaves_nothing(server) -> None:

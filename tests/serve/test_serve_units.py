@@ -150,6 +150,37 @@ def test_each_request_gets_its_own_image_or_error(decoder, tmp_path: Path) -> No
     assert out[2].png is None  # not asked for
 
 
+def test_a_tiled_request_is_decoded_alone_as_decoder_decode_does() -> None:
+    """Envelope 64x64: a 96x128 request tiles (alone, bit for bit Decoder.decode(tiles=auto));
+    the two 32x32 requests still batch together; a request with tiles off outside the envelope
+    gets the decode's one-line refusal; a request's own tiling wins over the server's."""
+    from pid_trt import Decoder
+
+    with Decoder.load(backbone="tiny", random_weights=True, envelope="64x64") as dec:
+        config = dec.config
+        big, big_cap = _inputs(config, 7, 3, 4)
+        lat, cap = _inputs(config, 8)
+        reqs = [
+            DecodeRequest(lat, cap, seed=np.array([[1]]), what="request a"),
+            DecodeRequest(big, big_cap, seed=np.array([[2]]), what="request b"),
+            DecodeRequest(lat, cap, seed=np.array([[3]]), what="request c"),
+            DecodeRequest(big, big_cap, what="request d", tiling={"tiles": "off"}),
+            DecodeRequest(big, big_cap, seed=np.array([[2]]), what="request e", tiling={"tiles": "2x2"}),
+        ]
+        out = decode_requests(dec, reqs, tiling={"tile_batch": 2})
+        assert [r.tiled for r in out] == [False, True, False, False, True]
+        assert out[0].error is None and out[2].error is None
+        assert torch.equal(torch.from_numpy(out[1].image), dec.decode(big, big_cap, seed=2, tile_batch=2))
+        assert torch.equal(
+            torch.from_numpy(out[4].image), dec.decode(big, big_cap, seed=2, tiles="2x2", tile_batch=2)
+        )
+        assert str(out[3].error).startswith(
+            "request d: 128x96 is outside the trained sizes of tiny (given) (64x64): decode it in tiles"
+        )
+        for r, seed in ((out[0], 1), (out[2], 3)):  # batched together: within rounding of a lone decode
+            assert (torch.from_numpy(r.image) - dec.decode(lat, cap, seed=seed)).abs().max().item() <= 1e-4
+
+
 def test_request_without_caption_gets_the_stand_in_of_a_direct_decode(decoder) -> None:
     lat, _ = _inputs(decoder.config, 3)
     (res,) = decode_requests(decoder, [DecodeRequest(lat, None, seed=np.array([[9]]))])
