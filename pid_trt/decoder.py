@@ -215,14 +215,13 @@ class Decoder:
         draws [B, 3, H, W]); size: (height, width) or "WxH"; steps: 4 = the released sampler.
         Inputs are checked by the latent file's rules (:func:`pid_trt.io.latent_from_tensors`).
 
-        tiles: "auto" (one shot inside the trained envelope, tiles outside it or where a one-shot
-        decode would not fit the device's memory), "off" (one shot; outside the envelope
-        refused unless ``allow_untrained_size``) or "COLSxROWS"; tile_size: "WxH" or (height,
-        width) pixels; tile_overlap: pixels; tile_batch: tiles per backend call
-        (:mod:`pid_trt.tiling`; :meth:`plan` says what a decode will do). A tiled decode runs
-        the same sampler with the same full-size noise; ``tiles="1x1"`` equals the one-shot
-        decode exactly. devices: "cuda:0,cuda:1" or a list: tile batches dealt round-robin over
-        one backend per device, run concurrently, blended on this Decoder's device.
+        The tiling choice (:class:`pid_trt.tiling.TileOptions`; :meth:`plan` says what a decode
+        will do): tiles "auto" (one shot inside the trained envelope, tiles outside it or where
+        one shot would not fit the memory), "off" (one shot; outside the envelope refused unless
+        ``allow_untrained_size``) or "COLSxROWS" (``"1x1"`` equals one shot exactly); tile_size
+        "WxH" or (height, width); tile_overlap and tile_size in pixels; tile_batch tiles per
+        backend call; devices "cuda:0,cuda:1" or a list: tile batches dealt round-robin over one
+        backend per device, run concurrently, blended on this Decoder's device.
         """
         from pid_trt.io import latent_from_tensors, noise_from_tensors
         from pid_trt.resources import run_guarded

@@ -86,6 +86,44 @@ def run_load(
     with PidClient(url, timeout_s=timeout_s) as probe:
         params = probe.parameters()
         before = probe.stats()
+    latent, caption = _inputs(params, height, width, seed)
+    tally = _Tally()
+    threads = [
+        threading.Thread(
+            target=tally.work, args=(url, latent, caption, requests, timeout_s, seed), name=f"pidtrt-load-{k}"
+        )
+        for k in range(concurrency)
+    ]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    with PidClient(url, timeout_s=timeout_s) as probe:
+        after = probe.stats()
+    batches, queue_ms, compute_ms = _server_side(before, after)
+    images = sum(k * v for k, v in batches.items())
+    runs = sum(batches.values())
+    pct = None
+    if tally.latencies:
+        ms = np.asarray(tally.latencies) * 1e3
+        pct = Percentiles(*(float(np.percentile(ms, q)) for q in (50, 95, 99)))
+    ordered = {k: tally.errors[k] for k in ERROR_KINDS if k in tally.errors}
+    ok = len(tally.latencies)
+    return ServerBenchRecord(
+        url=url, net=params.get("net", "?"), backend=params.get("backend", "?"),
+        precision=params.get("precision", "?"), height=height, width=width, concurrency=concurrency,
+        requests=requests, ok=ok, errors=ordered, wall_s=wall, latency_ms=pct,
+        images_per_s=ok / wall if wall > 0 else 0.0, batches=batches,
+        mean_batch=images / runs if runs else None, queue_ms=queue_ms, compute_ms=compute_ms,
+        error_examples=tally.examples,
+    )  # fmt: skip
+
+
+def _inputs(params: dict[str, str], height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The load test's latent [1, C, h, w] and caption [1, T, D] (seeded normal, float32) for a
+    ``width`` x ``height`` output on the server whose model parameters are ``params``."""
     ppl = int(params["pixels_per_latent"])
     if height % ppl or width % ppl:
         from pid_trt.errors import ConfigError
@@ -100,21 +138,32 @@ def run_load(
     caption = rng.standard_normal(
         (1, int(params["txt_max_length"]), int(params["txt_embed_dim"])), dtype=np.float32
     )
+    return latent, caption
 
-    lock = threading.Lock()
-    next_index = [0]
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    examples: dict[str, str] = {}
 
-    def worker() -> None:
+class _Tally:
+    """The requests of one load test, shared by its client threads: the next request's index,
+    the latencies (s) of the answered ones, failures by kind and one message of each kind."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.next_index = 0
+        self.latencies: list[float] = []
+        self.errors: dict[str, int] = {}
+        self.examples: dict[str, str] = {}
+
+    def take(self, requests: int) -> int | None:
+        """The index of the next request to send, None when all ``requests`` are taken."""
+        with self.lock:
+            if self.next_index >= requests:
+                return None
+            self.next_index += 1
+            return self.next_index - 1
+
+    def work(self, url: str, latent, caption, requests: int, timeout_s: float, seed: int) -> None:
+        """One client thread: send requests until none is left; every outcome is counted."""
         with PidClient(url, timeout_s=timeout_s) as client:
-            while True:
-                with lock:
-                    i = next_index[0]
-                    if i >= requests:
-                        return
-                    next_index[0] += 1
+            while (i := self.take(requests)) is not None:
                 start = time.perf_counter()
                 try:
                     client.decode(latent, caption, seed=seed + i, outputs=("image",), request_id=f"bench-{i}")
@@ -123,38 +172,12 @@ def run_load(
                 except Exception as exc:  # counted, never lost
                     kind, message = "client", f"{type(exc).__name__}: {exc}"
                 else:
-                    with lock:
-                        latencies.append(time.perf_counter() - start)
+                    with self.lock:
+                        self.latencies.append(time.perf_counter() - start)
                     continue
-                with lock:
-                    errors[kind] = errors.get(kind, 0) + 1
-                    examples.setdefault(kind, " ".join(message.split())[:300])
-
-    threads = [threading.Thread(target=worker, name=f"pidtrt-load-{k}") for k in range(concurrency)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    with PidClient(url, timeout_s=timeout_s) as probe:
-        after = probe.stats()
-    batches, queue_ms, compute_ms = _server_side(before, after)
-    images = sum(k * v for k, v in batches.items())
-    runs = sum(batches.values())
-    pct = None
-    if latencies:
-        ms = np.asarray(latencies) * 1e3
-        pct = Percentiles(*(float(np.percentile(ms, q)) for q in (50, 95, 99)))
-    ordered = {k: errors[k] for k in ERROR_KINDS if k in errors}
-    return ServerBenchRecord(
-        url=url, net=params.get("net", "?"), backend=params.get("backend", "?"),
-        precision=params.get("precision", "?"), height=height, width=width, concurrency=concurrency,
-        requests=requests, ok=len(latencies), errors=ordered, wall_s=wall, latency_ms=pct,
-        images_per_s=len(latencies) / wall if wall > 0 else 0.0, batches=batches,
-        mean_batch=images / runs if runs else None, queue_ms=queue_ms, compute_ms=compute_ms,
-        error_examples=examples,
-    )  # fmt: skip
+                with self.lock:
+                    self.errors[kind] = self.errors.get(kind, 0) + 1
+                    self.examples.setdefault(kind, " ".join(message.split())[:300])
 
 
 def _server_side(before: dict, after: dict) -> tuple[dict[int, int], float | None, float | None]:
