@@ -22,8 +22,6 @@ finished, and a rerun that skips those resumes an interrupted run. No printing h
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,10 +29,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pid_trt.atomic import atomic_write_bytes, remove_stale_temps
+from pid_trt.atomic import remove_stale_temps
 from pid_trt.errors import InputFileError
 from pid_trt.integrations.colour import SPACE
 from pid_trt.integrations.ldm import LdmSpec, check_decoder_fits, ldm_size, ldm_spec, resolve_capture_steps
+from pid_trt.integrations.records import read_record, relative, write_json
 
 #: The prompt's record in its folder, and the run manifest in the output folder.
 RECORD_NAME = "generation.json"
@@ -165,60 +164,20 @@ def generate_prompt(
     prompt's folder are removed first, when their writer is gone). Returns the record (see
     :func:`write_run_manifest`). ``pipe_kwargs``: extra pipeline arguments (e.g.
     ``prompt_embeds``)."""
-    import torch
-
-    from pid_trt.integrations.diffusers import prompt_caption, run_ldm
-    from pid_trt.io import write_images, write_latent_file
+    from pid_trt.integrations.diffusers import prompt_caption
 
     if settings.compare_vae and vae is None:
         raise InputFileError("compare_vae needs the LDM's VAE (vae=pipe.vae)")
     begin = time.perf_counter()
-    extra = dict(pipe_kwargs or {})
-    if settings.guidance_scale is not None:
-        extra.setdefault("guidance_scale", settings.guidance_scale)
-    run = run_ldm(
-        pipe, outputs.prompt, settings.height, settings.width, settings.capture_steps, outputs.seed,
-        pixels_per_latent=decoder.config.pixels_per_latent, backbone=settings.backbone,
-        num_inference_steps=settings.steps, **extra,
-    )  # fmt: skip
+    run = _run_ldm(pipe, decoder, outputs, settings, pipe_kwargs)
     caption = prompt_caption(decoder, outputs.prompt, 1)
     outputs.folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(outputs.folder, lambda name: True, time.time())  # the folder is this prompt's alone
-    root = outputs.folder.parent
     files = {c.step: c for c in outputs.captures}
-    captures = []
-    for cap in run.captures:
-        target = files[cap.step]
-        start = time.perf_counter()
-        image = decoder.decode(
-            cap.latent, caption, degrade_sigma=cap.sigma, seed=outputs.seed,
-            size=(settings.height, settings.width), steps=settings.pid_steps,
-        )  # fmt: skip
-        pid_seconds = time.perf_counter() - start
-        write_images(image, target.pid)
-        entry: dict[str, Any] = {
-            "step": cap.step,
-            "label": target.label,
-            "degrade_sigma": round(cap.sigma, 6),
-            "files": {"pid": _relative(target.pid, root)},
-            "seconds": {"pid": round(pid_seconds, 4)},
-        }
-        if target.latent is not None:
-            sigma = torch.tensor([cap.sigma], dtype=torch.float32)
-            backbone = ldm_spec(settings.backbone).backbone.value
-            write_latent_file(target.latent, cap.latent.cpu(), caption, sigma, backbone=backbone)
-            entry["files"]["latent"] = _relative(target.latent, root)
-        if target.vae is not None and target.compare is not None:
-            from pid_trt.integrations.vae_compare import compare_with_vae, write_comparison
-
-            start = time.perf_counter()
-            cmp = compare_with_vae(vae, cap.latent, settings.backbone, image)
-            entry["seconds"]["vae"] = round(time.perf_counter() - start, 4)
-            write_comparison(cmp, target.vae, target.compare)
-            entry["files"].update(vae=_relative(target.vae, root), compare=_relative(target.compare, root))
-            entry["vae_size"] = [int(cmp.vae_image.shape[-1]), int(cmp.vae_image.shape[-2])]
-            entry["colour_drift"] = cmp.drift.as_dict()
-        captures.append(entry)
+    captures = [
+        _decode_capture(decoder, cap, files[cap.step], caption, outputs, settings, vae)
+        for cap in run.captures
+    ]
     record = {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
@@ -236,8 +195,83 @@ def generate_prompt(
         "captures": captures,
         "seconds": round(time.perf_counter() - begin, 4),
     }
-    _write_json(outputs.record, record)
+    write_json(outputs.record, record)
     return record
+
+
+def _run_ldm(
+    pipe: Any,
+    decoder: Any,
+    outputs: PromptOutputs,
+    settings: GenerateSettings,
+    pipe_kwargs: Mapping[str, Any] | None,
+) -> Any:
+    """The prompt's one LDM run, keeping the latent of each capture step
+    (:func:`pid_trt.integrations.diffusers.run_ldm`)."""
+    from pid_trt.integrations.diffusers import run_ldm
+
+    extra = dict(pipe_kwargs or {})
+    if settings.guidance_scale is not None:
+        extra.setdefault("guidance_scale", settings.guidance_scale)
+    return run_ldm(
+        pipe, outputs.prompt, settings.height, settings.width, settings.capture_steps, outputs.seed,
+        pixels_per_latent=decoder.config.pixels_per_latent, backbone=settings.backbone,
+        num_inference_steps=settings.steps, **extra,
+    )  # fmt: skip
+
+
+def _decode_capture(
+    decoder: Any,
+    cap: Any,
+    target: CaptureFiles,
+    caption: Any,
+    outputs: PromptOutputs,
+    settings: GenerateSettings,
+    vae: Any,
+) -> dict[str, Any]:
+    """One capture: PiD's image, the latent file and the VAE's images when asked for, each
+    written; returns the capture's entry of the record."""
+    from pid_trt.io import write_images
+
+    root = outputs.folder.parent
+    start = time.perf_counter()
+    image = decoder.decode(
+        cap.latent, caption, degrade_sigma=cap.sigma, seed=outputs.seed,
+        size=(settings.height, settings.width), steps=settings.pid_steps,
+    )  # fmt: skip
+    pid_seconds = time.perf_counter() - start
+    write_images(image, target.pid)
+    entry: dict[str, Any] = {
+        "step": cap.step,
+        "label": target.label,
+        "degrade_sigma": round(cap.sigma, 6),
+        "files": {"pid": relative(target.pid, root)},
+        "seconds": {"pid": round(pid_seconds, 4)},
+    }
+    if target.latent is not None:
+        _write_capture_latent(target.latent, cap, caption, settings.backbone)
+        entry["files"]["latent"] = relative(target.latent, root)
+    if target.vae is not None and target.compare is not None:
+        from pid_trt.integrations.vae_compare import compare_with_vae, write_comparison
+
+        start = time.perf_counter()
+        cmp = compare_with_vae(vae, cap.latent, settings.backbone, image)
+        entry["seconds"]["vae"] = round(time.perf_counter() - start, 4)
+        write_comparison(cmp, target.vae, target.compare)
+        entry["files"].update(vae=relative(target.vae, root), compare=relative(target.compare, root))
+        entry["vae_size"] = [int(cmp.vae_image.shape[-1]), int(cmp.vae_image.shape[-2])]
+        entry["colour_drift"] = cmp.drift.as_dict()
+    return entry
+
+
+def _write_capture_latent(path: Path, cap: Any, caption: Any, ldm: str) -> None:
+    """A capture's PiD latent file (``pidtrt decode`` input): latent, caption, its sigma, the backbone."""
+    import torch
+
+    from pid_trt.io import write_latent_file
+
+    sigma = torch.tensor([cap.sigma], dtype=torch.float32)
+    write_latent_file(path, cap.latent.cpu(), caption, sigma, backbone=ldm_spec(ldm).backbone.value)
 
 
 @dataclass(frozen=True)
@@ -275,7 +309,7 @@ def write_run_manifest(
     entries = []
     for out in outputs:
         status, error = outcomes.get(out.index, (None, None))
-        record = _read_record(out.record) if status != "failed" else None
+        record = read_record(out.record) if status != "failed" else None
         if record is not None:
             entry = {"status": status or "done", **record}
         else:
@@ -324,33 +358,5 @@ def write_run_manifest(
         },
         "prompts": entries,
     }
-    _write_json(path, manifest)
+    write_json(path, manifest)
     return manifest
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return Path(path).relative_to(root).as_posix()
-    except ValueError:
-        return os.fspath(path)
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    try:
-        atomic_write_bytes(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-    except OSError as exc:
-        raise InputFileError(f"output {os.fspath(path)}: write failed ({exc.strerror or exc})") from None
-
-
-def _read_record(path: Path) -> dict[str, Any] | None:
-    """A prompt's record, or None when it is absent or unreadable (then the prompt counts as
-    not done)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    data.pop("format", None)
-    data.pop("version", None)
-    return data

@@ -22,7 +22,6 @@ many files also gets a run manifest (:func:`write_decode_manifest`). No printing
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -32,11 +31,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pid_trt.atomic import atomic_write_bytes
 from pid_trt.config import Backbone
-from pid_trt.errors import ConfigError, InputFileError
+from pid_trt.errors import ConfigError
 from pid_trt.integrations.colour import SPACE
 from pid_trt.integrations.ldm import LdmSpec, ldm_spec
+from pid_trt.integrations.records import read_record, relative, write_json
 
 #: ``format`` of each file's record and of the run manifest.
 RECORD_FORMAT = "pidtrt-decode-compare-vae"
@@ -188,9 +187,9 @@ class VaeBeside:
             "size": [int(image.shape[-1]), int(image.shape[-2])],
             "vae_size": [int(cmp.vae_image.shape[-1]), int(cmp.vae_image.shape[-2])],
             "files": {
-                "pid": [_relative(p, root) for p in pid_files],
-                "vae": [_relative(p, root) for p in vae_files],
-                "compare": [_relative(p, root) for p in written[len(vae_files) :]],
+                "pid": [relative(p, root) for p in pid_files],
+                "vae": [relative(p, root) for p in vae_files],
+                "compare": [relative(p, root) for p in written[len(vae_files) :]],
             },
             "colour_drift": cmp.drift.as_dict(),
             "seconds": {"pid": round(pid_seconds, 4), "vae": round(vae_seconds, 4)},
@@ -276,7 +275,7 @@ def write_decode_manifest(
     entries = []
     for job in jobs:
         status, error = outcomes.get(job.index, (None, None))
-        entry: dict[str, Any] = {"latent": job.name, "output": _relative(job.output, root)}
+        entry: dict[str, Any] = {"latent": job.name, "output": relative(job.output, root)}
         record = read_record(beside_paths(job.output).record) if status != "failed" else None
         if record is not None:
             entry["status"] = status or "done"
@@ -314,31 +313,3 @@ def manifest_path(outputs: Sequence[Path]) -> Path:
     """Where a run's manifest goes: :data:`MANIFEST_NAME` in the outputs' deepest common folder."""
     parents = [os.path.abspath(Path(p).parent) for p in outputs]
     return Path(os.path.commonpath(parents) if parents else ".") / MANIFEST_NAME
-
-
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """``data`` as indented UTF-8 JSON at ``path``, atomically; InputFileError for a failed write."""
-    try:
-        atomic_write_bytes(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-    except OSError as exc:
-        raise InputFileError(f"output {os.fspath(path)}: write failed ({exc.strerror or exc})") from None
-
-
-def read_record(path: Path) -> dict[str, Any] | None:
-    """A file's record without its format / version, or None when absent or unreadable."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    data.pop("format", None)
-    data.pop("version", None)
-    return data
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return Path(os.path.abspath(path)).relative_to(os.path.abspath(root)).as_posix()
-    except ValueError:
-        return os.fspath(path)

@@ -43,17 +43,6 @@ SHAPES = {
 }
 
 
-class Recorder:
-    """A callback_on_step_end that keeps every step's latent (and never stops the run)."""
-
-    def __init__(self):
-        self.latents = []
-
-    def __call__(self, pipe, i, t, kwargs):
-        self.latents.append(kwargs["latents"].detach().clone())
-        return kwargs
-
-
 def count_calls(module):
     calls = []
     module.register_forward_hook(lambda *_: calls.append(1))
@@ -120,15 +109,14 @@ def test_pid_latent_flux2_follows_the_position_ids():
         torch.testing.assert_close(latent[0, :, k // 6, k % 6], packed[0, k], atol=0, rtol=0)
 
 
-def test_raw_flux2_and_its_packed_twin_give_the_same_latent(pipes):
+def test_raw_flux2_and_its_packed_twin_give_the_same_latent(pipes, recorder):
     """FLUX.2-klein returns the raw [B, 32, H/8, W/8] latent (de-normalised, unpatchified);
     its last loop latent is the packed, normalised twin. Both give one PiD latent."""
     pipe = get(pipes, "flux2_klein")
-    rec = Recorder()
-    raw = run(pipe, "flux2_klein", output_type="latent", callback_on_step_end=rec).images
-    assert tuple(raw.shape) == (1, 32, 8, 12) and tuple(rec.latents[-1].shape) == (1, 24, 128)
+    raw = run(pipe, "flux2_klein", output_type="latent", callback_on_step_end=recorder).images
+    assert tuple(raw.shape) == (1, 32, 8, 12) and tuple(recorder.latents[-1].shape) == (1, 24, 128)
     from_raw = pid_latent(pipe, raw, "flux2", H, W)
-    from_packed = pid_latent(pipe, rec.latents[-1], "flux2", H, W)
+    from_packed = pid_latent(pipe, recorder.latents[-1], "flux2", H, W)
     torch.testing.assert_close(from_raw, from_packed, atol=1e-5, rtol=1e-5)
     # and the raw path is the BatchNorm normalisation of the 2x2 patchify, by hand
     bn = pipe.vae.bn
@@ -206,28 +194,27 @@ def test_capture_defaults():
 
 
 @pytest.mark.parametrize("backbone", ["flux", "sdxl", "qwenimage"])
-def test_capture_at_k_is_the_pipelines_latent_at_k_and_stops_there(pipes, backbone):
+def test_capture_at_k_is_the_pipelines_latent_at_k_and_stops_there(pipes, backbone, recorder):
     """EarlyCapture(K) keeps the loop's latent after step K (callback index K - 1), with
     sigma = scheduler.sigmas[K] (SDXL's Euler frame mapped to VP), and the pipeline makes
     K denoiser calls instead of STEPS + 1."""
     steps, k = STEPS + 1, 3
     pipe = get(pipes, backbone)
-    rec = Recorder()
-    full = run(pipe, backbone, steps=steps, output_type="latent", callback_on_step_end=rec)
+    full = run(pipe, backbone, steps=steps, output_type="latent", callback_on_step_end=recorder)
     sigmas = pipe.scheduler.sigmas.clone()
-    assert len(rec.latents) == steps
+    assert len(recorder.latents) == steps
 
     calls = count_calls(denoiser(pipe))
     cap = EarlyCapture(backbone, k)
     out = run(pipe, backbone, steps=steps, output_type="latent", callback_on_step_end=cap)
     assert len(calls) == k and cap.step == k and cap.steps == steps
     assert cap.scheduler_sigma == pytest.approx(float(sigmas[k]))
-    want, want_sigma = to_pid_frame(rec.latents[k - 1], float(sigmas[k]), backbone)
+    want, want_sigma = to_pid_frame(recorder.latents[k - 1], float(sigmas[k]), backbone)
     torch.testing.assert_close(cap.latent, want, atol=0, rtol=0)
     assert cap.sigma == pytest.approx(want_sigma)
-    assert 0 < cap.sigma < 1 and torch.equal(out.images, rec.latents[k - 1])  # the run ends at K
+    assert 0 < cap.sigma < 1 and torch.equal(out.images, recorder.latents[k - 1])  # the run ends at K
     if backbone == "sdxl":  # Euler (VE) sigma and latent, scaled to the VP frame
-        assert cap.sigma < cap.scheduler_sigma and not torch.equal(cap.latent, rec.latents[k - 1])
+        assert cap.sigma < cap.scheduler_sigma and not torch.equal(cap.latent, recorder.latents[k - 1])
     assert not torch.equal(full.images, out.images)
     # the packed capture converts like a final output
     assert pid_latent(pipe, cap.latent, backbone, H, W).shape == SHAPES[backbone][1]

@@ -34,15 +34,6 @@ NETS = {
 }
 
 
-class Recorder:
-    def __init__(self):
-        self.latents = []
-
-    def __call__(self, pipe, i, t, kwargs):
-        self.latents.append(kwargs["latents"].detach().clone())
-        return kwargs
-
-
 @pytest.fixture(scope="module")
 def decoders():
     """One tiny random-weight Decoder per net config, shared (the first decode warms up)."""
@@ -60,7 +51,7 @@ def decoder_for(decoders, backbone) -> Decoder:
 
 
 @pytest.mark.parametrize("backbone", list(NETS))
-def test_generate(decoders, backbone):
+def test_generate(decoders, backbone, recorder):
     """The decoded latent is the pipeline's latent after step K (unpacked, in PiD's frame) with
     sigma = sigmas[K]; the image is the Decoder's decode of exactly that."""
     pipe = helpers.make_pipeline(backbone)
@@ -75,11 +66,10 @@ def test_generate(decoders, backbone):
     again = dec.decode(out.latent, degrade_sigma=out.degrade_sigma, seed=7, size=(SIZE, SIZE))
     assert torch.equal(again, out.image)
 
-    rec = Recorder()
     gen = torch.Generator().manual_seed(7)
     pipe(height=LDM, width=LDM, num_inference_steps=steps, generator=gen, output_type="latent",
-         callback_on_step_end=rec, **helpers.embeds(backbone))  # fmt: skip
-    latent, sigma = to_pid_frame(rec.latents[k - 1], float(pipe.scheduler.sigmas[k]), backbone)
+         callback_on_step_end=recorder, **helpers.embeds(backbone))  # fmt: skip
+    latent, sigma = to_pid_frame(recorder.latents[k - 1], float(pipe.scheduler.sigmas[k]), backbone)
     torch.testing.assert_close(out.latent, pid_latent(pipe, latent, backbone, LDM, LDM), atol=0, rtol=0)
     assert out.degrade_sigma == pytest.approx(sigma) and 0 < out.degrade_sigma < 1
 

@@ -113,13 +113,6 @@ def test_prompts_file_and_folder_names(tmp_path):
 
 
 # ------------------------------------------------------------------ one LDM run, several captures
-class Recorder:
-    def __init__(self):
-        self.latents = []
-
-    def __call__(self, pipe, i, t, kwargs):
-        self.latents.append(kwargs["latents"].detach().clone())
-        return kwargs
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +121,7 @@ def tiny_decoder():
         yield dec
 
 
-def test_several_captures_from_one_ldm_run(tmp_path, tiny_decoder):
+def test_several_captures_from_one_ldm_run(tmp_path, tiny_decoder, recorder):
     """Captures after steps 2 and 3 of 5 cost 3 transformer calls (one run stopping after 3,
     not 2 + 3), and each latent is the pipeline's own after that step; PiD's image of each is
     the Decoder's decode of that latent with the prompt's seed."""
@@ -146,12 +139,11 @@ def test_several_captures_from_one_ldm_run(tmp_path, tiny_decoder):
     assert [c["label"] for c in record["captures"]] == ["step2", "step3"] and record["seed"] == 11
     assert out.complete() and json.loads(out.record.read_text())["captures"] == record["captures"]
 
-    rec = Recorder()
     pipe(height=LDM, width=LDM, num_inference_steps=5, generator=torch.Generator().manual_seed(11),
-         output_type="latent", callback_on_step_end=rec, **helpers.embeds("flux"))  # fmt: skip
+         output_type="latent", callback_on_step_end=recorder, **helpers.embeds("flux"))  # fmt: skip
     sigmas = pipe.scheduler.sigmas
     for cap, k in zip(out.captures, (2, 3), strict=True):
-        latent, sigma = to_pid_frame(rec.latents[k - 1], float(sigmas[k]), "flux")
+        latent, sigma = to_pid_frame(recorder.latents[k - 1], float(sigmas[k]), "flux")
         lf = read_latent_file(cap.latent, TINY)
         torch.testing.assert_close(lf.latent, pid_latent(pipe, latent, "flux", LDM, LDM), atol=0, rtol=0)
         assert lf.degrade_sigma.item() == pytest.approx(sigma)
