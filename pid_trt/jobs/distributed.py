@@ -16,6 +16,7 @@ exactly as it does outside torchrun. No printing here: the front end does it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from collections.abc import Callable, Mapping
@@ -171,6 +172,20 @@ class RankFailure(PidTrtError):
 Describe = Callable[[JobResult], tuple[str, int]]
 
 
+def prepare_rank_process() -> None:
+    """Set up a process of a multi-process run before it joins the others: Python tracebacks
+    of every thread on a fatal signal (a rank that aborts in native code says where), and no
+    Rust thread pool in Hugging Face ``tokenizers`` (``TOKENIZERS_PARALLELISM=false`` unless
+    set: the ranks already share the node's cores, and fewer native threads are alive when
+    the process exits)."""
+    import faulthandler
+    import sys
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not faulthandler.is_enabled():
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+
+
 class RankGroup:
     """The ranks of a multi-process run, joined over torch.distributed's gloo backend (CPU,
     any node) for the duration of a ``with`` block; nothing at all for one process.
@@ -187,6 +202,8 @@ class RankGroup:
         if self.world.distributed:
             import torch.distributed as dist
 
+            prepare_rank_process()
+
             if not dist.is_available():
                 raise BackendUnavailableError("this torch build has no torch.distributed: run one process")
             try:
@@ -202,11 +219,14 @@ class RankGroup:
             self._joined = True
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         if self._joined:
             import torch.distributed as dist
 
             self._joined = False
+            if exc_type is None:  # leave together: no rank closes its connections while another
+                with contextlib.suppress(RuntimeError):  # still reads from them
+                    dist.barrier()
             dist.destroy_process_group()
 
     def gather(self, summary: Summary, describe: Describe) -> Summary:
