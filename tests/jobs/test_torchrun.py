@@ -284,3 +284,40 @@ def test_generate_two_ranks_equal_one_process(tmp_path) -> None:
         ("a cat at sunset", 2, "done"),
     ]
     assert manifest["counts"]["done"] == 3
+
+
+@pytest.mark.slow
+def test_decode_compare_vae_two_ranks_equal_one_process(tmp_path) -> None:
+    """--compare-vae under torchrun: each rank writes its files' VAE images, pairs and records,
+    the same bytes as one process; rank 0's compare_vae.json lists every file with its drift."""
+    import json
+
+    from tests.integrations import diffusers_helpers as helpers
+
+    vae = tmp_path / "vae"
+    helpers.flux_vae().save_pretrained(vae)
+    src = tmp_path / "lat"
+    src.mkdir()
+    gen = torch.Generator().manual_seed(3)
+    for i in range(3):
+        write_latent_file(
+            src / f"lat{i}.safetensors",
+            torch.randn(1, TINY.lq_latent_channels, 4, 4, generator=gen),
+            torch.randn(1, TINY.txt_max_length, TINY.txt_embed_dim, generator=gen),
+            torch.zeros(1),
+            backbone="flux",
+        )
+    args = ("decode", src, *TINY_ARGS, "--compare-vae", "--vae", vae)
+    one = pidtrt(*args, "-o", f"{tmp_path / 'one'}/")
+    assert one.returncode == 0, one.stderr
+    two = torchrun(*args, "-o", f"{tmp_path / 'two'}/")
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.startswith("decoded 3, skipped 0 (output exists), failed 0 of 3 in "), two.stdout
+    ref, got = outputs(tmp_path / "one"), outputs(tmp_path / "two")
+    images = sorted(n for n in ref if n.endswith(".png"))
+    assert len(images) == 9 and sorted(n for n in got if n.endswith(".png")) == images
+    assert [n for n in images if got[n] != ref[n]] == []
+    manifest = json.loads((tmp_path / "two" / "compare_vae.json").read_text())
+    assert manifest["counts"] == {"files": 3, "done": 3, "skipped": 0, "failed": 0, "missing": 0}
+    reference = json.loads((tmp_path / "one" / "compare_vae.json").read_text())
+    assert [e["colour_drift"] for e in manifest["files"]] == [e["colour_drift"] for e in reference["files"]]
