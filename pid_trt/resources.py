@@ -11,13 +11,15 @@ Memory formula (bytes; H x W output pixels, B batch, S steps, px = H * W):
                 in the same memory, e.g. the torch backend materialises fp32 on the CPU)
   activations = B x (max(pit, mmdit, lq) + kept) x act_bytes
                 act_bytes = 4 for fp32, else 2 (fp8 engines keep bf16/fp16 activations)
-                pit   = 24 x pixel_hidden x px        per-pixel AdaLN modulation (6 x ph),
-                                                      pixel stream in + out (2 x ph),
-                                                      per-pixel MLP hidden (4 x ph), norm and
-                                                      gate temporaries (4 x ph), and the
-                                                      eager temporaries of the elementwise
-                                                      chains (8 x ph; measured: a tiny fp32
-                                                      decode at 768^2 peaks at ~22 x ph x px)
+                pit   = 19 x pixel_hidden x px        the per-pixel tensors alive at the peak of a
+                                                      PiT block (its MLP's GELU), counted on the
+                                                      eager graph: the AdaLN modulation (6 x ph),
+                                                      the MLP hidden before and after GELU
+                                                      ((4 + 4) x ph), the pixel stream: block input,
+                                                      first modulated input, residual after
+                                                      attention, second modulated input (4 x ph),
+                                                      and the attention output expanded back to
+                                                      pixels (1 x ph)
                 mmdit = (T + L) x (6 x hidden + mlp_hidden)   qkv, attention out, residuals,
                                                       SwiGLU hidden; L = ceil(H/p) x ceil(W/p)
                 lq    = 4 x L x lq_hidden            the LQ CNN's live feature maps
@@ -29,7 +31,15 @@ Memory formula (bytes; H x W output pixels, B batch, S steps, px = H * W):
 
 The largest single tensors (the pixel-level ones) dominate at 2K-4K; the formula is a
 deliberately simple upper-leaning estimate, not an allocator trace (HEADROOM covers
-fragmentation and framework workspaces).
+fragmentation and framework workspaces). The sampler term is summed with the activations
+although its float64 temporaries live only between network calls.
+
+Measured (tiny, fp32, 768^2, 1 step, torch CPU): the live tensors peak at 19.5 x ph x px x 4
+bytes (368 MB: the 19 pixel tensors above, the noise draw, small per-token tensors); peak RSS
+grows by 387-394 MB (12 MB of it weights) when glibc maps every large block
+(``MALLOC_MMAP_THRESHOLD_=1048576``) and by 443-577 MB with its default dynamic threshold,
+which keeps freed blocks under 32 MiB (here the 19 MB pixel tensors) in the heap: up to
+1.57 x the live peak, hence HEADROOM.
 
 Available memory: CUDA -> free bytes of ``torch.cuda.mem_get_info``; CPU -> ``MemAvailable``
 of ``/proc/meminfo``, capped by the cgroup v2 limit (``memory.max - memory.current``) when
@@ -52,12 +62,13 @@ from pid_trt.errors import ConfigError, ResourceError
 
 T = TypeVar("T")
 
-#: Multiplier on the estimate for allocator fragmentation and framework workspaces.
-HEADROOM = 1.25
-#: Per-pixel activations live at once in the pixel transformer, in units of pixel_hidden values
-#: per pixel. 32 from measurement: a tiny 768x768 fp32 decode's peak RSS growth reached 758 MB in
-#: full-suite CI-like runs (24 gave an estimate of 680 MB; 450-560 MB measured in isolation).
-PIXEL_TENSORS = 32
+#: Multiplier on the estimate for allocator fragmentation and framework workspaces: glibc's heap
+#: held up to 1.57 x the live tensors of a tiny 768x768 decode (see the module docstring).
+HEADROOM = 1.6
+#: Per-pixel tensors alive at once in the pixel transformer, in units of pixel_hidden values per
+#: pixel: 6 (AdaLN modulation) + 4 + 4 (MLP hidden, before and after GELU) + 4 (pixel stream)
+#: + 1 (attention output), counted at the peak of an eager PiT block (module docstring).
+PIXEL_TENSORS = 6 + 4 + 4 + 4 + 1
 #: Fixed bytes added to every estimate (CUDA context / runtime buffers), 256 MiB.
 FIXED_OVERHEAD = 256 << 20
 #: Largest edge (pixels) :func:`largest_square` considers.
