@@ -97,7 +97,7 @@ class VaeBeside:
             raise ConfigError(_no_vae(net_backbone, "the PiD net"))
         if net_backbone is not None and _is_ldm(net_backbone):
             self.check_channels(
-                self.vae_for(ldm_spec(net_backbone)), ldm_spec(net_backbone), None, "the PiD net"
+                self.vae_for(ldm_spec(net_backbone)), ldm_spec(net_backbone), None, "the PiD net takes"
             )
 
     def vae_for(self, ldm: LdmSpec) -> Any:
@@ -131,14 +131,15 @@ class VaeBeside:
         return ldm_spec(name)
 
     def check_channels(self, vae: Any, ldm: LdmSpec, channels: int | None, what: str) -> None:
-        """ConfigError unless ``vae`` takes ``ldm``'s latent with ``channels`` (None: the LDM's)."""
+        """ConfigError unless ``vae`` takes ``ldm``'s latent with ``channels`` (None: the LDM's);
+        ``what`` names the latent's holder in the message ("latent file X holds")."""
         config = vae.config
         own = getattr(config, "latent_channels", None) or getattr(config, "z_dim", None)
         per_cell = 4 if ldm.packing == "flux2" else 1  # flux2: 2x2 patchified into the PiD latent
         wanted = ldm.channels if channels is None else channels
         if not isinstance(own, int) or own * per_cell != wanted:
             raise ConfigError(
-                f"--vae {self.directory}: its {type(vae).__name__} has {own} latent channels, but {what} holds "
+                f"--vae {self.directory}: its {type(vae).__name__} has {own} latent channels, but {what} "
                 f"{wanted}-channel {ldm.name} latents"
                 + (f" ({own * per_cell} after the 2x2 patchify)" if per_cell > 1 else "")
                 + ": pass that LDM's VAE"
@@ -153,7 +154,7 @@ class VaeBeside:
         (ConfigError), before PiD decodes it."""
         ldm = self.ldm_of(latent.backbone, source)
         vae = self.vae_for(ldm)
-        self.check_channels(vae, ldm, int(latent.latent.shape[1]), f"latent file {os.fspath(source)}")
+        self.check_channels(vae, ldm, int(latent.latent.shape[1]), f"latent file {os.fspath(source)} holds")
         return Checked(ldm, vae)
 
     def write(

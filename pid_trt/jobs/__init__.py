@@ -1,7 +1,8 @@
 """Batch jobs over many inputs: which files the arguments name (:mod:`.inputs`), the output
 each writes, resuming and sharding (:mod:`.plan`), running a worker over them
-(:mod:`.runner`) and what the run did (:mod:`.summary`); a run split among the processes
-of a ``torchrun`` launch (:mod:`.distributed`: this rank, its device and threads, the ranks'
+(:mod:`.runner`, which first removes a killed run's leftover temp files: :mod:`.stale`),
+what the run did (:mod:`.summary`) and one latent file's decode (:mod:`.decode`); a run
+split among the processes of a ``torchrun`` launch (:mod:`.distributed`: this rank, its device and threads, the ranks'
 results gathered).
 
 Used by ``pidtrt decode DIR|GLOB ...``; the pieces know nothing of decoding, so a command
