@@ -18,6 +18,7 @@ from pid_trt.cli.options import (
     WeightsSeed,
     net_options,
     with_runtime,
+    with_tiling,
 )
 from pid_trt.cli.ranks import Threads, join_world
 from pid_trt.errors import ConfigError
@@ -140,6 +141,7 @@ LdmDtype = Annotated[
 
 @cli_errors
 @with_runtime
+@with_tiling
 def generate(
     prompt: Prompt = None,
     prompts_file: PromptsFile = None,
@@ -164,6 +166,7 @@ def generate(
     text_encoder: TextEncoder = None,
     text_dtype: TextDtype = None,
     runtime: RuntimeOptions = None,
+    tiling: dict = None,  # type: ignore[assignment] - PiD's tiling keywords (cli.options.with_tiling)
     ldm_dtype: LdmDtype = None,
     threads: Threads = None,
     *,
@@ -191,7 +194,7 @@ def generate(
     net = net_options(preset, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
     settings = GenerateSettings.make(
         ldm, net.resolve().config, height, width, steps, capture_step or (), capture_final, seed=seed,
-        guidance_scale=guidance_scale, compare_vae=compare_vae, save_latents=save_latents,
+        guidance_scale=guidance_scale, compare_vae=compare_vae, save_latents=save_latents, tiling=tiling,
     )  # fmt: skip
     folder = _is_folder_run(output, len(prompts), len(settings.capture_steps), save_latent, save_latents)
     warn_random = random_weights and world.is_main  # under torchrun, rank 0 alone warns
@@ -290,7 +293,7 @@ def _one_image(run: _Run, prompt: str, settings, output: Path, save_latent: Path
         extra = {"guidance_scale": settings.guidance_scale} if settings.guidance_scale is not None else {}
         result = run_generate(
             pipe, dec, prompt, settings.height, settings.width, settings.capture_steps[0], settings.seed,
-            backbone=ldm, num_inference_steps=settings.steps, **extra,
+            backbone=ldm, num_inference_steps=settings.steps, tiling=settings.tiling, **extra,
         )  # fmt: skip
     written = write_images(result.image, output)
     drift_note = ""

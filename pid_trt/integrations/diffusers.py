@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -362,6 +362,7 @@ def generate(
     num_inference_steps: int | None = None,
     caption_embedding: Any = None,
     pid_steps: int = 4,
+    tiling: Mapping[str, Any] | None = None,
     **pipe_kwargs: Any,
 ) -> Generation:
     """Text -> image at (height, width) pixels: the LDM runs at (height, width) / sr_scale
@@ -375,7 +376,8 @@ def generate(
     ``guidance_scale`` unless given, ``generator`` seeded with ``seed`` and
     ``output_type="latent"``; other ``pipe_kwargs`` go to it as they are. PiD's caption:
     ``caption_embedding``, else ``prompt`` through the decoder's caption encoder (a
-    random-weight stand-in net without one draws a seeded caption). The decode uses ``seed``.
+    random-weight stand-in net without one draws a seeded caption). The decode uses ``seed``
+    and ``tiling`` (:meth:`pid_trt.Decoder.decode`'s tiling keywords).
     Several captures of one run: :func:`run_ldm`.
     """
     spec = ldm_spec(backbone) if backbone is not None else ldm_for_pipeline(pipe)
@@ -395,6 +397,12 @@ def generate(
     batch = int(latent.shape[0])
     caption = caption_embedding if caption_embedding is not None else prompt_caption(decoder, prompt, batch)
     image = decoder.decode(
-        latent, caption, degrade_sigma=sigma, seed=seed, size=(height, width), steps=pid_steps
+        latent,
+        caption,
+        degrade_sigma=sigma,
+        seed=seed,
+        size=(height, width),
+        steps=pid_steps,
+        **(tiling or {}),
     )
     return Generation(image, latent.cpu(), caption, sigma, step, steps, run.ldm_size, spec.name)

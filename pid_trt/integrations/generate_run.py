@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,9 @@ class GenerateSettings:
     the LDM runs at; steps: LDM steps; capture_steps: the steps whose latents PiD decodes,
     ascending (``steps`` = the final latent); seed: prompt i uses ``seed + i``; pid_steps:
     PiD sampler steps; guidance_scale: the LDM's (None: upstream's default); compare_vae:
-    also decode each capture with the LDM's VAE; save_latents: also write each PiD latent.
+    also decode each capture with the LDM's VAE; save_latents: also write each PiD latent;
+    tiling: :meth:`pid_trt.Decoder.decode`'s tiling keywords (tiles, tile_size, ...; empty:
+    its defaults, i.e. tiles outside the trained sizes).
     """
 
     backbone: str
@@ -65,6 +67,7 @@ class GenerateSettings:
     guidance_scale: float | None = None
     compare_vae: bool = False
     save_latents: bool = False
+    tiling: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def make(
@@ -237,7 +240,7 @@ def _decode_capture(
     start = time.perf_counter()
     image = decoder.decode(
         cap.latent, caption, degrade_sigma=cap.sigma, seed=outputs.seed,
-        size=(settings.height, settings.width), steps=settings.pid_steps,
+        size=(settings.height, settings.width), steps=settings.pid_steps, **settings.tiling,
     )  # fmt: skip
     pid_seconds = time.perf_counter() - start
     write_images(image, target.pid)
@@ -347,6 +350,7 @@ def write_run_manifest(
         "seed": settings.seed,
         "seed_rule": "prompt i uses seed + i (the LDM's noise and PiD's sampler)",
         "compare_vae": settings.compare_vae,
+        "tiling": dict(settings.tiling) or None,
         "colour_space": SPACE if settings.compare_vae else None,
         "counts": {"prompts": len(entries), **counts},
         "timings": {

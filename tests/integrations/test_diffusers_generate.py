@@ -173,3 +173,31 @@ def test_cli_encode_image_refuses(image_file, tmp_path):
     res = invoke("encode-image", tmp_path / "missing.png", "--vae", vae_dir, "--backbone", "sdxl",
                  "-o", tmp_path / "l.safetensors")  # fmt: skip
     assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_cli_generate_tiles_as_decode_does(flux_dir, tmp_path):
+    """--tiles reaches PiD's decode: the image is `pidtrt decode --tiles` of the saved latent,
+    bit for bit, and not the one-shot image; a folder run's manifest records the tiling."""
+    common = ("--pipeline", flux_dir, "--prompt", "a red fox in snow", "--res", SIZE, "--pid", "tiny",
+              "--random-weights", "--steps", 7, "--seed", 3)  # fmt: skip
+    tiled, lat = tmp_path / "tiled.png", tmp_path / "lat.safetensors"
+    res = invoke(
+        "generate", *common, "--tiles", "2x2", "--tile-size", "96x96", "--save-latent", lat, "-o", tiled
+    )
+    assert res.exit_code == 0, res.output
+    again = tmp_path / "again.png"
+    res = invoke("decode", lat, "--backbone", "tiny", "--random-weights", "--seed", 3, "--tiles", "2x2",
+                 "--tile-size", "96x96", "-o", again)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert tiled.read_bytes() == again.read_bytes()
+    one_shot = tmp_path / "one_shot.png"
+    res = invoke("decode", lat, "--backbone", "tiny", "--random-weights", "--seed", 3, "-o", one_shot)
+    assert res.exit_code == 0, res.output
+    assert np.asarray(Image.open(one_shot)).tolist() != np.asarray(Image.open(tiled)).tolist()
+
+    res = invoke("generate", *common, "--tiles", "2x2", "--tile-size", "96x96", "-o", tmp_path / "run/")
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["tiling"]["tiles"] == "2x2" and manifest["tiling"]["tile_size"] == "96x96"
+    (image,) = (tmp_path / "run").glob("*/step*.png")
+    assert image.read_bytes() == tiled.read_bytes()
