@@ -16,6 +16,7 @@ from typing import BinaryIO
 import torch
 
 from pid_trt.errors import InputFileError, PidTrtError
+from pid_trt.input_files import reading
 from pid_trt.resources import available_memory, is_out_of_memory
 from pid_trt.safetensors_header import SafetensorsHeader
 
@@ -71,15 +72,10 @@ def read_tensor(
 def open_input(
     path: str | os.PathLike[str], what: str, error: type[PidTrtError] = InputFileError
 ) -> BinaryIO:
-    """Open ``path`` for binary reading, turning a missing / unreadable file into ``error``."""
-    try:
+    """Open ``path`` for binary reading, turning a missing / unreadable file into ``error``
+    (:func:`pid_trt.input_files.reading`)."""
+    with reading(what, "a safetensors file", error):
         return open(path, "rb")
-    except FileNotFoundError:
-        raise error(f"{what}: file not found") from None
-    except IsADirectoryError:
-        raise error(f"{what}: is a directory, expected a safetensors file") from None
-    except OSError as exc:
-        raise error(f"{what}: cannot be opened ({exc.strerror or exc})") from None
 
 
 def require_only_tensor(
