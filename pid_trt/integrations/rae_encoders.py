@@ -283,14 +283,9 @@ class RaeEncoder:
         """PiD latent [B, C, grid, grid] float32 on the CPU of ``image``: a file path (loaded
         as upstream's from_clean does, centre-cropped to multiples of 16) or a tensor
         [B, 3, H, W] / [3, H, W] in [-1, 1]."""
-        from pid_trt.integrations.vae import load_image
+        from pid_trt.integrations.vae import image_batch
 
-        x = load_image(image) if isinstance(image, (str, os.PathLike)) else image
-        if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4) or x.shape[-3] != 3:
-            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise InputFileError(f"image {shape}: expected a [B, 3, H, W] tensor in [-1, 1] or an image file")
-        if x.dim() == 3:
-            x = x.unsqueeze(0)
+        x = image_batch(image)
         self.check_image_size(int(x.shape[-1]), int(x.shape[-2]))
         recipe, size = self.spec.recipe, self.spec.input_size
         x = (x.to(self.device, torch.float32) + 1.0) / 2.0

@@ -157,6 +157,16 @@ def noise_latent(
     return keep * latent + sigma * noise
 
 
+def image_batch(image: Any) -> torch.Tensor:
+    """An image file (read by :func:`load_image`) or a tensor [3, H, W] / [B, 3, H, W] in
+    [-1, 1], as [B, 3, H, W]; InputFileError for anything else."""
+    x = load_image(image) if isinstance(image, (str, os.PathLike)) else image
+    if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4) or x.shape[-3] != 3:
+        shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputFileError(f"image {shape}: expected a [B, 3, H, W] tensor in [-1, 1] or an image file")
+    return x.unsqueeze(0) if x.dim() == 3 else x
+
+
 def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
     """An image file as [1, 3, H, W] float32 in [-1, 1], centre-cropped so that H and W are
     multiples of 16 (as upstream's from_clean)."""
@@ -228,12 +238,7 @@ def encode_image(
     expected = vae_class_name(spec.name)
     if type(vae).__name__ != expected:
         raise ConfigError(f"backbone {spec.name} needs its {expected} VAE, got a {type(vae).__name__}")
-    x = load_image(image) if isinstance(image, (str, os.PathLike)) else image
-    if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4) or x.shape[-3] != 3:
-        shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise InputFileError(f"image {shape}: expected a [B, 3, H, W] tensor in [-1, 1] or an image file")
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
+    x = image_batch(image)
     h, w = x.shape[-2:]
     if h % CROP_MULTIPLE or w % CROP_MULTIPLE:
         raise InputFileError(f"image {w}x{h}: expected width and height multiples of {CROP_MULTIPLE}")
