@@ -17,6 +17,14 @@ share, activations, the memory estimate, the H100 SXM roofline floor; the tiled 
 the plan's tile (sizes inside the envelope are one shot: tiled shows "-").
 
 Writes benchmarks/results/tiling_<date>.{json,md,png}.
+
+    python benchmarks/tiling.py --served 1024 [--preset tiny] [--repeats 3] [--threads 2]
+
+Served rows: a real ``pidtrt serve --backbone PRESET --random-weights --envelope 256x256``
+per way (one shot: ``--tiles off --allow-untrained-size``; tiled: the default ``--tiles auto``),
+one 256x256 warm-up request, then ``repeats`` requests of
+SIZE x SIZE one after another: p50 of the client-side latency, and the model instance's peak RSS
+(``VmHWM`` of Triton's Python stub process). Writes benchmarks/results/serve_tiling_<date>.{json,md}.
 """
 
 from __future__ import annotations
@@ -216,6 +224,81 @@ def plot(path: Path, meas: list[dict], est: list[dict]) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _stub_peak_rss(workspace: Path) -> int:
+    """Peak RSS (bytes) of the Python-backend stub processes serving from ``workspace``."""
+    peak = 0
+    for entry in Path("/proc").iterdir():
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if "triton_python_backend_stub" not in cmd or str(workspace) not in cmd:
+                continue
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+        except OSError:
+            continue
+    return peak
+
+
+def served(size: int, preset: str, repeats: int, threads: int) -> list[dict]:
+    """The served rows (see the module docstring): one server per way."""
+    import signal
+    import socket
+    import urllib.request
+
+    import numpy as np
+
+    from pid_trt.serve.client import PidClient
+
+    rows = []
+    for way, flags in (("one-shot", ["--tiles", "off", "--allow-untrained-size"]), ("tiled", [])):
+        socks = [socket.socket() for _ in range(3)]
+        for sk in socks:
+            sk.bind(("127.0.0.1", 0))
+        http, grpc, metrics = (sk.getsockname()[1] for sk in socks)
+        for sk in socks:
+            sk.close()
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "pid_trt.cli.main", "serve", "--backbone", preset, "--random-weights",
+                   "--envelope", ENVELOPE, "--threads", str(threads), "--http-port", str(http), "--grpc-port",
+                   str(grpc), "--metrics-port", str(metrics), "--workspace", tmp, "--no-memory-check", *flags]  # fmt: skip
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            url = f"http://127.0.0.1:{http}"
+            try:
+                for _ in range(600):
+                    try:
+                        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as resp:
+                            if resp.status == 200:
+                                break
+                    except OSError:
+                        time.sleep(0.5)
+                with PidClient(url, timeout_s=3600) as client:
+                    p = client.parameters()
+                    ppl, ch = int(p["pixels_per_latent"]), int(p["latent_channels"])
+                    rng = np.random.default_rng(0)
+                    cap = rng.standard_normal(
+                        (1, int(p["txt_max_length"]), int(p["txt_embed_dim"])), dtype=np.float32
+                    )
+                    client.decode(rng.standard_normal((1, ch, 256 // ppl, 256 // ppl), dtype=np.float32), cap)
+                    lat = rng.standard_normal((1, ch, size // ppl, size // ppl), dtype=np.float32)
+                    times = []
+                    for i in range(repeats):
+                        t0 = time.perf_counter()
+                        client.decode(lat, cap, seed=i)
+                        times.append(time.perf_counter() - t0)
+                rows.append({
+                    "size": size, "way": way, "preset": preset, "repeats": repeats, "p50_s": statistics.median(times),
+                    "times_s": times, "peak_rss_bytes": _stub_peak_rss(Path(tmp)), "command": " ".join(cmd[2:]),
+                    "load_after": os.getloadavg()[0],
+                })  # fmt: skip
+                print(f"served {size}^2 {way}: p50 {rows[-1]['p50_s']:.2f} s, peak RSS "
+                      f"{rows[-1]['peak_rss_bytes'] / 2**30:.2f} GiB", file=sys.stderr)  # fmt: skip
+            finally:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=120)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="512,1024,2048")
@@ -223,7 +306,28 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--child", nargs=5, metavar=("SIZE", "WAY", "REPEATS", "THREADS", "OUT"))
+    ap.add_argument(
+        "--served", type=int, metavar="SIZE", help="Measure a served SIZE x SIZE request instead."
+    )
+    ap.add_argument("--preset", default="tiny", help="--served: the stand-in preset (tiny or small).")
     args = ap.parse_args()
+    if args.served:
+        rows = served(args.served, args.preset, int(args.repeats.split(",")[0]), args.threads)
+        date = dt.date.today().isoformat()
+        meta = {"date": date, "command": "python benchmarks/tiling.py " + " ".join(sys.argv[1:]),
+                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, no GPU"}  # fmt: skip
+        lines = [f"# Served {args.served}x{args.served} ({args.preset}, envelope {ENVELOPE}), {date}", "",
+                 f"`{meta['command']}`; {meta['machine']}", "", "| way | p50 s | runs (s) | peak RSS GiB | load |",
+                 "|---|---|---|---|---|"]  # fmt: skip
+        for r in rows:
+            runs = ", ".join(f"{t:.2f}" for t in r["times_s"])
+            lines.append(f"| {r['way']} | {r['p50_s']:.2f} | {runs} | {r['peak_rss_bytes'] / 2**30:.2f} | "
+                         f"{r['load_after']:.1f} |")  # fmt: skip
+        stem = args.out / f"serve_tiling_{args.preset}_{args.served}_{date}"
+        stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "served": rows}, indent=1))
+        stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     if args.child:
         size, way, reps, threads, out = args.child
         child(int(size), way, int(reps), int(threads), Path(out))
