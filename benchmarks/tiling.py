@@ -288,7 +288,7 @@ def served(size: int, preset: str, repeats: int, threads: int) -> list[dict]:
                         times.append(time.perf_counter() - t0)
                 rows.append({
                     "size": size, "way": way, "preset": preset, "repeats": repeats, "p50_s": statistics.median(times),
-                    "times_s": times, "peak_rss_bytes": _stub_peak_rss(Path(tmp)), "command": " ".join(cmd[2:]),
+                    "times_s": times, "peak_rss_bytes": _stub_peak_rss(Path(tmp)), "command": " ".join(["pidtrt", *cmd[3:11], *cmd[19:]]),
                     "load_after": os.getloadavg()[0],
                 })  # fmt: skip
                 print(f"served {size}^2 {way}: p50 {rows[-1]['p50_s']:.2f} s, peak RSS "
