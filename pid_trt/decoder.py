@@ -12,6 +12,8 @@ What a :class:`Decoder` holds:
 - a bounded, least-recently-used cache of backends keyed by (height, width, batch)
   (``max_backends``; the torch backend serves every size, so it is one entry), so a process
   that decodes mixed sizes exports / loads each size once;
+- a :class:`pid_trt.tiling.PlanRunner` over that cache: each decode's plan (one shot or tiles,
+  ``decode(tiles=...)``), its memory check, and its denoiser (tiles over ``devices=`` included);
 - optionally the caption encoder (:mod:`pid_trt.text`), loaded on the first ``prompt=``, and a
   bounded cache of the caption embeddings it computed (``caption_cache``; :mod:`pid_trt.captions`).
 
@@ -295,7 +297,7 @@ class Decoder:
 
     def cached_sizes(self) -> list[tuple[int, int, int] | None]:
         """Keys of the backends held now, least recently used first (None: a backend that
-        serves every size, e.g. torch)."""
+        serves every size, e.g. torch; ``("device", slot, name, ...)``: a ``devices=`` backend)."""
         return self._backends.keys()  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ weights and captions
