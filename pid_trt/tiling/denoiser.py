@@ -148,8 +148,13 @@ class TiledDenoiser:
             futures: list[Future] = [
                 pools[self._owner[i]].submit(self._run, i, x, t) for i in range(len(self.batches))
             ]
-            for i, batch in enumerate(self.batches):
-                self._blend(out, batch, futures[i].result(), wy, wx)
+            try:
+                for i, batch in enumerate(self.batches):
+                    self._blend(out, batch, futures[i].result(), wy, wx)
+            except BaseException:
+                for f in futures:  # a failed batch fails the step: run nothing more
+                    f.cancel()
+                raise
         return out
 
     def _run(self, i: int, x: torch.Tensor, t: float) -> torch.Tensor:

@@ -159,3 +159,20 @@ def test_torch_and_onnxruntime_agree_tiled_as_untiled(tiny_torch, tmp_path: Path
     tiled = float((out["torch", "tiled"] - out["ort", "tiled"]).abs().max())
     assert untiled <= 1e-3 and tiled <= 1e-3, (untiled, tiled)
     assert float((out["torch", "tiled"] - out["torch", "untiled"]).abs().max()) > 1e-2  # tiles are real
+
+
+def test_several_binders_equal_one_and_a_failing_one_fails_the_step() -> None:
+    """Three binders (round-robin over 3x2 tiles in batches of 1) give the one-binder velocity
+    bit for bit; a binder that raises fails the call with its own error."""
+    cond = _cond(2, 4, 6, seed=5)
+    grid = make_grid(TINY, cond.height, cond.width, None, TileOptions.create("3x2", tile_overlap=32))
+    x = torch.randn(2, 3, cond.height, cond.width, generator=torch.Generator().manual_seed(1))
+    one = TiledDenoiser(grid, cond, per_pixel_bind)(x, 0.5)
+    three = TiledDenoiser(grid, cond, [per_pixel_bind] * 3)
+    assert torch.equal(three(x, 0.5), one) and three.calls_per_step == 12
+
+    def broken(c: Conditioning):
+        raise RuntimeError("device 2 is gone")
+
+    with pytest.raises(RuntimeError, match="device 2 is gone"):
+        TiledDenoiser(grid, cond, [per_pixel_bind, broken])(x, 0.5)
