@@ -336,3 +336,37 @@ def test_png_encoding_is_base64_unless_binary_is_asked() -> None:
     text = encode_pngs(pngs, "base64")
     assert all(t.isascii() for t in text) and [base64.b64decode(t) for t in text] == pngs
     assert encode_pngs(pngs, "binary") == pngs
+
+
+def test_request_tiling_parameters_are_read_and_checked() -> None:
+    from pid_trt.errors import InputFileError
+    from pid_trt.serve.protocol import request_tiling
+
+    text = '{"tiles": "2x2", "tile_batch": 2, "allow_untrained_size": true, "png_encoding": "binary"}'
+    assert request_tiling(text) == {"tiles": "2x2", "tile_batch": 2, "allow_untrained_size": True}
+    assert request_tiling("") == {} and request_tiling(None) == {}
+    for params, words in (
+        ({"tile_batch": "2"}, "request r: parameter tile_batch '2': expected an integer"),
+        ({"tile_overlap": True}, "request r: parameter tile_overlap True: expected an integer"),
+        ({"tiles": 3}, "request r: parameter tiles 3: expected a string"),
+        (
+            {"allow_untrained_size": "yes"},
+            "request r: parameter allow_untrained_size 'yes': expected true or false",
+        ),
+    ):
+        with pytest.raises(InputFileError) as err:
+            request_tiling(params, "request r")
+        assert str(err.value) == words
+
+
+def test_model_options_carry_the_tiling_defaults_and_envelope() -> None:
+    opts = ModelOptions(
+        NetOptions(backbone="tiny", random_weights=True), tiling={"tiles": "off"}, envelope="64x64"
+    )
+    back = ModelOptions.from_json(opts.to_json())
+    assert back.tiling == {"tiles": "off"} and back.envelope == "64x64"
+    assert back.decoder_kwargs()["envelope"] == "64x64"
+    net = back.check()
+    assert net["tiling"] == "--tiles off --tile-batch 1" and net["envelope"] == "64x64"
+    with pytest.raises(ConfigError, match=r"^--tiles 'sideways': expected auto, off or COLSxROWS"):
+        ModelOptions(NetOptions(backbone="tiny", random_weights=True), tiling={"tiles": "sideways"}).check()
