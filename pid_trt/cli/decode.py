@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from pid_trt.cli.errors import cli_errors, warn
 from pid_trt.cli.options import TextDtype, TextEncoder, with_net, with_runtime, with_tiling
-from pid_trt.cli.ranks import THREADS_HELP, join_world
+from pid_trt.cli.ranks import Threads, join_world
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.jobs.decode import DecodeSettings, decode_exists, decode_file
 from pid_trt.jobs.distributed import RankGroup, World
@@ -18,76 +19,113 @@ from pid_trt.options import NetOptions, RuntimeOptions
 RANDOM_WEIGHTS_WARNING = "--random-weights: the network is randomly initialised; the {} mean{} nothing"
 
 
-@cli_errors
-@with_net
-@with_runtime
-@with_tiling
-def decode(
-    latent: list[Path] = typer.Argument(
-        ...,
+LatentArg = Annotated[
+    list[Path],
+    typer.Argument(
         help="Latent file (safetensors: latent, caption_embedding, degrade_sigma); or several, directories "
-        "(their *.safetensors) or quoted glob patterns ('runs/**/*.safetensors').",
+        "(their *.safetensors) or quoted glob patterns ('runs/**/*.safetensors')."
     ),
-    output: Path = typer.Option(
-        ...,
+]
+Output = Annotated[
+    Path,
+    typer.Option(
         "-o",
         "--output",
         help="out.png (out_0.png, out_1.png ... for B > 1) or out.safetensors; for several inputs a directory "
         "(out/: out/<stem>.png) or a pattern with {stem}, {name}, {parent}, {index} ('out/{stem}.safetensors').",
     ),
-    net: NetOptions = None,  # type: ignore[assignment] - the model options (cli.options.with_net)
-    noise: Path | None = typer.Option(
-        None, "--noise", help="Noise file [S, B, 3, H, W] for reproducible decodes."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the sampler's noise (ignored with --noise)."),
-    steps: int = typer.Option(
-        4, "--steps", min=1, help="Sampling steps (4 = the released distilled sampler)."
-    ),
-    runtime: RuntimeOptions = None,  # type: ignore[assignment] - backend, precision, device ... (with_runtime)
-    size: str | None = typer.Option(
-        None,
+]
+Noise = Annotated[
+    Path | None, typer.Option("--noise", help="Noise file [S, B, 3, H, W] for reproducible decodes.")
+]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the sampler's noise (ignored with --noise).")]
+Steps = Annotated[
+    int, typer.Option("--steps", min=1, help="Sampling steps (4 = the released distilled sampler).")
+]
+Size = Annotated[
+    str | None,
+    typer.Option(
         "--size",
         help="Output WxH when it is not latent x down factor x sr scale (e.g. 3840x2160 from a 68x120 latent).",
     ),
-    no_memory_check: bool = typer.Option(
-        False, "--no-memory-check", help="Skip the up-front check that the decode fits the device memory."
+]
+NoMemoryCheck = Annotated[
+    bool,
+    typer.Option("--no-memory-check", help="Skip the up-front check that the decode fits the device memory."),
+]
+Prompt = Annotated[
+    list[str] | None,
+    typer.Option("--prompt", help="Caption text (one, or one per batch row), encoded with --text-encoder."),
+]
+Caption = Annotated[
+    Path | None,
+    typer.Option(
+        "--caption", help="Caption file from `pidtrt encode-caption` (caption_embedding [N, T, D])."
     ),
-    prompt: list[str] = typer.Option(
-        [], "--prompt", help="Caption text (one, or one per batch row), encoded with --text-encoder."
+]
+SkipExisting = Annotated[
+    bool, typer.Option("--skip-existing", help="Skip inputs whose output exists (resume an interrupted run).")
+]
+Server = Annotated[
+    str | None,
+    typer.Option(
+        "--server", help="Decode on a running `pidtrt serve` at this URL (http://HOST:PORT) instead."
     ),
-    caption: Path | None = typer.Option(
-        None, "--caption", help="Caption file from `pidtrt encode-caption` (caption_embedding [N, T, D])."
+]
+Concurrency = Annotated[
+    int, typer.Option("--concurrency", min=1, help="Requests in flight at once with --server.")
+]
+Timeout = Annotated[float, typer.Option("--timeout", help="Seconds one --server request may take.")]
+DryRun = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run", help="Print the plan (one shot or tiles, engines, cost) and exit; reads no weights."
     ),
-    text_encoder: TextEncoder = None,
-    text_dtype: TextDtype = None,
-    skip_existing: bool = typer.Option(
-        False, "--skip-existing", help="Skip inputs whose output exists (resume an interrupted run)."
-    ),
-    server: str | None = typer.Option(
-        None, "--server", help="Decode on a running `pidtrt serve` at this URL (http://HOST:PORT) instead."
-    ),
-    concurrency: int = typer.Option(
-        4, "--concurrency", min=1, help="Requests in flight at once with --server."
-    ),
-    timeout: float = typer.Option(600.0, "--timeout", help="Seconds one --server request may take."),
-    tiling: dict = None,  # type: ignore[assignment] - --tiles, --tile-size ... (with_tiling)
-    dry_run: bool = typer.Option(
-        False,
-        "--dry-run",
-        help="Print the plan (one shot or tiles, engines, cost) and exit; reads no weights.",
-    ),
-    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
-    compare_vae: bool = typer.Option(
-        False,
+]
+CompareVae = Annotated[
+    bool,
+    typer.Option(
         "--compare-vae",
         help="Also decode each latent with the LDM's own VAE (--vae): <out>_vae.png, <out>_compare.png (VAE "
         "upscaled | PiD), <out>_compare.json (colour drift); many files: compare_vae.json beside them.",
     ),
-    vae: Path | None = typer.Option(
-        None,
-        "--vae",
-        help="The LDM's diffusers VAE folder (or a pipeline folder with vae/) for --compare-vae.",
+]
+Vae = Annotated[
+    Path | None,
+    typer.Option(
+        "--vae", help="The LDM's diffusers VAE folder (or a pipeline folder with vae/) for --compare-vae."
     ),
+]
+
+
+@cli_errors
+@with_net
+@with_runtime
+@with_tiling
+def decode(
+    net: NetOptions = None,  # type: ignore[assignment] - a bundle (cli.options.with_*)
+    noise: Noise = None,
+    seed: Seed = 0,
+    steps: Steps = 4,
+    runtime: RuntimeOptions = None,  # type: ignore[assignment] - a bundle (cli.options.with_*)
+    size: Size = None,
+    no_memory_check: NoMemoryCheck = False,
+    prompt: Prompt = None,
+    caption: Caption = None,
+    text_encoder: TextEncoder = None,
+    text_dtype: TextDtype = None,
+    skip_existing: SkipExisting = False,
+    server: Server = None,
+    concurrency: Concurrency = 4,
+    timeout: Timeout = 600.0,
+    tiling: dict = None,  # type: ignore[assignment] - a bundle (cli.options.with_*)
+    dry_run: DryRun = False,
+    threads: Threads = None,
+    compare_vae: CompareVae = False,
+    vae: Vae = None,
+    *,
+    latent: LatentArg,
+    output: Output,
 ) -> None:
     """Decode latent file(s) into image(s): one file, or many (directories, globs) with a progress bar.
     Under torchrun each process decodes its share of the files on its own GPU (README, 'Batch jobs')."""
@@ -96,7 +134,7 @@ def decode(
     world = join_world(threads)
     if prompt and caption is not None:
         raise ConfigError("--prompt and --caption exclude each other: pass one")
-    settings = DecodeSettings(tuple(prompt), caption, size, noise, seed, steps, tiling)
+    settings = DecodeSettings(tuple(prompt or ()), caption, size, noise, seed, steps, tiling)
     if server is not None:
         _refuse_local_options(net, runtime, settings, text_encoder, dry_run, compare_vae or vae is not None)
         _decode_remote(world, latent, output, server, settings, skip_existing, concurrency, timeout)
