@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -28,53 +29,81 @@ def _sizes(size: list[str], res: list[int]) -> list[tuple[int, int]]:
     return list(dict.fromkeys(out))
 
 
+Size = Annotated[list[str], typer.Option("--size", help="Output WxH in pixels (repeatable).")]
+Res = Annotated[list[int], typer.Option("--res", help="Square output size in pixels (repeatable).")]
+Batch = Annotated[list[int], typer.Option("--batch", help="Batch size (repeatable).")]
+Backend = Annotated[
+    list[str],
+    typer.Option(
+        "--backend",
+        help="torch, torch-compile, onnxruntime, tensorrt; NAME[:PRECISION][@DEVICE], e.g. tensorrt:fp8 (repeatable).",
+    ),
+]
+Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (cuda when torch sees a GPU).")]
+Steps = Annotated[int, typer.Option("--steps", min=1, help="Sampler steps per decode.")]
+Warmup = Annotated[int, typer.Option("--warmup", min=0, help="Untimed decodes before timing.")]
+Runs = Annotated[int, typer.Option("--runs", min=1, help="Timed decodes per case.")]
+Hoist = Annotated[
+    bool, typer.Option("--hoist/--no-hoist", help="Run the per-decode work once (default) or every step.")
+]
+CompareHoist = Annotated[
+    bool, typer.Option("--compare-hoist", help="Measure hoisted and not, where the backend can.")
+]
+Threads = Annotated[
+    int | None, typer.Option("--threads", min=1, help="torch intra-op threads (default: torch's).")
+]
+JsonPath = Annotated[Path | None, typer.Option("--json", help="Write the records as JSON here.")]
+MarkdownPath = Annotated[Path | None, typer.Option("--markdown", help="Also write the table here.")]
+PlotPath = Annotated[Path | None, typer.Option("--plot", help="Write latency / throughput plots (PNG) here.")]
+Title = Annotated[str | None, typer.Option("--title", help="Heading of the markdown report.")]
+Estimate = Annotated[bool, typer.Option("--estimate", help="Print the cost-model table only; run nothing.")]
+Timeout = Annotated[
+    float | None,
+    typer.Option("--timeout", help="Seconds per case before it counts as failed (--server: per request)."),
+]
+Server = Annotated[
+    str | None,
+    typer.Option(
+        "--server", help="Load-test a running `pidtrt serve` at this URL instead (http://HOST:PORT)."
+    ),
+]
+Concurrency = Annotated[
+    list[int],
+    typer.Option("--concurrency", help="--server: clients sending at once (repeatable: one test each)."),
+]
+Requests = Annotated[int, typer.Option("--requests", min=1, help="--server: requests per test.")]
+
+
 @cli_errors
 @with_net
 @with_tiling
 def bench(
-    net: NetOptions,
-    size: list[str] = typer.Option([], "--size", help="Output WxH in pixels (repeatable)."),
-    res: list[int] = typer.Option([], "--res", help="Square output size in pixels (repeatable)."),
-    batch: list[int] = typer.Option([1], "--batch", help="Batch size (repeatable)."),
-    backend: list[str] = typer.Option(
-        ["torch"],
-        "--backend",
-        help="torch, torch-compile, onnxruntime, tensorrt; NAME[:PRECISION][@DEVICE], e.g. tensorrt:fp8 (repeatable).",
-    ),
+    size: Size = (),
+    res: Res = (),
+    batch: Batch = (1,),
+    backend: Backend = ("torch",),
     dtype: PrecisionName = None,
-    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when torch sees a GPU)."),
-    steps: int = typer.Option(4, "--steps", min=1, help="Sampler steps per decode."),
-    warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed decodes before timing."),
-    runs: int = typer.Option(5, "--runs", min=1, help="Timed decodes per case."),
-    hoist: bool = typer.Option(
-        True, "--hoist/--no-hoist", help="Run the per-decode work once (default) or every step."
-    ),
-    compare_hoist: bool = typer.Option(
-        False, "--compare-hoist", help="Measure hoisted and not, where the backend can."
-    ),
-    threads: int | None = typer.Option(
-        None, "--threads", min=1, help="torch intra-op threads (default: torch's)."
-    ),
-    json_path: Path | None = typer.Option(None, "--json", help="Write the records as JSON here."),
-    markdown_path: Path | None = typer.Option(None, "--markdown", help="Also write the table here."),
-    plot_path: Path | None = typer.Option(
-        None, "--plot", help="Write latency / throughput plots (PNG) here."
-    ),
-    title: str | None = typer.Option(None, "--title", help="Heading of the markdown report."),
-    estimate: bool = typer.Option(False, "--estimate", help="Print the cost-model table only; run nothing."),
+    device: Device = "auto",
+    steps: Steps = 4,
+    warmup: Warmup = 1,
+    runs: Runs = 5,
+    hoist: Hoist = True,
+    compare_hoist: CompareHoist = False,
+    threads: Threads = None,
+    json_path: JsonPath = None,
+    markdown_path: MarkdownPath = None,
+    plot_path: PlotPath = None,
+    title: Title = None,
+    estimate: Estimate = False,
     engine_dir: EngineDir = Path("engines"),
     export_dir: ExportDir = Path("export"),
-    timeout: float | None = typer.Option(
-        None, "--timeout", help="Seconds per case before it counts as failed (--server: per request)."
-    ),
-    server: str | None = typer.Option(
-        None, "--server", help="Load-test a running `pidtrt serve` at this URL instead (http://HOST:PORT)."
-    ),
-    concurrency: list[int] = typer.Option(
-        [1], "--concurrency", help="--server: clients sending at once (repeatable: one test each)."
-    ),
-    requests: int = typer.Option(20, "--requests", min=1, help="--server: requests per test."),
+    timeout: Timeout = None,
+    server: Server = None,
+    concurrency: Concurrency = (1,),
+    requests: Requests = 20,
     tiling: dict = None,  # type: ignore[assignment] - --tiles, --tile-size ... (with_tiling)
+    *,
+    net: NetOptions,
 ) -> None:
     """Benchmark backends (each case in a fresh process), or print the cost model (--estimate), or
     load-test a server (--server). With tiling options (--tiles 2x2, --tile-size ...), each case is

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -10,61 +11,86 @@ from pid_trt.cli.errors import EXIT_ENV, cli_errors, report, warn
 from pid_trt.cli.options import TextDtype, TextEncoder, with_net, with_request_tiling, with_runtime
 from pid_trt.options import NetOptions, RuntimeOptions
 
+NoMemoryCheck = Annotated[
+    bool, typer.Option("--no-memory-check", help="Skip the check that each batch fits the device memory.")
+]
+CaptionCache = Annotated[
+    int,
+    typer.Option(
+        "--caption-cache",
+        help="Caption embeddings kept per instance by prompt: a repeated prompt skips the text encoder "
+        "(0: none; 2.8 MB each for Gemma-2-2B).",
+    ),
+]
+Host = Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")]
+HttpPort = Annotated[int, typer.Option("--http-port", help="KServe v2 HTTP port.")]
+GrpcPort = Annotated[int, typer.Option("--grpc-port", help="KServe v2 gRPC port.")]
+MetricsPort = Annotated[int, typer.Option("--metrics-port", help="Prometheus metrics port (/metrics).")]
+MaxBatch = Annotated[
+    int, typer.Option("--max-batch", help="Most images decoded together (requests of one size).")
+]
+MaxQueueDelayMs = Annotated[
+    float, typer.Option("--max-queue-delay-ms", help="How long a request may wait for others to batch with.")
+]
+MaxQueueSize = Annotated[
+    int,
+    typer.Option(
+        "--max-queue-size", help="Requests waiting beyond this are refused at once (overload), never queued."
+    ),
+]
+RequestTimeoutS = Annotated[
+    float | None,
+    typer.Option("--request-timeout-s", help="Refuse a request still queued after this many seconds."),
+]
+Devices = Annotated[
+    str | None, typer.Option("--devices", help="GPU ids, e.g. 0,1: one model instance (own Decoder) per GPU.")
+]
+Instances = Annotated[int, typer.Option("--instances", help="Model instances per GPU, or on the CPU.")]
+Threads = Annotated[
+    int | None,
+    typer.Option("--threads", help="torch threads per CPU instance (default: the cores shared out)."),
+]
+Workspace = Annotated[
+    Path | None,
+    typer.Option("--workspace", help="Folder for the run's temp model repository (removed on exit)."),
+]
+Verbose = Annotated[bool, typer.Option("--verbose", help="Show Triton's info log lines too.")]
+Envelope = Annotated[
+    str | None,
+    typer.Option(
+        "--envelope",
+        help="The net's trained sizes WxH[,WxH...], which --tiles auto keeps one-shot decodes inside "
+        "(default: the checkpoint type's; none for tiny, small and --net-config nets).",
+    ),
+]
+
 
 @cli_errors
 @with_net
 @with_runtime
 @with_request_tiling
 def serve(
-    net: NetOptions = None,  # type: ignore[assignment] - the model options (cli.options.with_net)
+    net: NetOptions = None,  # type: ignore[assignment] - the model options (with_net)
     runtime: RuntimeOptions = None,  # type: ignore[assignment] - backend, precision ... (with_runtime)
-    no_memory_check: bool = typer.Option(
-        False, "--no-memory-check", help="Skip the check that each batch fits the device memory."
-    ),
+    no_memory_check: NoMemoryCheck = False,
     text_encoder: TextEncoder = None,
     text_dtype: TextDtype = None,
-    caption_cache: int = typer.Option(
-        32,
-        "--caption-cache",
-        help="Caption embeddings kept per instance by prompt: a repeated prompt skips the text encoder "
-        "(0: none; 2.8 MB each for Gemma-2-2B).",
-    ),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
-    http_port: int = typer.Option(8000, "--http-port", help="KServe v2 HTTP port."),
-    grpc_port: int = typer.Option(8001, "--grpc-port", help="KServe v2 gRPC port."),
-    metrics_port: int = typer.Option(8002, "--metrics-port", help="Prometheus metrics port (/metrics)."),
-    max_batch: int = typer.Option(
-        4, "--max-batch", help="Most images decoded together (requests of one size)."
-    ),
-    max_queue_delay_ms: float = typer.Option(
-        10.0, "--max-queue-delay-ms", help="How long a request may wait for others to batch with."
-    ),
-    max_queue_size: int = typer.Option(
-        32,
-        "--max-queue-size",
-        help="Requests waiting beyond this are refused at once (overload), never queued.",
-    ),
-    request_timeout_s: float | None = typer.Option(
-        None, "--request-timeout-s", help="Refuse a request still queued after this many seconds."
-    ),
-    devices: str | None = typer.Option(
-        None, "--devices", help="GPU ids, e.g. 0,1: one model instance (own Decoder) per GPU."
-    ),
-    instances: int = typer.Option(1, "--instances", help="Model instances per GPU, or on the CPU."),
-    threads: int | None = typer.Option(
-        None, "--threads", help="torch threads per CPU instance (default: the cores shared out)."
-    ),
-    workspace: Path | None = typer.Option(
-        None, "--workspace", help="Folder for the run's temp model repository (removed on exit)."
-    ),
-    verbose: bool = typer.Option(False, "--verbose", help="Show Triton's info log lines too."),
-    tiling: dict = None,  # type: ignore[assignment] - --tiles, --tile-size ... (with_request_tiling)
-    envelope: str | None = typer.Option(
-        None,
-        "--envelope",
-        help="The net's trained sizes WxH[,WxH...], which --tiles auto keeps one-shot decodes inside "
-        "(default: the checkpoint type's; none for tiny, small and --net-config nets).",
-    ),
+    caption_cache: CaptionCache = 32,
+    host: Host = "127.0.0.1",
+    http_port: HttpPort = 8000,
+    grpc_port: GrpcPort = 8001,
+    metrics_port: MetricsPort = 8002,
+    max_batch: MaxBatch = 4,
+    max_queue_delay_ms: MaxQueueDelayMs = 10.0,
+    max_queue_size: MaxQueueSize = 32,
+    request_timeout_s: RequestTimeoutS = None,
+    devices: Devices = None,
+    instances: Instances = 1,
+    threads: Threads = None,
+    workspace: Workspace = None,
+    verbose: Verbose = False,
+    tiling: dict = None,  # type: ignore[assignment] - --tiles ... (with_request_tiling)
+    envelope: Envelope = None,
 ) -> None:
     """Serve the decoder on Triton Inference Server until Ctrl-C / SIGTERM (extra: serve). Requests of
     any size: --tiles auto (default) tiles outside the trained sizes or where one shot would not fit;
