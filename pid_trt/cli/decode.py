@@ -279,15 +279,16 @@ def _decode_remote(
     world: World, latent, output, server: str, settings: DecodeSettings, skip_existing, concurrency, timeout
 ):
     """--server: every input decoded by a running `pidtrt serve` (under torchrun, each rank
-    sends its shard)."""
+    sends its shard); the tiling options given go with each request."""
     from pid_trt.cli.ranks import finish_run, gather_run, run_rank
+    from pid_trt.cli.request import given_tiling
     from pid_trt.serve.remote import RemoteFiles
 
     planned, problems = _plan(latent, output, settings)
     with RankGroup(world) as group:
         with RemoteFiles(
             server, timeout_s=timeout, seed=settings.seed, prompt=list(settings.prompt),
-            caption=settings.caption_file,
+            caption=settings.caption_file, tiling=given_tiling(settings.tiling),
         ) as work:  # fmt: skip
             summary = run_rank(
                 world, "decode", planned, work, concurrency=concurrency, skip_existing=skip_existing,
@@ -299,7 +300,8 @@ def _decode_remote(
 def _refuse_local_options(
     net, runtime, settings: DecodeSettings, text_encoder, dry_run: bool, vae: bool
 ) -> None:
-    """--server decodes with the server's model and settings: refuse the options that pick local ones."""
+    """--server decodes with the server's model and settings: refuse the options that pick local
+    ones. The tiling options but --devices go with the requests (the server places its own devices)."""
     from pid_trt.cli.options import NET_PARAMS, TILING_PARAMS, given_flags
 
     given = given_flags(NET_PARAMS[:5], dataclasses.asdict(net))
@@ -310,6 +312,9 @@ def _refuse_local_options(
         ("--text-encoder", text_encoder, None), ("--steps", settings.steps, default.steps),
         ("--backend", runtime.backend, "torch"), ("--dry-run", dry_run, False), ("--compare-vae", vae, False),
     ) if value != unset]  # fmt: skip
-    given += given_flags(TILING_PARAMS, settings.tiling)
+    given += given_flags(tuple(p for p in TILING_PARAMS if p.name == "devices"), settings.tiling)
     if given:
-        raise ConfigError(f"--server decodes with the server's model and settings: drop {', '.join(given)}")
+        why = " (the server places its own devices: pidtrt serve --devices)" if "--devices" in given else ""
+        raise ConfigError(
+            f"--server decodes with the server's model and settings: drop {', '.join(given)}{why}"
+        )

@@ -1,16 +1,41 @@
-"""``pidtrt request``: one latent file decoded by a running ``pidtrt serve``."""
+"""``pidtrt request``: one latent file decoded by a running ``pidtrt serve``.
+
+:func:`given_tiling` is also the tiling of ``pidtrt decode --server``: a request carries
+only the tiling options given on its command line, the others are the server's."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
+import click
 import typer
 
 from pid_trt.cli.errors import EXIT_ENV, EXIT_USAGE, cli_errors, report
+from pid_trt.cli.options import TILING_PARAMS, with_request_tiling
+
+
+def given_tiling(tiling: dict[str, Any]) -> dict[str, Any]:
+    """The tiling options of the running command that were given on its command line (or
+    its environment), as request parameters; the others are left to the server's defaults.
+    Outside a command (no click context), those that differ from their default."""
+    from pid_trt.serve.protocol import TILING_PARAMETERS
+
+    ctx = click.get_current_context(silent=True)
+    defaults = {p.name: p.default for p in TILING_PARAMS}
+
+    def given(name: str) -> bool:
+        source = ctx.get_parameter_source(name) if ctx is not None else None
+        if source is None:
+            return tiling[name] != defaults[name]
+        return source is not click.core.ParameterSource.DEFAULT
+
+    return {name: value for name, value in tiling.items() if name in TILING_PARAMETERS and given(name)}
 
 
 @cli_errors
+@with_request_tiling
 def request(
     latent: Path = typer.Argument(
         ..., help="Latent file (safetensors: latent, caption_embedding, degrade_sigma)."
@@ -29,18 +54,23 @@ def request(
         None, "--caption", help="Caption file from `pidtrt encode-caption` (caption_embedding [N, T, D])."
     ),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait for the image."),
+    tiling: dict = None,  # type: ignore[assignment] - a bundle (cli.options.with_request_tiling)
 ) -> None:
-    """Send a latent file to `pidtrt serve` and write the image(s) as `pidtrt decode` does (extra: serve)."""
+    """Send a latent file to `pidtrt serve` and write the image(s) as `pidtrt decode` does (extra: serve).
+    The tiling options given go with the request (the server's own for those not given)."""
     from pid_trt.errors import ConfigError
     from pid_trt.serve.client import PidClient, ServeRequestError
     from pid_trt.serve.remote import request_file
 
     if prompt and caption is not None:
         raise ConfigError("--prompt and --caption exclude each other: pass one")
+    params = given_tiling(tiling)
     start = time.perf_counter()
     with PidClient(url, timeout_s=timeout) as client:
         try:
-            done = request_file(client, latent, output, seed=seed, prompt=prompt, caption=caption)
+            done = request_file(
+                client, latent, output, seed=seed, prompt=prompt, caption=caption, tiling=params
+            )
         except ServeRequestError as exc:
             report(f"{latent}: {exc} ({exc.kind})")
             raise typer.Exit(EXIT_USAGE if exc.kind == "invalid" else EXIT_ENV) from None

@@ -5,6 +5,11 @@
     with PidClient("http://127.0.0.1:8000") as client:
         out = client.decode(latent, caption, seed=7, outputs=("image",))   # latent [B, C, h, w]
         image = out["image"]                                                # [B, 3, H, W] float32
+        tiled = client.decode(latent, caption, seed=7, tiles="2x2", tile_size="96x96")
+
+A request's tiling keywords (``tiles``, ``tile_size``, ``tile_overlap``, ``tile_batch``,
+``allow_untrained_size``: those of :meth:`pid_trt.Decoder.decode` but ``devices``, which the
+server places itself) go as request parameters; those not given are the server's.
 
 Every failure is a :class:`ServeRequestError` with a ``kind``: ``invalid`` (the request was
 refused as malformed: the server's one-line message says why), ``overload`` (the server's
@@ -18,14 +23,14 @@ between threads: make one per thread.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from pid_trt.errors import BackendUnavailableError, PidTrtError
+from pid_trt.errors import BackendUnavailableError, ConfigError, PidTrtError
 from pid_trt.serve.config import MODEL_NAME
-from pid_trt.serve.protocol import BINARY, PNG_ENCODING
+from pid_trt.serve.protocol import BINARY, PNG_ENCODING, TILING_PARAMETERS
 
 #: Error kinds, in the order reports list them.
 ERROR_KINDS = ("invalid", "overload", "timeout", "resource", "server", "connection", "client")
@@ -106,14 +111,28 @@ class PidClient:
         seed: int = 0,
         outputs: Sequence[str] = ("image",),
         request_id: str = "",
-        tiling: dict[str, Any] | None = None,
+        tiles: str | None = None,
+        tile_size: str | None = None,
+        tile_overlap: int | None = None,
+        tile_batch: int | None = None,
+        allow_untrained_size: bool | None = None,
+        tiling: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Decode one request: ``latent`` [B, C, h, w] (or [C, h, w]); ``caption`` [B, T, D]
         or [T, D]; or ``prompt`` (one string, or B); ``degrade_sigma`` a float or [B] (default 0); one
         ``seed`` for the request (as ``pidtrt decode --seed``). Returns {"image": [B, 3, H, W]
-        float32} and / or {"png": [B bytes]}, as ``outputs`` asks. ``tiling``: this request's
-        tiling keywords (``tiles``, ``tile_size`` ...: :data:`pid_trt.serve.protocol.TILING_PARAMETERS`)
-        over the server's. Raises ServeRequestError."""
+        float32} and / or {"png": [B bytes]}, as ``outputs`` asks.
+
+        ``tiles`` ("auto", "off" or "COLSxROWS"), ``tile_size`` ("WxH", pixels), ``tile_overlap``
+        (pixels), ``tile_batch`` (tiles per backend call), ``allow_untrained_size``: this request's
+        tiling, as :meth:`pid_trt.Decoder.decode` takes it; None (not given): the server's
+        ``pidtrt serve --tiles ...``. ``tiling``: the same as a dict (see :func:`tiling_parameters`).
+        The server checks the values (a bad one: kind ``invalid``). Raises ConfigError for a
+        keyword the request cannot carry, ServeRequestError for the server's answers."""
+        tiling = tiling_parameters(
+            tiling, tiles=tiles, tile_size=tile_size, tile_overlap=tile_overlap, tile_batch=tile_batch,
+            allow_untrained_size=allow_untrained_size,
+        )  # fmt: skip
         http = self._http
         lat = np.ascontiguousarray(latent, dtype=np.float32)
         if lat.ndim == 3:
@@ -140,7 +159,7 @@ class PidClient:
         inputs.append(_input(http, "seed", np.full((rows, 1), int(seed), dtype=np.int64), "INT64"))
         wanted = [http.InferRequestedOutput(name, binary_data=True) for name in outputs]
         # Binary answers carry the PNG as it is (the server's default is base64 text, for JSON).
-        params = {**(tiling or {}), **({PNG_ENCODING: BINARY} if "png" in outputs else {})} or None
+        params = {**tiling, **({PNG_ENCODING: BINARY} if "png" in outputs else {})} or None
         result = self._call(
             lambda: self._client.infer(
                 MODEL_NAME, inputs, outputs=wanted, request_id=request_id, parameters=params
@@ -186,6 +205,29 @@ class PidClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def tiling_parameters(tiling: Mapping[str, Any] | None = None, **keywords: Any) -> dict[str, Any]:
+    """A request's tiling parameters: ``tiling`` (a dict of :data:`TILING_PARAMETERS` names)
+    and the ``keywords`` that are not None (the same names), in one dict. Raises ConfigError
+    naming a name the server does not read (``devices``: the server places its own devices)
+    or a name given twice with two values."""
+    out = dict(tiling or {})
+    for name in [*out, *keywords]:
+        if name == "devices":
+            raise ConfigError(
+                "tiling 'devices': a request cannot choose devices, the server places its own "
+                "(pidtrt serve --devices)"
+            )
+        if name not in TILING_PARAMETERS:
+            raise ConfigError(f"tiling {name!r}: expected one of {', '.join(TILING_PARAMETERS)}")
+    for name, value in keywords.items():
+        if value is None:
+            continue
+        if name in out and out[name] != value:
+            raise ConfigError(f"{name} given twice: {name}={value!r} and tiling[{name!r}] = {out[name]!r}")
+        out[name] = value
+    return out
 
 
 def _input(http, name: str, array: np.ndarray, dtype: str):

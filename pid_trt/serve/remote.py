@@ -7,6 +7,7 @@ server's net (its model parameters), before anything is sent; the outputs are wr
 server, byte for byte those ``pidtrt decode`` writes for the same image).
 :class:`RemoteFiles` is the job worker (:mod:`pid_trt.jobs`) of ``pidtrt decode --server``:
 one client per thread, a request the server refused as overloaded retried a few times.
+Both send the tiling options given (``tiles``, ``tile_size`` ...) as request parameters.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +28,7 @@ from pid_trt.config import NetConfig
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.io import SUPPORTED_SUFFIXES, png_paths, read_latent_file, write_images
 from pid_trt.jobs import Job
-from pid_trt.serve.client import PidClient, ServeRequestError
+from pid_trt.serve.client import PidClient, ServeRequestError, tiling_parameters
 
 #: Retries of a request the server refused as overloaded (its queue was full), and the first wait.
 OVERLOAD_RETRIES = 3
@@ -73,10 +75,13 @@ def request_file(
     seed: int = 0,
     prompt: Sequence[str] = (),
     caption: str | os.PathLike[str] | None = None,
+    tiling: Mapping[str, Any] | None = None,
 ) -> Decoded:
     """Send latent file ``latent`` to the server and write ``output`` (.png: one PNG per
-    batch row, as ``pidtrt decode``; .safetensors: tensor ``image``). Raises the project's
-    one-line errors (:class:`~pid_trt.serve.client.ServeRequestError` for the server's)."""
+    batch row, as ``pidtrt decode``; .safetensors: tensor ``image``). ``tiling``: the
+    request's tiling parameters (:func:`~pid_trt.serve.client.tiling_parameters`; absent
+    ones are the server's). Raises the project's one-line errors
+    (:class:`~pid_trt.serve.client.ServeRequestError` for the server's)."""
     from pid_trt.io.caption import caption_for_latent
 
     check_output(output)
@@ -88,7 +93,7 @@ def request_file(
     out = client.decode(
         lat.latent.numpy(), None if caption_emb is None else caption_emb.numpy(),
         prompt=list(prompt) if prompt else None, degrade_sigma=lat.degrade_sigma.numpy(), seed=seed,
-        outputs=("png",) if png else ("image",), request_id=Path(latent).name,
+        outputs=("png",) if png else ("image",), request_id=Path(latent).name, tiling=tiling,
     )  # fmt: skip
     ppl = int(params.get("pixels_per_latent", "0") or 0)
     height, width = lat.latent_hw[0] * ppl, lat.latent_hw[1] * ppl
@@ -117,7 +122,8 @@ def write_pngs(pngs: Sequence[bytes], output: str | os.PathLike[str]) -> list[Pa
 
 class RemoteFiles:
     """A job worker that sends each job's latent file to the server at ``url`` and writes its
-    output, as :func:`request_file` (``timeout_s``: how long one request may take). Called
+    output, as :func:`request_file` (``timeout_s``: how long one request may take; ``tiling``:
+    each request's tiling parameters). Called
     from several threads at once, each with its own client; a request refused as overloaded
     (``ServeRequestError`` kind ``overload``) is retried ``retries`` times, waiting
     ``wait_s`` seconds and doubling. :meth:`close` (or leaving the ``with`` block) closes
@@ -131,11 +137,13 @@ class RemoteFiles:
         seed: int = 0,
         prompt: Sequence[str] = (),
         caption: str | os.PathLike[str] | None = None,
+        tiling: Mapping[str, Any] | None = None,
         retries: int = OVERLOAD_RETRIES,
         wait_s: float = OVERLOAD_WAIT_S,
     ) -> None:
         self.url, self.timeout_s, self.seed = url, timeout_s, seed
         self.prompt, self.caption = list(prompt), caption
+        self.tiling = tiling_parameters(tiling)  # checked once, before any request
         self.retries, self.wait_s = retries, wait_s
         self._local = threading.local()
         self._clients: list[PidClient] = []
@@ -156,8 +164,9 @@ class RemoteFiles:
         for attempt in range(self.retries + 1):
             try:
                 request_file(
-                    client, job.source, job.output, seed=self.seed, prompt=self.prompt, caption=self.caption
-                )
+                    client, job.source, job.output, seed=self.seed, prompt=self.prompt, caption=self.caption,
+                    tiling=self.tiling,
+                )  # fmt: skip
                 return
             except ServeRequestError as exc:
                 if exc.kind != "overload" or attempt == self.retries:
