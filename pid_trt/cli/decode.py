@@ -11,6 +11,7 @@ import typer
 from pid_trt.cli.errors import cli_errors, warn
 from pid_trt.cli.options import TextDtype, TextEncoder, with_net, with_runtime, with_tiling
 from pid_trt.cli.ranks import Threads, join_world
+from pid_trt.cli.request import given_tiling
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.jobs.decode import DecodeSettings, decode_exists, decode_file
 from pid_trt.jobs.distributed import RankGroup, World
@@ -103,6 +104,7 @@ Vae = Annotated[
 @with_runtime
 @with_tiling
 def decode(
+    ctx: typer.Context,
     net: NetOptions = None,  # type: ignore[assignment] - a bundle (cli.options.with_*)
     noise: Noise = None,
     seed: Seed = 0,
@@ -137,7 +139,8 @@ def decode(
     settings = DecodeSettings(tuple(prompt or ()), caption, size, noise, seed, steps, tiling)
     if server is not None:
         _refuse_local_options(net, runtime, settings, text_encoder, dry_run, compare_vae or vae is not None)
-        _decode_remote(world, latent, output, server, settings, skip_existing, concurrency, timeout)
+        tiling = given_tiling(settings.tiling, ctx)  # sent with each request: the server's for the rest
+        _decode_remote(world, latent, output, server, settings, tiling, skip_existing, concurrency, timeout)
         return
     runtime = _rank_runtime(world, runtime)
     if not dry_run:
@@ -276,19 +279,19 @@ def _decode_many(world: World, latent, output, settings: DecodeSettings, skip_ex
 
 
 def _decode_remote(
-    world: World, latent, output, server: str, settings: DecodeSettings, skip_existing, concurrency, timeout
-):
+    world: World, latent, output, server: str, settings: DecodeSettings, tiling: dict, skip_existing,
+    concurrency, timeout,
+):  # fmt: skip
     """--server: every input decoded by a running `pidtrt serve` (under torchrun, each rank
-    sends its shard); the tiling options given go with each request."""
+    sends its shard); ``tiling``: the request parameters of the tiling options given."""
     from pid_trt.cli.ranks import finish_run, gather_run, run_rank
-    from pid_trt.cli.request import given_tiling
     from pid_trt.serve.remote import RemoteFiles
 
     planned, problems = _plan(latent, output, settings)
     with RankGroup(world) as group:
         with RemoteFiles(
             server, timeout_s=timeout, seed=settings.seed, prompt=list(settings.prompt),
-            caption=settings.caption_file, tiling=given_tiling(settings.tiling),
+            caption=settings.caption_file, tiling=tiling,
         ) as work:  # fmt: skip
             summary = run_rank(
                 world, "decode", planned, work, concurrency=concurrency, skip_existing=skip_existing,

@@ -9,27 +9,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 
 from pid_trt.cli.errors import EXIT_ENV, EXIT_USAGE, cli_errors, report
 from pid_trt.cli.options import TILING_PARAMS, with_request_tiling
 
 
-def given_tiling(tiling: dict[str, Any]) -> dict[str, Any]:
-    """The tiling options of the running command that were given on its command line (or
-    its environment), as request parameters; the others are left to the server's defaults.
-    Outside a command (no click context), those that differ from their default."""
+def given_tiling(tiling: dict[str, Any], ctx: typer.Context | None = None) -> dict[str, Any]:
+    """The tiling options given on the command line of command ``ctx`` (or in its environment),
+    a default's value included, as request parameters; the others are left to the server's
+    defaults. Without ``ctx``: those whose value differs from their default."""
     from pid_trt.serve.protocol import TILING_PARAMETERS
 
-    ctx = click.get_current_context(silent=True)
     defaults = {p.name: p.default for p in TILING_PARAMS}
 
     def given(name: str) -> bool:
         source = ctx.get_parameter_source(name) if ctx is not None else None
         if source is None:
             return tiling[name] != defaults[name]
-        return source is not click.core.ParameterSource.DEFAULT
+        return source.name != "DEFAULT"  # typer's ParameterSource: COMMANDLINE, ENVIRONMENT ...
 
     return {name: value for name, value in tiling.items() if name in TILING_PARAMETERS and given(name)}
 
@@ -37,6 +35,7 @@ def given_tiling(tiling: dict[str, Any]) -> dict[str, Any]:
 @cli_errors
 @with_request_tiling
 def request(
+    ctx: typer.Context,
     latent: Path = typer.Argument(
         ..., help="Latent file (safetensors: latent, caption_embedding, degrade_sigma)."
     ),
@@ -64,7 +63,7 @@ def request(
 
     if prompt and caption is not None:
         raise ConfigError("--prompt and --caption exclude each other: pass one")
-    params = given_tiling(tiling)
+    params = given_tiling(tiling, ctx)
     start = time.perf_counter()
     with PidClient(url, timeout_s=timeout) as client:
         try:

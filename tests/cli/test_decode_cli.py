@@ -207,3 +207,19 @@ def test_help_works_without_optional_runtimes() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert int(res.stdout.strip()) >= 3
+
+
+def test_decode_server_refuses_devices_in_one_line(tmp_path: Path) -> None:
+    """`--server` takes the tiling options (they go with the requests) but `--devices`: the
+    server places its own devices. Refused before any request (nothing listens on port 9)."""
+    latent = tmp_path / "lat.safetensors"
+    write_latent_file(latent, torch.zeros(1, 16, 3, 4))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    res = run_cli("decode", latent, "--server", "http://127.0.0.1:9", "--tiles", "2x2", "--devices", "cpu,cpu",
+                  "-o", tmp_path / "out.png")  # fmt: skip
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr == (
+        "error: --server decodes with the server's model and settings: drop --devices "
+        "(the server places its own devices: pidtrt serve --devices)\n"
+    )
+    assert res.stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == before

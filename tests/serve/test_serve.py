@@ -396,6 +396,70 @@ def test_a_request_outside_the_envelope_is_answered_tiled(server, tmp_path: Path
     assert tiled_requests(server) == before + 2
 
 
+#: A tiling the server's auto plan does not choose for 128x96 (auto: 3x2 tiles of 64x64).
+TILING_FLAGS = ("--tiles", "2x2", "--tile-size", "96x64", "--tile-batch", "2")
+
+
+def test_tiling_options_travel_with_decode_server_request_and_pid_client(server, tmp_path: Path) -> None:
+    """`pidtrt decode --server` / `pidtrt request` with tiling options, and PidClient's tiling
+    keywords, write the PNG bytes of a local `pidtrt decode` with the same options and seed
+    (and not those of the server's own plan); `--tiles off` outside the envelope gets the
+    server's one-line refusal, exit 2, nothing written."""
+    from pid_trt.serve.client import ServeRequestError
+
+    gen = torch.Generator().manual_seed(22)
+    lat_t, cap_t = torch.randn(1, 16, 3, 4, generator=gen), torch.randn(1, 8, 32, generator=gen)
+    lat = tmp_path / "lat.safetensors"
+    write_latent_file(lat, lat_t, cap_t, 0.0)
+    common = [sys.executable, "-m", "pid_trt.cli.main"]
+
+    def run(*args) -> subprocess.CompletedProcess:
+        return subprocess.run([*common, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+    local = run("decode", lat, "--backbone", "tiny", "--random-weights", "--seed", "5", *TILING_FLAGS,
+                "-o", tmp_path / "local.png")  # fmt: skip
+    assert local.returncode == 0, local.stderr
+    before = tiled_requests(server)
+    remote = run(
+        "decode", lat, "--server", server.url, "--seed", "5", *TILING_FLAGS, "-o", tmp_path / "remote.png"
+    )
+    assert remote.returncode == 0, remote.stdout + remote.stderr
+    req = run("request", lat, "--url", server.url, "--seed", "5", *TILING_FLAGS, "-o", tmp_path / "req.png")
+    assert req.returncode == 0, req.stderr
+    plain = run("request", lat, "--url", server.url, "--seed", "5", "-o", tmp_path / "plain.png")
+    assert plain.returncode == 0, plain.stderr
+    with client(server) as c:
+        kw = c.decode(
+            lat_t.numpy(),
+            cap_t.numpy(),
+            seed=5,
+            outputs=("png",),
+            tiles="2x2",
+            tile_size="96x64",
+            tile_batch=2,
+        )["png"]
+        with pytest.raises(ServeRequestError) as err:
+            c.decode(lat_t.numpy(), cap_t.numpy(), seed=5, tiles="off", tile_overlap="8")
+    want = (tmp_path / "local.png").read_bytes()
+    assert (tmp_path / "remote.png").read_bytes() == want
+    assert (tmp_path / "req.png").read_bytes() == want
+    assert kw == [want]
+    assert (tmp_path / "plain.png").read_bytes() != want  # the server's auto plan: another grid
+    assert tiled_requests(server) == before + 4
+    assert err.value.kind == "invalid" and "parameter tile_overlap '8': expected an integer" in str(err.value)
+
+    written = sorted(p.name for p in tmp_path.iterdir())
+    off = run("request", lat, "--url", server.url, "--tiles", "off", "-o", tmp_path / "off.png")
+    assert off.returncode == 2, off.stdout + off.stderr
+    assert off.stderr.count("\n") == 1 and "Traceback" not in off.stderr
+    assert off.stderr.startswith(
+        f"error: {lat}: request lat.safetensors: 128x96 is outside the trained sizes of tiny (given) (64x64): "
+        "decode it in tiles of a trained size (--tiles auto) or force one shot with --allow-untrained-size"
+    ), off.stderr
+    assert off.stderr.rstrip().endswith("(invalid)") and off.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == written
+
+
 def test_sigint_stops_the_server_and_leaves_nothing(server) -> None:
     code = stop_server(server, signal.SIGINT)
     assert code == 0, server.stderr()

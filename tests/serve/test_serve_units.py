@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import typer
+from typer.testing import CliRunner
 
 from pid_trt.errors import ConfigError
 from pid_trt.io import write_images, write_latent_file
@@ -370,3 +372,72 @@ def test_model_options_carry_the_tiling_defaults_and_envelope() -> None:
     assert net["tiling"] == "--tiles off --tile-batch 1" and net["envelope"] == "64x64"
     with pytest.raises(ConfigError, match=r"^--tiles 'sideways': expected auto, off or COLSxROWS"):
         ModelOptions(NetOptions(backbone="tiny", random_weights=True), tiling={"tiles": "sideways"}).check()
+
+
+def test_a_request_carries_the_tiling_keywords_it_is_given(tmp_path: Path) -> None:
+    """PidClient's tiling keywords and ``tiling`` dict become one set of request parameters;
+    a name the server does not read, ``devices``, or one name with two values is refused
+    before anything is sent (the port is closed: a send would be a connection error)."""
+    from pid_trt.serve.client import PidClient, tiling_parameters
+
+    assert tiling_parameters({"tiles": "2x2"}, tile_size="96x64", tile_batch=None) == {
+        "tiles": "2x2",
+        "tile_size": "96x64",
+    }
+    assert tiling_parameters(None, tiles=None) == {}
+    assert tiling_parameters({"tiles": "off"}, tiles="off", allow_untrained_size=True) == {
+        "tiles": "off",
+        "allow_untrained_size": True,
+    }
+    lat = np.zeros((1, 16, 1, 1), np.float32)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with PidClient(f"http://127.0.0.1:{port}", timeout_s=10, connect_timeout_s=5) as client:
+        for kwargs, words in (
+            ({"tiling": {"devices": "cuda:0,cuda:1"}}, "tiling 'devices': a request cannot choose devices, the "
+             "server places its own (pidtrt serve --devices)"),
+            ({"tiling": {"tile": "2x2"}}, "tiling 'tile': expected one of tiles, tile_size, tile_overlap, "
+             "tile_batch, allow_untrained_size"),
+            ({"tiles": "2x2", "tiling": {"tiles": "off"}}, "tiles given twice: tiles='2x2' and "
+             "tiling['tiles'] = 'off'"),
+        ):  # fmt: skip
+            with pytest.raises(ConfigError) as err:
+                client.decode(lat, **kwargs)
+            assert str(err.value) == words
+
+
+def test_request_tiling_sends_the_options_given_on_the_command_line() -> None:
+    """``given_tiling`` keeps the tiling options typed on the command line, a default's value
+    included (``--tiles auto`` over a server's ``--tiles off``), and leaves out the others;
+    outside a command, those that differ from their default."""
+    from pid_trt.cli.options import with_request_tiling
+    from pid_trt.cli.request import given_tiling
+
+    got: list[dict] = []
+    app = typer.Typer()
+
+    @app.command()
+    @with_request_tiling
+    def show(ctx: typer.Context, tiling: dict = None) -> None:  # type: ignore[assignment]
+        got.append(given_tiling(tiling, ctx))
+
+    runner = CliRunner()
+    for args, want in (
+        ([], {}),
+        (["--tiles", "auto"], {"tiles": "auto"}),
+        (["--tile-size", "96x64", "--tile-batch", "2"], {"tile_size": "96x64", "tile_batch": 2}),
+        (
+            ["--tile-overlap", "0", "--allow-untrained-size"],
+            {"tile_overlap": 0, "allow_untrained_size": True},
+        ),
+    ):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        assert got.pop() == want
+    defaults = {"tiles": "auto", "tile_size": None, "tile_overlap": None, "tile_batch": 1}
+    assert given_tiling({**defaults, "allow_untrained_size": False}) == {}
+    assert given_tiling({**defaults, "tiles": "2x2", "allow_untrained_size": True, "devices": "cpu"}) == {
+        "tiles": "2x2",
+        "allow_untrained_size": True,
+    }
