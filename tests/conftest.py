@@ -37,6 +37,19 @@ EXTRAS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """A command run in-process (typer's CliRunner, ``--threads N``) sets torch's threads for
+    the whole process; restore them after each test so later bit-for-bit comparisons with a
+    server or a subprocess (torch's default threads) compare like with like."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def golden_manifest() -> dict[str, str]:
     """File name → SHA-256 hex of every golden file the suite expects (tests/golden/SHA256SUMS)."""
     if not GOLDEN_MANIFEST.is_file():
