@@ -1,4 +1,5 @@
-"""A real worker for the job engine's tests: a text file of colour words in, PNG(s) out.
+"""A real worker for the job engine's tests: a text file of colour words in, PNG(s) out;
+and a folder of tiny-preset latent files for the decode runs (:func:`write_tiny_latents`).
 
 An input file holds one word per batch row, ``black`` or ``white``; the worker writes the
 rows as 2x2 images with :func:`pid_trt.io.write_images` (atomic; ``stem_k.png`` for
@@ -14,8 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pid_trt.config import TINY
 from pid_trt.errors import InputFileError
-from pid_trt.io import write_images
+from pid_trt.io import write_images, write_latent_file
 from pid_trt.jobs import Job
 
 LEVELS = {"black": -1.0, "white": 1.0}
@@ -41,3 +43,20 @@ def colour_png(job: Job) -> None:
 def png_values(path: Path) -> set[int]:
     """The distinct byte values of a PNG."""
     return set(np.unique(np.asarray(Image.open(path))).tolist())
+
+
+def write_tiny_latents(folder: Path, count: int, cells: int, seed: int, backbone: str | None = None) -> Path:
+    """``lat0.safetensors`` ... in ``folder`` (made): tiny-preset latents [1, C, cells, cells] and
+    captions drawn from one generator seeded ``seed``, degrade_sigma 0; ``backbone`` metadata
+    when given. Returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(count):
+        write_latent_file(
+            folder / f"lat{i}.safetensors",
+            torch.randn(1, TINY.lq_latent_channels, cells, cells, generator=gen),
+            torch.randn(1, TINY.txt_max_length, TINY.txt_embed_dim, generator=gen),
+            torch.zeros(1),
+            backbone=backbone,
+        )
+    return folder

@@ -11,15 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from pid_trt.atomic import TEMP_PREFIX, host_tag, parse_temp_name, remove_stale_temps, temp_path_for
 from pid_trt.cli.main import app
-from pid_trt.config import TINY
-from pid_trt.io import write_latent_file
 from pid_trt.jobs import Job
 from pid_trt.jobs.stale import owned_names, remove_stale_outputs
+from tests.jobs.helpers import write_tiny_latents
 
 
 @pytest.fixture(scope="module")
@@ -100,16 +98,7 @@ def test_a_rerun_removes_a_killed_writers_temp_files_and_completes(tmp_path, dea
     """The real CLI over three latent files: the first run's outputs, one deleted and a dead
     writer's temp file of it left (as a killed run leaves them), then a rerun with
     --skip-existing: the stale file is gone, every output is there, a live writer's is kept."""
-    src = tmp_path / "lat"
-    src.mkdir()
-    gen = torch.Generator().manual_seed(0)
-    for i in range(3):
-        write_latent_file(
-            src / f"lat{i}.safetensors",
-            torch.randn(1, TINY.lq_latent_channels, 2, 2, generator=gen),
-            torch.randn(1, TINY.txt_max_length, TINY.txt_embed_dim, generator=gen),
-            torch.zeros(1),
-        )
+    src = write_tiny_latents(tmp_path / "lat", 3, cells=2, seed=0)
     out = tmp_path / "out"
     args = ["decode", str(src), "-o", f"{out}/", "--backbone", "tiny", "--random-weights", "--threads", "1"]
     res = CliRunner().invoke(app, args)

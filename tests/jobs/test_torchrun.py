@@ -18,8 +18,7 @@ import pytest
 import torch
 
 from pid_trt.atomic import TEMP_PREFIX, host_tag
-from pid_trt.config import TINY
-from pid_trt.io import write_latent_file
+from tests.jobs.helpers import write_tiny_latents
 
 BIN = Path(sys.executable).parent
 TORCHRUN = BIN / "torchrun"
@@ -61,16 +60,7 @@ def outputs(folder: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def latents(tmp_path_factory) -> Path:
     """Eight tiny-preset latent files (8x8 latents, 256x256 images) with captions."""
-    root = tmp_path_factory.mktemp("latents")
-    gen = torch.Generator().manual_seed(0)
-    for i in range(FILES):
-        write_latent_file(
-            root / f"lat{i}.safetensors",
-            torch.randn(1, TINY.lq_latent_channels, 8, 8, generator=gen),
-            torch.randn(1, TINY.txt_max_length, TINY.txt_embed_dim, generator=gen),
-            torch.zeros(1),
-        )
-    return root
+    return write_tiny_latents(tmp_path_factory.mktemp("latents"), FILES, cells=8, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -296,17 +286,7 @@ def test_decode_compare_vae_two_ranks_equal_one_process(tmp_path) -> None:
 
     vae = tmp_path / "vae"
     helpers.flux_vae().save_pretrained(vae)
-    src = tmp_path / "lat"
-    src.mkdir()
-    gen = torch.Generator().manual_seed(3)
-    for i in range(3):
-        write_latent_file(
-            src / f"lat{i}.safetensors",
-            torch.randn(1, TINY.lq_latent_channels, 4, 4, generator=gen),
-            torch.randn(1, TINY.txt_max_length, TINY.txt_embed_dim, generator=gen),
-            torch.zeros(1),
-            backbone="flux",
-        )
+    src = write_tiny_latents(tmp_path / "lat", 3, cells=4, seed=3, backbone="flux")
     args = ("decode", src, *TINY_ARGS, "--compare-vae", "--vae", vae)
     one = pidtrt(*args, "-o", f"{tmp_path / 'one'}/")
     assert one.returncode == 0, one.stderr
