@@ -48,7 +48,7 @@ import torch
 
 from pid_trt.config import Backbone, get_preset
 from pid_trt.errors import BackendUnavailableError, ConfigError, InputFileError
-from pid_trt.integrations.rae_stats import STATS_KEYS, RaeStats, read_rae_stats  # noqa: F401 - public here too
+from pid_trt.integrations.rae_stats import STATS_KEYS, RaeStats, read_rae_stats
 
 
 @dataclass(frozen=True)
