@@ -84,3 +84,48 @@ def test_core_never_imports_the_cli() -> None:
         if t.startswith("pid_trt.cli")
     )
     assert bad == []
+
+
+#: Size limits of docs/design.md §4: lines per module and per function (decorators, signature
+#: and docstring included).
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 80
+
+
+def oversized(package: Path) -> list[str]:
+    """Modules over :data:`MAX_MODULE_LINES` lines and functions (methods and nested functions
+    included) over :data:`MAX_FUNCTION_LINES`, as ``path:line name (N lines)``."""
+    out = []
+    for path in sorted(package.rglob("*.py")):
+        text = path.read_text()
+        where = path.relative_to(package.parent)
+        lines = len(text.splitlines())
+        if lines > MAX_MODULE_LINES:
+            out.append(f"{where} ({lines} lines)")
+        for node in ast.walk(ast.parse(text, str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                length = (node.end_lineno or node.lineno) - first + 1
+                if length > MAX_FUNCTION_LINES:
+                    out.append(f"{where}:{first} {node.name} ({length} lines)")
+    return out
+
+
+def test_sizes() -> None:
+    """No module of pid_trt over 450 lines, no function over 80."""
+    assert oversized(PACKAGE) == []
+
+
+def test_sizes_catch_a_long_function_and_a_long_module(tmp_path: Path) -> None:
+    """The gate reports a planted 81-line method and a 451-line module, and passes their
+    80-line and 450-line neighbours."""
+    pkg = tmp_path / "planted"
+    pkg.mkdir()
+    body = "".join(f"        x{i} = {i}\n" for i in range(78))
+    (pkg / "fits.py").write_text(f"class A:\n    def ok(self):\n{body}        return 0\n")  # 80-line method
+    (pkg / "long.py").write_text(
+        f"class A:\n    @staticmethod\n    def too_long():\n{body}        return 0\n"  # 81 with its decorator
+    )
+    (pkg / "big.py").write_text("x = 0\n" * 451)
+    (pkg / "edge.py").write_text("x = 0\n" * 450)
+    assert oversized(pkg) == ["planted/big.py (451 lines)", "planted/long.py:2 too_long (81 lines)"]
