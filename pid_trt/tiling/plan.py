@@ -154,11 +154,13 @@ def _decide(
     for_quality = not (inside or options.allow_untrained_size)
     if not for_quality and (memory_free is None or one.memory.total <= memory_free):
         return None, f"{where}{forced}"
-    assert for_quality or memory_free is not None
-    why = where if for_quality else (
-        f"a one-shot decode needs about {one.memory.total / _GIB:.1f} GiB, more than the "
-        f"{memory_free / _GIB:.1f} GiB available"
-    )  # fmt: skip
+    why = where
+    if not for_quality:  # tiles for memory: memory_free is known (None returned above)
+        assert memory_free is not None
+        why = (
+            f"a one-shot decode needs about {one.memory.total / _GIB:.1f} GiB, more than the "
+            f"{memory_free / _GIB:.1f} GiB available"
+        )
     if options.tile_size is not None:
         return make_grid(config, height, width, options.tile_size, options), why
     found, reason = _auto_tiles(costing, height, width, options, envelope, memory_free, for_quality)
