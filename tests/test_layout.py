@@ -74,6 +74,31 @@ def test_import_contracts_catch_an_upward_import(tmp_path: Path) -> None:
     assert "0 kept, 2 broken" in run.stdout
 
 
+def test_a_type_checking_import_does_not_count(tmp_path: Path) -> None:
+    """As in pyproject.toml (``exclude_type_checking_imports``): an upward import under ``if
+    TYPE_CHECKING:`` (a type for annotations only, never imported at run time) breaks neither
+    contract; the same import at run time breaks both."""
+    pkg = tmp_path / "planted"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "top.py").write_text("import planted.bottom\n")
+    (pkg / "bottom.py").write_text(
+        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from planted.top import Thing\n"
+    )
+    config = tmp_path / "contracts.toml"
+    config.write_text(
+        '[tool.importlinter]\nroot_package = "planted"\nexclude_type_checking_imports = true\n\n'
+        '[[tool.importlinter.contracts]]\nname = "layers"\ntype = "layers"\n'
+        'containers = ["planted"]\nexhaustive = true\nlayers = ["top", "bottom"]\n\n'
+        '[[tool.importlinter.contracts]]\nname = "siblings"\ntype = "acyclic_siblings"\nancestors = ["planted"]\n'
+    )
+    run = lint_imports(tmp_path, config)
+    assert run.returncode == 0 and "2 kept, 0 broken" in run.stdout, run.stdout + run.stderr
+    (pkg / "bottom.py").write_text("from planted.top import Thing\n")
+    run = lint_imports(tmp_path, config)
+    assert run.returncode == 1 and "0 kept, 2 broken" in run.stdout, run.stdout + run.stderr
+
+
 def test_core_never_imports_the_cli() -> None:
     graph = import_graph()
     bad = sorted(
