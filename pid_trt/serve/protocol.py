@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pid_trt.errors import InputFileError
+from pid_trt.quoting import printable, quote
 
 #: Request parameter choosing how the ``png`` output is carried.
 PNG_ENCODING = "png_encoding"
@@ -59,6 +60,18 @@ OUTPUT_DOCS: dict[str, str] = {
 }
 
 
+def request_label(request_id: str | None) -> str:
+    """How messages name a request: ``request <id>`` (the client's id, quoted:
+    :func:`pid_trt.quoting.printable`, at most 80 characters) or ``request``."""
+    return f"request {printable(request_id, 80)}" if request_id else "request"
+
+
+def error_text(exc: BaseException) -> str:
+    """An error's message as a served answer carries it: one line of printable characters
+    (white space runs joined, anything else escaped), the type's name when empty."""
+    return printable(" ".join(str(exc).split()), 2000) or type(exc).__name__
+
+
 def _as_dict(parameters: str | dict[str, Any] | None) -> dict[str, Any]:
     """A request's parameters (Triton's Python backend gives a JSON object as text) as a dict."""
     if isinstance(parameters, str):
@@ -80,7 +93,7 @@ def request_tiling(parameters: str | dict[str, Any] | None, what: str = "request
         value = params[name]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             kind = {str: "a string", int: "an integer", bool: "true or false"}[types[0]]
-            raise InputFileError(f"{what}: parameter {name} {value!r}: expected {kind}")
+            raise InputFileError(f"{what}: parameter {name} {quote(value)}: expected {kind}")
         out[name] = value
     return out
 
@@ -93,7 +106,7 @@ def png_encoding(parameters: str | dict[str, Any] | None, what: str = "request")
     value = _as_dict(parameters).get(PNG_ENCODING, BASE64)
     if value not in PNG_ENCODINGS:
         raise InputFileError(
-            f"{what}: parameter {PNG_ENCODING} {value!r}: expected {BASE64!r} (the default, valid in JSON) "
+            f"{what}: parameter {PNG_ENCODING} {quote(value)}: expected {BASE64!r} (the default, valid in JSON) "
             f"or {BINARY!r} (raw PNG bytes, for binary-data answers and gRPC)"
         )
     return str(value)

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from pid_trt.buckets import Bucket, ShapeRange, latent_shape
 from pid_trt.config import NetConfig, Precision
 from pid_trt.errors import ConfigError, StoreError
+from pid_trt.quoting import printable, quote
 from pid_trt.stores.artifacts import canonical_json, key_digest
 from pid_trt.trt_flavour import Flavour
 from pid_trt.versions import package_versions
@@ -39,7 +40,7 @@ def weights_id(checkpoint_sha256: str | None = None, random_seed: int | None = N
         return f"random:{int(random_seed)}"
     sha = checkpoint_sha256.lower()
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-        raise ConfigError(f"checkpoint sha256 {checkpoint_sha256!r}: expected 64 hex digits")
+        raise ConfigError(f"checkpoint sha256 {quote(checkpoint_sha256)}: expected 64 hex digits")
     return sha
 
 
@@ -86,7 +87,7 @@ class ExportKey:
                     "dynamic-shape export of fp8 graphs is not supported: build static fp8 engines (--size WxH)"
                 )
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ConfigError(f"batch {batch!r}: expected an integer >= 1")
+            raise ConfigError(f"batch {quote(batch)}: expected an integer >= 1")
         if opset < 23:
             raise ConfigError(
                 f"opset {opset}: expected >= 23 (attention exports as the fused Attention op from 23)"
@@ -94,7 +95,7 @@ class ExportKey:
         try:
             precision = Precision(precision)
         except ValueError:
-            raise ConfigError(f"precision {precision!r}: expected fp32, fp16, bf16 or fp8") from None
+            raise ConfigError(f"precision {quote(precision)}: expected fp32, fp16, bf16 or fp8") from None
         if precision not in EXPORT_PRECISIONS:
             raise ConfigError(f"precision {precision.value}: ONNX export supports fp32, fp16, bf16 or fp8")
         hs, ws = bucket.height // config.patch_size, bucket.width // config.patch_size
@@ -164,7 +165,7 @@ class ExportKey:
 def _sha(value: str, name: str) -> str:
     value = str(value).lower()
     if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-        raise ConfigError(f"engine key {name}={value!r}: expected a sha256 hex digest (64 characters)")
+        raise ConfigError(f"engine key {name}={quote(value)}: expected a sha256 hex digest (64 characters)")
     return value
 
 
@@ -289,4 +290,6 @@ def key_from_manifest(manifest: dict[str, Any]) -> EngineKey:
             weightless=weightless,
         )
     except (TypeError, KeyError, ValueError, ConfigError) as exc:
-        raise StoreError(f"engine manifest key is malformed ({type(exc).__name__}: {exc})") from None
+        raise StoreError(
+            f"engine manifest key is malformed ({type(exc).__name__}: {printable(exc)})"
+        ) from None
