@@ -113,7 +113,13 @@ def load_checkpoint(path: str | os.PathLike[str], config: NetConfig | None = Non
     differs from ``config``, or when any key is missing, unexpected or mis-shaped.
     """
     path = Path(path)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError as exc:  # a name too long for the file system, a permission denied on the way
+        raise CheckpointError(
+            f"checkpoint {printable(path)}: cannot be read ({exc.strerror or exc})"
+        ) from None
+    if not is_file:
         raise CheckpointError(
             f"checkpoint {printable(path)} does not exist or is not a file: expected a .pth or .safetensors"
         )

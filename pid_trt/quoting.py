@@ -9,8 +9,10 @@ progress or summary line through :func:`quote` (a value, shown quoted like ``rep
   seen: C0 and C1 control characters and DEL (``\\x1b``, ``\\r``, ``\\x00``, ``\\x9b`` ...),
   Unicode format characters (category Cf: the bidirectional controls U+202A..U+202E and
   U+2066..U+2069, zero-width characters such as U+200B, U+FEFF), the line and paragraph
-  separators U+2028 / U+2029 and lone surrogates (undecodable bytes of a file name). They
-  show as ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN`` (``\\n``, ``\\r``, ``\\t`` by name);
+  separators U+2028 / U+2029, lone surrogates (undecodable bytes of a file name), spaces
+  other than U+0020 (no-break, ideographic ...), private-use and unassigned code points:
+  every character :meth:`str.isprintable` refuses. They show as ``\\xNN``, ``\\uNNNN``
+  or ``\\UNNNNNNNN`` (``\\n``, ``\\r``, ``\\t`` by name);
 - cap the result at ``limit`` characters, marking the cut with ``…`` and the original length.
 
 The result is one line of printable characters, so a message built from it stays one line.
@@ -19,7 +21,6 @@ The result is one line of printable characters, so a message built from it stays
 from __future__ import annotations
 
 import os
-import unicodedata
 from collections.abc import Sequence
 
 #: Default cap, in characters, for a quoted value (a name, a field) and for free text (a path).
@@ -30,17 +31,12 @@ TEXT_LIMIT = 200
 ELLIPSIS = "…"
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
 def is_unsafe(ch: str) -> bool:
-    """True for a character :func:`quote` and :func:`printable` escape (one character)."""
-    return unicodedata.category(ch) in _UNSAFE_CATEGORIES
-
-
-def has_unsafe(text: str) -> bool:
-    """True when ``text`` holds any character that :func:`is_unsafe`."""
-    return any(is_unsafe(ch) for ch in text)
+    """True for a character :func:`quote` and :func:`printable` escape (one character): any
+    that is not printable (Unicode categories Cc, Cf, Cs, Co, Cn, Zl, Zp, and Zs but U+0020)."""
+    return not ch.isprintable()
 
 
 def _escape_char(ch: str) -> str:

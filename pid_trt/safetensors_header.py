@@ -182,7 +182,7 @@ def _entry(name: str, rec: Any, data_size: int, fail: Any) -> TensorEntry:
         raise fail(f"{label}: expected exactly the fields dtype, shape, data_offsets")
     dtype, shape, offsets = rec["dtype"], rec["shape"], rec["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
-        raise fail(f"{label} has unknown dtype {quote(dtype, 20)}: expected one of {', '.join(DTYPE_BYTES)}")
+        raise fail(f"{label} has unknown dtype {quote(dtype, 40)}: expected one of {', '.join(DTYPE_BYTES)}")
     if not isinstance(shape, list) or not all(_is_uint(d) for d in shape) or len(shape) > 16:
         raise fail(f"{label} has shape {quote(shape, 40)}: expected at most 16 non-negative integers")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_uint(o) for o in offsets):

@@ -38,9 +38,13 @@ def read_rae_stats(path: str | os.PathLike[str]) -> RaeStats:
     ``mean`` and ``var``; var must be >= 0 and both finite. InputFileError otherwise."""
     what = f"statistics file {printable(path)}"
     p = Path(path)
-    if not p.exists():
+    try:
+        exists, is_file = p.exists(), p.is_file()
+    except OSError as exc:  # a name too long for the file system, a permission denied on the way
+        raise InputFileError(f"{what}: cannot be read ({exc.strerror or exc})") from None
+    if not exists:
         raise InputFileError(f"{what}: file not found")
-    if not p.is_file():
+    if not is_file:
         raise InputFileError(f"{what}: not a file (expected upstream's stat.pt or a safetensors file)")
     try:
         with open(p, "rb") as f:
