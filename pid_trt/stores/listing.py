@@ -72,4 +72,4 @@ def engine_row(entry: Entry) -> tuple[str, ...]:
         status.value + (f": {reason}" if reason else ""),
     )
     # Every field but the digest comes from the manifest, a file anyone can edit.
-    return tuple(printable(t, 120) for t in texts)
+    return tuple(printable(t, 300) for t in texts)

@@ -262,7 +262,7 @@ def _use_manifest(raw: bytes) -> None:
             assert entry.problem is None or assert_printable_line(entry.problem)
         for row in map(engine_row, entries):
             for text in row:
-                assert text == "" or assert_printable_line(text, cap=200)
+                assert text == "" or assert_printable_line(text, cap=400)
         try:
             store.remove("all")
         except StoreError as exc:

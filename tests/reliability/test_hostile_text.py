@@ -176,7 +176,7 @@ def test_engine_manifest_fields(tmp_path: Path, field: str, words: tuple[str, ..
     (entry,) = store.list()
     row = engine_row(entry)
     for text in row:
-        assert_printable_line(text or "-", cap=200)
+        assert_printable_line(text or "-", cap=400)
     if field != "kind":  # the listing shows the kind nowhere but the row's status
         assert any(HOSTILE[hostile][1][:12] in text for text in row), row
 
