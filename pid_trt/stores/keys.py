@@ -266,6 +266,8 @@ def weights_sha256(weights: str) -> str:
 def key_from_manifest(manifest: dict[str, Any]) -> EngineKey:
     """The :class:`EngineKey` a manifest's ``key`` section describes (StoreError if malformed)."""
     k = manifest.get("key")
+    if not isinstance(k, dict):
+        raise StoreError(f"engine manifest key is a JSON {type(k).__name__}: expected an object")
     try:
         shape_range = ShapeRange.from_fields(k["range"]) if "range" in k else None
         weightless = bool(k.get("weightless", False))
@@ -289,7 +291,7 @@ def key_from_manifest(manifest: dict[str, Any]) -> EngineKey:
             shape_range=shape_range,
             weightless=weightless,
         )
-    except (TypeError, KeyError, ValueError, ConfigError) as exc:
+    except (TypeError, KeyError, ValueError, AttributeError, ConfigError) as exc:
         raise StoreError(
             f"engine manifest key is malformed ({type(exc).__name__}: {printable(exc)})"
         ) from None

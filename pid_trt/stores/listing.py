@@ -66,7 +66,7 @@ def engine_row(entry: Entry) -> tuple[str, ...]:
         str(lo) if lo == hi else f"{lo}-{hi}",
         str(k.get("precision", "?")) + (" weightless" if k.get("weightless") else ""),
         f"{k.get('flavour', '?')} {k.get('trt_version', '?')}",
-        ",".join(map(str, k.get("compute_capabilities") or [])),
+        ",".join(map(str, caps)) if isinstance(caps := k.get("compute_capabilities"), list) else "?",
         mebibytes(entry.size_bytes),
         entry.created.replace("+00:00", "Z"),
         status.value + (f": {reason}" if reason else ""),

@@ -305,6 +305,8 @@ _hostile_paths = st.sampled_from(
 @FUZZ
 @given(field=st.sampled_from(["format", "kind", "digest", "path", "key", "sha256", "size_bytes", "build", "created"]),
        value=_json | _hostile_paths, deep=st.integers(0, 3) )  # fmt: skip
+# Found by this test once the listing was checked too: a key that is not an object.
+@example(field="key", value="../sentinel.txt", deep=0)
 def test_manifest_fields_replaced(field, value, deep):
     manifest = json.loads(_VALID_STORE[2])
     for _ in range(deep):
@@ -317,6 +319,10 @@ def test_manifest_fields_replaced(field, value, deep):
 @given(field=st.sampled_from(["precision", "flavour", "trt_version", "width", "height", "batch_range",
                               "compute_capabilities", "net_config", "range"]),
        value=_json | _hostile_paths)  # fmt: skip
+# Found by this test: compute_capabilities true (not a list) broke the listing.
+@example(field="compute_capabilities", value=True)
+@example(field="range", value={"width": 5, "height": "\x1b[2J"})
+@example(field="batch_range", value="\r")
 def test_manifest_key_fields_replaced(field, value):
     """The key's fields are what ``pidtrt engines list`` shows: any value, listed or refused,
     reaches no message or row unescaped."""
