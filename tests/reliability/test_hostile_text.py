@@ -242,3 +242,23 @@ def test_request_tiling_values_refused_by_the_decode_options(hostile: str) -> No
     value = HOSTILE[hostile][0]
     check(refusal(ConfigError, parse_tiles, value), hostile, "--tiles")
     check(refusal(ConfigError, parse_tile_size, value), hostile, "--tile-size")
+
+
+# ----------------------------------------------------------------- environment variables
+@pytest.mark.parametrize("hostile", IDS)
+def test_environment_variables(hostile: str, monkeypatch) -> None:
+    """torchrun's variables and ``$PIDTRT_TEXT_ENCODER``, as a launcher or a shell sets them."""
+    from pid_trt.errors import ConfigError
+    from pid_trt.jobs.distributed import world_from_env
+    from pid_trt.text import TEXT_ENCODER_ENV, resolve_text_encoder_source
+
+    value = HOSTILE[hostile][0]
+    check(refusal(ConfigError, world_from_env, {"RANK": "0", "WORLD_SIZE": value}), hostile, "WORLD_SIZE=")
+    check(
+        refusal(ConfigError, world_from_env, {"RANK": value}), hostile, "RANK=", "is set without WORLD_SIZE"
+    )
+    if hostile not in ("nul", "long"):  # a path: no NUL; the long one is checked by its length
+        monkeypatch.setenv(TEXT_ENCODER_ENV, f"/nonexistent/{value}")
+        check(
+            refusal(ConfigError, resolve_text_encoder_source, None), hostile, "text encoder", "does not exist"
+        )
