@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pid_trt.atomic import atomic_write
 from pid_trt.config import NetConfig
 from pid_trt.errors import CheckpointError, ConfigError
+from pid_trt.quoting import printable, quote
 from pid_trt.safetensors_header import FLOAT_DTYPES, read_header
 
 if TYPE_CHECKING:
@@ -112,18 +113,24 @@ def load_checkpoint(path: str | os.PathLike[str], config: NetConfig | None = Non
     differs from ``config``, or when any key is missing, unexpected or mis-shaped.
     """
     path = Path(path)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError as exc:  # a name too long for the file system, a permission denied on the way
         raise CheckpointError(
-            f"checkpoint {path} does not exist or is not a file: expected a .pth or .safetensors"
+            f"checkpoint {printable(path)}: cannot be read ({exc.strerror or exc})"
+        ) from None
+    if not is_file:
+        raise CheckpointError(
+            f"checkpoint {printable(path)} does not exist or is not a file: expected a .pth or .safetensors"
         )
-    label = f"checkpoint {path.name}"
+    label = f"checkpoint {printable(path.name)}"
     if _is_safetensors(path):
         # Check names, dtypes and shapes from the validated header before reading any data.
         header = read_header(path, error=CheckpointError)
         for entry in header.entries:
             if entry.dtype not in FLOAT_DTYPES:
                 raise CheckpointError(
-                    f"{label}: tensor {entry.name!r} has dtype {entry.dtype}: {_FLOAT_EXPECTED}"
+                    f"{label}: tensor {quote(entry.name)} has dtype {entry.dtype}: {_FLOAT_EXPECTED}"
                 )
         shapes = _strip_prefix({e.name: e.shape for e in header.entries}, path)
         config = _resolve_config(path, config, header.metadata)
@@ -134,7 +141,7 @@ def load_checkpoint(path: str | os.PathLike[str], config: NetConfig | None = Non
         for name, tensor in state.items():
             if not tensor.is_floating_point():
                 dtype = str(tensor.dtype).removeprefix("torch.")
-                raise CheckpointError(f"{label}: tensor {name!r} has dtype {dtype}: {_FLOAT_EXPECTED}")
+                raise CheckpointError(f"{label}: tensor {quote(name)} has dtype {dtype}: {_FLOAT_EXPECTED}")
         config = _resolve_config(path, config, {})
     # Always re-checked on the tensors themselves (a safetensors file may change after its header was read).
     check_shapes({k: tuple(t.shape) for k, t in state.items()}, config, label)
@@ -160,7 +167,9 @@ def check_shapes(shapes: Mapping[str, tuple[int, ...]], config: NetConfig, label
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected ({_names(unexpected)})")
     if wrong:
-        shown = ", ".join(f"{k} {list(shapes[k])} expected {list(want[k])}" for k in wrong[:_SHOW])
+        shown = ", ".join(
+            f"{printable(k, 80)} {list(shapes[k])} expected {list(want[k])}" for k in wrong[:_SHOW]
+        )
         parts.append(f"{len(wrong)} wrong shape ({shown}{', ...' if len(wrong) > _SHOW else ''})")
     raise CheckpointError(
         f"{label} does not match the net config ({len(want)} keys): {'; '.join(parts)}; nothing was loaded"
@@ -212,7 +221,8 @@ def load_into(model: torch.nn.Module, loaded: LoadedCheckpoint) -> torch.nn.Modu
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise CheckpointError(
-            f"checkpoint {loaded.path.name} does not fit the model: {' '.join(s.strip() for s in first)[:400]}"
+            f"checkpoint {printable(loaded.path.name)} does not fit the model: "
+            f"{printable(' '.join(s.strip() for s in first), 400)}"
         ) from None
     return model
 
@@ -236,7 +246,9 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint {path.name}: safetensors could not read it ({exc})") from None
+        raise CheckpointError(
+            f"checkpoint {printable(path.name)}: safetensors could not read it ({printable(exc)})"
+        ) from None
 
 
 def _read_torch(path: Path) -> dict[str, torch.Tensor]:
@@ -248,24 +260,24 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
     except pickle.UnpicklingError as exc:
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        detail = printable(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"refused: checkpoint {path.name} contains pickled code/objects other than tensors ({detail}); "
+            f"refused: checkpoint {printable(path.name)} contains pickled code/objects other than tensors ({detail}); "
             "expected a flat dict of tensors"
         ) from None
     except Exception as exc:  # noqa: BLE001 - any failure of a hostile file is a CheckpointError
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        detail = printable(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
         raise CheckpointError(
-            f"checkpoint {path.name} is not a readable torch.save file ({type(exc).__name__}: {detail})"
+            f"checkpoint {printable(path.name)} is not a readable torch.save file ({type(exc).__name__}: {detail})"
         ) from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(
-            f"checkpoint {path.name} holds a {type(obj).__name__}: expected a flat dict of name -> tensor"
+            f"checkpoint {printable(path.name)} holds a {type(obj).__name__}: expected a flat dict of name -> tensor"
         )
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise CheckpointError(
-                f"checkpoint {path.name}: entry {str(key)[:80]!r} is a {type(value).__name__}: "
+                f"checkpoint {printable(path.name)}: entry {quote(key)} is a {type(value).__name__}: "
                 "expected a flat dict of name -> tensor"
             )
     return dict(obj)
@@ -277,7 +289,7 @@ def _strip_prefix(raw: Mapping[str, Any], path: Path) -> dict[str, Any]:
         name = key.removeprefix(PREFIX)
         if name in out:
             raise CheckpointError(
-                f"checkpoint {path.name} holds {name!r} both with and without the {PREFIX!r} prefix: "
+                f"checkpoint {printable(path.name)} holds {quote(name)} both with and without the {PREFIX!r} prefix: "
                 "expected one copy"
             )
         out[name] = tensor
@@ -291,11 +303,13 @@ def _resolve_config(path: Path, config: NetConfig | None, metadata: Mapping[str,
         try:
             stored = NetConfig.from_json(text)
         except ConfigError as exc:
-            raise CheckpointError(f"checkpoint {path.name}: metadata {CONFIG_METADATA_KEY}: {exc}") from None
+            raise CheckpointError(
+                f"checkpoint {printable(path.name)}: metadata {CONFIG_METADATA_KEY}: {printable(exc)}"
+            ) from None
     if config is None:
         if stored is None:
             raise CheckpointError(
-                f"checkpoint {path.name} carries no net config ({CONFIG_METADATA_KEY} metadata): "
+                f"checkpoint {printable(path.name)} carries no net config ({CONFIG_METADATA_KEY} metadata): "
                 "pass --net-config FILE or --backbone NAME"
             )
         return stored
@@ -306,11 +320,11 @@ def _resolve_config(path: Path, config: NetConfig | None, metadata: Mapping[str,
             if stored.to_upstream()[k] != v
         ]
         raise CheckpointError(
-            f"checkpoint {path.name} was converted for a different net config: given {', '.join(diff[:_SHOW])}; "
+            f"checkpoint {printable(path.name)} was converted for a different net config: given {', '.join(diff[:_SHOW])}; "
             "expected the file's config (drop --net-config/--backbone to use it)"
         )
     return config
 
 
 def _names(keys: list[str]) -> str:
-    return ", ".join(keys[:_SHOW]) + (", ..." if len(keys) > _SHOW else "")
+    return ", ".join(printable(k, 80) for k in keys[:_SHOW]) + (", ..." if len(keys) > _SHOW else "")

@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Any
 
 from pid_trt.errors import ConfigError
+from pid_trt.quoting import quote, quote_names
 
 
 class Backbone(str, Enum):
@@ -135,7 +136,7 @@ class NetConfig:
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"net config {name}={value!r}: expected a positive integer")
+                raise ConfigError(f"net config {name}={quote(value)}: expected a positive integer")
         if self.lq_num_res_blocks < 0:
             raise ConfigError(f"net config lq_num_res_blocks={self.lq_num_res_blocks}: expected >= 0")
         if self.hidden_size % self.num_groups:
@@ -241,7 +242,7 @@ class NetConfig:
             if key in _FIXED_UPSTREAM:
                 if value != _FIXED_UPSTREAM[key]:
                     raise ConfigError(
-                        f"net config {key}={value!r} is not supported: expected {_FIXED_UPSTREAM[key]!r}"
+                        f"net config {key}={quote(value)} is not supported: expected {_FIXED_UPSTREAM[key]!r}"
                     )
                 continue
             if key not in fields:
@@ -249,7 +250,7 @@ class NetConfig:
                 continue
             values[key] = value
         if unknown:
-            raise ConfigError(f"net config has unknown argument(s) {', '.join(sorted(unknown))}")
+            raise ConfigError(f"net config has unknown argument(s) {quote_names(sorted(unknown))}")
         if "lq_conv_padding_mode" in values:
             values["lq_conv_padding_mode"] = _enum(
                 PaddingMode, values["lq_conv_padding_mode"], "lq_conv_padding_mode"
@@ -258,11 +259,11 @@ class NetConfig:
             values["lq_gate_type"] = _enum(GateType, values["lq_gate_type"], "lq_gate_type")
         for name in ("use_text_rope", "pit_lq_inject"):
             if name in values and not isinstance(values[name], bool):
-                raise ConfigError(f"net config {name}={values[name]!r}: expected true or false")
+                raise ConfigError(f"net config {name}={quote(values[name])}: expected true or false")
         if "text_rope_theta" in values:
             theta = values["text_rope_theta"]
             if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta <= 0:
-                raise ConfigError(f"net config text_rope_theta={theta!r}: expected a positive number")
+                raise ConfigError(f"net config text_rope_theta={quote(theta)}: expected a positive number")
             values["text_rope_theta"] = float(theta)
         return cls(**values)
 
@@ -295,7 +296,7 @@ def _enum(kind: type[Enum], value: Any, name: str) -> Any:
     except ValueError:
         allowed = ", ".join(repr(m.value) for m in kind)
         raise ConfigError(
-            f"net config {name}={value!r} is not supported: expected one of {allowed}"
+            f"net config {name}={quote(value)} is not supported: expected one of {allowed}"
         ) from None
 
 

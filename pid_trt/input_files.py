@@ -9,13 +9,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pid_trt.errors import InputFileError, PidTrtError
+from pid_trt.quoting import printable
 
 
 @contextmanager
 def reading(what: str, expected: str, error: type[PidTrtError] = InputFileError) -> Iterator[None]:
     """Turn the OS and decoding errors raised inside the block into ``error``:
     ``"{what}: file not found"``, ``"{what}: is a directory, expected {expected}"``,
-    ``"{what}: not UTF-8 text (...)"`` or ``"{what}: cannot be read (...)"``."""
+    ``"{what}: not UTF-8 text (...)"`` or ``"{what}: cannot be read (...)"``. ``what`` should
+    already be quoted (:mod:`pid_trt.quoting`); it is escaped again here, which leaves quoted
+    text unchanged, so that a raw path never reaches the message."""
+    what = printable(what, 400)
     try:
         yield
     except FileNotFoundError:

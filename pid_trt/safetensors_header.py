@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pid_trt.errors import PidTrtError
+from pid_trt.quoting import printable, quote
 
 #: Largest JSON header accepted, in bytes (real checkpoints need ~60 KB).
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -94,9 +95,11 @@ def read_header(path: str | os.PathLike[str], error: type[Exception] = PidTrtErr
     path = Path(path)
     try:
         with open(path, "rb") as fh:
-            return read_header_from(fh, f"safetensors file {path.name}", error)
+            return read_header_from(fh, f"safetensors file {printable(path.name)}", error)
     except OSError as exc:
-        raise error(f"cannot read safetensors file {path}: {exc.strerror or exc}") from None
+        raise error(
+            f"cannot read safetensors file {printable(path)}: {printable(exc.strerror or exc)}"
+        ) from None
 
 
 def read_header_from(f: BinaryIO, what: str, error: type[Exception] = PidTrtError) -> SafetensorsHeader:
@@ -140,17 +143,22 @@ def parse_header(raw: bytes, file_size: int, fail: Any) -> SafetensorsHeader:
     try:
         obj = json.loads(text, object_pairs_hook=_no_duplicates)
     except _DuplicateKey as exc:
-        raise fail(f"header names {str(exc)[:80]!r} twice: expected unique tensor names and fields") from None
+        raise fail(f"header names {quote(str(exc))} twice: expected unique tensor names and fields") from None
     except (ValueError, RecursionError) as exc:
-        raise fail(f"header is not valid JSON ({str(exc)[:80]}): expected a JSON object") from None
+        raise fail(f"header is not valid JSON ({printable(exc, 80)}): expected a JSON object") from None
     if not isinstance(obj, dict):
         raise fail(f"header is a JSON {type(obj).__name__}: expected an object")
 
     metadata = obj.pop("__metadata__", None)
     if metadata is None:
         metadata = {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise fail("__metadata__: expected an object of string values")
+    if not isinstance(metadata, dict):
+        raise fail(f"__metadata__ is a JSON {type(metadata).__name__}: expected an object of string values")
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise fail(
+                f"__metadata__ {quote(key)} is a JSON {type(value).__name__}: expected an object of string values"
+            )
 
     data_size = file_size - data_offset
     entries = [_entry(name, rec, data_size, fail) for name, rec in obj.items()]
@@ -159,7 +167,7 @@ def parse_header(raw: bytes, file_size: int, fail: Any) -> SafetensorsHeader:
     for e in sorted(entries, key=lambda e: (e.start, e.end)):
         if e.start != pos:
             kind = "overlaps another tensor" if e.start < pos else f"leaves a gap of {e.start - pos} bytes"
-            raise fail(f"tensor {e.name!r} at data offset {e.start} {kind}: expected offset {pos}")
+            raise fail(f"tensor {quote(e.name)} at data offset {e.start} {kind}: expected offset {pos}")
         pos = e.end
     if pos != data_size:
         raise fail(f"tensors cover {pos} of the {data_size} data bytes: expected the whole data section")
@@ -167,19 +175,19 @@ def parse_header(raw: bytes, file_size: int, fail: Any) -> SafetensorsHeader:
 
 
 def _entry(name: str, rec: Any, data_size: int, fail: Any) -> TensorEntry:
-    label = f"tensor {name[:80]!r}"
+    label = f"tensor {quote(name)}"
     if not isinstance(rec, dict):
         raise fail(f"{label} is not an object: expected exactly the fields dtype, shape, data_offsets")
     if set(rec) - {"dtype", "shape", "data_offsets"} or len(rec) != 3:
         raise fail(f"{label}: expected exactly the fields dtype, shape, data_offsets")
     dtype, shape, offsets = rec["dtype"], rec["shape"], rec["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
-        raise fail(f"{label} has unknown dtype {str(dtype)[:20]!r}: expected one of {', '.join(DTYPE_BYTES)}")
+        raise fail(f"{label} has unknown dtype {quote(dtype, 40)}: expected one of {', '.join(DTYPE_BYTES)}")
     if not isinstance(shape, list) or not all(_is_uint(d) for d in shape) or len(shape) > 16:
-        raise fail(f"{label} has shape {str(shape)[:40]}: expected at most 16 non-negative integers")
+        raise fail(f"{label} has shape {quote(shape, 40)}: expected at most 16 non-negative integers")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_uint(o) for o in offsets):
         raise fail(
-            f"{label} has data_offsets {str(offsets)[:40]}: expected [start, end], non-negative integers"
+            f"{label} has data_offsets {quote(offsets, 40)}: expected [start, end], non-negative integers"
         )
     start, end = offsets
     if start > end or end > data_size:

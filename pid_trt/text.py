@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from pid_trt.errors import BackendUnavailableError, ConfigError, PidTrtError, ResourceError
+from pid_trt.quoting import printable, quote
 
 __all__ = [
     "CaptionEncoder",
@@ -116,10 +117,10 @@ def resolve_text_encoder_source(source: str | os.PathLike[str] | None) -> Path:
     if not path.is_dir():
         what = "is not a directory" if path.exists() else "does not exist"
         raise ConfigError(
-            f"text encoder {text}: {what}; expected a local transformers directory of Gemma-2-2B-it, "
+            f"text encoder {printable(text)}: {what}; expected a local transformers directory of Gemma-2-2B-it, "
             f"{GET_WEIGHTS_HINT}"
         )
-    _check_encoder_dir(path, text)
+    _check_encoder_dir(path, printable(text))
     return path
 
 
@@ -147,11 +148,13 @@ def _check_encoder_dir(path: Path, name: str) -> None:
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"text encoder {name}: unreadable config.json ({exc}); {expected}") from None
+        raise ConfigError(
+            f"text encoder {name}: unreadable config.json ({printable(exc)}); {expected}"
+        ) from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type != "gemma2":
         raise ConfigError(
-            f"text encoder {name}: config.json has model_type {model_type!r}, not 'gemma2'; {expected}"
+            f"text encoder {name}: config.json has model_type {quote(model_type)}, not 'gemma2'; {expected}"
         )
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         raise ConfigError(f"text encoder {name}: no tokenizer.json / tokenizer.model; {expected}")
@@ -198,7 +201,9 @@ class CaptionEncoder:
     def __init__(self, model, tokenizer, *, device: torch.device, dtype: str, source: str = "") -> None:
         """Wrap an already loaded decoder stack and tokenizer (use :meth:`load` normally)."""
         if tokenizer.pad_token_id is None:
-            raise ConfigError(f"text encoder {source}: the tokenizer has no pad token; expected Gemma's")
+            raise ConfigError(
+                f"text encoder {printable(source)}: the tokenizer has no pad token; expected Gemma's"
+            )
         tokenizer.padding_side = "right"
         self._model = model
         self._tokenizer = tokenizer

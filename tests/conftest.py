@@ -16,8 +16,45 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parents[1]
+
+# ----------------------------------------------------------------- hypothesis profiles
+#: Environment variable choosing the Hypothesis profile (``ci``, the default, or ``dev``).
+HYPOTHESIS_PROFILE_ENV = "HYPOTHESIS_PROFILE"
+#: ``ci``: the same examples on every run (derandomized: drawn from a seed fixed per test),
+#: no example database (nothing written to the tree, nothing replayed from an earlier run),
+#: a bounded number of examples per test, and no deadline (a slow CI machine is no failure;
+#: a hang is still bounded by the example count). Tests that set ``max_examples`` keep theirs.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    max_examples=100,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+#: ``dev``: fresh random examples on every run, ten times as many, failures remembered in
+#: ``.hypothesis/`` (git-ignored) and replayed first on the next run.
+settings.register_profile(
+    "dev",
+    derandomize=False,
+    max_examples=1000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get(HYPOTHESIS_PROFILE_ENV, "ci"))
+
+
+def fuzz_examples(n: int) -> int:
+    """``n`` examples under the ``ci`` profile, ten times as many under ``dev``: for tests
+    that set their own ``max_examples`` (the profile's applies to the others)."""
+    return n * 10 if settings.default.max_examples > 100 else n
+
+
 #: The repository's golden vectors of the official network (tests/golden/README.md).
 GOLDEN_DIR = REPO / "tests" / "golden"
 #: ``sha256sum`` lines of every golden file the suite expects.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from pid_trt.config import Precision
 from pid_trt.errors import ConfigError
+from pid_trt.quoting import quote
 
 if TYPE_CHECKING:
     from pid_trt.backends.base import Backend
@@ -30,7 +31,7 @@ def backend_class(name: str, option: str = "--backend") -> type[Backend]:
     """The class registered as ``name`` (raises ConfigError naming the known ones)."""
     target = BACKENDS.get(str(name).strip().lower())
     if target is None:
-        raise ConfigError(f"{option} {name!r} is not known: expected one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"{option} {quote(name)} is not known: expected one of {', '.join(BACKENDS)}")
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
 
@@ -43,7 +44,7 @@ def parse_precision(text: str | Precision, option: str = "--precision") -> Preci
         return Precision(str(text).strip().lower())
     except ValueError:
         allowed = ", ".join(p.value for p in Precision)
-        raise ConfigError(f"{option} {text!r} is not known: expected one of {allowed}") from None
+        raise ConfigError(f"{option} {quote(text)} is not known: expected one of {allowed}") from None
 
 
 def check_device(device: str, option: str = "--device") -> str:
@@ -51,7 +52,7 @@ def check_device(device: str, option: str = "--device") -> str:
     dev = str(device).strip().lower()
     if dev in ("cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()):
         return dev
-    raise ConfigError(f"{option} {device!r}: expected cpu or cuda")
+    raise ConfigError(f"{option} {quote(device)}: expected cpu or cuda")
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,11 @@ class BackendSpec:
         name = name.strip().lower()
         if name not in BACKENDS:
             raise ConfigError(
-                f"{option} {text!r} is not known: expected NAME[:PRECISION][@DEVICE] with NAME one of "
+                f"{option} {quote(text)} is not known: expected NAME[:PRECISION][@DEVICE] with NAME one of "
                 f"{', '.join(BACKENDS)}"
             )
-        precision = parse_precision(prec, option=f"{option} {text!r}: precision") if prec else None
-        device = check_device(dev, option=f"{option} {text!r}: device") if dev else None
+        precision = parse_precision(prec, option=f"{option} {quote(text)}: precision") if prec else None
+        device = check_device(dev, option=f"{option} {quote(text)}: device") if dev else None
         return cls(name, precision, device)
 
     @property

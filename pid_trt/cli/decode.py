@@ -16,6 +16,7 @@ from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.jobs.decode import DecodeSettings, decode_exists, decode_file
 from pid_trt.jobs.distributed import RankGroup, World
 from pid_trt.options import NetOptions, RuntimeOptions
+from pid_trt.quoting import printable
 
 RANDOM_WEIGHTS_WARNING = "--random-weights: the network is randomly initialised; the {} mean{} nothing"
 
@@ -166,7 +167,7 @@ def decode(
             f"delta E {d['mean_delta_e']:.2f} (CIELAB)" if d else ""
         )  # fmt: skip
         typer.echo(
-            f"wrote {', '.join(map(str, done.written))} ({done.width}x{done.height}, batch {done.batch}, "
+            f"wrote {', '.join(map(printable, done.written))} ({done.width}x{done.height}, batch {done.batch}, "
             f"{steps} steps, {decoder.backend_name}{drift}) in {done.seconds:.2f} s"
         )
 
@@ -216,7 +217,7 @@ def _dry_run(latent: list[Path], net: NetOptions, settings: DecodeSettings, load
             plan = decoder.plan(height, width, rows, settings.steps, **settings.tiling)
             if len(inputs) > 1:
                 more = f" and {len(paths) - 1} more" if len(paths) > 1 else ""
-                typer.echo(("\n" if i else "") + f"{paths[0]}{more}:")
+                typer.echo(("\n" if i else "") + f"{printable(paths[0])}{more}:")
             typer.echo(plan.render(decoder.spec.name, args))
     for problem in problems:
         warn(problem.message)

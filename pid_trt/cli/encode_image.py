@@ -20,6 +20,7 @@ from pid_trt.cli.errors import cli_errors
 from pid_trt.cli.options import TextDtype
 from pid_trt.cli.ranks import Threads, join_world
 from pid_trt.errors import ConfigError, InputFileError
+from pid_trt.quoting import printable
 
 ImagesArg = Annotated[
     list[str] | None,
@@ -200,5 +201,8 @@ def _refuse_shared_outputs(jobs, targets) -> None:
         for path, _ in targets[job.index]:
             key = path.resolve()
             if key in seen:
-                raise ConfigError(f"{seen[key]} and {job.name} would both write {path}: add {{index}} to -o")
+                raise ConfigError(
+                    f"{printable(seen[key])} and {printable(job.name)} would both write {printable(path)}: "
+                    "add {index} to -o"
+                )
             seen[key] = job.name

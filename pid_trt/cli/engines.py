@@ -9,6 +9,7 @@ import typer
 
 from pid_trt.cli.errors import cli_errors
 from pid_trt.cli.options import ExportDir
+from pid_trt.quoting import printable
 
 engines = typer.Typer(help="List, show or remove TensorRT engines in the engine store.", no_args_is_help=True)
 
@@ -53,7 +54,7 @@ def remove_engines(
         raise ConfigError("engines rm: give an engine id (see `pidtrt engines list`) or --all")
     removed = EngineStore(engine_dir).remove("all" if all_ else str(digest))
     for name in removed:
-        typer.echo(f"removed {name}")
+        typer.echo(f"removed {printable(name)}")
     typer.echo(f"{len(removed)} engine(s) removed from {engine_dir}")
 
 

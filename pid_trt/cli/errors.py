@@ -10,8 +10,13 @@ from typing import TypeVar
 import typer
 
 from pid_trt.errors import PidTrtError
+from pid_trt.quoting import printable
 
 F = TypeVar("F", bound=Callable)
+
+#: Longest message the CLI prints, in characters (each untrusted value in it is capped where
+#: it is quoted; this is the last defence for a message that was not).
+MESSAGE_LIMIT = 2000
 
 #: Exit code for bad input / unsupported requests (the user can fix it).
 EXIT_USAGE = 2
@@ -19,10 +24,15 @@ EXIT_USAGE = 2
 EXIT_ENV = 3
 
 
+def safe_line(message: object) -> str:
+    """``message`` as one printable line: white space runs joined into one space, any control
+    or invisible format character left escaped (:func:`pid_trt.quoting.printable`), capped."""
+    return printable(" ".join(str(message).split()), MESSAGE_LIMIT)
+
+
 def report(message: str) -> None:
-    """Print one ``error:`` line to stderr."""
-    first = " ".join(str(message).split())
-    typer.echo(f"error: {first}", err=True)
+    """Print one ``error:`` line to stderr (:func:`safe_line`)."""
+    typer.echo(f"error: {safe_line(message)}", err=True)
 
 
 def exit_code(exc: BaseException) -> int:
@@ -46,11 +56,11 @@ def one_line(exc: BaseException) -> str:
     """The failure's message on one line: an I/O error as ``reason (file)``, a server's
     answer with its ``kind`` appended (unless ``invalid``)."""
     if isinstance(exc, OSError) and exc.filename:
-        text = f"{exc.strerror or exc} ({exc.filename})"
+        text = f"{exc.strerror or exc} ({printable(exc.filename)})"
     else:
         text = str(exc) or type(exc).__name__
     kind = getattr(exc, "kind", None)
-    text = " ".join(text.split())
+    text = safe_line(text)
     return f"{text} ({kind})" if kind and kind != "invalid" else text
 
 
@@ -74,4 +84,4 @@ def cli_errors(fn: F) -> F:
 
 def warn(message: str) -> None:
     """Print one ``warning:`` line to stderr."""
-    print(f"warning: {message}", file=sys.stderr)
+    print(f"warning: {safe_line(message)}", file=sys.stderr)

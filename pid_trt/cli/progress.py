@@ -12,13 +12,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pid_trt.cli.errors import exit_code, one_line
 from pid_trt.jobs import JobResult, Outcome, RunEvents, Summary
+from pid_trt.quoting import printable
 
 
 def failure_line(result: JobResult) -> str:
     """A failed input's one-line message, naming the input when the error does not."""
     message = one_line(result.error) if result.error is not None else "failed"
-    if result.job is not None and result.name not in message:
-        message = f"{result.name}: {message}"
+    name = printable(result.name)
+    if result.job is not None and name not in message:
+        message = f"{name}: {message}"
     return message
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.integrations.diffusers import quiet_hf_logs
+from pid_trt.quoting import printable
 
 #: Suffixes ``{stem}`` drops from an image's name.
 IMAGE_STRIP = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".PNG", ".JPG", ".JPEG")
@@ -82,7 +83,7 @@ class ImageSource:
         if self._captions is not None:
             if sample.prompt is None:
                 raise InputFileError(
-                    f"image {sample.image}: no prompt for its caption (give --prompt or a manifest prompt)"
+                    f"image {printable(sample.image)}: no prompt for its caption (give --prompt or a manifest prompt)"
                 )
             caption = self._captions.encode([sample.prompt])
         latent, (w, h), how = self._clean(sample.image)
@@ -179,7 +180,7 @@ def open_rae(backbone, encoder, rae_stats, vae, device):
     def check(path: Path) -> None:
         """An unreadable or too small image fails before the weights load."""
         w, h = image_size(path)
-        check_image_size(spec, w, h, what=f"image {path}")
+        check_image_size(spec, w, h, what=f"image {printable(path)}")
 
     state: dict = {}
 

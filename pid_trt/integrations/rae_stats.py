@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from pid_trt.errors import InputFileError
+from pid_trt.quoting import printable, quote_names
 
 #: Keys of the statistics file.
 STATS_KEYS = ("mean", "var")
@@ -35,17 +36,21 @@ def read_rae_stats(path: str | os.PathLike[str]) -> RaeStats:
     """Read a statistics file: a ``torch.save`` dict (loaded with ``weights_only=True``, so a
     pickle that would run code is refused) or a safetensors file, holding float tensors
     ``mean`` and ``var``; var must be >= 0 and both finite. InputFileError otherwise."""
-    what = f"statistics file {os.fspath(path)}"
+    what = f"statistics file {printable(path)}"
     p = Path(path)
-    if not p.exists():
+    try:
+        exists, is_file = p.exists(), p.is_file()
+    except OSError as exc:  # a name too long for the file system, a permission denied on the way
+        raise InputFileError(f"{what}: cannot be read ({exc.strerror or exc})") from None
+    if not exists:
         raise InputFileError(f"{what}: file not found")
-    if not p.is_file():
+    if not is_file:
         raise InputFileError(f"{what}: not a file (expected upstream's stat.pt or a safetensors file)")
     try:
         with open(p, "rb") as f:
             head = f.read(1)
     except OSError as exc:
-        raise InputFileError(f"{what}: cannot be opened ({exc.strerror or exc})") from None
+        raise InputFileError(f"{what}: cannot be opened ({printable(exc.strerror or exc)})") from None
     if zipfile.is_zipfile(p) or head == b"\x80":
         tensors = _torch_stats(p, what)
     else:
@@ -67,12 +72,12 @@ def _torch_stats(path: Path, what: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = " ".join(str(exc).split())[:200]
+        first = printable(" ".join(str(exc).split()))
         raise InputFileError(
             f"{what}: refused, it is not plain tensors (weights_only load failed: {first})"
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        first = " ".join(str(exc).split())[:200]
+        first = printable(" ".join(str(exc).split()))
         raise InputFileError(
             f"{what}: cannot be read as a torch file ({type(exc).__name__}: {first})"
         ) from None
@@ -89,7 +94,7 @@ def _safetensors_stats(path: Path, what: str) -> dict[str, torch.Tensor]:
         header = read_header_from(f, what, InputFileError)
         missing = [k for k in STATS_KEYS if k not in header.tensors]
         if missing:
-            have = ", ".join(sorted(header.tensors)) or "none"
+            have = quote_names(sorted(header.tensors))
             raise InputFileError(f"{what}: no tensor {' or '.join(map(repr, missing))} (has {have})")
         return load_float_tensors(f, header, list(STATS_KEYS), what)
 
@@ -97,7 +102,7 @@ def _safetensors_stats(path: Path, what: str) -> dict[str, torch.Tensor]:
 def _pick_stats(obj: dict[Any, Any], what: str) -> dict[str, torch.Tensor]:
     missing = [k for k in STATS_KEYS if k not in obj]
     if missing:
-        have = ", ".join(sorted(map(repr, obj))) or "none"
+        have = quote_names(sorted(obj, key=repr))
         raise InputFileError(f"{what}: no {' or '.join(map(repr, missing))} entry (has {have})")
     out = {}
     for k in STATS_KEYS:

@@ -31,6 +31,7 @@ import torch
 
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.integrations.ldm import LdmSpec, ldm_spec
+from pid_trt.quoting import printable
 
 #: Input images are centre-cropped to multiples of this many pixels (upstream's from_clean).
 CROP_MULTIPLE = 16
@@ -176,14 +177,16 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
         with Image.open(path) as img:
             img = img.convert("RGB")
     except FileNotFoundError:
-        raise InputFileError(f"image {os.fspath(path)}: file not found") from None
+        raise InputFileError(f"image {printable(path)}: file not found") from None
     except (UnidentifiedImageError, OSError) as exc:
-        raise InputFileError(f"image {os.fspath(path)}: cannot read it as an image ({exc})") from None
+        raise InputFileError(
+            f"image {printable(path)}: cannot read it as an image ({printable(exc)})"
+        ) from None
     w, h = img.size
     cw, ch = w // CROP_MULTIPLE * CROP_MULTIPLE, h // CROP_MULTIPLE * CROP_MULTIPLE
     if cw == 0 or ch == 0:
         raise InputFileError(
-            f"image {os.fspath(path)} is {w}x{h}: expected at least {CROP_MULTIPLE} pixels a side"
+            f"image {printable(path)} is {w}x{h}: expected at least {CROP_MULTIPLE} pixels a side"
         )
     if (cw, ch) != (w, h):
         left, top = (w - cw) // 2, (h - ch) // 2

@@ -15,6 +15,7 @@ from pid_trt.config import NetConfig
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.io.latent import CAPTION_KEY, LatentFile, latent_from_tensors
 from pid_trt.io.stfile import load_float_tensors, open_input, require_only_tensor
+from pid_trt.quoting import printable
 from pid_trt.safetensors_header import read_header_from
 
 PROMPTS_META = "prompts"
@@ -37,7 +38,7 @@ def read_caption_file(path: str | os.PathLike[str], config: NetConfig, batch: in
     """A caption file's embedding for a decode of ``batch`` rows: [B, txt_max_length, D]
     float32. One row (or [T, D]) is repeated over the batch; otherwise N must equal B. Width,
     length and values are checked by the latent file's caption rules."""
-    what = f"caption file {os.fspath(path)}"
+    what = f"caption file {printable(path)}"
     with open_input(path, what) as f:
         header = read_header_from(f, what, InputFileError)
         require_only_tensor(header, CAPTION_KEY, what, made_by="`pidtrt encode-caption`")
@@ -66,7 +67,7 @@ def caption_for_latent(
     if lat.caption is not None and (prompt or caption_file is not None):
         given = "--prompt" if prompt else "--caption"
         raise ConfigError(
-            f"latent file {os.fspath(latent_path)} already has a caption_embedding: drop {given}, or write "
+            f"latent file {printable(latent_path)} already has a caption_embedding: drop {given}, or write "
             "the latent without one"
         )
     if caption_file is not None:

@@ -23,6 +23,7 @@ from pid_trt.atomic import atomic_write
 from pid_trt.config import NetConfig
 from pid_trt.errors import InputFileError
 from pid_trt.io.stfile import check_finite, load_float_tensors, open_input
+from pid_trt.quoting import printable, quote_names
 from pid_trt.safetensors_header import SafetensorsHeader, read_header_from
 
 LATENT_KEY = "latent"
@@ -76,7 +77,7 @@ def read_latent_file(path: str | os.PathLike[str], config: NetConfig | None = No
     than ``txt_max_length`` are truncated to it (as upstream does), shorter ones refused.
     Every problem raises :class:`InputFileError` with a one-line message.
     """
-    what = f"latent file {os.fspath(path)}"
+    what = f"latent file {printable(path)}"
     with open_input(path, what) as f:
         header = read_header_from(f, what, InputFileError)
         names = _check_header(header, what)
@@ -162,10 +163,10 @@ def _check_header(header: SafetensorsHeader, what: str) -> list[str]:
     unknown = sorted(set(header.tensors) - set(_KNOWN))
     if unknown:
         raise InputFileError(
-            f"{what}: unknown tensor(s) {', '.join(map(repr, unknown))}; expected only {', '.join(_KNOWN)}"
+            f"{what}: unknown tensor(s) {quote_names(unknown)}; expected only {', '.join(_KNOWN)}"
         )
     if LATENT_KEY not in header.tensors:
-        have = ", ".join(map(repr, header.tensors)) or "none"
+        have = quote_names(list(header.tensors))
         raise InputFileError(f"{what}: no 'latent' tensor (has {have}); expected latent [B, C, h, w]")
     return [k for k in _KNOWN if k in header.tensors]
 

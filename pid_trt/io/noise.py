@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from pid_trt.atomic import atomic_write
 from pid_trt.errors import InputFileError
 from pid_trt.io.stfile import check_finite, load_float_tensors, open_input, require_only_tensor
+from pid_trt.quoting import printable
 from pid_trt.safetensors_header import read_header_from
 
 NOISE_KEY = "noise"
@@ -31,7 +32,7 @@ def read_noise_file(
     but exactly one float tensor ``noise`` of shape [steps, batch, 3, height, width] with
     finite values.
     """
-    what = f"noise file {os.fspath(path)}"
+    what = f"noise file {printable(path)}"
     expected = [steps, batch, 3, height, width]
     with open_input(path, what) as f:
         header = read_header_from(f, what, InputFileError)

@@ -17,6 +17,7 @@ import torch
 
 from pid_trt.errors import InputFileError, PidTrtError
 from pid_trt.input_files import reading
+from pid_trt.quoting import quote, quote_names
 from pid_trt.resources import available_memory, is_out_of_memory
 from pid_trt.safetensors_header import SafetensorsHeader
 
@@ -58,11 +59,11 @@ def read_tensor(
     entry = header.tensors[name]
     torch_dtype = TORCH_DTYPES[entry.dtype]
     if torch_dtype is None:
-        raise error(f"{what}: tensor {name!r} has dtype {entry.dtype}, which this torch cannot load")
+        raise error(f"{what}: tensor {quote(name)} has dtype {entry.dtype}, which this torch cannot load")
     f.seek(header.data_offset + entry.start)
     buf = bytearray(entry.nbytes)
     if f.readinto(buf) != len(buf):
-        raise error(f"{what}: truncated while reading tensor {name!r}")
+        raise error(f"{what}: truncated while reading tensor {quote(name)}")
     if entry.numel == 0:
         return torch.empty(entry.shape, dtype=torch_dtype)
     # safetensors stores little-endian, as are all hosts torch supports.
@@ -90,9 +91,7 @@ def require_only_tensor(
     names = list(header.tensors)
     if names != [key]:
         source = f" (from {made_by})" if made_by else ""
-        raise error(
-            f"{what}: has tensor(s) {', '.join(map(repr, names)) or 'none'}; expected exactly one, {key!r}{source}"
-        )
+        raise error(f"{what}: has tensor(s) {quote_names(names)}; expected exactly one, {key!r}{source}")
 
 
 def load_float_tensors(
@@ -113,7 +112,7 @@ def load_float_tensors(
         dtype = tensors[name].dtype
         if dtype not in FLOAT_DTYPES:
             raise error(
-                f"{what}: tensor {name!r} has dtype {dtype}, expected a float tensor ({', '.join(FLOAT_DTYPES)})"
+                f"{what}: tensor {quote(name)} has dtype {dtype}, expected a float tensor ({', '.join(FLOAT_DTYPES)})"
             )
     _check_fits(header, names, what, error)
     out = {}
@@ -123,7 +122,7 @@ def load_float_tensors(
         except (MemoryError, RuntimeError) as exc:
             if not is_out_of_memory(exc):
                 raise
-            raise error(f"{what}: out of memory reading tensor {name!r}") from None
+            raise error(f"{what}: out of memory reading tensor {quote(name)}") from None
         out[name] = check_finite(t, name, what, error)
     return out
 
@@ -134,7 +133,9 @@ def check_finite(
     """``t`` unchanged when every value is finite; else ``error`` counting the NaN / Inf values."""
     if not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).sum())
-        raise error(f"{what}: tensor {name!r} has {bad} NaN/Inf value(s) as float32, expected finite values")
+        raise error(
+            f"{what}: tensor {quote(name)} has {bad} NaN/Inf value(s) as float32, expected finite values"
+        )
     return t
 
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from pid_trt.errors import InputFileError
 from pid_trt.io.caption import caption_for_latent
 from pid_trt.jobs.plan import Job, output_exists
+from pid_trt.quoting import printable
 
 
 class Beside(Protocol):
@@ -94,7 +95,7 @@ def decode_file(
     caption = caption_for_latent(lat, latent, config, prompt=bool(prompt), caption_file=settings.caption_file)
     if not prompt and caption is None and spec.needs_caption:
         raise InputFileError(
-            f"latent file {latent} has no caption_embedding: pass --prompt TEXT (with --text-encoder DIR), "
+            f"latent file {printable(latent)} has no caption_embedding: pass --prompt TEXT (with --text-encoder DIR), "
             f"--caption FILE (from `pidtrt encode-caption`), or add tensor `caption_embedding` "
             f"[B, {config.txt_max_length}, {config.txt_embed_dim}] (see README, 'Caption embeddings')"
         )

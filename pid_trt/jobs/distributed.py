@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from pid_trt.errors import BackendUnavailableError, ConfigError, PidTrtError
 from pid_trt.jobs.summary import JobResult, Outcome, Summary
+from pid_trt.quoting import printable, quote
 
 #: How long one collective (the start-up handshake, the final gather of results) waits for
 #: the other ranks. The gather waits for the slowest rank's whole shard, so this is long; a
@@ -64,7 +65,7 @@ def _int_var(env: Mapping[str, str], name: str, low: int, high: int | None = Non
         value = None
     if value is None or value < low or (high is not None and value > high):
         span = f"{low} .. {high}" if high is not None else f"at least {low}"
-        raise ConfigError(f"{name}={text!r}: expected a whole number, {span}")
+        raise ConfigError(f"{name}={quote(text)}: expected a whole number, {span}")
     return value
 
 
@@ -81,7 +82,7 @@ def world_from_env(env: Mapping[str, str] | None = None) -> World:
     if has_rank != has_size:
         given, missing = ("RANK", "WORLD_SIZE") if has_rank else ("WORLD_SIZE", "RANK")
         raise ConfigError(
-            f"{given}={env[given]} is set without {missing}: a multi-process run (torchrun) sets both; "
+            f"{given}={printable(env[given], 80)} is set without {missing}: a multi-process run (torchrun) sets both; "
             f"unset {given} to run as one process"
         )
     world_size = _int_var(env, "WORLD_SIZE", 1)

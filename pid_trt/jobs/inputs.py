@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from pid_trt.quoting import printable, quote
+
 #: The suffix of a PiD latent file, the input of ``pidtrt decode``.
 LATENT_SUFFIX = ".safetensors"
 
@@ -51,11 +53,11 @@ def expand_inputs(
             found = sorted(p for s in suffixes for p in path.glob(f"*{s}") if p.is_file())
             if not found:
                 kinds = " or ".join(suffixes)
-                problems.append(Problem(text, f"directory {text} has no {kinds} file"))
+                problems.append(Problem(text, f"directory {printable(text)} has no {kinds} file"))
         elif glob.has_magic(text) and not path.exists():
             found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
             if not found:
-                problems.append(Problem(text, f"no file matches {text!r}"))
+                problems.append(Problem(text, f"no file matches {quote(text, 200)}"))
         else:
             found = [path]
         files += found

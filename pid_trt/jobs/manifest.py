@@ -18,6 +18,7 @@ from pathlib import Path
 from pid_trt.errors import InputFileError
 from pid_trt.input_files import read_text
 from pid_trt.jobs.inputs import Problem, expand_inputs
+from pid_trt.quoting import printable
 
 #: Image suffixes a folder contributes (lower and upper case).
 IMAGE_SUFFIXES = tuple(
@@ -37,7 +38,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ImageSample]:
     """The samples of a JSON-lines manifest, in order; InputFileError naming the file (and the
     line) for a missing / non-UTF-8 / empty file, a line that is not a JSON object, or one
     without a string ``image`` (``prompt``, when there, must be a string)."""
-    what = f"manifest {os.fspath(path)}"
+    what = f"manifest {printable(path)}"
     text = read_text(path, what, "a JSON-lines file")
     base = Path(path).parent
     samples = []

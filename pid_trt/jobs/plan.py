@@ -25,6 +25,7 @@ from typing import TypeVar
 
 from pid_trt.errors import ConfigError
 from pid_trt.jobs.inputs import LATENT_SUFFIX
+from pid_trt.quoting import printable, quote
 
 #: The placeholders an output pattern may use.
 PLACEHOLDERS = ("{stem}", "{name}", "{parent}", "{index}")
@@ -81,7 +82,7 @@ def plan_jobs(
                 )
             except (KeyError, IndexError, ValueError) as exc:
                 raise ConfigError(
-                    f"-o {text!r}: bad pattern ({exc}); use {', '.join(PLACEHOLDERS)} (and {{{{ }}}} for braces)"
+                    f"-o {quote(text, 200)}: bad pattern ({printable(exc)}); use {', '.join(PLACEHOLDERS)} (and {{{{ }}}} for braces)"
                 ) from None
     elif is_dir_target(output):
 
@@ -89,7 +90,7 @@ def plan_jobs(
             return Path(text) / f"{_stem(src, strip)}{default_suffix}"
     else:
         raise ConfigError(
-            f"-o {text} names one file, but {len(inputs)} {what} are given: pass a directory (-o out/) "
+            f"-o {printable(text)} names one file, but {len(inputs)} {what} are given: pass a directory (-o out/) "
             f"or a pattern (-o 'out/{{stem}}{default_suffix}')"
         )
     jobs = [Job(src, name(i, src), i) for i, src in enumerate(inputs)]
@@ -98,7 +99,7 @@ def plan_jobs(
         key = job.output.resolve()
         if key in by_output:
             raise ConfigError(
-                f"{by_output[key].name} and {job.name} would both write {job.output}: add {{parent}} or {{index}} "
+                f"{printable(by_output[key].name)} and {printable(job.name)} would both write {printable(job.output)}: add {{parent}} or {{index}} "
                 "to the -o pattern"
             )
         by_output[key] = job

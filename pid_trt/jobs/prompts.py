@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.input_files import read_text
+from pid_trt.quoting import printable
 
 #: Longest slug of a prompt in its folder name (characters; cut at a word boundary).
 SLUG_CHARS = 48
@@ -23,7 +24,7 @@ def read_prompts_file(path: str | os.PathLike[str]) -> list[str]:
     """The prompts of a text file, one a line, in order: surrounding white space stripped,
     blank lines skipped (a UTF-8 byte-order mark is dropped). InputFileError naming the file
     when it is missing, not UTF-8 or holds no prompt."""
-    what = f"prompts file {os.fspath(path)}"
+    what = f"prompts file {printable(path)}"
     text = read_text(path, what, "a text file with one prompt a line")
     prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:

@@ -32,6 +32,7 @@ import torch
 
 from pid_trt.errors import ConfigError, InputFileError, PidTrtError
 from pid_trt.netspec import stand_in_caption
+from pid_trt.quoting import printable
 from pid_trt.tiling.options import TileMode, TileOptions
 
 if TYPE_CHECKING:
@@ -232,5 +233,5 @@ def _as_error(exc: BaseException, what: str) -> PidTrtError:
     if isinstance(exc, PidTrtError):
         return exc
     log.error("%s: unexpected %s", what, type(exc).__name__, exc_info=exc)
-    first = " ".join(str(exc).split()) or type(exc).__name__
+    first = printable(" ".join(str(exc).split()), 400) or type(exc).__name__
     return PidTrtError(f"{what}: internal error ({type(exc).__name__}: {first})")

@@ -38,7 +38,7 @@ import triton_python_backend_utils as pb_utils  # provided by Triton's Python ba
 from pid_trt.errors import ConfigError, InputFileError, ResourceError
 from pid_trt.serve.batch import DecodeRequest, decode_requests
 from pid_trt.serve.config import ModelOptions
-from pid_trt.serve.protocol import encode_pngs, png_encoding, request_parameters
+from pid_trt.serve.protocol import encode_pngs, error_text, png_encoding, request_label, request_parameters
 
 #: File in the model directory holding the :class:`ModelOptions` (JSON).
 OPTIONS_FILE = "options.json"
@@ -76,7 +76,7 @@ class TritonPythonModel:
             if load_weights is not None and self.decoder.backend_name == "torch":
                 load_weights()  # a bad checkpoint fails the load, before the server reports ready
         except Exception as exc:
-            message = " ".join(str(exc).split()) or type(exc).__name__
+            message = error_text(exc)
             try:
                 (model_dir / LOAD_ERROR_FILE).write_text(f"{self.name}: {message}\n")
             finally:
@@ -134,7 +134,7 @@ def _parse(request) -> tuple[DecodeRequest, str]:
         return None if tensor is None else tensor.as_numpy()
 
     rid = request.request_id()
-    what = f"request {rid}" if rid else "request"
+    what = request_label(rid)
     params = request.parameters()
     encoding = png_encoding(params, what)
     tiling = request_parameters(params)  # read by TileOptions.from_params, over the server's
@@ -238,5 +238,5 @@ def _error_response(exc: Exception):
         code = pb_utils.TritonError.UNAVAILABLE
     else:
         code = pb_utils.TritonError.INTERNAL
-    message = " ".join(str(exc).split()) or type(exc).__name__
+    message = error_text(exc)
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pid_trt.errors import InputFileError
+from pid_trt.quoting import printable, quote
 from pid_trt.tiling.options import REQUEST_PARAMS
 
 #: Request parameter choosing how the ``png`` output is carried.
@@ -56,6 +57,18 @@ OUTPUT_DOCS: dict[str, str] = {
 }
 
 
+def request_label(request_id: str | None) -> str:
+    """How messages name a request: ``request <id>`` (the client's id, quoted:
+    :func:`pid_trt.quoting.printable`, at most 80 characters) or ``request``."""
+    return f"request {printable(request_id, 80)}" if request_id else "request"
+
+
+def error_text(exc: BaseException) -> str:
+    """An error's message as a served answer carries it: one line of printable characters
+    (white space runs joined, anything else escaped), the type's name when empty."""
+    return printable(" ".join(str(exc).split()), 2000) or type(exc).__name__
+
+
 def request_parameters(parameters: str | dict[str, Any] | None) -> dict[str, Any]:
     """A request's parameters (Triton's Python backend gives a JSON object as text) as a dict."""
     if isinstance(parameters, str):
@@ -74,7 +87,7 @@ def png_encoding(parameters: str | dict[str, Any] | None, what: str = "request")
     value = request_parameters(parameters).get(PNG_ENCODING, BASE64)
     if value not in PNG_ENCODINGS:
         raise InputFileError(
-            f"{what}: parameter {PNG_ENCODING} {value!r}: expected {BASE64!r} (the default, valid in JSON) "
+            f"{what}: parameter {PNG_ENCODING} {quote(value)}: expected {BASE64!r} (the default, valid in JSON) "
             f"or {BINARY!r} (raw PNG bytes, for binary-data answers and gRPC)"
         )
     return str(value)

@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Protocol
 
 from pid_trt.atomic import TEMP_PREFIX, atomic_write_bytes, temp_path_for
 from pid_trt.errors import ConfigError, StoreError
+from pid_trt.quoting import printable, quote
 
 MANIFEST_FORMAT = "pid-trt-manifest/1"
 MANIFEST_SUFFIX = ".manifest.json"
@@ -44,9 +45,8 @@ MAX_MANIFEST_BYTES = 1 << 20
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    """repr of ``value`` cut to ``limit`` characters, for one-line messages about untrusted data."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """``value`` quoted for a one-line message about untrusted data (:func:`pid_trt.quoting.quote`)."""
+    return quote(value, limit)
 
 
 def canonical_json(value: Any) -> str:
@@ -206,18 +206,18 @@ class ArtifactStore:
             size = manifest_path.stat().st_size
             if size > MAX_MANIFEST_BYTES:
                 raise StoreError(
-                    f"manifest {manifest_path}: {size} bytes, expected at most {MAX_MANIFEST_BYTES}; "
+                    f"manifest {printable(manifest_path)}: {size} bytes, expected at most {MAX_MANIFEST_BYTES}; "
                     "remove it or rebuild"
                 )
             data = json.loads(manifest_path.read_bytes().decode("utf-8"))
         except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8 / JSON
-            reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+            reason = printable(" ".join(str(exc).split()), 120) or type(exc).__name__
             raise StoreError(
-                f"manifest {manifest_path}: unreadable ({reason}); remove it or rebuild"
+                f"manifest {printable(manifest_path)}: unreadable ({reason}); remove it or rebuild"
             ) from None
         if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
             raise StoreError(
-                f"manifest {manifest_path}: not a {MANIFEST_FORMAT} manifest; remove it or rebuild"
+                f"manifest {printable(manifest_path)}: not a {MANIFEST_FORMAT} manifest; remove it or rebuild"
             )
         return data
 
@@ -225,7 +225,7 @@ class ArtifactStore:
         """The artifact a manifest names, refusing anything but a plain name inside the root."""
         name = manifest.get("path")
         refused = StoreError(
-            f"manifest {manifest_path.name} names path {_short(name)}: outside the store {self.root}"
+            f"manifest {printable(manifest_path.name)} names path {_short(name)}: outside the store {printable(self.root)}"
         )
         if (
             not isinstance(name, str)
@@ -249,15 +249,17 @@ class ArtifactStore:
     def _validate(
         self, manifest: dict[str, Any], manifest_path: Path, key: ArtifactKey, verify_hash: bool
     ) -> Path:
-        what = f"{self.kind} {manifest_path.name[: -len(MANIFEST_SUFFIX)]}"
+        what = f"{self.kind} {printable(manifest_path.name[: -len(MANIFEST_SUFFIX)])}"
         if manifest.get("kind") != self.kind:
-            raise StoreError(f"{what}: manifest is of kind {manifest.get('kind')!r}, expected {self.kind!r}")
+            raise StoreError(
+                f"{what}: manifest is of kind {_short(manifest.get('kind'))}, expected {self.kind!r}"
+            )
         want = key.fields()
         have = manifest.get("key")
         if have != json.loads(canonical_json(want)) or manifest.get("digest") != key_digest(key):
             have = have if isinstance(have, dict) else {}
             diffs = [
-                f"{repr(str(k))[1:-1][:30]}: built with {_short(have.get(k))}, expected {_short(want.get(k))}"
+                f"{printable(str(k), 30)}: built with {_short(have.get(k))}, expected {_short(want.get(k))}"
                 for k in sorted(set(want) | set(map(str, have)))
                 if canonical_json(have.get(k)) != canonical_json(want.get(k))
             ]
@@ -265,14 +267,14 @@ class ArtifactStore:
             raise StoreError(f"stale or foreign {what} refused ({detail}); rebuild it")
         path = self._artifact_of(manifest, manifest_path)
         if path.name != artifact_name(key):
-            raise StoreError(f"{what}: manifest names {path.name!r}, expected {artifact_name(key)!r}")
+            raise StoreError(f"{what}: manifest names {_short(path.name)}, expected {artifact_name(key)!r}")
         if not path.exists():
-            raise StoreError(f"{what}: manifest present but {path.name} is missing; rebuild it")
+            raise StoreError(f"{what}: manifest present but {printable(path.name)} is missing; rebuild it")
         if verify_hash:
             sha, size = hash_artifact(path)
             if size != manifest.get("size_bytes") or sha != manifest.get("sha256"):
                 raise StoreError(
-                    f"corrupt {what} refused: {path.name} has sha256 {sha[:16]}… ({size} bytes), "
+                    f"corrupt {what} refused: {printable(path.name)} has sha256 {sha[:16]}… ({size} bytes), "
                     f"manifest says {_short(manifest.get('sha256'), 18)} ({_short(manifest.get('size_bytes'), 24)} bytes)"
                 )
         return path
@@ -290,7 +292,9 @@ class ArtifactStore:
         manifest = self._read_manifest(manifest_path)
         path = self._validate(manifest, manifest_path, key, verify_hash)
         if not verify_hash and path.is_file() and path.stat().st_size != manifest.get("size_bytes"):
-            raise StoreError(f"corrupt {self.kind} {path.name} refused: size differs from its manifest")
+            raise StoreError(
+                f"corrupt {self.kind} {printable(path.name)} refused: size differs from its manifest"
+            )
         return path
 
     def manifest(self, key: ArtifactKey) -> dict[str, Any] | None:
@@ -370,9 +374,9 @@ class ArtifactStore:
                 manifest = self._read_manifest(manifest_path)
                 path = self._artifact_of(manifest, manifest_path)
                 if not path.exists():
-                    problem = f"{path.name} is missing"
+                    problem = f"{printable(path.name)} is missing"
                 elif path.is_file() and path.stat().st_size != manifest.get("size_bytes"):
-                    problem = f"{path.name} size differs from its manifest"
+                    problem = f"{printable(path.name)} size differs from its manifest"
             except StoreError as exc:
                 problem = str(exc)
             size = manifest.get("size_bytes")
@@ -384,11 +388,11 @@ class ArtifactStore:
             out.append(
                 Entry(
                     digest=digest,
-                    kind=str(manifest.get("kind", ""))[:40],
+                    kind=printable(manifest.get("kind", ""), 40),
                     path=path,
                     manifest_path=manifest_path,
                     size_bytes=size if isinstance(size, int) and not isinstance(size, bool) else 0,
-                    created=str(manifest.get("created", ""))[:40],
+                    created=printable(manifest.get("created", ""), 40),
                     manifest=manifest,
                     problem=problem,
                 )
@@ -406,11 +410,15 @@ class ArtifactStore:
             chosen = entries
         else:
             if len(which) < 6 or any(c not in "0123456789abcdef" for c in which.lower()):
-                raise StoreError(f"{self.kind} id {which!r}: expected 'all' or 6+ hex digits of a digest")
+                raise StoreError(
+                    f"{self.kind} id {quote(which)}: expected 'all' or 6+ hex digits of a digest"
+                )
             chosen = [e for e in entries if e.digest.startswith(which.lower())]
             if len(chosen) != 1:
                 found = "no" if not chosen else f"{len(chosen)}"
-                raise StoreError(f"{self.kind} id {which!r}: {found} entries match in {self.root}")
+                raise StoreError(
+                    f"{self.kind} id {quote(which)}: {found} entries match in {printable(self.root)}"
+                )
         removed = []
         for entry in chosen:
             lock = self._lock_path(entry.digest) if entry.digest else None

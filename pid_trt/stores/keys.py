@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pid_trt.buckets import Bucket, ShapeRange, latent_shape
 from pid_trt.config import NetConfig, Precision
 from pid_trt.errors import ConfigError, StoreError
+from pid_trt.quoting import printable, quote
 from pid_trt.stores.artifacts import canonical_json, key_digest
 from pid_trt.trt_flavour import Flavour
 from pid_trt.versions import package_versions
@@ -43,7 +44,7 @@ def weights_id(checkpoint_sha256: str | None = None, random_seed: int | None = N
     assert checkpoint_sha256 is not None  # exactly one of the two was given
     sha = checkpoint_sha256.lower()
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-        raise ConfigError(f"checkpoint sha256 {checkpoint_sha256!r}: expected 64 hex digits")
+        raise ConfigError(f"checkpoint sha256 {quote(checkpoint_sha256)}: expected 64 hex digits")
     return sha
 
 
@@ -91,7 +92,7 @@ class ExportKey:
                     "dynamic-shape export of fp8 graphs is not supported: build static fp8 engines (--size WxH)"
                 )
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ConfigError(f"batch {batch!r}: expected an integer >= 1")
+            raise ConfigError(f"batch {quote(batch)}: expected an integer >= 1")
         if opset < 23:
             raise ConfigError(
                 f"opset {opset}: expected >= 23 (attention exports as the fused Attention op from 23)"
@@ -99,7 +100,7 @@ class ExportKey:
         try:
             precision = Precision(precision)
         except ValueError:
-            raise ConfigError(f"precision {precision!r}: expected fp32, fp16, bf16 or fp8") from None
+            raise ConfigError(f"precision {quote(precision)}: expected fp32, fp16, bf16 or fp8") from None
         if precision not in EXPORT_PRECISIONS:
             raise ConfigError(f"precision {precision.value}: ONNX export supports fp32, fp16, bf16 or fp8")
         hs, ws = bucket.height // config.patch_size, bucket.width // config.patch_size
@@ -169,7 +170,7 @@ class ExportKey:
 def _sha(value: str, name: str) -> str:
     value = str(value).lower()
     if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-        raise ConfigError(f"engine key {name}={value!r}: expected a sha256 hex digest (64 characters)")
+        raise ConfigError(f"engine key {name}={quote(value)}: expected a sha256 hex digest (64 characters)")
     return value
 
 
@@ -269,7 +270,9 @@ def weights_sha256(weights: str) -> str:
 
 def key_from_manifest(manifest: dict[str, Any]) -> EngineKey:
     """The :class:`EngineKey` a manifest's ``key`` section describes (StoreError if malformed)."""
-    k: Any = manifest.get("key")  # JSON, checked as it is read
+    k: Any = manifest.get("key")
+    if not isinstance(k, dict):
+        raise StoreError(f"engine manifest key is a JSON {type(k).__name__}: expected an object")
     try:
         shape_range = ShapeRange.from_fields(k["range"]) if "range" in k else None
         weightless = bool(k.get("weightless", False))
@@ -293,5 +296,7 @@ def key_from_manifest(manifest: dict[str, Any]) -> EngineKey:
             shape_range=shape_range,
             weightless=weightless,
         )
-    except (TypeError, KeyError, ValueError, ConfigError) as exc:
-        raise StoreError(f"engine manifest key is malformed ({type(exc).__name__}: {exc})") from None
+    except (TypeError, KeyError, ValueError, AttributeError, ConfigError) as exc:
+        raise StoreError(
+            f"engine manifest key is malformed ({type(exc).__name__}: {printable(exc)})"
+        ) from None

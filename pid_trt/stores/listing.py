@@ -7,6 +7,7 @@ import hashlib
 import json
 from typing import Any
 
+from pid_trt.quoting import printable
 from pid_trt.stores.store import Entry, engine_status
 
 #: The columns of :func:`engine_row`, in order.
@@ -44,7 +45,7 @@ def bucket_text(key: dict[str, Any]) -> str:
     """``WxH`` of a static engine; ``Wmin-WmaxxHmin-Hmax dynamic`` of a dynamic one."""
     rng = key.get("range")
     if isinstance(rng, dict):
-        w, h = rng.get("width") or ["?"] * 3, rng.get("height") or ["?"] * 3
+        w, h = (v if isinstance(v, list) and v else ["?"] for v in (rng.get("width"), rng.get("height")))
         return f"{w[0]}-{w[-1]}x{h[0]}-{h[-1]} dynamic"
     return f"{key.get('width', '?')}x{key.get('height', '?')}"
 
@@ -60,8 +61,9 @@ def engine_row(entry: Entry) -> tuple[str, ...]:
     the status says why a stale or corrupt entry cannot be used)."""
     status, reason = engine_status(entry)
     k, b = _section(entry.manifest, "key"), _section(entry.manifest, "build")
-    lo, _, hi = (k.get("batch_range") or ["?", "?", "?"])[:3]
-    return (
+    batches = k.get("batch_range")
+    lo, hi = (batches[0], batches[-1]) if isinstance(batches, list) and batches else ("?", "?")
+    texts = (
         entry.digest[:12] or "?",
         net_name(k["net_config"]) if isinstance(k.get("net_config"), dict) else "?",
         str(b.get("graph", "?")),
@@ -69,8 +71,10 @@ def engine_row(entry: Entry) -> tuple[str, ...]:
         str(lo) if lo == hi else f"{lo}-{hi}",
         str(k.get("precision", "?")) + (" weightless" if k.get("weightless") else ""),
         f"{k.get('flavour', '?')} {k.get('trt_version', '?')}",
-        ",".join(map(str, k.get("compute_capabilities") or [])),
+        ",".join(map(str, caps)) if isinstance(caps := k.get("compute_capabilities"), list) else "?",
         mebibytes(entry.size_bytes),
         entry.created.replace("+00:00", "Z"),
         status.value + (f": {reason}" if reason else ""),
     )
+    # Every field but the digest comes from the manifest, a file anyone can edit.
+    return tuple(printable(t, 300) for t in texts)

@@ -31,6 +31,7 @@ from typing import Any
 
 from pid_trt.backends.registry import check_device
 from pid_trt.errors import ConfigError, InputFileError
+from pid_trt.quoting import quote
 
 #: The tiling options a request to ``pidtrt serve`` may carry, as request parameters (the
 #: keywords of :meth:`TileOptions.create` but ``devices``: a server places its own devices),
@@ -73,17 +74,17 @@ DevicesValue = str | Sequence[str] | None
 
 def _positive_int(value: object, what: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{what} {value!r}: expected an integer >= {minimum}")
+        raise ConfigError(f"{what} {quote(value)}: expected an integer >= {minimum}")
     return value
 
 
 def _pair(text: str, what: str, example: str) -> tuple[int, int]:
     parts = str(text).strip().lower().replace("×", "x").split("x")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ConfigError(f"{what} {text!r}: expected {example}")
+        raise ConfigError(f"{what} {quote(text)}: expected {example}")
     a, b = (int(p) for p in parts)
     if a <= 0 or b <= 0:
-        raise ConfigError(f"{what} {text!r}: expected {example} with both numbers positive")
+        raise ConfigError(f"{what} {quote(text)}: expected {example} with both numbers positive")
     return a, b
 
 
@@ -96,13 +97,13 @@ def parse_tiles(value: TilesValue) -> tuple[TileMode, tuple[int, int] | None]:
         return value, None
     if isinstance(value, tuple):
         if len(value) != 2:
-            raise ConfigError(f"tiles {value!r}: expected (cols, rows)")
+            raise ConfigError(f"tiles {quote(value)}: expected (cols, rows)")
         cols, rows = (_positive_int(v, "--tiles count") for v in value)
         return TileMode.GRID, (cols, rows)
     text = str(value).strip().lower()
     if text in (TileMode.AUTO.value, TileMode.OFF.value):
         return TileMode(text), None
-    cols, rows = _pair(text, "--tiles", "auto, off or COLSxROWS (e.g. 3x2)")
+    cols, rows = _pair(str(value).strip(), "--tiles", "auto, off or COLSxROWS (e.g. 3x2)")
     return TileMode.GRID, (cols, rows)
 
 
@@ -116,7 +117,7 @@ def parse_devices(value: DevicesValue) -> tuple[str, ...]:
         return ()
     if not parts or any(not isinstance(p, str) or not p for p in parts):
         raise ConfigError(
-            f"--devices {value!r}: expected device names separated by commas, e.g. cuda:0,cuda:1"
+            f"--devices {quote(value)}: expected device names separated by commas, e.g. cuda:0,cuda:1"
         )
     return tuple(check_device(p, "--devices") for p in parts)
 
@@ -128,7 +129,7 @@ def parse_tile_size(value: TileSizeValue) -> tuple[int, int]:
         return value, value
     if isinstance(value, tuple):
         if len(value) != 2:
-            raise ConfigError(f"tile_size {value!r}: expected (height, width) or 'WxH'")
+            raise ConfigError(f"tile_size {quote(value)}: expected (height, width) or 'WxH'")
         height, width = (_positive_int(v, "--tile-size side") for v in value)
         return height, width
     width, height = _pair(str(value), "--tile-size", "WIDTHxHEIGHT in pixels, e.g. 2048x2048")
@@ -236,7 +237,9 @@ class TileOptions:
                 continue
             value = params[name]
             if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-                raise InputFileError(f"{what}: parameter {name} {value!r}: expected {_JSON_KINDS[types[0]]}")
+                raise InputFileError(
+                    f"{what}: parameter {name} {quote(value)}: expected {_JSON_KINDS[types[0]]}"
+                )
             given[name] = value
         try:
             return cls.create(**{**(defaults or cls()).keywords(), **given})

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.message_helpers import assert_printable_line
+
 #: Address space a guarded block may add on top of what the process already maps, in bytes.
 #: Generous for thread stacks and malloc arenas; tiny next to the 2**40-byte lies tested.
 DEFAULT_EXTRA_BYTES = 1 << 30
@@ -60,7 +62,6 @@ def raw_safetensors(
 
 
 def one_line(exc: BaseException) -> str:
-    """The exception's message, asserting it is one non-empty line."""
-    msg = str(exc)
-    assert msg and "\n" not in msg and "\r" not in msg, repr(msg)
-    return msg
+    """The exception's message, asserting it is one non-empty line with no control or other
+    unprintable character (:func:`tests.message_helpers.assert_printable_line`)."""
+    return assert_printable_line(str(exc))

@@ -460,6 +460,23 @@ def test_tiling_options_travel_with_decode_server_request_and_pid_client(server,
     assert sorted(p.name for p in tmp_path.iterdir()) == written
 
 
+def test_hostile_request_id_and_parameters_come_back_escaped(server, decoder) -> None:
+    """A request id and a tiling value carrying terminal escapes, CR, BEL and U+202E: refused
+    as a malformed request, the answer's error one printable line naming both, escaped."""
+    from pid_trt.serve.client import ServeRequestError
+    from tests.message_helpers import assert_printable_line
+
+    lat, cap = latents(decoder.config, 3)[SIZES[0]]
+    with client(server) as c, pytest.raises(ServeRequestError) as info:
+        c.decode(lat, cap, request_id="id\x1b[2J\r\u202e", tiles="\x1b[31m\x07")
+    assert info.value.kind == "invalid"
+    assert_printable_line(
+        str(info.value), names=("request id\\x1b[2J\\r\\u202e:", "--tiles '\\x1b[31m\\x07'")
+    )
+    with client(server) as c:  # the server still answers
+        assert c.decode(lat, cap, seed=1)["image"] is not None
+
+
 def test_sigint_stops_the_server_and_leaves_nothing(server) -> None:
     code = stop_server(server, signal.SIGINT)
     assert code == 0, server.stderr()
