@@ -8,6 +8,7 @@ from pid_trt.cli.bench import bench
 from pid_trt.cli.build import build
 from pid_trt.cli.convert import convert
 from pid_trt.cli.decode import decode
+from pid_trt.cli.doctor import doctor
 from pid_trt.cli.encode_caption import encode_caption
 from pid_trt.cli.encode_image import encode_image
 from pid_trt.cli.engines import engines
@@ -29,6 +30,7 @@ for _name, _command in (
     ("decode", decode), ("build", build), ("export", export), ("convert", convert), ("bench", bench),
     ("sample-latent", sample_latent), ("encode-caption", encode_caption), ("generate", generate),
     ("encode-image", encode_image), ("verify", verify), ("serve", serve), ("request", request),
+    ("doctor", doctor),
 ):  # fmt: skip
     app.command(_name)(_command)
 app.add_typer(engines, name="engines")
