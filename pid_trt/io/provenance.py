@@ -216,6 +216,14 @@ def embed_png(data: bytes, text: Mapping[str, str] | None) -> bytes:
     return data[:end] + chunks + data[end:]
 
 
+def weights_licence(spec: Any) -> str | None:
+    """The licence notice of a net's weights (a :class:`pid_trt.netspec.NetSpec`): the released
+    weights' (:data:`WEIGHTS_LICENCE`) for a released preset with a checkpoint; None for random
+    weights and custom nets (their weights are not NVIDIA's release, or not known to be)."""
+    preset = spec.preset
+    return WEIGHTS_LICENCE if preset is not None and preset.released and not spec.random_weights else None
+
+
 def package_version() -> str:
     from importlib import metadata
 
@@ -239,7 +247,6 @@ def for_decode(
         from pid_trt.checkpoints import file_sha256
 
         checkpoint, sha = Path(spec.checkpoint).name, file_sha256(spec.checkpoint)[:SHA_PREFIX]
-    released = preset is not None and preset.released and not spec.random_weights
     sigmas = tuple(float(s) for s in degrade_sigma)
     return Provenance(
         version=package_version(), net=spec.name,
@@ -250,7 +257,7 @@ def for_decode(
         backend=str(backend), precision=str(precision), device=str(device), steps=int(steps), seed=int(seed),
         degrade_sigma=sigmas, size=f"{width}x{height}", batch=len(sigmas), tiles=tiles, caption=caption,
         prompt=tuple(prompt), caption_file=None if caption_file is None else Path(caption_file).name,
-        licence=WEIGHTS_LICENCE if released else None, extra=dict(extra or {}),
+        licence=weights_licence(spec), extra=dict(extra or {}),
     )  # fmt: skip
 
 
