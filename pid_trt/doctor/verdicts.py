@@ -106,7 +106,7 @@ def _flavours(f: MachineFacts) -> tuple[Verdict, ...]:
         out.append(_engines_for_gpu(f, g))
     builder = auto_builder(f)
     out.append(Verdict(
-        "builder", builder is not None,
+        "auto builder", builder is not None,
         f"pidtrt build --builder auto picks {builder}" if builder else "no TensorRT flavour: pidtrt build cannot run",
         "" if builder else PIP_RTX,
     ))  # fmt: skip
