@@ -101,3 +101,33 @@ def test_named_checkpoint_is_hashed(tmp_path: Path) -> None:
     want = hashlib.sha256(b"not really weights").hexdigest()[:12]
     res = doctor("--backbone", "flux", "--checkpoint", str(ckpt), "--size", "256x256", cwd=tmp_path)
     assert f"✓ flux-2k: checkpoint model.pth (sha256 {want}...)" in res.stdout
+
+
+def test_real_engine_store_is_listed_and_matched(tmp_path_factory) -> None:
+    """Tiny fp16 / bf16 engine pairs built for real (TensorRT-RTX on the CPU) into a store: the
+    doctor lists them and finds the pair of the job's size, precision and weights."""
+    from tests.engine_helpers import SIZE, built_store
+
+    store = built_store(tmp_path_factory.getbasetemp() / "trt-store")
+    assert all(r[0] == 0 for r in store["results"].values()), store["results"]
+    engines = store["root"] / "engines"
+    facts = gather(engines)
+    assert facts.store.exists and len(facts.store.engines) == 4
+    assert {e.graph for e in facts.store.engines} == {"prepare", "step"}
+    assert all(e.status == "ok" for e in facts.store.engines)
+    res = doctor(
+        "--backbone", "tiny", "--size", SIZE, "--backend", "tensorrt:fp16", "--engine-dir", str(engines),
+        "--json", cwd=store["root"],
+    )  # fmt: skip
+    data = json.loads(res.stdout)
+    engine = next(v for v in data["verdicts"]["job"] if v["check"] == "engine")
+    assert engine["ok"] and f"{SIZE} batch 1" in engine["message"]
+    other = doctor(
+        "--backbone", "tiny", "--size", "128x64", "--backend", "tensorrt:fp16", "--engine-dir", str(engines),
+        "--json", cwd=store["root"],
+    )  # fmt: skip
+    missing = next(v for v in json.loads(other.stdout)["verdicts"]["job"] if v["check"] == "engine")
+    assert not missing["ok"]
+    assert missing["fix"] == (
+        f"pidtrt build --backbone tiny --size 128x64 --precision fp16 --random-weights --engine-dir {engines}"
+    )
