@@ -177,7 +177,7 @@ def _flavour(name: str) -> FlavourFacts:
     flavour = Flavour(name)
     try:
         trt = load_trt(flavour)
-    except (BackendUnavailableError, OSError):  # OSError: the wheel is there, its libraries are not
+    except (BackendUnavailableError, Exception):  # a broken install (libraries missing) counts as absent
         return FlavourFacts(name, None)
     targets: tuple[str, ...] = ()
     if flavour is Flavour.TENSORRT_RTX:
@@ -193,7 +193,7 @@ def _onnxruntime() -> tuple[str | None, tuple[str, ...]]:
         return None, ()
     try:
         import onnxruntime
-    except ImportError:
+    except Exception:  # a broken install counts as absent: the doctor reports, never crashes
         return None, ()
     return str(onnxruntime.__version__), tuple(onnxruntime.get_available_providers())
 
