@@ -171,13 +171,14 @@ def _gpus() -> tuple[GpuFacts, ...]:
 
 
 def _flavour(name: str) -> FlavourFacts:
-    from pid_trt.errors import BackendUnavailableError
     from pid_trt.trt_flavour import Flavour, load_trt
 
     flavour = Flavour(name)
     try:
         trt = load_trt(flavour)
-    except (BackendUnavailableError, Exception):  # a broken install (libraries missing) counts as absent
+    except (
+        Exception
+    ):  # not installed (BackendUnavailableError), or a broken install (libraries missing) counts as absent
         return FlavourFacts(name, None)
     targets: tuple[str, ...] = ()
     if flavour is Flavour.TENSORRT_RTX:
