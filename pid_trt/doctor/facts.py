@@ -176,9 +176,7 @@ def _flavour(name: str) -> FlavourFacts:
     flavour = Flavour(name)
     try:
         trt = load_trt(flavour)
-    except (
-        Exception
-    ):  # not installed (BackendUnavailableError), or a broken install (libraries missing) counts as absent
+    except Exception:  # not installed, or a broken install (its libraries missing): absent
         return FlavourFacts(name, None)
     targets: tuple[str, ...] = ()
     if flavour is Flavour.TENSORRT_RTX:
