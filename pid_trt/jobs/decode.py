@@ -128,6 +128,8 @@ def decode_file(
     draws = read_noise_file(noise, steps, lat.batch, height, width) if noise is not None else None
     beside = settings.beside
     checked = beside.check(lat, latent) if beside is not None else None
+    # planned as the decode plans it, at the same moment (tiles auto reads the free memory)
+    made = provenance(decoder, lat, settings, height, width, caption_source(settings, lat))
     if on_start is not None:
         on_start()
     start = time.perf_counter()
@@ -137,7 +139,6 @@ def decode_file(
         **settings.tiling,
     )  # fmt: skip
     pid_seconds = time.perf_counter() - start
-    made = provenance(decoder, lat, settings, height, width, caption_source(settings, lat))
     written = write_images(image, output, text=made.to_text())
     record = None
     if beside is not None:
