@@ -279,6 +279,7 @@ def _one_image(run: _Run, prompt: str, settings, output: Path, save_latent: Path
     import torch
 
     from pid_trt.integrations.diffusers import generate as run_generate
+    from pid_trt.integrations.generate_run import generate_provenance
     from pid_trt.io import write_images, write_latent_file
 
     extras = [output.with_name(f"{output.stem}_{k}.png") for k in ("vae", "compare")]
@@ -295,7 +296,11 @@ def _one_image(run: _Run, prompt: str, settings, output: Path, save_latent: Path
             pipe, dec, prompt, settings.height, settings.width, settings.capture_steps[0], settings.seed,
             backbone=ldm, num_inference_steps=settings.steps, tiling=settings.tiling, **extra,
         )  # fmt: skip
-    written = write_images(result.image, output)
+        made = generate_provenance(
+            dec, prompt, settings.seed, settings.height, settings.width, [result.degrade_sigma],
+            settings.tiling or {}, 4, {"ldm": ldm, "ldm_steps": result.steps, "capture_step": result.step},
+        )  # fmt: skip
+    written = write_images(result.image, output, text=made.to_text())
     drift_note = ""
     if settings.compare_vae:
         from pid_trt.integrations.vae_compare import compare_with_vae, write_comparison

@@ -8,11 +8,13 @@ from pid_trt.cli.bench import bench
 from pid_trt.cli.build import build
 from pid_trt.cli.convert import convert
 from pid_trt.cli.decode import decode
+from pid_trt.cli.doctor import doctor
 from pid_trt.cli.encode_caption import encode_caption
 from pid_trt.cli.encode_image import encode_image
 from pid_trt.cli.engines import engines
 from pid_trt.cli.export import export
 from pid_trt.cli.generate import generate
+from pid_trt.cli.info import info
 from pid_trt.cli.request import request
 from pid_trt.cli.sample import sample_latent
 from pid_trt.cli.serve import serve
@@ -29,6 +31,7 @@ for _name, _command in (
     ("decode", decode), ("build", build), ("export", export), ("convert", convert), ("bench", bench),
     ("sample-latent", sample_latent), ("encode-caption", encode_caption), ("generate", generate),
     ("encode-image", encode_image), ("verify", verify), ("serve", serve), ("request", request),
+    ("doctor", doctor), ("info", info),
 ):  # fmt: skip
     app.command(_name)(_command)
 app.add_typer(engines, name="engines")

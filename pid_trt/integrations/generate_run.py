@@ -223,6 +223,22 @@ def _run_ldm(
     )  # fmt: skip
 
 
+def generate_provenance(
+    decoder: Any, prompt: str, seed: int, height: int, width: int, sigmas: list[float],
+    tiling: Mapping[str, Any], pid_steps: int, ldm: Mapping[str, Any],
+) -> Any:  # fmt: skip
+    """The :class:`~pid_trt.io.provenance.Provenance` of one ``pidtrt generate`` image: PiD's
+    decode of the prompt's capture, with the LDM's side in ``extra``."""
+    from pid_trt.io.provenance import for_decode, tiles_text
+
+    size_plan = decoder.plan(height, width, len(sigmas), pid_steps, **tiling)
+    return for_decode(
+        decoder.spec, decoder.backend_name, decoder.precision, decoder.device, seed=seed, steps=pid_steps,
+        height=height, width=width, degrade_sigma=sigmas, tiles=tiles_text(size_plan), caption="prompt",
+        prompt=(prompt,), extra=ldm,
+    )  # fmt: skip
+
+
 def _decode_capture(
     decoder: Any,
     cap: Any,
@@ -243,7 +259,11 @@ def _decode_capture(
         size=(settings.height, settings.width), steps=settings.pid_steps, **settings.tiling,
     )  # fmt: skip
     pid_seconds = time.perf_counter() - start
-    write_images(image, target.pid)
+    made = generate_provenance(
+        decoder, outputs.prompt, outputs.seed, settings.height, settings.width, [cap.sigma], settings.tiling,
+        settings.pid_steps, {"ldm": settings.backbone, "ldm_steps": settings.steps, "capture_step": cap.step},
+    )  # fmt: skip
+    write_images(image, target.pid, text=made.to_text())
     entry: dict[str, Any] = {
         "step": cap.step,
         "label": target.label,

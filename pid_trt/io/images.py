@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -33,7 +34,9 @@ def png_paths(path: str | os.PathLike[str], batch: int) -> list[Path]:
     return [p.with_name(f"{p.stem}_{k}{p.suffix}") for k in range(batch)]
 
 
-def write_images(images: torch.Tensor, path: str | os.PathLike[str]) -> list[Path]:
+def write_images(
+    images: torch.Tensor, path: str | os.PathLike[str], *, text: Mapping[str, str] | None = None
+) -> list[Path]:
     """Write decoded ``images`` [B, 3, H, W] (float, nominally in [-1, 1]) to ``path``; atomic.
 
     ``.png``: uint8 PNG(s) per :func:`to_uint8`, ``path`` for B = 1, ``stem_0.png``,
@@ -41,6 +44,8 @@ def write_images(images: torch.Tensor, path: str | os.PathLike[str]) -> list[Pat
     float32, clamped to [-1, 1]. Each file is written atomically; when PNG k of a batch
     fails, the others are still written (nothing decoded is lost) and the one-line error
     names every image that failed and every file that was written.
+    ``text``: entries put in every PNG as iTXt chunks (the ``pid-trt`` provenance,
+    :mod:`pid_trt.io.provenance`); ignored for safetensors.
     Returns the paths written. Raises InputFileError for an unsupported suffix or a failed
     write, PidTrtError for non-finite images, ValueError for a tensor of the wrong shape.
     """
@@ -63,12 +68,15 @@ def write_images(images: torch.Tensor, path: str | os.PathLike[str]) -> list[Pat
 
     from PIL import Image
 
+    from pid_trt.io.provenance import save_options
+
+    extra = save_options("PNG", text)
     pixels = to_uint8(images).numpy()
     targets = png_paths(out, images.shape[0])
     failed: dict[int, str] = {}
     for k, target in enumerate(targets):
         try:
-            _write_one(target, lambda tmp, k=k: Image.fromarray(pixels[k]).save(tmp, format="PNG"))
+            _write_one(target, lambda tmp, k=k: Image.fromarray(pixels[k]).save(tmp, format="PNG", **extra))
         except InputFileError as exc:
             if len(targets) == 1:
                 raise

@@ -77,6 +77,30 @@ def decode_exists(settings: DecodeSettings) -> Callable[[Job], bool]:
     return lambda job: output_exists(job) and beside.record(job.output).is_file()
 
 
+def caption_source(settings: DecodeSettings, lat: Any) -> str:
+    """Where a decode's caption came from (:class:`pid_trt.io.provenance.Provenance` ``caption``)."""
+    if settings.prompt:
+        return "prompt"
+    if settings.caption_file is not None:
+        return "file"
+    return "latent" if lat.caption is not None else "stand-in"
+
+
+def provenance(
+    decoder: Any, lat: Any, settings: DecodeSettings, height: int, width: int, caption: str
+) -> Any:
+    """The :class:`~pid_trt.io.provenance.Provenance` of one file's decode (its plan: one
+    shot or tiles, as :meth:`pid_trt.Decoder.plan` says for these settings)."""
+    from pid_trt.io.provenance import for_decode, tiles_text
+
+    size_plan = decoder.plan(height, width, lat.batch, settings.steps, **settings.tiling)
+    return for_decode(
+        decoder.spec, decoder.backend_name, decoder.precision, decoder.device, seed=settings.seed,
+        steps=settings.steps, height=height, width=width, degrade_sigma=lat.degrade_sigma.tolist(),
+        tiles=tiles_text(size_plan), caption=caption, prompt=settings.prompt, caption_file=settings.caption_file,
+    )  # fmt: skip
+
+
 def decode_file(
     decoder: Any,
     latent: Path,
@@ -105,6 +129,8 @@ def decode_file(
     draws = read_noise_file(noise, steps, lat.batch, height, width) if noise is not None else None
     beside = settings.beside
     checked = beside.check(lat, latent) if beside is not None else None
+    # planned as the decode plans it, at the same moment (tiles auto reads the free memory)
+    made = provenance(decoder, lat, settings, height, width, caption_source(settings, lat))
     if on_start is not None:
         on_start()
     start = time.perf_counter()
@@ -114,7 +140,7 @@ def decode_file(
         **settings.tiling,
     )  # fmt: skip
     pid_seconds = time.perf_counter() - start
-    written = write_images(image, output)
+    written = write_images(image, output, text=made.to_text())
     record = None
     if beside is not None:
         more, record = beside.write(checked, lat, image, output, list(written), pid_seconds)

@@ -88,6 +88,7 @@ class _Ready:
     noise: list[torch.Tensor]
     size: tuple[int, int]
     tiling: TileOptions | None = None  # a tiled request's options; None: one shot
+    text: dict[str, str] | None = None  # the PNG's provenance entries (pid_trt.io.provenance)
 
     @property
     def rows(self) -> int:
@@ -155,24 +156,25 @@ def _decode_group(
             out.image = part.numpy()
         if "png" in wanted:
             try:
-                out.png = png_bytes(part)
+                out.png = png_bytes(part, r.text)
             except Exception as exc:
                 out.error = _as_error(exc, requests[r.index].what)
 
 
-def png_bytes(images: torch.Tensor) -> list[bytes]:
+def png_bytes(images: torch.Tensor, text: dict[str, str] | None = None) -> list[bytes]:
     """[n, 3, H, W] float in [-1, 1] -> n PNG files, byte for byte what
-    :func:`pid_trt.io.write_images` writes for the same images."""
+    :func:`pid_trt.io.write_images` writes for the same images and ``text`` (the provenance)."""
     from PIL import Image
 
     from pid_trt.io import to_uint8
+    from pid_trt.io.provenance import save_options
 
     if not bool(torch.isfinite(images).all()):
         raise PidTrtError("decoded images contain NaN/Inf; refusing to encode them as PNG")
     out = []
     for pixels in to_uint8(images).numpy():
         buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, format="PNG")
+        Image.fromarray(pixels).save(buf, format="PNG", **save_options("PNG", text))
         out.append(buf.getvalue())
     return out
 
@@ -205,7 +207,22 @@ def _prepare(decoder: Decoder, index: int, req: DecodeRequest, steps: int, tilin
         caption = stand_in_caption(decoder.spec, lat.batch, seed)
     noise = draw_noise((lat.batch, 3, height, width), steps, seed)
     tiled = tiling if size_plan.tiled else None
-    return _Ready(index, lat.latent, caption, lat.degrade_sigma, noise, (height, width), tiled)
+    text = None
+    if "png" in req.outputs:
+        text = _provenance(decoder, req, lat, seed, steps, size_plan).to_text()
+    return _Ready(index, lat.latent, caption, lat.degrade_sigma, noise, (height, width), tiled, text)
+
+
+def _provenance(decoder, req: DecodeRequest, lat, seed: int, steps: int, size_plan) -> Any:
+    """How the server makes a request's images (as ``pidtrt decode`` records a file's)."""
+    from pid_trt.io.provenance import for_decode, tiles_text
+
+    source = "prompt" if req.prompt is not None else ("latent" if lat.caption is not None else "stand-in")
+    return for_decode(
+        decoder.spec, decoder.backend_name, decoder.precision, decoder.device, seed=seed, steps=steps,
+        height=size_plan.height, width=size_plan.width, degrade_sigma=lat.degrade_sigma.tolist(),
+        tiles=tiles_text(size_plan), caption=source, prompt=tuple(req.prompt or ()),
+    )  # fmt: skip
 
 
 def _request_seed(seed: np.ndarray | None, rows: int, what: str) -> int:

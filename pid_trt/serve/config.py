@@ -93,8 +93,10 @@ class ModelOptions:
     def check(self) -> dict[str, str]:
         """Validate the options as :meth:`pid_trt.Decoder.from_options` does, without reading
         the weights (each instance reads them); returns the net's input sizes for the model
-        configuration (:data:`NET_PARAMETERS`), the tiling defaults and the envelope. Raises
+        configuration (:data:`NET_PARAMETERS`), the tiling defaults, the envelope, the device and
+        the licence of the weights served (:func:`pid_trt.io.provenance.weights_licence`). Raises
         the project's one-line errors."""
+        from pid_trt.io.provenance import weights_licence
         from pid_trt.tiling import Envelope, TileOptions, envelope_for
 
         runtime = self.runtime.resolved()
@@ -113,6 +115,9 @@ class ModelOptions:
             "precision": runtime.precision_enum.value,
             "tiling": tiling.describe(),
             "envelope": envelope.describe(limit=32) if envelope is not None else "none",
+            "device": runtime.device,
+            "licence": weights_licence(spec)
+            or ("none: random weights" if spec.random_weights else "not known: the checkpoint's own"),
         }
 
 

@@ -20,6 +20,7 @@ from pid_trt.config import TINY, get_preset
 from pid_trt.errors import ConfigError
 from pid_trt.integrations.diffusers import generate, pid_latent, to_pid_frame
 from pid_trt.io import read_latent_file
+from pid_trt.io.provenance import read_provenance
 from tests.integrations import diffusers_helpers as helpers
 
 SIZE = 128  # PiD output; the LDM runs at 32x32 (flux / sdxl / qwen latent 4x4, flux2 2x2)
@@ -113,7 +114,12 @@ def test_cli_generate_then_decode_reproduces_the_image(flux_dir, tmp_path):
     again = tmp_path / "again.png"
     res = invoke("decode", lat, "--backbone", "tiny", "--random-weights", "--seed", 3, "-o", again)
     assert res.exit_code == 0, res.output
-    assert out.read_bytes() == again.read_bytes()
+    # the same pixels; each PNG says how it was made (generate: from the prompt, the LDM's capture)
+    assert np.asarray(Image.open(out)).tolist() == np.asarray(Image.open(again)).tolist()
+    made = read_provenance(out)
+    assert made["caption"] == "prompt" and made["prompt"] == ["a red fox in snow"] and made["seed"] == 3
+    assert made["extra"] == {"ldm": "flux", "ldm_steps": 7, "capture_step": 6}
+    assert read_provenance(again)["caption"] == "stand-in"
 
 
 def test_cli_generate_refuses(flux_dir, tmp_path):
@@ -189,7 +195,8 @@ def test_cli_generate_tiles_as_decode_does(flux_dir, tmp_path):
     res = invoke("decode", lat, "--backbone", "tiny", "--random-weights", "--seed", 3, "--tiles", "2x2",
                  "--tile-size", "96x96", "-o", again)  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert tiled.read_bytes() == again.read_bytes()
+    assert np.asarray(Image.open(tiled)).tolist() == np.asarray(Image.open(again)).tolist()
+    assert read_provenance(tiled)["tiles"] == read_provenance(again)["tiles"] == "2x2 of 96x96"
     one_shot = tmp_path / "one_shot.png"
     res = invoke("decode", lat, "--backbone", "tiny", "--random-weights", "--seed", 3, "-o", one_shot)
     assert res.exit_code == 0, res.output

@@ -160,7 +160,14 @@ def test_png_output_is_the_decode_clis_png(server, decoder, tmp_path: Path) -> N
         out = c.decode(lat, cap, seed=2, outputs=("png", "image"), request_id="png")
     want = decoder.decode(lat, cap, seed=2)
     assert torch.equal(torch.from_numpy(np.array(out["image"])), want)
-    (path,) = write_images(want, tmp_path / "direct.png")
+    served = tmp_path / "served.png"
+    served.write_bytes(out["png"][0])
+    from PIL import Image
+
+    with Image.open(served) as im:  # the request's provenance: the same chunk as pidtrt decode writes
+        text = {"pid-trt": im.text["pid-trt"]}
+    assert json.loads(text["pid-trt"])["seed"] == 2
+    (path,) = write_images(want, tmp_path / "direct.png", text=text)
     assert out["png"] == [path.read_bytes()]
 
 

@@ -110,6 +110,14 @@ def test_serve_cli_refuses_bad_options_and_busy_ports_in_one_line(tmp_path: Path
 
 
 # ------------------------------------------------------------------------------- batch decode
+def served_text(path: Path) -> str:
+    """The raw ``pid-trt`` text of a PNG."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.text["pid-trt"]
+
+
 def _inputs(config, seed: int, h: int = 1, w: int = 1):
     gen = torch.Generator().manual_seed(seed)
     lat = torch.randn(1, config.lq_latent_channels, h, w, generator=gen).numpy()
@@ -147,8 +155,16 @@ def test_each_request_gets_its_own_image_or_error(decoder, tmp_path: Path) -> No
         assert (torch.from_numpy(r.image) - alone).abs().max().item() <= 1e-4
     # d ran alone (the only request of its size): bit for bit
     assert torch.equal(torch.from_numpy(out[3].image), decoder.decode(lat2, cap2, seed=5))
-    # the PNG is the bytes write_images writes for that image
-    (png,) = write_images(torch.from_numpy(out[0].image), tmp_path / "a.png")
+    # the PNG is the bytes write_images writes for that image with the request's provenance
+    from pid_trt.io.provenance import read_provenance
+
+    served = tmp_path / "served.png"
+    served.write_bytes(out[0].png[0])
+    record = read_provenance(served)
+    assert (record["seed"], record["steps"], record["size"], record["caption"]) == (5, 4, "32x32", "latent")
+    assert (record["backend"], record["precision"], record["degrade_sigma"]) == ("torch", "fp32", [0.0])
+    text = {"pid-trt": served_text(served)}
+    (png,) = write_images(torch.from_numpy(out[0].image), tmp_path / "a.png", text=text)
     assert out[0].png == [png.read_bytes()]
     assert out[2].png is None  # not asked for
 
