@@ -57,7 +57,8 @@ class DecodeSettings:
 @dataclass(frozen=True)
 class Decoded:
     """What one file's decode wrote: the paths, the output size in pixels, the batch, seconds
-    (PiD's decode), and the beside decoder's record (None without one)."""
+    (PiD's decode), the beside decoder's record (None without one) and the caption's source
+    (:class:`pid_trt.caption_choice.Caption`: prompt, file, null (FILE) ...)."""
 
     written: list[Path]
     width: int
@@ -65,6 +66,7 @@ class Decoded:
     batch: int
     seconds: float
     beside: dict[str, Any] | None = None
+    caption: str = ""
 
 
 def decode_exists(settings: DecodeSettings) -> Callable[[Job], bool]:
@@ -88,16 +90,17 @@ def decode_file(
     ``on_start`` is called once the inputs are read and checked, before the decode runs."""
     from pid_trt.io import read_latent_file, read_noise_file, write_images
 
-    spec, config = decoder.spec, decoder.config
+    config = decoder.config
     lat = read_latent_file(latent, config)
     prompt = settings.prompt
     caption = caption_for_latent(lat, latent, config, prompt=bool(prompt), caption_file=settings.caption_file)
-    if not prompt and caption is None and spec.needs_caption:
-        raise InputFileError(
-            f"latent file {latent} has no caption_embedding: pass --prompt TEXT (with --text-encoder DIR), "
-            f"--caption FILE (from `pidtrt encode-caption`), or add tensor `caption_embedding` "
-            f"[B, {config.txt_max_length}, {config.txt_embed_dim}] (see README, 'Caption embeddings')"
-        )
+    text = (list(prompt) if len(prompt) > 1 else prompt[0]) if prompt else None
+    try:
+        chosen = decoder.choose_caption(lat.batch, caption, text, settings.seed)
+    except InputFileError as exc:
+        if text is not None or caption is not None:
+            raise
+        raise InputFileError(f"latent file {latent} has no caption_embedding; {exc}") from None
     height, width = decoder.output_size(lat.latent_hw, settings.size)
     steps = settings.steps
     noise = settings.noise_file
@@ -108,9 +111,8 @@ def decode_file(
         on_start()
     start = time.perf_counter()
     image = decoder.decode(
-        lat.latent, caption, prompt=(list(prompt) if len(prompt) > 1 else prompt[0]) if prompt else None,
-        degrade_sigma=lat.degrade_sigma, seed=settings.seed, noise=draws, size=(height, width), steps=steps,
-        **settings.tiling,
+        lat.latent, chosen.embedding, degrade_sigma=lat.degrade_sigma, seed=settings.seed, noise=draws,
+        size=(height, width), steps=steps, **settings.tiling,
     )  # fmt: skip
     pid_seconds = time.perf_counter() - start
     written = write_images(image, output)
@@ -118,4 +120,4 @@ def decode_file(
     if beside is not None:
         more, record = beside.write(checked, lat, image, output, list(written), pid_seconds)
         written += more
-    return Decoded(written, width, height, lat.batch, time.perf_counter() - start, record)
+    return Decoded(written, width, height, lat.batch, time.perf_counter() - start, record, chosen.source)
