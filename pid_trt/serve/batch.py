@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from pid_trt.errors import ConfigError, InputFileError, PidTrtError
-from pid_trt.netspec import stand_in_caption
 
 log = logging.getLogger("pid_trt.serve")
 
@@ -62,12 +61,14 @@ class DecodeRequest:
 class DecodeResult:
     """A request's answer: ``image`` [n, 3, H, W] float32 (when asked), ``png`` n PNG files
     (when asked), or ``error`` (a :class:`~pid_trt.errors.PidTrtError`, one line); ``tiled``:
-    whether it was decoded in tiles."""
+    whether it was decoded in tiles; ``caption``: the caption's source (prompt, file, null (FILE),
+    null (stored), null (encoded), random stand-in: :mod:`pid_trt.caption_choice`)."""
 
     image: np.ndarray | None = None
     png: list[bytes] | None = None
     error: PidTrtError | None = None
     tiled: bool = False
+    caption: str = ""
 
 
 @dataclass
@@ -81,6 +82,7 @@ class _Ready:
     noise: list[torch.Tensor]
     size: tuple[int, int]
     tiling: dict[str, Any] | None = None  # the decode keywords of a tiled request; None: one shot
+    source: str = ""  # the caption's source
 
     @property
     def rows(self) -> int:
@@ -141,6 +143,7 @@ def _decode_group(decoder, items: list[_Ready], requests, results: list[DecodeRe
         start += r.rows
         out = results[r.index]
         out.tiled = r.tiling is not None
+        out.caption = r.source
         wanted = requests[r.index].outputs
         if "image" in wanted:
             out.image = part.numpy()
@@ -186,17 +189,15 @@ def _prepare(decoder, index: int, req: DecodeRequest, steps: int, tiling: dict[s
         size_plan = decoder.plan(height, width, lat.batch, steps, **tiling)
     except ConfigError as exc:  # the decode's own words (bad tiling, tiles off outside the envelope)
         raise ConfigError(f"{what}: {exc}") from None
-    if req.prompt is not None:
-        caption = decoder.encode_prompts(list(req.prompt), lat.batch)
-    elif lat.caption is not None:
-        caption = lat.caption
-    else:
-        # What Decoder.decode does without a caption (a seeded stand-in for random-weight
-        # nets; a one-line refusal for real checkpoints), drawn per request with its seed.
-        caption = stand_in_caption(decoder.spec, lat.batch, seed)
+    # The rule of every front end (pid_trt.caption_choice): prompt, caption, else the null
+    # caption for a net that needs one (a seeded stand-in for random-weight nets, per request).
+    prompt = list(req.prompt) if req.prompt is not None else None
+    chosen = decoder.choose_caption(lat.batch, lat.caption, prompt, seed)
     noise = draw_noise((lat.batch, 3, height, width), steps, seed)
     tiled = tiling if size_plan.tiled else None
-    return _Ready(index, lat.latent, caption, lat.degrade_sigma, noise, (height, width), tiled)
+    return _Ready(
+        index, lat.latent, chosen.embedding, lat.degrade_sigma, noise, (height, width), tiled, chosen.source
+    )
 
 
 def _request_seed(seed: np.ndarray | None, rows: int, what: str) -> int:
