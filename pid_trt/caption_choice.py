@@ -20,7 +20,8 @@ Every front end (``pidtrt decode`` for one file, many files and torchrun ranks,
    c. the text encoder, when one is configured: it encodes "" once (then stored) --
       ``null (encoded)``;
    d. else a one-line error naming both ways out (``--null-caption FILE``, ``--text-encoder DIR``);
-4. neither, for a random-weight stand-in net: a seeded random caption -- ``random stand-in``.
+4. neither, for a random-weight stand-in net: the null caption when one is given (3a), else a
+   seeded random caption -- ``random stand-in``.
 
 The null caption is cut to the net's ``txt_max_length`` and its width checked, as a caption
 file's. It is read (or encoded) once per chooser and kept.
@@ -103,7 +104,7 @@ class CaptionChooser:
             return Caption(encode(prompt, batch), "prompt")
         if caption is not None:
             return Caption(caption, "file")
-        if not self.spec.needs_caption:
+        if not self.spec.needs_caption and self._given is None:
             return Caption(stand_in_caption(self.spec, batch, seed), "random stand-in")
         row, source = self.null()
         return Caption(row.unsqueeze(0).expand(batch, -1, -1).contiguous(), source)

@@ -110,7 +110,9 @@ def test_two_processes_writing_at_once_leave_it_readable(tmp_path: Path) -> None
     root = tmp_path / "store"
     max_mb = 25 * 300 * 32 * 4 / 1e6
     cmd = [sys.executable, "-c", _WRITER, str(root), str(max_mb)]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     for proc in procs:
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0 and out.strip() == "ok", err

@@ -142,13 +142,13 @@ class ModelOptions:
     def _null_caption_rule(self, spec: Any) -> str:
         """What requests without caption or prompt get (the model metadata's ``null_caption``);
         the null-caption file is read and checked against the net now (one-line error)."""
-        if not spec.needs_caption:
-            return "random stand-in (random-weight net)"
         if self.null_caption is not None:
             from pid_trt.io.caption import read_null_caption_file
 
             read_null_caption_file(self.null_caption, spec.config)
             return f"null ({self.null_caption})"
+        if not spec.needs_caption:
+            return "random stand-in (random-weight net)"
         if self.text_encoder is not None or os.environ.get("PIDTRT_TEXT_ENCODER"):
             return "null (stored, else encoded by the text encoder)"
         return "null (stored) when the caption store holds one, else refused: pass --null-caption FILE or --text-encoder DIR"
