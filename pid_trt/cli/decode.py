@@ -283,7 +283,7 @@ def _decode_many(world: World, latent, output, settings: DecodeSettings, skip_ex
                 exists=decode_exists(settings),
             )  # fmt: skip
         summary, how = gather_run(group, summary), decoder.backend_name
-        if sources:
+        if set(sources) - {"file"}:  # say it where a caption did not come with the files
             how += f", caption: {' / '.join(sources)}"
         if settings.beside is not None and world.is_main:
             from pid_trt.integrations.vae_beside import write_run_manifest

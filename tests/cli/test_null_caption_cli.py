@@ -119,6 +119,11 @@ def test_community_format_gives_the_same_image(checkpoint: Path, latent: Path, t
     z = tmp_path / "z.safetensors"
     assert _decode(latent, z, checkpoint, "--null-caption", zeros).returncode == 0
     assert not torch.equal(_image(z), _image(a))  # the values are used
+    many = tmp_path / "many"  # a folder run says it in its summary, and decodes the same
+    res = _cli("decode", latent.parent, "-o", f"{many}/{{stem}}.safetensors", "--checkpoint", checkpoint,
+               "--seed", 3, "--threads", 1, "--null-caption", community)  # fmt: skip
+    assert res.returncode == 0 and f"caption: null ({community})" in res.stdout, res.stdout + res.stderr
+    assert torch.equal(_image(many / "latent.safetensors"), _image(a))
 
     wide = tmp_path / "wide.safetensors"
     save_file({"null_caption_embs": torch.zeros(1, 300, 2304, dtype=torch.bfloat16)}, str(wide))
