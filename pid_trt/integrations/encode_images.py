@@ -190,7 +190,7 @@ def open_rae(backbone, encoder, rae_stats, vae, device):
         if "model" not in state:
             state["model"] = load_rae_encoder(encoder, recipe.backbone, stats=stats, device=device)
         pixels = load_image(path)
-        latent = state["model"].encode(pixels)
+        latent = state["model"].encode(pixels, what=f"image {path}")
         return (
             latent,
             (pixels.shape[-1], pixels.shape[-2]),

@@ -283,14 +283,14 @@ class RaeEncoder:
         return check_image_size(self.spec, width, height, what)
 
     @torch.no_grad()
-    def encode(self, image: Any) -> torch.Tensor:
+    def encode(self, image: Any, what: str | None = None) -> torch.Tensor:
         """PiD latent [B, C, grid, grid] float32 on the CPU of ``image``: a file path (loaded
         as upstream's from_clean does, centre-cropped to multiples of 16) or a tensor
-        [B, 3, H, W] / [3, H, W] in [-1, 1]."""
+        [B, 3, H, W] / [3, H, W] in [-1, 1]; ``what`` names it in messages."""
         from pid_trt.integrations.vae import image_batch
 
         x = image_batch(image)
-        what = f"image {os.fspath(image)}" if isinstance(image, (str, os.PathLike)) else "image"
+        what = what or (f"image {os.fspath(image)}" if isinstance(image, (str, os.PathLike)) else "image")
         notice = self.check_image_size(int(x.shape[-1]), int(x.shape[-2]), what)
         if notice:
             log.warning(notice)
