@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from pid_trt.caption_store import CaptionStore, encoder_digest
 from pid_trt.errors import ConfigError
 from pid_trt.text import TEXT_ENCODER_ENV
 
@@ -126,6 +127,8 @@ class CaptionProvider:
     runs (cpu | cuda[:n]); dtype: fp32 | bf16 | None (the encoder's default for the device).
     keep: keep the encoder loaded between calls (None: kept on the CPU, freed after each
     call on a GPU, so the decode has the memory). max_entries: the cache's bound (0: off).
+    store: the persistent caption store behind the cache (:mod:`pid_trt.caption_store`;
+    None: none): a prompt found there does not load the encoder, one encoded is written there.
     Thread-safe: encoder runs are serialised; cache hits need neither the lock nor the encoder.
     """
 
@@ -137,8 +140,13 @@ class CaptionProvider:
         dtype: str | None = None,
         keep: bool | None = None,
         max_entries: int = DEFAULT_CAPTION_CACHE,
+        store: CaptionStore | None = None,
     ) -> None:
         self.cache = CaptionCache(max_entries)
+        self.store = store
+        #: Prompt rows answered by the persistent store / computed by the encoder, since made.
+        self.store_hits = 0
+        self.encoder_runs = 0
         self._source = source
         self._device = str(device)
         self._dtype = dtype
@@ -156,6 +164,11 @@ class CaptionProvider:
 
     def stats(self) -> CacheStats:
         return self.cache.stats()
+
+    @property
+    def dtype(self) -> str:
+        """The dtype the encoder runs in: the one asked for, else bf16 on cuda, fp32 on the CPU."""
+        return self._dtype or ("bf16" if self._device.startswith("cuda") else "fp32")
 
     def identity(self) -> str:
         """The identity of the encoder that would answer now (the loaded one, else the one
@@ -175,30 +188,76 @@ class CaptionProvider:
 
     def encode(self, prompts: Sequence[str]) -> torch.Tensor:
         """Embeddings [N, T, D] float32 on the CPU, row i for ``prompts[i]`` (strings; ""
-        allowed). Rows found in the cache skip the encoder; the others (each distinct prompt
-        once) run it in one call and are cached."""
+        allowed). Rows found in the cache, then in the persistent store, skip the encoder;
+        the others (each distinct prompt once) run it in one call, are cached and stored."""
+        return self.encode_traced(prompts)[0]
+
+    def encode_traced(self, prompts: Sequence[str]) -> tuple[torch.Tensor, bool]:
+        """(:meth:`encode`'s embeddings, whether the encoder ran for them)."""
         prompts = list(prompts)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ConfigError("prompt: expected a string or a non-empty list of strings")
         self._check_open()
-        if self.cache.max_entries == 0:
+        if self.cache.max_entries == 0 and self.store is None:
             with self._lock:
                 self._check_open()
                 emb = self._run(prompts)[1]
             self.cache.count(0, len(prompts))
-            return emb.float().cpu()
+            self.encoder_runs += len(prompts)
+            return emb.float().cpu(), True
         identity = self.identity()
         found = {p: e for p in dict.fromkeys(prompts) if (e := self.cache.get(p, identity)) is not None}
         missing = [p for p in dict.fromkeys(prompts) if p not in found]
+        stored = self._from_store(missing)
+        for prompt, row in stored.items():
+            self.cache.put(prompt, identity, row)
+            found[prompt] = row
+        missing = [p for p in missing if p not in stored]
         if missing:
             with self._lock:
                 self._check_open()
                 identity, emb = self._run(missing)
+            key = self._store_key()
             for prompt, row in zip(missing, emb, strict=True):
                 self.cache.put(prompt, identity, row)
+                if key is not None and self.store is not None:
+                    self.store.put(*key, prompt, row)
                 found[prompt] = row
         self.cache.count(len(prompts) - len(missing), len(missing))
-        return torch.stack([found[p] for p in prompts]).float().cpu()
+        self.encoder_runs += len(missing)
+        return torch.stack([found[p] for p in prompts]).float().cpu(), bool(missing)
+
+    def stored_null(self, width: int) -> tuple[torch.Tensor, str] | None:
+        """A null caption [T, D] (the encoding of "") found without running an encoder, and
+        where from: the configured encoder's entry in the persistent store, or (no encoder
+        configured) any stored null caption of width ``width``; None when there is none."""
+        if self.store is None:
+            return None
+        if self.available:
+            row = self._from_store([""]).get("")
+            return None if row is None else (row, str(self.store.path(*self._store_key(), "")))  # type: ignore[misc]
+        found = self.store.any_null(width)
+        return None if found is None else (found[0], str(found[1]))
+
+    def _store_key(self) -> tuple[str, str] | None:
+        """(encoder digest, dtype) of the encoder that would answer, for the persistent
+        store; None when there is no store or the encoder has no folder (built by hand)."""
+        if self.store is None:
+            return None
+        from pid_trt.text import CaptionEncoder, resolve_text_encoder_source
+
+        source = self._encoder if self._encoder is not None else self._source
+        if isinstance(source, CaptionEncoder):
+            return (encoder_digest(source.source), source.dtype) if source.source else None
+        return encoder_digest(resolve_text_encoder_source(self._named_source())), self.dtype
+
+    def _from_store(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        key = self._store_key() if prompts else None
+        if key is None or self.store is None:
+            return {}
+        out = {p: row for p in prompts if (row := self.store.get(*key, p)) is not None}
+        self.store_hits += len(out)
+        return out
 
     def free(self) -> None:
         """Free the encoder and the cached embeddings; later calls raise ConfigError. Idempotent."""

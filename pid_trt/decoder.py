@@ -14,8 +14,12 @@ What a :class:`Decoder` holds:
   that decodes mixed sizes exports / loads each size once;
 - a :class:`pid_trt.tiling.PlanRunner` over that cache: each decode's plan (one shot or tiles,
   ``decode(tiles=...)``), its memory check, and its denoiser (tiles over ``devices=`` included);
-- optionally the caption encoder (:mod:`pid_trt.text`), loaded on the first ``prompt=``, and a
-  bounded cache of the caption embeddings it computed (``caption_cache``; :mod:`pid_trt.captions`).
+- optionally the caption encoder (:mod:`pid_trt.text`), loaded on the first ``prompt=`` not
+  found before, a bounded cache of the caption embeddings (``caption_cache``;
+  :mod:`pid_trt.captions`) and the persistent caption store behind it (``caption_store``;
+  :mod:`pid_trt.caption_store`);
+- the caption rule (:mod:`pid_trt.caption_choice`): prompt, caption, else the null caption
+  (``null_caption``, the store, or "" encoded) for a net that needs one.
 
 Threads: :meth:`Decoder.decode` may be called from several threads at once. Decodes that
 share a backend (torch: all of them; onnxruntime / tensorrt: the same size and batch) run
@@ -38,6 +42,8 @@ from pid_trt.backends.base import Conditioning
 from pid_trt.backends.cache import BackendCache
 from pid_trt.backends.factory import BackendRequest
 from pid_trt.buckets import output_size
+from pid_trt.caption_choice import Caption, CaptionChooser
+from pid_trt.caption_store import CaptionStore
 from pid_trt.captions import (
     DEFAULT_CAPTION_CACHE,
     TEXT_ENCODER_ENV,  # noqa: F401 - public here since before the cache
@@ -46,7 +52,7 @@ from pid_trt.captions import (
 )
 from pid_trt.config import NetConfig
 from pid_trt.errors import ConfigError
-from pid_trt.netspec import NetSpec, build_model, stand_in_caption
+from pid_trt.netspec import NetSpec, build_model
 from pid_trt.options import NetOptions, RuntimeOptions
 from pid_trt.tiling import Envelope, PlanRunner, SizePlan, TileOptions, envelope_for
 from pid_trt.tiling.options import tile_options
@@ -71,6 +77,9 @@ class Decoder:
         memory_check: bool = True,
         memory_hint: str = "pass memory_check=False to try anyway",
         envelope: Envelope | str | None = None,
+        null_caption: Any = None,
+        caption_store: Any = None,
+        caption_store_max_mb: float | None = None,
     ) -> None:
         self.spec = spec
         if isinstance(envelope, str):
@@ -90,7 +99,9 @@ class Decoder:
             dtype=text_dtype,
             keep=keep_text_encoder,
             max_entries=caption_cache,
+            store=_caption_store(caption_store, caption_store_max_mb),
         )
+        self._chooser = CaptionChooser(spec, self._captions, null_caption)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -118,6 +129,9 @@ class Decoder:
         memory_check: bool = True,
         memory_hint: str = "pass memory_check=False to try anyway",
         envelope: Envelope | str | None = None,
+        null_caption: Any = None,
+        caption_store: Any = None,
+        caption_store_max_mb: float | None = None,
     ) -> Decoder:
         """Resolve the model options as the CLI does (same errors, :mod:`pid_trt.errors` types).
 
@@ -136,20 +150,26 @@ class Decoder:
         envelope: the net's trained output sizes ("WxH,WxH..." or a
         :class:`pid_trt.tiling.Envelope`; default: the checkpoint type's, none for stand-ins and
         custom nets), which ``decode(tiles="auto")`` keeps one-shot decodes inside.
+        null_caption: the null caption for decodes without prompt or caption (a file path: ours,
+        ``caption_embedding``, or ``null_caption_embs``; or a tensor [T, D]; None: $PIDTRT_NULL_CAPTION,
+        else the caption store, else "" by the text encoder; :mod:`pid_trt.caption_choice`).
+        caption_store: the persistent caption store's folder (None: $PIDTRT_CAPTION_STORE, else the
+        user's cache folder; False: none), bounded to caption_store_max_mb (default 1024).
         """
         net = NetOptions(backbone, ckpt_type, checkpoint, net_config, random_weights, weights_seed)
         runtime = RuntimeOptions(backend, precision, device, engine_dir, export_dir, hoist, cuda_graph)
         return cls.from_options(
             net, runtime, text_encoder=text_encoder, text_dtype=text_dtype, keep_text_encoder=keep_text_encoder,
             caption_cache=caption_cache, max_backends=max_backends, memory_check=memory_check,
-            memory_hint=memory_hint, envelope=envelope,
+            memory_hint=memory_hint, envelope=envelope, null_caption=null_caption, caption_store=caption_store,
+            caption_store_max_mb=caption_store_max_mb,
         )  # fmt: skip
 
     @classmethod
     def from_options(cls, net: NetOptions, runtime: RuntimeOptions, **kwargs: Any) -> Decoder:
         """A Decoder from the two option objects (:mod:`pid_trt.options`); ``kwargs`` as
         :meth:`load` (text_encoder, text_dtype, keep_text_encoder, caption_cache, max_backends, memory_check,
-        memory_hint, envelope). The runtime options are checked before the net options are resolved,
+        memory_hint, envelope, null_caption, caption_store, caption_store_max_mb). The runtime options are checked before the net options are resolved,
         so a bad ``--backend`` is reported first."""
         runtime = runtime.resolved()
         if runtime.device.startswith("cuda") and runtime.backend_class.devices != ("cuda",):
@@ -213,8 +233,8 @@ class Decoder:
         float32 in [-1, 1] on the CPU.
 
         caption_embedding: [T, D] or [B, T, D]; or ``prompt``: one string (every row) or B
-        strings, encoded by the caption encoder. Without either, a random-weight stand-in net
-        gets a seeded random caption; a real checkpoint refuses. degrade_sigma: a float or
+        strings, encoded by the caption encoder. Without either, the null caption for a net that
+        needs a caption, a seeded random one for a random-weight stand-in (:meth:`choose_caption`). degrade_sigma: a float or
         [B] in [0, 1]; seed: the sampler's noise (ignored with ``noise``, a list of ``steps``
         draws [B, 3, H, W]); size: (height, width) or "WxH"; steps: 4 = the released sampler.
         Inputs are checked by the latent file's rules (:func:`pid_trt.io.latent_from_tensors`).
@@ -244,10 +264,7 @@ class Decoder:
         lat = latent_from_tensors(latent, caption_embedding, degrade_sigma, self.config)
         b, (h, w) = lat.batch, output_size(self.config, lat.latent_hw, size)
         size_plan = self._runner.plan(h, w, b, steps, tiling)  # refuses before memory or weights
-        if prompt is not None:
-            caption = self.encode_prompts(prompt, b)
-        else:
-            caption = lat.caption if lat.caption is not None else stand_in_caption(self.spec, b, seed)
+        caption = self.choose_caption(b, lat.caption, prompt, seed).embedding
         self._runner.check_memory(size_plan)
         draws = (
             noise_from_tensors(noise, steps, b, h, w)
@@ -325,6 +342,14 @@ class Decoder:
                 self._model = build_model(self.spec)
             return self._model
 
+    def choose_caption(self, batch: int, caption: Any = None, prompt: Any = None, seed: int = 0) -> Caption:
+        """The caption a decode of ``batch`` rows uses and its source (``prompt`` | ``file`` |
+        ``null (FILE)`` | ``null (stored)`` | ``null (encoded)`` | ``random stand-in``):
+        ``caption`` [B, T, D] (already checked), else ``prompt``, else the null caption for a
+        net that needs one (:mod:`pid_trt.caption_choice`); a one-line error when there is none."""
+        self._check_open()
+        return self._chooser.choose(batch, caption, prompt, seed, self.encode_prompts)
+
     def encode_prompts(self, prompt: str | Sequence[str], batch: int | None = None) -> torch.Tensor:
         """Caption embeddings [B, T, D] float32 for one prompt (repeated over ``batch``) or a
         list of B prompts, by the caption encoder (loaded on first use); prompts seen before
@@ -372,3 +397,13 @@ class Decoder:
             f"Decoder({self.spec.name}, backend={self.backend_name}:{self.precision}, device={self.device}, "
             f"cached={self.cached_sizes()})"
         )
+
+
+def _caption_store(store: Any, max_mb: float | None) -> CaptionStore | None:
+    """The persistent store of ``Decoder.load(caption_store=...)``: None -> the default folder
+    (or none when $PIDTRT_CAPTION_STORE is "off"), False -> none, a folder or a CaptionStore."""
+    if store is False:
+        return None
+    if isinstance(store, CaptionStore):
+        return store
+    return CaptionStore.default(store, max_mb)

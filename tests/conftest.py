@@ -87,6 +87,14 @@ def _keep_torch_threads():
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _caption_store_in_tmp(tmp_path_factory, monkeypatch):
+    """Every test (and every subprocess it starts) gets its own persistent caption store in a
+    temp folder, never the user's cache; and no null caption from the environment."""
+    monkeypatch.setenv("PIDTRT_CAPTION_STORE", str(tmp_path_factory.mktemp("caption-store")))
+    monkeypatch.delenv("PIDTRT_NULL_CAPTION", raising=False)
+
+
 def golden_manifest() -> dict[str, str]:
     """File name → SHA-256 hex of every golden file the suite expects (tests/golden/SHA256SUMS)."""
     if not GOLDEN_MANIFEST.is_file():

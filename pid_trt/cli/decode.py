@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from pid_trt.cli.errors import cli_errors, warn
-from pid_trt.cli.options import TextDtype, TextEncoder, with_net, with_runtime, with_tiling
+from pid_trt.cli.options import TextDtype, TextEncoder, with_captions, with_net, with_runtime, with_tiling
 from pid_trt.cli.ranks import Threads, join_world
 from pid_trt.cli.request import given_tiling
 from pid_trt.errors import ConfigError, InputFileError
@@ -104,6 +104,7 @@ Vae = Annotated[
 @with_net
 @with_runtime
 @with_tiling
+@with_captions
 def decode(
     ctx: typer.Context,
     net: NetOptions = None,  # type: ignore[assignment] - a bundle (cli.options.with_*)
@@ -117,6 +118,7 @@ def decode(
     caption: Caption = None,
     text_encoder: TextEncoder = None,
     text_dtype: TextDtype = None,
+    captions: dict = None,  # type: ignore[assignment] - a bundle (cli.options.with_*)
     skip_existing: SkipExisting = False,
     server: Server = None,
     concurrency: Concurrency = 4,
@@ -140,6 +142,9 @@ def decode(
     settings = DecodeSettings(tuple(prompt or ()), caption, size, noise, seed, steps, tiling)
     if server is not None:
         _refuse_local_options(net, runtime, settings, text_encoder, dry_run, compare_vae or vae is not None)
+        if any(v is not None for v in (captions or {}).values()):
+            raise ConfigError("--server decodes with the server's captions: drop --null-caption / --caption-store "
+                              "(pass them to `pidtrt serve`)")  # fmt: skip
         tiling = given_tiling(settings.tiling, ctx)  # sent with each request: the server's for the rest
         _decode_remote(world, latent, output, server, settings, tiling, skip_existing, concurrency, timeout)
         return
@@ -148,7 +153,7 @@ def decode(
         from pid_trt.integrations.vae_beside import vae_beside
 
         settings = dataclasses.replace(settings, beside=vae_beside(compare_vae, vae, net, runtime))
-    loaded = _loader(net, runtime, text_encoder, text_dtype, no_memory_check)
+    loaded = _loader(net, runtime, text_encoder, text_dtype, no_memory_check, captions)
     if dry_run:
         if world.is_main:
             _dry_run(latent, net, settings, loaded)
@@ -168,7 +173,7 @@ def decode(
         )  # fmt: skip
         typer.echo(
             f"wrote {', '.join(map(printable, done.written))} ({done.width}x{done.height}, batch {done.batch}, "
-            f"{steps} steps, {decoder.backend_name}{drift}) in {done.seconds:.2f} s"
+            f"{steps} steps, {decoder.backend_name}, caption: {done.caption}{drift}) in {done.seconds:.2f} s"
         )
 
 
@@ -185,14 +190,17 @@ def _rank_runtime(world: World, runtime: RuntimeOptions) -> RuntimeOptions:
     return runtime if mine == device else dataclasses.replace(runtime, device=mine)
 
 
-def _loader(net: NetOptions, runtime: RuntimeOptions, text_encoder, text_dtype, no_memory_check: bool):
-    """A function that loads the Decoder (options checked first, weights on first need)."""
+def _loader(
+    net: NetOptions, runtime: RuntimeOptions, text_encoder, text_dtype, no_memory_check: bool, captions
+):
+    """A function that loads the Decoder (options checked first, weights on first need);
+    ``captions``: the caption keywords (--null-caption, --caption-store ...)."""
     from pid_trt.decoder import Decoder
 
     def load() -> Decoder:
         return Decoder.from_options(
             net, runtime, text_encoder=text_encoder, text_dtype=text_dtype, memory_check=not no_memory_check,
-            memory_hint="pass --no-memory-check to try anyway",
+            memory_hint="pass --no-memory-check to try anyway", **(captions or {}),
         )  # fmt: skip
 
     return load
@@ -266,11 +274,18 @@ def _decode_many(world: World, latent, output, settings: DecodeSettings, skip_ex
         with load() as decoder:
             if decoder.spec.random_weights and world.is_main:
                 warn(RANDOM_WEIGHTS_WARNING.format("images", ""))
+            sources: dict[str, None] = {}
+
+            def work(job) -> None:
+                sources[decode_file(decoder, job.source, job.output, settings).caption] = None
+
             summary = run_rank(
-                world, "decode", planned, lambda job: decode_file(decoder, job.source, job.output, settings),
-                skip_existing=skip_existing, problems=problems, exists=decode_exists(settings),
+                world, "decode", planned, work, skip_existing=skip_existing, problems=problems,
+                exists=decode_exists(settings),
             )  # fmt: skip
         summary, how = gather_run(group, summary), decoder.backend_name
+        if set(sources) - {"file"}:  # say it where a caption did not come with the files
+            how += f", caption: {' / '.join(sources)}"
         if settings.beside is not None and world.is_main:
             from pid_trt.integrations.vae_beside import write_run_manifest
 

@@ -17,6 +17,7 @@ from pid_trt.cli.options import (
     TextDtype,
     WeightsSeed,
     net_options,
+    with_captions,
     with_runtime,
     with_tiling,
 )
@@ -142,6 +143,7 @@ LdmDtype = Annotated[
 @cli_errors
 @with_runtime
 @with_tiling
+@with_captions
 def generate(
     prompt: Prompt = None,
     prompts_file: PromptsFile = None,
@@ -167,6 +169,7 @@ def generate(
     text_dtype: TextDtype = None,
     runtime: RuntimeOptions = None,
     tiling: dict = None,  # type: ignore[assignment] - PiD's tiling keywords (cli.options.with_tiling)
+    captions: dict = None,  # type: ignore[assignment] - --null-caption, --caption-store ... (with_captions)
     ldm_dtype: LdmDtype = None,
     threads: Threads = None,
     *,
@@ -198,7 +201,7 @@ def generate(
     )  # fmt: skip
     folder = _is_folder_run(output, len(prompts), len(settings.capture_steps), save_latent, save_latents)
     warn_random = random_weights and world.is_main  # under torchrun, rank 0 alone warns
-    run = _Run(pipeline, torch_dtype, net, run_options, text_encoder, text_dtype, warn_random)
+    run = _Run(pipeline, torch_dtype, net, run_options, text_encoder, text_dtype, warn_random, captions)
     if folder:
         _folder_run(world, run, prompts, settings, output, skip_existing)
     elif world.is_main:  # one image: rank 0 makes it, the other ranks have nothing to do
@@ -254,9 +257,12 @@ def _rank_runtime(world: World, runtime):
 class _Run:
     """The models of one command, loaded on demand: the pipeline, then PiD's Decoder."""
 
-    def __init__(self, pipeline, torch_dtype, net, runtime, text_encoder, text_dtype, random_weights):
+    def __init__(
+        self, pipeline, torch_dtype, net, runtime, text_encoder, text_dtype, random_weights, captions
+    ):
         self.pipeline, self.torch_dtype, self.net, self.runtime = pipeline, torch_dtype, net, runtime
         self.text_encoder, self.text_dtype, self.random_weights = text_encoder, text_dtype, random_weights
+        self.captions = captions or {}
 
     def load(self):
         """(pipeline, Decoder); the Decoder is a context manager the caller closes."""
@@ -266,7 +272,11 @@ class _Run:
         quiet_hf_logs()
         pipe = load_pipeline(self.pipeline, self.runtime.device, self.torch_dtype)
         dec = Decoder.from_options(
-            self.net, self.runtime, text_encoder=self.text_encoder, text_dtype=self.text_dtype
+            self.net,
+            self.runtime,
+            text_encoder=self.text_encoder,
+            text_dtype=self.text_dtype,
+            **self.captions,
         )
         if self.random_weights:
             warn("--random-weights: the PiD network is randomly initialised; the image means nothing")
@@ -324,7 +334,8 @@ def _one_image(run: _Run, prompt: str, settings, output: Path, save_latent: Path
     typer.echo(
         f"wrote {names} ({settings.width}x{settings.height}; {result.backbone} at {result.ldm_size[1]}x"
         f"{result.ldm_size[0]}, latent after step {result.step} of {result.steps}, degrade_sigma "
-        f"{result.degrade_sigma:.4f}{latent_note}{drift_note}) in {time.perf_counter() - start:.2f} s"
+        f"{result.degrade_sigma:.4f}, caption: {result.caption_source}{latent_note}{drift_note}) in "
+        f"{time.perf_counter() - start:.2f} s"
     )
 
 

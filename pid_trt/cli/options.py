@@ -134,6 +134,39 @@ TextDtype = Annotated[
     ),
 ]
 
+NullCaption = Annotated[
+    Path | None,
+    typer.Option(
+        "--null-caption",
+        help='The null caption (the encoding of "", from `pidtrt encode-caption --null`; or the community '
+        "format, null_caption_embs) for latents without caption or prompt (default: $PIDTRT_NULL_CAPTION, "
+        'else the caption store, else "" by --text-encoder).',
+    ),
+]
+CaptionStoreDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--caption-store",
+        help="Persistent caption store: embeddings kept across runs (default: $PIDTRT_CAPTION_STORE, else "
+        "~/.cache/pid-trt/captions; PIDTRT_CAPTION_STORE=off: none).",
+    ),
+]
+CaptionStoreMaxMb = Annotated[
+    float | None,
+    typer.Option(
+        "--caption-store-max-mb", help="Bound of the caption store in MB; oldest out (default 1024)."
+    ),
+]
+
+
+def caption_keywords(
+    null_caption: Path | None, caption_store: Path | None, caption_store_max_mb: float | None
+) -> dict[str, Any]:
+    """The caption keywords of :meth:`pid_trt.Decoder.load` as given on the command line."""
+    return {
+        "null_caption": null_caption, "caption_store": caption_store, "caption_store_max_mb": caption_store_max_mb,
+    }  # fmt: skip
+
 
 def _param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
@@ -229,6 +262,13 @@ def given_flags(params: tuple[inspect.Parameter, ...], values: dict[str, Any]) -
     return ["--" + p.name.replace("_", "-") for p in params if values.get(p.name, p.default) != p.default]
 
 
+#: The command-line parameters of the caption rule (:func:`caption_keywords`).
+CAPTION_PARAMS = (
+    _param("null_caption", NullCaption, None),
+    _param("caption_store", CaptionStoreDir, None),
+    _param("caption_store_max_mb", CaptionStoreMaxMb, None),
+)
+
 #: ``@with_net`` on a command with a parameter ``net: NetOptions``: typer sees the six network options.
 with_net = _bundle("net", NET_PARAMS, net_options)
 #: ``@with_runtime`` on a command with ``runtime: RuntimeOptions``: typer sees the seven runtime options.
@@ -238,3 +278,5 @@ with_tiling = _bundle("tiling", TILING_PARAMS, tiling_keywords)
 #: The tiling options without ``--devices``, for ``pidtrt serve``, whose ``--devices`` already
 #: places one model instance per GPU (each instance tiles on its own device).
 with_request_tiling = _bundle("tiling", TILING_PARAMS[:5], tiling_keywords)
+#: ``@with_captions`` on a command with ``captions: dict``: typer sees --null-caption, --caption-store(-max-mb).
+with_captions = _bundle("captions", CAPTION_PARAMS, caption_keywords)

@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 
 from pid_trt.cli.errors import EXIT_ENV, cli_errors, report, warn
-from pid_trt.cli.options import TextDtype, TextEncoder, with_net, with_request_tiling, with_runtime
+from pid_trt.cli.options import (
+    TextDtype,
+    TextEncoder,
+    with_captions,
+    with_net,
+    with_request_tiling,
+    with_runtime,
+)
 from pid_trt.options import NetOptions, RuntimeOptions
 
 NoMemoryCheck = Annotated[
@@ -69,6 +76,7 @@ Envelope = Annotated[
 @with_net
 @with_runtime
 @with_request_tiling
+@with_captions
 def serve(
     net: NetOptions = None,  # type: ignore[assignment] - the model options (with_net)
     runtime: RuntimeOptions = None,  # type: ignore[assignment] - backend, precision ... (with_runtime)
@@ -76,6 +84,7 @@ def serve(
     text_encoder: TextEncoder = None,
     text_dtype: TextDtype = None,
     caption_cache: CaptionCache = 32,
+    captions: dict = None,  # type: ignore[assignment] - --null-caption, --caption-store ... (with_captions)
     host: Host = "127.0.0.1",
     http_port: HttpPort = 8000,
     grpc_port: GrpcPort = 8001,
@@ -101,6 +110,7 @@ def serve(
     model = ModelOptions(
         net, runtime, text_encoder=text_encoder, text_dtype=text_dtype, memory_check=not no_memory_check,
         caption_cache=caption_cache, max_backends=max(8, 2 * max_batch), tiling=tiling, envelope=envelope,
+        **{k: (None if v is None else str(v) if k != "caption_store_max_mb" else v) for k, v in captions.items()},
     )  # fmt: skip
     options = ServeOptions(
         host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, max_batch=max_batch,

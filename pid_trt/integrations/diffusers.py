@@ -74,6 +74,7 @@ __all__ = [
     "pid_latent",
     "pid_to_vae",
     "pipeline_class_name",
+    "pid_caption",
     "prompt_caption",
     "quiet_hf_logs",
     "run_ldm",
@@ -247,7 +248,8 @@ class Generation:
     image: [B, 3, H, W] float32 in [-1, 1]; latent: the PiD latent [B, C, h, w] decoded;
     caption: the caption embedding used ([B, T, D]), or None when a random-weight stand-in
     net drew its own; degrade_sigma: the latent's noise level; step / steps: captured after
-    step K of N; ldm_size: (height, width) the LDM ran at; backbone: the LDM name.
+    step K of N; ldm_size: (height, width) the LDM ran at; backbone: the LDM name;
+    caption_source: prompt, file, null (FILE), null (stored), null (encoded) or random stand-in.
     """
 
     image: torch.Tensor
@@ -258,6 +260,7 @@ class Generation:
     steps: int
     ldm_size: tuple[int, int]
     backbone: str
+    caption_source: str = ""
 
 
 def pipeline_class_name(directory: str | os.PathLike[str]) -> str:
@@ -280,13 +283,21 @@ def pipeline_class_name(directory: str | os.PathLike[str]) -> str:
     return name
 
 
+def pid_caption(decoder: Any, prompt: Any, batch: int, seed: int = 0) -> Any:
+    """PiD's caption for an LDM run of ``prompt`` (:class:`pid_trt.caption_choice.Caption`):
+    the prompt's embedding when the decoder has a caption encoder; else the rule of every
+    front end without a caption: the null caption for a net that needs one (``null_caption=``,
+    the caption store, ...), a seeded stand-in for a random-weight net."""
+    if prompt is not None and decoder.has_text_encoder:
+        return decoder.choose_caption(batch, prompt=prompt)
+    return decoder.choose_caption(batch, seed=seed)
+
+
 def prompt_caption(decoder: Any, prompt: Any, batch: int) -> torch.Tensor | None:
-    """The prompt's caption embedding [batch, T, D], or None for a random-weight stand-in net
-    that has no caption encoder (the Decoder then draws a seeded random caption, as
-    ``pidtrt decode``)."""
-    if prompt is None or (not decoder.spec.needs_caption and not decoder.has_text_encoder):
-        return None
-    return decoder.encode_prompts(prompt, batch)
+    """:func:`pid_caption`'s embedding [batch, T, D], or None for a random-weight stand-in net
+    without a caption encoder (the Decoder then draws a seeded random caption, as ``pidtrt decode``)."""
+    chosen = pid_caption(decoder, prompt, batch)
+    return None if chosen.source == "random stand-in" else chosen.embedding
 
 
 def run_ldm(
@@ -395,7 +406,11 @@ def generate(
     kept = run.captures[-1]
     latent, sigma = kept.latent, kept.sigma
     batch = int(latent.shape[0])
-    caption = caption_embedding if caption_embedding is not None else prompt_caption(decoder, prompt, batch)
+    if caption_embedding is not None:
+        caption, source = caption_embedding, "file"
+    else:
+        chosen = pid_caption(decoder, prompt, batch, seed)
+        caption, source = chosen.embedding, chosen.source
     image = decoder.decode(
         latent,
         caption,
@@ -405,4 +420,5 @@ def generate(
         steps=pid_steps,
         **(tiling or {}),
     )
-    return Generation(image, latent.cpu(), caption, sigma, step, steps, run.ldm_size, spec.name)
+    kept_caption = None if source == "random stand-in" else caption
+    return Generation(image, latent.cpu(), kept_caption, sigma, step, steps, run.ldm_size, spec.name, source)

@@ -62,11 +62,14 @@ class ImageSource:
         else:
             parts = open_vae(backbone, vae, encoder, rae_stats, device)
         captions = None
-        if text_encoder is not None:
-            from pid_trt.text import CaptionEncoder, resolve_text_encoder_source
+        if text_encoder is not None:  # loaded on the first prompt the caption store does not hold
+            from pid_trt.caption_store import CaptionStore
+            from pid_trt.captions import CaptionProvider
+            from pid_trt.text import resolve_text_encoder_source
 
-            captions = CaptionEncoder.load(
-                resolve_text_encoder_source(text_encoder), device=device, dtype=text_dtype
+            source = resolve_text_encoder_source(text_encoder)
+            captions = CaptionProvider(
+                source, device=device, dtype=text_dtype, keep=True, store=CaptionStore.default()
             )
         return cls(*parts, captions)
 
@@ -188,7 +191,7 @@ def open_rae(backbone, encoder, rae_stats, vae, device):
         if "model" not in state:
             state["model"] = load_rae_encoder(encoder, recipe.backbone, stats=stats, device=device)
         pixels = load_image(path)
-        latent = state["model"].encode(pixels)
+        latent = state["model"].encode(pixels, what=f"image {path}")
         return (
             latent,
             (pixels.shape[-1], pixels.shape[-2]),

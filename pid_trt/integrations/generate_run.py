@@ -167,13 +167,14 @@ def generate_prompt(
     prompt's folder are removed first, when their writer is gone). Returns the record (see
     :func:`write_run_manifest`). ``pipe_kwargs``: extra pipeline arguments (e.g.
     ``prompt_embeds``)."""
-    from pid_trt.integrations.diffusers import prompt_caption
+    from pid_trt.integrations.diffusers import pid_caption
 
     if settings.compare_vae and vae is None:
         raise InputFileError("compare_vae needs the LDM's VAE (vae=pipe.vae)")
     begin = time.perf_counter()
     run = _run_ldm(pipe, decoder, outputs, settings, pipe_kwargs)
-    caption = prompt_caption(decoder, outputs.prompt, 1)
+    chosen = pid_caption(decoder, outputs.prompt, 1, outputs.seed)
+    caption = None if chosen.source == "random stand-in" else chosen.embedding
     outputs.folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(outputs.folder, lambda name: True, time.time())  # the folder is this prompt's alone
     files = {c.step: c for c in outputs.captures}
@@ -188,6 +189,7 @@ def generate_prompt(
         "prompt": outputs.prompt,
         "seed": outputs.seed,
         "folder": outputs.folder.name,
+        "caption": chosen.source,
         "ldm": {
             "backbone": run.backbone,
             "steps": run.steps,

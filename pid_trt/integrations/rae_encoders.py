@@ -26,8 +26,9 @@ normalisations and the latent are float32 either way, as upstream).
 Refused (one-line errors, before any weight is read where possible): a folder of another
 model (``config.json``'s ``model_type``), an encoder whose width or grid does not give the
 PiD net's latent, a statistics file that is missing, unreadable, executable pickle code, or
-without ``mean`` / ``var`` of the latent's shape, and an image smaller than the encoder's
-input on either side (it would be upsampled: PiD was never shown such features).
+without ``mean`` / ``var`` of the latent's shape, and an image that cannot hold one patch
+(14 pixels a side). An image smaller than the encoder's input is resized up to it as
+upstream's encode does (bicubic; SigLIP with antialias), with a one-line warning.
 
 The statistics file is upstream's ``torch.save`` dict (read with ``torch.load(...,
 weights_only=True)``: tensors and plain containers only, no code) or a safetensors file with
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -49,6 +51,8 @@ import torch
 from pid_trt.config import Backbone, get_preset
 from pid_trt.errors import BackendUnavailableError, ConfigError, InputFileError
 from pid_trt.integrations.rae_stats import STATS_KEYS, RaeStats, read_rae_stats
+
+log = logging.getLogger("pid_trt.integrations.rae_encoders")  # the CLI shows pid_trt's lines on stderr
 
 
 @dataclass(frozen=True)
@@ -274,19 +278,22 @@ class RaeEncoder:
     def backbone(self) -> Backbone:
         return self.spec.recipe.backbone
 
-    def check_image_size(self, width: int, height: int, what: str = "image") -> None:
-        """InputFileError when the image is smaller than the encoder's input on either side."""
-        check_image_size(self.spec, width, height, what)
+    def check_image_size(self, width: int, height: int, what: str = "image") -> str | None:
+        """:func:`check_image_size` of this encoder."""
+        return check_image_size(self.spec, width, height, what)
 
     @torch.no_grad()
-    def encode(self, image: Any) -> torch.Tensor:
+    def encode(self, image: Any, what: str | None = None) -> torch.Tensor:
         """PiD latent [B, C, grid, grid] float32 on the CPU of ``image``: a file path (loaded
         as upstream's from_clean does, centre-cropped to multiples of 16) or a tensor
-        [B, 3, H, W] / [3, H, W] in [-1, 1]."""
+        [B, 3, H, W] / [3, H, W] in [-1, 1]; ``what`` names it in messages."""
         from pid_trt.integrations.vae import image_batch
 
         x = image_batch(image)
-        self.check_image_size(int(x.shape[-1]), int(x.shape[-2]))
+        what = what or (f"image {os.fspath(image)}" if isinstance(image, (str, os.PathLike)) else "image")
+        notice = self.check_image_size(int(x.shape[-1]), int(x.shape[-2]), what)
+        if notice:
+            log.warning(notice)
         recipe, size = self.spec.recipe, self.spec.input_size
         x = (x.to(self.device, torch.float32) + 1.0) / 2.0
         if tuple(x.shape[-2:]) != (size, size):
@@ -313,15 +320,22 @@ class RaeEncoder:
         return z.cpu()
 
 
-def check_image_size(spec: RaeEncoderSpec, width: int, height: int, what: str = "image") -> None:
-    """InputFileError when a ``width`` x ``height`` image is smaller than the encoder's input
-    (448 for DINOv2-B/14, 224 for SigLIP-2/14) on either side: it would be upsampled."""
-    size = spec.input_size
-    if width < size or height < size:
+def check_image_size(spec: RaeEncoderSpec, width: int, height: int, what: str = "image") -> str | None:
+    """InputFileError when a ``width`` x ``height`` image cannot hold one patch (14 px a side);
+    for one smaller than the encoder's input (DINOv2-B/14: 448, SigLIP-2/14: 224), resized up
+    to it as upstream does, the one-line warning to show; else None."""
+    size, patch = spec.input_size, spec.patch_size
+    if width < patch or height < patch:
         raise InputFileError(
             f"{what} is {width}x{height}, too small for the {spec.recipe.title} encoder: expected at least "
-            f"{size} pixels a side (its input is {size}x{size}; smaller images would be upsampled)"
+            f"{patch} pixels a side (one {patch}x{patch} patch; its input is {size}x{size})"
         )
+    if width < size or height < size:
+        return (
+            f"warning: {what} is {width}x{height}, smaller than the {spec.recipe.title} encoder's {size}x{size} "
+            f"input: resized up to it (bicubic, as upstream); fine detail is made up, not seen"
+        )
+    return None
 
 
 def _processor_stats(root: Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -73,3 +73,31 @@ def caption_for_latent(
     if caption_file is not None:
         return read_caption_file(caption_file, config, lat.batch)
     return lat.caption
+
+
+#: The tensor names a null-caption file may hold: ours, and the community format's (bf16).
+NULL_CAPTION_KEYS = (CAPTION_KEY, "null_caption_embs")
+
+
+def read_null_caption_file(path: str | os.PathLike[str], config: NetConfig) -> torch.Tensor:
+    """A null caption file (``pidtrt encode-caption --null``: ``caption_embedding`` [1, T, D];
+    or the community format: ``null_caption_embs`` [1, T, D], bf16) as [txt_max_length, D]
+    float32, its width and length checked against ``config`` like any caption."""
+    what = f"null caption file {os.fspath(path)}"
+    with open_input(path, what) as f:
+        header = read_header_from(f, what, InputFileError)
+        names = list(header.tensors)
+        if len(names) != 1 or names[0] not in NULL_CAPTION_KEYS:
+            raise InputFileError(
+                f"{what}: has tensor(s) {', '.join(map(repr, names)) or 'none'}; expected exactly one, "
+                f"{NULL_CAPTION_KEYS[0]!r} (from `pidtrt encode-caption --null`) or {NULL_CAPTION_KEYS[1]!r}"
+            )
+        caption = load_float_tensors(f, header, names, what)[names[0]]
+    if caption.dim() == 3 and caption.shape[0] == 1:
+        caption = caption[0]
+    if caption.dim() != 2:
+        raise InputFileError(
+            f"{what}: tensor {names[0]!r} has shape {list(caption.shape)}, expected [1, T, D]"
+        )
+    stand_in = torch.zeros(1, config.lq_latent_channels, 1, 1)
+    return latent_from_tensors(stand_in, caption, config=config, what=what).caption[0]

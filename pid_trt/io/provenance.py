@@ -261,6 +261,17 @@ def for_decode(
     )  # fmt: skip
 
 
+def caption_kind(source: str, from_file: bool) -> str:
+    """The provenance's ``caption`` for a :class:`pid_trt.caption_choice.Caption` ``source``
+    (``prompt``, ``file``, ``null (...)``, ``random stand-in``): ``file`` is ``latent`` unless
+    the caption came from a caption file of its own (``from_file``)."""
+    if source.startswith("null"):
+        return "null"
+    if source == "file":
+        return "file" if from_file else "latent"
+    return "stand-in" if source == "random stand-in" else source
+
+
 def tiles_text(size_plan: Any) -> str:
     """``none`` for a one-shot :class:`pid_trt.tiling.SizePlan`, else ``COLSxROWS of WxH``."""
     g = getattr(size_plan, "grid", None)

@@ -58,7 +58,8 @@ class DecodeSettings:
 @dataclass(frozen=True)
 class Decoded:
     """What one file's decode wrote: the paths, the output size in pixels, the batch, seconds
-    (PiD's decode), and the beside decoder's record (None without one)."""
+    (PiD's decode), the beside decoder's record (None without one) and the caption's source
+    (:class:`pid_trt.caption_choice.Caption`: prompt, file, null (FILE) ...)."""
 
     written: list[Path]
     width: int
@@ -66,6 +67,7 @@ class Decoded:
     batch: int
     seconds: float
     beside: dict[str, Any] | None = None
+    caption: str = ""
 
 
 def decode_exists(settings: DecodeSettings) -> Callable[[Job], bool]:
@@ -77,27 +79,18 @@ def decode_exists(settings: DecodeSettings) -> Callable[[Job], bool]:
     return lambda job: output_exists(job) and beside.record(job.output).is_file()
 
 
-def caption_source(settings: DecodeSettings, lat: Any) -> str:
-    """Where a decode's caption came from (:class:`pid_trt.io.provenance.Provenance` ``caption``)."""
-    if settings.prompt:
-        return "prompt"
-    if settings.caption_file is not None:
-        return "file"
-    return "latent" if lat.caption is not None else "stand-in"
-
-
 def provenance(
     decoder: Any, lat: Any, settings: DecodeSettings, height: int, width: int, caption: str
 ) -> Any:
     """The :class:`~pid_trt.io.provenance.Provenance` of one file's decode (its plan: one
     shot or tiles, as :meth:`pid_trt.Decoder.plan` says for these settings)."""
-    from pid_trt.io.provenance import for_decode, tiles_text
+    from pid_trt.io.provenance import caption_kind, for_decode, tiles_text
 
     size_plan = decoder.plan(height, width, lat.batch, settings.steps, **settings.tiling)
     return for_decode(
         decoder.spec, decoder.backend_name, decoder.precision, decoder.device, seed=settings.seed,
         steps=settings.steps, height=height, width=width, degrade_sigma=lat.degrade_sigma.tolist(),
-        tiles=tiles_text(size_plan), caption=caption, prompt=settings.prompt, caption_file=settings.caption_file,
+        tiles=tiles_text(size_plan), caption=caption_kind(caption, settings.caption_file is not None), prompt=settings.prompt, caption_file=settings.caption_file,
     )  # fmt: skip
 
 
@@ -113,16 +106,17 @@ def decode_file(
     ``on_start`` is called once the inputs are read and checked, before the decode runs."""
     from pid_trt.io import read_latent_file, read_noise_file, write_images
 
-    spec, config = decoder.spec, decoder.config
+    config = decoder.config
     lat = read_latent_file(latent, config)
     prompt = settings.prompt
     caption = caption_for_latent(lat, latent, config, prompt=bool(prompt), caption_file=settings.caption_file)
-    if not prompt and caption is None and spec.needs_caption:
-        raise InputFileError(
-            f"latent file {printable(latent)} has no caption_embedding: pass --prompt TEXT (with --text-encoder DIR), "
-            f"--caption FILE (from `pidtrt encode-caption`), or add tensor `caption_embedding` "
-            f"[B, {config.txt_max_length}, {config.txt_embed_dim}] (see README, 'Caption embeddings')"
-        )
+    text = (list(prompt) if len(prompt) > 1 else prompt[0]) if prompt else None
+    try:
+        chosen = decoder.choose_caption(lat.batch, caption, text, settings.seed)
+    except InputFileError as exc:
+        if text is not None or caption is not None:
+            raise
+        raise InputFileError(f"latent file {printable(latent)} has no caption_embedding; {exc}") from None
     height, width = decoder.output_size(lat.latent_hw, settings.size)
     steps = settings.steps
     noise = settings.noise_file
@@ -130,14 +124,13 @@ def decode_file(
     beside = settings.beside
     checked = beside.check(lat, latent) if beside is not None else None
     # planned as the decode plans it, at the same moment (tiles auto reads the free memory)
-    made = provenance(decoder, lat, settings, height, width, caption_source(settings, lat))
+    made = provenance(decoder, lat, settings, height, width, chosen.source)
     if on_start is not None:
         on_start()
     start = time.perf_counter()
     image = decoder.decode(
-        lat.latent, caption, prompt=(list(prompt) if len(prompt) > 1 else prompt[0]) if prompt else None,
-        degrade_sigma=lat.degrade_sigma, seed=settings.seed, noise=draws, size=(height, width), steps=steps,
-        **settings.tiling,
+        lat.latent, chosen.embedding, degrade_sigma=lat.degrade_sigma, seed=settings.seed, noise=draws,
+        size=(height, width), steps=steps, **settings.tiling,
     )  # fmt: skip
     pid_seconds = time.perf_counter() - start
     written = write_images(image, output, text=made.to_text())
@@ -145,4 +138,4 @@ def decode_file(
     if beside is not None:
         more, record = beside.write(checked, lat, image, output, list(written), pid_seconds)
         written += more
-    return Decoded(written, width, height, lat.batch, time.perf_counter() - start, record)
+    return Decoded(written, width, height, lat.batch, time.perf_counter() - start, record, chosen.source)

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from pid_trt.errors import ConfigError, InputFileError, PidTrtError
-from pid_trt.netspec import stand_in_caption
 from pid_trt.quoting import printable
 from pid_trt.tiling.options import TileMode, TileOptions
 
@@ -69,12 +68,14 @@ class DecodeRequest:
 class DecodeResult:
     """A request's answer: ``image`` [n, 3, H, W] float32 (when asked), ``png`` n PNG files
     (when asked), or ``error`` (a :class:`~pid_trt.errors.PidTrtError`, one line); ``tiled``:
-    whether it was decoded in tiles."""
+    whether it was decoded in tiles; ``caption``: the caption's source (prompt, file, null (FILE),
+    null (stored), null (encoded), random stand-in: :mod:`pid_trt.caption_choice`)."""
 
     image: np.ndarray | None = None
     png: list[bytes] | None = None
     error: PidTrtError | None = None
     tiled: bool = False
+    caption: str = ""
 
 
 @dataclass
@@ -89,6 +90,7 @@ class _Ready:
     size: tuple[int, int]
     tiling: TileOptions | None = None  # a tiled request's options; None: one shot
     text: dict[str, str] | None = None  # the PNG's provenance entries (pid_trt.io.provenance)
+    source: str = ""  # the caption's source
 
     @property
     def rows(self) -> int:
@@ -151,6 +153,7 @@ def _decode_group(
         start += r.rows
         out = results[r.index]
         out.tiled = r.tiling is not None
+        out.caption = r.source
         wanted = requests[r.index].outputs
         if "image" in wanted:
             out.image = part.numpy()
@@ -197,31 +200,36 @@ def _prepare(decoder: Decoder, index: int, req: DecodeRequest, steps: int, tilin
         size_plan = decoder.plan(height, width, lat.batch, steps, tiling=tiling)
     except ConfigError as exc:  # the decode's own words (tiles off outside the envelope, bad devices)
         raise ConfigError(f"{what}: {exc}") from None
-    if req.prompt is not None:
-        caption = decoder.encode_prompts(list(req.prompt), lat.batch)
-    elif lat.caption is not None:
-        caption = lat.caption
-    else:
-        # What Decoder.decode does without a caption (a seeded stand-in for random-weight
-        # nets; a one-line refusal for real checkpoints), drawn per request with its seed.
-        caption = stand_in_caption(decoder.spec, lat.batch, seed)
+    # The rule of every front end (pid_trt.caption_choice): prompt, caption, else the null
+    # caption for a net that needs one (a seeded stand-in for random-weight nets, per request).
+    prompt = list(req.prompt) if req.prompt is not None else None
+    chosen = decoder.choose_caption(lat.batch, lat.caption, prompt, seed)
     noise = draw_noise((lat.batch, 3, height, width), steps, seed)
     tiled = tiling if size_plan.tiled else None
     text = None
     if "png" in req.outputs:
-        text = _provenance(decoder, req, lat, seed, steps, size_plan).to_text()
-    return _Ready(index, lat.latent, caption, lat.degrade_sigma, noise, (height, width), tiled, text)
+        text = _provenance(decoder, req, lat, seed, steps, size_plan, chosen.source).to_text()
+    return _Ready(
+        index,
+        lat.latent,
+        chosen.embedding,
+        lat.degrade_sigma,
+        noise,
+        (height, width),
+        tiled,
+        text,
+        chosen.source,
+    )
 
 
-def _provenance(decoder, req: DecodeRequest, lat, seed: int, steps: int, size_plan) -> Any:
+def _provenance(decoder, req: DecodeRequest, lat, seed: int, steps: int, size_plan, source: str) -> Any:
     """How the server makes a request's images (as ``pidtrt decode`` records a file's)."""
-    from pid_trt.io.provenance import for_decode, tiles_text
+    from pid_trt.io.provenance import caption_kind, for_decode, tiles_text
 
-    source = "prompt" if req.prompt is not None else ("latent" if lat.caption is not None else "stand-in")
     return for_decode(
         decoder.spec, decoder.backend_name, decoder.precision, decoder.device, seed=seed, steps=steps,
         height=size_plan.height, width=size_plan.width, degrade_sigma=lat.degrade_sigma.tolist(),
-        tiles=tiles_text(size_plan), caption=source, prompt=tuple(req.prompt or ()),
+        tiles=tiles_text(size_plan), caption=caption_kind(source, from_file=False), prompt=tuple(req.prompt or ()),
     )  # fmt: skip
 
 

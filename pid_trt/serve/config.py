@@ -39,7 +39,11 @@ class ModelOptions:
     ``caption_cache``: caption embeddings kept by prompt (:mod:`pid_trt.captions`; 0: none).
     ``tiling``: the tiling keywords of :meth:`pid_trt.Decoder.decode` every request gets unless
     it gives its own (``--tiles ...``; default auto); ``envelope``: the net's trained sizes
-    ("WxH,..."; default the checkpoint type's, none for stand-ins).
+    ("WxH,..."; default the checkpoint type's, none for stand-ins). ``null_caption``: the null
+    caption file for requests without caption or prompt (``--null-caption``; default
+    $PIDTRT_NULL_CAPTION as ``pidtrt serve`` saw it); ``caption_store``: the persistent caption
+    store's folder (default $PIDTRT_CAPTION_STORE / the user's cache folder as ``pidtrt serve``
+    saw it; "off": none), ``caption_store_max_mb`` its bound.
     """
 
     net: NetOptions = field(default_factory=NetOptions)
@@ -51,12 +55,27 @@ class ModelOptions:
     caption_cache: int = CAPTION_CACHE
     tiling: dict[str, Any] = field(default_factory=dict)
     envelope: str | None = None
+    null_caption: str | None = None
+    caption_store: str | None = None
+    caption_store_max_mb: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "net", self.net.absolute())
         object.__setattr__(self, "runtime", self.runtime.absolute())
         if self.text_encoder is not None:
             object.__setattr__(self, "text_encoder", os.path.abspath(os.fspath(self.text_encoder)))
+        # The environment as `pidtrt serve` sees it, written down: instances get the same.
+        null = (
+            self.null_caption
+            if self.null_caption is not None
+            else os.environ.get("PIDTRT_NULL_CAPTION") or None
+        )
+        if null is not None:
+            object.__setattr__(self, "null_caption", os.path.abspath(os.fspath(null)))
+        store = self.caption_store if self.caption_store is not None else _default_store()
+        object.__setattr__(
+            self, "caption_store", store if store == "off" else os.path.abspath(os.fspath(store))
+        )
         _at_least("--caption-cache", self.caption_cache, 0)
 
     def decoder_kwargs(self) -> dict[str, Any]:
@@ -66,6 +85,8 @@ class ModelOptions:
             "caption_cache": self.caption_cache,
             "max_backends": self.max_backends, "memory_check": self.memory_check,
             "memory_hint": "pass --no-memory-check to pidtrt serve to try anyway", "envelope": self.envelope,
+            "null_caption": self.null_caption, "caption_store": False if self.caption_store == "off" else self.caption_store,
+            "caption_store_max_mb": self.caption_store_max_mb,
         }  # fmt: skip
 
     def runtime_on(self, device: str | None) -> RuntimeOptions:
@@ -77,6 +98,8 @@ class ModelOptions:
             "net": self.net.to_dict(), "runtime": self.runtime.to_dict(), "text_encoder": self.text_encoder,
             "text_dtype": self.text_dtype, "memory_check": self.memory_check, "max_backends": self.max_backends,
             "caption_cache": self.caption_cache, "tiling": self.tiling, "envelope": self.envelope,
+            "null_caption": self.null_caption, "caption_store": self.caption_store,
+            "caption_store_max_mb": self.caption_store_max_mb,
         }  # fmt: skip
         return json.dumps(data, indent=2, sort_keys=True)
 
@@ -118,7 +141,32 @@ class ModelOptions:
             "device": runtime.device,
             "licence": weights_licence(spec)
             or ("none: random weights" if spec.random_weights else "not known: the checkpoint's own"),
+            "null_caption": self._null_caption_rule(spec),
         }
+
+    def _null_caption_rule(self, spec: Any) -> str:
+        """What requests without caption or prompt get (the model metadata's ``null_caption``);
+        the null-caption file is read and checked against the net now (one-line error)."""
+        if self.null_caption is not None:
+            from pid_trt.io.caption import read_null_caption_file
+
+            read_null_caption_file(self.null_caption, spec.config)
+            return f"null ({self.null_caption})"
+        if not spec.needs_caption:
+            return "random stand-in (random-weight net)"
+        if self.text_encoder is not None or os.environ.get("PIDTRT_TEXT_ENCODER"):
+            return "null (stored, else encoded by the text encoder)"
+        return "null (stored) when the caption store holds one, else refused: pass --null-caption FILE or --text-encoder DIR"
+
+
+def _default_store() -> str:
+    """The caption store's folder by the environment (pid_trt.caption_store.default_store_dir,
+    without importing torch here); "off" for none."""
+    named = os.environ.get("PIDTRT_CAPTION_STORE")
+    if named:
+        return "off" if named.strip().lower() == "off" else os.path.expanduser(named)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "pid-trt", "captions")
 
 
 @dataclass(frozen=True)

@@ -301,13 +301,13 @@ def test_cli_refuses_bad_inputs(dino_dir, sig_dir, stats_files, image_file, tmp_
     _refused(bad, image_file, "--backbone", "siglip", match="--encoder DIR")
     _refused(bad, image_file, "--backbone", "siglip", "--encoder", sig_dir, "--rae-stats", stats_files["pt"],
              match="no statistics")  # fmt: skip
-    # an image smaller than the encoder's input (DINOv2: 448; SigLIP: 224)
+    # an image that cannot hold one 14-pixel patch (smaller ones than the input are resized up)
     small = tmp_path / "small.png"
-    Image.fromarray(np.zeros((300, 640, 3), np.uint8)).save(small)
+    Image.fromarray(np.zeros((12, 640, 3), np.uint8)).save(small)
     _refused(bad, small, *dino, "--rae-stats", stats_files["pt"], match="too small")
     tiny = tmp_path / "tiny.png"
-    Image.fromarray(np.zeros((200, 256, 3), np.uint8)).save(tiny)
-    _refused(bad, tiny, "--backbone", "siglip", "--encoder", sig_dir, match="at least 224 pixels")
+    Image.fromarray(np.zeros((256, 13, 3), np.uint8)).save(tiny)
+    _refused(bad, tiny, "--backbone", "siglip", "--encoder", sig_dir, match="at least 14 pixels")
     assert list(bad.iterdir()) == []
 
 
@@ -335,14 +335,14 @@ def test_library_refusals(dino_dir, sig_dir, stats_files, dino):
     with pytest.raises(ConfigError, match="no representation encoder"):
         load_rae_encoder(dino_dir, "flux")
     with pytest.raises(InputFileError, match="too small"):
-        dino.encode(torch.zeros(1, 3, 448, 440))
+        dino.encode(torch.zeros(1, 3, 448, 13))
 
 
 def test_cli_siglip_many_images_and_sigmas(sig, sig_dir, image_file, tmp_path):
     """Two images, one too small (it fails alone), two sigmas: one latent per sigma of the
     good image, the noise of its index (seed + 0) in the flow form."""
     small = tmp_path / "small.png"
-    Image.fromarray(np.zeros((200, 256, 3), np.uint8)).save(small)
+    Image.fromarray(np.zeros((12, 256, 3), np.uint8)).save(small)
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["encode-image", str(image_file), str(small), "--backbone", "siglip",
                                    "--encoder", str(sig_dir), "--degrade-sigma", "0,0.3", "--seed", "9",
@@ -356,3 +356,32 @@ def test_cli_siglip_many_images_and_sigmas(sig, sig_dir, image_file, tmp_path):
     eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(9))
     assert _delta(read_latent_file(out / "photo_sigma0.000.safetensors").latent, z) <= TOL
     assert _delta(read_latent_file(out / "photo_sigma0.300.safetensors").latent, 0.7 * z + 0.3 * eps) <= TOL
+
+
+def test_dinov2_image_under_448_equals_upstream(dino, dino_dir, stats_files, tmp_path):
+    """An ImageNet-sized photo (333x300, cropped to 320x288: under 448 a side) through the real
+    CLI: one warning line, exit 0, and the latent of upstream's encode (bicubic up to 448, the
+    processor's mean / std, the tower, the statistics: ``upstream_dinov2`` above); a 40x30
+    tensor too. What cannot hold one 14-pixel patch stays refused."""
+    path = tmp_path / "imagenet.png"
+    rng = np.random.default_rng(7)
+    Image.fromarray(rng.integers(0, 256, (300, 333, 3), dtype=np.uint8)).save(path)
+    out = tmp_path / "small.safetensors"
+    res = subprocess.run(
+        [sys.executable, "-m", "pid_trt.cli.main", "encode-image", str(path), "--backbone", "dinov2",
+         "--encoder", str(dino_dir), "--rae-stats", str(stats_files["pt"]), "-o", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "320x288" in warnings[0] and "448x448" in warnings[0], res.stderr
+    reference = upstream_dinov2(dino_dir, stats_files["pt"])
+    expected = reference(upstream_load_image(path))
+    d_file = _delta(read_latent_file(out).latent, expected)
+    small = torch.rand(1, 3, 30, 40, generator=torch.Generator().manual_seed(8)) * 2 - 1
+    d_tensor = _delta(dino.encode(small), reference(small))
+    print(f"dinov2 under 448: max|Δ| vs upstream: 320x288 file {d_file:.2e}, 40x30 tensor {d_tensor:.2e}")
+    assert d_file <= TOL and d_tensor <= TOL
+    assert float(expected.std()) > 0.1
+    with pytest.raises(InputFileError, match="at least 14 pixels"):
+        dino.encode(torch.zeros(1, 3, 13, 64))

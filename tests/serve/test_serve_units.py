@@ -478,3 +478,36 @@ def test_request_tiling_sends_the_options_given_on_the_command_line() -> None:
         "tiles": "2x2",
         "allow_untrained_size": True,
     }
+
+
+def test_request_without_caption_gets_the_servers_null_caption(tmp_path: Path) -> None:
+    """A net that needs a caption (tiny weights from a file), served with a null caption: a
+    request without caption or prompt decodes as a direct decode with those values
+    (result caption: null (FILE)); the model metadata says so, and a null caption of the
+    wrong width is refused before serving, in one line."""
+    from safetensors.torch import save_file
+
+    from pid_trt.config import TINY
+    from pid_trt.decoder import Decoder
+    from pid_trt.model import PidNet, random_init
+
+    ckpt = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in random_init(PidNet(TINY), seed=2).state_dict().items()}, str(ckpt),
+              metadata={"pid_net_config": TINY.to_json()})  # fmt: skip
+    values = torch.randn(
+        1, TINY.txt_max_length, TINY.txt_embed_dim, generator=torch.Generator().manual_seed(3)
+    )
+    null = tmp_path / "null.safetensors"
+    save_file({"null_caption_embs": values.to(torch.bfloat16)}, str(null))
+    options = ModelOptions(NetOptions(checkpoint=ckpt), null_caption=str(null))
+    assert options.check()["null_caption"] == f"null ({null})"
+    lat, _ = _inputs(TINY, 4)
+    with Decoder.from_options(options.net, options.runtime, **options.decoder_kwargs()) as dec:
+        out = decode_requests(dec, [DecodeRequest(lat, None, seed=np.array([[7]]), what="request n")])
+        assert out[0].error is None and out[0].caption == f"null ({null})"
+        direct = dec.decode(lat, values.to(torch.bfloat16).float(), seed=7)
+    assert torch.equal(torch.from_numpy(out[0].image), direct)
+    wide = tmp_path / "wide.safetensors"
+    save_file({"caption_embedding": torch.zeros(1, 300, 2304)}, str(wide))
+    with pytest.raises(Exception, match="width 2304, expected 32"):
+        ModelOptions(NetOptions(checkpoint=ckpt), null_caption=str(wide)).check()
