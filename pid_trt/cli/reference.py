@@ -91,8 +91,9 @@ _MARKDOWN_ESCAPES = str.maketrans({c: "\\" + c for c in "|*[]_"} | {"<": "&lt;",
 
 
 def _text(text: str) -> str:
-    """Help text as Markdown that shows it as typed (``[@DEVICE]`` is no link, ``**`` no bold)."""
-    return text.translate(_MARKDOWN_ESCAPES)
+    """Help text as Markdown that shows it as ``--help`` does: rich's ``\\[`` escape undone, and
+    ``[@DEVICE]`` no link, ``**`` no bold."""
+    return text.replace("\\[", "[").translate(_MARKDOWN_ESCAPES)
 
 
 def _cell(text: str) -> str:
