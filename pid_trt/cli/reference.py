@@ -79,12 +79,16 @@ def panel_of(param: Any) -> str:
 
 
 def panels(command: Any) -> dict[str, list[Any]]:
-    """The options of ``command`` by panel, panels in the order of their first option."""
+    """The options of ``command`` by panel, the panels in :data:`~pid_trt.cli.panels.PANELS` order
+    (others, typer's plain "Options" among them, after those)."""
+    from pid_trt.cli.panels import PANELS
+
     out: dict[str, list[Any]] = {}
     for option in _options(command):
         if not option.hidden:
             out.setdefault(panel_of(option), []).append(option)
-    return out
+    rank = {name: i for i, name in enumerate(PANELS)}
+    return dict(sorted(out.items(), key=lambda item: rank.get(item[0], len(rank))))
 
 
 _MARKDOWN_ESCAPES = str.maketrans({c: "\\" + c for c in "|*[]_"} | {"<": "&lt;", ">": "&gt;"})
