@@ -164,7 +164,7 @@ def require(module: str):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU with CUDA; skipped without one")
-    config.addinivalue_line("markers", "slow: takes more than ~30 s on a 2-core CPU")
+    config.addinivalue_line("markers", "slow: left out of the quick tier (scripts/test.sh --quick)")
     config.addinivalue_line(
         "markers", "requires(*modules): optional modules (keys of tests.conftest.EXTRAS); missing = failure"
     )

@@ -18,6 +18,7 @@ from pid_trt.cli.options import (
     with_net,
     with_tiling,
 )
+from pid_trt.cli.panels import IO_PANEL, RUNTIME_PANEL, SERVER_PANEL, SIZE_PANEL
 from pid_trt.errors import ConfigError
 from pid_trt.options import NetOptions
 
@@ -29,49 +30,107 @@ def _sizes(size: list[str], res: list[int]) -> list[tuple[int, int]]:
     return list(dict.fromkeys(out))
 
 
-Size = Annotated[list[str], typer.Option("--size", help="Output WxH in pixels (repeatable).")]
-Res = Annotated[list[int], typer.Option("--res", help="Square output size in pixels (repeatable).")]
-Batch = Annotated[list[int], typer.Option("--batch", help="Batch size (repeatable).")]
+Size = Annotated[
+    list[str], typer.Option("--size", help="Output WxH in pixels (repeatable).", rich_help_panel=SIZE_PANEL)
+]
+Res = Annotated[
+    list[int],
+    typer.Option("--res", help="Square output size in pixels (repeatable).", rich_help_panel=SIZE_PANEL),
+]
+Batch = Annotated[
+    list[int], typer.Option("--batch", help="Batch size (repeatable).", rich_help_panel=SIZE_PANEL)
+]
 Backend = Annotated[
     list[str],
     typer.Option(
         "--backend",
-        help="torch, torch-compile, onnxruntime, tensorrt; NAME[:PRECISION][@DEVICE], e.g. tensorrt:fp8 (repeatable).",
+        help="torch, torch-compile, onnxruntime, tensorrt; NAME[:PRECISION]\\[@DEVICE], e.g. tensorrt:fp8 (repeatable).",
+        rich_help_panel=RUNTIME_PANEL,
     ),
 ]
-Device = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (cuda when torch sees a GPU).")]
-Steps = Annotated[int, typer.Option("--steps", min=1, help="Sampler steps per decode.")]
-Warmup = Annotated[int, typer.Option("--warmup", min=0, help="Untimed decodes before timing.")]
-Runs = Annotated[int, typer.Option("--runs", min=1, help="Timed decodes per case.")]
+Device = Annotated[
+    str,
+    typer.Option(
+        "--device", help="cpu, cuda or auto (cuda when torch sees a GPU).", rich_help_panel=RUNTIME_PANEL
+    ),
+]
+Steps = Annotated[
+    int, typer.Option("--steps", min=1, help="Sampler steps per decode.", rich_help_panel=RUNTIME_PANEL)
+]
+Warmup = Annotated[
+    int, typer.Option("--warmup", min=0, help="Untimed decodes before timing.", rich_help_panel=RUNTIME_PANEL)
+]
+Runs = Annotated[
+    int, typer.Option("--runs", min=1, help="Timed decodes per case.", rich_help_panel=RUNTIME_PANEL)
+]
 Hoist = Annotated[
-    bool, typer.Option("--hoist/--no-hoist", help="Run the per-decode work once (default) or every step.")
+    bool,
+    typer.Option(
+        "--hoist/--no-hoist",
+        help="Run the per-decode work once (default) or every step.",
+        rich_help_panel=RUNTIME_PANEL,
+    ),
 ]
 CompareHoist = Annotated[
-    bool, typer.Option("--compare-hoist", help="Measure hoisted and not, where the backend can.")
+    bool,
+    typer.Option(
+        "--compare-hoist",
+        help="Measure hoisted and not, where the backend can.",
+        rich_help_panel=RUNTIME_PANEL,
+    ),
 ]
 Threads = Annotated[
-    int | None, typer.Option("--threads", min=1, help="torch intra-op threads (default: torch's).")
+    int | None,
+    typer.Option(
+        "--threads", min=1, help="torch intra-op threads (default: torch's).", rich_help_panel=RUNTIME_PANEL
+    ),
 ]
-JsonPath = Annotated[Path | None, typer.Option("--json", help="Write the records as JSON here.")]
-MarkdownPath = Annotated[Path | None, typer.Option("--markdown", help="Also write the table here.")]
-PlotPath = Annotated[Path | None, typer.Option("--plot", help="Write latency / throughput plots (PNG) here.")]
-Title = Annotated[str | None, typer.Option("--title", help="Heading of the markdown report.")]
-Estimate = Annotated[bool, typer.Option("--estimate", help="Print the cost-model table only; run nothing.")]
+JsonPath = Annotated[
+    Path | None, typer.Option("--json", help="Write the records as JSON here.", rich_help_panel=IO_PANEL)
+]
+MarkdownPath = Annotated[
+    Path | None, typer.Option("--markdown", help="Also write the table here.", rich_help_panel=IO_PANEL)
+]
+PlotPath = Annotated[
+    Path | None,
+    typer.Option("--plot", help="Write latency / throughput plots (PNG) here.", rich_help_panel=IO_PANEL),
+]
+Title = Annotated[
+    str | None, typer.Option("--title", help="Heading of the markdown report.", rich_help_panel=IO_PANEL)
+]
+Estimate = Annotated[
+    bool,
+    typer.Option(
+        "--estimate", help="Print the cost-model table only; run nothing.", rich_help_panel=IO_PANEL
+    ),
+]
 Timeout = Annotated[
     float | None,
-    typer.Option("--timeout", help="Seconds per case before it counts as failed (--server: per request)."),
+    typer.Option(
+        "--timeout",
+        help="Seconds per case before it counts as failed (--server: per request).",
+        rich_help_panel=RUNTIME_PANEL,
+    ),
 ]
 Server = Annotated[
     str | None,
     typer.Option(
-        "--server", help="Load-test a running `pidtrt serve` at this URL instead (http://HOST:PORT)."
+        "--server",
+        help="Load-test a running `pidtrt serve` at this URL instead (http://HOST:PORT).",
+        rich_help_panel=SERVER_PANEL,
     ),
 ]
 Concurrency = Annotated[
     list[int],
-    typer.Option("--concurrency", help="--server: clients sending at once (repeatable: one test each)."),
+    typer.Option(
+        "--concurrency",
+        help="--server: clients sending at once (repeatable: one test each).",
+        rich_help_panel=SERVER_PANEL,
+    ),
 ]
-Requests = Annotated[int, typer.Option("--requests", min=1, help="--server: requests per test.")]
+Requests = Annotated[
+    int, typer.Option("--requests", min=1, help="--server: requests per test.", rich_help_panel=SERVER_PANEL)
+]
 
 
 @cli_errors

@@ -10,6 +10,7 @@ import typer
 
 from pid_trt.cli.errors import cli_errors, warn
 from pid_trt.cli.options import TextDtype, TextEncoder, with_captions, with_net, with_runtime, with_tiling
+from pid_trt.cli.panels import CAPTIONS_PANEL, IO_PANEL, MANY_PANEL, RUNTIME_PANEL, SERVER_PANEL, SIZE_PANEL
 from pid_trt.cli.ranks import Threads, join_world
 from pid_trt.cli.request import given_tiling
 from pid_trt.errors import ConfigError, InputFileError
@@ -33,69 +34,111 @@ Output = Annotated[
     typer.Option(
         "-o",
         "--output",
-        help="out.png (out_0.png, out_1.png ... for B > 1) or out.safetensors; for several inputs a directory "
-        "(out/: out/<stem>.png) or a pattern with {stem}, {name}, {parent}, {index} ('out/{stem}.safetensors').",
+        help="out.png (out_0.png ... for B > 1) or out.safetensors; many inputs: out/ or a pattern 'out/{stem}.png'.",
+        rich_help_panel=IO_PANEL,
     ),
 ]
 Noise = Annotated[
-    Path | None, typer.Option("--noise", help="Noise file [S, B, 3, H, W] for reproducible decodes.")
+    Path | None,
+    typer.Option(
+        "--noise", help="Noise file [S, B, 3, H, W] for reproducible decodes.", rich_help_panel=IO_PANEL
+    ),
 ]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the sampler's noise (ignored with --noise).")]
+Seed = Annotated[
+    int,
+    typer.Option(
+        "--seed", help="Seed of the sampler's noise (ignored with --noise).", rich_help_panel=IO_PANEL
+    ),
+]
 Steps = Annotated[
-    int, typer.Option("--steps", min=1, help="Sampling steps (4 = the released distilled sampler).")
+    int,
+    typer.Option(
+        "--steps",
+        min=1,
+        help="Sampling steps (4 = the released distilled sampler).",
+        rich_help_panel=RUNTIME_PANEL,
+    ),
 ]
 Size = Annotated[
     str | None,
     typer.Option(
         "--size",
-        help="Output WxH when it is not latent x down factor x sr scale (e.g. 3840x2160 from a 68x120 latent).",
+        help="Output WxH when not the latent's size x its scale (e.g. 3840x2160 from a 68x120 latent).",
+        rich_help_panel=SIZE_PANEL,
     ),
 ]
 NoMemoryCheck = Annotated[
     bool,
-    typer.Option("--no-memory-check", help="Skip the up-front check that the decode fits the device memory."),
+    typer.Option(
+        "--no-memory-check",
+        help="Skip the up-front check that the decode fits the device memory.",
+        rich_help_panel=RUNTIME_PANEL,
+    ),
 ]
 Prompt = Annotated[
     list[str] | None,
-    typer.Option("--prompt", help="Caption text (one, or one per batch row), encoded with --text-encoder."),
+    typer.Option(
+        "--prompt",
+        help="Caption text (one, or one per batch row), encoded with --text-encoder.",
+        rich_help_panel=CAPTIONS_PANEL,
+    ),
 ]
 Caption = Annotated[
     Path | None,
     typer.Option(
-        "--caption", help="Caption file from `pidtrt encode-caption` (caption_embedding [N, T, D])."
+        "--caption",
+        help="Caption file from `pidtrt encode-caption` (caption_embedding [N, T, D]).",
+        rich_help_panel=CAPTIONS_PANEL,
     ),
 ]
 SkipExisting = Annotated[
-    bool, typer.Option("--skip-existing", help="Skip inputs whose output exists (resume an interrupted run).")
+    bool,
+    typer.Option(
+        "--skip-existing",
+        help="Skip inputs whose output exists (resume an interrupted run).",
+        rich_help_panel=MANY_PANEL,
+    ),
 ]
 Server = Annotated[
     str | None,
     typer.Option(
-        "--server", help="Decode on a running `pidtrt serve` at this URL (http://HOST:PORT) instead."
+        "--server",
+        help="Decode on a running `pidtrt serve` at this URL (http://HOST:PORT) instead.",
+        rich_help_panel=SERVER_PANEL,
     ),
 ]
 Concurrency = Annotated[
-    int, typer.Option("--concurrency", min=1, help="Requests in flight at once with --server.")
+    int,
+    typer.Option(
+        "--concurrency", min=1, help="Requests in flight at once with --server.", rich_help_panel=SERVER_PANEL
+    ),
 ]
-Timeout = Annotated[float, typer.Option("--timeout", help="Seconds one --server request may take.")]
+Timeout = Annotated[
+    float,
+    typer.Option("--timeout", help="Seconds one --server request may take.", rich_help_panel=SERVER_PANEL),
+]
 DryRun = Annotated[
     bool,
     typer.Option(
-        "--dry-run", help="Print the plan (one shot or tiles, engines, cost) and exit; reads no weights."
+        "--dry-run",
+        help="Print the plan (one shot or tiles, engines, cost) and exit; reads no weights.",
+        rich_help_panel=IO_PANEL,
     ),
 ]
 CompareVae = Annotated[
     bool,
     typer.Option(
         "--compare-vae",
-        help="Also decode each latent with the LDM's own VAE (--vae): <out>_vae.png, <out>_compare.png (VAE "
-        "upscaled | PiD), <out>_compare.json (colour drift); many files: compare_vae.json beside them.",
+        help="Also decode with the LDM's own VAE (--vae): <out>_vae.png, <out>_compare.png and .json (drift).",
+        rich_help_panel=IO_PANEL,
     ),
 ]
 Vae = Annotated[
     Path | None,
     typer.Option(
-        "--vae", help="The LDM's diffusers VAE folder (or a pipeline folder with vae/) for --compare-vae."
+        "--vae",
+        help="The LDM's diffusers VAE folder (or a pipeline folder with vae/) for --compare-vae.",
+        rich_help_panel=IO_PANEL,
     ),
 ]
 

@@ -21,6 +21,7 @@ from pid_trt.cli.options import (
     with_runtime,
     with_tiling,
 )
+from pid_trt.cli.panels import CAPTIONS_PANEL, IO_PANEL, MANY_PANEL, MODEL_PANEL, RUNTIME_PANEL, SIZE_PANEL
 from pid_trt.cli.ranks import Threads, join_world
 from pid_trt.errors import ConfigError
 from pid_trt.jobs.distributed import World
@@ -39,16 +40,25 @@ def _dtype(text: str | None, device: str):
 
 
 Pipeline = Annotated[
-    Path, typer.Option("--pipeline", help="Local diffusers pipeline folder (model_index.json).")
+    Path,
+    typer.Option(
+        "--pipeline", help="Local diffusers pipeline folder (model_index.json).", rich_help_panel=MODEL_PANEL
+    ),
 ]
 Prompt = Annotated[
     list[str] | None,
-    typer.Option("--prompt", help="Text prompt (the LDM's, and PiD's caption); repeat it for several."),
+    typer.Option(
+        "--prompt",
+        help="Text prompt (the LDM's, and PiD's caption); repeat it for several.",
+        rich_help_panel=IO_PANEL,
+    ),
 ]
 PromptsFile = Annotated[
     Path | None,
     typer.Option(
-        "--prompts-file", help="Text file, one prompt a line (blank lines skipped); after --prompt."
+        "--prompts-file",
+        help="Text file, one prompt a line (blank lines skipped); after --prompt.",
+        rich_help_panel=IO_PANEL,
     ),
 ]
 Output = Annotated[
@@ -56,8 +66,8 @@ Output = Annotated[
     typer.Option(
         "-o",
         "--output",
-        help="out.png or out.safetensors for one prompt and one capture; else a folder: "
-        "OUT/<index>-<slug>/<capture>.png per prompt and capture, and OUT/manifest.json.",
+        help="out.png or out.safetensors (one prompt, one capture); else a folder OUT/ of prompt folders.",
+        rich_help_panel=IO_PANEL,
     ),
 ]
 Backbone = Annotated[
@@ -66,61 +76,91 @@ Backbone = Annotated[
         "--backbone",
         help="The LDM: flux, flux2, flux2_klein, sd3, sdxl, qwenimage, zimage, zimage_turbo "
         "(default: from the pipeline class).",
+        rich_help_panel=MODEL_PANEL,
     ),
 ]
-Res = Annotated[int, typer.Option("--res", help="Output size in pixels (square); see --size.")]
-Size = Annotated[str | None, typer.Option("--size", help="Output WxH in pixels (instead of --res).")]
+Res = Annotated[
+    int, typer.Option("--res", help="Output size in pixels (square); see --size.", rich_help_panel=SIZE_PANEL)
+]
+Size = Annotated[
+    str | None,
+    typer.Option("--size", help="Output WxH in pixels (instead of --res).", rich_help_panel=SIZE_PANEL),
+]
 CaptureStep = Annotated[
     list[int] | None,
     typer.Option(
         "--capture-step",
         help="Keep the latent after this LDM step (repeatable: one LDM run keeps each; default: upstream's, "
         "e.g. 24 of 28).",
+        rich_help_panel=IO_PANEL,
     ),
 ]
 CaptureFinal = Annotated[
-    bool, typer.Option("--capture-final", help="Also decode the final latent (the LDM runs all its steps).")
+    bool,
+    typer.Option(
+        "--capture-final",
+        help="Also decode the final latent (the LDM runs all its steps).",
+        rich_help_panel=IO_PANEL,
+    ),
 ]
 CompareVae = Annotated[
     bool,
     typer.Option(
         "--compare-vae",
-        help="Also decode each capture with the LDM's own VAE: <capture>_vae.png, <capture>_compare.png "
-        "(VAE upscaled | PiD) and PiD's colour drift (CIELAB) in the manifest.",
+        help="Also decode each capture with the LDM's own VAE: <capture>_vae.png, _compare.png, colour drift.",
+        rich_help_panel=IO_PANEL,
     ),
 ]
 Steps = Annotated[
-    int | None, typer.Option("--steps", help="LDM steps (default: upstream's for the backbone).")
+    int | None,
+    typer.Option(
+        "--steps", help="LDM steps (default: upstream's for the backbone).", rich_help_panel=RUNTIME_PANEL
+    ),
 ]
 GuidanceScale = Annotated[
-    float | None, typer.Option("--guidance-scale", help="LDM guidance (default: upstream's).")
+    float | None,
+    typer.Option(
+        "--guidance-scale", help="LDM guidance (default: upstream's).", rich_help_panel=RUNTIME_PANEL
+    ),
 ]
 Seed = Annotated[
     int,
     typer.Option(
-        "--seed", help="Seed of the LDM's noise and of PiD's sampler (prompt i of a run: seed + i)."
+        "--seed",
+        help="Seed of the LDM's noise and of PiD's sampler (prompt i of a run: seed + i).",
+        rich_help_panel=IO_PANEL,
     ),
 ]
 SaveLatent = Annotated[
     Path | None,
     typer.Option(
-        "--save-latent", help="Also write the PiD latent file (pidtrt decode reproduces the image)."
+        "--save-latent",
+        help="Also write the PiD latent file (pidtrt decode reproduces the image).",
+        rich_help_panel=IO_PANEL,
     ),
 ]
 SaveLatents = Annotated[
     bool,
     typer.Option(
-        "--save-latents", help="Folder runs: also write each capture's latent file beside its image."
+        "--save-latents",
+        help="Folder runs: also write each capture's latent file beside its image.",
+        rich_help_panel=IO_PANEL,
     ),
 ]
 SkipExisting = Annotated[
     bool,
-    typer.Option("--skip-existing", help="Skip prompts whose files all exist (resume an interrupted run)."),
+    typer.Option(
+        "--skip-existing",
+        help="Skip prompts whose files all exist (resume an interrupted run).",
+        rich_help_panel=MANY_PANEL,
+    ),
 ]
 Pid = Annotated[
     str | None,
     typer.Option(
-        "--pid", help="PiD preset when not the LDM's own (e.g. tiny, small); see also --net-config."
+        "--pid",
+        help="PiD preset when not the LDM's own (e.g. tiny, small); see also --net-config.",
+        rich_help_panel=MODEL_PANEL,
     ),
 ]
 TextEncoder = Annotated[
@@ -130,12 +170,15 @@ TextEncoder = Annotated[
         envvar="PIDTRT_TEXT_ENCODER",
         show_envvar=True,
         help="Local Gemma-2-2B-it directory for PiD's caption.",
+        rich_help_panel=CAPTIONS_PANEL,
     ),
 ]
 LdmDtype = Annotated[
     str | None,
     typer.Option(
-        "--ldm-dtype", help="Pipeline precision: fp32, bf16 or fp16 (default: bf16 on cuda, fp32 on cpu)."
+        "--ldm-dtype",
+        help="Pipeline precision: fp32, bf16 or fp16 (default: bf16 on cuda, fp32 on cpu).",
+        rich_help_panel=RUNTIME_PANEL,
     ),
 ]
 

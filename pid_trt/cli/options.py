@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from pid_trt.cli.panels import CAPTIONS_PANEL, IO_PANEL, MODEL_PANEL, RUNTIME_PANEL, SIZE_PANEL
 from pid_trt.options import NetOptions, RuntimeOptions
 
 # ------------------------------------------------------------------ which network
@@ -23,32 +24,50 @@ Backbone = Annotated[
     typer.Option(
         "--backbone",
         help="Preset: flux, zimage, zimage_turbo, flux2, sd3, sdxl, qwenimage, dinov2, siglip, tiny, small.",
+        rich_help_panel=MODEL_PANEL,
     ),
 ]
 CkptType = Annotated[
     str | None,
-    typer.Option("--ckpt-type", help="Checkpoint type: 2k or 2kto4k (default: 2k where it exists)."),
+    typer.Option(
+        "--ckpt-type",
+        help="Checkpoint type: 2k or 2kto4k (default: 2k where it exists).",
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
 Checkpoint = Annotated[
-    Path | None, typer.Option("--checkpoint", help="PiD checkpoint (.pth as released, or .safetensors).")
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        help="PiD checkpoint (.pth as released, or .safetensors).",
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
 NetConfigFile = Annotated[
-    Path | None, typer.Option("--net-config", help="JSON file of upstream PidNet keyword arguments.")
+    Path | None,
+    typer.Option(
+        "--net-config", help="JSON file of upstream PidNet keyword arguments.", rich_help_panel=MODEL_PANEL
+    ),
 ]
 RandomWeights = Annotated[
     bool,
     typer.Option(
-        "--random-weights", help="Seeded random weights for smoke tests and timing (images mean nothing)."
+        "--random-weights",
+        help="Seeded random weights for smoke tests and timing (images mean nothing).",
+        rich_help_panel=MODEL_PANEL,
     ),
 ]
-WeightsSeed = Annotated[int, typer.Option("--weights-seed", help="Seed of --random-weights.")]
+WeightsSeed = Annotated[
+    int, typer.Option("--weights-seed", help="Seed of --random-weights.", rich_help_panel=MODEL_PANEL)
+]
 
 # ------------------------------------------------------------------ how to run it
 BackendName = Annotated[
     str,
     typer.Option(
         "--backend",
-        help="torch, torch-compile, onnxruntime or tensorrt; NAME[:PRECISION][@DEVICE] also, e.g. tensorrt:fp8.",
+        help="torch, torch-compile, onnxruntime or tensorrt; also NAME[:PRECISION]\\[@DEVICE], e.g. tensorrt:fp8.",
+        rich_help_panel=RUNTIME_PANEL,
     ),
 ]
 PrecisionName = Annotated[
@@ -56,24 +75,42 @@ PrecisionName = Annotated[
     typer.Option(
         "--precision",
         "--dtype",
-        help="fp32, fp16, bf16 or fp8 (default: the backend's: tensorrt bf16 as pidtrt build; torch and "
-        "onnxruntime fp32 on the CPU, bf16 / fp16 on cuda). --dtype is the old name.",
+        help="fp32, fp16, bf16 or fp8 (default: tensorrt bf16; cpu fp32; cuda: torch bf16, onnxruntime fp16).",
+        rich_help_panel=RUNTIME_PANEL,
     ),
 ]
 Device = Annotated[
-    str | None, typer.Option("--device", help="cpu or cuda[:N] (default: cuda for tensorrt, else cpu).")
+    str | None,
+    typer.Option(
+        "--device",
+        help="cpu or cuda[:N] (default: cuda for tensorrt, else cpu).",
+        rich_help_panel=RUNTIME_PANEL,
+    ),
 ]
-EngineDir = Annotated[Path, typer.Option("--engine-dir", help="Engine store (tensorrt backend).")]
-ExportDir = Annotated[Path, typer.Option("--export-dir", help="ONNX store (onnxruntime backend, exports).")]
+EngineDir = Annotated[
+    Path, typer.Option("--engine-dir", help="Engine store (tensorrt backend).", rich_help_panel=RUNTIME_PANEL)
+]
+ExportDir = Annotated[
+    Path,
+    typer.Option(
+        "--export-dir", help="ONNX store (onnxruntime backend, exports).", rich_help_panel=RUNTIME_PANEL
+    ),
+]
 NoHoist = Annotated[
     bool,
     typer.Option(
         "--no-hoist",
         help="Re-run the latent adapter and caption projection every step (as upstream; slower).",
+        rich_help_panel=RUNTIME_PANEL,
     ),
 ]
 CudaGraph = Annotated[
-    bool, typer.Option("--cuda-graph", help="Replay the step engine as a CUDA graph (tensorrt).")
+    bool,
+    typer.Option(
+        "--cuda-graph",
+        help="Replay the step engine as a CUDA graph (tensorrt).",
+        rich_help_panel=RUNTIME_PANEL,
+    ),
 ]
 
 # ------------------------------------------------------------------ any size (pid_trt.tiling)
@@ -81,56 +118,76 @@ Tiles = Annotated[
     str,
     typer.Option(
         "--tiles",
-        help="auto: one shot inside the checkpoint type's trained sizes, tiles of a trained size outside them or "
-        "where one shot would not fit the memory; off: one shot; COLSxROWS: that grid of tiles.",
+        help="auto (one shot inside the trained sizes and memory, else tiles of a trained size), off, or COLSxROWS.",
+        rich_help_panel=SIZE_PANEL,
     ),
 ]
 TileSize = Annotated[
     str | None,
     typer.Option(
-        "--tile-size", help="Tile WIDTHxHEIGHT in pixels, on the latent grid (default: a trained size)."
+        "--tile-size",
+        help="Tile WIDTHxHEIGHT in pixels, on the latent grid (default: a trained size).",
+        rich_help_panel=SIZE_PANEL,
     ),
 ]
 TileOverlap = Annotated[
     int | None,
     typer.Option(
-        "--tile-overlap", help="Least overlap of neighbouring tiles in pixels (default: 1/8 of the tile)."
+        "--tile-overlap",
+        help="Least overlap of neighbouring tiles in pixels (default: 1/8 of the tile).",
+        rich_help_panel=SIZE_PANEL,
     ),
 ]
-TileBatch = Annotated[int, typer.Option("--tile-batch", help="Tiles per backend call (one engine batch).")]
+TileBatch = Annotated[
+    int,
+    typer.Option(
+        "--tile-batch", help="Tiles per backend call (one engine batch).", rich_help_panel=SIZE_PANEL
+    ),
+]
 AllowUntrainedSize = Annotated[
     bool,
     typer.Option(
-        "--allow-untrained-size", help="Decode in one shot outside the trained sizes (colours may drift)."
+        "--allow-untrained-size",
+        help="Decode in one shot outside the trained sizes (colours may drift).",
+        rich_help_panel=SIZE_PANEL,
     ),
 ]
 TileDevices = Annotated[
     str | None,
     typer.Option(
         "--devices",
-        help="Spread the tiles of a decode over these devices, e.g. cuda:0,cuda:1: one backend each, run at "
-        "once, blended on --device (needs tiles).",
+        help="Spread the tiles over these devices (cuda:0,cuda:1), one backend each, blended on --device.",
+        rich_help_panel=SIZE_PANEL,
     ),
 ]
 
 # ------------------------------------------------------------------ sizes
-Res = Annotated[int | None, typer.Option("--res", help="Square output size N (N x N pixels).")]
+Res = Annotated[
+    int | None, typer.Option("--res", help="Square output size N (N x N pixels).", rich_help_panel=SIZE_PANEL)
+]
 OutputSize = Annotated[
-    str | None, typer.Option("--size", help="Output size WIDTHxHEIGHT in pixels, e.g. 3840x2160.")
+    str | None,
+    typer.Option(
+        "--size", help="Output size WIDTHxHEIGHT in pixels, e.g. 3840x2160.", rich_help_panel=SIZE_PANEL
+    ),
 ]
 
 # ------------------------------------------------------------------ inputs
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the sampler's noise.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the sampler's noise.", rich_help_panel=IO_PANEL)]
 TextEncoder = Annotated[
     Path | None,
     typer.Option(
-        "--text-encoder", help="Local Gemma-2-2B-it directory for --prompt (default: $PIDTRT_TEXT_ENCODER)."
+        "--text-encoder",
+        help="Local Gemma-2-2B-it directory for --prompt (default: $PIDTRT_TEXT_ENCODER).",
+        rich_help_panel=CAPTIONS_PANEL,
     ),
 ]
 TextDtype = Annotated[
     str | None,
     typer.Option(
-        "--text-dtype", help="Caption encoder precision: fp32 or bf16 (default: bf16 on cuda, fp32 on cpu)."
+        "--text-dtype",
+        help="Caption encoder precision: fp32 or bf16 (default: bf16 on cuda, fp32 on cpu).",
+        rich_help_panel=CAPTIONS_PANEL,
     ),
 ]
 
@@ -138,23 +195,25 @@ NullCaption = Annotated[
     Path | None,
     typer.Option(
         "--null-caption",
-        help='The null caption (the encoding of "", from `pidtrt encode-caption --null`; or the community '
-        "format, null_caption_embs) for latents without caption or prompt (default: $PIDTRT_NULL_CAPTION, "
-        'else the caption store, else "" by --text-encoder).',
+        help="Null caption (`pidtrt encode-caption --null`) when no caption or prompt is given "
+        "(default: $PIDTRT_NULL_CAPTION).",
+        rich_help_panel=CAPTIONS_PANEL,
     ),
 ]
 CaptionStoreDir = Annotated[
     Path | None,
     typer.Option(
         "--caption-store",
-        help="Persistent caption store: embeddings kept across runs (default: $PIDTRT_CAPTION_STORE, else "
-        "~/.cache/pid-trt/captions; PIDTRT_CAPTION_STORE=off: none).",
+        help="Persistent caption store folder (default: $PIDTRT_CAPTION_STORE, else ~/.cache/pid-trt/captions).",
+        rich_help_panel=CAPTIONS_PANEL,
     ),
 ]
 CaptionStoreMaxMb = Annotated[
     float | None,
     typer.Option(
-        "--caption-store-max-mb", help="Bound of the caption store in MB; oldest out (default 1024)."
+        "--caption-store-max-mb",
+        help="Bound of the caption store in MB, oldest out (default: 1024).",
+        rich_help_panel=CAPTIONS_PANEL,
     ),
 ]
 

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from pid_trt.cli.errors import exit_code, one_line
+from pid_trt.cli.panels import RUNTIME_PANEL
 from pid_trt.cli.progress import ProgressBar, RankErrors, render_summary, summary_exit_code
 from pid_trt.jobs import Job, JobResult, Problem, Summary, output_exists, run_jobs, shard
 from pid_trt.jobs.distributed import (
@@ -28,11 +29,12 @@ from pid_trt.jobs.distributed import (
 
 #: ``--threads`` help, shared by the commands that run as ranks.
 THREADS_HELP = (
-    "torch intra-op threads (ONNX Runtime follows); default: torch's, or under torchrun the node's cores "
-    "shared among its ranks."
+    "torch threads, ONNX Runtime too (default: torch's; under torchrun the node's cores shared by its ranks)."
 )
 #: ``--threads``, for the commands that run as ranks.
-Threads = Annotated[int | None, typer.Option("--threads", min=1, help=THREADS_HELP)]
+Threads = Annotated[
+    int | None, typer.Option("--threads", min=1, help=THREADS_HELP, rich_help_panel=RUNTIME_PANEL)
+]
 
 
 def join_world(threads: int | None) -> World:

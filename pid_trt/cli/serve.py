@@ -16,58 +16,110 @@ from pid_trt.cli.options import (
     with_request_tiling,
     with_runtime,
 )
+from pid_trt.cli.panels import CAPTIONS_PANEL, RUNTIME_PANEL, SERVER_PANEL, SIZE_PANEL
 from pid_trt.options import NetOptions, RuntimeOptions
 
 NoMemoryCheck = Annotated[
-    bool, typer.Option("--no-memory-check", help="Skip the check that each batch fits the device memory.")
+    bool,
+    typer.Option(
+        "--no-memory-check",
+        help="Skip the check that each batch fits the device memory.",
+        rich_help_panel=RUNTIME_PANEL,
+    ),
 ]
 CaptionCache = Annotated[
     int,
     typer.Option(
         "--caption-cache",
-        help="Caption embeddings kept per instance by prompt: a repeated prompt skips the text encoder "
-        "(0: none; 2.8 MB each for Gemma-2-2B).",
+        help="Caption embeddings kept per instance by prompt: a repeat skips the text encoder (0: off; 2.8 MB each).",
+        rich_help_panel=CAPTIONS_PANEL,
     ),
 ]
-Host = Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")]
-HttpPort = Annotated[int, typer.Option("--http-port", help="KServe v2 HTTP port.")]
-GrpcPort = Annotated[int, typer.Option("--grpc-port", help="KServe v2 gRPC port.")]
-MetricsPort = Annotated[int, typer.Option("--metrics-port", help="Prometheus metrics port (/metrics).")]
+Host = Annotated[
+    str,
+    typer.Option(
+        "--host", help="Address to listen on (0.0.0.0: every interface).", rich_help_panel=SERVER_PANEL
+    ),
+]
+HttpPort = Annotated[
+    int, typer.Option("--http-port", help="KServe v2 HTTP port.", rich_help_panel=SERVER_PANEL)
+]
+GrpcPort = Annotated[
+    int, typer.Option("--grpc-port", help="KServe v2 gRPC port.", rich_help_panel=SERVER_PANEL)
+]
+MetricsPort = Annotated[
+    int,
+    typer.Option("--metrics-port", help="Prometheus metrics port (/metrics).", rich_help_panel=SERVER_PANEL),
+]
 MaxBatch = Annotated[
-    int, typer.Option("--max-batch", help="Most images decoded together (requests of one size).")
+    int,
+    typer.Option(
+        "--max-batch",
+        help="Most images decoded together (requests of one size).",
+        rich_help_panel=SERVER_PANEL,
+    ),
 ]
 MaxQueueDelayMs = Annotated[
-    float, typer.Option("--max-queue-delay-ms", help="How long a request may wait for others to batch with.")
+    float,
+    typer.Option(
+        "--max-queue-delay-ms",
+        help="How long a request may wait for others to batch with.",
+        rich_help_panel=SERVER_PANEL,
+    ),
 ]
 MaxQueueSize = Annotated[
     int,
     typer.Option(
-        "--max-queue-size", help="Requests waiting beyond this are refused at once (overload), never queued."
+        "--max-queue-size",
+        help="Requests waiting beyond this are refused at once (overload), never queued.",
+        rich_help_panel=SERVER_PANEL,
     ),
 ]
 RequestTimeoutS = Annotated[
     float | None,
-    typer.Option("--request-timeout-s", help="Refuse a request still queued after this many seconds."),
+    typer.Option(
+        "--request-timeout-s",
+        help="Refuse a request still queued after this many seconds.",
+        rich_help_panel=SERVER_PANEL,
+    ),
 ]
 Devices = Annotated[
-    str | None, typer.Option("--devices", help="GPU ids, e.g. 0,1: one model instance (own Decoder) per GPU.")
+    str | None,
+    typer.Option(
+        "--devices",
+        help="GPU ids, e.g. 0,1: one model instance (own Decoder) per GPU.",
+        rich_help_panel=SERVER_PANEL,
+    ),
 ]
-Instances = Annotated[int, typer.Option("--instances", help="Model instances per GPU, or on the CPU.")]
+Instances = Annotated[
+    int,
+    typer.Option("--instances", help="Model instances per GPU, or on the CPU.", rich_help_panel=SERVER_PANEL),
+]
 Threads = Annotated[
     int | None,
-    typer.Option("--threads", help="torch threads per CPU instance (default: the cores shared out)."),
+    typer.Option(
+        "--threads",
+        help="torch threads per CPU instance (default: the cores shared out).",
+        rich_help_panel=RUNTIME_PANEL,
+    ),
 ]
 Workspace = Annotated[
     Path | None,
-    typer.Option("--workspace", help="Folder for the run's temp model repository (removed on exit)."),
+    typer.Option(
+        "--workspace",
+        help="Folder for the run's temp model repository (removed on exit).",
+        rich_help_panel=SERVER_PANEL,
+    ),
 ]
-Verbose = Annotated[bool, typer.Option("--verbose", help="Show Triton's info log lines too.")]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", help="Show Triton's info log lines too.", rich_help_panel=SERVER_PANEL)
+]
 Envelope = Annotated[
     str | None,
     typer.Option(
         "--envelope",
-        help="The net's trained sizes WxH[,WxH...], which --tiles auto keeps one-shot decodes inside "
-        "(default: the checkpoint type's; none for tiny, small and --net-config nets).",
+        help="The net's trained sizes WxH[,WxH...] for --tiles auto (default: the checkpoint type's; tiny: none).",
+        rich_help_panel=SIZE_PANEL,
     ),
 ]
 

@@ -21,6 +21,9 @@ from pid_trt.verify.parity import Tolerance, compare, format_table, psnr
 from tests.conftest import GOLDEN
 from tests.export_helpers import golden_export, load_golden
 
+# Every golden file exported and run on ONNX Runtime (66 s for the first alone on 2 cores): full suite only.
+pytestmark = pytest.mark.slow
+
 #: Golden tolerance of the ONNX path in fp32 (ORT's fused Attention / reassociated matmuls).
 FP32_TOL = Tolerance(atol=1e-3, rtol=0.0)
 #: fp16 graph vs fp32 graph, image PSNR in dB. Measured 72.2 (v15_flux2_unpatchify) and

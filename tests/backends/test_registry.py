@@ -128,6 +128,7 @@ def test_unavailable_says_why_in_one_line() -> None:
     assert ort is not None and "bfloat16" in ort
 
 
+@pytest.mark.slow  # torch.compile through the CLI, ~70 s on 2 cores
 def test_torch_compile_backend_decodes_like_torch_from_the_cli(tmp_path: Path) -> None:
     """A backend added as one file + one registry line runs from `pidtrt decode`."""
     sample = [

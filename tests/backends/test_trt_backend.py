@@ -12,7 +12,8 @@ import torch
 
 from tests.engine_helpers import built_store, pidtrt
 
-pytestmark = pytest.mark.requires("tensorrt_rtx")
+# The store fixture builds a TensorRT-RTX engine pair on the CPU (~2 min on 2 cores): full suite only.
+pytestmark = [pytest.mark.requires("tensorrt_rtx"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="session")

@@ -179,6 +179,7 @@ def test_gpu_names_map_to_cost_model():
 # --- real runs -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a bench child process per case, ~18 s on 2 cores
 def test_cli_tiny_bench_writes_valid_json(tmp_path):
     out = tmp_path / "bench.json"
     args = ["bench", "--backbone", "tiny", "--random-weights", "--size", "64x64", "--runs", "2",
@@ -224,6 +225,7 @@ def test_bad_size_is_a_usage_error():
     assert res.exit_code == 2 and "70x64" in res.output
 
 
+@pytest.mark.slow  # a bench child process per case, ~40 s on 2 cores
 def test_cli_tiled_bench_writes_tiled_rows_beside_one_shot_rows(tmp_path):
     """--tiles 2x2 --tile-batch 2: each case one shot, then tiled; the tiled row names its grid,
     tile size, tile batch and tile count; the table has a tiles column."""

@@ -45,6 +45,7 @@ def golden_case_files(path: Path, tmp: Path) -> tuple[Path, Path, Path, torch.Te
 
 
 @pytest.mark.parametrize("path", GOLDEN[:2] + GOLDEN[-1:], ids=lambda p: p.stem)
+@pytest.mark.slow  # a CLI process per golden file, ~18 s each; tests/model/test_golden.py checks the same in process
 def test_decode_cli_matches_golden_image(path: Path, tmp_path: Path) -> None:
     ckpt, latent, noise, expected = golden_case_files(path, tmp_path)
     out = tmp_path / "image.safetensors"
@@ -98,6 +99,7 @@ BAD_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CASES))
+@pytest.mark.slow  # a CLI process per bad file, ~10 s each on 2 cores; the readers' own tests check each refusal in process
 def test_decode_cli_bad_latent_is_one_line_error(case: str, tmp_path: Path) -> None:
     latent = _tiny_latent(tmp_path, **BAD_CASES[case])
     out = tmp_path / "out.png"

@@ -105,6 +105,7 @@ def test_key_refuses_bad_requests():
 
 
 # ------------------------------------------------------------------ real exports
+@pytest.mark.slow  # exports every tiny variant, 52 s on 2 cores
 def test_fp32_graphs_are_clean_and_load_everywhere(export_root):
     import onnxruntime as ort
 

@@ -30,6 +30,9 @@ from safetensors.torch import load_file
 from pid_trt.io import write_latent_file
 from tests.serve.conftest import REQUEST_TIMEOUT_S, start_server, stop_server
 
+# One Triton server for the module (~80 s to start on 2 cores, 145 s in all): full suite only.
+pytestmark = pytest.mark.slow
+
 SEED = 7
 #: A malformed request every client sends: sigma out of range (checked by our model, not by Triton).
 BAD_SIGMA = 1.5

@@ -30,6 +30,9 @@ from tests.serve.conftest import (
     stop_server,
 )
 
+# Each test starts a Triton server (~10-45 s each, 240 s+ for the module on 2 cores): full suite only.
+pytestmark = pytest.mark.slow
+
 #: Two output sizes (tiny preset: 32 pixels per latent cell).
 SIZES = ((32, 32), (32, 64))
 #: Largest difference between a batched decode and the same request decoded alone (torch

@@ -160,6 +160,7 @@ def _weights(export, graph: str) -> list:
     return export.manifest["build"]["graphs"][f"{graph}.onnx"]["weights"]
 
 
+@pytest.mark.slow  # a refittable export, 82 s on 2 cores
 def test_refittable_export_names_every_parameter_and_hashes_its_structure(refittable):
     from pid_trt.netspec import build_model, resolve_net
 

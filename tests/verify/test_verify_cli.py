@@ -22,6 +22,9 @@ from tests.conftest import golden_case, require
 from tests.engine_helpers import build_args, pidtrt
 from tests.verify.helpers import golden_user_files, model_args
 
+# Each test exports and runs whole decodes on two backends (75 s for the first on 2 cores): full suite only.
+pytestmark = pytest.mark.slow
+
 #: The weight the perturbed graph scales (read by one Gemm of the second pixel block).
 PERTURBED = "model.pixel_blocks.1.compress_to_attn.weight"
 
