@@ -49,6 +49,7 @@ from pid_trt.errors import ConfigError
 from pid_trt.netspec import NetSpec, build_model, stand_in_caption
 from pid_trt.options import NetOptions, RuntimeOptions
 from pid_trt.tiling import Envelope, PlanRunner, SizePlan, TileOptions, envelope_for
+from pid_trt.tiling.options import tile_options
 
 #: Backends kept per Decoder before the least recently used one is closed.
 DEFAULT_MAX_BACKENDS = 4
@@ -206,6 +207,7 @@ class Decoder:
         tile_batch: int = 1,
         allow_untrained_size: bool = False,
         devices: Any = None,
+        tiling: TileOptions | None = None,
     ) -> torch.Tensor:
         """Decode ``latent`` ([C, h, w] or [B, C, h, w], torch or numpy) into [B, 3, H, W]
         float32 in [-1, 1] on the CPU.
@@ -217,8 +219,9 @@ class Decoder:
         draws [B, 3, H, W]); size: (height, width) or "WxH"; steps: 4 = the released sampler.
         Inputs are checked by the latent file's rules (:func:`pid_trt.io.latent_from_tensors`).
 
-        The tiling choice (:class:`pid_trt.tiling.TileOptions`; :meth:`plan` says what a decode
-        will do): tiles "auto" (one shot inside the trained envelope, tiles outside it or where
+        The tiling choice: ``tiling``, a :class:`pid_trt.tiling.TileOptions` (:meth:`plan` says
+        what a decode will do), or the keywords it is made of (a shim for it; give one or the
+        other): tiles "auto" (one shot inside the trained envelope, tiles outside it or where
         one shot would not fit the memory), "off" (one shot; outside the envelope refused unless
         ``allow_untrained_size``) or "COLSxROWS" (``"1x1"`` equals one shot exactly); tile_size
         "WxH" or (height, width); tile_overlap and tile_size in pixels; tile_batch tiles per
@@ -232,7 +235,10 @@ class Decoder:
         self._check_open()
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"steps={steps!r}: expected an integer >= 1")
-        tiling = TileOptions.create(tiles, tile_size, tile_overlap, tile_batch, allow_untrained_size, devices)
+        tiling = tile_options(
+            tiling, tiles=tiles, tile_size=tile_size, tile_overlap=tile_overlap, tile_batch=tile_batch,
+            allow_untrained_size=allow_untrained_size, devices=devices,
+        )  # fmt: skip
         if prompt is not None and caption_embedding is not None:
             raise ConfigError("give caption_embedding or prompt, not both")
         lat = latent_from_tensors(latent, caption_embedding, degrade_sigma, self.config)
@@ -274,12 +280,16 @@ class Decoder:
         tile_batch: int = 1,
         allow_untrained_size: bool = False,
         devices: Any = None,
+        tiling: TileOptions | None = None,
     ) -> SizePlan:
-        """What :meth:`decode` with these keywords does for a ``width`` x ``height`` output of
-        ``batch`` images: one shot or tiles, the engines, both ways' cost
+        """What :meth:`decode` with this ``tiling`` (or these keywords) does for a ``width`` x
+        ``height`` output of ``batch`` images: one shot or tiles, the engines, both ways' cost
         (:class:`pid_trt.tiling.SizePlan`; ``render()`` prints it). Reads no weights."""
         self._check_open()
-        tiling = TileOptions.create(tiles, tile_size, tile_overlap, tile_batch, allow_untrained_size, devices)
+        tiling = tile_options(
+            tiling, tiles=tiles, tile_size=tile_size, tile_overlap=tile_overlap, tile_batch=tile_batch,
+            allow_untrained_size=allow_untrained_size, devices=devices,
+        )  # fmt: skip
         return self._runner.plan(height, width, batch, steps, tiling)
 
     def denoiser(self, size_plan: SizePlan, cond: Conditioning, devices: Sequence[str] = ()) -> Any:

@@ -198,3 +198,21 @@ def test_prompt_is_encoded_by_the_text_encoder(tmp_path: Path) -> None:
         assert torch.equal(one[0], by_prompt[0]) and not torch.equal(one[1], by_prompt[1])
         with pytest.raises(ConfigError, match="3 prompts for a latent of batch 2"):
             dec.decode(lat.latent, prompt=prompts + ["a dog"])
+
+
+def test_tiling_options_or_the_keyword_shim() -> None:
+    """``decode(tiling=TileOptions(...))`` is the decode the six keywords describe, bit for bit,
+    and so is its plan; a keyword off its default beside ``tiling=`` is refused in one line."""
+    from pid_trt.tiling import TileOptions
+
+    lat = sample_latent(_tiny().config, 1, 64, 96, seed=6)
+    options = TileOptions.create(tiles="2x1", tile_batch=2)
+    with Decoder.load(backbone="tiny", random_weights=True) as dec:
+        by_keywords = dec.decode(lat.latent, lat.caption, seed=2, tiles="2x1", tile_batch=2)
+        by_options = dec.decode(lat.latent, lat.caption, seed=2, tiling=options)
+        assert dec.plan(64, 96, tiling=options) == dec.plan(64, 96, tiles="2x1", tile_batch=2)
+        assert dec.plan(64, 96, tiling=options).grid.count == 2
+        with pytest.raises(ConfigError) as err:
+            dec.decode(lat.latent, lat.caption, tiling=options, tile_batch=4)
+    assert torch.equal(by_options, by_keywords)
+    assert str(err.value) == "tiling= with tile_batch: give a TileOptions or the tiling keywords, not both"

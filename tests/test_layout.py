@@ -74,6 +74,31 @@ def test_import_contracts_catch_an_upward_import(tmp_path: Path) -> None:
     assert "0 kept, 2 broken" in run.stdout
 
 
+def test_a_type_checking_import_does_not_count(tmp_path: Path) -> None:
+    """As in pyproject.toml (``exclude_type_checking_imports``): an upward import under ``if
+    TYPE_CHECKING:`` (a type for annotations only, never imported at run time) breaks neither
+    contract; the same import at run time breaks both."""
+    pkg = tmp_path / "planted"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "top.py").write_text("import planted.bottom\n")
+    (pkg / "bottom.py").write_text(
+        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from planted.top import Thing\n"
+    )
+    config = tmp_path / "contracts.toml"
+    config.write_text(
+        '[tool.importlinter]\nroot_package = "planted"\nexclude_type_checking_imports = true\n\n'
+        '[[tool.importlinter.contracts]]\nname = "layers"\ntype = "layers"\n'
+        'containers = ["planted"]\nexhaustive = true\nlayers = ["top", "bottom"]\n\n'
+        '[[tool.importlinter.contracts]]\nname = "siblings"\ntype = "acyclic_siblings"\nancestors = ["planted"]\n'
+    )
+    run = lint_imports(tmp_path, config)
+    assert run.returncode == 0 and "2 kept, 0 broken" in run.stdout, run.stdout + run.stderr
+    (pkg / "bottom.py").write_text("from planted.top import Thing\n")
+    run = lint_imports(tmp_path, config)
+    assert run.returncode == 1 and "0 kept, 2 broken" in run.stdout, run.stdout + run.stderr
+
+
 def test_core_never_imports_the_cli() -> None:
     graph = import_graph()
     bad = sorted(
@@ -84,3 +109,48 @@ def test_core_never_imports_the_cli() -> None:
         if t.startswith("pid_trt.cli")
     )
     assert bad == []
+
+
+#: Size limits of docs/design.md §4: lines per module and per function (decorators, signature
+#: and docstring included).
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 80
+
+
+def oversized(package: Path) -> list[str]:
+    """Modules over :data:`MAX_MODULE_LINES` lines and functions (methods and nested functions
+    included) over :data:`MAX_FUNCTION_LINES`, as ``path:line name (N lines)``."""
+    out = []
+    for path in sorted(package.rglob("*.py")):
+        text = path.read_text()
+        where = path.relative_to(package.parent)
+        lines = len(text.splitlines())
+        if lines > MAX_MODULE_LINES:
+            out.append(f"{where} ({lines} lines)")
+        for node in ast.walk(ast.parse(text, str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                length = (node.end_lineno or node.lineno) - first + 1
+                if length > MAX_FUNCTION_LINES:
+                    out.append(f"{where}:{first} {node.name} ({length} lines)")
+    return out
+
+
+def test_sizes() -> None:
+    """No module of pid_trt over 450 lines, no function over 80."""
+    assert oversized(PACKAGE) == []
+
+
+def test_sizes_catch_a_long_function_and_a_long_module(tmp_path: Path) -> None:
+    """The gate reports a planted 81-line method and a 451-line module, and passes their
+    80-line and 450-line neighbours."""
+    pkg = tmp_path / "planted"
+    pkg.mkdir()
+    body = "".join(f"        x{i} = {i}\n" for i in range(78))
+    (pkg / "fits.py").write_text(f"class A:\n    def ok(self):\n{body}        return 0\n")  # 80-line method
+    (pkg / "long.py").write_text(
+        f"class A:\n    @staticmethod\n    def too_long():\n{body}        return 0\n"  # 81 with its decorator
+    )
+    (pkg / "big.py").write_text("x = 0\n" * 451)
+    (pkg / "edge.py").write_text("x = 0\n" * 450)
+    assert oversized(pkg) == ["planted/big.py (451 lines)", "planted/long.py:2 too_long (81 lines)"]

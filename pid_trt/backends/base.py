@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from pid_trt.config import Precision
 from pid_trt.sampling import Denoiser
+
+if TYPE_CHECKING:
+    from pid_trt.backends.factory import BackendRequest
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class Backend(ABC):
 
     @classmethod
     @abstractmethod
-    def from_request(cls, request: Any) -> Backend:
+    def from_request(cls, request: BackendRequest) -> Backend:
         """Construct the backend for one :class:`~pid_trt.backends.factory.BackendRequest` (size, batch, precision, device, stores)."""
 
     @abstractmethod

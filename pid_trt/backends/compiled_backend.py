@@ -7,9 +7,14 @@ compiled graphs. Results match the torch backend within the precision's rounding
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from pid_trt.backends.torch_backend import TorchBackend
+
+if TYPE_CHECKING:
+    from pid_trt.model import PidNet
 
 
 class TorchCompileBackend(TorchBackend):
@@ -17,9 +22,10 @@ class TorchCompileBackend(TorchBackend):
 
     name = "torch-compile"
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype, hoist: bool = True):
+    def __init__(self, model: PidNet, device: torch.device, dtype: torch.dtype, hoist: bool = True):
         super().__init__(model, device, dtype, hoist=hoist)
         mode = "max-autotune" if device.type == "cuda" else None
         # Compile per instance: the model object is this backend's own (attributes, not the class).
-        self.model.step = torch.compile(self.model.step, mode=mode)
-        self.model.forward = torch.compile(self.model.forward, mode=mode)
+        # Instance attributes shadow the methods: the compiled callables (mypy: a method assigned).
+        self.model.step = torch.compile(self.model.step, mode=mode)  # type: ignore[method-assign]
+        self.model.forward = torch.compile(self.model.forward, mode=mode)  # type: ignore[method-assign]

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,6 +14,11 @@ from pid_trt.backends.base import Backend
 from pid_trt.backends.registry import backend_class
 from pid_trt.config import Precision
 from pid_trt.errors import BackendUnavailableError
+
+if TYPE_CHECKING:
+    from pid_trt.model import PidNet
+    from pid_trt.netspec import NetSpec
+    from pid_trt.options import RuntimeOptions
 
 
 @dataclass(frozen=True)
@@ -27,17 +32,17 @@ class BackendRequest:
     :class:`pid_trt.Decoder` passes one that reads the weights once).
     """
 
-    spec: Any
-    runtime: Any
+    spec: NetSpec
+    runtime: RuntimeOptions
     height: int = 0
     width: int = 0
     batch: int = 1
-    model_loader: Callable[[], torch.nn.Module] | None = field(default=None, compare=False)
+    model_loader: Callable[[], PidNet] | None = field(default=None, compare=False)
 
     def sized(self, height: int, width: int, batch: int) -> BackendRequest:
         return dataclasses.replace(self, height=height, width=width, batch=batch)
 
-    def load_model(self) -> torch.nn.Module:
+    def load_model(self) -> PidNet:
         """The reference model (fp32, CPU) with the spec's weights."""
         if self.model_loader is not None:
             return self.model_loader()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from pid_trt.buckets import Bucket
 from pid_trt.config import NetConfig, Precision
 from pid_trt.errors import BackendUnavailableError, ConfigError
 from pid_trt.sampling import TIMESCALE, Denoiser
+
+if TYPE_CHECKING:
+    from pid_trt.backends.factory import BackendRequest
 
 log = logging.getLogger("pid_trt.compile.export")  # the exporter's stage lines, shown by the CLI
 
@@ -119,7 +122,7 @@ class OrtBackend(Backend):
                     raise ConfigError(f"graph input {arg.name} is {arg.type}: expected tensor(float)")
 
     @classmethod
-    def from_request(cls, request: Any) -> OrtBackend:
+    def from_request(cls, request: BackendRequest) -> OrtBackend:
         """Open (exporting first if needed) the graphs for ``request`` (a BackendRequest)."""
         from pid_trt.compile.export import ensure_export
         from pid_trt.stores.keys import ExportKey
@@ -177,5 +180,5 @@ class OrtBackend(Backend):
         return denoise
 
     def close(self) -> None:
-        self.prepare_session = None  # type: ignore[assignment]
-        self.step_session = None  # type: ignore[assignment]
+        self.prepare_session = None
+        self.step_session = None

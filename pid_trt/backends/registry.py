@@ -27,10 +27,6 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def backend_names() -> tuple[str, ...]:
-    return tuple(BACKENDS)
-
-
 def backend_class(name: str, option: str = "--backend") -> type[Backend]:
     """The class registered as ``name`` (raises ConfigError naming the known ones)."""
     target = BACKENDS.get(str(name).strip().lower())

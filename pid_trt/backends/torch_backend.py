@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from pid_trt.backends.base import Backend, Conditioning
 from pid_trt.config import Precision
 from pid_trt.errors import ConfigError
 from pid_trt.sampling import TIMESCALE, Denoiser
+
+if TYPE_CHECKING:
+    from pid_trt.backends.factory import BackendRequest
+    from pid_trt.model import PidNet
 
 _DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
 
@@ -30,14 +36,14 @@ class TorchBackend(Backend):
         """fp32 on the CPU (bf16 matmuls are slow there), bf16 on a GPU (PiD's training precision)."""
         return Precision.FP32 if device == "cpu" else Precision.BF16
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype, hoist: bool = True):
+    def __init__(self, model: PidNet, device: torch.device, dtype: torch.dtype, hoist: bool = True):
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device = device
         self.dtype = dtype
         self.hoist = hoist
 
     @classmethod
-    def from_request(cls, request) -> TorchBackend:
+    def from_request(cls, request: BackendRequest) -> TorchBackend:
         precision = request.precision
         if precision not in _DTYPES:
             raise ConfigError(

@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -44,6 +45,12 @@ from pid_trt.config import NetConfig, Precision
 from pid_trt.errors import BackendUnavailableError, ConfigError, StoreError
 from pid_trt.sampling import TIMESCALE, Denoiser
 from pid_trt.trt_flavour import Flavour, is_importable, load_trt
+
+if TYPE_CHECKING:
+    from pid_trt.backends.factory import BackendRequest
+    from pid_trt.model import PidNet
+    from pid_trt.netspec import NetSpec
+    from pid_trt.stores.select import EnginePair
 
 log = logging.getLogger("pid_trt.backends.trt_backend")
 
@@ -279,7 +286,7 @@ class TrtBackend(Backend):
         return None
 
     def __init__(
-        self, pair: Any, config: NetConfig, bucket: Bucket, batch: int, cuda_graph: bool = False,
+        self, pair: EnginePair, config: NetConfig, bucket: Bucket, batch: int, cuda_graph: bool = False,
         refit: dict[str, dict[str, torch.Tensor]] | None = None, engine_dir: Path | None = None,
     ) -> None:  # fmt: skip
         from pid_trt.compile.dynamic import io_shapes
@@ -320,7 +327,7 @@ class TrtBackend(Backend):
         self._captured = False
 
     @classmethod
-    def from_request(cls, request: Any) -> TrtBackend:
+    def from_request(cls, request: BackendRequest) -> TrtBackend:
         """Find the engine pair of ``request`` (a BackendRequest) in its store, then load it.
 
         The store is checked before CUDA: missing / stale / foreign engines raise
@@ -339,12 +346,12 @@ class TrtBackend(Backend):
         )  # fmt: skip
         refit = refit_weights(pair, spec, request.load_model) if pair.key.weightless else None
         return cls(
-            pair, spec.config, bucket, request.batch, cuda_graph=bool(getattr(request, "cuda_graph", False)),
+            pair, spec.config, bucket, request.batch, cuda_graph=request.cuda_graph,
             refit=refit, engine_dir=Path(request.engine_dir),
         )  # fmt: skip
 
     def _fill(self, name: str, value: torch.Tensor, what: str) -> None:
-        dst = self.prepare.tensors.get(name) if name in self.prepare.tensors else self.step.tensors[name]
+        dst = (self.prepare.tensors if name in self.prepare.tensors else self.step.tensors)[name]
         if tuple(value.shape) != tuple(dst.shape):
             raise ConfigError(f"{what} shape {tuple(value.shape)}: this engine pair takes {list(dst.shape)}")
         dst.copy_(value.to(dst.dtype), non_blocking=True)
@@ -352,7 +359,7 @@ class TrtBackend(Backend):
     def bind(self, cond: Conditioning) -> Denoiser:
         from pid_trt.resources import check_batch_range
 
-        check_batch_range(cond.batch, tuple(self.pair.key.batch_range), f"the {self.bucket.name} engine pair")
+        check_batch_range(cond.batch, self.pair.key.batch_range, f"the {self.bucket.name} engine pair")
         if (cond.height, cond.width) != (self.bucket.height, self.bucket.width):
             raise ConfigError(f"image {cond.width}x{cond.height}: this engine pair is for {self.bucket.name}")
         t_len = self.config.txt_max_length
@@ -401,7 +408,9 @@ class TrtBackend(Backend):
             torch.cuda.empty_cache()
 
 
-def refit_weights(pair: Any, spec: Any, load_model: Any) -> dict[str, dict[str, torch.Tensor]]:
+def refit_weights(
+    pair: EnginePair, spec: NetSpec, load_model: Callable[[], PidNet]
+) -> dict[str, dict[str, torch.Tensor]]:
     """The tensors a weightless ``pair`` is refitted with, per graph, from ``spec``'s weights
     (``load_model()``: the fp32 model with the checkpoint the user passed). Runs on any machine:
     refuses (one line) a checkpoint that does not fit the plans' architecture key or lacks a
@@ -410,7 +419,7 @@ def refit_weights(pair: Any, spec: Any, load_model: Any) -> dict[str, dict[str, 
 
     from pid_trt.compile.refit import check_architecture, refit_tensors
 
-    what = f"checkpoint {spec.checkpoint}" if getattr(spec, "checkpoint", None) else f"weights of {spec.name}"
+    what = f"checkpoint {spec.checkpoint}" if spec.checkpoint else f"weights of {spec.name}"
     net = json.loads(spec.config.to_json())
     state = load_model().state_dict()
     shapes = {k: list(v.shape) for k, v in state.items()}

@@ -15,10 +15,6 @@ from typing import Annotated, Any
 
 import typer
 
-from pid_trt.config import Backbone as BackboneName
-from pid_trt.config import CkptType as CkptTypeName
-from pid_trt.config import get_preset
-from pid_trt.errors import ConfigError
 from pid_trt.options import NetOptions, RuntimeOptions
 
 # ------------------------------------------------------------------ which network
@@ -242,19 +238,3 @@ with_tiling = _bundle("tiling", TILING_PARAMS, tiling_keywords)
 #: The tiling options without ``--devices``, for ``pidtrt serve``, whose ``--devices`` already
 #: places one model instance per GPU (each instance tiles on its own device).
 with_request_tiling = _bundle("tiling", TILING_PARAMS[:5], tiling_keywords)
-
-
-def backbone_enum(text: str | None) -> BackboneName | None:
-    """Validate a --backbone value early (for commands that only need the name)."""
-    if text is None:
-        return None
-    return get_preset(text).backbone
-
-
-def ckpt_enum(text: str | None) -> CkptTypeName | None:
-    if text is None:
-        return None
-    try:
-        return CkptTypeName(text)
-    except ValueError:
-        raise ConfigError(f"--ckpt-type {text!r}: expected 2k or 2kto4k") from None

@@ -21,7 +21,6 @@ from pid_trt.errors import ConfigError, EngineBuildError
 from pid_trt.trt_flavour import (
     Flavour,
     TrtLogger,
-    cuda_device_count,
     detect_flavour,
     load_trt,
     network_flags,
@@ -412,29 +411,3 @@ def _build_plan(
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     _write_bytes(plan_path, plan)
     return int(plan.nbytes)
-
-
-# First bytes of a serialized plan, per flavour (observed: TensorRT-RTX 1.x plans start "vtrt").
-_PLAN_MAGIC = {Flavour.TENSORRT_RTX: b"vtrt"}
-
-
-def check_plan(plan_path: str | Path, flavour: Flavour | str = "auto") -> str:
-    """What can be checked of a plan without running it. Reads only the plan's header.
-
-    With a CUDA GPU: the runtime's verdict ``"VALID"``, ``"SUBOPTIMAL"`` or ``"INVALID"``
-    (``Runtime.get_engine_validity``, where the flavour has it). Without one (that call and
-    ``deserialize_cuda_engine`` need a CUDA driver): ``"HEADER_OK"`` when the header is
-    present and carries the flavour's magic, else ``"INVALID"``.
-    """
-    flavour = detect_flavour(flavour)
-    trt = load_trt(flavour)
-    runtime = trt.Runtime(TrtLogger(trt))
-    size = int(getattr(runtime, "engine_header_size", 0) or 64)
-    with open(plan_path, "rb") as f:
-        header = f.read(size)
-    if len(header) < size or not header.startswith(_PLAN_MAGIC.get(flavour, b"")):
-        return "INVALID"
-    if cuda_device_count() == 0 or not hasattr(runtime, "get_engine_validity"):
-        return "HEADER_OK"
-    validity, _diagnostics = runtime.get_engine_validity(header)
-    return str(validity.name)

@@ -25,7 +25,7 @@ import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,10 @@ import torch
 from pid_trt.errors import ConfigError, InputFileError, PidTrtError
 from pid_trt.netspec import stand_in_caption
 from pid_trt.quoting import printable
+from pid_trt.tiling.options import TileMode, TileOptions
+
+if TYPE_CHECKING:
+    from pid_trt.decoder import Decoder
 
 log = logging.getLogger("pid_trt.serve")
 
@@ -46,7 +50,9 @@ class DecodeRequest:
 
     latent [n, C, h, w]; caption [n, T, D] or None; prompt: n strings (or 1) or None;
     degrade_sigma [n, 1] or None; seed [n, 1] or None (0, as ``pidtrt decode``); what: the
-    name errors start with (``request <id>``); outputs: which of image / png to return.
+    name errors start with (``request <id>``); outputs: which of image / png to return;
+    tiling: the request's parameters (those of :data:`pid_trt.tiling.options.REQUEST_PARAMS`
+    are its tiling, read by :meth:`pid_trt.tiling.TileOptions.from_params`).
     """
 
     latent: np.ndarray
@@ -81,7 +87,7 @@ class _Ready:
     sigma: torch.Tensor
     noise: list[torch.Tensor]
     size: tuple[int, int]
-    tiling: dict[str, Any] | None = None  # the decode keywords of a tiled request; None: one shot
+    tiling: TileOptions | None = None  # a tiled request's options; None: one shot
 
     @property
     def rows(self) -> int:
@@ -89,17 +95,19 @@ class _Ready:
 
 
 def decode_requests(
-    decoder, requests: Sequence[DecodeRequest], steps: int = STEPS, tiling: dict[str, Any] | None = None
+    decoder: Decoder, requests: Sequence[DecodeRequest], steps: int = STEPS, tiling: TileOptions | None = None
 ) -> list[DecodeResult]:
-    """Decode ``requests`` on ``decoder`` (a :class:`pid_trt.Decoder`); one result per request,
-    in order. ``tiling``: the server's tiling keywords (each request's own override them).
+    """Decode ``requests`` on ``decoder``; one result per request, in order. ``tiling``: the
+    server's tiling options (None: the defaults; each request's own parameters override them).
     Never raises for a bad request or a failed decode: those become the result's ``error``
     (an unexpected exception is logged and named as an internal error)."""
     results = [DecodeResult() for _ in requests]
     ready: list[_Ready] = []
     for i, req in enumerate(requests):
         try:
-            ready.append(_prepare(decoder, i, req, steps, {**(tiling or {}), **req.tiling}))
+            ready.append(
+                _prepare(decoder, i, req, steps, TileOptions.from_params(req.tiling, tiling, req.what))
+            )
         except Exception as exc:
             results[i].error = _as_error(exc, req.what)
     # A tiled request alone; one shot: one decode per output size (and caption length: a prompt's
@@ -114,20 +122,20 @@ def decode_requests(
     return results
 
 
-def _decode_group(decoder, items: list[_Ready], requests, results: list[DecodeResult], steps: int) -> None:
+def _decode_group(
+    decoder: Decoder, items: list[_Ready], requests, results: list[DecodeResult], steps: int
+) -> None:
     """One decode of ``items`` (one tiled request, or one-shot requests of one size); their
     results (or the decode's error for each)."""
     height, width = items[0].size
     # One-shot requests were planned one by one; together they decode in one shot at any size.
-    tiling = (
-        items[0].tiling if items[0].tiling is not None else {"tiles": "off", "allow_untrained_size": True}
-    )
+    tiling = items[0].tiling or TileOptions(TileMode.OFF, allow_untrained_size=True)
     try:
         image = decoder.decode(
             torch.cat([r.latent for r in items]), torch.cat([r.caption for r in items]),
             degrade_sigma=torch.cat([r.sigma for r in items]),
             noise=[torch.cat(draws) for draws in zip(*(r.noise for r in items), strict=True)],
-            size=(height, width), steps=steps, **tiling,
+            size=(height, width), steps=steps, tiling=tiling,
         )  # fmt: skip
     except Exception as exc:
         rows = sum(r.rows for r in items)
@@ -169,9 +177,9 @@ def png_bytes(images: torch.Tensor) -> list[bytes]:
     return out
 
 
-def _prepare(decoder, index: int, req: DecodeRequest, steps: int, tiling: dict[str, Any]) -> _Ready:
+def _prepare(decoder: Decoder, index: int, req: DecodeRequest, steps: int, tiling: TileOptions) -> _Ready:
     """Validate one request by the latent file's rules and plan its size (``tiling``: its
-    decode keywords); its caption and noise."""
+    options); its caption and noise."""
     from pid_trt.io import latent_from_tensors
     from pid_trt.sampling import draw_noise
 
@@ -184,8 +192,8 @@ def _prepare(decoder, index: int, req: DecodeRequest, steps: int, tiling: dict[s
     lat = latent_from_tensors(req.latent, req.caption, sigma, decoder.config, what=what)
     height, width = decoder.output_size(lat.latent_hw)
     try:
-        size_plan = decoder.plan(height, width, lat.batch, steps, **tiling)
-    except ConfigError as exc:  # the decode's own words (bad tiling, tiles off outside the envelope)
+        size_plan = decoder.plan(height, width, lat.batch, steps, tiling=tiling)
+    except ConfigError as exc:  # the decode's own words (tiles off outside the envelope, bad devices)
         raise ConfigError(f"{what}: {exc}") from None
     if req.prompt is not None:
         caption = decoder.encode_prompts(list(req.prompt), lat.batch)

@@ -31,6 +31,7 @@ import numpy as np
 from pid_trt.errors import BackendUnavailableError, ConfigError, PidTrtError
 from pid_trt.serve.config import MODEL_NAME
 from pid_trt.serve.protocol import BINARY, PNG_ENCODING, TILING_PARAMETERS
+from pid_trt.tiling.options import TileOptions
 
 #: Error kinds, in the order reports list them.
 ERROR_KINDS = ("invalid", "overload", "timeout", "resource", "server", "connection", "client")
@@ -116,7 +117,7 @@ class PidClient:
         tile_overlap: int | None = None,
         tile_batch: int | None = None,
         allow_untrained_size: bool | None = None,
-        tiling: Mapping[str, Any] | None = None,
+        tiling: Mapping[str, Any] | TileOptions | None = None,
     ) -> dict[str, Any]:
         """Decode one request: ``latent`` [B, C, h, w] (or [C, h, w]); ``caption`` [B, T, D]
         or [T, D]; or ``prompt`` (one string, or B); ``degrade_sigma`` a float or [B] (default 0); one
@@ -126,7 +127,8 @@ class PidClient:
         ``tiles`` ("auto", "off" or "COLSxROWS"), ``tile_size`` ("WxH", pixels), ``tile_overlap``
         (pixels), ``tile_batch`` (tiles per backend call), ``allow_untrained_size``: this request's
         tiling, as :meth:`pid_trt.Decoder.decode` takes it; None (not given): the server's
-        ``pidtrt serve --tiles ...``. ``tiling``: the same as a dict (see :func:`tiling_parameters`).
+        ``pidtrt serve --tiles ...``. ``tiling``: the same as a dict or a :class:`~pid_trt.tiling.TileOptions`
+        (see :func:`tiling_parameters`).
         The server checks the values (a bad one: kind ``invalid``). Raises ConfigError for a
         keyword the request cannot carry, ServeRequestError for the server's answers."""
         tiling = tiling_parameters(
@@ -207,12 +209,15 @@ class PidClient:
         self.close()
 
 
-def tiling_parameters(tiling: Mapping[str, Any] | None = None, **keywords: Any) -> dict[str, Any]:
-    """A request's tiling parameters: ``tiling`` (a dict of :data:`TILING_PARAMETERS` names)
-    and the ``keywords`` that are not None (the same names), in one dict. Raises ConfigError
-    naming a name the server does not read (``devices``: the server places its own devices)
-    or a name given twice with two values."""
-    out = dict(tiling or {})
+def tiling_parameters(
+    tiling: Mapping[str, Any] | TileOptions | None = None, **keywords: Any
+) -> dict[str, Any]:
+    """A request's tiling parameters: ``tiling`` (a dict of :data:`TILING_PARAMETERS` names, or a
+    :class:`~pid_trt.tiling.TileOptions`: its :meth:`~pid_trt.tiling.TileOptions.to_params`) and
+    the ``keywords`` that are not None (the same names), in one dict. Raises ConfigError naming
+    a name the server does not read (``devices``: the server places its own devices) or a name
+    given twice with two values. The values are the server's to check."""
+    out = tiling.to_params() if isinstance(tiling, TileOptions) else dict(tiling or {})
     for name in [*out, *keywords]:
         if name == "devices":
             raise ConfigError(

@@ -38,7 +38,7 @@ import triton_python_backend_utils as pb_utils  # provided by Triton's Python ba
 from pid_trt.errors import ConfigError, InputFileError, ResourceError
 from pid_trt.serve.batch import DecodeRequest, decode_requests
 from pid_trt.serve.config import ModelOptions
-from pid_trt.serve.protocol import encode_pngs, error_text, png_encoding, request_label, request_tiling
+from pid_trt.serve.protocol import encode_pngs, error_text, png_encoding, request_label, request_parameters
 
 #: File in the model directory holding the :class:`ModelOptions` (JSON).
 OPTIONS_FILE = "options.json"
@@ -66,8 +66,9 @@ class TritonPythonModel:
 
                 torch.set_num_threads(int(params["threads"]))
             from pid_trt.decoder import Decoder
+            from pid_trt.tiling import TileOptions
 
-            self.tiling = dict(options.tiling)
+            self.tiling = TileOptions.create(**options.tiling)
             self.decoder = Decoder.from_options(
                 options.net, options.runtime_on(device), **options.decoder_kwargs()
             )
@@ -136,7 +137,7 @@ def _parse(request) -> tuple[DecodeRequest, str]:
     what = request_label(rid)
     params = request.parameters()
     encoding = png_encoding(params, what)
-    tiling = request_tiling(params, what)
+    tiling = request_parameters(params)  # read by TileOptions.from_params, over the server's
     latent = get("latent")
     if latent is None:  # Triton lets a request without it through (the model has optional inputs)
         raise InputFileError(f"{what}: no input 'latent'; expected FP32 [B, C, h, w], the latent to decode")

@@ -19,8 +19,9 @@ is chosen by the client, in the request, and stated in the model configuration's
 
 A request may also carry its own tiling choice (:data:`TILING_PARAMETERS`: ``tiles``,
 ``tile_size``, ``tile_overlap``, ``tile_batch``, ``allow_untrained_size``, the keywords of
-:meth:`pid_trt.Decoder.decode`), over the server's ``--tiles ...`` defaults; the values are
-checked where the decode's are (a bad one is a malformed request, HTTP 400).
+:meth:`pid_trt.Decoder.decode`), over the server's ``--tiles ...`` defaults, read in one place:
+:meth:`pid_trt.tiling.TileOptions.from_params` (a value of the wrong JSON type or a bad value
+is a malformed request, HTTP 400).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 
 from pid_trt.errors import InputFileError
 from pid_trt.quoting import printable, quote
+from pid_trt.tiling.options import REQUEST_PARAMS
 
 #: Request parameter choosing how the ``png`` output is carried.
 PNG_ENCODING = "png_encoding"
@@ -39,14 +41,9 @@ PNG_ENCODING = "png_encoding"
 BASE64, BINARY = "base64", "binary"
 PNG_ENCODINGS = (BASE64, BINARY)
 
-#: Request parameters that choose a request's tiling, and the JSON types each may take.
-TILING_PARAMETERS: dict[str, tuple[type, ...]] = {
-    "tiles": (str,),
-    "tile_size": (str,),
-    "tile_overlap": (int,),
-    "tile_batch": (int,),
-    "allow_untrained_size": (bool,),
-}
+#: Request parameters that choose a request's tiling, and the JSON types each may take
+#: (:data:`pid_trt.tiling.options.REQUEST_PARAMS`).
+TILING_PARAMETERS: dict[str, tuple[type, ...]] = REQUEST_PARAMS
 
 #: Model-configuration parameters describing the outputs and the request parameter (strings).
 OUTPUT_DOCS: dict[str, str] = {
@@ -72,7 +69,7 @@ def error_text(exc: BaseException) -> str:
     return printable(" ".join(str(exc).split()), 2000) or type(exc).__name__
 
 
-def _as_dict(parameters: str | dict[str, Any] | None) -> dict[str, Any]:
+def request_parameters(parameters: str | dict[str, Any] | None) -> dict[str, Any]:
     """A request's parameters (Triton's Python backend gives a JSON object as text) as a dict."""
     if isinstance(parameters, str):
         try:
@@ -82,28 +79,12 @@ def _as_dict(parameters: str | dict[str, Any] | None) -> dict[str, Any]:
     return parameters if isinstance(parameters, dict) else {}
 
 
-def request_tiling(parameters: str | dict[str, Any] | None, what: str = "request") -> dict[str, Any]:
-    """The tiling keywords a request gives (:data:`TILING_PARAMETERS`; absent ones are not
-    in the dict). Raises InputFileError naming a value of the wrong type."""
-    params = _as_dict(parameters)
-    out = {}
-    for name, types in TILING_PARAMETERS.items():
-        if name not in params:
-            continue
-        value = params[name]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            kind = {str: "a string", int: "an integer", bool: "true or false"}[types[0]]
-            raise InputFileError(f"{what}: parameter {name} {quote(value)}: expected {kind}")
-        out[name] = value
-    return out
-
-
 def png_encoding(parameters: str | dict[str, Any] | None, what: str = "request") -> str:
     """The ``png_encoding`` a request asks for (:data:`BASE64` when absent).
 
     ``parameters``: the request's parameters as Triton's Python backend gives them (a JSON
     object as text), or a dict. Raises InputFileError (a malformed request) naming the value."""
-    value = _as_dict(parameters).get(PNG_ENCODING, BASE64)
+    value = request_parameters(parameters).get(PNG_ENCODING, BASE64)
     if value not in PNG_ENCODINGS:
         raise InputFileError(
             f"{what}: parameter {PNG_ENCODING} {quote(value)}: expected {BASE64!r} (the default, valid in JSON) "

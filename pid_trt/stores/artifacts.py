@@ -20,6 +20,7 @@ the key, names a path outside the store, or whose artifact's hash differs raises
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import json
@@ -379,9 +380,9 @@ class ArtifactStore:
             except StoreError as exc:
                 problem = str(exc)
             size = manifest.get("size_bytes")
-            digest = manifest.get("digest")
-            if not _is_digest(digest):  # it names the lock file: never a path from the manifest
-                digest = ""
+            raw = manifest.get("digest")
+            # it names the lock file: never a path from the manifest
+            digest = raw if isinstance(raw, str) and _is_digest(raw) else ""
             if problem is None and not (isinstance(size, int) and digest):
                 problem = "manifest lacks an integer size_bytes or a sha256 digest"
             out.append(
@@ -398,7 +399,7 @@ class ArtifactStore:
             )
         return out
 
-    def remove(self, which: str) -> list[str]:
+    def remove(self, which: str) -> builtins.list[str]:  # list: this class's method
         """Remove ``'all'`` or the entry whose digest starts with ``which`` (6+ hex chars).
 
         Returns the removed artifact names. Unfinished artifacts and temp files go with

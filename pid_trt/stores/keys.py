@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pid_trt.buckets import Bucket, ShapeRange, latent_shape
 from pid_trt.config import NetConfig, Precision
@@ -21,6 +21,9 @@ from pid_trt.quoting import printable, quote
 from pid_trt.stores.artifacts import canonical_json, key_digest
 from pid_trt.trt_flavour import Flavour
 from pid_trt.versions import package_versions
+
+if TYPE_CHECKING:
+    from pid_trt.netspec import NetSpec
 
 DEFAULT_OPSET = 23
 #: Bumped whenever the graphs the exporter (:mod:`pid_trt.compile.export`) writes change for
@@ -38,18 +41,20 @@ def weights_id(checkpoint_sha256: str | None = None, random_seed: int | None = N
         raise ConfigError("weights: give exactly one of a checkpoint sha256 or a random seed")
     if random_seed is not None:
         return f"random:{int(random_seed)}"
+    assert checkpoint_sha256 is not None  # exactly one of the two was given
     sha = checkpoint_sha256.lower()
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise ConfigError(f"checkpoint sha256 {quote(checkpoint_sha256)}: expected 64 hex digits")
     return sha
 
 
-def spec_weights_id(spec: Any) -> str:
+def spec_weights_id(spec: NetSpec) -> str:
     """:func:`weights_id` of a :class:`pid_trt.netspec.NetSpec` (hashes the checkpoint file)."""
     if spec.random_weights:
         return weights_id(random_seed=spec.weights_seed)
     from pid_trt.checkpoints import file_sha256
 
+    assert spec.checkpoint is not None  # NetSpec: a checkpoint exactly when not random weights
     return weights_id(checkpoint_sha256=file_sha256(spec.checkpoint))
 
 
@@ -111,7 +116,7 @@ class ExportKey:
 
     @classmethod
     def for_spec(
-        cls, spec: Any, bucket: Bucket, precision: Precision | str, batch: int, opset: int = DEFAULT_OPSET,
+        cls, spec: NetSpec, bucket: Bucket, precision: Precision | str, batch: int, opset: int = DEFAULT_OPSET,
         shape_range: ShapeRange | None = None, refittable: bool = False,
     ) -> ExportKey:  # fmt: skip
         """:meth:`create` for a :class:`pid_trt.netspec.NetSpec` (its config and weights id)."""
@@ -265,7 +270,7 @@ def weights_sha256(weights: str) -> str:
 
 def key_from_manifest(manifest: dict[str, Any]) -> EngineKey:
     """The :class:`EngineKey` a manifest's ``key`` section describes (StoreError if malformed)."""
-    k = manifest.get("key")
+    k: Any = manifest.get("key")  # JSON, checked as it is read
     if not isinstance(k, dict):
         raise StoreError(f"engine manifest key is a JSON {type(k).__name__}: expected an object")
     try:

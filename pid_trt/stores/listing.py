@@ -50,12 +50,17 @@ def bucket_text(key: dict[str, Any]) -> str:
     return f"{key.get('width', '?')}x{key.get('height', '?')}"
 
 
+def _section(manifest: dict[str, Any], name: str) -> dict[str, Any]:
+    """A manifest's ``name`` section, or {} where it is missing or not an object."""
+    value = manifest.get(name)
+    return value if isinstance(value, dict) else {}
+
+
 def engine_row(entry: Entry) -> tuple[str, ...]:
     """One entry as the texts of :data:`ENGINE_COLUMNS` ("?" where its manifest lacks a field;
     the status says why a stale or corrupt entry cannot be used)."""
     status, reason = engine_status(entry)
-    k = entry.manifest.get("key") if isinstance(entry.manifest.get("key"), dict) else {}
-    b = entry.manifest.get("build") if isinstance(entry.manifest.get("build"), dict) else {}
+    k, b = _section(entry.manifest, "key"), _section(entry.manifest, "build")
     batches = k.get("batch_range")
     lo, hi = (batches[0], batches[-1]) if isinstance(batches, list) and batches else ("?", "?")
     texts = (

@@ -102,12 +102,3 @@ class RuntimeCacheStore(ArtifactStore):
                 manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
             )
         return path
-
-    def prune(self, engine_digests: set[str]) -> list[str]:
-        """Remove the caches of engines no longer in the store; returns their file names."""
-        removed = []
-        for entry in self.list():
-            key = entry.manifest.get("key") if isinstance(entry.manifest, dict) else None
-            if not isinstance(key, dict) or key.get("engine_digest") not in engine_digests:
-                removed += self.remove(entry.digest) if entry.digest else []
-        return removed

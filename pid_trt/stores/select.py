@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pid_trt.buckets import Bucket, ShapeRange
 from pid_trt.config import NetConfig, Precision
@@ -22,6 +22,9 @@ from pid_trt.stores.artifacts import Entry
 from pid_trt.stores.exports import GRAPHS
 from pid_trt.stores.keys import EngineKey, key_from_manifest, weights_sha256
 from pid_trt.stores.store import EngineStatus, EngineStore, engine_status
+
+if TYPE_CHECKING:
+    from pid_trt.netspec import NetSpec
 
 
 @dataclass(frozen=True)
@@ -197,7 +200,7 @@ def _checked_engine(
 
 
 def build_command(
-    spec: Any,
+    spec: NetSpec,
     bucket: Bucket | None,
     precision: Precision,
     batch: int,
@@ -207,7 +210,7 @@ def build_command(
     """The ``pidtrt build ...`` command line that makes the engine pair of a decode request
     (``dynamic``: the one dynamic pair of the preset's trained range instead of ``bucket``)."""
     parts = ["pidtrt build"]
-    preset = getattr(spec, "preset", None)
+    preset = spec.preset
     if preset is not None:
         parts.append(f"--backbone {preset.backbone.value}")
         if preset.released:
@@ -221,9 +224,9 @@ def build_command(
     parts.append(f"--precision {precision.value}")
     if batch != 1 and not dynamic:
         parts.append(f"--batch {batch}")
-    if getattr(spec, "random_weights", False):
+    if spec.random_weights:
         parts.append("--random-weights")
-        if getattr(spec, "weights_seed", 0):
+        if spec.weights_seed:
             parts.append(f"--weights-seed {spec.weights_seed}")
     else:
         parts.append(f"--checkpoint {spec.checkpoint}")

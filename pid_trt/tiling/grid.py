@@ -18,12 +18,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
-
-import torch
+from typing import TYPE_CHECKING
 
 from pid_trt.config import NetConfig
 from pid_trt.errors import ConfigError
 from pid_trt.tiling.options import TileOptions
+
+if TYPE_CHECKING:
+    import torch
 
 #: Default overlap: this fraction of the tile's shorter side (rounded down to the grid, at
 #: least one unit). 256 px for 2048-px tiles.
@@ -85,6 +87,8 @@ def _starts(length: int, unit: int, tile: int, count: int, axis: str) -> tuple[i
 
 def _axis_weights(starts: tuple[int, ...], ends: tuple[int, ...], length: int) -> torch.Tensor:
     """Normalised 1-D blend weights [tiles, length] float64 (zero outside each tile)."""
+    import torch  # here, so that planning (pid_trt.tiling.plan) never imports torch
+
     k = len(starts)
     raw = torch.zeros(k, length, dtype=torch.float64)
     pos = torch.arange(length, dtype=torch.float64) + 0.5

@@ -11,6 +11,11 @@ image and the net (latent grid, tile vs image) are :func:`pid_trt.tiling.grid.ma
   the image evenly with the given overlap; with one, they are spread evenly over the image
   (a grid that leaves a gap is refused).
 
+One :class:`TileOptions` is made at each door and passed on as it is: from the CLI's or
+:meth:`pid_trt.Decoder.decode`'s keywords (:meth:`TileOptions.create`), or from the parameters
+of a request to ``pidtrt serve`` (:meth:`TileOptions.from_params`, the one reading of the wire
+format :data:`REQUEST_PARAMS`; :meth:`TileOptions.to_params` writes it).
+
 ``--devices cpu,cuda:0,...`` spreads the tile batches of one decode over one backend per
 device (round-robin, concurrently); the predictions are blended on the decode's device. It
 needs tiles: with ``--tiles off`` it is refused; a decode that ``auto`` runs in one shot runs
@@ -19,13 +24,36 @@ on the decode's own device.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from pid_trt.backends.registry import check_device
-from pid_trt.errors import ConfigError
+from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.quoting import quote
+
+#: The tiling options a request to ``pidtrt serve`` may carry, as request parameters (the
+#: keywords of :meth:`TileOptions.create` but ``devices``: a server places its own devices),
+#: and the JSON types each takes.
+REQUEST_PARAMS: dict[str, tuple[type, ...]] = {
+    "tiles": (str,),
+    "tile_size": (str,),
+    "tile_overlap": (int,),
+    "tile_batch": (int,),
+    "allow_untrained_size": (bool,),
+}
+_JSON_KINDS = {str: "a string", int: "an integer", bool: "true or false"}
+
+#: The defaults of :meth:`TileOptions.create`'s keywords.
+KEYWORD_DEFAULTS: dict[str, Any] = {
+    "tiles": "auto",
+    "tile_size": None,
+    "tile_overlap": None,
+    "tile_batch": 1,
+    "allow_untrained_size": False,
+    "devices": None,
+}
 
 
 class TileMode(str, Enum):
@@ -36,7 +64,15 @@ class TileMode(str, Enum):
     GRID = "grid"
 
 
-def _positive_int(value: Any, what: str, minimum: int = 1) -> int:
+#: What :meth:`TileOptions.create` takes (checked at run time all the same): ``tiles`` "auto",
+#: "off", "COLSxROWS", a :class:`TileMode` or (cols, rows); ``tile_size`` "WxH", N (square) or
+#: (height, width) pixels; ``devices`` "cpu,cuda:0" or a sequence of names (None: none).
+TilesValue = str | TileMode | tuple[int, int]
+TileSizeValue = str | int | tuple[int, int]
+DevicesValue = str | Sequence[str] | None
+
+
+def _positive_int(value: object, what: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{what} {quote(value)}: expected an integer >= {minimum}")
     return value
@@ -52,7 +88,7 @@ def _pair(text: str, what: str, example: str) -> tuple[int, int]:
     return a, b
 
 
-def parse_tiles(value: Any) -> tuple[TileMode, tuple[int, int] | None]:
+def parse_tiles(value: TilesValue) -> tuple[TileMode, tuple[int, int] | None]:
     """``auto`` | ``off`` | ``COLSxROWS`` (or a :class:`TileMode`, or (cols, rows)) ->
     (mode, (cols, rows) or None)."""
     if isinstance(value, TileMode):
@@ -71,7 +107,7 @@ def parse_tiles(value: Any) -> tuple[TileMode, tuple[int, int] | None]:
     return TileMode.GRID, (cols, rows)
 
 
-def parse_devices(value: Any) -> tuple[str, ...]:
+def parse_devices(value: DevicesValue) -> tuple[str, ...]:
     """``cpu,cuda:0,cuda:1`` (or a sequence of names, or None / "") -> the device names,
     each ``cpu`` | ``cuda`` | ``cuda:N`` (lower-cased); a repeated name is kept (one backend each)."""
     if value is None:
@@ -86,7 +122,7 @@ def parse_devices(value: Any) -> tuple[str, ...]:
     return tuple(check_device(p, "--devices") for p in parts)
 
 
-def parse_tile_size(value: Any) -> tuple[int, int]:
+def parse_tile_size(value: TileSizeValue) -> tuple[int, int]:
     """``WxH`` (pixels), N (square) or (height, width) -> (height, width)."""
     if isinstance(value, int) and not isinstance(value, bool):
         _positive_int(value, "--tile-size")
@@ -144,12 +180,12 @@ class TileOptions:
     @classmethod
     def create(
         cls,
-        tiles: Any = "auto",
-        tile_size: Any = None,
+        tiles: TilesValue = "auto",
+        tile_size: TileSizeValue | None = None,
         tile_overlap: int | None = None,
         tile_batch: int = 1,
         allow_untrained_size: bool = False,
-        devices: Any = None,
+        devices: DevicesValue = None,
     ) -> TileOptions:
         """From the CLI's / :meth:`pid_trt.Decoder.decode`'s keywords (strings or values)."""
         mode, grid = parse_tiles(tiles)
@@ -157,6 +193,58 @@ class TileOptions:
         if not isinstance(allow_untrained_size, bool):
             raise ConfigError(f"allow_untrained_size={allow_untrained_size!r}: expected True or False")
         return cls(mode, grid, size, tile_overlap, tile_batch, allow_untrained_size, parse_devices(devices))
+
+    def keywords(self) -> dict[str, Any]:
+        """The options as :meth:`create`'s keywords: ``create(**o.keywords()) == o``."""
+        return {
+            "tiles": self.grid if self.grid is not None else self.mode,
+            "tile_size": self.tile_size,
+            "tile_overlap": self.overlap,
+            "tile_batch": self.batch,
+            "allow_untrained_size": self.allow_untrained_size,
+            "devices": self.devices or None,
+        }
+
+    def to_params(self) -> dict[str, Any]:
+        """The options as the parameters of a request to ``pidtrt serve`` (:data:`REQUEST_PARAMS`,
+        JSON values); a tile size or overlap left at None is not sent (the server's applies).
+        ConfigError when devices are set: a request cannot choose them."""
+        if self.devices:
+            raise ConfigError(
+                f"tiling devices {','.join(self.devices)}: a request cannot choose devices, the server "
+                "places its own (pidtrt serve --devices)"
+            )
+        out: dict[str, Any] = {"tiles": f"{self.grid[0]}x{self.grid[1]}" if self.grid else self.mode.value}
+        if self.tile_size is not None:
+            out["tile_size"] = f"{self.tile_size[1]}x{self.tile_size[0]}"
+        if self.overlap is not None:
+            out["tile_overlap"] = self.overlap
+        out["tile_batch"] = self.batch
+        out["allow_untrained_size"] = self.allow_untrained_size
+        return out
+
+    @classmethod
+    def from_params(
+        cls, params: Mapping[str, Any] | None, defaults: TileOptions | None = None, what: str = "request"
+    ) -> TileOptions:
+        """A request's tiling: the parameters of :data:`REQUEST_PARAMS` that ``params`` carries
+        (other names, e.g. ``png_encoding``, are not read) over ``defaults`` (the server's options;
+        None: :class:`TileOptions` ()). One-line errors starting with ``what``: InputFileError for
+        a value of the wrong JSON type, ConfigError for a bad value (as :meth:`create`)."""
+        given = {}
+        for name, types in REQUEST_PARAMS.items():
+            if params is None or name not in params:
+                continue
+            value = params[name]
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                raise InputFileError(
+                    f"{what}: parameter {name} {quote(value)}: expected {_JSON_KINDS[types[0]]}"
+                )
+            given[name] = value
+        try:
+            return cls.create(**{**(defaults or cls()).keywords(), **given})
+        except ConfigError as exc:
+            raise ConfigError(f"{what}: {exc}") from None
 
     def describe(self) -> str:
         """The options as CLI flags, e.g. ``--tiles 3x2 --tile-overlap 256 --tile-batch 2``."""
@@ -172,3 +260,19 @@ class TileOptions:
         if self.devices:
             out.append(f"--devices {','.join(self.devices)}")
         return " ".join(out)
+
+
+def tile_options(tiling: TileOptions | None = None, **keywords: Any) -> TileOptions:
+    """The tiling of a call that takes a :class:`TileOptions` or the keyword shim of
+    :meth:`TileOptions.create` (:meth:`pid_trt.Decoder.decode` / ``plan``): ``tiling`` when given,
+    else the keywords'. A keyword off its default beside ``tiling`` is refused in one line."""
+    if tiling is None:
+        return TileOptions.create(**keywords)
+    if not isinstance(tiling, TileOptions):
+        raise ConfigError(f"tiling={tiling!r}: expected a pid_trt.tiling.TileOptions or None")
+    given = [name for name, value in keywords.items() if value != KEYWORD_DEFAULTS[name]]
+    if given:
+        raise ConfigError(
+            f"tiling= with {', '.join(given)}: give a TileOptions or the tiling keywords, not both"
+        )
+    return tiling

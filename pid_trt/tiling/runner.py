@@ -19,15 +19,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any
 
 import torch
 
 from pid_trt.backends.base import Backend, Conditioning
 from pid_trt.backends.cache import BackendCache
 from pid_trt.backends.factory import BackendRequest, create_backend
+from pid_trt.config import NetConfig
 from pid_trt.errors import BackendUnavailableError, ConfigError, ResourceError
 from pid_trt.sampling import Denoiser
 from pid_trt.tiling.denoiser import TiledDenoiser
@@ -61,7 +61,7 @@ class PlanRunner:
         self.shares = request.runtime.backend_class.shares_sizes
 
     @property
-    def config(self) -> Any:
+    def config(self) -> NetConfig:
         return self.request.spec.config
 
     @property
@@ -194,7 +194,7 @@ class PlanRunner:
 
     def _binder(
         self, stack: ExitStack, shapes: list[tuple[int, int, int]], slot: int, on: BackendRequest | None
-    ):
+    ) -> Callable[[Conditioning], Denoiser]:
         """Hold one device slot's backends (one, or one per tile shape); its binder."""
         if self.shares:
             backend = stack.enter_context(self.bound(*shapes[0], slot=slot, on=on))

@@ -109,7 +109,7 @@ def psnr(candidate: Any, reference: Any, peak_to_peak: float = IMAGE_RANGE) -> f
     return _psnr_from_l2(l2, a.size, peak_to_peak)
 
 
-def measure(
+def figures(
     name: str,
     candidate: Any,
     reference: Any,

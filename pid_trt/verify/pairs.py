@@ -3,7 +3,7 @@
 Per input: the reference runs the 4-step sampler; at each step the candidate is evaluated on
 the **reference's** x (so a step's figure is that network call's error alone, not the
 accumulated drift), then the candidate runs its own 4-step decode from the same noise and the
-two final images are compared. Every figure comes from :func:`pid_trt.verify.metrics.measure`
+two final images are compared. Every figure comes from :func:`pid_trt.verify.metrics.figures`
 and is checked against :mod:`pid_trt.verify.bounds`.
 """
 
@@ -22,7 +22,7 @@ from pid_trt.config import Precision
 from pid_trt.errors import ConfigError
 from pid_trt.sampling import Denoiser, draw_noise, sample, timesteps
 from pid_trt.verify.bounds import Bound, bound_for
-from pid_trt.verify.metrics import Figures, measure
+from pid_trt.verify.metrics import Figures, figures
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def compare_input(
     steps: int,
     bounds: dict[str, Bound | None],
 ) -> InputResult:
-    """Run both denoisers through ``noise`` and measure every step and the image."""
+    """Run both denoisers through ``noise`` and compare every step and the image."""
     probes: list[tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]] = []
 
     def reference_and_probe(x: torch.Tensor, t: float) -> torch.Tensor:
@@ -157,9 +157,9 @@ def compare_input(
     cand_img = sample(candidate_own, noise, steps).float().cpu()
     atol_v, atol_i = _atol(bounds["velocity"]), _atol(bounds["image"])
     step_figs = [
-        measure(f"step {i} velocity", vc, v, atol=atol_v) for i, (_x, _t, v, vc) in enumerate(probes)
+        figures(f"step {i} velocity", vc, v, atol=atol_v) for i, (_x, _t, v, vc) in enumerate(probes)
     ]
-    image = measure("image", cand_img, ref_img, atol=atol_i)
+    image = figures("image", cand_img, ref_img, atol=atol_i)
     return InputResult(
         inp.name, inp.seed, timesteps(steps), step_figs, image, ref_img, cand_img, [p[0] for p in probes]
     )

@@ -1,5 +1,5 @@
 """Output comparison in Polygraphy's conventions (``polygraphy run --atol --rtol``), computed by
-Polygraphy itself through :func:`pid_trt.verify.metrics.measure` (the project's one comparison path).
+Polygraphy itself through :func:`pid_trt.verify.metrics.figures` (the project's one comparison path).
 
 An output passes when every element satisfies ``|a - b| <= atol`` or ``|a - b| <= rtol * |b|``
 (b is the reference; Polygraphy's elementwise check) and neither side has NaN or Inf. Each
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pid_trt.verify.metrics import IMAGE_RANGE, measure, psnr
+from pid_trt.verify.metrics import IMAGE_RANGE, figures, psnr
 
 __all__ = ["IMAGE_RANGE", "Comparison", "Tolerance", "compare", "compare_all", "format_table", "psnr"]
 
@@ -55,7 +55,7 @@ def compare(
     image: bool = False,
 ) -> Comparison:
     """Compare one output (any float dtype; computed in float64). Shapes must match."""
-    f = measure(name, candidate, reference, atol=tolerance.atol, rtol=tolerance.rtol)
+    f = figures(name, candidate, reference, atol=tolerance.atol, rtol=tolerance.rtol)
     return Comparison(
         name=name,
         shape=f.shape,

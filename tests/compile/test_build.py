@@ -11,12 +11,20 @@ import onnx
 import pytest
 import torch
 
-from pid_trt.compile.build import BuildOptions, build_engine, check_plan
+from pid_trt.compile.build import BuildOptions, build_engine
 from pid_trt.compile.engine_pair import build_into_store, engine_key
 from pid_trt.config import TINY, Precision
 from pid_trt.errors import BackendUnavailableError, ConfigError, EngineBuildError
 from pid_trt.stores.store import EngineStore
-from pid_trt.trt_flavour import DEFAULT_RTX_TARGETS, Flavour, detect_flavour, is_importable
+from pid_trt.trt_flavour import (
+    DEFAULT_RTX_TARGETS,
+    Flavour,
+    TrtLogger,
+    cuda_device_count,
+    detect_flavour,
+    is_importable,
+    load_trt,
+)
 
 pytestmark = pytest.mark.requires("tensorrt_rtx")
 
@@ -24,6 +32,27 @@ RTX = Flavour.TENSORRT_RTX
 DTYPES = {Precision.FP32: torch.float32, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
 ONNX_TYPES = {Precision.FP32: onnx.TensorProto.FLOAT, Precision.FP16: onnx.TensorProto.FLOAT16,
               Precision.BF16: onnx.TensorProto.BFLOAT16}  # fmt: skip
+# First bytes of a serialized plan, per flavour (observed: TensorRT-RTX 1.x plans start "vtrt").
+PLAN_MAGIC = {RTX: b"vtrt"}
+
+
+def check_plan(plan_path: str | Path, flavour: Flavour | str = "auto") -> str:
+    """What can be checked of a plan without running it, from its header only: with a CUDA GPU
+    the runtime's verdict (``VALID`` / ``SUBOPTIMAL`` / ``INVALID``, where the flavour has
+    ``get_engine_validity``); without one ``HEADER_OK`` when the header is there and starts with
+    the flavour's magic, else ``INVALID``."""
+    flavour = detect_flavour(flavour)
+    trt = load_trt(flavour)
+    runtime = trt.Runtime(TrtLogger(trt))
+    size = int(getattr(runtime, "engine_header_size", 0) or 64)
+    with open(plan_path, "rb") as f:
+        header = f.read(size)
+    if len(header) < size or not header.startswith(PLAN_MAGIC.get(flavour, b"")):
+        return "INVALID"
+    if cuda_device_count() == 0 or not hasattr(runtime, "get_engine_validity"):
+        return "HEADER_OK"
+    validity, _diagnostics = runtime.get_engine_validity(header)
+    return str(validity.name)
 
 
 class _RMSNorm(torch.nn.Module):

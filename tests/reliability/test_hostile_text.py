@@ -26,9 +26,10 @@ from pid_trt.io import read_latent_file, read_noise_file
 from pid_trt.io.caption import read_caption_file
 from pid_trt.jobs.manifest import read_manifest
 from pid_trt.jobs.prompts import read_prompts_file
-from pid_trt.serve.protocol import error_text, png_encoding, request_label, request_tiling
+from pid_trt.serve.protocol import error_text, png_encoding, request_label
 from pid_trt.stores.listing import engine_row
 from pid_trt.stores.store import EngineStore
+from pid_trt.tiling.options import TileOptions
 from tests.message_helpers import assert_printable_line
 from tests.reliability.conftest import raw_safetensors
 from tests.stores.test_store import make_key, write_plan
@@ -219,7 +220,7 @@ def test_request_parameters_and_ids(hostile: str) -> None:
     check(refusal(InputFileError, png_encoding, {"png_encoding": value}), hostile, "png_encoding")
     check(refusal(InputFileError, png_encoding, json.dumps({"png_encoding": value})), hostile, "png_encoding")
     for name in ("tile_overlap", "tile_batch", "allow_untrained_size"):
-        check(refusal(InputFileError, request_tiling, {name: value}), hostile, name)
+        check(refusal(InputFileError, TileOptions.from_params, {name: value}), hostile, name)
     label = request_label(value)
     check(label, hostile, "request")
     check(refusal(InputFileError, png_encoding, {"png_encoding": 1}, label), hostile, "png_encoding")

@@ -19,6 +19,7 @@ from pid_trt.io import write_images, write_latent_file
 from pid_trt.options import NetOptions, RuntimeOptions
 from pid_trt.serve.batch import DecodeRequest, decode_requests
 from pid_trt.serve.config import ModelOptions, ServeOptions, model_config_pbtxt, parse_devices
+from pid_trt.tiling import TileOptions
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,7 @@ def test_a_tiled_request_is_decoded_alone_as_decoder_decode_does() -> None:
             DecodeRequest(big, big_cap, what="request d", tiling={"tiles": "off"}),
             DecodeRequest(big, big_cap, seed=np.array([[2]]), what="request e", tiling={"tiles": "2x2"}),
         ]
-        out = decode_requests(dec, reqs, tiling={"tile_batch": 2})
+        out = decode_requests(dec, reqs, tiling=TileOptions.create(tile_batch=2))
         assert [r.tiled for r in out] == [False, True, False, False, True]
         assert out[0].error is None and out[2].error is None
         assert torch.equal(torch.from_numpy(out[1].image), dec.decode(big, big_cap, seed=2, tile_batch=2))
@@ -340,25 +341,39 @@ def test_png_encoding_is_base64_unless_binary_is_asked() -> None:
     assert encode_pngs(pngs, "binary") == pngs
 
 
-def test_request_tiling_parameters_are_read_and_checked() -> None:
+def test_request_tiling_parameters_are_read_and_checked(decoder) -> None:
+    """A request's tiling parameter of the wrong JSON type, or with a bad value, fails that
+    request alone in one line naming it (TileOptions.from_params, the one reading of the wire
+    format); other parameters (png_encoding) are not tiling."""
     from pid_trt.errors import InputFileError
-    from pid_trt.serve.protocol import request_tiling
 
-    text = '{"tiles": "2x2", "tile_batch": 2, "allow_untrained_size": true, "png_encoding": "binary"}'
-    assert request_tiling(text) == {"tiles": "2x2", "tile_batch": 2, "allow_untrained_size": True}
-    assert request_tiling("") == {} and request_tiling(None) == {}
-    for params, words in (
-        ({"tile_batch": "2"}, "request r: parameter tile_batch '2': expected an integer"),
-        ({"tile_overlap": True}, "request r: parameter tile_overlap True: expected an integer"),
-        ({"tiles": 3}, "request r: parameter tiles 3: expected a string"),
+    lat, cap = _inputs(decoder.config, 4)
+    bad = (
+        ({"tile_batch": "2"}, InputFileError, "request r: parameter tile_batch '2': expected an integer"),
+        (
+            {"tile_overlap": True},
+            InputFileError,
+            "request r: parameter tile_overlap True: expected an integer",
+        ),
+        ({"tiles": 3}, InputFileError, "request r: parameter tiles 3: expected a string"),
         (
             {"allow_untrained_size": "yes"},
+            InputFileError,
             "request r: parameter allow_untrained_size 'yes': expected true or false",
         ),
-    ):
-        with pytest.raises(InputFileError) as err:
-            request_tiling(params, "request r")
-        assert str(err.value) == words
+        ({"tile_batch": 0}, ConfigError, "request r: --tile-batch 0: expected an integer >= 1"),
+        (
+            {"tiles": "sideways"},
+            ConfigError,
+            "request r: --tiles 'sideways': expected auto, off or COLSxROWS (e.g. 3x2)",
+        ),
+    )
+    reqs = [DecodeRequest(lat, cap, what="request r", tiling=params) for params, _, _ in bad]
+    reqs.append(DecodeRequest(lat, cap, what="request ok", tiling={"png_encoding": "binary", "tiles": "off"}))
+    out = decode_requests(decoder, reqs)
+    for (_, kind, words), result in zip(bad, out, strict=False):
+        assert type(result.error) is kind and str(result.error) == words
+    assert out[-1].error is None and out[-1].image is not None and not out[-1].tiled
 
 
 def test_model_options_carry_the_tiling_defaults_and_envelope() -> None:
@@ -385,6 +400,12 @@ def test_a_request_carries_the_tiling_keywords_it_is_given(tmp_path: Path) -> No
         "tile_size": "96x64",
     }
     assert tiling_parameters(None, tiles=None) == {}
+    assert tiling_parameters(TileOptions.create(tiles="3x2", tile_size="96x64"), tile_batch=None) == {
+        "tiles": "3x2",
+        "tile_size": "96x64",
+        "tile_batch": 1,
+        "allow_untrained_size": False,
+    }
     assert tiling_parameters({"tiles": "off"}, tiles="off", allow_untrained_size=True) == {
         "tiles": "off",
         "allow_untrained_size": True,

@@ -11,6 +11,7 @@ from pid_trt.costmodel import estimate
 from pid_trt.errors import ConfigError
 from pid_trt.resources import estimate_decode_memory
 from pid_trt.tiling import Envelope, TileOptions, envelope_for, plan
+from pid_trt.tiling.render import build_command
 
 FLUX_2K = get_preset("flux", "2k")
 FLUX_4K = get_preset("flux", "2kto4k")
@@ -117,7 +118,7 @@ def test_engines_and_build_commands_follow_the_tile_batch() -> None:
     (need,) = p.engines
     # 4096 = 128 cells, tile 64, overlap 8: ceil(120 / 56) = 3 per axis -> 9 tiles, batches of 2 -> 5 calls
     assert (need.height, need.width, need.batch, need.tiles, need.calls) == (2048, 2048, 2, 9, 5)
-    cmd = need.build_command("--backbone flux --ckpt-type 2k", Precision.BF16)
+    cmd = build_command(need, "--backbone flux --ckpt-type 2k", Precision.BF16)
     assert cmd == "pidtrt build --backbone flux --ckpt-type 2k --size 2048x2048 --batch 2 --precision bf16"
     text = p.render("flux-2k", "--backbone flux --ckpt-type 2k")
     assert cmd in text and "3x3 = 9 per image" in text

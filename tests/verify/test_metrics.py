@@ -10,14 +10,14 @@ import torch
 
 from pid_trt.config import Precision
 from pid_trt.verify.bounds import BOUNDS, Bound, bound_for, governing
-from pid_trt.verify.metrics import measure, psnr
+from pid_trt.verify.metrics import figures, psnr
 
 
 def test_figures_match_their_definitions():
     g = torch.Generator().manual_seed(0)
     ref = torch.rand(1, 3, 16, 16, generator=g) * 2 - 1
     cand = ref + 0.01 * torch.randn(ref.shape, generator=g)
-    f = measure("image", cand, ref, atol=0.1)
+    f = figures("image", cand, ref, atol=0.1)
     d = (cand.double() - ref.double()).abs()
     assert f.max_abs == pytest.approx(d.max().item(), rel=1e-12)
     assert f.mean_abs == pytest.approx(d.mean().item(), rel=1e-6)  # Polygraphy accumulates means in fp32
@@ -28,21 +28,21 @@ def test_figures_match_their_definitions():
     assert f.cosine == pytest.approx((a @ b / (a.norm() * b.norm())).item(), rel=1e-9)
     assert f.snr_db == pytest.approx(10 * math.log10(b.pow(2).mean().item() / mse), rel=1e-9)
     assert f.within_tolerance is True and f.nonfinite == 0
-    assert measure("image", cand, ref, atol=1e-4).within_tolerance is False
-    assert measure("image", cand, ref).within_tolerance is None
+    assert figures("image", cand, ref, atol=1e-4).within_tolerance is False
+    assert figures("image", cand, ref).within_tolerance is None
 
 
 def test_rtol_and_nonfinite_follow_polygraphy():
     ref = torch.tensor([1.0, 100.0])
     cand = torch.tensor([1.0, 100.5])
-    assert measure("x", cand, ref, atol=0.1, rtol=0.01).within_tolerance  # 0.5 <= 0.01 * 100
-    assert not measure("x", cand, ref, atol=0.1, rtol=0.0).within_tolerance
-    bad = measure("x", torch.tensor([1.0, float("nan")]), ref, atol=1.0)
+    assert figures("x", cand, ref, atol=0.1, rtol=0.01).within_tolerance  # 0.5 <= 0.01 * 100
+    assert not figures("x", cand, ref, atol=0.1, rtol=0.0).within_tolerance
+    bad = figures("x", torch.tensor([1.0, float("nan")]), ref, atol=1.0)
     assert bad.nonfinite == 1 and bad.within_tolerance is False
     assert psnr(ref, ref) == math.inf
     assert psnr(np.zeros(4), np.full(4, 0.02)) == pytest.approx(10 * math.log10(4 / 4e-4))
     with pytest.raises(ValueError, match="shape"):
-        measure("x", torch.zeros(2), torch.zeros(3))
+        figures("x", torch.zeros(2), torch.zeros(3))
 
 
 def test_parity_and_quantize_use_the_same_path():

@@ -295,4 +295,5 @@ def test_runtime_cache_store_is_keyed_validated_and_atomic(tmp_path):
     path.write_bytes(b"kernels-X, more of them")  # same size, other bytes: corrupt
     assert store.load(key) is None
     store.save(key, b"fresh")
-    assert store.prune({"e" * 64}) == [] and store.prune(set()) == [path.name] and store.load(key) is None
+    (entry,) = store.list()
+    assert store.remove(entry.digest) == [path.name] and store.load(key) is None and store.list() == []
