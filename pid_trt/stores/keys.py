@@ -270,7 +270,7 @@ def weights_sha256(weights: str) -> str:
 
 def key_from_manifest(manifest: dict[str, Any]) -> EngineKey:
     """The :class:`EngineKey` a manifest's ``key`` section describes (StoreError if malformed)."""
-    k: Any = manifest.get("key")
+    k: Any = manifest.get("key")  # JSON, checked as it is read
     if not isinstance(k, dict):
         raise StoreError(f"engine manifest key is a JSON {type(k).__name__}: expected an object")
     try:
