@@ -206,9 +206,12 @@ class Decoder:
         tile_batch: int = 1,
         allow_untrained_size: bool = False,
         devices: Any = None,
+        output_dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """Decode ``latent`` ([C, h, w] or [B, C, h, w], torch or numpy) into [B, 3, H, W]
-        float32 in [-1, 1] on the CPU.
+        float32 in [-1, 1] on the CPU; with ``output_dtype`` torch.uint8 (or torch.uint16)
+        the pixels [B, 3, H, W] of :func:`pid_trt.io.quantize`, quantized on the decode's device
+        before the copy to the CPU (channels first, as the float image).
 
         caption_embedding: [T, D] or [B, T, D]; or ``prompt``: one string (every row) or B
         strings, encoded by the caption encoder. Without either, a random-weight stand-in net
@@ -225,11 +228,15 @@ class Decoder:
         backend call; devices "cuda:0,cuda:1" or a list: tile batches dealt round-robin over one
         backend per device, run concurrently, blended on this Decoder's device.
         """
-        from pid_trt.io import latent_from_tensors, noise_from_tensors
+        from pid_trt.io import latent_from_tensors, noise_from_tensors, quantize
         from pid_trt.resources import run_guarded
         from pid_trt.sampling import draw_noise, sample
 
         self._check_open()
+        if output_dtype not in (torch.float32, torch.uint8, torch.uint16):
+            raise ConfigError(
+                f"output_dtype={output_dtype}: expected torch.float32, torch.uint8 or torch.uint16"
+            )
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"steps={steps!r}: expected an integer >= 1")
         tiling = TileOptions.create(tiles, tile_size, tile_overlap, tile_batch, allow_untrained_size, devices)
@@ -255,7 +262,12 @@ class Decoder:
                 size_plan, cond, tiling.devices
             ) as denoise:  # engines checked before CUDA
                 dev = self._request.torch_device
-                return sample(denoise, [d.to(dev) for d in draws], steps).float().cpu()
+                image = sample(denoise, [d.to(dev) for d in draws], steps)
+                return (
+                    image.float().cpu()
+                    if output_dtype == torch.float32
+                    else quantize(image, output_dtype).cpu()
+                )
 
         grid = size_plan.grid
         tiled = "" if grid is None else f" in {grid.cols}x{grid.rows} tiles"

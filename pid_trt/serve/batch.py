@@ -21,7 +21,6 @@ No Triton import here: :mod:`pid_trt.serve.model` turns Triton requests into
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -154,18 +153,15 @@ def _decode_group(decoder, items: list[_Ready], requests, results: list[DecodeRe
 def png_bytes(images: torch.Tensor) -> list[bytes]:
     """[n, 3, H, W] float in [-1, 1] -> n PNG files, byte for byte what
     :func:`pid_trt.io.write_images` writes for the same images."""
-    from PIL import Image
-
-    from pid_trt.io import to_uint8
+    from pid_trt.io.encoders import OutputFormat, OutputOptions, encode_image
+    from pid_trt.io.images import host_pixels
 
     if not bool(torch.isfinite(images).all()):
         raise PidTrtError("decoded images contain NaN/Inf; refusing to encode them as PNG")
-    out = []
-    for pixels in to_uint8(images).numpy():
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
+    options = OutputOptions()
+    return [
+        encode_image(px, OutputFormat.PNG, options) for px in host_pixels(images, OutputFormat.PNG, options)
+    ]
 
 
 def _prepare(decoder, index: int, req: DecodeRequest, steps: int, tiling: dict[str, Any]) -> _Ready:
