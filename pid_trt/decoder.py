@@ -45,7 +45,7 @@ from pid_trt.captions import (
     CaptionProvider,
 )
 from pid_trt.config import NetConfig
-from pid_trt.errors import ConfigError
+from pid_trt.errors import ConfigError, PidTrtError
 from pid_trt.netspec import NetSpec, build_model, stand_in_caption
 from pid_trt.options import NetOptions, RuntimeOptions
 from pid_trt.tiling import Envelope, PlanRunner, SizePlan, TileOptions, envelope_for
@@ -228,7 +228,7 @@ class Decoder:
         backend call; devices "cuda:0,cuda:1" or a list: tile batches dealt round-robin over one
         backend per device, run concurrently, blended on this Decoder's device.
         """
-        from pid_trt.io import latent_from_tensors, noise_from_tensors, quantize
+        from pid_trt.io import latent_from_tensors, noise_from_tensors
         from pid_trt.resources import run_guarded
         from pid_trt.sampling import draw_noise, sample
 
@@ -262,12 +262,7 @@ class Decoder:
                 size_plan, cond, tiling.devices
             ) as denoise:  # engines checked before CUDA
                 dev = self._request.torch_device
-                image = sample(denoise, [d.to(dev) for d in draws], steps)
-                return (
-                    image.float().cpu()
-                    if output_dtype == torch.float32
-                    else quantize(image, output_dtype).cpu()
-                )
+                return _host_image(sample(denoise, [d.to(dev) for d in draws], steps), output_dtype)
 
         grid = size_plan.grid
         tiled = "" if grid is None else f" in {grid.cols}x{grid.rows} tiles"
@@ -374,3 +369,15 @@ class Decoder:
             f"Decoder({self.spec.name}, backend={self.backend_name}:{self.precision}, device={self.device}, "
             f"cached={self.cached_sizes()})"
         )
+
+
+def _host_image(image: torch.Tensor, output_dtype: torch.dtype) -> torch.Tensor:
+    """A decoded [B, 3, H, W] on the CPU: float32, or quantized (:func:`pid_trt.io.quantize`)
+    on its own device first; non-finite values are refused before they are quantized away."""
+    from pid_trt.io import quantize
+
+    if output_dtype == torch.float32:
+        return image.float().cpu()
+    if not bool(torch.isfinite(image).all()):
+        raise PidTrtError("decoded images contain NaN/Inf; refusing to quantize them")
+    return quantize(image, output_dtype).cpu()

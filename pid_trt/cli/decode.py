@@ -10,9 +10,12 @@ import typer
 
 from pid_trt.cli.errors import cli_errors, warn
 from pid_trt.cli.options import TextDtype, TextEncoder, with_net, with_runtime, with_tiling
+from pid_trt.cli.outputs import Writers, with_output
 from pid_trt.cli.ranks import Threads, join_world
 from pid_trt.cli.request import given_tiling
 from pid_trt.errors import ConfigError, InputFileError
+from pid_trt.io.encoders import OutputOptions
+from pid_trt.io.writer import ImageWriter
 from pid_trt.jobs.decode import DecodeSettings, decode_exists, decode_file
 from pid_trt.jobs.distributed import RankGroup, World
 from pid_trt.options import NetOptions, RuntimeOptions
@@ -32,7 +35,8 @@ Output = Annotated[
     typer.Option(
         "-o",
         "--output",
-        help="out.png (out_0.png, out_1.png ... for B > 1) or out.safetensors; for several inputs a directory "
+        help="out.png (out_0.png, out_1.png ... for B > 1), .jpg/.jpeg, .webp or out.safetensors (float); for "
+        "several inputs a directory "
         "(out/: out/<stem>.png) or a pattern with {stem}, {name}, {parent}, {index} ('out/{stem}.safetensors').",
     ),
 ]
@@ -103,6 +107,7 @@ Vae = Annotated[
 @with_net
 @with_runtime
 @with_tiling
+@with_output
 def decode(
     ctx: typer.Context,
     net: NetOptions = None,  # type: ignore[assignment] - a bundle (cli.options.with_*)
@@ -125,6 +130,8 @@ def decode(
     threads: Threads = None,
     compare_vae: CompareVae = False,
     vae: Vae = None,
+    encoding: OutputOptions = None,  # type: ignore[assignment] - a bundle (cli.outputs.with_output)
+    writers: Writers = None,
     *,
     latent: LatentArg,
     output: Output,
@@ -136,7 +143,7 @@ def decode(
     world = join_world(threads)
     if prompt and caption is not None:
         raise ConfigError("--prompt and --caption exclude each other: pass one")
-    settings = DecodeSettings(tuple(prompt or ()), caption, size, noise, seed, steps, tiling)
+    settings = DecodeSettings(tuple(prompt or ()), caption, size, noise, seed, steps, tiling, output=encoding)
     if server is not None:
         _refuse_local_options(net, runtime, settings, text_encoder, dry_run, compare_vae or vae is not None)
         tiling = given_tiling(settings.tiling, ctx)  # sent with each request: the server's for the rest
@@ -152,14 +159,15 @@ def decode(
         if world.is_main:
             _dry_run(latent, net, settings, loaded)
     elif not is_single(latent) or skip_existing or world.distributed:
-        _decode_many(world, latent, output, settings, skip_existing, loaded)
+        _decode_many(world, latent, output, settings, skip_existing, loaded, writers)
     else:
-        with loaded() as decoder:
+        with loaded() as decoder, ImageWriter(writers) as writer:
             random = decoder.spec.random_weights
             done = decode_file(
                 decoder, latent[0], output, settings,
                 on_start=(lambda: warn(RANDOM_WEIGHTS_WARNING.format("image", "s"))) if random else None,
-            )  # fmt: skip
+                writer=writer,
+            ).finished()  # fmt: skip
         d = (done.beside or {}).get("colour_drift")
         drift = (
             f"; PiD vs VAE: chroma {d['mean_chroma_shift']:+.2f}, green-magenta {d['green_magenta_bias']:+.2f}, "
@@ -254,19 +262,26 @@ def _plan(latent: list[Path], output: Path, settings: DecodeSettings):
     return planned, problems
 
 
-def _decode_many(world: World, latent, output, settings: DecodeSettings, skip_existing: bool, load) -> None:
+def _decode_many(
+    world: World, latent, output, settings: DecodeSettings, skip_existing: bool, load, writers: int | None
+) -> None:
     """Several inputs (or --skip-existing, or torchrun): one output per input, a progress bar,
     failures reported by input, a summary; exit code non-zero when any failed. Under torchrun
-    every rank plans the same jobs and decodes its shard (:mod:`pid_trt.cli.ranks`)."""
+    every rank plans the same jobs and decodes its shard (:mod:`pid_trt.cli.ranks`); each
+    rank's images are encoded and written by its own ``writers`` threads while it decodes on."""
     from pid_trt.cli.ranks import finish_run, gather_run, run_rank
+    from pid_trt.io.writer import default_writers
 
     planned, problems = _plan(latent, output, settings)
+    if writers is None:
+        writers = default_writers(world.local_world_size if world.distributed else 1)
     with RankGroup(world) as group:
-        with load() as decoder:
+        with load() as decoder, ImageWriter(writers) as writer:
             if decoder.spec.random_weights and world.is_main:
                 warn(RANDOM_WEIGHTS_WARNING.format("images", ""))
             summary = run_rank(
-                world, "decode", planned, lambda job: decode_file(decoder, job.source, job.output, settings),
+                world, "decode", planned,
+                lambda job: decode_file(decoder, job.source, job.output, settings, writer=writer).pending,
                 skip_existing=skip_existing, problems=problems, exists=decode_exists(settings),
             )  # fmt: skip
         summary, how = gather_run(group, summary), decoder.backend_name

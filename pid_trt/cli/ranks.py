@@ -10,6 +10,7 @@ with the whole run's code: non-zero on every rank when an input failed on any ra
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Annotated
 
 import typer
@@ -48,7 +49,7 @@ def run_rank(
     world: World,
     label: str,
     jobs: Sequence[Job],
-    work: Callable[[Job], None],
+    work: Callable[[Job], Future | None],
     *,
     skip_existing: bool,
     concurrency: int = 1,

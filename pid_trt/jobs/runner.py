@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.jobs.inputs import Problem
@@ -35,7 +36,7 @@ class RunEvents:
 
 def run_jobs(
     jobs: Sequence[Job],
-    work: Callable[[Job], None],
+    work: Callable[[Job], Future | None],
     *,
     skip_existing: bool = False,
     concurrency: int = 1,
@@ -48,7 +49,9 @@ def run_jobs(
     thread), and return what happened.
 
     A job whose worker raises an ``Exception`` is a failed result holding it; the other jobs
-    go on. ``skip_existing``: jobs whose output exists are skipped (resume); ``exists``
+    go on. A worker may also return a ``Future`` (its output still being written, e.g. by
+    :class:`pid_trt.io.writer.ImageWriter`): the job's result is recorded when it resolves,
+    and the run waits for every such future before it returns (after Ctrl-C too). ``skip_existing``: jobs whose output exists are skipped (resume); ``exists``
     tells (default: :func:`~pid_trt.jobs.output_exists`, a job writing several files passes
     its own test). ``problems``:
     arguments that named no input, counted as failed inputs (an :class:`InputFileError`
@@ -78,17 +81,34 @@ def run_jobs(
         record(JobResult(job.name, Outcome.SKIPPED, job))
     events.started(len(todo))
 
+    pending: list[Future] = []
+
+    def settle(job: Job, begin: float, exc: BaseException | None) -> None:
+        outcome = Outcome.DONE if exc is None else Outcome.FAILED
+        record(JobResult(job.name, outcome, job, exc, time.perf_counter() - begin))
+
     def one(job: Job) -> None:
         if cancel is not None and cancel.is_set():
             dropped.set()
             return
         begin = time.perf_counter()
         try:
-            work(job)
+            out = work(job)
         except Exception as exc:
-            record(JobResult(job.name, Outcome.FAILED, job, exc, time.perf_counter() - begin))
+            settle(job, begin, exc)
         else:
-            record(JobResult(job.name, Outcome.DONE, job, None, time.perf_counter() - begin))
+            if isinstance(out, Future):
+                recorded: Future = Future()  # set once the result is recorded, not merely known
+                with lock:
+                    pending.append(recorded)
+
+                def land(f: Future) -> None:
+                    settle(job, begin, f.exception())
+                    recorded.set_result(None)
+
+                out.add_done_callback(land)
+            else:
+                settle(job, begin, None)
 
     start = time.perf_counter()
     pool = None
@@ -105,6 +125,7 @@ def run_jobs(
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        wait_all(list(pending))  # outputs still being written land (or fail) before the summary
     summary.interrupted = summary.interrupted or dropped.is_set()
     summary.seconds = time.perf_counter() - start
     return summary
