@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from pid_trt.buckets import parse_size
+from pid_trt.cli.bench_pipeline import Format, Images, NoSerial, Pipeline, SimulateDevice, SimulateMs
 from pid_trt.cli.errors import cli_errors
 from pid_trt.cli.options import (
     TILING_PARAMS,
@@ -18,7 +19,9 @@ from pid_trt.cli.options import (
     with_net,
     with_tiling,
 )
+from pid_trt.cli.outputs import Writers, with_output
 from pid_trt.errors import ConfigError
+from pid_trt.io.encoders import OutputOptions
 from pid_trt.options import NetOptions
 
 
@@ -77,6 +80,7 @@ Requests = Annotated[int, typer.Option("--requests", min=1, help="--server: requ
 @cli_errors
 @with_net
 @with_tiling
+@with_output
 def bench(
     size: Size = (),
     res: Res = (),
@@ -102,13 +106,30 @@ def bench(
     concurrency: Concurrency = (1,),
     requests: Requests = 20,
     tiling: dict = None,  # type: ignore[assignment] - --tiles, --tile-size ... (with_tiling)
+    pipeline: Pipeline = False,
+    simulate_device_ms: SimulateMs = None,
+    simulate_device: SimulateDevice = None,
+    images: Images = 16,
+    formats: Format = ("png",),
+    writers: Writers = None,
+    no_serial: NoSerial = False,
+    encoding: OutputOptions = None,  # type: ignore[assignment] - --png-level, --quality ... (with_output)
     *,
     net: NetOptions,
 ) -> None:
     """Benchmark backends (each case in a fresh process), or print the cost model (--estimate), or
     load-test a server (--server). With tiling options (--tiles 2x2, --tile-size ...), each case is
-    measured in one shot and as those options plan it: tiled rows beside one-shot rows."""
+    measured in one shot and as those options plan it: tiled rows beside one-shot rows. --pipeline:
+    the host path around the network, per stage, against a real or simulated device."""
     sizes = _sizes(size, res)
+    if pipeline:
+        from pid_trt.cli.bench_pipeline import bench_pipeline
+
+        bench_pipeline(
+            net, sizes, list(formats), images, writers, encoding, simulate_device_ms, simulate_device,
+            not no_serial, json_path, markdown_path, title,
+        )  # fmt: skip
+        return
     tiled = given_flags(TILING_PARAMS, tiling)
     if tiled and (server is not None or estimate):
         raise ConfigError(

@@ -4,6 +4,8 @@ float32 safetensors tensor; the format by the output's suffix (:mod:`pid_trt.io.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -78,13 +80,39 @@ def host_pixels(images: torch.Tensor, fmt: OutputFormat, options: OutputOptions)
 
 
 def write_pixels(
-    pixels, target: Path, fmt: OutputFormat, options: OutputOptions, text: Mapping[str, str] | None = None
+    pixels,
+    target: Path,
+    fmt: OutputFormat,
+    options: OutputOptions,
+    text: Mapping[str, str] | None = None,
+    clock: StageClock | None = None,
 ) -> Path:
     """Encode one image ``pixels`` [H, W, 3] and write it to ``target`` atomically; returns it.
-    Raises InputFileError (one line, naming the file) when the write fails."""
+    Raises InputFileError (one line, naming the file) when the write fails. ``clock``: adds
+    the seconds spent encoding and writing, and the bytes written."""
+    start = time.perf_counter()
     data = encode_image(pixels, fmt, options, text)
+    encoded = time.perf_counter()
     _write_one(target, lambda tmp: Path(tmp).write_bytes(data))
+    if clock is not None:
+        clock.add(encode=encoded - start, write=time.perf_counter() - encoded, nbytes=len(data))
     return target
+
+
+class StageClock:
+    """Seconds spent encoding and writing images, and bytes written, summed over threads."""
+
+    def __init__(self) -> None:
+        self.encode = self.write = 0.0
+        self.nbytes = self.images = 0
+        self._lock = threading.Lock()
+
+    def add(self, *, encode: float, write: float, nbytes: int) -> None:
+        with self._lock:
+            self.encode += encode
+            self.write += write
+            self.nbytes += nbytes
+            self.images += 1
 
 
 def write_float(images: torch.Tensor, target: Path) -> Path:

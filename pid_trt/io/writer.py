@@ -23,7 +23,15 @@ import torch
 
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.io.encoders import OutputFormat, OutputOptions
-from pid_trt.io.images import batch_error, check_output, host_pixels, png_paths, write_float, write_pixels
+from pid_trt.io.images import (
+    StageClock,
+    batch_error,
+    check_output,
+    host_pixels,
+    png_paths,
+    write_float,
+    write_pixels,
+)
 
 #: The most writer threads the default picks.
 MAX_DEFAULT_WRITERS = 8
@@ -67,7 +75,8 @@ class _Batch:
 class ImageWriter:
     """Writes decoded batches to image files on ``writers`` threads (0: in the calling thread),
     at most ``max_in_flight`` images at once (default: 2 per writer). Use as a context manager,
-    or call :meth:`close`. ``peak``: the most images that were in flight at once."""
+    or call :meth:`close`. ``peak``: the most images that were in flight at once; ``clock``:
+    the seconds the threads spent encoding and writing (:class:`~pid_trt.io.images.StageClock`)."""
 
     def __init__(self, writers: int | None = None, max_in_flight: int | None = None) -> None:
         writers = default_writers() if writers is None else writers
@@ -78,6 +87,7 @@ class ImageWriter:
             raise ConfigError(f"max_in_flight {limit}: expected at least 1 image")
         self.writers, self.max_in_flight = writers, limit
         self.peak = 0
+        self.clock = StageClock()
         self._in_flight = 0
         self._room = threading.Condition()
         self._pool = ThreadPoolExecutor(writers, thread_name_prefix="pidtrt-writer") if writers else None
@@ -117,7 +127,11 @@ class ImageWriter:
         batch = _Batch(png_paths(out, pixels.shape[0]))
         for k, target in enumerate(batch.targets):
             try:
-                self._run(batch, k, lambda px=pixels[k], t=target: write_pixels(px, t, fmt, options, text))
+                self._run(
+                    batch,
+                    k,
+                    lambda px=pixels[k], t=target: write_pixels(px, t, fmt, options, text, self.clock),
+                )
             except BaseException:  # Ctrl-C while waiting for room: the rest of the batch is not written
                 for rest in range(k, len(batch.targets)):
                     batch.done(rest, f"output {batch.targets[rest]}: not written (interrupted)")
