@@ -10,7 +10,7 @@ import typer
 
 from pid_trt.cli.errors import cli_errors, warn
 from pid_trt.cli.options import TextDtype, TextEncoder, with_net, with_runtime, with_tiling
-from pid_trt.cli.outputs import Writers, with_output
+from pid_trt.cli.outputs import Batch, Writers, with_output
 from pid_trt.cli.ranks import Threads, join_world
 from pid_trt.cli.request import given_tiling
 from pid_trt.errors import ConfigError, InputFileError
@@ -132,6 +132,7 @@ def decode(
     vae: Vae = None,
     encoding: OutputOptions = None,  # type: ignore[assignment] - a bundle (cli.outputs.with_output)
     writers: Writers = None,
+    batch: Batch = 1,
     *,
     latent: LatentArg,
     output: Output,
@@ -159,7 +160,7 @@ def decode(
         if world.is_main:
             _dry_run(latent, net, settings, loaded)
     elif not is_single(latent) or skip_existing or world.distributed:
-        _decode_many(world, latent, output, settings, skip_existing, loaded, writers)
+        _decode_many(world, latent, output, settings, skip_existing, loaded, writers, batch)
     else:
         with loaded() as decoder, ImageWriter(writers) as writer:
             random = decoder.spec.random_weights
@@ -263,7 +264,14 @@ def _plan(latent: list[Path], output: Path, settings: DecodeSettings):
 
 
 def _decode_many(
-    world: World, latent, output, settings: DecodeSettings, skip_existing: bool, load, writers: int | None
+    world: World,
+    latent,
+    output,
+    settings: DecodeSettings,
+    skip_existing: bool,
+    load,
+    writers: int | None,
+    batch: int = 1,
 ) -> None:
     """Several inputs (or --skip-existing, or torchrun): one output per input, a progress bar,
     failures reported by input, a summary; exit code non-zero when any failed. Under torchrun
@@ -279,9 +287,9 @@ def _decode_many(
         with load() as decoder, ImageWriter(writers) as writer:
             if decoder.spec.random_weights and world.is_main:
                 warn(RANDOM_WEIGHTS_WARNING.format("images", ""))
+            work, flush = _worker(decoder, settings, writer, batch)
             summary = run_rank(
-                world, "decode", planned,
-                lambda job: decode_file(decoder, job.source, job.output, settings, writer=writer).pending,
+                world, "decode", planned, work, flush=flush,
                 skip_existing=skip_existing, problems=problems, exists=decode_exists(settings),
             )  # fmt: skip
         summary, how = gather_run(group, summary), decoder.backend_name
@@ -291,6 +299,18 @@ def _decode_many(
             path, _ = write_run_manifest(settings.beside, planned, summary.results, decoder, summary.seconds)
             how += f"; VAE beside PiD, manifest {path}"
         finish_run(world, summary, how)
+
+
+def _worker(decoder, settings: DecodeSettings, writer: ImageWriter, batch: int):
+    """(work, flush) of a many-file run: one file per decode, or ``--batch`` files at once."""
+    if batch == 1:
+        return (
+            lambda job: decode_file(decoder, job.source, job.output, settings, writer=writer).pending
+        ), None
+    from pid_trt.jobs.batching import BatchedDecode
+
+    worker = BatchedDecode(decoder, settings, writer, batch)
+    return worker, worker.flush
 
 
 def _decode_remote(

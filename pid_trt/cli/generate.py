@@ -20,8 +20,10 @@ from pid_trt.cli.options import (
     with_runtime,
     with_tiling,
 )
+from pid_trt.cli.outputs import Writers, with_output
 from pid_trt.cli.ranks import Threads, join_world
 from pid_trt.errors import ConfigError
+from pid_trt.io.encoders import OutputOptions
 from pid_trt.jobs.distributed import World
 from pid_trt.options import RuntimeOptions
 
@@ -142,6 +144,7 @@ LdmDtype = Annotated[
 @cli_errors
 @with_runtime
 @with_tiling
+@with_output
 def generate(
     prompt: Prompt = None,
     prompts_file: PromptsFile = None,
@@ -169,6 +172,8 @@ def generate(
     tiling: dict = None,  # type: ignore[assignment] - PiD's tiling keywords (cli.options.with_tiling)
     ldm_dtype: LdmDtype = None,
     threads: Threads = None,
+    encoding: OutputOptions = None,  # type: ignore[assignment] - --png-level, --quality ... (with_output)
+    writers: Writers = None,
     *,
     pipeline: Pipeline,
     output: Output,
@@ -195,12 +200,13 @@ def generate(
     settings = GenerateSettings.make(
         ldm, net.resolve().config, height, width, steps, capture_step or (), capture_final, seed=seed,
         guidance_scale=guidance_scale, compare_vae=compare_vae, save_latents=save_latents, tiling=tiling,
+        output=encoding,
     )  # fmt: skip
     folder = _is_folder_run(output, len(prompts), len(settings.capture_steps), save_latent, save_latents)
     warn_random = random_weights and world.is_main  # under torchrun, rank 0 alone warns
     run = _Run(pipeline, torch_dtype, net, run_options, text_encoder, text_dtype, warn_random)
     if folder:
-        _folder_run(world, run, prompts, settings, output, skip_existing)
+        _folder_run(world, run, prompts, settings, output, skip_existing, writers)
     elif world.is_main:  # one image: rank 0 makes it, the other ranks have nothing to do
         _one_image(run, prompts[0], settings, output, save_latent, skip_existing)
 
@@ -295,7 +301,7 @@ def _one_image(run: _Run, prompt: str, settings, output: Path, save_latent: Path
             pipe, dec, prompt, settings.height, settings.width, settings.capture_steps[0], settings.seed,
             backbone=ldm, num_inference_steps=settings.steps, tiling=settings.tiling, **extra,
         )  # fmt: skip
-    written = write_images(result.image, output)
+    written = write_images(result.image, output, settings.output)
     drift_note = ""
     if settings.compare_vae:
         from pid_trt.integrations.vae_compare import compare_with_vae, write_comparison
@@ -323,7 +329,9 @@ def _one_image(run: _Run, prompt: str, settings, output: Path, save_latent: Path
     )
 
 
-def _folder_run(world: World, run: _Run, prompts: list[str], settings, root: Path, skip: bool) -> None:
+def _folder_run(
+    world: World, run: _Run, prompts: list[str], settings, root: Path, skip: bool, writers: int | None
+) -> None:
     """Every prompt into its folder under ``root`` (:mod:`pid_trt.integrations.generate_run`),
     a progress bar over prompts, the run manifest, a summary line. Under torchrun each rank
     generates its shard of the prompts; rank 0 writes the manifest of the whole run."""
@@ -336,6 +344,7 @@ def _folder_run(world: World, run: _Run, prompts: list[str], settings, root: Pat
         prompt_outputs,
         write_run_manifest,
     )
+    from pid_trt.io.writer import ImageWriter, default_writers
     from pid_trt.jobs import Job, shard
     from pid_trt.jobs.distributed import RankGroup
     from pid_trt.jobs.prompts import prompt_folder
@@ -362,9 +371,12 @@ def _folder_run(world: World, run: _Run, prompts: list[str], settings, root: Pat
         )  # fmt: skip
         root.mkdir(parents=True, exist_ok=True)
 
+        share = world.local_world_size if world.distributed else 1
+        writer = ImageWriter(default_writers(share) if writers is None else writers)
+
         def work(job: Job) -> None:
             vae = pipe.vae if settings.compare_vae else None
-            generate_prompt(pipe, dec, outs[job.index], settings, vae=vae)
+            generate_prompt(pipe, dec, outs[job.index], settings, vae=vae, writer=writer)
 
         try:
             summary = run_rank(
@@ -376,6 +388,7 @@ def _folder_run(world: World, run: _Run, prompts: list[str], settings, root: Pat
                 exists=lambda job: outs[job.index].complete(),
             )
         finally:
+            writer.close()
             if dec is not None:
                 dec.close()
         summary = gather_run(group, summary)

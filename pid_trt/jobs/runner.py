@@ -44,6 +44,7 @@ def run_jobs(
     events: RunEvents | None = None,
     cancel: threading.Event | None = None,
     exists: Callable[[Job], bool] = output_exists,
+    flush: Callable[[], None] | None = None,
 ) -> Summary:
     """Run ``work`` on each job, ``concurrency`` at a time (threads; 1: in order, in this
     thread), and return what happened.
@@ -51,7 +52,8 @@ def run_jobs(
     A job whose worker raises an ``Exception`` is a failed result holding it; the other jobs
     go on. A worker may also return a ``Future`` (its output still being written, e.g. by
     :class:`pid_trt.io.writer.ImageWriter`): the job's result is recorded when it resolves,
-    and the run waits for every such future before it returns (after Ctrl-C too). ``skip_existing``: jobs whose output exists are skipped (resume); ``exists``
+    and the run waits for every such future before it returns (after Ctrl-C too). A worker
+    that holds jobs back (batching them) passes ``flush``, called once no job is left. ``skip_existing``: jobs whose output exists are skipped (resume); ``exists``
     tells (default: :func:`~pid_trt.jobs.output_exists`, a job writing several files passes
     its own test). ``problems``:
     arguments that named no input, counted as failed inputs (an :class:`InputFileError`
@@ -125,6 +127,8 @@ def run_jobs(
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        if flush is not None:  # jobs held back (a batch being gathered): decoded and written now
+            flush()
         wait_all(list(pending))  # outputs still being written land (or fail) before the summary
     summary.interrupted = summary.interrupted or dropped.is_set()
     summary.seconds = time.perf_counter() - start
