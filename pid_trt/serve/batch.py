@@ -152,16 +152,16 @@ def _decode_group(decoder, items: list[_Ready], requests, results: list[DecodeRe
 
 def png_bytes(images: torch.Tensor) -> list[bytes]:
     """[n, 3, H, W] float in [-1, 1] -> n PNG files, byte for byte what
-    :func:`pid_trt.io.write_images` writes for the same images."""
-    from pid_trt.io.encoders import OutputFormat, OutputOptions, encode_image
+    :func:`pid_trt.io.write_images` writes for the same images: quantized on the images'
+    device, encoded in parallel over the batch (:func:`pid_trt.io.writer.encode_all`)."""
+    from pid_trt.io.encoders import OutputFormat, OutputOptions
     from pid_trt.io.images import host_pixels
+    from pid_trt.io.writer import encode_all
 
     if not bool(torch.isfinite(images).all()):
         raise PidTrtError("decoded images contain NaN/Inf; refusing to encode them as PNG")
     options = OutputOptions()
-    return [
-        encode_image(px, OutputFormat.PNG, options) for px in host_pixels(images, OutputFormat.PNG, options)
-    ]
+    return encode_all(host_pixels(images, OutputFormat.PNG, options), OutputFormat.PNG, options)
 
 
 def _prepare(decoder, index: int, req: DecodeRequest, steps: int, tiling: dict[str, Any]) -> _Ready:
