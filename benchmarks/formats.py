@@ -36,15 +36,15 @@ def main() -> None:
         px16 = quantize(img, torch.uint16)[0].permute(1, 2, 0).contiguous().numpy()
 
         png, jpg, webp = OutputFormat.PNG, OutputFormat.JPEG, OutputFormat.WEBP
-        cases = {  # name: (format, pixels, options); None: Pillow PNG level 6, the writer before
+        cases = {  # name: (pixels, format, options); None: Pillow PNG level 6, the writer before
             "png (before: Pillow level 6)": None,
-            "png (default, level 1)": (png, px8, OutputOptions()),
-            "png --png-level 0": (png, px8, OutputOptions(png_level=0)),
-            "png --bit-depth 16": (png, px16, OutputOptions(bit_depth=16)),
-            "jpg (q95, 4:4:4)": (jpg, px8, OutputOptions()),
-            "jpg --quality 85 (4:2:0)": (jpg, px8, OutputOptions(quality=85)),
-            "webp (q95)": (webp, px8, OutputOptions()),
-            "webp --webp-lossless": (webp, px8, OutputOptions(webp_lossless=True)),
+            "png (default, level 1)": (px8, png, OutputOptions()),
+            "png --png-level 0": (px8, png, OutputOptions(png_level=0)),
+            "png --bit-depth 16": (px16, png, OutputOptions(bit_depth=16)),
+            "jpg (q95, 4:4:4)": (px8, jpg, OutputOptions()),
+            "jpg --quality 85 (4:2:0)": (px8, jpg, OutputOptions(quality=85)),
+            "webp (q95)": (px8, webp, OutputOptions()),
+            "webp --webp-lossless": (px8, webp, OutputOptions(webp_lossless=True)),
         }
         for name, case in cases.items():
             best, data = float("inf"), b""
