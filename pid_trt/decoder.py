@@ -380,4 +380,5 @@ def _host_image(image: torch.Tensor, output_dtype: torch.dtype) -> torch.Tensor:
         return image.float().cpu()
     if not bool(torch.isfinite(image).all()):
         raise PidTrtError("decoded images contain NaN/Inf; refusing to quantize them")
-    return quantize(image, output_dtype).cpu()
+    # channels-last in memory (the shape stays [B, 3, H, W]): the host gets rows of RGB pixels, as encoders take them
+    return quantize(image, output_dtype).contiguous(memory_format=torch.channels_last).cpu()

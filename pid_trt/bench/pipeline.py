@@ -236,7 +236,9 @@ def run_pipeline_bench(plan: PipelinePlan, config, decoder=None, progress=None) 
             latent_file = work / f"latent_{width}x{height}.safetensors"
             write_latent_file(latent_file, latent, caption)
             photo = photo_like(height, width, seed=1)  # made once, off every timed path
-            pixels = quantize(photo)
+            pixels = quantize(photo).contiguous(
+                memory_format=torch.channels_last
+            )  # as the Decoder hands them
             cases = [
                 PipelineCase(width, height, fmt, path, plan.writers, plan.images, device_ms, plan.options)
                 for fmt in plan.formats
