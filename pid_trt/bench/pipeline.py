@@ -137,8 +137,7 @@ def run_case(
                 serial_clock[1] += time.perf_counter() - t2
                 serial_clock[2] += len(data)
             if i == 0:  # the first image warms up: out of the steady rate and of the stage means
-                warm = time.perf_counter()
-                stages.clear()
+                warm, _ = time.perf_counter(), stages.clear()
     end = time.perf_counter()
     n = case.images
     if pipelined:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from pid_trt.buckets import parse_size
-from pid_trt.cli.bench_pipeline import Format, Images, NoSerial, Pipeline, SimulateDevice, SimulateMs
+from pid_trt.cli.bench_pipeline import with_pipeline
 from pid_trt.cli.errors import cli_errors
 from pid_trt.cli.options import (
     TILING_PARAMS,
@@ -19,7 +19,7 @@ from pid_trt.cli.options import (
     with_net,
     with_tiling,
 )
-from pid_trt.cli.outputs import Writers, with_output
+from pid_trt.cli.outputs import with_output
 from pid_trt.errors import ConfigError
 from pid_trt.io.encoders import OutputOptions
 from pid_trt.options import NetOptions
@@ -81,6 +81,7 @@ Requests = Annotated[int, typer.Option("--requests", min=1, help="--server: requ
 @with_net
 @with_tiling
 @with_output
+@with_pipeline
 def bench(
     size: Size = (),
     res: Res = (),
@@ -106,13 +107,7 @@ def bench(
     concurrency: Concurrency = (1,),
     requests: Requests = 20,
     tiling: dict = None,  # type: ignore[assignment] - --tiles, --tile-size ... (with_tiling)
-    pipeline: Pipeline = False,
-    simulate_device_ms: SimulateMs = None,
-    simulate_device: SimulateDevice = None,
-    images: Images = 16,
-    formats: Format = ("png",),
-    writers: Writers = None,
-    no_serial: NoSerial = False,
+    pipe: dict = None,  # type: ignore[assignment] - --pipeline, --simulate-device-ms ... (with_pipeline)
     encoding: OutputOptions = None,  # type: ignore[assignment] - --png-level, --quality ... (with_output)
     *,
     net: NetOptions,
@@ -122,14 +117,10 @@ def bench(
     measured in one shot and as those options plan it: tiled rows beside one-shot rows. --pipeline:
     the host path around the network, per stage, against a real or simulated device."""
     sizes = _sizes(size, res)
-    if pipeline:
+    if pipe["pipeline"]:
         from pid_trt.cli.bench_pipeline import bench_pipeline
 
-        bench_pipeline(
-            net, sizes, list(formats), images, writers, encoding, simulate_device_ms, simulate_device,
-            not no_serial, json_path, markdown_path, title,
-        )  # fmt: skip
-        return
+        return bench_pipeline(net, sizes, pipe, encoding, json_path, markdown_path, title)
     tiled = given_flags(TILING_PARAMS, tiling)
     if tiled and (server is not None or estimate):
         raise ConfigError(

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from pid_trt.cli.options import _bundle, _param
+from pid_trt.cli.outputs import Writers
 from pid_trt.errors import ConfigError
 from pid_trt.io.encoders import OutputOptions
 from pid_trt.options import NetOptions
@@ -38,13 +40,34 @@ NoSerial = Annotated[
 ]
 _FORMATS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}
 
+#: The command-line parameters of ``bench --pipeline`` (``--writers`` from :mod:`pid_trt.cli.outputs`).
+PIPELINE_PARAMS = (
+    _param("pipeline", Pipeline, False),
+    _param("simulate_device_ms", SimulateMs, None),
+    _param("simulate_device", SimulateDevice, None),
+    _param("images", Images, 16),
+    _param("formats", Format, ("png",)),
+    _param("writers", Writers, None),
+    _param("no_serial", NoSerial, False),
+)
+
+
+def _pipeline_flags(*values) -> dict:
+    return dict(zip((p.name for p in PIPELINE_PARAMS), values, strict=True))
+
+
+#: ``@with_pipeline`` on a command with ``pipe: dict``: typer sees the ``--pipeline`` flags.
+with_pipeline = _bundle("pipe", PIPELINE_PARAMS, _pipeline_flags)
+
 
 def bench_pipeline(
-    net: NetOptions, sizes: list[tuple[int, int]], formats: list[str], images: int, writers: int | None,
-    encoding: OutputOptions, device_ms: float | None, device: str | None, serial: bool,
+    net: NetOptions, sizes: list[tuple[int, int]], pipe: dict, encoding: OutputOptions,
     json_path: Path | None, markdown_path: Path | None, title: str | None,
 ) -> None:  # fmt: skip
-    """Translate the flags into a :class:`~pid_trt.bench.pipeline.PipelinePlan`, run it, report."""
+    """Translate the flags (``pipe``: :data:`PIPELINE_PARAMS`' values) into a
+    :class:`~pid_trt.bench.pipeline.PipelinePlan`, run it, report."""
+    formats, images, writers = list(pipe["formats"]), pipe["images"], pipe["writers"]
+    device_ms, device, serial = pipe["simulate_device_ms"], pipe["simulate_device"], not pipe["no_serial"]
     from pid_trt.bench.pipeline import (
         PipelinePlan,
         device_floor_ms,
