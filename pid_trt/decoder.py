@@ -51,7 +51,7 @@ from pid_trt.captions import (
     CaptionProvider,
 )
 from pid_trt.config import NetConfig
-from pid_trt.errors import ConfigError
+from pid_trt.errors import ConfigError, PidTrtError
 from pid_trt.netspec import NetSpec, build_model
 from pid_trt.options import NetOptions, RuntimeOptions
 from pid_trt.tiling import Envelope, PlanRunner, SizePlan, TileOptions, envelope_for
@@ -228,9 +228,12 @@ class Decoder:
         allow_untrained_size: bool = False,
         devices: Any = None,
         tiling: TileOptions | None = None,
+        output_dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """Decode ``latent`` ([C, h, w] or [B, C, h, w], torch or numpy) into [B, 3, H, W]
-        float32 in [-1, 1] on the CPU.
+        float32 in [-1, 1] on the CPU; with ``output_dtype`` torch.uint8 (or torch.uint16)
+        the pixels [B, 3, H, W] of :func:`pid_trt.io.quantize`, quantized on the decode's device
+        before the copy to the CPU (channels first, as the float image).
 
         caption_embedding: [T, D] or [B, T, D]; or ``prompt``: one string (every row) or B
         strings, encoded by the caption encoder. Without either, the null caption for a net that
@@ -253,6 +256,10 @@ class Decoder:
         from pid_trt.sampling import draw_noise, sample
 
         self._check_open()
+        if output_dtype not in (torch.float32, torch.uint8, torch.uint16):
+            raise ConfigError(
+                f"output_dtype={output_dtype}: expected torch.float32, torch.uint8 or torch.uint16"
+            )
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"steps={steps!r}: expected an integer >= 1")
         tiling = tile_options(
@@ -278,7 +285,7 @@ class Decoder:
                 size_plan, cond, tiling.devices
             ) as denoise:  # engines checked before CUDA
                 dev = self._request.torch_device
-                return sample(denoise, [d.to(dev) for d in draws], steps).float().cpu()
+                return _host_image(sample(denoise, [d.to(dev) for d in draws], steps), output_dtype)
 
         grid = size_plan.grid
         tiled = "" if grid is None else f" in {grid.cols}x{grid.rows} tiles"
@@ -407,3 +414,16 @@ def _caption_store(store: Any, max_mb: float | None) -> CaptionStore | None:
     if isinstance(store, CaptionStore):
         return store
     return CaptionStore.default(store, max_mb)
+
+
+def _host_image(image: torch.Tensor, output_dtype: torch.dtype) -> torch.Tensor:
+    """A decoded [B, 3, H, W] on the CPU: float32, or quantized (:func:`pid_trt.io.quantize`)
+    on its own device first; non-finite values are refused before they are quantized away."""
+    from pid_trt.io import quantize
+
+    if output_dtype == torch.float32:
+        return image.float().cpu()
+    if not bool(torch.isfinite(image).all()):
+        raise PidTrtError("decoded images contain NaN/Inf; refusing to quantize them")
+    # channels-last in memory (the shape stays [B, 3, H, W]): the host gets rows of RGB pixels, as encoders take them
+    return quantize(image, output_dtype).contiguous(memory_format=torch.channels_last).cpu()

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from pid_trt.buckets import parse_size
+from pid_trt.cli.bench_pipeline import with_pipeline
+from pid_trt.cli.bench_server import Concurrency, Requests, Server, bench_server
 from pid_trt.cli.errors import cli_errors
 from pid_trt.cli.options import (
     TILING_PARAMS,
@@ -18,8 +20,10 @@ from pid_trt.cli.options import (
     with_net,
     with_tiling,
 )
-from pid_trt.cli.panels import IO_PANEL, RUNTIME_PANEL, SERVER_PANEL, SIZE_PANEL
+from pid_trt.cli.outputs import with_output
+from pid_trt.cli.panels import IO_PANEL, RUNTIME_PANEL, SIZE_PANEL
 from pid_trt.errors import ConfigError
+from pid_trt.io.encoders import OutputOptions
 from pid_trt.options import NetOptions
 
 
@@ -112,30 +116,13 @@ Timeout = Annotated[
         rich_help_panel=RUNTIME_PANEL,
     ),
 ]
-Server = Annotated[
-    str | None,
-    typer.Option(
-        "--server",
-        help="Load-test a running `pidtrt serve` at this URL instead (http://HOST:PORT).",
-        rich_help_panel=SERVER_PANEL,
-    ),
-]
-Concurrency = Annotated[
-    list[int],
-    typer.Option(
-        "--concurrency",
-        help="--server: clients sending at once (repeatable: one test each).",
-        rich_help_panel=SERVER_PANEL,
-    ),
-]
-Requests = Annotated[
-    int, typer.Option("--requests", min=1, help="--server: requests per test.", rich_help_panel=SERVER_PANEL)
-]
 
 
 @cli_errors
 @with_net
 @with_tiling
+@with_output
+@with_pipeline
 def bench(
     size: Size = (),
     res: Res = (),
@@ -161,29 +148,30 @@ def bench(
     concurrency: Concurrency = (1,),
     requests: Requests = 20,
     tiling: dict = None,  # type: ignore[assignment] - --tiles, --tile-size ... (with_tiling)
+    pipe: dict = None,  # type: ignore[assignment] - --pipeline, --simulate-device-ms ... (with_pipeline)
+    encoding: OutputOptions = None,  # type: ignore[assignment] - --png-level, --quality ... (with_output)
     *,
     net: NetOptions,
 ) -> None:
     """Benchmark backends (each case in a fresh process), or print the cost model (--estimate), or
     load-test a server (--server). With tiling options (--tiles 2x2, --tile-size ...), each case is
-    measured in one shot and as those options plan it: tiled rows beside one-shot rows."""
+    measured in one shot and as those options plan it: tiled rows beside one-shot rows. --pipeline:
+    the host path around the network, per stage, against a real or simulated device."""
     sizes = _sizes(size, res)
+    if pipe["pipeline"]:
+        from pid_trt.cli.bench_pipeline import bench_pipeline
+
+        return bench_pipeline(net, sizes, pipe, encoding, json_path, markdown_path, title)
     tiled = given_flags(TILING_PARAMS, tiling)
     if tiled and (server is not None or estimate):
         raise ConfigError(
             f"{', '.join(tiled)} with {'--server' if server else '--estimate'}: tiling options measure local decodes"
         )
     if server is not None:
-        _bench_server(server, sizes, concurrency, requests, timeout, json_path, markdown_path, title)
+        bench_server(server, sizes, concurrency, requests, timeout, json_path, markdown_path, title)
         return
     if estimate:
-        from pid_trt.costmodel import render_markdown as cost_table
-
-        if net.backbone is None:
-            raise ConfigError("--estimate needs --backbone (a preset)")
-        for h, w in sizes:
-            for b in batch:
-                typer.echo(cost_table(net.backbone, net.ckpt_type, h, w, b, steps))
+        _estimate(net, sizes, batch, steps)
         return
 
     from pid_trt.bench.report import render_markdown, write_reports
@@ -207,32 +195,12 @@ def bench(
     write_reports(records, text, meta, json_path=json_path, markdown_path=markdown_path, plot_path=plot_path)
 
 
-def _bench_server(
-    url: str,
-    sizes: list[tuple[int, int]],
-    concurrency: list[int],
-    requests: int,
-    timeout: float | None,
-    json_path: Path | None,
-    markdown_path: Path | None,
-    title: str | None,
-) -> None:
-    """``--server``: one load test per size x concurrency; table on stdout, JSON / Markdown files."""
-    from pid_trt.serve.loadtest import dump_document, render_markdown, run_load
+def _estimate(net: NetOptions, sizes: list[tuple[int, int]], batch: list[int], steps: int) -> None:
+    """``--estimate``: the cost-model table of each size x batch."""
+    from pid_trt.costmodel import render_markdown as cost_table
 
-    if any(c < 1 for c in concurrency):
-        raise ConfigError(f"--concurrency {concurrency}: expected integers >= 1")
-    records = []
-    for height, width in sizes:
-        for c in dict.fromkeys(concurrency):
-            typer.echo(f"load test {width}x{height}, concurrency {c}, {requests} requests -> {url}", err=True)
-            records.append(run_load(url, height, width, c, requests, timeout_s=timeout or 600.0))
-    text = render_markdown(records, title)
-    typer.echo(text)
-    if json_path is not None:
-        meta = {"command": "pidtrt bench --server", "url": url, "requests": requests}
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(dump_document(records, meta))
-    if markdown_path is not None:
-        markdown_path.parent.mkdir(parents=True, exist_ok=True)
-        markdown_path.write_text(text)
+    if net.backbone is None:
+        raise ConfigError("--estimate needs --backbone (a preset)")
+    for h, w in sizes:
+        for b in batch:
+            typer.echo(cost_table(net.backbone, net.ckpt_type, h, w, b, steps))

@@ -10,12 +10,15 @@ import typer
 
 from pid_trt.cli.errors import cli_errors, warn
 from pid_trt.cli.options import TextDtype, TextEncoder, with_captions, with_net, with_runtime, with_tiling
+from pid_trt.cli.outputs import Batch, Writers, with_output
 from pid_trt.cli.panels import CAPTIONS_PANEL, IO_PANEL, MANY_PANEL, RUNTIME_PANEL, SERVER_PANEL, SIZE_PANEL
 from pid_trt.cli.ranks import Threads, join_world
 from pid_trt.cli.request import given_tiling
 from pid_trt.errors import ConfigError, InputFileError
+from pid_trt.io.encoders import OutputOptions
+from pid_trt.io.writer import ImageWriter
 from pid_trt.jobs.decode import DecodeSettings, decode_exists, decode_file
-from pid_trt.jobs.distributed import RankGroup, World
+from pid_trt.jobs.distributed import RankGroup, World, rank_runtime
 from pid_trt.options import NetOptions, RuntimeOptions
 from pid_trt.quoting import printable
 
@@ -34,7 +37,7 @@ Output = Annotated[
     typer.Option(
         "-o",
         "--output",
-        help="out.png (out_0.png ... for B > 1) or out.safetensors; many inputs: out/ or a pattern 'out/{stem}.png'.",
+        help="out.png (out_0.png ... for B > 1), .jpg, .webp or .safetensors; many inputs: out/ or 'out/{stem}.png'.",
         rich_help_panel=IO_PANEL,
     ),
 ]
@@ -148,6 +151,7 @@ Vae = Annotated[
 @with_runtime
 @with_tiling
 @with_captions
+@with_output
 def decode(
     ctx: typer.Context,
     net: NetOptions = None,  # type: ignore[assignment] - a bundle (cli.options.with_*)
@@ -171,6 +175,9 @@ def decode(
     threads: Threads = None,
     compare_vae: CompareVae = False,
     vae: Vae = None,
+    encoding: OutputOptions = None,  # type: ignore[assignment] - a bundle (cli.outputs.with_output)
+    writers: Writers = None,
+    batch: Batch = 1,
     *,
     latent: LatentArg,
     output: Output,
@@ -182,7 +189,7 @@ def decode(
     world = join_world(threads)
     if prompt and caption is not None:
         raise ConfigError("--prompt and --caption exclude each other: pass one")
-    settings = DecodeSettings(tuple(prompt or ()), caption, size, noise, seed, steps, tiling)
+    settings = DecodeSettings(tuple(prompt or ()), caption, size, noise, seed, steps, tiling, output=encoding)
     if server is not None:
         _refuse_local_options(net, runtime, settings, text_encoder, dry_run, compare_vae or vae is not None)
         if any(v is not None for v in (captions or {}).values()):
@@ -191,7 +198,7 @@ def decode(
         tiling = given_tiling(settings.tiling, ctx)  # sent with each request: the server's for the rest
         _decode_remote(world, latent, output, server, settings, tiling, skip_existing, concurrency, timeout)
         return
-    runtime = _rank_runtime(world, runtime)
+    runtime = rank_runtime(world, runtime)
     if not dry_run:
         from pid_trt.integrations.vae_beside import vae_beside
 
@@ -201,14 +208,15 @@ def decode(
         if world.is_main:
             _dry_run(latent, net, settings, loaded)
     elif not is_single(latent) or skip_existing or world.distributed:
-        _decode_many(world, latent, output, settings, skip_existing, loaded)
+        _decode_many(world, latent, output, settings, skip_existing, loaded, writers, batch)
     else:
-        with loaded() as decoder:
+        with loaded() as decoder, ImageWriter(writers) as writer:
             random = decoder.spec.random_weights
             done = decode_file(
                 decoder, latent[0], output, settings,
                 on_start=(lambda: warn(RANDOM_WEIGHTS_WARNING.format("image", "s"))) if random else None,
-            )  # fmt: skip
+                writer=writer,
+            ).finished()  # fmt: skip
         d = (done.beside or {}).get("colour_drift")
         drift = (
             f"; PiD vs VAE: chroma {d['mean_chroma_shift']:+.2f}, green-magenta {d['green_magenta_bias']:+.2f}, "
@@ -218,19 +226,6 @@ def decode(
             f"wrote {', '.join(map(printable, done.written))} ({done.width}x{done.height}, batch {done.batch}, "
             f"{steps} steps, {decoder.backend_name}, caption: {done.caption}{drift}) in {done.seconds:.2f} s"
         )
-
-
-def _rank_runtime(world: World, runtime: RuntimeOptions) -> RuntimeOptions:
-    """Under torchrun, the runtime options of this rank: a plain ``cuda`` device becomes
-    ``cuda:LOCAL_RANK``, also made the process's current CUDA device. One process: as given."""
-    if not world.distributed:
-        return runtime
-    from pid_trt.jobs.distributed import bind_cuda_device, rank_device
-
-    device = runtime.resolved().device
-    mine = rank_device(world, device)
-    bind_cuda_device(mine)
-    return runtime if mine == device else dataclasses.replace(runtime, device=mine)
 
 
 def _loader(
@@ -306,25 +301,35 @@ def _plan(latent: list[Path], output: Path, settings: DecodeSettings):
     return planned, problems
 
 
-def _decode_many(world: World, latent, output, settings: DecodeSettings, skip_existing: bool, load) -> None:
+def _decode_many(
+    world: World,
+    latent,
+    output,
+    settings: DecodeSettings,
+    skip_existing: bool,
+    load,
+    writers: int | None,
+    batch: int = 1,
+) -> None:
     """Several inputs (or --skip-existing, or torchrun): one output per input, a progress bar,
     failures reported by input, a summary; exit code non-zero when any failed. Under torchrun
-    every rank plans the same jobs and decodes its shard (:mod:`pid_trt.cli.ranks`)."""
+    every rank plans the same jobs and decodes its shard (:mod:`pid_trt.cli.ranks`); each
+    rank's images are encoded and written by its own ``writers`` threads while it decodes on."""
     from pid_trt.cli.ranks import finish_run, gather_run, run_rank
+    from pid_trt.io.writer import default_writers
 
     planned, problems = _plan(latent, output, settings)
+    if writers is None:
+        writers = default_writers(world.local_world_size if world.distributed else 1)
     with RankGroup(world) as group:
-        with load() as decoder:
+        with load() as decoder, ImageWriter(writers) as writer:
             if decoder.spec.random_weights and world.is_main:
                 warn(RANDOM_WEIGHTS_WARNING.format("images", ""))
             sources: dict[str, None] = {}
-
-            def work(job) -> None:
-                sources[decode_file(decoder, job.source, job.output, settings).caption] = None
-
+            work, flush = _worker(decoder, settings, writer, batch, sources)
             summary = run_rank(
-                world, "decode", planned, work, skip_existing=skip_existing, problems=problems,
-                exists=decode_exists(settings),
+                world, "decode", planned, work, flush=flush,
+                skip_existing=skip_existing, problems=problems, exists=decode_exists(settings),
             )  # fmt: skip
         summary, how = gather_run(group, summary), decoder.backend_name
         if set(sources) - {"file"}:  # say it where a caption did not come with the files
@@ -335,6 +340,23 @@ def _decode_many(world: World, latent, output, settings: DecodeSettings, skip_ex
             path, _ = write_run_manifest(settings.beside, planned, summary.results, decoder, summary.seconds)
             how += f"; VAE beside PiD, manifest {path}"
         finish_run(world, summary, how)
+
+
+def _worker(decoder, settings: DecodeSettings, writer: ImageWriter, batch: int, sources: dict[str, None]):
+    """(work, flush) of a many-file run: one file per decode, or ``--batch`` files at once;
+    ``sources`` collects the captions' sources (the run's summary names them)."""
+    if batch == 1:
+
+        def work(job):
+            done = decode_file(decoder, job.source, job.output, settings, writer=writer)
+            sources[done.caption] = None
+            return done.pending
+
+        return work, None
+    from pid_trt.jobs.batching import BatchedDecode
+
+    worker = BatchedDecode(decoder, settings, writer, batch, sources)
+    return worker, worker.flush
 
 
 def _decode_remote(

@@ -21,10 +21,12 @@ from pid_trt.cli.options import (
     with_runtime,
     with_tiling,
 )
+from pid_trt.cli.outputs import Writers, with_output
 from pid_trt.cli.panels import CAPTIONS_PANEL, IO_PANEL, MANY_PANEL, MODEL_PANEL, RUNTIME_PANEL, SIZE_PANEL
 from pid_trt.cli.ranks import Threads, join_world
 from pid_trt.errors import ConfigError
-from pid_trt.jobs.distributed import World
+from pid_trt.io.encoders import OutputOptions
+from pid_trt.jobs.distributed import World, rank_runtime
 from pid_trt.options import RuntimeOptions
 
 
@@ -187,6 +189,7 @@ LdmDtype = Annotated[
 @with_runtime
 @with_tiling
 @with_captions
+@with_output
 def generate(
     prompt: Prompt = None,
     prompts_file: PromptsFile = None,
@@ -215,6 +218,8 @@ def generate(
     captions: dict = None,  # type: ignore[assignment] - --null-caption, --caption-store ... (with_captions)
     ldm_dtype: LdmDtype = None,
     threads: Threads = None,
+    encoding: OutputOptions = None,  # type: ignore[assignment] - --png-level, --quality ... (with_output)
+    writers: Writers = None,
     *,
     pipeline: Pipeline,
     output: Output,
@@ -233,7 +238,7 @@ def generate(
     prompts = collect_prompts(prompt or [], [prompts_file] if prompts_file is not None else [])
     _check_net_flags(pid, net_config, ckpt_type)
     height, width = parse_size(size) if size is not None else (res, res)
-    run_options = _rank_runtime(world, runtime.resolved())
+    run_options = rank_runtime(world, runtime.resolved())
     torch_dtype = _dtype(ldm_dtype, run_options.device)
     ldm = ldm_spec(backbone) if backbone is not None else ldm_for_class_name(pipeline_class_name(pipeline))
     preset = None if net_config is not None else (pid or ldm.backbone.value)
@@ -241,12 +246,13 @@ def generate(
     settings = GenerateSettings.make(
         ldm, net.resolve().config, height, width, steps, capture_step or (), capture_final, seed=seed,
         guidance_scale=guidance_scale, compare_vae=compare_vae, save_latents=save_latents, tiling=tiling,
+        output=encoding,
     )  # fmt: skip
     folder = _is_folder_run(output, len(prompts), len(settings.capture_steps), save_latent, save_latents)
     warn_random = random_weights and world.is_main  # under torchrun, rank 0 alone warns
     run = _Run(pipeline, torch_dtype, net, run_options, text_encoder, text_dtype, warn_random, captions)
     if folder:
-        _folder_run(world, run, prompts, settings, output, skip_existing)
+        _folder_run(world, run, prompts, settings, output, skip_existing, writers)
     elif world.is_main:  # one image: rank 0 makes it, the other ranks have nothing to do
         _one_image(run, prompts[0], settings, output, save_latent, skip_existing)
 
@@ -281,20 +287,6 @@ def _is_folder_run(
     if not folder and output.suffix.lower() not in (".png", ".safetensors"):
         raise ConfigError(f"-o {output}: expected out.png, out.safetensors or a folder (-o {output}/)")
     return folder
-
-
-def _rank_runtime(world: World, runtime):
-    """Under torchrun, this rank's resolved runtime options: a plain ``cuda`` device becomes
-    ``cuda:LOCAL_RANK`` (the pipeline's and PiD's), the process's current CUDA device too."""
-    if not world.distributed:
-        return runtime
-    import dataclasses
-
-    from pid_trt.jobs.distributed import bind_cuda_device, rank_device
-
-    device = rank_device(world, runtime.device)
-    bind_cuda_device(device)
-    return dataclasses.replace(runtime, device=device)
 
 
 class _Run:
@@ -353,7 +345,7 @@ def _one_image(run: _Run, prompt: str, settings, output: Path, save_latent: Path
             dec, prompt, settings.seed, settings.height, settings.width, [result.degrade_sigma],
             settings.tiling or {}, 4, {"ldm": ldm, "ldm_steps": result.steps, "capture_step": result.step},
         )  # fmt: skip
-    written = write_images(result.image, output, text=made.to_text())
+    written = write_images(result.image, output, settings.output, text=made.to_text())
     drift_note = ""
     if settings.compare_vae:
         from pid_trt.integrations.vae_compare import compare_with_vae, write_comparison
@@ -382,7 +374,9 @@ def _one_image(run: _Run, prompt: str, settings, output: Path, save_latent: Path
     )
 
 
-def _folder_run(world: World, run: _Run, prompts: list[str], settings, root: Path, skip: bool) -> None:
+def _folder_run(
+    world: World, run: _Run, prompts: list[str], settings, root: Path, skip: bool, writers: int | None
+) -> None:
     """Every prompt into its folder under ``root`` (:mod:`pid_trt.integrations.generate_run`),
     a progress bar over prompts, the run manifest, a summary line. Under torchrun each rank
     generates its shard of the prompts; rank 0 writes the manifest of the whole run."""
@@ -395,6 +389,7 @@ def _folder_run(world: World, run: _Run, prompts: list[str], settings, root: Pat
         prompt_outputs,
         write_run_manifest,
     )
+    from pid_trt.io.writer import ImageWriter, default_writers
     from pid_trt.jobs import Job, shard
     from pid_trt.jobs.distributed import RankGroup
     from pid_trt.jobs.prompts import prompt_folder
@@ -421,9 +416,12 @@ def _folder_run(world: World, run: _Run, prompts: list[str], settings, root: Pat
         )  # fmt: skip
         root.mkdir(parents=True, exist_ok=True)
 
+        share = world.local_world_size if world.distributed else 1
+        writer = ImageWriter(default_writers(share) if writers is None else writers)
+
         def work(job: Job) -> None:
             vae = pipe.vae if settings.compare_vae else None
-            generate_prompt(pipe, dec, outs[job.index], settings, vae=vae)
+            generate_prompt(pipe, dec, outs[job.index], settings, vae=vae, writer=writer)
 
         try:
             summary = run_rank(
@@ -435,6 +433,7 @@ def _folder_run(world: World, run: _Run, prompts: list[str], settings, root: Pat
                 exists=lambda job: outs[job.index].complete(),
             )
         finally:
+            writer.close()
             if dec is not None:
                 dec.close()
         summary = gather_run(group, summary)

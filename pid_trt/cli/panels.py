@@ -16,6 +16,10 @@ MODEL_PANEL = "Model"
 RUNTIME_PANEL = "Runtime"
 #: The output size and tiling: --size, --res, --tiles, --tile-*, --devices for tiles.
 SIZE_PANEL = "Size and tiles"
+#: How images are encoded and written: --png-level, --quality, --bit-depth, --writers, --batch.
+OUTPUT_PANEL = "Output format"
+#: ``bench --pipeline``: the host path measured against a real or simulated device.
+PIPELINE_PANEL = "Host pipeline"
 #: Caption embeddings and prompts: --prompt, --caption, --text-encoder, the caption cache.
 CAPTIONS_PANEL = "Captions"
 #: Many inputs in one run and the ranks of a torchrun launch: --skip-existing.
@@ -24,4 +28,7 @@ MANY_PANEL = "Many files and ranks"
 SERVER_PANEL = "Server"
 
 #: Every panel, in the order ``--help`` shows them when a command has them all.
-PANELS = (IO_PANEL, MODEL_PANEL, RUNTIME_PANEL, SIZE_PANEL, CAPTIONS_PANEL, MANY_PANEL, SERVER_PANEL)
+PANELS = (
+    IO_PANEL, OUTPUT_PANEL, MODEL_PANEL, RUNTIME_PANEL, SIZE_PANEL, CAPTIONS_PANEL, MANY_PANEL, SERVER_PANEL,
+    PIPELINE_PANEL,
+)  # fmt: skip

@@ -10,6 +10,7 @@ with the whole run's code: non-zero on every rank when an input failed on any ra
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Annotated
 
 import typer
@@ -50,17 +51,19 @@ def run_rank(
     world: World,
     label: str,
     jobs: Sequence[Job],
-    work: Callable[[Job], None],
+    work: Callable[[Job], Future | None],
     *,
     skip_existing: bool,
     concurrency: int = 1,
     problems: Sequence[Problem] = (),
     exists: Callable[[Job], bool] = output_exists,
+    flush: Callable[[], None] | None = None,
 ) -> Summary:
     """This rank's part of the run: every job (one process), or its :func:`~pid_trt.jobs.shard`
     of ``jobs`` (the same planned list on every rank). ``problems`` (arguments that named no
-    input) count once, on rank 0; ``exists``: the resume test (:func:`pid_trt.jobs.run_jobs`)."""
-    options = dict(skip_existing=skip_existing, concurrency=concurrency, exists=exists)
+    input) count once, on rank 0; ``exists``: the resume test, ``flush``: a batching worker's
+    last call (:func:`pid_trt.jobs.run_jobs`)."""
+    options = dict(skip_existing=skip_existing, concurrency=concurrency, exists=exists, flush=flush)
     if not world.distributed:
         mine, label_ = list(jobs), label
     else:

@@ -34,6 +34,7 @@ from pid_trt.errors import InputFileError
 from pid_trt.integrations.colour import SPACE
 from pid_trt.integrations.ldm import LdmSpec, check_decoder_fits, ldm_size, ldm_spec, resolve_capture_steps
 from pid_trt.integrations.records import read_record, relative, write_json
+from pid_trt.io.encoders import OutputOptions
 
 #: The prompt's record in its folder, and the run manifest in the output folder.
 RECORD_NAME = "generation.json"
@@ -53,7 +54,8 @@ class GenerateSettings:
     PiD sampler steps; guidance_scale: the LDM's (None: upstream's default); compare_vae:
     also decode each capture with the LDM's VAE; save_latents: also write each PiD latent;
     tiling: :meth:`pid_trt.Decoder.decode`'s tiling keywords (tiles, tile_size, ...; empty:
-    its defaults, i.e. tiles outside the trained sizes).
+    its defaults, i.e. tiles outside the trained sizes); output: how PiD's images are encoded
+    (:class:`pid_trt.io.OutputOptions`; the format by each file's suffix).
     """
 
     backbone: str
@@ -68,6 +70,7 @@ class GenerateSettings:
     compare_vae: bool = False
     save_latents: bool = False
     tiling: Mapping[str, Any] = field(default_factory=dict)
+    output: OutputOptions = OutputOptions()
 
     @classmethod
     def make(
@@ -160,13 +163,15 @@ def generate_prompt(
     settings: GenerateSettings,
     vae: Any = None,
     pipe_kwargs: Mapping[str, Any] | None = None,
+    writer: Any = None,
 ) -> dict[str, Any]:
     """Generate one prompt: the LDM once (stopping after the last capture), PiD on each
     capture, the VAE too when ``settings.compare_vae`` (``vae``: the LDM's, e.g. ``pipe.vae``),
     each file written atomically, the record last (temp files a killed run left in the
     prompt's folder are removed first, when their writer is gone). Returns the record (see
     :func:`write_run_manifest`). ``pipe_kwargs``: extra pipeline arguments (e.g.
-    ``prompt_embeds``)."""
+    ``prompt_embeds``). ``writer``: a :class:`pid_trt.io.writer.ImageWriter` that encodes and
+    writes PiD's images while the next capture decodes (the record still comes last)."""
     from pid_trt.integrations.diffusers import pid_caption
 
     if settings.compare_vae and vae is None:
@@ -178,10 +183,14 @@ def generate_prompt(
     outputs.folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(outputs.folder, lambda name: True, time.time())  # the folder is this prompt's alone
     files = {c.step: c for c in outputs.captures}
-    captures = [
-        _decode_capture(decoder, cap, files[cap.step], caption, outputs, settings, vae)
+    done = [
+        _decode_capture(decoder, cap, files[cap.step], caption, outputs, settings, vae, writer)
         for cap in run.captures
     ]
+    captures = [entry for entry, _ in done]
+    for _, pending in done:  # every image lands (or its error is raised) before the record
+        if pending is not None:
+            pending.result()
     record = {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
@@ -249,23 +258,32 @@ def _decode_capture(
     outputs: PromptOutputs,
     settings: GenerateSettings,
     vae: Any,
-) -> dict[str, Any]:
+    writer: Any = None,
+) -> tuple[dict[str, Any], Any]:
     """One capture: PiD's image, the latent file and the VAE's images when asked for, each
-    written; returns the capture's entry of the record."""
+    written (PiD's by ``writer`` when given: its future is returned beside the capture's
+    entry of the record, else None)."""
+    import torch
+
     from pid_trt.io import write_images
 
     root = outputs.folder.parent
     start = time.perf_counter()
+    pooled = writer is not None and vae is None  # the VAE comparison needs the float image
+    bits = 16 if settings.output.bit_depth == 16 and target.pid.suffix.lower() == ".png" else 8
     image = decoder.decode(
         cap.latent, caption, degrade_sigma=cap.sigma, seed=outputs.seed,
         size=(settings.height, settings.width), steps=settings.pid_steps, **settings.tiling,
+        output_dtype=(torch.uint16 if bits == 16 else torch.uint8) if pooled else torch.float32,
     )  # fmt: skip
     pid_seconds = time.perf_counter() - start
     made = generate_provenance(
         decoder, outputs.prompt, outputs.seed, settings.height, settings.width, [cap.sigma], settings.tiling,
         settings.pid_steps, {"ldm": settings.backbone, "ldm_steps": settings.steps, "capture_step": cap.step},
     )  # fmt: skip
-    write_images(image, target.pid, text=made.to_text())
+    pending = writer.submit(image, target.pid, settings.output, text=made.to_text()) if pooled else None
+    if not pooled:
+        write_images(image, target.pid, settings.output, text=made.to_text())
     entry: dict[str, Any] = {
         "step": cap.step,
         "label": target.label,
@@ -286,7 +304,7 @@ def _decode_capture(
         entry["files"].update(vae=relative(target.vae, root), compare=relative(target.compare, root))
         entry["vae_size"] = [int(cmp.vae_image.shape[-1]), int(cmp.vae_image.shape[-2])]
         entry["colour_drift"] = cmp.drift.as_dict()
-    return entry
+    return entry, pending
 
 
 def _write_capture_latent(path: Path, cap: Any, caption: Any, ldm: str) -> None:

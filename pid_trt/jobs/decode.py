@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pid_trt.errors import InputFileError
+import torch
+
+from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.io.caption import caption_for_latent
+from pid_trt.io.encoders import OutputFormat, OutputOptions
 from pid_trt.jobs.plan import Job, output_exists
 from pid_trt.quoting import printable
 
@@ -42,7 +46,8 @@ class DecodeSettings:
     latent's own; noise_file: a noise file [S, B, 3, H, W] (one file's run only); seed: the
     sampler's noise seed; steps: sampler steps; tiling: :meth:`pid_trt.Decoder.decode`'s
     tiling keywords (tiles, tile_size, tile_overlap, tile_batch, allow_untrained_size);
-    beside: a second decoder beside PiD (``--compare-vae``), or None.
+    beside: a second decoder beside PiD (``--compare-vae``), or None; output: how images
+    are encoded (``--png-level``, ``--quality``, ``--bit-depth``, ``--webp-lossless``).
     """
 
     prompt: tuple[str, ...] = ()
@@ -53,13 +58,15 @@ class DecodeSettings:
     steps: int = 4
     tiling: dict[str, Any] = field(default_factory=dict)
     beside: Beside | None = None
+    output: OutputOptions = OutputOptions()
 
 
 @dataclass(frozen=True)
 class Decoded:
     """What one file's decode wrote: the paths, the output size in pixels, the batch, seconds
     (PiD's decode), the beside decoder's record (None without one) and the caption's source
-    (:class:`pid_trt.caption_choice.Caption`: prompt, file, null (FILE) ...)."""
+    (:class:`pid_trt.caption_choice.Caption`: prompt, file, null (FILE) ...). With a writer pool, ``pending`` is the future of the paths (``written`` then empty until
+    :meth:`finished`)."""
 
     written: list[Path]
     width: int
@@ -68,6 +75,21 @@ class Decoded:
     seconds: float
     beside: dict[str, Any] | None = None
     caption: str = ""
+    pending: Future | None = None
+
+    def finished(self) -> Decoded:
+        """This decode once its files are written (waits for ``pending``; raises its error)."""
+        if self.pending is None:
+            return self
+        return Decoded(
+            self.pending.result(),
+            self.width,
+            self.height,
+            self.batch,
+            self.seconds,
+            self.beside,
+            self.caption,
+        )
 
 
 def decode_exists(settings: DecodeSettings) -> Callable[[Job], bool]:
@@ -100,11 +122,15 @@ def decode_file(
     output: Path,
     settings: DecodeSettings,
     on_start: Callable[[], None] | None = None,
+    writer: Any = None,
 ) -> Decoded:
-    """Read ``latent``, decode it with ``decoder`` and write ``output`` (PNG(s) or safetensors,
-    atomically). Raises the project's one-line errors for a bad file or a missing caption.
-    ``on_start`` is called once the inputs are read and checked, before the decode runs."""
-    from pid_trt.io import read_latent_file, read_noise_file, write_images
+    """Read ``latent``, decode it with ``decoder`` and write ``output`` (image(s) by suffix or
+    safetensors, atomically). Raises the project's one-line errors for a bad file or a missing
+    caption. ``on_start`` is called once the inputs are read and checked, before the decode
+    runs. ``writer``: a :class:`pid_trt.io.writer.ImageWriter` that encodes and writes while
+    the caller goes on (the image then quantized on the decode's device; see
+    :attr:`Decoded.pending`); None: written here, before returning."""
+    from pid_trt.io import output_format, read_latent_file, read_noise_file, write_images
 
     config = decoder.config
     lat = read_latent_file(latent, config)
@@ -122,18 +148,28 @@ def decode_file(
     noise = settings.noise_file
     draws = read_noise_file(noise, steps, lat.batch, height, width) if noise is not None else None
     beside = settings.beside
+    try:
+        fmt = output_format(output)
+        settings.output.check(fmt)
+    except ConfigError as exc:  # the output is one of the job's files: a bad one fails the job
+        raise InputFileError(str(exc)) from None
     checked = beside.check(lat, latent) if beside is not None else None
     # planned as the decode plans it, at the same moment (tiles auto reads the free memory)
     made = provenance(decoder, lat, settings, height, width, chosen.source)
+    pixels = writer is not None and beside is None and fmt is not OutputFormat.SAFETENSORS
+    dtype = torch.uint16 if settings.output.pixel_bits(fmt) == 16 else torch.uint8
     if on_start is not None:
         on_start()
     start = time.perf_counter()
     image = decoder.decode(
         lat.latent, chosen.embedding, degrade_sigma=lat.degrade_sigma, seed=settings.seed, noise=draws,
-        size=(height, width), steps=steps, **settings.tiling,
+        size=(height, width), steps=steps, output_dtype=dtype if pixels else torch.float32, **settings.tiling,
     )  # fmt: skip
     pid_seconds = time.perf_counter() - start
-    written = write_images(image, output, text=made.to_text())
+    if writer is not None and beside is None:
+        pending = writer.submit(image, output, settings.output, text=made.to_text())
+        return Decoded([], width, height, lat.batch, pid_seconds, None, chosen.source, pending)
+    written = write_images(image, output, settings.output, text=made.to_text())
     record = None
     if beside is not None:
         more, record = beside.write(checked, lat, image, output, list(written), pid_seconds)

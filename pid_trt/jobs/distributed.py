@@ -20,11 +20,15 @@ import contextlib
 import datetime
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from pid_trt.errors import BackendUnavailableError, ConfigError, PidTrtError
 from pid_trt.jobs.summary import JobResult, Outcome, Summary
 from pid_trt.quoting import printable, quote
+
+if TYPE_CHECKING:
+    from pid_trt.options import RuntimeOptions
 
 #: How long one collective (the start-up handshake, the final gather of results) waits for
 #: the other ranks. The gather waits for the slowest rank's whole shard, so this is long; a
@@ -296,3 +300,14 @@ __all__ = [
     "usable_cores",
     "world_from_env",
 ]
+
+
+def rank_runtime(world: World, runtime: RuntimeOptions) -> RuntimeOptions:
+    """Under torchrun, the runtime options of this rank: a plain ``cuda`` device becomes
+    ``cuda:LOCAL_RANK``, also made the process's current CUDA device. One process: as given."""
+    if not world.distributed:
+        return runtime
+    device = runtime.resolved().device
+    mine = rank_device(world, device)
+    bind_cuda_device(mine)
+    return runtime if mine == device else replace(runtime, device=mine)

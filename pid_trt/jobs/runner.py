@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.jobs.inputs import Problem
@@ -35,7 +36,7 @@ class RunEvents:
 
 def run_jobs(
     jobs: Sequence[Job],
-    work: Callable[[Job], None],
+    work: Callable[[Job], Future | None],
     *,
     skip_existing: bool = False,
     concurrency: int = 1,
@@ -43,20 +44,16 @@ def run_jobs(
     events: RunEvents | None = None,
     cancel: threading.Event | None = None,
     exists: Callable[[Job], bool] = output_exists,
+    flush: Callable[[], None] | None = None,
 ) -> Summary:
     """Run ``work`` on each job, ``concurrency`` at a time (threads; 1: in order, in this
-    thread), and return what happened.
-
-    A job whose worker raises an ``Exception`` is a failed result holding it; the other jobs
-    go on. ``skip_existing``: jobs whose output exists are skipped (resume); ``exists``
-    tells (default: :func:`~pid_trt.jobs.output_exists`, a job writing several files passes
-    its own test). ``problems``:
-    arguments that named no input, counted as failed inputs (an :class:`InputFileError`
-    with the problem's message). Ctrl-C (KeyboardInterrupt) or setting ``cancel`` stops
-    the run: jobs already running finish, jobs not started are dropped without a result,
-    and the summary says ``interrupted``. First, the temp files a killed run left for these
-    jobs' outputs are removed (:func:`pid_trt.jobs.stale.remove_stale_outputs`: only those
-    whose writer is gone).
+    thread), and return what happened. A worker that raises fails its job alone; one that
+    returns a ``Future`` is recorded when it resolves (:class:`_Landing`); ``flush``: called
+    once no job is left (a batching worker). ``skip_existing``: skip jobs whose output
+    ``exists`` (resume). ``problems``: arguments that named no input, failed inputs.
+    Ctrl-C or ``cancel`` stops the run: running jobs finish, jobs not started are dropped,
+    the summary says ``interrupted``. First, the temp files a killed run left for these
+    jobs' outputs are removed (only those whose writer is gone: :mod:`pid_trt.jobs.stale`).
     """
     if concurrency < 1:
         raise ConfigError(f"concurrency {concurrency}: expected at least 1 job at a time")
@@ -78,17 +75,23 @@ def run_jobs(
         record(JobResult(job.name, Outcome.SKIPPED, job))
     events.started(len(todo))
 
+    def settle(job: Job, begin: float, exc: BaseException | None) -> None:
+        outcome = Outcome.DONE if exc is None else Outcome.FAILED
+        record(JobResult(job.name, outcome, job, exc, time.perf_counter() - begin))
+
+    landing = _Landing(settle)
+
     def one(job: Job) -> None:
         if cancel is not None and cancel.is_set():
             dropped.set()
             return
         begin = time.perf_counter()
         try:
-            work(job)
+            out = work(job)
         except Exception as exc:
-            record(JobResult(job.name, Outcome.FAILED, job, exc, time.perf_counter() - begin))
+            settle(job, begin, exc)
         else:
-            record(JobResult(job.name, Outcome.DONE, job, None, time.perf_counter() - begin))
+            landing.track(job, begin, out) if isinstance(out, Future) else settle(job, begin, None)
 
     start = time.perf_counter()
     pool = None
@@ -105,6 +108,36 @@ def run_jobs(
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        if flush is not None:  # jobs held back (a batch being gathered): decoded and written now
+            flush()
+        landing.wait()  # outputs still being written land (or fail) before the summary
     summary.interrupted = summary.interrupted or dropped.is_set()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+class _Landing:
+    """Jobs whose worker returned a ``Future`` (its output still being written, e.g. by
+    :class:`pid_trt.io.writer.ImageWriter`): each recorded by ``settle(job, begin, error)``
+    when the future resolves; :meth:`wait` returns once every one is recorded."""
+
+    def __init__(self, settle: Callable[[Job, float, BaseException | None], None]) -> None:
+        self._settle = settle
+        self._recorded: list[Future] = []
+        self._lock = threading.Lock()
+
+    def track(self, job: Job, begin: float, out: Future) -> None:
+        recorded: Future = Future()  # set once the result is recorded, not merely known
+        with self._lock:
+            self._recorded.append(recorded)
+
+        def land(f: Future) -> None:
+            self._settle(job, begin, f.exception())
+            recorded.set_result(None)
+
+        out.add_done_callback(land)
+
+    def wait(self) -> None:
+        with self._lock:
+            recorded = list(self._recorded)
+        wait_all(recorded)

@@ -21,7 +21,6 @@ No Triton import here: :mod:`pid_trt.serve.model` turns Triton requests into
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -166,20 +165,17 @@ def _decode_group(
 
 def png_bytes(images: torch.Tensor, text: dict[str, str] | None = None) -> list[bytes]:
     """[n, 3, H, W] float in [-1, 1] -> n PNG files, byte for byte what
-    :func:`pid_trt.io.write_images` writes for the same images and ``text`` (the provenance)."""
-    from PIL import Image
-
-    from pid_trt.io import to_uint8
-    from pid_trt.io.provenance import save_options
+    :func:`pid_trt.io.write_images` writes for the same images: quantized on the images'
+    device, encoded in parallel over the batch (:func:`pid_trt.io.writer.encode_all`); ``text``: the
+    provenance entries each PNG carries."""
+    from pid_trt.io.encoders import OutputFormat, OutputOptions
+    from pid_trt.io.images import host_pixels
+    from pid_trt.io.writer import encode_all
 
     if not bool(torch.isfinite(images).all()):
         raise PidTrtError("decoded images contain NaN/Inf; refusing to encode them as PNG")
-    out = []
-    for pixels in to_uint8(images).numpy():
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, format="PNG", **save_options("PNG", text))
-        out.append(buf.getvalue())
-    return out
+    options = OutputOptions()
+    return encode_all(host_pixels(images, OutputFormat.PNG, options), OutputFormat.PNG, options, text)
 
 
 def _prepare(decoder: Decoder, index: int, req: DecodeRequest, steps: int, tiling: TileOptions) -> _Ready:

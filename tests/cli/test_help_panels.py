@@ -8,9 +8,11 @@ from typer.testing import CliRunner
 
 from pid_trt.cli import reference
 from pid_trt.cli.main import app
-from pid_trt.cli.panels import PANELS
+from pid_trt.cli.panels import PANELS, PIPELINE_PANEL
 
 GROUPED = ("decode", "generate", "bench", "serve")
+#: The panels of ``pidtrt decode`` (all but ``bench --pipeline``'s).
+DECODE_PANELS = tuple(p for p in PANELS if p != PIPELINE_PANEL)
 
 
 def _command(name: str):
@@ -32,7 +34,7 @@ def test_every_option_has_a_panel_and_a_one_line_help(name: str) -> None:
 def test_decode_help_shows_the_panels() -> None:
     result = CliRunner().invoke(app, ["decode", "--help"], env={"COLUMNS": "120"}, terminal_width=120)
     assert result.exit_code == 0, result.output
-    for panel in PANELS:
+    for panel in DECODE_PANELS:
         assert f"─ {panel} ─" in result.output, f"panel {panel!r} missing from pidtrt decode --help"
     # rich markup must not eat the brackets of NAME[:PRECISION][@DEVICE]
     assert "[@DEVICE]" in result.output.replace("\n", " ").replace("│", "").replace(" ", "")
@@ -41,6 +43,6 @@ def test_decode_help_shows_the_panels() -> None:
 def test_the_reference_groups_by_the_same_panels() -> None:
     page = reference.render_markdown()
     decode = page[page.index("## pidtrt decode") : page.index("## pidtrt encode-caption")]
-    for panel in PANELS:
+    for panel in DECODE_PANELS:
         assert f"**{panel}**" in decode
     assert "`--tile-overlap` TILE\\_OVERLAP" in decode  # an option, its metavar escaped for Markdown

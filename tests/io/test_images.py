@@ -61,9 +61,12 @@ def test_safetensors_image_output_is_float32_clamped_to_minus1_1(tmp_path):
     assert torch.equal(out["image"], img.float().clamp(-1, 1))
 
 
-@pytest.mark.parametrize("name", ["o.jpg", "o", "o.pt", "o.png.bak"])
+@pytest.mark.parametrize("name", ["o.bmp", "o", "o.pt", "o.png.bak"])
 def test_output_with_an_unsupported_suffix_is_refused_writing_nothing(tmp_path, name):
-    with pytest.raises(InputFileError, match=r"unsupported suffix .*expected one of \.png, \.safetensors"):
+    with pytest.raises(
+        InputFileError,
+        match=r"unsupported suffix .*expected one of \.png, \.jpg, \.jpeg, \.webp, \.safetensors",
+    ):
         write_images(torch.zeros(1, 3, 2, 2), tmp_path / name)
     assert not any(tmp_path.iterdir())
 
@@ -80,11 +83,13 @@ def test_png_write_failure_keeps_existing_file(tmp_path, monkeypatch):
     target = tmp_path / "o.png"
     target.write_bytes(b"old content")
 
-    def failing_save(self, fp, format=None, **kw):
-        Path(fp).write_bytes(b"\x89PNG partial")
+    real_write = Path.write_bytes
+
+    def failing_write(self, data):
+        real_write(self, b"\x89PNG partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Image.Image, "save", failing_save)
+    monkeypatch.setattr(Path, "write_bytes", failing_write)
     with pytest.raises(InputFileError, match="o.png: write failed \\(No space left on device\\)"):
         write_images(torch.zeros(1, 3, 2, 2), target)
     assert target.read_bytes() == b"old content"
@@ -102,16 +107,16 @@ def test_safetensors_write_failure_keeps_existing_file(tmp_path, monkeypatch):
 
 def test_png_batch_failure_names_the_image_and_keeps_the_others(tmp_path, monkeypatch):
     calls = []
-    real_save = Image.Image.save
+    real_write = Path.write_bytes
 
-    def save(self, fp, format=None, **kw):
-        calls.append(fp)
+    def write(self, data):
+        calls.append(self)
         if len(calls) == 2:
             raise OSError(13, "Permission denied")
-        return real_save(self, fp, format=format, **kw)
+        return real_write(self, data)
 
     (tmp_path / "o_1.png").write_bytes(b"old")
-    monkeypatch.setattr(Image.Image, "save", save)
+    monkeypatch.setattr(Path, "write_bytes", write)
     with pytest.raises(InputFileError) as info:
         write_images(torch.zeros(3, 3, 2, 2), tmp_path / "o.png")
     msg = str(info.value)

@@ -1,0 +1,146 @@
+"""``pidtrt bench --pipeline``: the host path (read, copy, quantize, encode, write) measured
+against a real or simulated device (:mod:`pid_trt.bench.pipeline`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pid_trt.cli.options import _bundle, _param
+from pid_trt.cli.outputs import Writers
+from pid_trt.cli.panels import PIPELINE_PANEL
+from pid_trt.errors import ConfigError
+from pid_trt.io.encoders import OutputOptions
+from pid_trt.options import NetOptions
+
+Pipeline = Annotated[
+    bool,
+    typer.Option(
+        "--pipeline",
+        help="Measure the host pipeline (read, copy, quantize, encode, write).",
+        rich_help_panel=PIPELINE_PANEL,
+    ),
+]
+SimulateMs = Annotated[
+    float | None,
+    typer.Option(
+        "--simulate-device-ms",
+        min=0.0,
+        help="--pipeline: replace the network by a wait of MS per image.",
+        rich_help_panel=PIPELINE_PANEL,
+    ),
+]
+SimulateDevice = Annotated[
+    str | None,
+    typer.Option(
+        "--simulate-device",
+        help="--pipeline: wait the cost model's floor for the backbone and size: GPU:PRECISION (h100:bf16).",
+        rich_help_panel=PIPELINE_PANEL,
+    ),
+]
+Images = Annotated[
+    int, typer.Option("--images", min=2, help="--pipeline: images per case.", rich_help_panel=PIPELINE_PANEL)
+]
+Format = Annotated[
+    list[str],
+    typer.Option(
+        "--format", help="--pipeline: png, jpg (jpeg) or webp (repeatable).", rich_help_panel=PIPELINE_PANEL
+    ),
+]
+NoSerial = Annotated[
+    bool,
+    typer.Option(
+        "--no-serial",
+        help="--pipeline: skip the serial (before-pipeline) rows.",
+        rich_help_panel=PIPELINE_PANEL,
+    ),
+]
+_FORMATS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}
+
+#: The command-line parameters of ``bench --pipeline`` (``--writers`` from :mod:`pid_trt.cli.outputs`).
+PIPELINE_PARAMS = (
+    _param("pipeline", Pipeline, False),
+    _param("simulate_device_ms", SimulateMs, None),
+    _param("simulate_device", SimulateDevice, None),
+    _param("images", Images, 16),
+    _param("formats", Format, ("png",)),
+    _param("writers", Writers, None),
+    _param("no_serial", NoSerial, False),
+)
+
+
+def _pipeline_flags(*values) -> dict:
+    return dict(zip((p.name for p in PIPELINE_PARAMS), values, strict=True))
+
+
+#: ``@with_pipeline`` on a command with ``pipe: dict``: typer sees the ``--pipeline`` flags.
+with_pipeline = _bundle("pipe", PIPELINE_PARAMS, _pipeline_flags)
+
+
+def bench_pipeline(
+    net: NetOptions, sizes: list[tuple[int, int]], pipe: dict, encoding: OutputOptions,
+    json_path: Path | None, markdown_path: Path | None, title: str | None,
+) -> None:  # fmt: skip
+    """Translate the flags (``pipe``: :data:`PIPELINE_PARAMS`' values) into a
+    :class:`~pid_trt.bench.pipeline.PipelinePlan`, run it, report."""
+    formats, images, writers = list(pipe["formats"]), pipe["images"], pipe["writers"]
+    device_ms, device, serial = pipe["simulate_device_ms"], pipe["simulate_device"], not pipe["no_serial"]
+    from pid_trt.bench.pipeline import (
+        PipelinePlan,
+        device_floor_ms,
+        dump_document,
+        render_markdown,
+        run_pipeline_bench,
+    )
+    from pid_trt.config import get_preset
+    from pid_trt.io.encoders import OutputFormat
+    from pid_trt.io.writer import default_writers
+
+    if device_ms is not None and device is not None:
+        raise ConfigError("--simulate-device-ms and --simulate-device exclude each other: pass one")
+    bad = [f for f in formats if f.lower() not in _FORMATS]
+    if bad:
+        raise ConfigError(f"--format {bad[0]}: expected png, jpg or webp")
+    fmts = tuple(dict.fromkeys(OutputFormat(_FORMATS[f.lower()]) for f in formats or ["png"]))
+    backbone = net.backbone or "flux"
+    if device is not None:
+        per_size = tuple(device_floor_ms(backbone, h, w, device) for h, w in sizes)
+    else:
+        per_size = (device_ms,) * len(sizes)
+    plan = PipelinePlan(
+        backbone, tuple(sizes), fmts, images, default_writers() if writers is None else writers, encoding,
+        per_size, serial,
+    )  # fmt: skip
+    simulated = all(ms is not None for ms in per_size)
+    config = get_preset(backbone).config if simulated and net.net_config is None else net.resolve().config
+
+    def progress(case):
+        dev = "real network" if case.device_ms is None else f"device {case.device_ms:.0f} ms"
+        typer.echo(
+            f"{case.path} {case.fmt.value} {case.width}x{case.height}, {dev}, {case.images} images", err=True
+        )
+
+    if simulated:
+        records = run_pipeline_bench(plan, config, None, progress)
+    else:
+        from pid_trt.decoder import Decoder
+        from pid_trt.options import RuntimeOptions
+
+        with Decoder.from_options(net, RuntimeOptions()) as decoder:
+            records = run_pipeline_bench(plan, config, decoder, progress)
+    text = render_markdown(records, title)
+    typer.echo(text)
+    if json_path is not None:
+        meta = {
+            "command": "pidtrt bench --pipeline", "backbone": backbone, "simulate_device": device,
+            "cpu_cores": len(os.sched_getaffinity(0)), "load_average": list(os.getloadavg()),
+            "machine": os.uname().machine,
+        }  # fmt: skip
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(dump_document(records, meta))
+    if markdown_path is not None:
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        markdown_path.write_text(text)

@@ -1,0 +1,134 @@
+"""Output encoders: PNG (8/16 bits) lossless by the quantization rule, JPEG/WebP quality,
+text metadata, OutputOptions checks; decoded back with independent readers (Pillow, libspng)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pid_trt.bench.photo import photo_like
+from pid_trt.errors import ConfigError, InputFileError
+from pid_trt.io import OutputOptions, quantize, to_uint8, write_images
+from pid_trt.io.encoders import OutputFormat, encode_image, png_bytes
+
+
+def _photo(h: int = 192, w: int = 256) -> torch.Tensor:
+    img = photo_like(h, w, seed=3)
+    img[0, :, 0, :8] = torch.tensor([-1.0, 1.0, 0.0, -1.5, 1.5, 1e-9, -0.99999994, 0.99999994]).view(1, 8)
+    return img
+
+
+def _rule(img: torch.Tensor, top: int) -> np.ndarray:
+    """DESIGN.md §3 written out in numpy float64: floor((clamp(x, -1, 1) + 1) * top / 2), [H, W, 3]."""
+    x = np.clip(img[0].double().numpy(), -1.0, 1.0)
+    return np.floor((x + 1.0) * (top / 2)).astype(np.int64).transpose(1, 2, 0)
+
+
+@pytest.mark.parametrize("level", [0, 1, 2, 6, 9])
+def test_png_pixels_are_the_rule_exactly_at_every_level(tmp_path, level):
+    img = _photo()
+    (path,) = write_images(img, tmp_path / "o.png", OutputOptions(png_level=level))
+    with Image.open(path) as im:
+        assert im.mode == "RGB"
+        got = np.asarray(im)
+    assert np.array_equal(got, _rule(img, 255))
+    assert np.array_equal(got, to_uint8(img)[0].numpy())
+
+
+@pytest.mark.parametrize("png_filter", ["none", "sub", "up", "paeth"])
+def test_every_png_filter_round_trips(png_filter):
+    px = to_uint8(_photo(33, 47))[0].numpy()
+    data = png_bytes(px, png_filter=png_filter)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), px)
+
+
+def test_16_bit_png_keeps_at_least_12_bits_of_the_float(tmp_path):
+    pyspng = pytest.importorskip("pyspng")
+    img = _photo()
+    (path,) = write_images(img, tmp_path / "o.png", OutputOptions(bit_depth=16))
+    rgba = pyspng.load(path.read_bytes())  # libspng hands 16-bit RGB back as RGBA, alpha opaque
+    assert rgba.dtype == np.uint16 and rgba.shape == (192, 256, 4) and (rgba[..., 3] == 65535).all()
+    got = rgba[..., :3]
+    assert np.array_equal(got.astype(np.int64), _rule(img, 65535))
+    back = got.astype(np.float64) / 65535 * 2 - 1
+    err = np.abs(back - np.clip(img[0].double().numpy(), -1, 1).transpose(1, 2, 0)).max()
+    assert err <= 2.0 / 2**12  # one step of a 12-bit quantizer over [-1, 1]
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / mse))
+
+
+def test_jpeg_q95_is_within_38_db_of_the_png(tmp_path):
+    img = photo_like(512, 512, seed=5)
+    (png,) = write_images(img, tmp_path / "o.png")
+    (jpg,) = write_images(img, tmp_path / "o.jpg")
+    with Image.open(jpg) as j, Image.open(png) as p:
+        assert j.format == "JPEG"
+        assert _psnr(np.asarray(j), np.asarray(p)) >= 38.0
+
+
+def test_webp_lossless_is_the_png_pixels_and_lossy_is_close(tmp_path):
+    img = photo_like(128, 160, seed=6)
+    want = to_uint8(img)[0].numpy()
+    (lossless,) = write_images(img, tmp_path / "a.webp", OutputOptions(webp_lossless=True))
+    (lossy,) = write_images(img, tmp_path / "b.webp", OutputOptions(quality=90))
+    with Image.open(lossless) as a, Image.open(lossy) as b:
+        assert np.array_equal(np.asarray(a.convert("RGB")), want)
+        assert _psnr(np.asarray(b.convert("RGB")), want) >= 30.0
+
+
+def test_text_metadata_lands_in_png_and_jpeg(tmp_path):
+    img = photo_like(16, 16)
+    text = {"pid-trt": '{"seed": 7}', "Comment": "naïve ☃"}
+    (png,) = write_images(img, tmp_path / "o.png", text=text)
+    (jpg,) = write_images(img, tmp_path / "o.jpg", text={"pid-trt": '{"seed": 7}'})
+    with Image.open(png) as p, Image.open(jpg) as j:
+        assert p.text == text
+        assert j.info["comment"] == b'pid-trt={"seed": 7}'
+
+
+def test_uint16_decode_of_a_batch_by_quantize_matches_the_rule():
+    img = _photo()
+    assert np.array_equal(quantize(img, torch.uint16)[0].numpy().transpose(1, 2, 0), _rule(img, 65535))
+    with pytest.raises(ValueError, match="uint8 or torch.uint16"):
+        quantize(img, torch.int32)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"png_level": 10}, "--png-level 10"),
+        ({"quality": 0}, "--quality 0"),
+        ({"bit_depth": 12}, "--bit-depth 12"),
+    ],
+)
+def test_bad_options_are_refused_in_one_line(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        OutputOptions(**kwargs)
+
+
+def test_16_bits_into_a_jpeg_is_refused_writing_nothing(tmp_path):
+    with pytest.raises(InputFileError, match="--bit-depth 16 is for .png"):
+        write_images(photo_like(8, 8), tmp_path / "o.jpg", OutputOptions(bit_depth=16))
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="uint8"):
+        encode_image(np.zeros((2, 2, 3), np.uint16), OutputFormat.JPEG, OutputOptions())
+
+
+def test_decoder_returns_quantized_pixels_on_request():
+    from pid_trt import Decoder
+
+    lat = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(0))
+    with Decoder.load(backbone="tiny", random_weights=True) as dec:
+        image = dec.decode(lat, seed=1)
+        pixels = dec.decode(lat, seed=1, output_dtype=torch.uint8)
+        with pytest.raises(ConfigError, match="output_dtype"):
+            dec.decode(lat, output_dtype=torch.float16)
+    assert pixels.dtype == torch.uint8 and pixels.shape == image.shape
+    assert torch.equal(pixels.permute(0, 2, 3, 1), to_uint8(image))
