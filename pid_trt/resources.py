@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import gc
 import math
+import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -377,3 +378,14 @@ def run_guarded(fn: Callable[[], T], what: str, device: str = "cpu") -> T:
         f"{what}: out of memory on {device} ({reason}); try a smaller batch or output size, a lower "
         "precision, or free memory held by other processes"
     )
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``, else "unknown CPU"."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"

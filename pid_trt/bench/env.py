@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import subprocess
-from pathlib import Path
 
 from pid_trt.bench.records import Environment
+from pid_trt.resources import cpu_model
 
 #: Distributions whose versions go into every record (those installed).
 PACKAGES: tuple[str, ...] = (
@@ -22,17 +21,6 @@ PACKAGES: tuple[str, ...] = (
     "onnx",
     "numpy",
 )
-
-
-def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``, else "unknown CPU"."""
-    try:
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name") and ":" in line:
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def package_versions() -> dict[str, str]:

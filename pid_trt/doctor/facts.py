@@ -15,6 +15,8 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pid_trt.resources import cpu_model
+
 #: Optional extras: (distribution, import name, the pip extra that installs it, what it is for).
 EXTRAS: tuple[tuple[str, str, str, str], ...] = (
     ("onnxruntime", "onnxruntime", "cpu", "the onnxruntime backend"),
@@ -121,7 +123,7 @@ def gather(engine_dir: str | os.PathLike[str] = "engines") -> MachineFacts:
     ort_version, providers = _onnxruntime()
     return MachineFacts(
         cpu_count=os.cpu_count() or 1,
-        cpu_model=_cpu_model(),
+        cpu_model=cpu_model(),
         memory_total=_memory_total(),
         memory_available=avail.free_bytes if avail is not None else 0,
         torch_version=str(torch.__version__),
@@ -135,16 +137,6 @@ def gather(engine_dir: str | os.PathLike[str] = "engines") -> MachineFacts:
         store=_store(Path(engine_dir)),
         platform=f"{platform.system()} {platform.machine()}",
     )
-
-
-def _cpu_model(path: Path = Path("/proc/cpuinfo")) -> str:
-    try:
-        for line in path.read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name") and ":" in line:
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _memory_total(path: Path = Path("/proc/meminfo")) -> int:
