@@ -40,6 +40,7 @@ import torch
 from pid_trt.captions import CaptionProvider
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.netspec import NetSpec, stand_in_caption
+from pid_trt.quoting import printable
 
 __all__ = ["NULL_CAPTION_ENV", "Caption", "CaptionChooser", "null_caption_hint"]
 
@@ -124,7 +125,7 @@ class CaptionChooser:
         if given is not None:
             from pid_trt.io.caption import read_null_caption_file
 
-            return read_null_caption_file(Path(given), config), f"null ({os.fspath(given)})"
+            return read_null_caption_file(Path(given), config), f"null ({printable(given)})"
         stored = self.provider.stored_null(config.txt_embed_dim)
         if stored is not None:
             return self._checked(stored[0], f"stored null caption {stored[1]}"), "null (stored)"

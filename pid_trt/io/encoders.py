@@ -27,6 +27,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from pid_trt.errors import ConfigError
+from pid_trt.quoting import printable, quote
 
 #: zlib level of the default PNG (0 = stored ... 9 = smallest); ``--png-level`` changes it.
 DEFAULT_PNG_LEVEL = 1
@@ -61,7 +62,7 @@ def output_format(path: str | Path) -> OutputFormat:
     fmt = SUFFIX_FORMATS.get(suffix.lower())
     if fmt is None:
         raise ConfigError(
-            f"output {path}: unsupported suffix {suffix or '(none)'!r}, expected one of {', '.join(SUFFIX_FORMATS)}"
+            f"output {printable(path)}: unsupported suffix {quote(suffix) if suffix else '(none)'}, expected one of {', '.join(SUFFIX_FORMATS)}"
         )
     return fmt
 

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from pid_trt.atomic import atomic_write
 from pid_trt.errors import ConfigError, InputFileError, PidTrtError
 from pid_trt.io.encoders import SUFFIX_FORMATS, OutputFormat, OutputOptions, encode_image, output_format
+from pid_trt.quoting import printable
 
 IMAGE_KEY = "image"
 #: Output suffixes :func:`write_images` understands (compared case-insensitively).
@@ -68,7 +69,7 @@ def check_output(images: torch.Tensor, path: str | os.PathLike[str], options: Ou
     if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
         raise ValueError(f"images of shape {list(images.shape)} {images.dtype}: expected float [B, 3, H, W]")
     if not bool(torch.isfinite(images).all()):
-        raise PidTrtError(f"decoded images contain NaN/Inf; refusing to write {os.fspath(path)}")
+        raise PidTrtError(f"decoded images contain NaN/Inf; refusing to write {printable(path)}")
     return fmt
 
 
@@ -171,4 +172,6 @@ def _write_one(target: Path, write) -> None:
         with atomic_write(target) as tmp:
             write(tmp)
     except OSError as exc:
-        raise InputFileError(f"output {os.fspath(target)}: write failed ({exc.strerror or exc})") from None
+        raise InputFileError(
+            f"output {printable(target)}: write failed ({printable(exc.strerror or exc)})"
+        ) from None

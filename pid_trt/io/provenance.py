@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pid_trt.errors import InputFileError
+from pid_trt.quoting import printable
 
 #: The PNG text keyword (and JPEG comment prefix, WebP XMP attribute) of the provenance.
 KEY = "pid-trt"
@@ -133,7 +134,7 @@ def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any]:
     the file is not a readable image or its provenance is malformed."""
     from PIL import Image, UnidentifiedImageError
 
-    where = f"image {os.fspath(path)}"
+    where = f"image {printable(path)}"
     try:
         with Image.open(path) as im:
             fmt, info = im.format, dict(im.info)

@@ -32,6 +32,7 @@ from pid_trt.io.images import (
     write_float,
     write_pixels,
 )
+from pid_trt.quoting import printable
 
 #: The most writer threads the default picks.
 MAX_DEFAULT_WRITERS = 8
@@ -155,7 +156,7 @@ class ImageWriter:
             or pixels.shape[1] != 3
         ):
             raise ValueError(
-                f"pixels of shape {list(pixels.shape)} {pixels.dtype} for {os.fspath(path)}: expected "
+                f"pixels of shape {list(pixels.shape)} {pixels.dtype} for {printable(path)}: expected "
                 f"[B, 3, H, W] {want} (or float images)"
             )
         return fmt
