@@ -87,6 +87,16 @@ def _keep_torch_threads():
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _caption_store_of_the_session(tmp_path_factory):
+    """Module- and session-scoped fixtures (servers started once per module) run before any
+    test's own fixtures: they get this session's caption store, never the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PIDTRT_CAPTION_STORE", str(tmp_path_factory.mktemp("session-caption-store")))
+        patch.delenv("PIDTRT_NULL_CAPTION", raising=False)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _caption_store_in_tmp(tmp_path_factory, monkeypatch):
     """Every test (and every subprocess it starts) gets its own persistent caption store in a

@@ -61,6 +61,8 @@ def server(tmp_path_factory, gemma):
         str(gemma),
         "--caption-cache",
         "4",
+        "--caption-store",  # its own: the cache counters below start from an empty store
+        str(tmp_path_factory.mktemp("server-caption-store")),
         "--tiles",  # one shot at any size: the too-large request is refused (503), not tiled
         "off",
     )
