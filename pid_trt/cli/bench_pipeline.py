@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from pid_trt.cli.options import _bundle, _param
+from pid_trt.cli.options import option_bundle, option_param
 from pid_trt.cli.outputs import Writers
 from pid_trt.cli.panels import PIPELINE_PANEL
 from pid_trt.errors import ConfigError
@@ -62,13 +62,13 @@ _FORMATS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp"}
 
 #: The command-line parameters of ``bench --pipeline`` (``--writers`` from :mod:`pid_trt.cli.outputs`).
 PIPELINE_PARAMS = (
-    _param("pipeline", Pipeline, False),
-    _param("simulate_device_ms", SimulateMs, None),
-    _param("simulate_device", SimulateDevice, None),
-    _param("images", Images, 16),
-    _param("formats", Format, ("png",)),
-    _param("writers", Writers, None),
-    _param("no_serial", NoSerial, False),
+    option_param("pipeline", Pipeline, False),
+    option_param("simulate_device_ms", SimulateMs, None),
+    option_param("simulate_device", SimulateDevice, None),
+    option_param("images", Images, 16),
+    option_param("formats", Format, ("png",)),
+    option_param("writers", Writers, None),
+    option_param("no_serial", NoSerial, False),
 )
 
 
@@ -77,7 +77,7 @@ def _pipeline_flags(*values) -> dict:
 
 
 #: ``@with_pipeline`` on a command with ``pipe: dict``: typer sees the ``--pipeline`` flags.
-with_pipeline = _bundle("pipe", PIPELINE_PARAMS, _pipeline_flags)
+with_pipeline = option_bundle("pipe", PIPELINE_PARAMS, _pipeline_flags)
 
 
 def bench_pipeline(

@@ -227,42 +227,43 @@ def caption_keywords(
     }  # fmt: skip
 
 
-def _param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+def option_param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    """One keyword-only command parameter (an option alias and its default) of a bundle."""
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
 #: The command-line parameters that make a :class:`NetOptions`, in its field order.
 NET_PARAMS = (
-    _param("backbone", Backbone, None),
-    _param("ckpt_type", CkptType, None),
-    _param("checkpoint", Checkpoint, None),
-    _param("net_config", NetConfigFile, None),
-    _param("random_weights", RandomWeights, False),
-    _param("weights_seed", WeightsSeed, 0),
+    option_param("backbone", Backbone, None),
+    option_param("ckpt_type", CkptType, None),
+    option_param("checkpoint", Checkpoint, None),
+    option_param("net_config", NetConfigFile, None),
+    option_param("random_weights", RandomWeights, False),
+    option_param("weights_seed", WeightsSeed, 0),
 )
 #: The command-line parameters that make a :class:`RuntimeOptions`.
 RUNTIME_PARAMS = (
-    _param("backend", BackendName, "torch"),
-    _param("precision", PrecisionName, None),
-    _param("device", Device, None),
-    _param("engine_dir", EngineDir, Path("engines")),
-    _param("export_dir", ExportDir, Path("export")),
-    _param("no_hoist", NoHoist, False),
-    _param("cuda_graph", CudaGraph, False),
+    option_param("backend", BackendName, "torch"),
+    option_param("precision", PrecisionName, None),
+    option_param("device", Device, None),
+    option_param("engine_dir", EngineDir, Path("engines")),
+    option_param("export_dir", ExportDir, Path("export")),
+    option_param("no_hoist", NoHoist, False),
+    option_param("cuda_graph", CudaGraph, False),
 )
 
 #: The command-line parameters of a decode's tiling (:meth:`pid_trt.Decoder.decode`'s keywords).
 TILING_PARAMS = (
-    _param("tiles", Tiles, "auto"),
-    _param("tile_size", TileSize, None),
-    _param("tile_overlap", TileOverlap, None),
-    _param("tile_batch", TileBatch, 1),
-    _param("allow_untrained_size", AllowUntrainedSize, False),
-    _param("devices", TileDevices, None),
+    option_param("tiles", Tiles, "auto"),
+    option_param("tile_size", TileSize, None),
+    option_param("tile_overlap", TileOverlap, None),
+    option_param("tile_batch", TileBatch, 1),
+    option_param("allow_untrained_size", AllowUntrainedSize, False),
+    option_param("devices", TileDevices, None),
 )
 
 
-def _bundle(name: str, params: tuple[inspect.Parameter, ...], make: Callable[..., Any]) -> Callable:
+def option_bundle(name: str, params: tuple[inspect.Parameter, ...], make: Callable[..., Any]) -> Callable:
     """A decorator that shows a command's parameter ``name`` to typer as ``params`` and hands
     the command ``make(**their values)`` in its place."""
 
@@ -323,19 +324,19 @@ def given_flags(params: tuple[inspect.Parameter, ...], values: dict[str, Any]) -
 
 #: The command-line parameters of the caption rule (:func:`caption_keywords`).
 CAPTION_PARAMS = (
-    _param("null_caption", NullCaption, None),
-    _param("caption_store", CaptionStoreDir, None),
-    _param("caption_store_max_mb", CaptionStoreMaxMb, None),
+    option_param("null_caption", NullCaption, None),
+    option_param("caption_store", CaptionStoreDir, None),
+    option_param("caption_store_max_mb", CaptionStoreMaxMb, None),
 )
 
 #: ``@with_net`` on a command with a parameter ``net: NetOptions``: typer sees the six network options.
-with_net = _bundle("net", NET_PARAMS, net_options)
+with_net = option_bundle("net", NET_PARAMS, net_options)
 #: ``@with_runtime`` on a command with ``runtime: RuntimeOptions``: typer sees the seven runtime options.
-with_runtime = _bundle("runtime", RUNTIME_PARAMS, runtime_options)
+with_runtime = option_bundle("runtime", RUNTIME_PARAMS, runtime_options)
 #: ``@with_tiling`` on a command with ``tiling: dict``: typer sees the six tiling options.
-with_tiling = _bundle("tiling", TILING_PARAMS, tiling_keywords)
+with_tiling = option_bundle("tiling", TILING_PARAMS, tiling_keywords)
 #: The tiling options without ``--devices``, for ``pidtrt serve``, whose ``--devices`` already
 #: places one model instance per GPU (each instance tiles on its own device).
-with_request_tiling = _bundle("tiling", TILING_PARAMS[:5], tiling_keywords)
+with_request_tiling = option_bundle("tiling", TILING_PARAMS[:5], tiling_keywords)
 #: ``@with_captions`` on a command with ``captions: dict``: typer sees --null-caption, --caption-store(-max-mb).
-with_captions = _bundle("captions", CAPTION_PARAMS, caption_keywords)
+with_captions = option_bundle("captions", CAPTION_PARAMS, caption_keywords)

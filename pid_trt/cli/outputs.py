@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pid_trt.cli.options import _bundle, _param
+from pid_trt.cli.options import option_bundle, option_param
 from pid_trt.cli.panels import MANY_PANEL, OUTPUT_PANEL
 from pid_trt.io.encoders import DEFAULT_PNG_LEVEL, DEFAULT_QUALITY, OutputOptions
 
@@ -53,11 +53,11 @@ Batch = Annotated[
 
 #: The command-line parameters that make an :class:`OutputOptions`, in its field order.
 OUTPUT_PARAMS = (
-    _param("png_level", PngLevel, DEFAULT_PNG_LEVEL),
-    _param("quality", Quality, DEFAULT_QUALITY),
-    _param("bit_depth", BitDepth, 8),
-    _param("webp_lossless", WebpLossless, False),
+    option_param("png_level", PngLevel, DEFAULT_PNG_LEVEL),
+    option_param("quality", Quality, DEFAULT_QUALITY),
+    option_param("bit_depth", BitDepth, 8),
+    option_param("webp_lossless", WebpLossless, False),
 )
 
 #: ``@with_output`` on a command with ``encoding: OutputOptions``: typer sees the four options.
-with_output = _bundle("encoding", OUTPUT_PARAMS, OutputOptions)
+with_output = option_bundle("encoding", OUTPUT_PARAMS, OutputOptions)
