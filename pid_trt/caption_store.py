@@ -9,7 +9,7 @@ else ``~/.cache/pid-trt/captions``), named by the SHA-256 of its key:
   ``config.json`` and tokenizer files, and of each weight file the size, its safetensors
   header and 17 blocks of 64 KiB spread over the file (first and last included): the same
   weights in another folder are the same encoder; other weights are another one;
-- the recipe (:data:`RECIPE`: the instruction prompt's digest and the kept length);
+- the recipe (:func:`recipe`: the instruction prompt's digest and the kept length);
 - the dtype the encoder ran in (fp32 | bf16);
 - the prompt, exactly as given ("" is the null caption: its files are named ``null-*``).
 
@@ -22,25 +22,28 @@ One Gemma-2-2B embedding is 300 x 2304 float32 = 2.76 MB: the default 1024 MB ho
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from pid_trt.atomic import TEMP_PREFIX, atomic_write
 from pid_trt.errors import ConfigError
 
+if TYPE_CHECKING:  # torch is imported where a tensor is read or written: the folder rule stays light
+    import torch
+
 __all__ = [
     "CAPTION_STORE_ENV",
     "DEFAULT_STORE_MB",
-    "RECIPE",
     "CaptionStore",
     "default_store_dir",
     "encoder_digest",
+    "recipe",
 ]
 
 #: Environment variable naming the store's folder ("off": no store).
@@ -56,14 +59,12 @@ _digests: dict[tuple, str] = {}
 _digests_lock = threading.Lock()
 
 
-def _recipe() -> str:
+@functools.cache
+def recipe() -> str:
+    """The caption recipe's version: another instruction prompt or length is another recipe."""
     from pid_trt.text import INSTRUCTION_PROMPT, MAX_LENGTH
 
     return f"pid-caption-v1:{hashlib.sha256(INSTRUCTION_PROMPT.encode()).hexdigest()[:16]}:{MAX_LENGTH}"
-
-
-#: The caption recipe's version: another instruction prompt or length is another recipe.
-RECIPE = _recipe()
 
 
 def default_store_dir() -> Path | None:
@@ -147,8 +148,8 @@ class CaptionStore:
         return cls(folder, DEFAULT_STORE_MB if max_mb is None else max_mb)
 
     def path(self, encoder: str, dtype: str, prompt: str) -> Path:
-        """The file of (encoder digest, dtype, prompt) under the current :data:`RECIPE`."""
-        key = json.dumps([RECIPE, encoder, dtype, prompt], ensure_ascii=False)
+        """The file of (encoder digest, dtype, prompt) under the current :func:`recipe`."""
+        key = json.dumps([recipe(), encoder, dtype, prompt], ensure_ascii=False)
         name = hashlib.sha256(key.encode()).hexdigest()[:32]
         return self.root / f"{'null' if prompt == '' else 'cap'}-{name}.safetensors"
 
@@ -177,7 +178,7 @@ class CaptionStore:
             if found is None:
                 continue
             emb, meta = found
-            if meta.get("recipe") == RECIPE and meta.get("prompt") == "" and int(emb.shape[-1]) == width:
+            if meta.get("recipe") == recipe() and meta.get("prompt") == "" and int(emb.shape[-1]) == width:
                 _touch(path)
                 return emb, path
         return None
@@ -188,7 +189,9 @@ class CaptionStore:
         from safetensors.torch import save_file
 
         path = self.path(encoder, dtype, prompt)
-        meta = {"recipe": RECIPE, "encoder": encoder, "dtype": dtype, "prompt": prompt}
+        meta = {"recipe": recipe(), "encoder": encoder, "dtype": dtype, "prompt": prompt}
+        import torch
+
         tensor = embedding.detach().to("cpu", torch.float32).contiguous()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -222,6 +225,7 @@ class CaptionStore:
 def _read(path: Path) -> tuple[torch.Tensor, dict[str, str]] | None:
     """(embedding [T, D] float32, metadata) of a store file; None when it is absent, gone
     half-way, or not one of the store's files."""
+    import torch
     from safetensors import safe_open
 
     try:

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from pid_trt.caption_store import default_store_dir
 from pid_trt.errors import ConfigError
 from pid_trt.options import NetOptions, RuntimeOptions
 
@@ -160,13 +161,10 @@ class ModelOptions:
 
 
 def _default_store() -> str:
-    """The caption store's folder by the environment (pid_trt.caption_store.default_store_dir,
-    without importing torch here); "off" for none."""
-    named = os.environ.get("PIDTRT_CAPTION_STORE")
-    if named:
-        return "off" if named.strip().lower() == "off" else os.path.expanduser(named)
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "pid-trt", "captions")
+    """The caption store's folder by the environment (:func:`pid_trt.caption_store.default_store_dir`);
+    "off" for none."""
+    folder = default_store_dir()
+    return "off" if folder is None else os.fspath(folder)
 
 
 @dataclass(frozen=True)
