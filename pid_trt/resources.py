@@ -171,7 +171,7 @@ def available_memory(device: str = "cpu") -> AvailableMemory | None:
             return None
         free, _total = torch.cuda.mem_get_info(torch.device(device))
         return AvailableMemory(MemoryKind.CUDA, int(free), "torch.cuda.mem_get_info")
-    free = _meminfo_available()
+    free = meminfo_bytes("MemAvailable")
     if free is None:
         return None
     source = "MemAvailable"
@@ -181,13 +181,15 @@ def available_memory(device: str = "cpu") -> AvailableMemory | None:
     return AvailableMemory(MemoryKind.CPU, free, source)
 
 
-def _meminfo_available(path: Path = Path("/proc/meminfo")) -> int | None:
+def meminfo_bytes(field: str, path: Path = Path("/proc/meminfo")) -> int | None:
+    """A ``/proc/meminfo`` field (``MemAvailable``, ``MemTotal`` ...) in bytes; None when the
+    file or the field is missing or malformed."""
     try:
         text = path.read_text()
     except OSError:
         return None
     for line in text.splitlines():
-        if line.startswith("MemAvailable:"):
+        if line.startswith(field + ":"):
             parts = line.split()
             if len(parts) >= 2 and parts[1].isdigit():
                 return int(parts[1]) * 1024  # kB

@@ -15,7 +15,7 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pid_trt.resources import cpu_model
+from pid_trt.resources import cpu_model, meminfo_bytes
 
 #: Optional extras: (distribution, import name, the pip extra that installs it, what it is for).
 EXTRAS: tuple[tuple[str, str, str, str], ...] = (
@@ -124,7 +124,7 @@ def gather(engine_dir: str | os.PathLike[str] = "engines") -> MachineFacts:
     return MachineFacts(
         cpu_count=os.cpu_count() or 1,
         cpu_model=cpu_model(),
-        memory_total=_memory_total(),
+        memory_total=meminfo_bytes("MemTotal") or 0,
         memory_available=avail.free_bytes if avail is not None else 0,
         torch_version=str(torch.__version__),
         torch_cuda=torch.version.cuda,
@@ -137,16 +137,6 @@ def gather(engine_dir: str | os.PathLike[str] = "engines") -> MachineFacts:
         store=_store(Path(engine_dir)),
         platform=f"{platform.system()} {platform.machine()}",
     )
-
-
-def _memory_total(path: Path = Path("/proc/meminfo")) -> int:
-    try:
-        for line in path.read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 def _gpus() -> tuple[GpuFacts, ...]:
