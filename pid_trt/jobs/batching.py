@@ -18,10 +18,9 @@ from typing import Any
 
 import torch
 
-from pid_trt.errors import ConfigError, InputFileError
-from pid_trt.jobs.decode import DecodeSettings
+from pid_trt.errors import ConfigError
+from pid_trt.jobs.decode import DecodeSettings, file_caption, provenance
 from pid_trt.jobs.plan import Job
-from pid_trt.quoting import printable
 
 
 @dataclass
@@ -62,17 +61,11 @@ class BatchedDecode:
     def __call__(self, job: Job) -> Future:
         from pid_trt.io import read_latent_file
         from pid_trt.io.caption import caption_for_latent
-        from pid_trt.jobs.decode import provenance
 
         config = self.decoder.config
         lat = read_latent_file(job.source, config)
         given = caption_for_latent(lat, job.source, config, caption_file=self.settings.caption_file)
-        try:  # the caption rule of a one-file decode (pid_trt.caption_choice)
-            chosen = self.decoder.choose_caption(lat.batch, given, None, self.settings.seed)
-        except InputFileError as exc:
-            raise InputFileError(
-                f"latent file {printable(job.source)} has no caption_embedding; {exc}"
-            ) from None
+        chosen = file_caption(self.decoder, lat, job.source, given, None, self.settings.seed)
         caption = chosen.embedding
         size = self.decoder.output_size(lat.latent_hw, self.settings.size)
         text = provenance(self.decoder, lat, self.settings, size[0], size[1], chosen.source).to_text()

@@ -116,6 +116,17 @@ def provenance(
     )  # fmt: skip
 
 
+def file_caption(decoder: Any, lat: Any, latent: Path, caption: Any, prompt: Any, seed: int) -> Any:
+    """The caption of latent file ``latent`` (read as ``lat``) by the rule of every front end
+    (:meth:`pid_trt.Decoder.choose_caption`); a refusal names the file."""
+    try:
+        return decoder.choose_caption(lat.batch, caption, prompt, seed)
+    except InputFileError as exc:
+        if prompt is not None or caption is not None:
+            raise
+        raise InputFileError(f"latent file {printable(latent)} has no caption_embedding; {exc}") from None
+
+
 def decode_file(
     decoder: Any,
     latent: Path,
@@ -137,12 +148,7 @@ def decode_file(
     prompt = settings.prompt
     caption = caption_for_latent(lat, latent, config, prompt=bool(prompt), caption_file=settings.caption_file)
     text = (list(prompt) if len(prompt) > 1 else prompt[0]) if prompt else None
-    try:
-        chosen = decoder.choose_caption(lat.batch, caption, text, settings.seed)
-    except InputFileError as exc:
-        if text is not None or caption is not None:
-            raise
-        raise InputFileError(f"latent file {printable(latent)} has no caption_embedding; {exc}") from None
+    chosen = file_caption(decoder, lat, latent, caption, text, settings.seed)
     height, width = decoder.output_size(lat.latent_hw, settings.size)
     steps = settings.steps
     noise = settings.noise_file
