@@ -8,6 +8,7 @@ half-written file under the final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -142,9 +143,15 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     as it was (absent or with its old content) and the exception propagates.
 
     Concurrent writers of the same ``path`` each use their own temp file; the last rename
-    wins and readers only ever see one complete version. The parent directory must exist.
+    wins and readers only ever see one complete version. The parent directory must exist:
+    if it does not, :class:`FileNotFoundError` naming it is raised before anything is written
+    (writers such as safetensors' would otherwise fail with their own, foreign error).
     """
     target = Path(path)
+    if not target.parent.is_dir():
+        raise FileNotFoundError(
+            errno.ENOENT, f"cannot write {target.name}: no such folder", str(target.parent)
+        )
     tmp = temp_path_for(target)
     try:
         yield tmp

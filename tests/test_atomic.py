@@ -47,3 +47,12 @@ def test_atomic_write_rename_failure_keeps_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old" and no_temp_files(tmp_path)
+
+
+def test_atomic_write_into_a_missing_folder_names_the_folder(tmp_path):
+    target = tmp_path / "missing" / "out.bin"
+    with pytest.raises(FileNotFoundError) as info, atomic_write(target):
+        raise AssertionError("the body must not run when the folder is missing")
+    assert info.value.filename == str(tmp_path / "missing")
+    assert "out.bin" in info.value.strerror
+    assert not (tmp_path / "missing").exists()
