@@ -110,14 +110,7 @@ def run_case(
     suffix = ".jpg" if fmt is OutputFormat.JPEG else f".{fmt.value}"
     stages: dict[str, float] = {}
     serial_clock = [0.0, 0.0, 0]  # encode s, write s, bytes (serial path)
-    read_clock = [0.0]  # seconds spent reading latent files, on whichever thread
-
-    def timed_read(path: Path) -> torch.Tensor:
-        t0 = time.perf_counter()
-        latent = read_latent(path)
-        read_clock[0] += time.perf_counter() - t0
-        return latent
-
+    timed_read = _TimedRead(read_latent)  # seconds spent reading latent files, on whichever thread
     files = [latent_file] * case.images if pipelined else []
     begin = warm = time.perf_counter()
     with (
@@ -142,7 +135,7 @@ def run_case(
                 warm, _ = time.perf_counter(), stages.clear()
     end = time.perf_counter()
     n = case.images
-    stages["read_latent"] = read_clock[0]
+    stages["read_latent"] = timed_read.seconds
     if pipelined:
         stages["encode"], stages["write"] = writer.clock.encode, writer.clock.write
         nbytes = writer.clock.nbytes
@@ -171,6 +164,20 @@ def run_case(
         bytes_per_image=round(nbytes / n), host_cpu_ms_per_image=round(host_ms, 1),
         host_cores_per_gpu=round(host_ms / case.device_ms, 2) if simulated else None, stages_ms=per_image,
     )  # fmt: skip
+
+
+class _TimedRead:
+    """``read`` that sums the seconds it took (read ahead, on another thread, or in place)."""
+
+    def __init__(self, read: Callable[[Path], torch.Tensor]) -> None:
+        self.read, self.seconds = read, 0.0
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        start = time.perf_counter()
+        try:
+            return self.read(path)
+        finally:
+            self.seconds += time.perf_counter() - start
 
 
 def _pipelined_out(

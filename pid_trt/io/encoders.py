@@ -202,6 +202,18 @@ def png_bytes(
     return b"".join(parts)
 
 
+def read_png(data: bytes) -> tuple[np.ndarray, dict[str, str]]:
+    """An 8-bit RGB PNG file's pixels [H, W, 3] uint8 and its text entries (``tEXt`` /
+    ``iTXt``), e.g. a served image to be written in another format or at another level."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        if im.format != "PNG" or im.mode != "RGB":
+            raise ValueError(f"a {im.format} image of mode {im.mode}: expected an 8-bit RGB PNG")
+        text = {str(k): str(v) for k, v in getattr(im, "text", {}).items()}
+        return np.asarray(im), text
+
+
 # ---------------------------------------------------------------------------------- JPEG / WebP
 def jpeg_bytes(
     pixels: np.ndarray, *, quality: int = DEFAULT_QUALITY, text: Mapping[str, str] | None = None

@@ -194,18 +194,28 @@ _shared: ThreadPoolExecutor | None = None
 _shared_lock = threading.Lock()
 
 
-def encode_all(
+def encode_later(
     pixels, fmt: OutputFormat, options: OutputOptions, text: Mapping[str, str] | None = None
-) -> list[bytes]:
-    """The file bytes of each image of ``pixels`` [n, H, W, 3], encoded in parallel on one
-    process-wide pool of :func:`default_writers` threads (e.g. a server encoding a batch's
-    PNGs); the same bytes as encoding them one by one."""
+) -> list[Future[bytes]]:
+    """The file bytes of each image of ``pixels`` [n, H, W, 3], being encoded in parallel on one
+    process-wide pool of :func:`default_writers` threads (e.g. a server encoding a batch's PNGs
+    while it decodes the next): the same bytes as encoding them one by one."""
     from pid_trt.io.encoders import encode_image
 
     global _shared
-    if len(pixels) < 2:
-        return [encode_image(px, fmt, options, text) for px in pixels]
     with _shared_lock:
         if _shared is None:
             _shared = ThreadPoolExecutor(default_writers(), thread_name_prefix="pidtrt-encode")
-    return list(_shared.map(lambda px: encode_image(px, fmt, options, text), pixels))
+    return [_shared.submit(encode_image, px, fmt, options, text) for px in pixels]
+
+
+def encode_all(
+    pixels, fmt: OutputFormat, options: OutputOptions, text: Mapping[str, str] | None = None
+) -> list[bytes]:
+    """The file bytes of each image of ``pixels`` [n, H, W, 3], encoded in parallel
+    (:func:`encode_later`); the same bytes as encoding them one by one."""
+    from pid_trt.io.encoders import encode_image
+
+    if len(pixels) < 2:
+        return [encode_image(px, fmt, options, text) for px in pixels]
+    return [f.result() for f in encode_later(pixels, fmt, options, text)]

@@ -16,9 +16,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pid_trt.io.readahead import DEFAULT_DEPTH, ReadAhead
+if TYPE_CHECKING:  # pid_trt.io imports torch: only once a worker reads a latent file
+    from pid_trt.io.readahead import ReadAhead
+
+#: Latent files read ahead of the one being decoded (:data:`pid_trt.io.readahead.DEFAULT_DEPTH`).
+DEPTH = 2
 
 
 class _Plan:
@@ -33,6 +37,7 @@ class _Plan:
 
     def read(self, path: Path | str, config: Any) -> Any:
         from pid_trt.io.latent import read_latent_file
+        from pid_trt.io.readahead import ReadAhead
 
         key = os.fspath(path)
         if self.ahead is None and key in self.sources:
@@ -54,7 +59,7 @@ _PLAN: ContextVar[_Plan | None] = ContextVar("pidtrt_read_plan", default=None)
 
 
 @contextmanager
-def upcoming(sources: Sequence[Path | str], depth: int = DEFAULT_DEPTH) -> Iterator[None]:
+def upcoming(sources: Sequence[Path | str], depth: int = DEPTH) -> Iterator[None]:
     """Within the block, :func:`read_latent` reads ``sources`` ahead, in this order, ``depth``
     files at most; on leaving (Ctrl-C included), reads not started are dropped."""
     plan = _Plan(sources, depth)
@@ -75,3 +80,9 @@ def read_latent(path: Path | str, config: Any = None) -> Any:
 
         return read_latent_file(path, config)
     return plan.read(path, config)
+
+
+def current_read_ahead() -> ReadAhead[str, Any] | None:
+    """The running run's read-ahead (None outside a run, or before its first latent read)."""
+    plan = _PLAN.get()
+    return None if plan is None else plan.ahead

@@ -94,8 +94,7 @@ def run_jobs(
         else:
             landing.track(job, begin, out) if isinstance(out, Future) else settle(job, begin, None)
 
-    start = time.perf_counter()
-    pool = None
+    start, pool = time.perf_counter(), None
     try:
         if concurrency == 1:  # in order: a decode worker's latent files are read ahead
             with upcoming([job.source for job in todo]):
