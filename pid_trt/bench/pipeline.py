@@ -8,7 +8,7 @@ the pixels to the host, encode and write, as the decode front ends do. Two paths
 - ``pipelined`` (today's front ends): quantized on the device (for a simulated device the
   quantization is the device's, so the host is charged only the uint8 copy), encoded with the
   fast encoders and written by an :class:`~pid_trt.io.writer.ImageWriter` pool while the
-  next image is decoded;
+  next image is decoded, the next latent files read ahead on a thread of their own;
 - ``serial`` (before this pipeline): the float image copied to the host, quantized there in
   float64, PNG through Pillow at level 6 (JPEG through Pillow), written in the decoding thread.
 
@@ -31,6 +31,7 @@ import torch
 from pid_trt.atomic import atomic_write
 from pid_trt.io.encoders import OutputFormat, OutputOptions
 from pid_trt.io.images import quantize, to_uint8
+from pid_trt.io.readahead import ReadAhead
 from pid_trt.io.writer import ImageWriter
 
 SCHEMA = "pidtrt-bench-pipeline/1"
@@ -55,8 +56,9 @@ class PipelineCase:
 
 @dataclass
 class PipelineRecord:
-    """What one case measured. Stage times are mean milliseconds per image; ``encode_ms`` and
-    ``write_ms`` are thread time (they overlap the decode when pipelined)."""
+    """What one case measured. Stage times are mean milliseconds per image; ``read_latent``,
+    ``encode`` and ``write`` are thread time (they overlap the decode when pipelined: the
+    decoding thread waits ``read_wait`` for the latent read ahead)."""
 
     label: str
     backbone: str
@@ -98,7 +100,9 @@ def run_case(
 ) -> PipelineRecord:
     """Measure ``case``: ``images`` decodes of ``latent_file`` (read by ``read_latent``) through
     ``network`` (latent -> float [1, 3, H, W] on the device; for a simulated device, the
-    device's own uint8 pixels [1, 3, H, W] when the case is pipelined), files into ``workdir``."""
+    device's own uint8 pixels [1, 3, H, W] when the case is pipelined), files into ``workdir``.
+    Pipelined, the next latent files are read ahead (:class:`~pid_trt.io.readahead.ReadAhead`,
+    as a decode over many files reads them): ``read_latent`` then counts the wait for it."""
     fmt, pipelined = case.fmt, case.path == "pipelined"
     options = (
         case.options if pipelined else OutputOptions(png_level=SERIAL_PNG_LEVEL, quality=case.options.quality)
@@ -106,40 +110,32 @@ def run_case(
     suffix = ".jpg" if fmt is OutputFormat.JPEG else f".{fmt.value}"
     stages: dict[str, float] = {}
     serial_clock = [0.0, 0.0, 0]  # encode s, write s, bytes (serial path)
+    timed_read = _TimedRead(read_latent)  # seconds spent reading latent files, on whichever thread
+    files = [latent_file] * case.images if pipelined else []
     begin = warm = time.perf_counter()
-    with ImageWriter(case.writers if pipelined else 0) as writer:
+    with (
+        ImageWriter(case.writers if pipelined else 0) as writer,
+        ReadAhead(files, timed_read, depth=2) as ahead,
+    ):
+        read = ahead.take if pipelined else timed_read
         for i in range(case.images):
             t = time.perf_counter()
-            latent = read_latent(latent_file)
-            t = _stage(stages, "read_latent", t)
+            latent = read(latent_file)
+            t = _stage(stages, "read_wait", t)
             latent = latent.clone()  # the host -> device copy (a GPU run copies it over PCIe)
             t = _stage(stages, "device_copy", t)
             image = network(latent)
             t = _stage(stages, "device", t)
             target = workdir / f"img{i:04d}{suffix}"
             if pipelined:
-                pixels = image if not image.is_floating_point() else quantize(image)
-                t = _stage(stages, "quantize", t)
-                pixels = pixels.clone()  # the device -> host copy of the uint8 pixels
-                t = _stage(stages, "host_copy", t)
-                writer.submit(pixels, target, options)
-                _stage(stages, "submit_wait", t)
+                _pipelined_out(image, target, options, writer, stages, t)
             else:
-                host = image.clone()  # the device -> host copy of the float32 image
-                t = _stage(stages, "host_copy", t)
-                px = to_uint8(host)[0].numpy()
-                t = _stage(stages, "quantize", t)
-                data = _serial_encode(px, fmt, options)
-                t2 = time.perf_counter()
-                serial_clock[0] += t2 - t
-                with atomic_write(target) as tmp:
-                    Path(tmp).write_bytes(data)
-                serial_clock[1] += time.perf_counter() - t2
-                serial_clock[2] += len(data)
+                _serial_out(image, target, fmt, options, stages, serial_clock, t)
             if i == 0:  # the first image warms up: out of the steady rate and of the stage means
                 warm, _ = time.perf_counter(), stages.clear()
     end = time.perf_counter()
     n = case.images
+    stages["read_latent"] = timed_read.seconds
     if pipelined:
         stages["encode"], stages["write"] = writer.clock.encode, writer.clock.write
         nbytes = writer.clock.nbytes
@@ -148,7 +144,8 @@ def run_case(
         nbytes = serial_clock[2]
     steady = (n - 1) / (end - warm) if n > 1 and end > warm else n / (end - begin)
     per_image = {k: round(v / max(1, n - 1) * 1000, 2) for k, v in stages.items()}
-    per_image["encode"], per_image["write"] = (round(stages[k] / n * 1000, 2) for k in ("encode", "write"))
+    for k in ("read_latent", "encode", "write"):  # thread time over every image, the warm-up's too
+        per_image[k] = round(stages[k] / n * 1000, 2)
     host_keys = ("read_latent", "device_copy", "quantize", "host_copy", "encode", "write")
     simulated = case.device_ms is not None and case.device_ms > 0
     if simulated and pipelined:  # the quantization ran on the (simulated) device
@@ -167,6 +164,49 @@ def run_case(
         bytes_per_image=round(nbytes / n), host_cpu_ms_per_image=round(host_ms, 1),
         host_cores_per_gpu=round(host_ms / case.device_ms, 2) if simulated else None, stages_ms=per_image,
     )  # fmt: skip
+
+
+class _TimedRead:
+    """``read`` that sums the seconds it took (read ahead, on another thread, or in place)."""
+
+    def __init__(self, read: Callable[[Path], torch.Tensor]) -> None:
+        self.read, self.seconds = read, 0.0
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        start = time.perf_counter()
+        try:
+            return self.read(path)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def _pipelined_out(
+    image, target: Path, options: OutputOptions, writer: ImageWriter, stages, t: float
+) -> None:
+    """Today's hand-over: pixels quantized on the device, one uint8 copy, queued for the pool."""
+    pixels = image if not image.is_floating_point() else quantize(image)
+    t = _stage(stages, "quantize", t)
+    pixels = pixels.clone()  # the device -> host copy of the uint8 pixels
+    t = _stage(stages, "host_copy", t)
+    writer.submit(pixels, target, options)
+    _stage(stages, "submit_wait", t)
+
+
+def _serial_out(
+    image, target: Path, fmt: OutputFormat, options: OutputOptions, stages, clock, t: float
+) -> None:
+    """Before the pipeline: float copy, host quantize, Pillow encode and write in this thread."""
+    host = image.clone()  # the device -> host copy of the float32 image
+    t = _stage(stages, "host_copy", t)
+    px = to_uint8(host)[0].numpy()
+    t = _stage(stages, "quantize", t)
+    data = _serial_encode(px, fmt, options)
+    t2 = time.perf_counter()
+    clock[0] += t2 - t
+    with atomic_write(target) as tmp:
+        Path(tmp).write_bytes(data)
+    clock[1] += time.perf_counter() - t2
+    clock[2] += len(data)
 
 
 def _serial_encode(px, fmt: OutputFormat, options: OutputOptions) -> bytes:
@@ -293,6 +333,7 @@ def render_markdown(records: list[PipelineRecord], title: str | None = None) -> 
     """The records as a Markdown table (one row per case) with the per-image stages."""
     stages = (
         "read_latent",
+        "read_wait",
         "device_copy",
         "device",
         "quantize",

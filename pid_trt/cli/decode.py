@@ -372,7 +372,7 @@ def _decode_remote(
     with RankGroup(world) as group:
         with RemoteFiles(
             server, timeout_s=timeout, seed=settings.seed, prompt=list(settings.prompt),
-            caption=settings.caption_file, tiling=tiling,
+            caption=settings.caption_file, tiling=tiling, options=settings.output,
         ) as work:  # fmt: skip
             summary = run_rank(
                 world, "decode", planned, work, concurrency=concurrency, skip_existing=skip_existing,

@@ -202,6 +202,18 @@ def png_bytes(
     return b"".join(parts)
 
 
+def read_png(data: bytes) -> tuple[np.ndarray, dict[str, str]]:
+    """An 8-bit RGB PNG file's pixels [H, W, 3] uint8 and its text entries (``tEXt`` /
+    ``iTXt``), e.g. a served image to be written in another format or at another level."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        if im.format != "PNG" or im.mode != "RGB":
+            raise ValueError(f"a {im.format} image of mode {im.mode}: expected an 8-bit RGB PNG")
+        text = {str(k): str(v) for k, v in getattr(im, "text", {}).items()}
+        return np.asarray(im), text
+
+
 # ---------------------------------------------------------------------------------- JPEG / WebP
 def jpeg_bytes(
     pixels: np.ndarray, *, quality: int = DEFAULT_QUALITY, text: Mapping[str, str] | None = None
@@ -215,6 +227,39 @@ def jpeg_bytes(
     subsampling = 0 if quality >= 90 else 2
     Image.fromarray(pixels).save(buf, format="JPEG", quality=quality, subsampling=subsampling, **extra)
     return buf.getvalue()
+
+
+def jpeg_engine(pixels) -> str:
+    """The JPEG encoder that takes ``pixels``: ``"nvjpeg"`` (``torchvision.io.encode_jpeg`` on
+    the GPU, the host paying only for the compressed bytes) for a CUDA tensor when torchvision
+    is importable; ``"pillow"`` (libjpeg-turbo on the CPU) for anything else."""
+    if getattr(pixels, "is_cuda", False):
+        try:
+            import torchvision.io  # noqa: F401  (optional: never a dependency of an extra)
+        except ImportError:
+            return "pillow"
+        return "nvjpeg"
+    return "pillow"
+
+
+def jpeg_from_tensor(
+    pixels, *, quality: int = DEFAULT_QUALITY, text: Mapping[str, str] | None = None
+) -> bytes:
+    """A JPEG of ``pixels`` [3, H, W] uint8 (a torch tensor on any device), by the encoder
+    :func:`jpeg_engine` picks: nvJPEG on the GPU for a CUDA tensor (4:2:0, as torchvision
+    encodes; ``text`` as a COM segment), else :func:`jpeg_bytes` on the CPU."""
+    if jpeg_engine(pixels) == "nvjpeg":
+        from torchvision.io import encode_jpeg
+
+        data = bytes(encode_jpeg(pixels.contiguous(), quality=quality).cpu().numpy())
+        return _with_comment(data, text) if text else data
+    return jpeg_bytes(pixels.permute(1, 2, 0).cpu().numpy(), quality=quality, text=text)
+
+
+def _with_comment(jpeg: bytes, text: Mapping[str, str]) -> bytes:
+    """``jpeg`` with a COM segment of ``key=value`` lines right after its SOI marker."""
+    body = "\n".join(f"{k}={v}" for k, v in text.items()).encode("utf-8")[: 0xFFFF - 2]
+    return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
 
 
 def webp_bytes(

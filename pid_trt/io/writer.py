@@ -29,6 +29,8 @@ from pid_trt.io.images import (
     check_output,
     host_pixels,
     png_paths,
+    quantize,
+    write_encoded,
     write_float,
     write_pixels,
 )
@@ -124,6 +126,8 @@ class ImageWriter:
         out = Path(path)
         if fmt is OutputFormat.SAFETENSORS:
             return self._run(_Batch([out]), 0, lambda: write_float(images, out))
+        if fmt is OutputFormat.JPEG and images.is_cuda:  # nvJPEG on the device: only the bytes cross
+            return self._device_jpegs(images if quantized else quantize(images), out, options, text)
         pixels = images.permute(0, 2, 3, 1).cpu().numpy() if quantized else host_pixels(images, fmt, options)
         batch = _Batch(png_paths(out, pixels.shape[0]))
         for k, target in enumerate(batch.targets):
@@ -137,6 +141,19 @@ class ImageWriter:
                 for rest in range(k, len(batch.targets)):
                     batch.done(rest, f"output {batch.targets[rest]}: not written (interrupted)")
                 raise
+        return batch.future
+
+    def _device_jpegs(
+        self, pixels: torch.Tensor, out: Path, options: OutputOptions, text
+    ) -> Future[list[Path]]:
+        """JPEGs of CUDA ``pixels`` [B, 3, H, W] uint8 encoded on the device
+        (:func:`~pid_trt.io.encoders.jpeg_from_tensor`), written by the pool."""
+        from pid_trt.io.encoders import jpeg_from_tensor
+
+        batch = _Batch(png_paths(out, pixels.shape[0]))
+        for k, target in enumerate(batch.targets):
+            data = jpeg_from_tensor(pixels[k], quality=options.quality, text=text)
+            self._run(batch, k, lambda d=data, t=target: write_encoded(d, t, self.clock))
         return batch.future
 
     @staticmethod
@@ -194,18 +211,28 @@ _shared: ThreadPoolExecutor | None = None
 _shared_lock = threading.Lock()
 
 
-def encode_all(
+def encode_later(
     pixels, fmt: OutputFormat, options: OutputOptions, text: Mapping[str, str] | None = None
-) -> list[bytes]:
-    """The file bytes of each image of ``pixels`` [n, H, W, 3], encoded in parallel on one
-    process-wide pool of :func:`default_writers` threads (e.g. a server encoding a batch's
-    PNGs); the same bytes as encoding them one by one."""
+) -> list[Future[bytes]]:
+    """The file bytes of each image of ``pixels`` [n, H, W, 3], being encoded in parallel on one
+    process-wide pool of :func:`default_writers` threads (e.g. a server encoding a batch's PNGs
+    while it decodes the next): the same bytes as encoding them one by one."""
     from pid_trt.io.encoders import encode_image
 
     global _shared
-    if len(pixels) < 2:
-        return [encode_image(px, fmt, options, text) for px in pixels]
     with _shared_lock:
         if _shared is None:
             _shared = ThreadPoolExecutor(default_writers(), thread_name_prefix="pidtrt-encode")
-    return list(_shared.map(lambda px: encode_image(px, fmt, options, text), pixels))
+    return [_shared.submit(encode_image, px, fmt, options, text) for px in pixels]
+
+
+def encode_all(
+    pixels, fmt: OutputFormat, options: OutputOptions, text: Mapping[str, str] | None = None
+) -> list[bytes]:
+    """The file bytes of each image of ``pixels`` [n, H, W, 3], encoded in parallel
+    (:func:`encode_later`); the same bytes as encoding them one by one."""
+    from pid_trt.io.encoders import encode_image
+
+    if len(pixels) < 2:
+        return [encode_image(px, fmt, options, text) for px in pixels]
+    return [f.result() for f in encode_later(pixels, fmt, options, text)]

@@ -59,11 +59,11 @@ class BatchedDecode:
         self._lock = threading.Lock()
 
     def __call__(self, job: Job) -> Future:
-        from pid_trt.io import read_latent_file
         from pid_trt.io.caption import caption_for_latent
+        from pid_trt.jobs.readahead import read_latent
 
         config = self.decoder.config
-        lat = read_latent_file(job.source, config)
+        lat = read_latent(job.source, config)  # read ahead while the held files decode
         given = caption_for_latent(lat, job.source, config, caption_file=self.settings.caption_file)
         chosen = file_caption(self.decoder, lat, job.source, given, None, self.settings.seed)
         caption = chosen.embedding

@@ -141,10 +141,11 @@ def decode_file(
     runs. ``writer``: a :class:`pid_trt.io.writer.ImageWriter` that encodes and writes while
     the caller goes on (the image then quantized on the decode's device; see
     :attr:`Decoded.pending`); None: written here, before returning."""
-    from pid_trt.io import output_format, read_latent_file, read_noise_file, write_images
+    from pid_trt.io import output_format, read_noise_file, write_images
+    from pid_trt.jobs.readahead import read_latent
 
     config = decoder.config
-    lat = read_latent_file(latent, config)
+    lat = read_latent(latent, config)  # read ahead in a run over many files
     prompt = settings.prompt
     caption = caption_for_latent(lat, latent, config, prompt=bool(prompt), caption_file=settings.caption_file)
     text = (list(prompt) if len(prompt) > 1 else prompt[0]) if prompt else None

@@ -18,6 +18,7 @@ from concurrent.futures import wait as wait_all
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.jobs.inputs import Problem
 from pid_trt.jobs.plan import Job, output_exists, split_existing
+from pid_trt.jobs.readahead import upcoming
 from pid_trt.jobs.stale import remove_stale_outputs
 from pid_trt.jobs.summary import JobResult, Outcome, Summary
 
@@ -93,12 +94,12 @@ def run_jobs(
         else:
             landing.track(job, begin, out) if isinstance(out, Future) else settle(job, begin, None)
 
-    start = time.perf_counter()
-    pool = None
+    start, pool = time.perf_counter(), None
     try:
-        if concurrency == 1:
-            for job in todo:
-                one(job)
+        if concurrency == 1:  # in order: a decode worker's latent files are read ahead
+            with upcoming([job.source for job in todo]):
+                for job in todo:
+                    one(job)
         else:
             pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pidtrt-job")
             for future in [pool.submit(one, job) for job in todo]:

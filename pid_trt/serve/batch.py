@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -119,34 +120,45 @@ def decode_requests(
     for item in ready:
         key = (item.index,) if item.tiling is not None else (*item.size, int(item.caption.shape[1]))
         groups.setdefault(key, []).append(item)
+    # Each group's PNGs are encoded on the writer threads while the next group decodes.
+    encoding: list[tuple[int, list[Future[bytes]]]] = []
     for items in groups.values():
-        _decode_group(decoder, items, requests, results, steps)
+        encoding += _decode_group(decoder, items, requests, results, steps)
+    for index, pngs in encoding:
+        try:
+            results[index].png = [f.result() for f in pngs]
+        except Exception as exc:
+            results[index].error = _as_error(exc, requests[index].what)
     return results
 
 
 def _decode_group(
     decoder: Decoder, items: list[_Ready], requests, results: list[DecodeResult], steps: int
-) -> None:
+) -> list[tuple[int, list[Future[bytes]]]]:
     """One decode of ``items`` (one tiled request, or one-shot requests of one size); their
-    results (or the decode's error for each)."""
+    results (or the decode's error for each). Returns the PNGs being encoded, per request
+    index. When no request of the group asks for ``image``, the pixels are quantized on the
+    decode's device and only they are copied to the host."""
     height, width = items[0].size
     # One-shot requests were planned one by one; together they decode in one shot at any size.
     tiling = items[0].tiling or TileOptions(TileMode.OFF, allow_untrained_size=True)
+    floats = any("image" in requests[r.index].outputs for r in items)
     try:
         image = decoder.decode(
             torch.cat([r.latent for r in items]), torch.cat([r.caption for r in items]),
             degrade_sigma=torch.cat([r.sigma for r in items]),
             noise=[torch.cat(draws) for draws in zip(*(r.noise for r in items), strict=True)],
             size=(height, width), steps=steps, tiling=tiling,
+            output_dtype=torch.float32 if floats else torch.uint8,
         )  # fmt: skip
     except Exception as exc:
         rows = sum(r.rows for r in items)
         err = _as_error(exc, f"decode of {len(items)} request(s), {rows} image(s) at {width}x{height}")
         for r in items:
             results[r.index].error = err
-        return
+        return []
     log.debug("decoded %d request(s), %d image(s) at %dx%d", len(items), image.shape[0], width, height)
-    start = 0
+    start, encoding = 0, []
     for r in items:
         part = image[start : start + r.rows]
         start += r.rows
@@ -158,24 +170,34 @@ def _decode_group(
             out.image = part.numpy()
         if "png" in wanted:
             try:
-                out.png = png_bytes(part, r.text)
+                encoding.append((r.index, png_futures(part, r.text)))
             except Exception as exc:
                 out.error = _as_error(exc, requests[r.index].what)
+    return encoding
+
+
+def png_futures(images: torch.Tensor, text: dict[str, str] | None = None) -> list[Future[bytes]]:
+    """[n, 3, H, W] float in [-1, 1] (or the uint8 pixels :func:`pid_trt.io.quantize` makes of
+    them) -> n PNG files being encoded on the process's writer threads
+    (:func:`pid_trt.io.writer.encode_later`), byte for byte what :func:`pid_trt.io.write_images`
+    writes for the same images; ``text``: the provenance entries each PNG carries."""
+    from pid_trt.io.encoders import OutputFormat, OutputOptions
+    from pid_trt.io.images import host_pixels
+    from pid_trt.io.writer import encode_later
+
+    options = OutputOptions()
+    if images.is_floating_point():
+        if not bool(torch.isfinite(images).all()):
+            raise PidTrtError("decoded images contain NaN/Inf; refusing to encode them as PNG")
+        pixels = host_pixels(images, OutputFormat.PNG, options)
+    else:
+        pixels = images.permute(0, 2, 3, 1).cpu().numpy()
+    return encode_later(pixels, OutputFormat.PNG, options, text)
 
 
 def png_bytes(images: torch.Tensor, text: dict[str, str] | None = None) -> list[bytes]:
-    """[n, 3, H, W] float in [-1, 1] -> n PNG files, byte for byte what
-    :func:`pid_trt.io.write_images` writes for the same images: quantized on the images'
-    device, encoded in parallel over the batch (:func:`pid_trt.io.writer.encode_all`); ``text``: the
-    provenance entries each PNG carries."""
-    from pid_trt.io.encoders import OutputFormat, OutputOptions
-    from pid_trt.io.images import host_pixels
-    from pid_trt.io.writer import encode_all
-
-    if not bool(torch.isfinite(images).all()):
-        raise PidTrtError("decoded images contain NaN/Inf; refusing to encode them as PNG")
-    options = OutputOptions()
-    return encode_all(host_pixels(images, OutputFormat.PNG, options), OutputFormat.PNG, options, text)
+    """The n PNG files of :func:`png_futures`, once encoded (in parallel over the batch)."""
+    return [f.result() for f in png_futures(images, text)]
 
 
 def _prepare(decoder: Decoder, index: int, req: DecodeRequest, steps: int, tiling: TileOptions) -> _Ready:

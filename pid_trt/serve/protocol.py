@@ -47,7 +47,10 @@ TILING_PARAMETERS: dict[str, tuple[type, ...]] = REQUEST_PARAMS
 
 #: Model-configuration parameters describing the outputs and the request parameter (strings).
 OUTPUT_DOCS: dict[str, str] = {
-    "output_image": "FP32 [3, H, W] per row: the decoded image in [-1, 1] (JSON: numbers)",
+    "output_image": (
+        "FP32 [3, H, W] per row: the decoded image in [-1, 1] (JSON: numbers, ~4 s of answer per "
+        "megapixel beyond the decode: ask for png, or binary_data, for large images)"
+    ),
     "output_png": (
         "BYTES [1] per row: the PNG file pidtrt decode writes; base64 text unless the request "
         "parameter png_encoding is binary (then raw bytes: binary-data extension or gRPC only)"

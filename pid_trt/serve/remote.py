@@ -4,7 +4,8 @@ Used by ``pidtrt request`` and ``pidtrt decode --server``. The file is read and 
 here by the same rules (and with the same messages) as ``pidtrt decode``, against the
 server's net (its model parameters), before anything is sent; the outputs are written as
 ``pidtrt decode`` writes them (:func:`pid_trt.io.write_images`; PNGs arrive encoded by the
-server, byte for byte those ``pidtrt decode`` writes for the same image).
+server, byte for byte those ``pidtrt decode`` writes for the same image; another format, PNG
+level or bit depth is encoded here from the server's lossless pixels, provenance carried over).
 :class:`RemoteFiles` is the job worker (:mod:`pid_trt.jobs`) of ``pidtrt decode --server``:
 one client per thread, a request the server refused as overloaded retried a few times.
 Both send the tiling options given (``tiles``, ``tile_size`` ...) as request parameters.
@@ -27,6 +28,8 @@ from pid_trt.atomic import atomic_write
 from pid_trt.config import NetConfig
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.io import SUPPORTED_SUFFIXES, png_paths, read_latent_file, write_images
+from pid_trt.io.encoders import DEFAULT_PNG_LEVEL, OutputFormat, OutputOptions, output_format, read_png
+from pid_trt.io.images import write_pixels
 from pid_trt.jobs import Job
 from pid_trt.serve.client import PidClient, ServeRequestError, tiling_parameters
 
@@ -76,34 +79,67 @@ def request_file(
     prompt: Sequence[str] = (),
     caption: str | os.PathLike[str] | None = None,
     tiling: Mapping[str, Any] | None = None,
+    options: OutputOptions | None = None,
 ) -> Decoded:
-    """Send latent file ``latent`` to the server and write ``output`` (.png: one PNG per
-    batch row, as ``pidtrt decode``; .safetensors: tensor ``image``). ``tiling``: the
-    request's tiling parameters (:func:`~pid_trt.serve.client.tiling_parameters`; absent
-    ones are the server's). Raises the project's one-line errors
-    (:class:`~pid_trt.serve.client.ServeRequestError` for the server's)."""
+    """Send latent file ``latent`` to the server and write ``output`` as ``pidtrt decode``
+    writes it (image(s) by suffix, one per batch row; .safetensors: tensor ``image``).
+    ``tiling``: the request's tiling parameters (:func:`~pid_trt.serve.client.tiling_parameters`;
+    absent ones are the server's); ``options``: how the images are encoded (``--png-level``,
+    ``--quality``, ``--bit-depth``, ``--webp-lossless``), by :func:`written_from_server`.
+    Raises the project's one-line errors (:class:`~pid_trt.serve.client.ServeRequestError`
+    for the server's)."""
     from pid_trt.io.caption import caption_for_latent
 
     check_output(output)
+    options = options or OutputOptions()
+    fmt = output_format(output)
+    try:
+        options.check(fmt)
+    except ConfigError as exc:
+        raise InputFileError(str(exc)) from None
     params = client.parameters()
     config = server_net(params)
     lat = read_latent_file(latent, config)
     caption_emb = caption_for_latent(lat, latent, config, prompt=bool(prompt), caption_file=caption)
-    png = Path(output).suffix.lower() == ".png"
+    wanted = _outputs(fmt, options)
     out = client.decode(
         lat.latent.numpy(), None if caption_emb is None else caption_emb.numpy(),
         prompt=list(prompt) if prompt else None, degrade_sigma=lat.degrade_sigma.numpy(), seed=seed,
-        outputs=("png",) if png else ("image",), request_id=Path(latent).name, tiling=tiling,
+        outputs=wanted, request_id=Path(latent).name, tiling=tiling,
     )  # fmt: skip
     ppl = int(params.get("pixels_per_latent", "0") or 0)
     height, width = lat.latent_hw[0] * ppl, lat.latent_hw[1] * ppl
-    if png:
-        written = write_pngs(out["png"], output)
-    else:
+    if "image" in wanted:
         image = torch.from_numpy(np.array(out["image"], dtype=np.float32))
         height, width = int(image.shape[-2]), int(image.shape[-1])
-        written = write_images(image, output)
+        text = read_png(out["png"][0])[1] if "png" in out else None
+        written = write_images(image, output, options, text=text)
+    else:
+        written = written_from_server(out["png"], output, fmt, options)
     return Decoded(written, height, width, lat.batch)
+
+
+def _outputs(fmt: OutputFormat, options: OutputOptions) -> tuple[str, ...]:
+    """What to ask the server for: its PNGs (8-bit pixels, lossless, with their provenance) for
+    every 8-bit image format; the float image for .safetensors, and beside the PNG for 16 bits."""
+    if fmt is OutputFormat.SAFETENSORS:
+        return ("image",)
+    return ("png",) if options.pixel_bits(fmt) == 8 else ("png", "image")
+
+
+def written_from_server(
+    pngs: Sequence[bytes], output: str | os.PathLike[str], fmt: OutputFormat, options: OutputOptions
+) -> list[Path]:
+    """The server's PNG files (its default encoding) written to ``output`` in ``fmt`` with
+    ``options``: as they came when that is the same PNG encoding, else re-encoded here from
+    their (lossless) pixels, their provenance carried over, as ``pidtrt decode`` writes them."""
+    if fmt is OutputFormat.PNG and options.png_level == DEFAULT_PNG_LEVEL:
+        return write_pngs(pngs, output)
+    targets = png_paths(output, len(pngs))
+    for data, target in zip(pngs, targets, strict=True):
+        pixels, text = read_png(data)
+        write_pixels(pixels, target, fmt, options, text)
+    return targets
 
 
 def write_pngs(pngs: Sequence[bytes], output: str | os.PathLike[str]) -> list[Path]:
@@ -123,7 +159,7 @@ def write_pngs(pngs: Sequence[bytes], output: str | os.PathLike[str]) -> list[Pa
 class RemoteFiles:
     """A job worker that sends each job's latent file to the server at ``url`` and writes its
     output, as :func:`request_file` (``timeout_s``: how long one request may take; ``tiling``:
-    each request's tiling parameters). Called
+    each request's tiling parameters; ``options``: how the images are encoded). Called
     from several threads at once, each with its own client; a request refused as overloaded
     (``ServeRequestError`` kind ``overload``) is retried ``retries`` times, waiting
     ``wait_s`` seconds and doubling. :meth:`close` (or leaving the ``with`` block) closes
@@ -138,12 +174,14 @@ class RemoteFiles:
         prompt: Sequence[str] = (),
         caption: str | os.PathLike[str] | None = None,
         tiling: Mapping[str, Any] | None = None,
+        options: OutputOptions | None = None,
         retries: int = OVERLOAD_RETRIES,
         wait_s: float = OVERLOAD_WAIT_S,
     ) -> None:
         self.url, self.timeout_s, self.seed = url, timeout_s, seed
         self.prompt, self.caption = list(prompt), caption
         self.tiling = tiling_parameters(tiling)  # checked once, before any request
+        self.options = options or OutputOptions()
         self.retries, self.wait_s = retries, wait_s
         self._local = threading.local()
         self._clients: list[PidClient] = []
@@ -165,7 +203,7 @@ class RemoteFiles:
             try:
                 request_file(
                     client, job.source, job.output, seed=self.seed, prompt=self.prompt, caption=self.caption,
-                    tiling=self.tiling,
+                    tiling=self.tiling, options=self.options,
                 )  # fmt: skip
                 return
             except ServeRequestError as exc:

@@ -132,3 +132,42 @@ def test_decoder_returns_quantized_pixels_on_request():
             dec.decode(lat, output_dtype=torch.float16)
     assert pixels.dtype == torch.uint8 and pixels.shape == image.shape
     assert torch.equal(pixels.permute(0, 2, 3, 1), to_uint8(image))
+
+
+def test_jpeg_of_a_cpu_tensor_is_pillows_libjpeg_turbo():
+    """The encoder rule: a CPU tensor goes to Pillow (libjpeg-turbo), whatever is installed;
+    the bytes are Pillow's own for the same pixels and settings (4:4:4 at q95)."""
+    from pid_trt.io.encoders import jpeg_engine, jpeg_from_tensor
+
+    pixels = quantize(_photo())[0]  # [3, H, W] uint8 on the CPU
+    assert jpeg_engine(pixels) == "pillow"
+    assert jpeg_engine(pixels.permute(1, 2, 0).numpy()) == "pillow"
+    buf = io.BytesIO()
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=95, subsampling=0)
+    assert jpeg_from_tensor(pixels, quality=95) == buf.getvalue()
+    with Image.open(io.BytesIO(jpeg_from_tensor(pixels, quality=95, text={"k": "v"}))) as im:
+        assert im.info["comment"] == b"k=v"
+
+
+@pytest.mark.gpu
+def test_jpeg_of_a_cuda_tensor_is_encoded_on_the_device(tmp_path):
+    """nvJPEG (torchvision) for CUDA pixels: a JPEG Pillow reads, within 30 dB of the pixels
+    (4:2:0), its COM text; the writer pool writes it from CUDA pixels and CUDA float images."""
+    pytest.importorskip("torchvision")
+    from pid_trt.io.encoders import jpeg_engine, jpeg_from_tensor
+    from pid_trt.io.writer import ImageWriter
+
+    img = _photo().cuda()
+    pixels = quantize(img)
+    assert jpeg_engine(pixels[0]) == "nvjpeg"
+    data = jpeg_from_tensor(pixels[0], quality=95, text={"k": "v"})
+    with Image.open(io.BytesIO(data)) as im:
+        got = np.asarray(im.convert("RGB")).astype(np.float64)
+        assert im.info["comment"] == b"k=v"
+    want = pixels[0].permute(1, 2, 0).cpu().numpy().astype(np.float64)
+    assert 10 * np.log10(255.0**2 / np.mean((got - want) ** 2)) >= 30.0
+    with ImageWriter(2) as writer:
+        a = writer.submit(pixels, tmp_path / "a.jpg")
+        b = writer.submit(img, tmp_path / "b.jpg")
+    assert a.result() == [tmp_path / "a.jpg"] and b.result() == [tmp_path / "b.jpg"]
+    assert (tmp_path / "a.jpg").read_bytes() == (tmp_path / "b.jpg").read_bytes()

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from pid_trt.errors import PidTrtError
-from pid_trt.io import latent_from_tensors, write_images, write_latent_file
+from pid_trt.io import latent_from_tensors, read_latent_file, write_images, write_latent_file
 from tests.serve.conftest import (
     REQUEST_TIMEOUT_S,
     assert_nothing_left,
@@ -172,6 +172,44 @@ def test_png_output_is_the_decode_clis_png(server, decoder, tmp_path: Path) -> N
     assert json.loads(text["pid-trt"])["seed"] == 2
     (path,) = write_images(want, tmp_path / "direct.png", text=text)
     assert out["png"] == [path.read_bytes()]
+    with client(server) as c:  # the PNG alone: quantized where it was decoded, the same file
+        alone = c.decode(lat, cap, seed=2, outputs=("png",), request_id="png")
+    assert alone["png"] == out["png"] and "image" not in alone
+
+
+def test_decode_server_honours_png_level_quality_and_bit_depth(server, decoder, tmp_path: Path) -> None:
+    """`pidtrt decode --server` writes what `pidtrt decode` writes with the same encoding options:
+    --png-level 9, .jpg --quality 80, --bit-depth 16 (the served provenance carried over)."""
+    from pid_trt.io.encoders import OutputOptions
+    from pid_trt.serve.remote import request_file
+
+    gen = torch.Generator().manual_seed(6)
+    lat = tmp_path / "lat.safetensors"
+    write_latent_file(lat, torch.randn(1, 16, 2, 1, generator=gen), torch.randn(1, 8, 32, generator=gen))
+    want = decoder.decode(read_latent_file(lat).latent, read_latent_file(lat).caption, seed=5)
+    run = subprocess.run(
+        [sys.executable, "-m", "pid_trt.cli.main", "decode", lat, "--server", server.url, "--seed", "5",
+         "--png-level", "9", "-o", tmp_path / "level9.png"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    from PIL import Image
+
+    with Image.open(tmp_path / "level9.png") as im:
+        text = dict(im.text)
+    assert json.loads(text["pid-trt"])["seed"] == 5
+    (level9,) = write_images(want, tmp_path / "direct9.png", OutputOptions(png_level=9), text=text)
+    assert (tmp_path / "level9.png").read_bytes() == level9.read_bytes()
+    (level1,) = write_images(want, tmp_path / "direct1.png", text=text)
+    assert level1.read_bytes() != level9.read_bytes()  # the option changed the file
+    with client(server) as c:
+        for name, options in (
+            ("q80.jpg", OutputOptions(quality=80)),
+            ("deep.png", OutputOptions(bit_depth=16)),
+        ):
+            request_file(c, lat, tmp_path / name, seed=5, options=options)
+            (direct,) = write_images(want, tmp_path / f"direct_{name}", options, text=text)
+            assert (tmp_path / name).read_bytes() == direct.read_bytes(), name
 
 
 def test_concurrent_clients_two_sizes_with_malformed_requests(server, decoder) -> None:
