@@ -105,7 +105,7 @@ class BatchedDecode:
             image = self.decoder.decode(
                 torch.cat([h.latent.latent for h in held]), torch.cat([h.caption for h in held]),
                 degrade_sigma=torch.cat([h.latent.degrade_sigma for h in held]), noise=noise,
-                size=(height, width), steps=s.steps, output_dtype=dtype, **s.tiling,
+                size=(height, width), steps=s.steps, output_dtype=dtype, tiling=s.tiling,
             )  # fmt: skip
         except Exception as exc:
             for h in held:
