@@ -232,7 +232,7 @@ def _decode_remote(
     from pid_trt.cli.ranks import finish_run, gather_run, run_rank
     from pid_trt.serve.remote import RemoteFiles
 
-    planned, problems = decode_run.plan_outputs(latent, output, settings)
+    planned, problems = decode_run.decode_jobs(latent, output, settings)
     with RankGroup(world) as group:
         with RemoteFiles(
             server, timeout_s=timeout, seed=settings.seed, prompt=list(settings.prompt),

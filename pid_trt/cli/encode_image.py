@@ -172,7 +172,7 @@ def _encode_many(world, open_source, args, manifests, prompt, output, sigmas, se
     if not samples and problems:
         raise InputFileError("; ".join(p.message for p in problems))
     single = not manifests and batch.is_single(args)
-    planned = batch.plan_jobs(
+    planned = batch.assign_outputs(
         [s.image for s in samples], output, single=single, strip=IMAGE_STRIP, default_suffix=".safetensors",
         what="images",
     )  # fmt: skip

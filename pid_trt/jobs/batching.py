@@ -20,7 +20,7 @@ import torch
 
 from pid_trt.errors import ConfigError
 from pid_trt.jobs.decode import DecodeSettings, file_caption, provenance
-from pid_trt.jobs.plan import Job
+from pid_trt.jobs.outputs import Job
 
 
 @dataclass

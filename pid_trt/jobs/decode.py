@@ -15,7 +15,7 @@ import torch
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.io.caption import caption_for_latent
 from pid_trt.io.encoders import OutputFormat, OutputOptions
-from pid_trt.jobs.plan import Job, output_exists
+from pid_trt.jobs.outputs import Job, output_exists
 from pid_trt.quoting import printable
 from pid_trt.tiling.options import TileOptions
 

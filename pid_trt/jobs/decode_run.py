@@ -16,7 +16,7 @@ from pid_trt.jobs.decode import Decoded, DecodeSettings, decode_exists, decode_f
 from pid_trt.jobs.distributed import RankGroup
 from pid_trt.jobs.frontend import FrontEnd
 from pid_trt.jobs.inputs import Problem, expand_inputs, is_single
-from pid_trt.jobs.plan import Job, make_parents, plan_jobs
+from pid_trt.jobs.outputs import Job, assign_outputs, make_parents
 from pid_trt.jobs.summary import Summary
 from pid_trt.quoting import printable
 
@@ -51,16 +51,16 @@ def decoder_loader(
     return load
 
 
-def plan_outputs(
+def decode_jobs(
     latent: Sequence[Path], output: Path, settings: DecodeSettings
 ) -> tuple[list[Job], list[Problem]]:
     """(jobs, problems) of a run over the latent files ``latent`` names: one output per input
-    (``-o`` a file, a folder or a pattern: :func:`pid_trt.jobs.plan_jobs`), the output folders made."""
+    (``-o`` a file, a folder or a pattern: :func:`pid_trt.jobs.assign_outputs`), the output folders made."""
     inputs, problems = expand_inputs(list(latent))
     if not inputs and problems:
         raise InputFileError("; ".join(p.message for p in problems))
     single = is_single(list(latent))
-    planned = plan_jobs(inputs, output, single=single)
+    planned = assign_outputs(inputs, output, single=single)
     if settings.noise_file is not None and len(planned) > 1:
         raise ConfigError("--noise is one decode's noise: it takes one latent file, not several")
     if not single:
@@ -95,7 +95,7 @@ def decode_many(
     from pid_trt.io.writer import ImageWriter, default_writers
 
     world = front.world
-    planned, problems = plan_outputs(latent, output, settings)
+    planned, problems = decode_jobs(latent, output, settings)
     if writers is None:
         writers = default_writers(world.local_world_size if world.distributed else 1)
     with RankGroup(world) as group:

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from pid_trt.jobs.distributed import World
 from pid_trt.jobs.inputs import Problem
-from pid_trt.jobs.plan import Job
+from pid_trt.jobs.outputs import Job
 from pid_trt.jobs.summary import JobResult, Summary
 
 

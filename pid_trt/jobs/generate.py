@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pid_trt.errors import ConfigError
 from pid_trt.jobs.distributed import RankGroup
 from pid_trt.jobs.frontend import FrontEnd
-from pid_trt.jobs.plan import Job, is_dir_target, shard
+from pid_trt.jobs.outputs import Job, is_dir_target, shard
 from pid_trt.jobs.summary import Summary
 
 if TYPE_CHECKING:
