@@ -19,7 +19,7 @@ from pid_trt.cli.options import (
     with_captions,
     with_net,
     with_runtime,
-    with_tiling,
+    with_tile_options,
 )  # fmt: skip
 from pid_trt.cli.outputs import Batch, Writers, with_output
 from pid_trt.cli.panels import CAPTIONS_PANEL, IO_PANEL, RUNTIME_PANEL, SERVER_PANEL, SIZE_PANEL
@@ -132,7 +132,7 @@ Vae = Annotated[
 @cli_errors
 @with_net
 @with_runtime
-@with_tiling
+@with_tile_options
 @with_captions
 @with_output
 def decode(
@@ -153,7 +153,7 @@ def decode(
     server: Server = None,
     concurrency: Concurrency = 4,
     timeout: RequestTimeout = 600.0,
-    tiling: TileOptions = None,  # type: ignore[assignment] - a bundle (cli.options.with_tiling)
+    tiling: TileOptions = None,  # type: ignore[assignment] - a bundle (cli.options.with_tile_options)
     dry_run: DryRun = False,
     threads: Threads = None,
     compare_vae: CompareVae = False,

@@ -21,7 +21,7 @@ from pid_trt.cli.options import (
     net_options,
     with_captions,
     with_runtime,
-    with_tiling,
+    with_tile_options,
 )
 from pid_trt.cli.outputs import Writers, with_output
 from pid_trt.cli.panels import IO_PANEL, MODEL_PANEL, RUNTIME_PANEL, SIZE_PANEL
@@ -153,7 +153,7 @@ LdmDtype = Annotated[
 
 @cli_errors
 @with_runtime
-@with_tiling
+@with_tile_options
 @with_captions
 @with_output
 def generate(
@@ -180,7 +180,7 @@ def generate(
     text_encoder: TextEncoderEnv = None,
     text_dtype: TextDtype = None,
     runtime: RuntimeOptions = None,
-    tiling: TileOptions = None,  # type: ignore[assignment] - PiD's tiling (cli.options.with_tiling)
+    tiling: TileOptions = None,  # type: ignore[assignment] - PiD's tiling (cli.options.with_tile_options)
     captions: dict = None,  # type: ignore[assignment] - --null-caption, --caption-store ... (with_captions)
     ldm_dtype: LdmDtype = None,
     threads: Threads = None,
