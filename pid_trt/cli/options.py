@@ -38,15 +38,16 @@ def _either(names: list[str]) -> str:
 
 
 def _precision_defaults() -> str:
-    """Each registered backend's default precision by device, for ``--precision``'s help."""
+    """The registered backends' default precisions, for ``--precision``'s help: per device the
+    most common one, then the backends that differ (``cpu fp32; cuda bf16, onnxruntime fp16``)."""
     parts = []
-    for name in BACKENDS:
-        cls = backend_class(name)
-        by_device = {device: cls.default_precision(device).value for device in cls.devices}
-        if len(set(by_device.values())) == 1:
-            parts.append(f"{name} {next(iter(by_device.values()))}")
-        else:
-            parts.append(f"{name} " + " / ".join(f"{p} on {d}" for d, p in by_device.items()))
+    for device in ("cpu", "cuda"):
+        found = {n: backend_class(n) for n in BACKENDS}
+        found = {n: c.default_precision(device).value for n, c in found.items() if device in c.devices}
+        common = max(set(found.values()), key=list(found.values()).count)
+        parts.append(
+            ", ".join([f"{device} {common}"] + [f"{n} {p}" for n, p in found.items() if p != common])
+        )
     return "; ".join(parts)
 
 
@@ -112,7 +113,7 @@ PrecisionName = Annotated[
     typer.Option(
         "--precision",
         "--dtype",
-        help=f"{_either([p.value for p in Precision])} (default: the backend's: {_precision_defaults()}).",
+        help=f"{_either([p.value for p in Precision])} (default: {_precision_defaults()}).",
         rich_help_panel=RUNTIME_PANEL,
     ),
 ]

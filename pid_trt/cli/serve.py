@@ -94,7 +94,10 @@ Gpus = Annotated[
     ),
 ]
 #: The old spelling of ``--gpus``, kept working and hidden (``--devices`` names tile devices in decode).
-GpusAlias = Annotated[str | None, typer.Option("--devices", hidden=True, help="Old spelling of --gpus.")]
+GpusAlias = Annotated[
+    str | None,
+    typer.Option("--devices", hidden=True, help="Old spelling of --gpus.", rich_help_panel=SERVER_PANEL),
+]
 Instances = Annotated[
     int,
     typer.Option("--instances", help="Model instances per GPU, or on the CPU.", rich_help_panel=SERVER_PANEL),
