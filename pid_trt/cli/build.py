@@ -10,7 +10,8 @@ from pathlib import Path
 import typer
 
 from pid_trt.cli.errors import cli_errors, warn
-from pid_trt.cli.options import EngineDir, ExportDir, MaxSize, MinSize, OptSize, OutputSize, Res, with_net
+from pid_trt.cli.flags import MaxSize, MinSize, OptSize
+from pid_trt.cli.options import EngineDir, ExportDir, OutputSize, Res, with_net
 from pid_trt.options import NetOptions
 
 

@@ -9,18 +9,15 @@ from typing import Annotated
 import typer
 
 from pid_trt.cli.errors import cli_errors, warn
+from pid_trt.cli.flags import CaptionFile, RequestTimeout, Seed, SkipExisting
 from pid_trt.cli.options import (
-    CaptionFile,
-    RequestTimeout,
-    Seed,
-    SkipExisting,
     TextDtype,
     TextEncoder,
     with_captions,
     with_net,
     with_runtime,
     with_tile_options,
-)  # fmt: skip
+)
 from pid_trt.cli.outputs import Batch, Writers, with_output
 from pid_trt.cli.panels import CAPTIONS_PANEL, IO_PANEL, RUNTIME_PANEL, SERVER_PANEL, SIZE_PANEL
 from pid_trt.cli.ranks import RankConsole, Threads, finish_run, join_world

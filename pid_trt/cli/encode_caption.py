@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from pid_trt.cli.errors import cli_errors
-from pid_trt.cli.options import CaptionStoreDir, CaptionStoreMaxMb, PromptsFile, TextDtype, TextEncoderEnv
+from pid_trt.cli.flags import PromptsFile, TextEncoderEnv
+from pid_trt.cli.options import CaptionStoreDir, CaptionStoreMaxMb, TextDtype
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.io.latent import CAPTION_KEY
 from pid_trt.jobs.prompts import read_prompts_file

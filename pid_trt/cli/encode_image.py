@@ -17,7 +17,8 @@ import typer
 
 from pid_trt import jobs as batch
 from pid_trt.cli.errors import cli_errors
-from pid_trt.cli.options import SkipExisting, TextDtype
+from pid_trt.cli.flags import SkipExisting
+from pid_trt.cli.options import TextDtype
 from pid_trt.cli.ranks import Threads, join_world
 from pid_trt.config import Backbone as PresetName
 from pid_trt.errors import ConfigError, InputFileError

@@ -8,15 +8,13 @@ from typing import Annotated
 import typer
 
 from pid_trt.cli.errors import cli_errors
+from pid_trt.cli.flags import PromptsFile, SkipExisting, TextEncoderEnv
 from pid_trt.cli.options import (
     Checkpoint,
     CkptType,
     NetConfigFile,
-    PromptsFile,
     RandomWeights,
-    SkipExisting,
     TextDtype,
-    TextEncoderEnv,
     WeightsSeed,
     net_options,
     with_captions,

@@ -13,7 +13,8 @@ from typing import Any
 import typer
 
 from pid_trt.cli.errors import EXIT_ENV, EXIT_USAGE, cli_errors, report
-from pid_trt.cli.options import CaptionFile, RequestTimeout, Seed, with_request_tiling
+from pid_trt.cli.flags import CaptionFile, RequestTimeout, Seed
+from pid_trt.cli.options import with_request_tiling
 from pid_trt.tiling.options import TileOptions
 
 
