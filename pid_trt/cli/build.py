@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from pid_trt.cli.errors import cli_errors, warn
+from pid_trt.cli.flags import MaxSize, MinSize, OptSize
 from pid_trt.cli.options import EngineDir, ExportDir, OutputSize, Res, with_net
 from pid_trt.options import NetOptions
 
@@ -63,11 +64,9 @@ def build(
         help="One engine pair for a range of sizes and batches (default range: the checkpoint type's "
         "trained sizes; see --min-size/--opt-size/--max-size) instead of one size.",
     ),
-    min_size: str | None = typer.Option(None, "--min-size", help="--dynamic: smallest WIDTHxHEIGHT."),
-    opt_size: str | None = typer.Option(
-        None, "--opt-size", help="--dynamic: size to tune for (WIDTHxHEIGHT)."
-    ),
-    max_size: str | None = typer.Option(None, "--max-size", help="--dynamic: largest WIDTHxHEIGHT."),
+    min_size: MinSize = None,
+    opt_size: OptSize = None,
+    max_size: MaxSize = None,
     weightless: bool = typer.Option(
         False,
         "--weightless",

@@ -12,8 +12,18 @@ from typing import Annotated
 
 import typer
 
+from pid_trt.backends.registry import BACKENDS
 from pid_trt.cli.errors import cli_errors
-from pid_trt.cli.options import Backbone, Checkpoint, CkptType, EngineDir, NetConfigFile, OutputSize, Res
+from pid_trt.cli.options import (
+    Backbone,
+    Checkpoint,
+    CkptType,
+    Device,
+    EngineDir,
+    NetConfigFile,
+    OutputSize,
+    Res,
+)
 
 #: Exit code when the job named cannot run on this machine.
 EXIT_CANNOT_RUN = 1
@@ -21,10 +31,10 @@ EXIT_CANNOT_RUN = 1
 BackendOpt = Annotated[
     str,
     typer.Option(
-        "--backend", help="The job's backend: NAME[:PRECISION][@DEVICE], e.g. tensorrt:fp8 or torch@cuda."
+        "--backend",
+        help=f"The job's backend: NAME[:PRECISION]\\[@DEVICE], e.g. {list(BACKENDS)[-1]}:fp8 or {list(BACKENDS)[0]}@cuda.",
     ),
 ]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu or cuda[:N] (default: the backend's).")]
 BatchOpt = Annotated[int, typer.Option("--batch", min=1, help="Images per decode.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the facts and verdicts as JSON.")]
 
@@ -38,7 +48,7 @@ def doctor(
     size: OutputSize = None,
     res: Res = None,
     backend: BackendOpt = "torch",
-    device: DeviceOpt = None,
+    device: Device = None,
     batch: BatchOpt = 1,
     engine_dir: EngineDir = Path("engines"),
     as_json: JsonOpt = False,

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from pid_trt.cli.errors import cli_errors
-from pid_trt.cli.options import CaptionStoreDir, CaptionStoreMaxMb
+from pid_trt.cli.flags import PromptsFile, TextEncoderEnv
+from pid_trt.cli.options import CaptionStoreDir, CaptionStoreMaxMb, TextDtype
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.io.latent import CAPTION_KEY
 from pid_trt.jobs.prompts import read_prompts_file
@@ -18,22 +19,10 @@ def encode_caption(
     prompts: list[str] | None = typer.Argument(
         None, help='Captions to encode (row i of the output = prompt i; "" is an empty caption).'
     ),
-    prompts_file: Path | None = typer.Option(
-        None,
-        "--prompts-file",
-        help="Text file, one caption per line (blank lines skipped); after the arguments.",
-    ),
-    text_encoder: str | None = typer.Option(
-        None,
-        "--text-encoder",
-        envvar="PIDTRT_TEXT_ENCODER",
-        show_envvar=True,
-        help="Local transformers directory of Gemma-2-2B-it (or a hub id already in the local HF cache).",
-    ),
+    prompts_file: PromptsFile = None,
+    text_encoder: TextEncoderEnv = None,
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
-    text_dtype: str | None = typer.Option(
-        None, "--text-dtype", help="fp32 or bf16 (default: bf16 on cuda, fp32 on cpu; upstream uses bf16)."
-    ),
+    text_dtype: TextDtype = None,
     null: bool = typer.Option(
         False,
         "--null",

@@ -17,8 +17,10 @@ import typer
 
 from pid_trt import jobs as batch
 from pid_trt.cli.errors import cli_errors
+from pid_trt.cli.flags import SkipExisting
 from pid_trt.cli.options import TextDtype
 from pid_trt.cli.ranks import Threads, join_world
+from pid_trt.config import Backbone as PresetName
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.quoting import printable
 
@@ -35,12 +37,14 @@ Vae = Annotated[
         help="Local diffusers VAE folder, or a pipeline folder with a vae/ subfolder (the diffusers LDMs).",
     ),
 ]
+_RAE = (PresetName.DINOV2, PresetName.SIGLIP)
+_STANDINS = (PresetName.TINY, PresetName.SMALL)
 Backbone = Annotated[
     str,
     typer.Option(
         "--backbone",
-        help="flux, flux2, sd3, sdxl, qwenimage, zimage or zimage_turbo (the VAE's LDM), "
-        "or dinov2 / siglip (a representation encoder, --encoder).",
+        help=f"{', '.join(b.value for b in PresetName if b not in (*_RAE, *_STANDINS))} (the VAE's LDM), "
+        f"or {' / '.join(b.value for b in _RAE)} (a representation encoder, --encoder).",
     ),
 ]
 Output = Annotated[
@@ -94,9 +98,6 @@ TextEncoder = Annotated[
         "--text-encoder",
         help="Local Gemma-2-2B-it directory: store each image's caption embedding with its latents.",
     ),
-]
-SkipExisting = Annotated[
-    bool, typer.Option("--skip-existing", help="Skip images whose latents exist (resume an interrupted run).")
 ]
 Device = Annotated[str, typer.Option("--device", help="cpu or cuda, for the VAE or encoder.")]
 
@@ -172,7 +173,7 @@ def _encode_many(world, open_source, args, manifests, prompt, output, sigmas, se
     if not samples and problems:
         raise InputFileError("; ".join(p.message for p in problems))
     single = not manifests and batch.is_single(args)
-    planned = batch.plan_jobs(
+    planned = batch.assign_outputs(
         [s.image for s in samples], output, single=single, strip=IMAGE_STRIP, default_suffix=".safetensors",
         what="images",
     )  # fmt: skip

@@ -8,17 +8,15 @@ from pathlib import Path
 import typer
 
 from pid_trt.cli.errors import cli_errors
-from pid_trt.cli.options import ExportDir
+from pid_trt.cli.options import EngineDir, ExportDir
 from pid_trt.quoting import printable
 
 engines = typer.Typer(help="List, show or remove TensorRT engines in the engine store.", no_args_is_help=True)
 
-EngineDirOpt = typer.Option(Path("engines"), "--engine-dir", help="Engine store.")
-
 
 @engines.command("list")
 @cli_errors
-def list_engines(engine_dir: Path = EngineDirOpt) -> None:
+def list_engines(engine_dir: EngineDir = Path("engines")) -> None:
     """Table of the engines: name, bucket, precision, flavour+version, targets, size, created, status."""
     from rich.console import Console
     from rich.table import Table
@@ -44,7 +42,7 @@ def list_engines(engine_dir: Path = EngineDirOpt) -> None:
 def remove_engines(
     digest: str | None = typer.Argument(None, help="Engine id (6+ hex digits of its digest)."),
     all_: bool = typer.Option(False, "--all", help="Remove every engine (and unfinished temp files)."),
-    engine_dir: Path = EngineDirOpt,
+    engine_dir: EngineDir = Path("engines"),
 ) -> None:
     """Remove one engine by id, or all of them."""
     from pid_trt.errors import ConfigError
@@ -64,7 +62,7 @@ def show_engine(
     engine: str = typer.Argument(
         ..., help="A .plan path, or an engine id (6+ hex digits, see `engines list`)."
     ),
-    engine_dir: Path = EngineDirOpt,
+    engine_dir: EngineDir = Path("engines"),
     export_dir: ExportDir = Path("export"),
     as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON."),
 ) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from pid_trt.cli.errors import cli_errors, warn
+from pid_trt.cli.flags import MaxSize, MinSize, OptSize
 from pid_trt.cli.options import ExportDir, OutputSize, Res, with_net
 from pid_trt.options import NetOptions
 from pid_trt.stores.listing import mebibytes
@@ -32,9 +33,9 @@ def export(
         help="One pair of graphs with dynamic batch, height and width (default range: the checkpoint "
         "type's trained sizes; see --min-size/--opt-size/--max-size/--batch-range).",
     ),
-    min_size: str | None = typer.Option(None, "--min-size", help="--dynamic: smallest WIDTHxHEIGHT."),
-    opt_size: str | None = typer.Option(None, "--opt-size", help="--dynamic: most common WIDTHxHEIGHT."),
-    max_size: str | None = typer.Option(None, "--max-size", help="--dynamic: largest WIDTHxHEIGHT."),
+    min_size: MinSize = None,
+    opt_size: OptSize = None,
+    max_size: MaxSize = None,
     batch_range: str = typer.Option("1:1:2", "--batch-range", help="--dynamic: batch MIN:OPT:MAX."),
     refittable: bool = typer.Option(
         False,

@@ -1,5 +1,6 @@
 """Typer option declarations shared by the commands, as ``Annotated`` aliases: each option
-is declared once here, and a command lists it as ``backbone: Backbone = None``.
+is declared once here (or, for single flags several commands share, in :mod:`pid_trt.cli.flags`),
+and a command lists it as ``backbone: Backbone = None``.
 
 :func:`net_options` and :func:`runtime_options` turn the parsed values into the two option
 objects of :mod:`pid_trt.options`, which do all the checking.
@@ -15,15 +16,50 @@ from typing import Annotated, Any
 
 import typer
 
-from pid_trt.cli.panels import CAPTIONS_PANEL, IO_PANEL, MODEL_PANEL, RUNTIME_PANEL, SIZE_PANEL
+from pid_trt.backends.registry import BACKENDS, backend_class
+from pid_trt.cli.panels import (
+    CAPTIONS_PANEL,
+    MODEL_PANEL,
+    RUNTIME_PANEL,
+    SIZE_PANEL,
+)  # fmt: skip
+from pid_trt.config import Backbone as BackboneName
+from pid_trt.config import CkptType as CkptTypeName
+from pid_trt.config import Precision
 from pid_trt.options import NetOptions, RuntimeOptions
+from pid_trt.tiling.options import TileOptions
+
+
+def _either(names: list[str]) -> str:
+    """``a, b or c``."""
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
+
+
+def _precision_defaults() -> str:
+    """The registered backends' default precisions, for ``--precision``'s help: per device the
+    most common one, then the backends that differ (``cpu fp32; cuda bf16, onnxruntime fp16``)."""
+    parts = []
+    for device in ("cpu", "cuda"):
+        found = {n: backend_class(n) for n in BACKENDS}
+        found = {n: c.default_precision(device).value for n, c in found.items() if device in c.devices}
+        common = max(set(found.values()), key=list(found.values()).count)
+        parts.append(
+            ", ".join([f"{device} {common}"] + [f"{n} {p}" for n, p in found.items() if p != common])
+        )
+    return "; ".join(parts)
+
+
+def _cuda_only() -> list[str]:
+    """The registered backends that run on CUDA only."""
+    return [name for name in BACKENDS if "cpu" not in backend_class(name).devices]
+
 
 # ------------------------------------------------------------------ which network
 Backbone = Annotated[
     str | None,
     typer.Option(
         "--backbone",
-        help="Preset: flux, zimage, zimage_turbo, flux2, sd3, sdxl, qwenimage, dinov2, siglip, tiny, small.",
+        help=f"Preset: {', '.join(b.value for b in BackboneName)}.",
         rich_help_panel=MODEL_PANEL,
     ),
 ]
@@ -31,7 +67,7 @@ CkptType = Annotated[
     str | None,
     typer.Option(
         "--ckpt-type",
-        help="Checkpoint type: 2k or 2kto4k (default: 2k where it exists).",
+        help=f"Checkpoint type: {' or '.join(c.value for c in CkptTypeName)} (default: {CkptTypeName.K2.value} where it exists).",
         rich_help_panel=MODEL_PANEL,
     ),
 ]
@@ -66,7 +102,7 @@ BackendName = Annotated[
     str,
     typer.Option(
         "--backend",
-        help="torch, torch-compile, onnxruntime or tensorrt; also NAME[:PRECISION]\\[@DEVICE], e.g. tensorrt:fp8.",
+        help=f"{_either(list(BACKENDS))}; also NAME[:PRECISION]\\[@DEVICE], e.g. {list(BACKENDS)[-1]}:fp8.",
         rich_help_panel=RUNTIME_PANEL,
     ),
 ]
@@ -75,7 +111,7 @@ PrecisionName = Annotated[
     typer.Option(
         "--precision",
         "--dtype",
-        help="fp32, fp16, bf16 or fp8 (default: tensorrt bf16; cpu fp32; cuda: torch bf16, onnxruntime fp16).",
+        help=f"{_either([p.value for p in Precision])} (default: {_precision_defaults()}).",
         rich_help_panel=RUNTIME_PANEL,
     ),
 ]
@@ -83,17 +119,19 @@ Device = Annotated[
     str | None,
     typer.Option(
         "--device",
-        help="cpu or cuda[:N] (default: cuda for tensorrt, else cpu).",
+        help=f"cpu or cuda[:N] (default: cuda for {_either(_cuda_only())}, else cpu).",
         rich_help_panel=RUNTIME_PANEL,
     ),
 ]
 EngineDir = Annotated[
-    Path, typer.Option("--engine-dir", help="Engine store (tensorrt backend).", rich_help_panel=RUNTIME_PANEL)
+    Path, typer.Option("--engine-dir", help="Engine store (TensorRT engines).", rich_help_panel=RUNTIME_PANEL)
 ]
 ExportDir = Annotated[
     Path,
     typer.Option(
-        "--export-dir", help="ONNX store (onnxruntime backend, exports).", rich_help_panel=RUNTIME_PANEL
+        "--export-dir",
+        help="ONNX store (ONNX exports: ONNX Runtime, engine builds).",
+        rich_help_panel=RUNTIME_PANEL,
     ),
 ]
 NoHoist = Annotated[
@@ -108,7 +146,7 @@ CudaGraph = Annotated[
     bool,
     typer.Option(
         "--cuda-graph",
-        help="Replay the step engine as a CUDA graph (tensorrt).",
+        help="Replay the step engine as a CUDA graph (TensorRT engines).",
         rich_help_panel=RUNTIME_PANEL,
     ),
 ]
@@ -172,8 +210,6 @@ OutputSize = Annotated[
     ),
 ]
 
-# ------------------------------------------------------------------ inputs
-Seed = Annotated[int, typer.Option("--seed", help="Seed of the sampler's noise.", rich_help_panel=IO_PANEL)]
 TextEncoder = Annotated[
     Path | None,
     typer.Option(
@@ -252,7 +288,7 @@ RUNTIME_PARAMS = (
     option_param("cuda_graph", CudaGraph, False),
 )
 
-#: The command-line parameters of a decode's tiling (:meth:`pid_trt.Decoder.decode`'s keywords).
+#: The command-line parameters of a decode's tiling, in the order of :meth:`TileOptions.create`.
 TILING_PARAMS = (
     option_param("tiles", Tiles, "auto"),
     option_param("tile_size", TileSize, None),
@@ -302,21 +338,6 @@ def runtime_options(
     return RuntimeOptions(backend, precision, device, engine_dir, export_dir, not no_hoist, cuda_graph)
 
 
-def tiling_keywords(
-    tiles: str = "auto", tile_size: str | None = None, tile_overlap: int | None = None, tile_batch: int = 1,
-    allow_untrained_size: bool = False, devices: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """The tiling keywords of :meth:`pid_trt.Decoder.decode` / ``plan`` as given (checked there);
-    ``devices`` only when given (a command whose bundle has no ``--devices`` passes none)."""
-    out = {
-        "tiles": tiles, "tile_size": tile_size, "tile_overlap": tile_overlap, "tile_batch": tile_batch,
-        "allow_untrained_size": allow_untrained_size,
-    }  # fmt: skip
-    if devices is not None:
-        out["devices"] = devices
-    return out
-
-
 def given_flags(params: tuple[inspect.Parameter, ...], values: dict[str, Any]) -> list[str]:
     """The flags among ``params`` whose value in ``values`` differs from their default."""
     return ["--" + p.name.replace("_", "-") for p in params if values.get(p.name, p.default) != p.default]
@@ -333,10 +354,34 @@ CAPTION_PARAMS = (
 with_net = option_bundle("net", NET_PARAMS, net_options)
 #: ``@with_runtime`` on a command with ``runtime: RuntimeOptions``: typer sees the seven runtime options.
 with_runtime = option_bundle("runtime", RUNTIME_PARAMS, runtime_options)
-#: ``@with_tiling`` on a command with ``tiling: dict``: typer sees the six tiling options.
+#: ``@with_tile_options`` on a command with ``tiling: TileOptions``: typer sees the six tiling
+#: options and the command gets them as one checked :class:`~pid_trt.tiling.TileOptions`.
+with_tile_options = option_bundle("tiling", TILING_PARAMS, TileOptions.create)
+
+
+def tiling_keywords(
+    tiles: str = "auto", tile_size: str | None = None, tile_overlap: int | None = None, tile_batch: int = 1,
+    allow_untrained_size: bool = False, devices: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The six tiling options as given, unchecked, as a dict of :meth:`TileOptions.create`'s
+    keywords (``devices`` only when given): the bundle of a command whose door does not take a
+    :class:`TileOptions` yet (``pidtrt bench``)."""
+    out = {
+        "tiles": tiles, "tile_size": tile_size, "tile_overlap": tile_overlap, "tile_batch": tile_batch,
+        "allow_untrained_size": allow_untrained_size,
+    }  # fmt: skip
+    if devices is not None:
+        out["devices"] = devices
+    return out
+
+
+#: ``@with_tiling`` on a command with ``tiling: dict``: the options as :func:`tiling_keywords`
+#: (``pidtrt bench``; the other commands take :data:`with_tile_options`).
 with_tiling = option_bundle("tiling", TILING_PARAMS, tiling_keywords)
-#: The tiling options without ``--devices``, for ``pidtrt serve``, whose ``--devices`` already
-#: places one model instance per GPU (each instance tiles on its own device).
-with_request_tiling = option_bundle("tiling", TILING_PARAMS[:5], tiling_keywords)
+#: The tiling options but ``--devices`` (a request's: the server places its own devices), for
+#: ``pidtrt serve`` and ``pidtrt request``.
+with_request_tiling = option_bundle(
+    "tiling", tuple(p for p in TILING_PARAMS if p.name != "devices"), TileOptions.create
+)
 #: ``@with_captions`` on a command with ``captions: dict``: typer sees --null-caption, --caption-store(-max-mb).
 with_captions = option_bundle("captions", CAPTION_PARAMS, caption_keywords)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from pid_trt.cli.errors import exit_code, one_line
+from pid_trt.cli.errors import exit_code, one_line, warn
 from pid_trt.cli.panels import RUNTIME_PANEL
 from pid_trt.cli.progress import ProgressBar, RankErrors, render_summary, summary_exit_code
 from pid_trt.jobs import Job, JobResult, Problem, Summary, output_exists, run_jobs, shard
@@ -72,6 +72,26 @@ def run_rank(
             return run_jobs(mine, work, events=RankErrors(world.rank), **options)
     with ProgressBar(label_) as bar:
         return run_jobs(mine, work, problems=problems, events=bar, **options)
+
+
+class RankConsole:
+    """The CLI as a run's front end (:class:`pid_trt.jobs.frontend.FrontEnd`): this rank's
+    jobs under a progress bar (:func:`run_rank`), failures worded by :func:`describe`,
+    warnings on stderr."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def run(
+        self, label: str, jobs: Sequence[Job], work: Callable[[Job], Future | None], **options: Any
+    ) -> Summary:
+        return run_rank(self.world, label, jobs, work, **options)
+
+    def describe(self, result: JobResult) -> tuple[str, int]:
+        return describe(result)
+
+    def warn(self, message: str) -> None:
+        warn(message)
 
 
 def describe(result: JobResult) -> tuple[str, int]:

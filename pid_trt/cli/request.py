@@ -5,6 +5,7 @@ only the tiling options given on its command line, the others are the server's."
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -12,24 +13,26 @@ from typing import Any
 import typer
 
 from pid_trt.cli.errors import EXIT_ENV, EXIT_USAGE, cli_errors, report
-from pid_trt.cli.options import TILING_PARAMS, with_request_tiling
+from pid_trt.cli.flags import CaptionFile, RequestTimeout, Seed
+from pid_trt.cli.options import with_request_tiling
+from pid_trt.tiling.options import TileOptions
 
 
-def given_tiling(tiling: dict[str, Any], ctx: typer.Context | None = None) -> dict[str, Any]:
+def given_tiling(tiling: TileOptions, ctx: typer.Context | None = None) -> dict[str, Any]:
     """The tiling options given on the command line of command ``ctx`` (or in its environment),
-    a default's value included, as request parameters; the others are left to the server's
-    defaults. Without ``ctx``: those whose value differs from their default."""
-    from pid_trt.serve.protocol import TILING_PARAMETERS
+    a default's value included, as request parameters (:meth:`TileOptions.to_params`); the
+    others are left to the server's defaults. Without ``ctx``: those whose value differs from
+    their default. ``devices`` is never sent (the server places its own)."""
+    defaults = TileOptions().to_params()
 
-    defaults = {p.name: p.default for p in TILING_PARAMS}
-
-    def given(name: str) -> bool:
+    def given(name: str, value: Any) -> bool:
         source = ctx.get_parameter_source(name) if ctx is not None else None
         if source is None:
-            return tiling[name] != defaults[name]
+            return value != defaults.get(name)
         return source.name != "DEFAULT"  # typer's ParameterSource: COMMANDLINE, ENVIRONMENT ...
 
-    return {name: value for name, value in tiling.items() if name in TILING_PARAMETERS and given(name)}
+    params = dataclasses.replace(tiling, devices=()).to_params()
+    return {name: value for name, value in params.items() if given(name, value)}
 
 
 @cli_errors
@@ -43,17 +46,13 @@ def request(
     output: Path = typer.Option(
         ..., "-o", "--output", help="out.png (out_0.png, out_1.png ... for B > 1) or out.safetensors."
     ),
-    seed: int = typer.Option(
-        0, "--seed", help="Seed of the sampler's noise (same seed: same image as decode)."
-    ),
+    seed: Seed = 0,
     prompt: list[str] = typer.Option(
         [], "--prompt", help="Caption text (one, or one per batch row), encoded by the server's text encoder."
     ),
-    caption: Path | None = typer.Option(
-        None, "--caption", help="Caption file from `pidtrt encode-caption` (caption_embedding [N, T, D])."
-    ),
-    timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait for the image."),
-    tiling: dict = None,  # type: ignore[assignment] - a bundle (cli.options.with_request_tiling)
+    caption: CaptionFile = None,
+    timeout: RequestTimeout = 600.0,
+    tiling: TileOptions = None,  # type: ignore[assignment] - a bundle (cli.options.with_request_tiling)
 ) -> None:
     """Send a latent file to `pidtrt serve` and write the image(s) as `pidtrt decode` does (extra: serve).
     The tiling options given go with the request (the server's own for those not given)."""

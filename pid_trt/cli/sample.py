@@ -8,13 +8,14 @@ import typer
 
 from pid_trt.buckets import parse_size
 from pid_trt.cli.errors import cli_errors
+from pid_trt.cli.options import CkptType
 
 
 @cli_errors
 def sample_latent(
     output: Path = typer.Option(..., "-o", "--output", help="Latent file to write (.safetensors)."),
     backbone: str = typer.Option("tiny", "--backbone", help="Preset whose latent shape to use."),
-    ckpt_type: str | None = typer.Option(None, "--ckpt-type", help="2k or 2kto4k."),
+    ckpt_type: CkptType = None,
     size: str | None = typer.Option(None, "--size", help="Output size WxH in pixels (default 256x256)."),
     batch: int = typer.Option(1, "--batch", min=1, help="Batch size B."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random latent and caption."),

@@ -17,7 +17,9 @@ from pid_trt.cli.options import (
     with_runtime,
 )
 from pid_trt.cli.panels import CAPTIONS_PANEL, RUNTIME_PANEL, SERVER_PANEL, SIZE_PANEL
+from pid_trt.errors import ConfigError
 from pid_trt.options import NetOptions, RuntimeOptions
+from pid_trt.tiling.options import TileOptions
 
 NoMemoryCheck = Annotated[
     bool,
@@ -83,13 +85,18 @@ RequestTimeoutS = Annotated[
         rich_help_panel=SERVER_PANEL,
     ),
 ]
-Devices = Annotated[
+Gpus = Annotated[
     str | None,
     typer.Option(
-        "--devices",
+        "--gpus",
         help="GPU ids, e.g. 0,1: one model instance (own Decoder) per GPU.",
         rich_help_panel=SERVER_PANEL,
     ),
+]
+#: The old spelling of ``--gpus``, kept working and hidden (``--devices`` names tile devices in decode).
+GpusAlias = Annotated[
+    str | None,
+    typer.Option("--devices", hidden=True, help="Old spelling of --gpus.", rich_help_panel=SERVER_PANEL),
 ]
 Instances = Annotated[
     int,
@@ -118,7 +125,8 @@ Envelope = Annotated[
     str | None,
     typer.Option(
         "--envelope",
-        help="The net's trained sizes WxH[,WxH...] for --tiles auto (default: the checkpoint type's; tiny: none).",
+        help="The net's trained sizes WxH[,WxH...] for --tiles auto (default: the checkpoint type's; "
+        "stand-in presets: none).",
         rich_help_panel=SIZE_PANEL,
     ),
 ]
@@ -145,12 +153,13 @@ def serve(
     max_queue_delay_ms: MaxQueueDelayMs = 10.0,
     max_queue_size: MaxQueueSize = 32,
     request_timeout_s: RequestTimeoutS = None,
-    devices: Devices = None,
+    gpus: Gpus = None,
+    devices: GpusAlias = None,
     instances: Instances = 1,
     threads: Threads = None,
     workspace: Workspace = None,
     verbose: Verbose = False,
-    tiling: dict = None,  # type: ignore[assignment] - --tiles ... (with_request_tiling)
+    tiling: TileOptions = None,  # type: ignore[assignment] - --tiles ... (with_request_tiling)
     envelope: Envelope = None,
 ) -> None:
     """Serve the decoder on Triton Inference Server until Ctrl-C / SIGTERM (extra: serve). Requests of
@@ -161,13 +170,13 @@ def serve(
 
     model = ModelOptions(
         net, runtime, text_encoder=text_encoder, text_dtype=text_dtype, memory_check=not no_memory_check,
-        caption_cache=caption_cache, max_backends=max(8, 2 * max_batch), tiling=tiling, envelope=envelope,
+        caption_cache=caption_cache, max_backends=max(8, 2 * max_batch), tiling=tiling.to_params(), envelope=envelope,
         **{k: (None if v is None else str(v) if k != "caption_store_max_mb" else v) for k, v in captions.items()},
     )  # fmt: skip
     options = ServeOptions(
         host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, max_batch=max_batch,
         max_queue_delay_ms=max_queue_delay_ms, max_queue_size=max_queue_size,
-        request_timeout_s=request_timeout_s, devices=parse_devices(devices), instances=instances,
+        request_timeout_s=request_timeout_s, devices=parse_devices(_gpus(gpus, devices)), instances=instances,
         threads=threads, verbose=verbose,
     )  # fmt: skip
     if net.random_weights:
@@ -189,3 +198,10 @@ def serve(
         report(str(exc))
         raise typer.Exit(EXIT_ENV) from None
     typer.echo(f"stopped (tritonserver exit code {code})", err=True)
+
+
+def _gpus(gpus: str | None, devices: str | None) -> str | None:
+    """``--gpus``, or its old spelling ``--devices``; not both."""
+    if gpus is not None and devices is not None:
+        raise ConfigError("--gpus and --devices (its old spelling) given together: pass --gpus")
+    return gpus if gpus is not None else devices

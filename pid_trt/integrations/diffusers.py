@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ from pid_trt.integrations.vae import (
     pid_to_vae,
     vae_to_pid,
 )
+from pid_trt.tiling.options import TileOptions
 
 __all__ = [
     "Capture",
@@ -373,7 +374,7 @@ def generate(
     num_inference_steps: int | None = None,
     caption_embedding: Any = None,
     pid_steps: int = 4,
-    tiling: Mapping[str, Any] | None = None,
+    tiling: TileOptions | None = None,
     **pipe_kwargs: Any,
 ) -> Generation:
     """Text -> image at (height, width) pixels: the LDM runs at (height, width) / sr_scale
@@ -388,7 +389,7 @@ def generate(
     ``output_type="latent"``; other ``pipe_kwargs`` go to it as they are. PiD's caption:
     ``caption_embedding``, else ``prompt`` through the decoder's caption encoder (a
     random-weight stand-in net without one draws a seeded caption). The decode uses ``seed``
-    and ``tiling`` (:meth:`pid_trt.Decoder.decode`'s tiling keywords).
+    and ``tiling`` (a :class:`~pid_trt.tiling.TileOptions`; None: the decoder's defaults).
     Several captures of one run: :func:`run_ldm`.
     """
     spec = ldm_spec(backbone) if backbone is not None else ldm_for_pipeline(pipe)
@@ -418,7 +419,7 @@ def generate(
         seed=seed,
         size=(height, width),
         steps=pid_steps,
-        **(tiling or {}),
+        tiling=tiling,
     )
     kept_caption = None if source == "random stand-in" else caption
     return Generation(image, latent.cpu(), kept_caption, sigma, step, steps, run.ldm_size, spec.name, source)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from pid_trt.integrations.colour import SPACE
 from pid_trt.integrations.ldm import LdmSpec, check_decoder_fits, ldm_size, ldm_spec, resolve_capture_steps
 from pid_trt.integrations.records import read_record, relative, write_json
 from pid_trt.io.encoders import OutputOptions
+from pid_trt.tiling.options import TileOptions
 
 #: The prompt's record in its folder, and the run manifest in the output folder.
 RECORD_NAME = "generation.json"
@@ -53,8 +54,8 @@ class GenerateSettings:
     ascending (``steps`` = the final latent); seed: prompt i uses ``seed + i``; pid_steps:
     PiD sampler steps; guidance_scale: the LDM's (None: upstream's default); compare_vae:
     also decode each capture with the LDM's VAE; save_latents: also write each PiD latent;
-    tiling: :meth:`pid_trt.Decoder.decode`'s tiling keywords (tiles, tile_size, ...; empty:
-    its defaults, i.e. tiles outside the trained sizes); output: how PiD's images are encoded
+    tiling: PiD's :class:`~pid_trt.tiling.TileOptions` (None: the decoder's defaults, i.e.
+    tiles outside the trained sizes); output: how PiD's images are encoded
     (:class:`pid_trt.io.OutputOptions`; the format by each file's suffix).
     """
 
@@ -69,7 +70,7 @@ class GenerateSettings:
     guidance_scale: float | None = None
     compare_vae: bool = False
     save_latents: bool = False
-    tiling: Mapping[str, Any] = field(default_factory=dict)
+    tiling: TileOptions | None = None
     output: OutputOptions = OutputOptions()
 
     @classmethod
@@ -236,13 +237,13 @@ def _run_ldm(
 
 def generate_provenance(
     decoder: Any, prompt: str, seed: int, height: int, width: int, sigmas: list[float],
-    tiling: Mapping[str, Any], pid_steps: int, ldm: Mapping[str, Any],
+    tiling: TileOptions | None, pid_steps: int, ldm: Mapping[str, Any],
 ) -> Any:  # fmt: skip
     """The :class:`~pid_trt.io.provenance.Provenance` of one ``pidtrt generate`` image: PiD's
     decode of the prompt's capture, with the LDM's side in ``extra``."""
     from pid_trt.io.provenance import for_decode, tiles_text
 
-    size_plan = decoder.plan(height, width, len(sigmas), pid_steps, **tiling)
+    size_plan = decoder.plan(height, width, len(sigmas), pid_steps, tiling=tiling)
     return for_decode(
         decoder.spec, decoder.backend_name, decoder.precision, decoder.device, seed=seed, steps=pid_steps,
         height=height, width=width, degrade_sigma=sigmas, tiles=tiles_text(size_plan), caption="prompt",
@@ -273,7 +274,7 @@ def _decode_capture(
     bits = 16 if settings.output.bit_depth == 16 and target.pid.suffix.lower() == ".png" else 8
     image = decoder.decode(
         cap.latent, caption, degrade_sigma=cap.sigma, seed=outputs.seed,
-        size=(settings.height, settings.width), steps=settings.pid_steps, **settings.tiling,
+        size=(settings.height, settings.width), steps=settings.pid_steps, tiling=settings.tiling,
         output_dtype=(torch.uint16 if bits == 16 else torch.uint8) if pooled else torch.float32,
     )  # fmt: skip
     pid_seconds = time.perf_counter() - start
@@ -390,7 +391,7 @@ def write_run_manifest(
         "seed": settings.seed,
         "seed_rule": "prompt i uses seed + i (the LDM's noise and PiD's sampler)",
         "compare_vae": settings.compare_vae,
-        "tiling": dict(settings.tiling) or None,
+        "tiling": settings.tiling.record() if settings.tiling is not None else None,
         "colour_space": SPACE if settings.compare_vae else None,
         "counts": {"prompts": len(entries), **counts},
         "timings": {

@@ -71,6 +71,11 @@ _ALIASES = {
 }
 
 
+def ldm_names() -> tuple[str, ...]:
+    """The LDM names :func:`ldm_spec` knows (upstream's other tags aside), in table order."""
+    return tuple(_SPECS)
+
+
 def ldm_spec(name: str | Backbone) -> LdmSpec:
     """The :class:`LdmSpec` of an LDM name (``zimage-turbo`` and upstream's tags such as
     ``flux2-klein-4b`` or ``qwenimage-2512`` are accepted); ConfigError for anything else."""

@@ -1,5 +1,5 @@
 """Batch jobs over many inputs: which files the arguments name (:mod:`.inputs`), the output
-each writes, resuming and sharding (:mod:`.plan`), running a worker over them
+each writes, resuming and sharding (:mod:`.outputs`), running a worker over them
 (:mod:`.runner`, which first removes a killed run's leftover temp files: :mod:`.stale`),
 what the run did (:mod:`.summary`) and one latent file's decode (:mod:`.decode`); a run
 split among the processes of a ``torchrun`` launch (:mod:`.distributed`: this rank, its device and threads, the ranks'
@@ -11,9 +11,10 @@ them with its own worker. No printing, no exit codes: the front end does both.
 """
 
 from pid_trt.jobs.inputs import LATENT_SUFFIX, Problem, expand_inputs, is_single
-from pid_trt.jobs.plan import (
+from pid_trt.jobs.outputs import (
     PLACEHOLDERS,
     Job,
+    assign_outputs,
     is_dir_target,
     make_parents,
     output_exists,
@@ -33,6 +34,7 @@ __all__ = [
     "Problem",
     "RunEvents",
     "Summary",
+    "assign_outputs",
     "expand_inputs",
     "is_dir_target",
     "is_single",

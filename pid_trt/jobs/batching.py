@@ -20,7 +20,7 @@ import torch
 
 from pid_trt.errors import ConfigError
 from pid_trt.jobs.decode import DecodeSettings, file_caption, provenance
-from pid_trt.jobs.plan import Job
+from pid_trt.jobs.outputs import Job
 
 
 @dataclass
@@ -105,7 +105,7 @@ class BatchedDecode:
             image = self.decoder.decode(
                 torch.cat([h.latent.latent for h in held]), torch.cat([h.caption for h in held]),
                 degrade_sigma=torch.cat([h.latent.degrade_sigma for h in held]), noise=noise,
-                size=(height, width), steps=s.steps, output_dtype=dtype, **s.tiling,
+                size=(height, width), steps=s.steps, output_dtype=dtype, tiling=s.tiling,
             )  # fmt: skip
         except Exception as exc:
             for h in held:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,8 +15,9 @@ import torch
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.io.caption import caption_for_latent
 from pid_trt.io.encoders import OutputFormat, OutputOptions
-from pid_trt.jobs.plan import Job, output_exists
+from pid_trt.jobs.outputs import Job, output_exists
 from pid_trt.quoting import printable
+from pid_trt.tiling.options import TileOptions
 
 
 class Beside(Protocol):
@@ -44,8 +45,8 @@ class DecodeSettings:
     prompt: caption text (one, or one per batch row; encoded by the Decoder's text encoder);
     caption_file: a ``pidtrt encode-caption`` file; size: output "WxH" when it is not the
     latent's own; noise_file: a noise file [S, B, 3, H, W] (one file's run only); seed: the
-    sampler's noise seed; steps: sampler steps; tiling: :meth:`pid_trt.Decoder.decode`'s
-    tiling keywords (tiles, tile_size, tile_overlap, tile_batch, allow_untrained_size);
+    sampler's noise seed; steps: sampler steps; tiling: the decode's
+    :class:`~pid_trt.tiling.TileOptions` (``--tiles``, ``--tile-size`` ...);
     beside: a second decoder beside PiD (``--compare-vae``), or None; output: how images
     are encoded (``--png-level``, ``--quality``, ``--bit-depth``, ``--webp-lossless``).
     """
@@ -56,7 +57,7 @@ class DecodeSettings:
     noise_file: Path | None = None
     seed: int = 0
     steps: int = 4
-    tiling: dict[str, Any] = field(default_factory=dict)
+    tiling: TileOptions = TileOptions()
     beside: Beside | None = None
     output: OutputOptions = OutputOptions()
 
@@ -108,7 +109,7 @@ def provenance(
     shot or tiles, as :meth:`pid_trt.Decoder.plan` says for these settings)."""
     from pid_trt.io.provenance import caption_kind, for_decode, tiles_text
 
-    size_plan = decoder.plan(height, width, lat.batch, settings.steps, **settings.tiling)
+    size_plan = decoder.plan(height, width, lat.batch, settings.steps, tiling=settings.tiling)
     return for_decode(
         decoder.spec, decoder.backend_name, decoder.precision, decoder.device, seed=settings.seed,
         steps=settings.steps, height=height, width=width, degrade_sigma=lat.degrade_sigma.tolist(),
@@ -170,7 +171,7 @@ def decode_file(
     start = time.perf_counter()
     image = decoder.decode(
         lat.latent, chosen.embedding, degrade_sigma=lat.degrade_sigma, seed=settings.seed, noise=draws,
-        size=(height, width), steps=steps, output_dtype=dtype if pixels else torch.float32, **settings.tiling,
+        size=(height, width), steps=steps, output_dtype=dtype if pixels else torch.float32, tiling=settings.tiling,
     )  # fmt: skip
     pid_seconds = time.perf_counter() - start
     if writer is not None and beside is None:

@@ -17,7 +17,7 @@ from concurrent.futures import wait as wait_all
 
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.jobs.inputs import Problem
-from pid_trt.jobs.plan import Job, output_exists, split_existing
+from pid_trt.jobs.outputs import Job, output_exists, split_existing
 from pid_trt.jobs.readahead import upcoming
 from pid_trt.jobs.stale import remove_stale_outputs
 from pid_trt.jobs.summary import JobResult, Outcome, Summary

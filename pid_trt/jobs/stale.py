@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pid_trt.atomic import STALE_GRACE_S, remove_stale_temps
-from pid_trt.jobs.plan import Job
+from pid_trt.jobs.outputs import Job
 
 _SEPARATORS = ("_", ".")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from pid_trt.jobs.plan import Job
+from pid_trt.jobs.outputs import Job
 
 
 class Outcome(enum.Enum):

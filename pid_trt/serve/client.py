@@ -222,7 +222,7 @@ def tiling_parameters(
         if name == "devices":
             raise ConfigError(
                 "tiling 'devices': a request cannot choose devices, the server places its own "
-                "(pidtrt serve --devices)"
+                "(pidtrt serve --gpus)"
             )
         if name not in TILING_PARAMETERS:
             raise ConfigError(f"tiling {name!r}: expected one of {', '.join(TILING_PARAMETERS)}")

@@ -34,7 +34,7 @@ class ModelOptions:
     (:class:`~pid_trt.options.NetOptions`) and how to run it
     (:class:`~pid_trt.options.RuntimeOptions`), paths made absolute.
 
-    The runtime's ``device`` is the user's ``--device``; with ``--devices`` each instance
+    The runtime's ``device`` is the user's ``--device``; with ``--gpus`` each instance
     decodes on its own ``cuda:<id>`` instead. ``text_encoder``: a local Gemma-2-2B-it
     directory, kept resident once loaded (a server would otherwise reload it for every prompt).
     ``caption_cache``: caption embeddings kept by prompt (:mod:`pid_trt.captions`; 0: none).
@@ -219,7 +219,7 @@ class ServeOptions:
                 f"--request-timeout-s {self.request_timeout_s}: expected a number of seconds > 0"
             )
         if len(set(self.devices)) != len(self.devices) or any(d < 0 for d in self.devices):
-            raise ConfigError(f"--devices {','.join(map(str, self.devices))}: expected distinct GPU ids >= 0")
+            raise ConfigError(f"--gpus {','.join(map(str, self.devices))}: expected distinct GPU ids >= 0")
 
     @property
     def instance_count(self) -> int:
@@ -237,13 +237,13 @@ class ServeOptions:
 
 
 def parse_devices(text: str | None) -> tuple[int, ...]:
-    """``--devices 0,1,3`` -> (0, 1, 3); None or "" -> ()."""
+    """``--gpus 0,1,3`` -> (0, 1, 3); None or "" -> ()."""
     if not text:
         return ()
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise ConfigError(f"--devices {text!r}: expected GPU ids separated by commas, e.g. 0,1") from None
+        raise ConfigError(f"--gpus {text!r}: expected GPU ids separated by commas, e.g. 0,1") from None
 
 
 def model_config_pbtxt(serve: ServeOptions, net: dict[str, str]) -> str:

@@ -258,7 +258,7 @@ class PidServer:
             return
         if self.model.device is not None and not self.model.device.startswith("cuda"):
             raise ConfigError(
-                f"--devices and --device {self.model.device} exclude each other: --devices is GPUs"
+                f"--gpus and --device {self.model.device} exclude each other: --gpus places the instances"
             )
         import torch
 
@@ -266,10 +266,10 @@ class PidServer:
         shown = ",".join(map(str, self.serve.devices))
         if count == 0:
             raise BackendUnavailableError(
-                f"--devices {shown}: no CUDA device is visible (use --instances on the CPU)"
+                f"--gpus {shown}: no CUDA device is visible (use --instances on the CPU)"
             )
         if max(self.serve.devices) >= count:
-            raise ConfigError(f"--devices {shown}: only {count} CUDA device(s) visible (ids 0..{count - 1})")
+            raise ConfigError(f"--gpus {shown}: only {count} CUDA device(s) visible (ids 0..{count - 1})")
 
     def _write_backends(self, dist: Path) -> Path:
         assert self.workspace is not None

@@ -212,16 +212,9 @@ class TileOptions:
         if self.devices:
             raise ConfigError(
                 f"tiling devices {','.join(self.devices)}: a request cannot choose devices, the server "
-                "places its own (pidtrt serve --devices)"
+                "places its own (pidtrt serve --gpus)"
             )
-        out: dict[str, Any] = {"tiles": f"{self.grid[0]}x{self.grid[1]}" if self.grid else self.mode.value}
-        if self.tile_size is not None:
-            out["tile_size"] = f"{self.tile_size[1]}x{self.tile_size[0]}"
-        if self.overlap is not None:
-            out["tile_overlap"] = self.overlap
-        out["tile_batch"] = self.batch
-        out["allow_untrained_size"] = self.allow_untrained_size
-        return out
+        return {name: value for name, value in self.record().items() if value is not None}
 
     @classmethod
     def from_params(
@@ -245,6 +238,21 @@ class TileOptions:
             return cls.create(**{**(defaults or cls()).keywords(), **given})
         except ConfigError as exc:
             raise ConfigError(f"{what}: {exc}") from None
+
+    def record(self) -> dict[str, Any]:
+        """The options as the CLI's keywords with text values (a run manifest's ``tiling``):
+        ``tiles`` "auto" | "off" | "COLSxROWS", ``tile_size`` "WxH" or None, ``tile_overlap``,
+        ``tile_batch``, ``allow_untrained_size``, and ``devices`` "cpu,cuda:0" when set."""
+        out: dict[str, Any] = {
+            "tiles": f"{self.grid[0]}x{self.grid[1]}" if self.grid else self.mode.value,
+            "tile_size": None if self.tile_size is None else f"{self.tile_size[1]}x{self.tile_size[0]}",
+            "tile_overlap": self.overlap,
+            "tile_batch": self.batch,
+            "allow_untrained_size": self.allow_untrained_size,
+        }
+        if self.devices:
+            out["devices"] = ",".join(self.devices)
+        return out
 
     def describe(self) -> str:
         """The options as CLI flags, e.g. ``--tiles 3x2 --tile-overlap 256 --tile-batch 2``."""

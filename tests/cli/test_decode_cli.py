@@ -222,6 +222,6 @@ def test_decode_server_refuses_devices_in_one_line(tmp_path: Path) -> None:
     assert res.returncode == 2, res.stdout + res.stderr
     assert res.stderr == (
         "error: --server decodes with the server's model and settings: drop --devices "
-        "(the server places its own devices: pidtrt serve --devices)\n"
+        "(the server places its own devices: pidtrt serve --gpus)\n"
     )
     assert res.stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == before

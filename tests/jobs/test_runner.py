@@ -18,9 +18,9 @@ from pid_trt.jobs import (
     Outcome,
     Problem,
     RunEvents,
+    assign_outputs,
     expand_inputs,
     make_parents,
-    plan_jobs,
     run_jobs,
     shard,
 )
@@ -32,7 +32,7 @@ def _plan(tmp_path: Path, words: dict[str, list[str]]) -> list[Job]:
         write_input(tmp_path / "in" / f"{stem}.safetensors", *row_words)
     files, problems = expand_inputs([tmp_path / "in"])
     assert problems == []
-    jobs = plan_jobs(files, tmp_path / "out", single=False)
+    jobs = assign_outputs(files, tmp_path / "out", single=False)
     make_parents(jobs)
     return jobs
 

@@ -433,7 +433,7 @@ def test_a_request_carries_the_tiling_keywords_it_is_given(tmp_path: Path) -> No
     with PidClient(f"http://127.0.0.1:{port}", timeout_s=10, connect_timeout_s=5) as client:
         for kwargs, words in (
             ({"tiling": {"devices": "cuda:0,cuda:1"}}, "tiling 'devices': a request cannot choose devices, the "
-             "server places its own (pidtrt serve --devices)"),
+             "server places its own (pidtrt serve --gpus)"),
             ({"tiling": {"tile": "2x2"}}, "tiling 'tile': expected one of tiles, tile_size, tile_overlap, "
              "tile_batch, allow_untrained_size"),
             ({"tiles": "2x2", "tiling": {"tiles": "off"}}, "tiles given twice: tiles='2x2' and "
@@ -456,7 +456,7 @@ def test_request_tiling_sends_the_options_given_on_the_command_line() -> None:
 
     @app.command()
     @with_request_tiling
-    def show(ctx: typer.Context, tiling: dict = None) -> None:  # type: ignore[assignment]
+    def show(ctx: typer.Context, tiling: TileOptions = None) -> None:  # type: ignore[assignment]
         got.append(given_tiling(tiling, ctx))
 
     runner = CliRunner()
@@ -472,9 +472,8 @@ def test_request_tiling_sends_the_options_given_on_the_command_line() -> None:
         res = runner.invoke(app, args)
         assert res.exit_code == 0, res.output
         assert got.pop() == want
-    defaults = {"tiles": "auto", "tile_size": None, "tile_overlap": None, "tile_batch": 1}
-    assert given_tiling({**defaults, "allow_untrained_size": False}) == {}
-    assert given_tiling({**defaults, "tiles": "2x2", "allow_untrained_size": True, "devices": "cpu"}) == {
+    assert given_tiling(TileOptions()) == {}
+    assert given_tiling(TileOptions.create(tiles="2x2", allow_untrained_size=True, devices="cpu")) == {
         "tiles": "2x2",
         "allow_untrained_size": True,
     }

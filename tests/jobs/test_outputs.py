@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pid_trt.errors import ConfigError
-from pid_trt.jobs import Job, output_exists, plan_jobs, shard, split_existing
+from pid_trt.jobs import Job, assign_outputs, output_exists, shard, split_existing
 from tests.jobs.helpers import colour_png, write_input
 
 
@@ -26,14 +26,16 @@ def test_directory_output_names_stem_png(tmp_path: Path, form: str) -> None:
     if form == "existing":
         out.mkdir()
     target = f"{out}/" if form == "slash" else out
-    jobs = plan_jobs(files, target, single=False)
+    jobs = assign_outputs(files, target, single=False)
     assert [j.output for j in jobs] == [out / "x.png", out / "y.v2.png", out / "z.png"]
     assert [j.index for j in jobs] == [0, 1, 2] and [j.source for j in jobs] == files
 
 
 def test_pattern_fills_stem_name_parent_and_index(tmp_path: Path) -> None:
     files = _inputs(tmp_path)
-    jobs = plan_jobs(files, f"{tmp_path}/o/{{index}}-{{parent}}-{{stem}}-{{name}}.safetensors", single=False)
+    jobs = assign_outputs(
+        files, f"{tmp_path}/o/{{index}}-{{parent}}-{{stem}}-{{name}}.safetensors", single=False
+    )
     assert [j.output.name for j in jobs] == [
         "0-a-x-x.safetensors.safetensors",
         "1-a-y.v2-y.v2.safetensors.safetensors",
@@ -43,31 +45,35 @@ def test_pattern_fills_stem_name_parent_and_index(tmp_path: Path) -> None:
 
 def test_one_file_output_only_for_one_input(tmp_path: Path) -> None:
     files = _inputs(tmp_path)
-    assert plan_jobs(files[:1], tmp_path / "one.png", single=True) == [Job(files[0], tmp_path / "one.png", 0)]
+    assert assign_outputs(files[:1], tmp_path / "one.png", single=True) == [
+        Job(files[0], tmp_path / "one.png", 0)
+    ]
     with pytest.raises(ConfigError, match=r"names one file, but 3 latent files are given"):
-        plan_jobs(files, tmp_path / "one.png", single=False)
+        assign_outputs(files, tmp_path / "one.png", single=False)
     with pytest.raises(
         ConfigError, match=r"names one file, but 3 images are given.*out/\{stem\}.safetensors"
     ):
-        plan_jobs(files, tmp_path / "one.png", single=False, what="images", default_suffix=".safetensors")
+        assign_outputs(
+            files, tmp_path / "one.png", single=False, what="images", default_suffix=".safetensors"
+        )
 
 
 def test_two_inputs_writing_one_output_are_refused_before_running(tmp_path: Path) -> None:
     a = write_input(tmp_path / "a" / "x.safetensors", "black")
     b = write_input(tmp_path / "b" / "x.safetensors", "white")
     with pytest.raises(ConfigError, match=r"would both write .*x\.png: add \{parent\} or \{index\}"):
-        plan_jobs([a, b], tmp_path / "out", single=False)
+        assign_outputs([a, b], tmp_path / "out", single=False)
     assert not (tmp_path / "out").exists()
 
 
 def test_bad_pattern_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"bad pattern .*\{stem\}, \{name\}, \{parent\}, \{index\}"):
-        plan_jobs(_inputs(tmp_path), f"{tmp_path}/{{stem}}_{{colour}}.png", single=False)
+        assign_outputs(_inputs(tmp_path), f"{tmp_path}/{{stem}}_{{colour}}.png", single=False)
 
 
 def test_batched_png_output_counts_as_existing_by_its_first_image(tmp_path: Path) -> None:
     src = write_input(tmp_path / "two.safetensors", "black", "white")
-    job = plan_jobs([src], tmp_path / "out", single=False)[0]
+    job = assign_outputs([src], tmp_path / "out", single=False)[0]
     (tmp_path / "out").mkdir()
     assert not output_exists(job)
     colour_png(job)

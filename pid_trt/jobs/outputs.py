@@ -1,4 +1,5 @@
-"""Jobs: each input paired with the output it writes; resuming; splitting among processes.
+"""Jobs: each input paired with the output it writes (:func:`assign_outputs`); resuming;
+splitting among processes.
 
 Outputs are named by one ``-o`` value:
 
@@ -55,7 +56,7 @@ def is_dir_target(output: str | os.PathLike[str]) -> bool:
     return path.is_dir() or text.endswith(("/", os.sep)) or not path.suffix
 
 
-def plan_jobs(
+def assign_outputs(
     inputs: Sequence[Path],
     output: str | os.PathLike[str],
     *,
@@ -149,3 +150,7 @@ def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
     if not 0 <= rank < world_size:
         raise ConfigError(f"rank {rank}: expected 0 .. {world_size - 1} for a world size of {world_size}")
     return list(items[rank::world_size])
+
+
+#: The former name of :func:`assign_outputs` ("plan" is a decode's size plan: :meth:`pid_trt.Decoder.plan`).
+plan_jobs = assign_outputs
