@@ -86,21 +86,33 @@ def bench_pipeline(
 ) -> None:  # fmt: skip
     """Translate the flags (``pipe``: :data:`PIPELINE_PARAMS`' values) into a
     :class:`~pid_trt.bench.pipeline.PipelinePlan`, run it, report."""
-    formats, images, writers = list(pipe["formats"]), pipe["images"], pipe["writers"]
-    device_ms, device, serial = pipe["simulate_device_ms"], pipe["simulate_device"], not pipe["no_serial"]
-    from pid_trt.bench.pipeline import (
-        PipelinePlan,
-        device_floor_ms,
-        dump_document,
-        render_markdown,
-        run_pipeline_bench,
-    )
-    from pid_trt.config import get_preset
+    from pid_trt.bench.pipeline import dump_document, render_markdown
+
+    plan = _plan(net, sizes, pipe, encoding)
+    records = _run(plan, net)
+    text = render_markdown(records, title)
+    typer.echo(text)
+    if json_path is not None:
+        meta = {
+            "command": "pidtrt bench --pipeline", "backbone": plan.backbone,
+            "simulate_device": pipe["simulate_device"], "cpu_cores": len(os.sched_getaffinity(0)),
+            "load_average": list(os.getloadavg()), "machine": os.uname().machine,
+        }  # fmt: skip
+        _write(json_path, dump_document(records, meta))
+    if markdown_path is not None:
+        _write(markdown_path, text)
+
+
+def _plan(net: NetOptions, sizes: list[tuple[int, int]], pipe: dict, encoding: OutputOptions):
+    """The :class:`~pid_trt.bench.pipeline.PipelinePlan` the flags ask for (one-line refusals)."""
+    from pid_trt.bench.pipeline import PipelinePlan, device_floor_ms
     from pid_trt.io.encoders import OutputFormat
     from pid_trt.io.writer import default_writers
 
+    device_ms, device, writers = pipe["simulate_device_ms"], pipe["simulate_device"], pipe["writers"]
     if device_ms is not None and device is not None:
         raise ConfigError("--simulate-device-ms and --simulate-device exclude each other: pass one")
+    formats = list(pipe["formats"])
     bad = [f for f in formats if f.lower() not in _FORMATS]
     if bad:
         raise ConfigError(f"--format {bad[0]}: expected png, jpg or webp")
@@ -110,12 +122,16 @@ def bench_pipeline(
         per_size = tuple(device_floor_ms(backbone, h, w, device) for h, w in sizes)
     else:
         per_size = (device_ms,) * len(sizes)
-    plan = PipelinePlan(
-        backbone, tuple(sizes), fmts, images, default_writers() if writers is None else writers, encoding,
-        per_size, serial,
+    return PipelinePlan(
+        backbone, tuple(sizes), fmts, pipe["images"], default_writers() if writers is None else writers,
+        encoding, per_size, not pipe["no_serial"],
     )  # fmt: skip
-    simulated = all(ms is not None for ms in per_size)
-    config = get_preset(backbone).config if simulated and net.net_config is None else net.resolve().config
+
+
+def _run(plan, net: NetOptions) -> list:
+    """Run ``plan``: against the simulated device when every size has one, else the real network."""
+    from pid_trt.bench.pipeline import run_pipeline_bench
+    from pid_trt.config import get_preset
 
     def progress(case):
         dev = "real network" if case.device_ms is None else f"device {case.device_ms:.0f} ms"
@@ -123,24 +139,19 @@ def bench_pipeline(
             f"{case.path} {case.fmt.value} {case.width}x{case.height}, {dev}, {case.images} images", err=True
         )
 
-    if simulated:
-        records = run_pipeline_bench(plan, config, None, progress)
-    else:
-        from pid_trt.decoder import Decoder
-        from pid_trt.options import RuntimeOptions
+    if all(ms is not None for ms in plan.device_ms):
+        config = get_preset(plan.backbone).config if net.net_config is None else net.resolve().config
+        return run_pipeline_bench(plan, config, None, progress)
+    from pid_trt.decoder import Decoder
+    from pid_trt.options import RuntimeOptions
 
-        with Decoder.from_options(net, RuntimeOptions()) as decoder:
-            records = run_pipeline_bench(plan, config, decoder, progress)
-    text = render_markdown(records, title)
-    typer.echo(text)
-    if json_path is not None:
-        meta = {
-            "command": "pidtrt bench --pipeline", "backbone": backbone, "simulate_device": device,
-            "cpu_cores": len(os.sched_getaffinity(0)), "load_average": list(os.getloadavg()),
-            "machine": os.uname().machine,
-        }  # fmt: skip
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(dump_document(records, meta))
-    if markdown_path is not None:
-        markdown_path.parent.mkdir(parents=True, exist_ok=True)
-        markdown_path.write_text(text)
+    with Decoder.from_options(net, RuntimeOptions()) as decoder:
+        return run_pipeline_bench(plan, net.resolve().config, decoder, progress)
+
+
+def _write(path: Path, text: str) -> None:
+    """Write a report atomically, making its folder."""
+    from pid_trt.atomic import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, text.encode())
