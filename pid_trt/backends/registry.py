@@ -55,6 +55,11 @@ def check_device(device: str, option: str = "--device") -> str:
     raise ConfigError(f"{option} {quote(device)}: expected cpu or cuda")
 
 
+def device_kind(device: str) -> str:
+    """``cuda`` for ``cuda`` / ``cuda:N``, else ``cpu`` (the kinds in :attr:`Backend.devices`)."""
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     """A backend as the user wrote it: ``NAME[:PRECISION][@DEVICE]`` (``tensorrt:fp8``,

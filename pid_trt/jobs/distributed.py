@@ -307,7 +307,7 @@ def rank_runtime(world: World, runtime: RuntimeOptions) -> RuntimeOptions:
     ``cuda:LOCAL_RANK``, also made the process's current CUDA device. One process: as given."""
     if not world.distributed:
         return runtime
-    device = runtime.resolved().device
+    device = runtime.resolve().device
     mine = rank_device(world, device)
     bind_cuda_device(mine)
     return runtime if mine == device else replace(runtime, device=mine)

@@ -123,7 +123,7 @@ class ModelOptions:
         from pid_trt.io.provenance import weights_licence
         from pid_trt.tiling import Envelope, TileOptions, envelope_for
 
-        runtime = self.runtime.resolved()
+        runtime = self.runtime.resolve()
         spec = self.net.resolve()
         config = spec.config
         tiling = TileOptions.create(**self.tiling)
@@ -135,8 +135,8 @@ class ModelOptions:
             "txt_embed_dim": str(config.txt_embed_dim),
             "needs_caption": "true" if spec.needs_caption else "false",
             "net": spec.name,
-            "backend": runtime.backend,
-            "precision": runtime.precision_enum.value,
+            "backend": runtime.name,
+            "precision": runtime.precision.value,
             "tiling": tiling.describe(),
             "envelope": envelope.describe(limit=32) if envelope is not None else "none",
             "device": runtime.device,

@@ -58,7 +58,7 @@ class PlanRunner:
     ) -> None:
         self.request, self.backends, self.envelope = request, backends, envelope
         self.memory_check, self.memory_hint = memory_check, memory_hint
-        self.shares = request.runtime.backend_class.shares_sizes
+        self.shares = request.backend.shares_sizes
 
     @property
     def config(self) -> NetConfig:
@@ -124,7 +124,7 @@ class PlanRunner:
     def device_requests(self, devices: Sequence[str]) -> tuple[BackendRequest, ...]:
         """One backend request per entry of ``devices`` (already parsed names), checked: the
         backend runs on that kind of device, and the device exists here. One-line errors."""
-        cls = self.request.runtime.backend_class
+        cls = self.request.backend
         out = []
         for device in devices:
             kind = "cuda" if device.startswith("cuda") else "cpu"
@@ -142,11 +142,7 @@ class PlanRunner:
                 why = f"--devices {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
             if why is not None:
                 raise BackendUnavailableError(f"--devices {device}: {why}" if "--devices" not in why else why)
-            out.append(
-                dataclasses.replace(
-                    self.request, runtime=dataclasses.replace(self.request.runtime, device=device)
-                )
-            )
+            out.append(self.request.on(device))
         return tuple(out)
 
     # ------------------------------------------------------------------ backends and denoisers
