@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -56,6 +56,9 @@ from pid_trt.netspec import NetSpec, build_model
 from pid_trt.options import NetOptions, Runtime, RuntimeOptions, as_runtime
 from pid_trt.tiling import Envelope, PlanRunner, SizePlan, TileOptions, envelope_for
 from pid_trt.tiling.options import tile_options
+
+if TYPE_CHECKING:
+    from pid_trt.model import PidNet
 
 #: Backends kept per Decoder before the least recently used one is closed.
 DEFAULT_MAX_BACKENDS = 4
@@ -90,7 +93,7 @@ class Decoder:
         self._backends = BackendCache(max_backends)
         self._runner = PlanRunner(self._request, self._backends, self.envelope, memory_check, memory_hint)
         self._lock = threading.Lock()  # guards _model, _closed
-        self._model: torch.nn.Module | None = None
+        self._model: PidNet | None = None
         self._model_lock = threading.Lock()
         self._closed = False
         self._captions = CaptionProvider(
@@ -341,7 +344,7 @@ class Decoder:
         self._check_open()
         self._load_model()
 
-    def _load_model(self) -> torch.nn.Module:
+    def _load_model(self) -> PidNet:
         """The fp32 CPU reference model, built once. The torch backend takes it over (it may
         cast it); other backends only trace it."""
         with self._model_lock:

@@ -69,6 +69,7 @@ def seeded_conditioning(config: NetConfig, height: int, width: int, batch: int, 
 
     p = config.pixels_per_latent  # sizes between latent cells round the latent up (as decode does)
     lat = sample_latent(config, batch, -(-height // p) * p, -(-width // p) * p, seed=seed)
+    assert lat.caption is not None  # a sampled latent always has its caption
     return Conditioning(lat.latent, lat.caption, lat.degrade_sigma, height, width)
 
 

@@ -104,10 +104,9 @@ def _cost_fields(case: BenchCase, config: NetConfig, p50_ms: float, env: Environ
     out: dict[str, Any] = {"flop_per_decode": flop, "achieved_tflops": flop / (p50_ms / 1e3) / 1e12}
     gpu = gpu_spec_for(env.device) if env.device_kind == "cuda" else None
     if gpu is not None:
-        kw = {"per": "decode", "hoisted": case.hoist}
-        out["floor_ms"] = floor_time(est, gpu, **kw) * 1e3
+        out["floor_ms"] = floor_time(est, gpu, per="decode", hoisted=case.hoist) * 1e3
         try:
-            out["mfu"] = mfu(p50_ms / 1e3, est, gpu, **kw)
+            out["mfu"] = mfu(p50_ms / 1e3, est, gpu, per="decode", hoisted=case.hoist)
         except ConfigError:  # fp32 has no tensor-core peak in the cost model
             out["mfu"] = None
     return out

@@ -65,7 +65,7 @@ class BatchedDecode:
         config = self.decoder.config
         lat = read_latent_file(job.source, config)
         given = caption_for_latent(lat, job.source, config, caption_file=self.settings.caption_file)
-        chosen = file_caption(self.decoder, lat, job.source, given, None, self.settings.seed)
+        chosen = file_caption(self.decoder, lat, Path(job.source), given, None, self.settings.seed)
         caption = chosen.embedding
         size = self.decoder.output_size(lat.latent_hw, self.settings.size)
         text = provenance(self.decoder, lat, self.settings, size[0], size[1], chosen.source).to_text()

@@ -49,6 +49,7 @@ def verify_inputs(
     bucket = parse_bucket(res, size)
     for s in range(seeds):
         lat = sample_latent(config, batch, bucket.height, bucket.width, seed=s)
+        assert lat.caption is not None  # a sampled latent always has its caption
         cond = Conditioning(lat.latent, lat.caption, lat.degrade_sigma, bucket.height, bucket.width)
         out.append(VerifyInput(f"random latent seed {s}", cond, s))
     return out

@@ -148,7 +148,7 @@ def worst_crop(results: Sequence[InputResult], path: Path) -> dict[str, Any]:
     for i, arr in enumerate((ref, cand, heat)):
         canvas.paste(Image.fromarray(arr), (i * (cw + gap), 0))
     zoom = max(1, 192 // ch)
-    canvas.resize((canvas.width * zoom, canvas.height * zoom), Image.NEAREST).save(path)
+    canvas.resize((canvas.width * zoom, canvas.height * zoom), Image.Resampling.NEAREST).save(path)
     return {
         "input": r.name,
         "batch_index": b_idx,
