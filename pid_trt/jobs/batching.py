@@ -14,13 +14,16 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pid_trt.errors import ConfigError
 from pid_trt.jobs.decode import DecodeSettings, file_caption, provenance
 from pid_trt.jobs.plan import Job
+
+if TYPE_CHECKING:
+    from pid_trt.decoder import Decoder
 
 
 @dataclass
@@ -40,7 +43,7 @@ class BatchedDecode:
 
     def __init__(
         self,
-        decoder: Any,
+        decoder: Decoder,
         settings: DecodeSettings,
         writer: Any,
         batch: int,

@@ -28,6 +28,7 @@ import numpy as np
 from pid_trt.verify.metrics import polygraphy_compare, quiet
 
 if TYPE_CHECKING:
+    from pid_trt.backends.base import Conditioning
     from pid_trt.verify.pairs import InputResult, PairRequest, VerifyInput
 
 #: Rows listed per section (first diverging / worst).
@@ -82,7 +83,9 @@ class LayerReport:
         }  # fmt: skip
 
 
-def step_feeds(prepare_onnx: Path, cond: Any, x: Any, t: float, timescale: float) -> dict[str, np.ndarray]:
+def step_feeds(
+    prepare_onnx: Path, cond: Conditioning, x: Any, t: float, timescale: float
+) -> dict[str, np.ndarray]:
     """The step graph's inputs for one call: the (reference) prepare graph's outputs for
     ``cond`` (a :class:`~pid_trt.backends.base.Conditioning`), ``x`` and ``t`` (flow time)."""
     import onnxruntime as ort
