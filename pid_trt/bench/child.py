@@ -2,7 +2,8 @@
 
 The parent writes a job (JSON) to the child's stdin; the child prints one line
 ``PIDTRT_BENCH_RESULT <json>`` on stdout. Job modes: ``prepare`` (make the artifacts the
-backend needs before it loads, :meth:`pid_trt.backends.base.Backend.make_artifacts`) and ``measure`` (:func:`pid_trt.bench.runner.measure`).
+backend needs before it loads: :meth:`pid_trt.backends.base.Backend.make_artifacts`) and
+``measure`` (:func:`pid_trt.bench.runner.measure`).
 Outcome classes: a missing optional package, GPU or engine is ``skipped``; anything else
 that raises is ``failed``; both carry a one-line reason.
 """

@@ -83,19 +83,6 @@ def make_artifacts(spec: NetSpec, case: BenchCase) -> Artifacts:
     return case.runtime.backend.make_artifacts(request)
 
 
-@contextmanager
-def make_backend(case: BenchCase, spec: NetSpec) -> Iterator[Backend]:
-    """The case's backend, from a :class:`pid_trt.Decoder` (the object ``pidtrt decode`` runs
-    on), held for the duration of the ``with`` block and closed after it."""
-    from pid_trt.decoder import Decoder
-
-    with (
-        Decoder(spec, case.runtime, max_backends=1) as dec,
-        dec.backend(case.height, case.width, case.batch) as backend,
-    ):
-        yield backend
-
-
 def tiled_figures(size_plan: SizePlan, devices: Sequence[str]) -> dict[str, Any]:
     """What a bench record says of a tiling case's plan: grid ("COLSxROWS", None: one shot),
     tile_size ("WxH"), tile_batch, tile_count (tile evaluations per step), devices, and the tiled

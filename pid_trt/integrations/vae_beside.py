@@ -224,7 +224,7 @@ def vae_beside(
             "folder with vae/)"
         )
     backbone = net.backbone if net is not None and net.net_config is None else None
-    device = str(runtime.resolved().device) if runtime is not None else "cpu"
+    device = runtime.resolve().device if runtime is not None else "cpu"
     return VaeBeside(vae, str(backbone).lower() if backbone else None, device)
 
 

@@ -27,7 +27,7 @@ import torch
 from pid_trt.backends.base import Backend, Conditioning
 from pid_trt.backends.cache import BackendCache
 from pid_trt.backends.factory import BackendRequest, create_backend
-from pid_trt.config import NetConfig
+from pid_trt.config import NetConfig, Precision
 from pid_trt.errors import BackendUnavailableError, ConfigError, ResourceError
 from pid_trt.sampling import Denoiser
 from pid_trt.tiling.denoiser import TiledDenoiser
@@ -65,9 +65,9 @@ class PlanRunner:
         return self.request.spec.config
 
     @property
-    def load_precision(self) -> str | None:
+    def load_precision(self) -> Precision | None:
         """The width weights are staged in (torch on the CPU materialises fp32)."""
-        return "fp32" if self.shares and self.request.device == "cpu" else None
+        return Precision.FP32 if self.shares and self.request.device == "cpu" else None
 
     # ------------------------------------------------------------------ planning and checks
     def plan(self, height: int, width: int, batch: int, steps: int, options: TileOptions) -> SizePlan:
@@ -99,7 +99,7 @@ class PlanRunner:
                 log.warning(notice)
             if self.memory_check:
                 check_decode_memory(
-                    self.config, size_plan.height, size_plan.width, size_plan.batch, self.request.precision.value,
+                    self.config, size_plan.height, size_plan.width, size_plan.batch, self.request.precision,
                     self.request.device, size_plan.steps, load_precision=self.load_precision, hint=self.memory_hint,
                 )  # fmt: skip
         elif self.memory_check:

@@ -153,7 +153,7 @@ def test_every_front_end_gets_the_same_default_precision(name: str, device: str)
     cls = backend_class(name)
     dev = device if device in cls.devices else cls.default_device()
     expected = cls.default_precision(dev)
-    assert RuntimeOptions(name, device=dev).resolved().precision is expected
+    assert RuntimeOptions(name, device=dev).resolve().precision is expected
     assert bench_runtimes([name], RuntimeOptions(device=dev))[0].precision is expected
     assert resolve_side(name, dev).precision is expected
     served = ModelOptions(TINY, RuntimeOptions(name, device=dev)).check()
