@@ -86,15 +86,3 @@ class BackendSpec:
     @property
     def cls(self) -> type[Backend]:
         return backend_class(self.name)
-
-    @property
-    def label(self) -> str:
-        """``name:precision`` (precision as written or the backend's default on its device)."""
-        return f"{self.name}:{self.resolved_precision().value}"
-
-    def resolved_device(self, device: str | None = None) -> str:
-        """This spec's device, else ``device``, else the backend's default device."""
-        return self.device or (check_device(device) if device else None) or self.cls.default_device()
-
-    def resolved_precision(self, device: str | None = None) -> Precision:
-        return self.precision or self.cls.default_precision(self.resolved_device(device))

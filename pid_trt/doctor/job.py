@@ -99,20 +99,11 @@ def resolve_job(
     Size: ``--size WxH`` or ``--res N``, else the checkpoint type's tuning size (2k: 2048x2048,
     2kto4k: 3840x2160; stand-ins 128x128). Weights: ``checkpoint`` (hashed), else seeded
     random weights for stand-ins and ``--net-config`` nets, else none named."""
-    from pid_trt.backends.registry import BackendSpec, check_device
+    from pid_trt.options import RuntimeOptions
 
-    spec = BackendSpec.parse(backend)
-    cls = spec.cls
-    dev = spec.resolved_device(check_device(device) if device is not None else None)
-    if dev == "cuda":
-        dev = "cuda:0"
-    kind = "cuda" if dev.startswith("cuda") else "cpu"
-    if kind not in cls.devices:
-        raise ConfigError(f"--device {dev}: the {cls.name} backend runs on {' or '.join(cls.devices)}")
-    precision = spec.resolved_precision(dev)
-    if precision not in cls.precisions:
-        allowed = ", ".join(p.value for p in cls.precisions)
-        raise ConfigError(f"--backend {backend}: the {cls.name} backend runs {allowed}")
+    runtime = RuntimeOptions(backend, device=device).resolve()  # the one resolution, as decode's
+    cls, precision = runtime.backend, runtime.precision
+    dev = "cuda:0" if runtime.device == "cuda" else runtime.device
     if isinstance(batch, bool) or batch < 1 or steps < 1:
         raise ConfigError(f"--batch {batch} / --steps {steps}: expected integers >= 1")
     base = Job(
