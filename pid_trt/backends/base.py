@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from pid_trt.backends.registry import GraphKind
 from pid_trt.config import Precision
 from pid_trt.sampling import Denoiser
 
 if TYPE_CHECKING:
     from pid_trt.backends.factory import BackendRequest
+
+__all__ = ["Artifacts", "Backend", "Conditioning", "GraphKind"]
 
 
 @dataclass(frozen=True)
@@ -41,14 +43,6 @@ class Conditioning:
     @property
     def batch(self) -> int:
         return int(self.latent.shape[0])
-
-
-class GraphKind(str, Enum):
-    """What a backend runs: the torch module, exported ONNX graphs, or TensorRT engine plans."""
-
-    TORCH = "torch"
-    ONNX = "onnx"
-    PLAN = "plan"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from pid_trt.config import Precision
@@ -25,6 +26,15 @@ BACKENDS: dict[str, str] = {
     "onnxruntime": "pid_trt.backends.ort_backend:OrtBackend",
     "tensorrt": "pid_trt.backends.trt_backend:TrtBackend",
 }
+
+
+class GraphKind(str, Enum):
+    """What a backend runs (:attr:`Backend.graph`): the torch module, exported ONNX graphs, or
+    TensorRT engine plans."""
+
+    TORCH = "torch"
+    ONNX = "onnx"
+    PLAN = "plan"
 
 
 def backend_class(name: str, option: str = "--backend") -> type[Backend]:

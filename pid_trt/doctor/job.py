@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pid_trt.backends.registry import GraphKind
 from pid_trt.config import NetConfig, Precision, Preset
 from pid_trt.errors import ConfigError
 
@@ -21,8 +22,8 @@ CHECKPOINT_PLACEHOLDER = "model_ema_bf16.pth"
 @dataclass(frozen=True)
 class Job:
     """What would run. ``backend`` / ``precision`` / ``device``: resolved (``cuda`` means
-    ``cuda:0``); ``backend_precisions`` / ``backend_devices`` / ``shares_sizes``: the backend
-    class's own facts (:mod:`pid_trt.backends.registry`). Without a net (``config`` None) only
+    ``cuda:0``); ``backend_precisions`` / ``backend_devices`` / ``shares_sizes`` / ``graph``: the
+    backend class's own facts (:mod:`pid_trt.backends.registry`). Without a net (``config`` None) only
     the backend is judged. ``weights_sha256``: the engine key's ``checkpoint_sha256`` of the
     weights (None: no checkpoint named for a released net, so engines match on everything
     else); ``height`` / ``width``: output pixels."""
@@ -33,6 +34,7 @@ class Job:
     backend_precisions: tuple[Precision, ...]
     backend_devices: tuple[str, ...]
     shares_sizes: bool
+    graph: GraphKind = GraphKind.TORCH
     net: str | None = None
     config: NetConfig | None = None
     preset: Preset | None = None
@@ -107,7 +109,7 @@ def resolve_job(
     if isinstance(batch, bool) or batch < 1 or steps < 1:
         raise ConfigError(f"--batch {batch} / --steps {steps}: expected integers >= 1")
     base = Job(
-        cls.name, precision, dev, tuple(cls.precisions), tuple(cls.devices), bool(cls.shares_sizes),
+        cls.name, precision, dev, tuple(cls.precisions), tuple(cls.devices), bool(cls.shares_sizes), cls.graph,
         batch=batch, steps=steps, engine_dir=os.fspath(engine_dir),
     )  # fmt: skip
     if backbone is None and net_config is None and checkpoint is None:
