@@ -1,9 +1,11 @@
 """The backend interface: bind a decode's conditioning once, then step many times.
 
 A backend class also describes itself (its name, default precision and device, which
-precisions and devices it runs, whether one instance serves every size), so that the
-Decoder, the server, ``pidtrt bench`` and ``pidtrt verify`` read those facts from the class
-(:mod:`pid_trt.backends.registry`) instead of repeating them.
+precisions and devices it runs, whether one instance serves every size, what it runs, whether
+it compiles or reads weights early), and a loaded backend reports what its artifacts cost
+(:meth:`Backend.artifacts`), so that the Decoder, the server, ``pidtrt bench``, ``verify`` and
+``doctor`` read those facts from the class (:mod:`pid_trt.backends.registry`) instead of
+switching on its name.
 """
 
 from __future__ import annotations
