@@ -258,10 +258,10 @@ STANDIN_RANGE = ((64, 128, 256), (64, 128, 256))
 DEFAULT_BATCH = (1, 1, 2)
 
 
-def default_range(preset: Any, batch: tuple[int, int, int] = DEFAULT_BATCH) -> ShapeRange:
+def default_range(preset: Preset | None, batch: tuple[int, int, int] = DEFAULT_BATCH) -> ShapeRange:
     """The trained range of a released preset (``2k``: 1536..2688 both sides, opt 2048x2048;
     ``2kto4k``: 1536..3840 both sides, opt 3840x2160), else :data:`STANDIN_RANGE`."""
-    if preset is not None and getattr(preset, "released", False):
+    if preset is not None and preset.released:
         height, width = _TRAINED_RANGES[preset.ckpt_type]
     else:
         height, width = STANDIN_RANGE
@@ -278,7 +278,11 @@ def parse_batch(text: str) -> tuple[int, int, int]:
 
 
 def parse_range(
-    min_size: str | None, opt_size: str | None, max_size: str | None, batch: tuple[int, int, int], preset: Any
+    min_size: str | None,
+    opt_size: str | None,
+    max_size: str | None,
+    batch: tuple[int, int, int],
+    preset: Preset | None,
 ) -> ShapeRange:
     """``--min-size / --opt-size / --max-size WxH`` over :func:`default_range` (each optional)."""
     from pid_trt.buckets import parse_size

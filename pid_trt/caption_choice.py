@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from pid_trt.captions import CaptionProvider
+from pid_trt.config import NetConfig
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.netspec import NetSpec, stand_in_caption
 from pid_trt.quoting import printable
@@ -58,7 +59,7 @@ class Caption:
     source: str
 
 
-def null_caption_hint(config: Any) -> str:
+def null_caption_hint(config: NetConfig) -> str:
     """The two ways out of a missing caption, for one-line errors."""
     return (
         "pass --null-caption FILE (the null caption: `pidtrt encode-caption --null --text-encoder DIR -o FILE`, "

@@ -34,13 +34,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pid_trt.backends.base import Conditioning
 from pid_trt.backends.cache import BackendCache
-from pid_trt.backends.factory import BackendRequest
+from pid_trt.backends.factory import BackendRequest, check_torch_device
 from pid_trt.buckets import output_size
 from pid_trt.caption_choice import Caption, CaptionChooser
 from pid_trt.caption_store import CaptionStore
@@ -53,9 +53,12 @@ from pid_trt.captions import (
 from pid_trt.config import NetConfig
 from pid_trt.errors import ConfigError, PidTrtError
 from pid_trt.netspec import NetSpec, build_model
-from pid_trt.options import NetOptions, RuntimeOptions
+from pid_trt.options import NetOptions, Runtime, RuntimeOptions, as_runtime
 from pid_trt.tiling import Envelope, PlanRunner, SizePlan, TileOptions, envelope_for
 from pid_trt.tiling.options import tile_options
+
+if TYPE_CHECKING:
+    from pid_trt.model import PidNet
 
 #: Backends kept per Decoder before the least recently used one is closed.
 DEFAULT_MAX_BACKENDS = 4
@@ -67,7 +70,7 @@ class Decoder:
     def __init__(
         self,
         spec: NetSpec,
-        runtime: RuntimeOptions,
+        runtime: RuntimeOptions | Runtime,
         *,
         text_encoder: Any = None,
         text_dtype: str | None = None,
@@ -85,12 +88,12 @@ class Decoder:
         if isinstance(envelope, str):
             envelope = Envelope.parse(envelope, name=f"{spec.name} (given)")
         self.envelope: Envelope | None = envelope if envelope is not None else envelope_for(spec.preset)
-        self.runtime = runtime.resolved()
+        self.runtime: Runtime = as_runtime(runtime)
         self._request = BackendRequest(spec, self.runtime, model_loader=self._load_model)
         self._backends = BackendCache(max_backends)
         self._runner = PlanRunner(self._request, self._backends, self.envelope, memory_check, memory_hint)
         self._lock = threading.Lock()  # guards _model, _closed
-        self._model: torch.nn.Module | None = None
+        self._model: PidNet | None = None
         self._model_lock = threading.Lock()
         self._closed = False
         self._captions = CaptionProvider(
@@ -166,14 +169,14 @@ class Decoder:
         )  # fmt: skip
 
     @classmethod
-    def from_options(cls, net: NetOptions, runtime: RuntimeOptions, **kwargs: Any) -> Decoder:
+    def from_options(cls, net: NetOptions, runtime: RuntimeOptions | Runtime, **kwargs: Any) -> Decoder:
         """A Decoder from the two option objects (:mod:`pid_trt.options`); ``kwargs`` as
         :meth:`load` (text_encoder, text_dtype, keep_text_encoder, caption_cache, max_backends, memory_check,
         memory_hint, envelope, null_caption, caption_store, caption_store_max_mb). The runtime options are checked before the net options are resolved,
         so a bad ``--backend`` is reported first."""
-        runtime = runtime.resolved()
-        if runtime.device.startswith("cuda") and runtime.backend_class.devices != ("cuda",):
-            BackendRequest(None, runtime).torch_device  # noqa: B018 - no CUDA: one-line error now
+        runtime = as_runtime(runtime)
+        if runtime.device.startswith("cuda") and runtime.backend.devices != ("cuda",):
+            check_torch_device(runtime.device)  # no CUDA: one-line error now
         return cls(net.resolve(), runtime, **kwargs)
 
     # ------------------------------------------------------------------ properties
@@ -184,15 +187,15 @@ class Decoder:
 
     @property
     def backend_name(self) -> str:
-        return self.runtime.backend
+        return self.runtime.name
 
     @property
     def precision(self) -> str:
-        return self.runtime.precision_enum.value
+        return self.runtime.precision.value
 
     @property
     def device(self) -> str:
-        return str(self.runtime.device)
+        return self.runtime.device
 
     @property
     def has_text_encoder(self) -> bool:
@@ -341,7 +344,7 @@ class Decoder:
         self._check_open()
         self._load_model()
 
-    def _load_model(self) -> torch.nn.Module:
+    def _load_model(self) -> PidNet:
         """The fp32 CPU reference model, built once. The torch backend takes it over (it may
         cast it); other backends only trace it."""
         with self._model_lock:

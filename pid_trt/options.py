@@ -3,8 +3,10 @@
 - :class:`NetOptions`, "which network": backbone, checkpoint type, checkpoint, net config,
   random weights and their seed -> :meth:`NetOptions.resolve` -> :class:`pid_trt.netspec.NetSpec`.
 - :class:`RuntimeOptions`, "how to run it": backend, precision, device, artifact stores,
-  hoisting, CUDA graphs -> :meth:`RuntimeOptions.resolved` applies the backend's own defaults
-  (:mod:`pid_trt.backends.registry`) and refuses what it cannot run.
+  hoisting, CUDA graphs -> :meth:`RuntimeOptions.resolve` applies the backend's own defaults
+  (:mod:`pid_trt.backends.registry`), refuses what it cannot run, and gives the frozen
+  :class:`Runtime` everything below the option boundary takes (the backend class, a
+  :class:`Precision`, a device string, the store paths).
 
 ``Decoder.load``, the server, ``pidtrt bench``, ``verify``, ``generate`` and every CLI command
 build these two objects; nothing else re-validates the options.
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pid_trt.backends.registry import BackendSpec, backend_class, check_device, parse_precision
+from pid_trt.backends.registry import BackendSpec, check_device, device_kind, parse_precision
 from pid_trt.config import Precision
 from pid_trt.errors import ConfigError
 
@@ -99,19 +101,24 @@ class RuntimeOptions:
     hoist: bool = True
     cuda_graph: bool = False
 
-    def resolved(self) -> RuntimeOptions:
-        """The options with the backend's defaults applied and checked: ``backend`` a plain
-        registered name, ``precision`` a :class:`Precision`, ``device`` a device string, the
-        stores :class:`Path` objects. Raises a one-line ConfigError for what the backend cannot
-        take (unknown name, precision or device, a device kind it does not run on)."""
+    def resolve(self, fallback_device: bool = False) -> Runtime:
+        """The one resolution of what the user wrote: the backend's defaults applied and checked
+        (:class:`Runtime`). Raises a one-line ConfigError for what the backend cannot take
+        (unknown name, precision or device; a device kind it does not run on, unless
+        ``fallback_device``: then the backend's own device, and :attr:`Runtime.moved_from` says
+        which device was asked for). A precision both in ``backend`` and ``precision`` must agree."""
         spec = BackendSpec.parse(self.backend)
         cls = spec.cls
         device = spec.device or (
             check_device(self.device) if self.device is not None else cls.default_device()
         )
-        kind = "cuda" if device.startswith("cuda") else "cpu"
-        if kind not in cls.devices:
-            raise ConfigError(f"--device {device}: the {cls.name} backend runs on {' or '.join(cls.devices)}")
+        moved_from = None
+        if device_kind(device) not in cls.devices:
+            if not fallback_device:
+                raise ConfigError(
+                    f"--device {device}: the {cls.name} backend runs on {' or '.join(cls.devices)}"
+                )
+            moved_from, device = device, cls.default_device()
         if spec.precision is not None and self.precision is not None:
             if parse_precision(self.precision) is not spec.precision:
                 raise ConfigError(
@@ -123,25 +130,16 @@ class RuntimeOptions:
         if precision not in cls.precisions:
             allowed = ", ".join(p.value for p in cls.precisions)
             raise ConfigError(f"--precision {precision.value}: the {cls.name} backend runs {allowed}")
-        return dataclasses.replace(
-            self, backend=cls.name, precision=precision, device=device,
-            engine_dir=Path(self.engine_dir), export_dir=Path(self.export_dir),
+        return Runtime(
+            cls, precision, device, Path(self.engine_dir), Path(self.export_dir), self.hoist, self.cuda_graph,
+            moved_from,
         )  # fmt: skip
 
-    @property
-    def backend_class(self) -> type[Backend]:
-        return backend_class(BackendSpec.parse(self.backend).name)
-
-    @property
-    def precision_enum(self) -> Precision:
-        """The precision of resolved options (resolves first when needed)."""
-        return self.precision if isinstance(self.precision, Precision) else self.resolved().precision  # type: ignore[return-value]
-
-    @property
-    def label(self) -> str:
-        """``backend:precision@device`` of resolved options."""
-        r = self if isinstance(self.precision, Precision) and self.device else self.resolved()
-        return f"{r.backend}:{r.precision.value}@{r.device}"  # type: ignore[union-attr]
+    def resolved(self) -> RuntimeOptions:
+        """The options as :meth:`resolve` settles them (``backend`` a plain registered name,
+        ``precision`` a :class:`Precision`, ``device`` a device string, the stores
+        :class:`Path` objects), for handing on as options (another process, a rank)."""
+        return self.resolve().options()
 
     def absolute(self) -> RuntimeOptions:
         return dataclasses.replace(
@@ -163,3 +161,76 @@ class RuntimeOptions:
 
 def _absolute(path: PathLike | None) -> str | None:
     return None if path is None else os.path.abspath(os.fspath(path))
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Resolved runtime options (:meth:`RuntimeOptions.resolve`): a backend at a precision on a
+    device. backend: the registered class (:mod:`pid_trt.backends.registry`); engine_dir /
+    export_dir: the artifact stores; hoist / cuda_graph: as :class:`RuntimeOptions`;
+    moved_from: the device asked for when a ``fallback_device`` resolution moved it (else None)."""
+
+    backend: type[Backend]
+    precision: Precision
+    device: str
+    engine_dir: Path = Path("engines")
+    export_dir: Path = Path("export")
+    hoist: bool = True
+    cuda_graph: bool = False
+    moved_from: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The backend's registered name."""
+        return self.backend.name
+
+    @property
+    def label(self) -> str:
+        """``name:precision`` (``tensorrt:bf16``)."""
+        return f"{self.name}:{self.precision.value}"
+
+    @property
+    def where(self) -> str:
+        """``name:precision@device`` (``torch:fp32@cpu``)."""
+        return f"{self.label}@{self.device}"
+
+    @property
+    def moved(self) -> str | None:
+        """One line saying the device was moved (a ``fallback_device`` resolution), else None."""
+        if self.moved_from is None:
+            return None
+        return f"{self.label} runs on {self.device}, not {self.moved_from}: moved to {self.device}"
+
+    def unavailable(self) -> str | None:
+        """Why this runtime cannot run on this machine (one line), or None (the backend's cheap
+        checks, :meth:`pid_trt.backends.base.Backend.unavailable`)."""
+        return self.backend.unavailable(self.device, self.precision)
+
+    def on(self, device: str) -> Runtime:
+        """The same runtime on ``device`` (a device name already checked)."""
+        return dataclasses.replace(self, device=device, moved_from=None)
+
+    def options(self) -> RuntimeOptions:
+        """These settings as :class:`RuntimeOptions` (resolving them gives this runtime back)."""
+        return RuntimeOptions(
+            self.name,
+            self.precision,
+            self.device,
+            self.engine_dir,
+            self.export_dir,
+            self.hoist,
+            self.cuda_graph,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable settings (:meth:`RuntimeOptions.to_dict`)."""
+        return self.options().to_dict()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Runtime:
+        return RuntimeOptions.from_dict(data).resolve()
+
+
+def as_runtime(runtime: RuntimeOptions | Runtime, fallback_device: bool = False) -> Runtime:
+    """``runtime`` resolved (:meth:`RuntimeOptions.resolve`), or as given when it already is."""
+    return runtime if isinstance(runtime, Runtime) else runtime.resolve(fallback_device)

@@ -1,9 +1,11 @@
 """The backend interface: bind a decode's conditioning once, then step many times.
 
 A backend class also describes itself (its name, default precision and device, which
-precisions and devices it runs, whether one instance serves every size), so that the
-Decoder, the server, ``pidtrt bench`` and ``pidtrt verify`` read those facts from the class
-(:mod:`pid_trt.backends.registry`) instead of repeating them.
+precisions and devices it runs, whether one instance serves every size, what it runs, whether
+it compiles or reads weights early), and a loaded backend reports what its artifacts cost
+(:meth:`Backend.artifacts`), so that the Decoder, the server, ``pidtrt bench``, ``verify`` and
+``doctor`` read those facts from the class (:mod:`pid_trt.backends.registry`) instead of
+switching on its name.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from pid_trt.backends.registry import GraphKind
 from pid_trt.config import Precision
 from pid_trt.sampling import Denoiser
 
 if TYPE_CHECKING:
     from pid_trt.backends.factory import BackendRequest
+
+__all__ = ["Artifacts", "Backend", "Conditioning", "GraphKind"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,20 @@ class Conditioning:
         return int(self.latent.shape[0])
 
 
+@dataclass(frozen=True)
+class Artifacts:
+    """What a backend's artifacts cost (:meth:`Backend.artifacts`). engine_mb: its graph or
+    engine files on disk (MiB; None: it runs the torch module); build_s: seconds it took to
+    make them (builder time from the manifests, or this run's export; None: not known or taken
+    from the store); device_mb: device memory it holds outside torch's allocator (MiB; engine
+    weights and context); threads: the CPU threads it runs with (None: torch's)."""
+
+    engine_mb: float | None = None
+    build_s: float | None = None
+    device_mb: float | None = None
+    threads: int | None = None
+
+
 class Backend(ABC):
     """A way to evaluate the PiD network. ``bind`` does the per-decode constant work once
     (latent adapter, caption projection) and returns the per-step :class:`Denoiser`.
@@ -53,6 +72,11 @@ class Backend(ABC):
     devices: device kinds it runs on ("cpu", "cuda").
     shares_sizes: one instance decodes every size and batch (the Decoder caches one).
     can_unhoist: it can re-run the per-decode work every step (``hoist=False``).
+    graph: what it runs (:class:`GraphKind`): verify's ``--layers`` compares ONNX graphs.
+    compiles_on_first_decode: the first decode at a shape compiles (its time is build time).
+    loads_weights_at_start: it runs the checkpoint's weights itself, so a server reads them
+    before it says ready (the others read them only to export a missing graph).
+    makes_artifacts: :meth:`make_artifacts` makes files it needs (an export) apart from loading.
     """
 
     name: ClassVar[str] = "abstract"
@@ -60,6 +84,10 @@ class Backend(ABC):
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
     shares_sizes: ClassVar[bool] = False
     can_unhoist: ClassVar[bool] = True
+    graph: ClassVar[GraphKind] = GraphKind.TORCH
+    compiles_on_first_decode: ClassVar[bool] = False
+    loads_weights_at_start: ClassVar[bool] = False
+    makes_artifacts: ClassVar[bool] = False
 
     @classmethod
     def default_device(cls) -> str:
@@ -80,6 +108,12 @@ class Backend(ABC):
         return None
 
     @classmethod
+    def make_artifacts(cls, request: BackendRequest) -> Artifacts:
+        """Make (or find in the store) the files ``request`` needs, without loading them, so that
+        a front end can do it in another process; what they cost. Nothing to make: empty."""
+        return Artifacts()
+
+    @classmethod
     @abstractmethod
     def from_request(cls, request: BackendRequest) -> Backend:
         """Construct the backend for one :class:`~pid_trt.backends.factory.BackendRequest` (size, batch, precision, device, stores)."""
@@ -87,6 +121,10 @@ class Backend(ABC):
     @abstractmethod
     def bind(self, cond: Conditioning) -> Denoiser:
         """Prepare one decode; the returned callable maps (x [B,3,H,W], t in [0,1]) -> v."""
+
+    def artifacts(self) -> Artifacts:
+        """What this loaded backend's artifacts cost (sizes, build time, device memory, threads)."""
+        return Artifacts()
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release device memory / sessions. Idempotent."""

@@ -21,6 +21,7 @@ class TorchCompileBackend(TorchBackend):
     """:class:`TorchBackend` with ``model.step`` / ``model.forward`` compiled."""
 
     name = "torch-compile"
+    compiles_on_first_decode = True
 
     def __init__(self, model: PidNet, device: torch.device, dtype: torch.dtype, hoist: bool = True):
         super().__init__(model, device, dtype, hoist=hoist)

@@ -1,4 +1,4 @@
-"""Construct a backend for one (size, batch) from resolved runtime options."""
+"""Construct a backend for one (size, batch) from a resolved :class:`pid_trt.options.Runtime`."""
 
 from __future__ import annotations
 
@@ -11,29 +11,28 @@ from typing import TYPE_CHECKING
 import torch
 
 from pid_trt.backends.base import Backend
-from pid_trt.backends.registry import backend_class
 from pid_trt.config import Precision
 from pid_trt.errors import BackendUnavailableError
 
 if TYPE_CHECKING:
     from pid_trt.model import PidNet
     from pid_trt.netspec import NetSpec
-    from pid_trt.options import RuntimeOptions
+    from pid_trt.options import Runtime
 
 
 @dataclass(frozen=True)
 class BackendRequest:
     """One backend to construct.
 
-    spec: the resolved network (config + weights); runtime: resolved
-    :class:`pid_trt.options.RuntimeOptions` (backend name, precision, device, stores, hoist,
+    spec: the resolved network (config + weights); runtime: the resolved
+    :class:`pid_trt.options.Runtime` (backend class, precision, device, stores, hoist,
     CUDA graph); height / width: output size in pixels; batch: B; model_loader: returns the
     fp32 CPU reference model with the spec's weights (default: build it from the spec;
     :class:`pid_trt.Decoder` passes one that reads the weights once).
     """
 
     spec: NetSpec
-    runtime: RuntimeOptions
+    runtime: Runtime
     height: int = 0
     width: int = 0
     batch: int = 1
@@ -51,24 +50,28 @@ class BackendRequest:
         return build_model(self.spec)
 
     @property
-    def backend(self) -> str:
+    def backend(self) -> type[Backend]:
         return self.runtime.backend
 
     @property
     def precision(self) -> Precision:
-        return self.runtime.precision_enum
+        return self.runtime.precision
 
     @property
     def device(self) -> str:
-        return str(self.runtime.device)
+        return self.runtime.device
 
     @property
     def engine_dir(self) -> Path:
-        return Path(self.runtime.engine_dir)
+        return self.runtime.engine_dir
 
     @property
     def export_dir(self) -> Path:
-        return Path(self.runtime.export_dir)
+        return self.runtime.export_dir
+
+    def on(self, device: str) -> BackendRequest:
+        """The same request on ``device`` (a device name already checked)."""
+        return dataclasses.replace(self, runtime=self.runtime.on(device))
 
     @property
     def hoist(self) -> bool:
@@ -80,13 +83,19 @@ class BackendRequest:
 
     @property
     def torch_device(self) -> torch.device:
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendUnavailableError(
-                f"--device {self.device}: no CUDA device is available to torch (run with --device cpu)"
-            )
-        return torch.device(self.device)
+        return check_torch_device(self.device)
+
+
+def check_torch_device(device: str) -> torch.device:
+    """``device`` as a :class:`torch.device`; a one-line BackendUnavailableError for CUDA
+    where torch sees none."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendUnavailableError(
+            f"--device {device}: no CUDA device is available to torch (run with --device cpu)"
+        )
+    return torch.device(device)
 
 
 def create_backend(request: BackendRequest) -> Backend:
     """Construct the requested backend (imports its module, and so its optional dependency, only now)."""
-    return backend_class(request.backend).from_request(request)
+    return request.backend.from_request(request)

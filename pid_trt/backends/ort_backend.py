@@ -14,13 +14,14 @@ size) and says so through the ``pid_trt`` logger (a warning: shown on stderr by 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from pid_trt.backends.base import Backend, Conditioning
+from pid_trt.backends.base import Artifacts, Backend, Conditioning, GraphKind
 from pid_trt.buckets import Bucket
 from pid_trt.config import NetConfig, Precision
 from pid_trt.errors import BackendUnavailableError, ConfigError
@@ -28,6 +29,7 @@ from pid_trt.sampling import TIMESCALE, Denoiser
 
 if TYPE_CHECKING:
     from pid_trt.backends.factory import BackendRequest
+    from pid_trt.stores.exports import ExportResult
 
 log = logging.getLogger("pid_trt.compile.export")  # the exporter's stage lines, shown by the CLI
 
@@ -42,6 +44,25 @@ def _ort():
             f"onnxruntime is not installed ({exc}): pip install onnxruntime"
         ) from None
     return onnxruntime
+
+
+_MIB = float(2**20)
+
+
+def _export(request: BackendRequest) -> ExportResult:
+    """The store's export of ``request`` (bucket, batch, precision), exported now if missing."""
+    from pid_trt.compile.export import ensure_export
+    from pid_trt.stores.keys import ExportKey
+
+    bucket = Bucket(height=request.height, width=request.width)
+    key = ExportKey.for_spec(request.spec, bucket, request.precision, request.batch)
+    return ensure_export(
+        request.spec, key, request.export_dir, load_model=request.load_model,
+        on_export=lambda _: log.warning(
+            "no ONNX export for %s batch %d %s in %s: exporting it now (minutes at full size)",
+            bucket.name, request.batch, request.precision.value, request.export_dir,
+        ),
+    )  # fmt: skip
 
 
 def choose_providers(device: str) -> list[str]:
@@ -81,6 +102,8 @@ class OrtBackend(Backend):
     name = "onnxruntime"
     precisions = (Precision.FP32, Precision.FP16, Precision.BF16, Precision.FP8)
     devices = ("cpu", "cuda")
+    graph = GraphKind.ONNX
+    makes_artifacts = True
 
     @classmethod
     def default_precision(cls, device: str) -> Precision:
@@ -101,6 +124,7 @@ class OrtBackend(Backend):
     def __init__(
         self, prepare_path: Path, step_path: Path, config: NetConfig, bucket: Bucket, batch: int,
         precision: Precision = Precision.FP32, providers: list[str] | None = None, hoist: bool = True,
+        size_bytes: int | None = None,
     ) -> None:  # fmt: skip
         ort = _ort()
         providers = providers or ["CPUExecutionProvider"]
@@ -116,6 +140,7 @@ class OrtBackend(Backend):
         self.step_session = ort.InferenceSession(str(step_path), opts, providers=providers)
         self.config, self.bucket, self.batch = config, bucket, batch
         self.precision, self.hoist, self.providers = precision, hoist, providers
+        self.size_bytes = size_bytes  # the export's files on disk
         for sess in (self.prepare_session, self.step_session):
             for arg in sess.get_inputs():
                 if arg.type != "tensor(float)":
@@ -124,25 +149,28 @@ class OrtBackend(Backend):
     @classmethod
     def from_request(cls, request: BackendRequest) -> OrtBackend:
         """Open (exporting first if needed) the graphs for ``request`` (a BackendRequest)."""
-        from pid_trt.compile.export import ensure_export
-        from pid_trt.stores.keys import ExportKey
-
-        precision = request.precision
         providers = choose_providers(request.device)
-        check_cpu_precision(precision, providers)  # before exporting a graph it could not run
-        spec = request.spec
-        bucket = Bucket(height=request.height, width=request.width)
-        key = ExportKey.for_spec(spec, bucket, precision, request.batch)
-        found = ensure_export(
-            spec, key, request.export_dir, load_model=request.load_model,
-            on_export=lambda _: log.warning(
-                "no ONNX export for %s batch %d %s in %s: exporting it now (minutes at full size)",
-                bucket.name, request.batch, precision.value, request.export_dir,
-            ),
-        )  # fmt: skip
+        check_cpu_precision(request.precision, providers)  # before exporting a graph it could not run
+        found = _export(request)
         return cls(
-            found.prepare, found.step, spec.config, bucket, request.batch, precision, providers, request.hoist
+            found.prepare, found.step, request.spec.config, Bucket(height=request.height, width=request.width),
+            request.batch, request.precision, providers, request.hoist, found.size_bytes,
+        )  # fmt: skip
+
+    @classmethod
+    def make_artifacts(cls, request: BackendRequest) -> Artifacts:
+        """The ONNX export of ``request`` (made now when the store has none: build_s its time)."""
+        start = time.perf_counter()
+        found = _export(request)
+        return Artifacts(
+            engine_mb=found.size_bytes / _MIB, build_s=time.perf_counter() - start if found.built else None
         )
+
+    def artifacts(self) -> Artifacts:
+        """The export's size and the sessions' intra-op threads."""
+        threads = self.step_session.get_session_options().intra_op_num_threads if self.step_session else 0
+        mb = self.size_bytes / _MIB if self.size_bytes is not None else None
+        return Artifacts(engine_mb=mb, threads=threads or None)
 
     def _prepare(self, caption: np.ndarray, latent: np.ndarray) -> dict[str, np.ndarray]:
         outs = self.prepare_session.run(None, {"caption": caption, "latent": latent})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from pid_trt.config import Precision
@@ -25,6 +26,15 @@ BACKENDS: dict[str, str] = {
     "onnxruntime": "pid_trt.backends.ort_backend:OrtBackend",
     "tensorrt": "pid_trt.backends.trt_backend:TrtBackend",
 }
+
+
+class GraphKind(str, Enum):
+    """What a backend runs (:attr:`Backend.graph`): the torch module, exported ONNX graphs, or
+    TensorRT engine plans."""
+
+    TORCH = "torch"
+    ONNX = "onnx"
+    PLAN = "plan"
 
 
 def backend_class(name: str, option: str = "--backend") -> type[Backend]:
@@ -55,6 +65,11 @@ def check_device(device: str, option: str = "--device") -> str:
     raise ConfigError(f"{option} {quote(device)}: expected cpu or cuda")
 
 
+def device_kind(device: str) -> str:
+    """``cuda`` for ``cuda`` / ``cuda:N``, else ``cpu`` (the kinds in :attr:`Backend.devices`)."""
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     """A backend as the user wrote it: ``NAME[:PRECISION][@DEVICE]`` (``tensorrt:fp8``,
@@ -81,15 +96,3 @@ class BackendSpec:
     @property
     def cls(self) -> type[Backend]:
         return backend_class(self.name)
-
-    @property
-    def label(self) -> str:
-        """``name:precision`` (precision as written or the backend's default on its device)."""
-        return f"{self.name}:{self.resolved_precision().value}"
-
-    def resolved_device(self, device: str | None = None) -> str:
-        """This spec's device, else ``device``, else the backend's default device."""
-        return self.device or (check_device(device) if device else None) or self.cls.default_device()
-
-    def resolved_precision(self, device: str | None = None) -> Precision:
-        return self.precision or self.cls.default_precision(self.resolved_device(device))

@@ -30,6 +30,7 @@ class TorchBackend(Backend):
     precisions = (Precision.FP32, Precision.BF16, Precision.FP16)
     devices = ("cpu", "cuda")
     shares_sizes = True
+    loads_weights_at_start = True
 
     @classmethod
     def default_precision(cls, device: str) -> Precision:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pid_trt.backends.base import Backend, Conditioning
+from pid_trt.backends.base import Artifacts, Backend, Conditioning, GraphKind
 from pid_trt.buckets import Bucket
 from pid_trt.config import NetConfig, Precision
 from pid_trt.errors import BackendUnavailableError, ConfigError, StoreError
@@ -276,6 +276,7 @@ class TrtBackend(Backend):
     precisions = (Precision.BF16, Precision.FP16, Precision.FP32, Precision.FP8)
     devices = ("cuda",)
     can_unhoist = False
+    graph = GraphKind.PLAN
 
     @classmethod
     def unavailable(cls, device: str, precision: Precision) -> str | None:
@@ -383,6 +384,12 @@ class TrtBackend(Backend):
             return v_out.to(device=x.device, dtype=torch.float32, copy=True)
 
         return denoise
+
+    def artifacts(self) -> Artifacts:
+        """The plans' size on disk, their builder time (manifests), the device memory held."""
+        mib = float(2**20)
+        pair = self.pair
+        return Artifacts(pair.size_bytes / mib, pair.builder_seconds, self.memory.total / mib)
 
     def _save_caches(self) -> None:
         self._cache_saved = True

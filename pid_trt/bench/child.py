@@ -1,8 +1,9 @@
 """One benchmark case in a fresh process, so peak RSS and allocator state are its own.
 
 The parent writes a job (JSON) to the child's stdin; the child prints one line
-``PIDTRT_BENCH_RESULT <json>`` on stdout. Job modes: ``prepare`` (make the ONNX export the
-onnxruntime backend needs) and ``measure`` (:func:`pid_trt.bench.runner.measure`).
+``PIDTRT_BENCH_RESULT <json>`` on stdout. Job modes: ``prepare`` (make the artifacts the
+backend needs before it loads: :meth:`pid_trt.backends.base.Backend.make_artifacts`) and
+``measure`` (:func:`pid_trt.bench.runner.measure`).
 Outcome classes: a missing optional package, GPU or engine is ``skipped``; anything else
 that raises is ``failed``; both carry a one-line reason.
 """
@@ -30,16 +31,14 @@ def _one_line(exc: BaseException) -> str:
 
 def _run(job: dict[str, Any]) -> dict[str, Any]:
     from pid_trt.bench.cases import BenchCase
-    from pid_trt.bench.runner import measure, prepare_artifacts
+    from pid_trt.bench.runner import make_artifacts, measure
     from pid_trt.options import NetOptions
 
     case = BenchCase.from_dict(job["case"])
     spec = NetOptions.from_dict(job["net"]).resolve()
-    engine_dir, export_dir = Path(job["engine_dir"]), Path(job["export_dir"])
     if job["mode"] == "prepare":
-        return {"status": "ok", "artifacts": dataclasses.asdict(prepare_artifacts(spec, case, export_dir))}
-    m = measure(case, spec, int(job["warmup"]), int(job["runs"]), engine_dir, export_dir,
-                int(job.get("seed", 0)), job.get("threads"))  # fmt: skip
+        return {"status": "ok", "artifacts": dataclasses.asdict(make_artifacts(spec, case))}
+    m = measure(case, spec, int(job["warmup"]), int(job["runs"]), int(job.get("seed", 0)), job.get("threads"))
     out = dataclasses.asdict(m)
     out["status"] = "ok"
     return out

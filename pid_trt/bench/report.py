@@ -48,7 +48,7 @@ def render_table(records: list[BenchRecord]) -> str:
                   _f(r.peak_memory_mb, "{:.0f}"), _f(r.achieved_tflops, "{:.3g}")]  # fmt: skip
         if gpu:
             cells += [_f(r.floor_ms), _f(r.mfu * 100 if r.mfu is not None else None, "{:.1f}%")]
-        if r.ok and b is not None:
+        if r.ok and b is not None and lat and b.latency_ms and r.peak_memory_mb and b.peak_memory_mb:
             cells += [f"{b.latency_ms.p50 / lat.p50:.2f}×", f"{r.peak_memory_mb / b.peak_memory_mb:.2f}×"]
         else:
             cells += ["–", "–"]
@@ -106,14 +106,17 @@ def plot(records: list[BenchRecord], path: Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise BackendUnavailableError("--plot needs matplotlib: pip install 'pid-trt[bench]'") from None
-    ok = [r for r in records if r.ok]
+    ok = [r for r in records if r.ok and r.latency_ms is not None]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     labels = list(dict.fromkeys(r.label for r in ok))
     for label in labels:
         rows = sorted((r for r in ok if r.label == label and r.batch == min(x.batch for x in ok)),
                       key=lambda r: r.height * r.width)  # fmt: skip
         ax1.plot(
-            [r.height * r.width / 1e6 for r in rows], [r.latency_ms.p50 for r in rows], "o-", label=label
+            [r.height * r.width / 1e6 for r in rows],
+            [r.latency_ms.p50 for r in rows if r.latency_ms],
+            "o-",
+            label=label,
         )
     mps = [r.height * r.width / 1e6 for r in ok]
     if mps and max(mps) > 4 * min(mps):

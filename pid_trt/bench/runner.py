@@ -13,11 +13,17 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pid_trt.backends.base import Artifacts
 from pid_trt.bench.cases import BenchCase
 from pid_trt.bench.records import Percentiles
+
+if TYPE_CHECKING:
+    from pid_trt.backends.base import Backend, Conditioning
+    from pid_trt.config import NetConfig
+    from pid_trt.netspec import NetSpec
+    from pid_trt.tiling import SizePlan
 
 _MIB = float(2**20)
 
@@ -39,16 +45,6 @@ def percentiles(samples: Sequence[float]) -> Percentiles:
 
 
 @dataclass(frozen=True)
-class Artifacts:
-    """What the backend's artifacts cost. engine_mb: plan / ONNX files (MiB); build_s: seconds
-    to make them in this run (None when they came from the store)."""
-
-    engine_mb: float | None = None
-    build_s: float | None = None
-    device_mb: float | None = None  # engine device memory the backend reports (MiB)
-
-
-@dataclass(frozen=True)
 class Measurement:
     """Raw timings of one case: decode_ms per timed decode, step_ms per denoiser call (ms);
     setup_s: backend construction (s); first_decode_s: the first warm-up decode (s);
@@ -65,7 +61,7 @@ class Measurement:
     tiles: dict[str, Any] | None = None  # a tiling case's plan: see tiled_figures
 
 
-def seeded_conditioning(config: Any, height: int, width: int, batch: int, seed: int):
+def seeded_conditioning(config: NetConfig, height: int, width: int, batch: int, seed: int) -> Conditioning:
     """The :class:`~pid_trt.backends.base.Conditioning` of a seeded random latent and caption for
     a ``height`` x ``width`` (pixels) decode of ``batch`` images (the bench's inputs)."""
     from pid_trt.backends.base import Conditioning
@@ -73,75 +69,21 @@ def seeded_conditioning(config: Any, height: int, width: int, batch: int, seed: 
 
     p = config.pixels_per_latent  # sizes between latent cells round the latent up (as decode does)
     lat = sample_latent(config, batch, -(-height // p) * p, -(-width // p) * p, seed=seed)
+    assert lat.caption is not None  # a sampled latent always has its caption
     return Conditioning(lat.latent, lat.caption, lat.degrade_sigma, height, width)
 
 
-def export_key(spec: Any, case: BenchCase) -> Any:
-    """The :class:`pid_trt.stores.keys.ExportKey` the onnxruntime backend looks up for ``case``."""
-    from pid_trt.buckets import Bucket
-    from pid_trt.stores.keys import ExportKey
+def make_artifacts(spec: NetSpec, case: BenchCase) -> Artifacts:
+    """Make what the case's backend needs before it can be timed (the ONNX export for
+    onnxruntime: :meth:`Backend.make_artifacts`) so the measuring process doesn't carry the
+    export's memory; engines are never built here."""
+    from pid_trt.backends.factory import BackendRequest
 
-    bucket = Bucket(height=case.height, width=case.width)
-    return ExportKey.for_spec(spec, bucket, case.target.precision, case.batch)
-
-
-def prepare_artifacts(spec: Any, case: BenchCase, export_dir: Path) -> Artifacts:
-    """Make what a backend needs before it can be timed (the ONNX export for onnxruntime) so the
-    measuring process doesn't carry the export's memory; engines are never built here."""
-    if case.target.backend != "onnxruntime":
-        return Artifacts()
-    from pid_trt.compile.export import ensure_export
-
-    start = time.perf_counter()
-    found = ensure_export(spec, export_key(spec, case), export_dir)
-    if not found.built:
-        return Artifacts(engine_mb=found.size_bytes / _MIB)
-    return Artifacts(engine_mb=found.size_bytes / _MIB, build_s=time.perf_counter() - start)
+    request = BackendRequest(spec, case.runtime, case.height, case.width, case.batch)
+    return case.runtime.backend.make_artifacts(request)
 
 
-def _artifacts(backend: Any, case: BenchCase, spec: Any, export_dir: Path) -> Artifacts:
-    kind = case.target.backend
-    if kind == "onnxruntime":
-        from pid_trt.stores.exports import find_export
-
-        found = find_export(export_key(spec, case), export_dir)
-        return Artifacts(engine_mb=found.size_bytes / _MIB if found else None)
-    if kind == "tensorrt":
-        import json
-
-        plans = (backend.pair.prepare, backend.pair.step)
-        size = sum(Path(p).stat().st_size for p in plans)
-        build = 0.0
-        for p in plans:
-            try:
-                manifest = json.loads(Path(str(p) + ".manifest.json").read_text())
-                build += float(manifest.get("build", {}).get("builder_seconds", 0.0))
-            except (OSError, ValueError):
-                pass
-        return Artifacts(engine_mb=size / _MIB, build_s=build or None, device_mb=backend.memory.total / _MIB)
-    return Artifacts()
-
-
-@contextmanager
-def make_backend(case: BenchCase, spec: Any, engine_dir: Path, export_dir: Path) -> Iterator[Any]:
-    """The case's backend, from a :class:`pid_trt.Decoder` (the object ``pidtrt decode`` runs
-    on), held for the duration of the ``with`` block and closed after it."""
-    from pid_trt.decoder import Decoder
-    from pid_trt.options import RuntimeOptions
-
-    t = case.target
-    runtime = RuntimeOptions(
-        backend=t.backend, precision=t.precision, device=t.device, engine_dir=engine_dir,
-        export_dir=export_dir, hoist=case.hoist,
-    ).resolved()  # fmt: skip
-    with (
-        Decoder(spec, runtime, max_backends=1) as dec,
-        dec.backend(case.height, case.width, case.batch) as backend,
-    ):
-        yield backend
-
-
-def tiled_figures(size_plan: Any, devices: Sequence[str]) -> dict[str, Any]:
+def tiled_figures(size_plan: SizePlan, devices: Sequence[str]) -> dict[str, Any]:
     """What a bench record says of a tiling case's plan: grid ("COLSxROWS", None: one shot),
     tile_size ("WxH"), tile_batch, tile_count (tile evaluations per step), devices, and the tiled
     decode's FLOP (cost model, hoisted)."""
@@ -157,22 +99,16 @@ def tiled_figures(size_plan: Any, devices: Sequence[str]) -> dict[str, Any]:
 
 @contextmanager
 def make_denoisers(
-    case: BenchCase, spec: Any, engine_dir: Path, export_dir: Path, cond: Any
-) -> Iterator[tuple[Any, Callable[[], AbstractContextManager[Any]], dict[str, Any] | None]]:
+    case: BenchCase, spec: NetSpec, cond: Conditioning
+) -> Iterator[tuple[Backend | None, Callable[[], AbstractContextManager[Any]], dict[str, Any] | None]]:
     """(the one-shot backend or None, a function that opens one decode's denoiser of ``cond``,
     the tiling case's :func:`tiled_figures` or None), from a :class:`pid_trt.Decoder`. Every
     backend is created on entry (setup), and each decode binds anew, tiled or not."""
     from pid_trt.decoder import Decoder
-    from pid_trt.options import RuntimeOptions
     from pid_trt.tiling import TileOptions
 
-    t = case.target
-    runtime = RuntimeOptions(
-        backend=t.backend, precision=t.precision, device=t.device, engine_dir=engine_dir,
-        export_dir=export_dir, hoist=case.hoist,
-    ).resolved()  # fmt: skip
     kw = dict(case.tiling)
-    with Decoder(spec, runtime, max_backends=8) as dec:
+    with Decoder(spec, case.runtime, max_backends=8) as dec:
         size_plan = dec.plan(case.height, case.width, case.batch, case.steps, **kw) if kw else None
         if size_plan is not None and size_plan.tiled:
             devices = TileOptions.create(**kw).devices
@@ -225,11 +161,9 @@ def _timed(den: Callable[[Any, float], Any], calls: list, stamp: Callable[[], An
 
 def measure(
     case: BenchCase,
-    spec: Any,
+    spec: NetSpec,
     warmup: int,
     runs: int,
-    engine_dir: Path,
-    export_dir: Path,
     seed: int = 0,
     threads: int | None = None,
 ) -> Measurement:
@@ -240,15 +174,15 @@ def measure(
 
     if threads:
         torch.set_num_threads(threads)
-    dev = case.target.device
+    dev = case.runtime.device
     cuda = dev.startswith("cuda")
     load_before = os.getloadavg()[0]
     notes: list[str] = []
     cond = seeded_conditioning(spec.config, case.height, case.width, case.batch, seed)
     start = time.perf_counter()
-    with make_denoisers(case, spec, engine_dir, export_dir, cond) as (backend, open_denoiser, tiles):
+    with make_denoisers(case, spec, cond) as (backend, open_denoiser, tiles):
         setup_s = time.perf_counter() - start
-        arts = _artifacts(backend, case, spec, export_dir) if backend is not None else Artifacts()
+        arts = backend.artifacts() if backend is not None else Artifacts()
         noise = draw_noise((case.batch, 3, case.height, case.width), case.steps, seed, dev)
         stamp, elapsed, sync = _clock(cuda)
         first_decode_s = None
@@ -270,12 +204,9 @@ def measure(
         notes.append(
             f"load average (1 min) {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
         )
-        if case.target.backend == "torch-compile" and warmup == 0:
-            notes.append("no warm-up: the first timed decode includes torch.compile")
-        ort_threads = None
-        if case.target.backend == "onnxruntime" and backend is not None:
-            ort_threads = backend.step_session.get_session_options().intra_op_num_threads or None
-        used_threads = ort_threads or torch.get_num_threads()
+        if case.runtime.backend.compiles_on_first_decode and warmup == 0:
+            notes.append("no warm-up: the first timed decode includes the compilation")
+        used_threads = arts.threads or torch.get_num_threads()
         peak = peak_memory_mb(dev, arts.device_mb)
     return Measurement(
         tuple(decode_ms),

@@ -1,6 +1,6 @@
 """Run a list of cases (each in its own process) and turn the timings into records.
 
-Availability is checked here first (cheaply: package present, CUDA visible); a case that
+Availability is checked here first (the backend's cheap checks: package present, CUDA visible); a case that
 cannot run becomes a ``skipped`` record with the reason, never an error. Cost-model figures
 come from :mod:`pid_trt.costmodel`: achieved TFLOP/s everywhere, roofline floor and MFU on
 a GPU the cost model knows.
@@ -8,11 +8,9 @@ a GPU the cost model knows.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pid_trt.bench.cases import BenchCase
 from pid_trt.bench.child import run_job
@@ -21,6 +19,11 @@ from pid_trt.bench.records import BenchRecord, Environment, Status
 from pid_trt.bench.runner import percentiles
 from pid_trt.errors import ConfigError
 from pid_trt.options import NetOptions
+
+if TYPE_CHECKING:
+    from pid_trt.config import NetConfig
+    from pid_trt.costmodel import GpuSpec
+    from pid_trt.options import RuntimeOptions
 
 #: Device-name fragments -> :data:`pid_trt.costmodel.GPUS` keys (H100 PCIe is not the SXM part).
 _GPU_ALIASES: tuple[tuple[str, str], ...] = (
@@ -35,49 +38,34 @@ class BenchSettings:
     net: NetOptions
     warmup: int = 1
     runs: int = 5
-    engine_dir: Path = Path("engines")
-    export_dir: Path = Path("export")
     threads: int | None = None
     seed: int = 0
     timeout_s: float | None = None
 
 
 def plan_cases(
-    backends: list[str], precision: str | None, device: str, sizes: list[tuple[int, int]], batches: list[int],
+    backends: list[str], template: RuntimeOptions, sizes: list[tuple[int, int]], batches: list[int],
     hoists: tuple[bool, ...], steps: int = 4, tiling: dict[str, Any] | None = None,
 ) -> list[BenchCase]:  # fmt: skip
-    """The cases of one ``pidtrt bench`` run: each backend (``NAME[:PRECISION][@DEVICE]``) x
-    size x batch x hoist variant (and, with ``tiling``, one shot and tiled); ``device`` "auto" is
-    cuda when torch sees a GPU, else cpu."""
-    from pid_trt.bench.cases import expand_cases, parse_target
+    """The cases of one ``pidtrt bench`` run: each backend (``NAME[:PRECISION][@DEVICE]``, the rest
+    from ``template``: :func:`pid_trt.bench.cases.bench_runtimes`) x size x batch x hoist variant
+    (and, with ``tiling``, one shot and tiled); a ``template.device`` of "auto" is cuda when torch
+    sees a GPU, else cpu."""
+    from pid_trt.bench.cases import bench_runtimes, expand_cases
 
-    if device == "auto":
+    if template.device == "auto":
         import torch
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    targets = list(dict.fromkeys(parse_target(b, precision, device) for b in backends))
-    return expand_cases(targets, sizes, batches, hoists, steps, tiling)
+        template = replace(template, device="cuda" if torch.cuda.is_available() else "cpu")
+    return expand_cases(bench_runtimes(backends, template), sizes, batches, hoists, steps, tiling)
 
 
 def unavailable_reason(case: BenchCase) -> str | None:
-    """Why ``case`` cannot run on this machine (cheap checks only), or None."""
-    t = case.target
-    if t.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            return (f"no CUDA GPU: torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'}) "
-                    "sees none")  # fmt: skip
-    if t.backend == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
-        return "onnxruntime is not installed: pip install 'pid-trt[cpu]' (or [gpu])"
-    if t.backend == "tensorrt" and not any(
-        importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx")
-    ):
-        return "neither tensorrt nor tensorrt_rtx is installed: pip install 'pid-trt[tensorrt]'"
-    return None
+    """Why ``case`` cannot run on this machine (the backend's cheap checks), or None."""
+    return case.runtime.unavailable()
 
 
-def gpu_spec_for(device_name: str) -> Any:
+def gpu_spec_for(device_name: str) -> GpuSpec | None:
     """The cost model's :class:`~pid_trt.costmodel.GpuSpec` for a CUDA device name, or None."""
     from pid_trt.costmodel import GPUS
 
@@ -90,9 +78,9 @@ def gpu_spec_for(device_name: str) -> Any:
 
 
 def _base_record(case: BenchCase, env: Environment, status: Status, reason: str | None) -> BenchRecord:
-    t = case.target
+    r = case.runtime
     return BenchRecord(
-        backend=t.backend, precision=t.precision.value, height=case.height, width=case.width,
+        backend=r.name, precision=r.precision.value, height=case.height, width=case.width,
         batch=case.batch, steps=case.steps, hoisted=case.hoist, device=env.device,
         device_kind=env.device_kind, status=status, reason=reason, env=env,
         tiling=_tiling_flags(case),
@@ -108,24 +96,23 @@ def _tiling_flags(case: BenchCase) -> str | None:
     return TileOptions.create(**dict(case.tiling)).describe()
 
 
-def _cost_fields(case: BenchCase, config: Any, p50_ms: float, env: Environment) -> dict[str, Any]:
+def _cost_fields(case: BenchCase, config: NetConfig, p50_ms: float, env: Environment) -> dict[str, Any]:
     from pid_trt.costmodel import estimate, floor_time, mfu
 
-    est = estimate(config, case.height, case.width, case.batch, case.steps, case.target.precision)
+    est = estimate(config, case.height, case.width, case.batch, case.steps, case.runtime.precision)
     flop = est.flops_per_decode if case.hoist else est.flops_per_decode_unhoisted
     out: dict[str, Any] = {"flop_per_decode": flop, "achieved_tflops": flop / (p50_ms / 1e3) / 1e12}
     gpu = gpu_spec_for(env.device) if env.device_kind == "cuda" else None
     if gpu is not None:
-        kw = {"per": "decode", "hoisted": case.hoist}
-        out["floor_ms"] = floor_time(est, gpu, **kw) * 1e3
+        out["floor_ms"] = floor_time(est, gpu, per="decode", hoisted=case.hoist) * 1e3
         try:
-            out["mfu"] = mfu(p50_ms / 1e3, est, gpu, **kw)
+            out["mfu"] = mfu(p50_ms / 1e3, est, gpu, per="decode", hoisted=case.hoist)
         except ConfigError:  # fp32 has no tensor-core peak in the cost model
             out["mfu"] = None
     return out
 
 
-def to_record(case: BenchCase, result: dict[str, Any], env: Environment, config: Any,
+def to_record(case: BenchCase, result: dict[str, Any], env: Environment, config: NetConfig,
               warmup: int, runs: int, build_s: float | None) -> BenchRecord:  # fmt: skip
     """A record from a child's result dict (see :mod:`pid_trt.bench.child`)."""
     status = Status(result["status"])
@@ -136,9 +123,9 @@ def to_record(case: BenchCase, result: dict[str, Any], env: Environment, config:
     arts = result["artifacts"]
     notes = list(result.get("notes") or ())
     first = result.get("first_decode_s")
-    if case.target.backend == "torch-compile" and first is not None:
+    if case.runtime.backend.compiles_on_first_decode and first is not None:
         build_s = build_s or first
-        notes.append("build_s: first decode, torch.compile included")
+        notes.append("build_s: first decode, the compilation included")
     rec = replace(
         _base_record(case, env, status, None),
         warmup=warmup, runs=runs, threads=result.get("threads"), latency_ms=lat,
@@ -183,7 +170,7 @@ def run_bench(
     for i, case in enumerate(cases):
         if on_case is not None:
             on_case(case, i, len(cases))
-        dev = case.target.device
+        dev = case.runtime.device
         reason = unavailable_reason(case)
         if dev not in envs:
             envs[dev] = collect_environment(dev if reason is None or not dev.startswith("cuda") else "cpu")
@@ -195,12 +182,11 @@ def run_bench(
             records.append(_base_record(case, env, Status.SKIPPED, reason))
             continue
         job = {
-            "case": case.to_dict(), "net": settings.net.to_dict(), "engine_dir": str(settings.engine_dir),
-            "export_dir": str(settings.export_dir), "warmup": settings.warmup, "runs": settings.runs,
-            "seed": settings.seed, "threads": settings.threads,
+            "case": case.to_dict(), "net": settings.net.to_dict(), "warmup": settings.warmup,
+            "runs": settings.runs, "seed": settings.seed, "threads": settings.threads,
         }  # fmt: skip
-        art_key = (case.target, case.height, case.width, case.batch)
-        if case.target.backend == "onnxruntime" and art_key not in prepared:
+        art_key = (replace(case.runtime, hoist=True), case.height, case.width, case.batch)
+        if case.runtime.backend.makes_artifacts and art_key not in prepared:
             prep = run_job({**job, "mode": "prepare"}, settings.timeout_s)
             if prep["status"] != Status.OK.value:
                 records.append(_base_record(case, env, Status(prep["status"]), prep.get("reason")))

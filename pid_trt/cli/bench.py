@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -10,13 +11,12 @@ import typer
 from pid_trt.buckets import parse_size
 from pid_trt.cli.bench_pipeline import with_pipeline
 from pid_trt.cli.bench_server import Concurrency, Requests, Server, bench_server
-from pid_trt.cli.errors import cli_errors
+from pid_trt.cli.errors import cli_errors, warn
 from pid_trt.cli.options import (
+    RUNTIME_PARAMS,
     TILING_PARAMS,
-    EngineDir,
-    ExportDir,
-    PrecisionName,
     given_flags,
+    option_bundle,
     with_net,
     with_tiling,
 )
@@ -24,7 +24,7 @@ from pid_trt.cli.outputs import with_output
 from pid_trt.cli.panels import IO_PANEL, RUNTIME_PANEL, SIZE_PANEL
 from pid_trt.errors import ConfigError
 from pid_trt.io.encoders import OutputOptions
-from pid_trt.options import NetOptions
+from pid_trt.options import NetOptions, RuntimeOptions
 
 
 def _sizes(size: list[str], res: list[int]) -> list[tuple[int, int]]:
@@ -118,8 +118,27 @@ Timeout = Annotated[
 ]
 
 
+def _runtime_template(
+    precision: str | None, engine_dir: Path, export_dir: Path, cuda_graph: bool
+) -> RuntimeOptions:
+    """The runtime options every ``--backend`` of a bench run shares (device and hoisting: bench's own)."""
+    return RuntimeOptions(
+        precision=precision, engine_dir=engine_dir, export_dir=export_dir, cuda_graph=cuda_graph
+    )
+
+
+#: The shared runtime options but ``--backend`` (repeatable here), ``--device`` (``auto`` here) and
+#: ``--no-hoist`` (``--hoist/--no-hoist``, ``--compare-hoist`` here).
+with_bench_runtime = option_bundle(
+    "runtime",
+    tuple(p for p in RUNTIME_PARAMS if p.name not in ("backend", "device", "no_hoist")),
+    _runtime_template,
+)
+
+
 @cli_errors
 @with_net
+@with_bench_runtime
 @with_tiling
 @with_output
 @with_pipeline
@@ -128,7 +147,6 @@ def bench(
     res: Res = (),
     batch: Batch = (1,),
     backend: Backend = ("torch",),
-    dtype: PrecisionName = None,
     device: Device = "auto",
     steps: Steps = 4,
     warmup: Warmup = 1,
@@ -141,8 +159,6 @@ def bench(
     plot_path: PlotPath = None,
     title: Title = None,
     estimate: Estimate = False,
-    engine_dir: EngineDir = Path("engines"),
-    export_dir: ExportDir = Path("export"),
     timeout: Timeout = None,
     server: Server = None,
     concurrency: Concurrency = (1,),
@@ -152,6 +168,7 @@ def bench(
     encoding: OutputOptions = None,  # type: ignore[assignment] - --png-level, --quality ... (with_output)
     *,
     net: NetOptions,
+    runtime: RuntimeOptions,
 ) -> None:
     """Benchmark backends (each case in a fresh process), or print the cost model (--estimate), or
     load-test a server (--server). With tiling options (--tiles 2x2, --tile-size ...), each case is
@@ -179,13 +196,16 @@ def bench(
 
     net = net.absolute()
     hoists = (True, False) if compare_hoist else (hoist,)
-    cases = plan_cases(backend, dtype, device, sizes, batch, hoists, steps, tiling if tiled else None)
-    settings = BenchSettings(net, warmup, runs, engine_dir, export_dir, threads, net.weights_seed, timeout)
+    template = dataclasses.replace(runtime, device=device)
+    cases = plan_cases(backend, template, sizes, batch, hoists, steps, tiling if tiled else None)
+    for moved in dict.fromkeys(c.runtime.moved for c in cases if c.runtime.moved):
+        warn(moved)
+    settings = BenchSettings(net, warmup, runs, threads, net.weights_seed, timeout)
 
     def progress(case, i, n):
-        t = case.target
+        r = case.runtime
         how = " " + " ".join(f"{k}={v}" for k, v in case.tiling) if case.tiling else ""
-        typer.echo(f"[{i + 1}/{n}] {t.backend} {t.precision.value}@{t.device} {case.width}x{case.height} "
+        typer.echo(f"[{i + 1}/{n}] {r.name} {r.precision.value}@{r.device} {case.width}x{case.height} "
                    f"batch {case.batch}{'' if case.hoist else ' no-hoist'}{how}", err=True)  # fmt: skip
 
     records = run_bench(cases, settings, progress)

@@ -64,19 +64,22 @@ def verify(
     from pid_trt.errors import BackendUnavailableError
     from pid_trt.verify.inputs import verify_inputs
     from pid_trt.verify.metrics import polygraphy_compare
-    from pid_trt.verify.pairs import PairRequest, Side, pair_cannot_run
+    from pid_trt.verify.pairs import PairRequest, pair_cannot_run, resolve_side
     from pid_trt.verify.report import text_table
     from pid_trt.verify.session import verify_pair
 
     polygraphy_compare()  # a missing Polygraphy is an environment error before any work
-    cand, ref = Side.parse(backend, "--backend", device), Side.parse(against, "--against", device)
+    cand = resolve_side(backend, device, "--backend", engine_dir, export_dir)
+    ref = resolve_side(against, device, "--against", engine_dir, against_export_dir or export_dir)
     pair = f"{cand.label} against {ref.label}"
-    reason = pair_cannot_run(cand, ref, device, layers)
+    for moved in dict.fromkeys(r.moved for r in (cand, ref) if r.moved):
+        warn(moved)
+    reason = pair_cannot_run(cand, ref, layers)
     if reason:
         _cannot_run(pair, reason)
     spec = net.resolve()
     inputs = verify_inputs(spec, latents, res, size, seeds, batch)
-    request = PairRequest(spec, ref, cand, device, steps, engine_dir, export_dir, against_export_dir)
+    request = PairRequest(spec, ref, cand, device, steps)
     try:
         run = verify_pair(
             request, inputs, layers=layers, on_input=lambda n: typer.echo(f"verify: {n}", err=True)

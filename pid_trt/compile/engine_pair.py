@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pid_trt.buckets import Bucket, ShapeRange
 from pid_trt.compile.build import BuildOptions, BuildProgress, BuildReport, build_engine
@@ -30,6 +30,9 @@ from pid_trt.stores.exports import GRAPHS, graph_sha256
 from pid_trt.stores.keys import EngineKey, ExportKey, weights_sha256
 from pid_trt.stores.store import EngineStore
 from pid_trt.trt_flavour import Flavour, detect_flavour, flavour_version, normalise_targets
+
+if TYPE_CHECKING:
+    from pid_trt.netspec import NetSpec
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class PairBuild:
 
 
 def build_pair(
-    spec: Any,
+    spec: NetSpec,
     bucket: Bucket,
     precision: Precision,
     batch: int,
@@ -136,7 +139,7 @@ def _pair_size(
 
 
 def _graph_plan(
-    spec: Any,
+    spec: NetSpec,
     export: Any,
     graph: str,
     onnx: Path,
@@ -165,7 +168,7 @@ def _graph_plan(
 
 
 def _graph_identity(
-    spec: Any, export: Any, graph: str, precision: Precision, weightless: bool
+    spec: NetSpec, export: Any, graph: str, precision: Precision, weightless: bool
 ) -> tuple[str, str, dict[str, Any]]:
     """(checkpoint sha256, ONNX sha256, manifest extra) of one graph's engine: the weights' and
     the graph files' hashes, or for a weightless plan the architecture key and the graph's

@@ -38,7 +38,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -58,6 +58,9 @@ from pid_trt.stores.exports import (
     find_export,
 )
 from pid_trt.stores.keys import DEFAULT_OPSET, ExportKey
+
+if TYPE_CHECKING:
+    from pid_trt.netspec import NetSpec
 
 #: Stage lines ("export: step graph", "fp8: calibrating ...") at INFO; the CLI shows them.
 log = logging.getLogger("pid_trt.compile.export")
@@ -250,7 +253,7 @@ def export_onnx(
 
 
 def ensure_export(
-    spec: Any,
+    spec: NetSpec,
     key: ExportKey,
     export_dir: str | Path = DEFAULT_EXPORT_DIR,
     *,

@@ -10,12 +10,15 @@ the user should see (one line each), which the caller prints.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pid_trt.buckets import Bucket, ShapeRange, check_bucket, parse_batch, parse_bucket, parse_range
 from pid_trt.compile.build import BuildOptions
 from pid_trt.config import Precision
 from pid_trt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pid_trt.netspec import NetSpec
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class BuildPlan:
 
 
 def _size(
-    spec: Any,
+    spec: NetSpec,
     verb: str,
     res: int | None,
     size: str | None,
@@ -73,7 +76,7 @@ def _size(
 
 
 def plan_build(
-    spec: Any,
+    spec: NetSpec,
     *,
     precision: str,
     res: int | None = None,
@@ -152,7 +155,7 @@ def plan_build(
 
 
 def plan_export(
-    spec: Any,
+    spec: NetSpec,
     *,
     precision: str,
     res: int | None = None,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pid_trt.backends.registry import GraphKind
 from pid_trt.config import NetConfig, Precision, Preset
 from pid_trt.errors import ConfigError
 
@@ -21,8 +22,8 @@ CHECKPOINT_PLACEHOLDER = "model_ema_bf16.pth"
 @dataclass(frozen=True)
 class Job:
     """What would run. ``backend`` / ``precision`` / ``device``: resolved (``cuda`` means
-    ``cuda:0``); ``backend_precisions`` / ``backend_devices`` / ``shares_sizes``: the backend
-    class's own facts (:mod:`pid_trt.backends.registry`). Without a net (``config`` None) only
+    ``cuda:0``); ``backend_precisions`` / ``backend_devices`` / ``shares_sizes`` / ``graph``: the
+    backend class's own facts (:mod:`pid_trt.backends.registry`). Without a net (``config`` None) only
     the backend is judged. ``weights_sha256``: the engine key's ``checkpoint_sha256`` of the
     weights (None: no checkpoint named for a released net, so engines match on everything
     else); ``height`` / ``width``: output pixels."""
@@ -33,6 +34,7 @@ class Job:
     backend_precisions: tuple[Precision, ...]
     backend_devices: tuple[str, ...]
     shares_sizes: bool
+    graph: GraphKind = GraphKind.TORCH
     net: str | None = None
     config: NetConfig | None = None
     preset: Preset | None = None
@@ -99,24 +101,15 @@ def resolve_job(
     Size: ``--size WxH`` or ``--res N``, else the checkpoint type's tuning size (2k: 2048x2048,
     2kto4k: 3840x2160; stand-ins 128x128). Weights: ``checkpoint`` (hashed), else seeded
     random weights for stand-ins and ``--net-config`` nets, else none named."""
-    from pid_trt.backends.registry import BackendSpec, check_device
+    from pid_trt.options import RuntimeOptions
 
-    spec = BackendSpec.parse(backend)
-    cls = spec.cls
-    dev = spec.resolved_device(check_device(device) if device is not None else None)
-    if dev == "cuda":
-        dev = "cuda:0"
-    kind = "cuda" if dev.startswith("cuda") else "cpu"
-    if kind not in cls.devices:
-        raise ConfigError(f"--device {dev}: the {cls.name} backend runs on {' or '.join(cls.devices)}")
-    precision = spec.resolved_precision(dev)
-    if precision not in cls.precisions:
-        allowed = ", ".join(p.value for p in cls.precisions)
-        raise ConfigError(f"--backend {backend}: the {cls.name} backend runs {allowed}")
+    runtime = RuntimeOptions(backend, device=device).resolve()  # the one resolution, as decode's
+    cls, precision = runtime.backend, runtime.precision
+    dev = "cuda:0" if runtime.device == "cuda" else runtime.device
     if isinstance(batch, bool) or batch < 1 or steps < 1:
         raise ConfigError(f"--batch {batch} / --steps {steps}: expected integers >= 1")
     base = Job(
-        cls.name, precision, dev, tuple(cls.precisions), tuple(cls.devices), bool(cls.shares_sizes),
+        cls.name, precision, dev, tuple(cls.precisions), tuple(cls.devices), bool(cls.shares_sizes), cls.graph,
         batch=batch, steps=steps, engine_dir=os.fspath(engine_dir),
     )  # fmt: skip
     if backbone is None and net_config is None and checkpoint is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from pid_trt.backends.registry import GraphKind
 from pid_trt.config import Precision
 from pid_trt.doctor.facts import EngineFacts, GpuFacts, MachineFacts
 from pid_trt.doctor.job import Job
@@ -31,7 +32,7 @@ def job_verdicts(facts: MachineFacts, job: Job) -> tuple[Verdict, ...]:
     """Every line of the job, in screen order."""
     gpu = facts.gpu(job.device_index) if job.device_index is not None else None
     out = [_backend(facts, job, gpu)]
-    if job.backend == "tensorrt":
+    if job.graph is GraphKind.PLAN:
         out += _builder(facts, job, gpu)
     if job.config is None:
         return tuple(out)
@@ -39,7 +40,7 @@ def job_verdicts(facts: MachineFacts, job: Job) -> tuple[Verdict, ...]:
     plan, free = _plan(facts, job, gpu)
     out.append(_size(job, plan))
     out.append(_memory(job, plan, free))
-    if job.backend == "tensorrt":
+    if job.graph is GraphKind.PLAN:
         out.append(_engines(facts, job, plan, gpu))
     return tuple(out)
 
@@ -59,14 +60,14 @@ def _backend(f: MachineFacts, job: Job, gpu: GpuFacts | None) -> Verdict:
             )
         if gpu is None:
             return fail(f"this machine has {len(f.gpus)} CUDA device(s)", f"--device cuda:{f.gpus[0].index}")
-    if job.backend == "onnxruntime":
+    if job.graph is GraphKind.ONNX:
         if f.ort_version is None:
             return fail("ONNX Runtime is not installed", "pip install 'pid-trt[cpu]'")
         if job.device.startswith("cuda") and not any(p in f.ort_providers for p in _ORT_GPU):
             return fail("onnxruntime has no GPU provider", "pip install 'pid-trt[gpu]'")
         if job.device == "cpu" and job.precision in (Precision.BF16, Precision.FP8):
             return fail("ONNX Runtime's CPU provider has no bfloat16 kernels", "--backend onnxruntime:fp32")
-    if job.backend == "tensorrt":
+    if job.graph is GraphKind.PLAN:
         if f.tensorrt.version is None and f.tensorrt_rtx.version is None:
             return fail("neither tensorrt nor tensorrt-rtx is installed", PIP_RTX)
         if job.precision is Precision.FP8 and not fp8_ok(gpu):

@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -57,6 +57,9 @@ from pid_trt.integrations.vae import (
     vae_to_pid,
 )
 from pid_trt.tiling.options import TileOptions
+
+if TYPE_CHECKING:
+    from pid_trt.decoder import Decoder
 
 __all__ = [
     "Capture",
@@ -284,7 +287,7 @@ def pipeline_class_name(directory: str | os.PathLike[str]) -> str:
     return name
 
 
-def pid_caption(decoder: Any, prompt: Any, batch: int, seed: int = 0) -> Any:
+def pid_caption(decoder: Decoder, prompt: Any, batch: int, seed: int = 0) -> Any:
     """PiD's caption for an LDM run of ``prompt`` (:class:`pid_trt.caption_choice.Caption`):
     the prompt's embedding when the decoder has a caption encoder; else the rule of every
     front end without a caption: the null caption for a net that needs one (``null_caption=``,
@@ -294,7 +297,7 @@ def pid_caption(decoder: Any, prompt: Any, batch: int, seed: int = 0) -> Any:
     return decoder.choose_caption(batch, seed=seed)
 
 
-def prompt_caption(decoder: Any, prompt: Any, batch: int) -> torch.Tensor | None:
+def prompt_caption(decoder: Decoder, prompt: Any, batch: int) -> torch.Tensor | None:
     """:func:`pid_caption`'s embedding [batch, T, D], or None for a random-weight stand-in net
     without a caption encoder (the Decoder then draws a seeded random caption, as ``pidtrt decode``)."""
     chosen = pid_caption(decoder, prompt, batch)
@@ -363,7 +366,7 @@ def run_ldm(
 
 def generate(
     pipe: Any,
-    decoder: Any,
+    decoder: Decoder,
     prompt: str | None,
     height: int,
     width: int,

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pid_trt.atomic import remove_stale_temps
 from pid_trt.errors import InputFileError
@@ -36,6 +36,10 @@ from pid_trt.integrations.ldm import LdmSpec, check_decoder_fits, ldm_size, ldm_
 from pid_trt.integrations.records import read_record, relative, write_json
 from pid_trt.io.encoders import OutputOptions
 from pid_trt.tiling.options import TileOptions
+
+if TYPE_CHECKING:
+    from pid_trt.config import NetConfig
+    from pid_trt.decoder import Decoder
 
 #: The prompt's record in its folder, and the run manifest in the output folder.
 RECORD_NAME = "generation.json"
@@ -77,7 +81,7 @@ class GenerateSettings:
     def make(
         cls,
         backbone: str | LdmSpec,
-        config: Any,
+        config: NetConfig,
         height: int,
         width: int,
         steps: int | None = None,
@@ -159,7 +163,7 @@ def prompt_outputs(folder: Path, index: int, prompt: str, settings: GenerateSett
 
 def generate_prompt(
     pipe: Any,
-    decoder: Any,
+    decoder: Decoder,
     outputs: PromptOutputs,
     settings: GenerateSettings,
     vae: Any = None,
@@ -216,7 +220,7 @@ def generate_prompt(
 
 def _run_ldm(
     pipe: Any,
-    decoder: Any,
+    decoder: Decoder,
     outputs: PromptOutputs,
     settings: GenerateSettings,
     pipe_kwargs: Mapping[str, Any] | None,
@@ -236,7 +240,7 @@ def _run_ldm(
 
 
 def generate_provenance(
-    decoder: Any, prompt: str, seed: int, height: int, width: int, sigmas: list[float],
+    decoder: Decoder, prompt: str, seed: int, height: int, width: int, sigmas: list[float],
     tiling: TileOptions | None, pid_steps: int, ldm: Mapping[str, Any],
 ) -> Any:  # fmt: skip
     """The :class:`~pid_trt.io.provenance.Provenance` of one ``pidtrt generate`` image: PiD's
@@ -252,7 +256,7 @@ def generate_provenance(
 
 
 def _decode_capture(
-    decoder: Any,
+    decoder: Decoder,
     cap: Any,
     target: CaptureFiles,
     caption: Any,

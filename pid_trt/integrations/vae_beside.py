@@ -29,13 +29,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pid_trt.config import Backbone
 from pid_trt.errors import ConfigError
 from pid_trt.integrations.colour import SPACE
 from pid_trt.integrations.ldm import LdmSpec, ldm_spec
 from pid_trt.integrations.records import read_record, relative, write_json
+
+if TYPE_CHECKING:
+    from pid_trt.decoder import Decoder
+    from pid_trt.options import NetOptions, RuntimeOptions
 
 #: ``format`` of each file's record and of the run manifest.
 RECORD_FORMAT = "pidtrt-decode-compare-vae"
@@ -200,7 +204,10 @@ class VaeBeside:
 
 
 def vae_beside(
-    compare_vae: bool, vae: str | os.PathLike[str] | None, net: Any = None, runtime: Any = None
+    compare_vae: bool,
+    vae: str | os.PathLike[str] | None,
+    net: NetOptions | None = None,
+    runtime: RuntimeOptions | None = None,
 ) -> VaeBeside | None:
     """The ``--compare-vae`` / ``--vae DIR`` of ``pidtrt decode``: None without them, else the
     loaded :class:`VaeBeside`; ConfigError for one without the other or a net of no VAE.
@@ -216,8 +223,8 @@ def vae_beside(
             "--compare-vae needs the LDM's own VAE: pass --vae DIR (a diffusers VAE folder, or a pipeline "
             "folder with vae/)"
         )
-    backbone = getattr(net, "backbone", None) if getattr(net, "net_config", None) is None else None
-    device = str(runtime.resolved().device) if runtime is not None else "cpu"
+    backbone = net.backbone if net is not None and net.net_config is None else None
+    device = runtime.resolve().device if runtime is not None else "cpu"
     return VaeBeside(vae, str(backbone).lower() if backbone else None, device)
 
 
@@ -237,7 +244,7 @@ def _no_vae(backbone: str, what: str) -> str:
 
 
 def write_run_manifest(
-    beside: VaeBeside, jobs: Sequence[Any], results: Sequence[Any], decoder: Any, run_seconds: float = 0.0
+    beside: VaeBeside, jobs: Sequence[Any], results: Sequence[Any], decoder: Decoder, run_seconds: float = 0.0
 ) -> tuple[Path, dict[str, Any]]:
     """The run manifest of a many-file run (:func:`write_decode_manifest` at
     :func:`manifest_path`) from its jobs, its results (:class:`pid_trt.jobs.JobResult`, every
@@ -250,7 +257,7 @@ def write_run_manifest(
     info = {
         "pid": {"net": decoder.spec.name, "random_weights": decoder.spec.random_weights},
         "backend": decoder.backend_name,
-        "precision": str(getattr(decoder.precision, "value", decoder.precision)),
+        "precision": decoder.precision,
         "device": str(decoder.device),
         "vae_dir": os.path.abspath(beside.directory),
     }

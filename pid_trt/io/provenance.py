@@ -22,10 +22,14 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pid_trt.errors import InputFileError
 from pid_trt.quoting import printable
+
+if TYPE_CHECKING:
+    from pid_trt.netspec import NetSpec
+    from pid_trt.tiling import SizePlan
 
 #: The PNG text keyword (and JPEG comment prefix, WebP XMP attribute) of the provenance.
 KEY = "pid-trt"
@@ -217,7 +221,7 @@ def embed_png(data: bytes, text: Mapping[str, str] | None) -> bytes:
     return data[:end] + chunks + data[end:]
 
 
-def weights_licence(spec: Any) -> str | None:
+def weights_licence(spec: NetSpec) -> str | None:
     """The licence notice of a net's weights (a :class:`pid_trt.netspec.NetSpec`): the released
     weights' (:data:`WEIGHTS_LICENCE`) for a released preset with a checkpoint; None for random
     weights and custom nets (their weights are not NVIDIA's release, or not known to be)."""
@@ -235,7 +239,7 @@ def package_version() -> str:
 
 
 def for_decode(
-    spec: Any, backend: str, precision: str, device: str, *, seed: int, steps: int, height: int, width: int,
+    spec: NetSpec, backend: str, precision: str, device: str, *, seed: int, steps: int, height: int, width: int,
     degrade_sigma: Sequence[float], tiles: str = "none", caption: str = "latent", prompt: Sequence[str] = (),
     caption_file: str | os.PathLike[str] | None = None, extra: Mapping[str, Any] | None = None,
 ) -> Provenance:  # fmt: skip
@@ -273,7 +277,7 @@ def caption_kind(source: str, from_file: bool) -> str:
     return "stand-in" if source == "random stand-in" else source
 
 
-def tiles_text(size_plan: Any) -> str:
+def tiles_text(size_plan: SizePlan) -> str:
     """``none`` for a one-shot :class:`pid_trt.tiling.SizePlan`, else ``COLSxROWS of WxH``."""
-    g = getattr(size_plan, "grid", None)
+    g = size_plan.grid
     return "none" if g is None else f"{g.cols}x{g.rows} of {g.tile_width}x{g.tile_height}"

@@ -14,13 +14,16 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pid_trt.errors import ConfigError
 from pid_trt.jobs.decode import DecodeSettings, file_caption, provenance
 from pid_trt.jobs.outputs import Job
+
+if TYPE_CHECKING:
+    from pid_trt.decoder import Decoder
 
 
 @dataclass
@@ -40,7 +43,7 @@ class BatchedDecode:
 
     def __init__(
         self,
-        decoder: Any,
+        decoder: Decoder,
         settings: DecodeSettings,
         writer: Any,
         batch: int,
@@ -65,7 +68,7 @@ class BatchedDecode:
         config = self.decoder.config
         lat = read_latent(job.source, config)  # read ahead while the held files decode
         given = caption_for_latent(lat, job.source, config, caption_file=self.settings.caption_file)
-        chosen = file_caption(self.decoder, lat, job.source, given, None, self.settings.seed)
+        chosen = file_caption(self.decoder, lat, Path(job.source), given, None, self.settings.seed)
         caption = chosen.embedding
         size = self.decoder.output_size(lat.latent_hw, self.settings.size)
         text = provenance(self.decoder, lat, self.settings, size[0], size[1], chosen.source).to_text()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -18,6 +18,9 @@ from pid_trt.io.encoders import OutputFormat, OutputOptions
 from pid_trt.jobs.outputs import Job, output_exists
 from pid_trt.quoting import printable
 from pid_trt.tiling.options import TileOptions
+
+if TYPE_CHECKING:
+    from pid_trt.decoder import Decoder
 
 
 class Beside(Protocol):
@@ -103,7 +106,7 @@ def decode_exists(settings: DecodeSettings) -> Callable[[Job], bool]:
 
 
 def provenance(
-    decoder: Any, lat: Any, settings: DecodeSettings, height: int, width: int, caption: str
+    decoder: Decoder, lat: Any, settings: DecodeSettings, height: int, width: int, caption: str
 ) -> Any:
     """The :class:`~pid_trt.io.provenance.Provenance` of one file's decode (its plan: one
     shot or tiles, as :meth:`pid_trt.Decoder.plan` says for these settings)."""
@@ -117,7 +120,7 @@ def provenance(
     )  # fmt: skip
 
 
-def file_caption(decoder: Any, lat: Any, latent: Path, caption: Any, prompt: Any, seed: int) -> Any:
+def file_caption(decoder: Decoder, lat: Any, latent: Path, caption: Any, prompt: Any, seed: int) -> Any:
     """The caption of latent file ``latent`` (read as ``lat``) by the rule of every front end
     (:meth:`pid_trt.Decoder.choose_caption`); a refusal names the file."""
     try:
@@ -129,7 +132,7 @@ def file_caption(decoder: Any, lat: Any, latent: Path, caption: Any, prompt: Any
 
 
 def decode_file(
-    decoder: Any,
+    decoder: Decoder,
     latent: Path,
     output: Path,
     settings: DecodeSettings,

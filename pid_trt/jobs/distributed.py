@@ -98,10 +98,10 @@ def world_from_env(env: Mapping[str, str] | None = None) -> World:
             f"WORLD_SIZE={world_size} without LOCAL_RANK: each process needs its index on its node "
             "(torchrun sets it)"
         )
-    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not env.get(name)]
-    if missing:
+    unset = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not env.get(name)]
+    if unset:
         raise ConfigError(
-            f"WORLD_SIZE={world_size} without {' and '.join(missing)}: the ranks meet there (torchrun sets them)"
+            f"WORLD_SIZE={world_size} without {' and '.join(unset)}: the ranks meet there (torchrun sets them)"
         )
     local_size = _int_var(env, "LOCAL_WORLD_SIZE", 1, world_size) if "LOCAL_WORLD_SIZE" in env else world_size
     local_rank = _int_var(env, "LOCAL_RANK", 0, local_size - 1)
@@ -307,7 +307,7 @@ def rank_runtime(world: World, runtime: RuntimeOptions) -> RuntimeOptions:
     ``cuda:LOCAL_RANK``, also made the process's current CUDA device. One process: as given."""
     if not world.distributed:
         return runtime
-    device = runtime.resolved().device
+    device = runtime.resolve().device
     mine = rank_device(world, device)
     bind_cuda_device(mine)
     return runtime if mine == device else replace(runtime, device=mine)

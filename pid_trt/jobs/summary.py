@@ -26,7 +26,7 @@ class JobResult:
     name: str
     outcome: Outcome
     job: Job | None = None
-    error: Exception | None = None
+    error: BaseException | None = None
     seconds: float = 0.0
 
 

@@ -13,11 +13,14 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pid_trt.caption_store import default_store_dir
 from pid_trt.errors import ConfigError
 from pid_trt.options import NetOptions, RuntimeOptions
+
+if TYPE_CHECKING:
+    from pid_trt.netspec import NetSpec
 
 #: The Triton model's name (docs/design.md §7).
 MODEL_NAME = "pid_decoder"
@@ -123,7 +126,7 @@ class ModelOptions:
         from pid_trt.io.provenance import weights_licence
         from pid_trt.tiling import Envelope, TileOptions, envelope_for
 
-        runtime = self.runtime.resolved()
+        runtime = self.runtime.resolve()
         spec = self.net.resolve()
         config = spec.config
         tiling = TileOptions.create(**self.tiling)
@@ -135,8 +138,8 @@ class ModelOptions:
             "txt_embed_dim": str(config.txt_embed_dim),
             "needs_caption": "true" if spec.needs_caption else "false",
             "net": spec.name,
-            "backend": runtime.backend,
-            "precision": runtime.precision_enum.value,
+            "backend": runtime.name,
+            "precision": runtime.precision.value,
             "tiling": tiling.describe(),
             "envelope": envelope.describe(limit=32) if envelope is not None else "none",
             "device": runtime.device,
@@ -145,7 +148,7 @@ class ModelOptions:
             "null_caption": self._null_caption_rule(spec),
         }
 
-    def _null_caption_rule(self, spec: Any) -> str:
+    def _null_caption_rule(self, spec: NetSpec) -> str:
         """What requests without caption or prompt get (the model metadata's ``null_caption``);
         the null-caption file is read and checked against the net now (one-line error)."""
         if self.null_caption is not None:

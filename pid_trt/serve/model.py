@@ -72,9 +72,8 @@ class TritonPythonModel:
             self.decoder = Decoder.from_options(
                 options.net, options.runtime_on(device), **options.decoder_kwargs()
             )
-            load_weights = getattr(self.decoder, "load_weights", None)
-            if load_weights is not None and self.decoder.backend_name == "torch":
-                load_weights()  # a bad checkpoint fails the load, before the server reports ready
+            if self.decoder.runtime.backend.loads_weights_at_start:
+                self.decoder.load_weights()  # a bad checkpoint fails the load, before the server reports ready
         except Exception as exc:
             message = error_text(exc)
             try:
@@ -178,7 +177,7 @@ class _CacheMetrics:
     @classmethod
     def create(cls, name: str, decoder) -> _CacheMetrics | None:
         """The metrics, or None where this Triton has no custom metrics (or the Decoder no cache)."""
-        if not hasattr(pb_utils, "MetricFamily") or not hasattr(decoder, "caption_stats"):
+        if not hasattr(pb_utils, "MetricFamily"):
             return None
         try:
             return cls(name, decoder)

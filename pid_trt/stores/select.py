@@ -48,6 +48,17 @@ class EnginePair:
         base = "dynamic" if self.key.shape_range is not None else "static"
         return base + (" weightless" if self.key.weightless else "")
 
+    @property
+    def size_bytes(self) -> int:
+        """Both plan files' size on disk."""
+        return sum(p.stat().st_size for p in (self.prepare, self.step))
+
+    @property
+    def builder_seconds(self) -> float | None:
+        """Both engines' builder time from their manifests (None: not recorded)."""
+        total = sum(float(m.get("build", {}).get("builder_seconds", 0.0)) for m in self.manifests.values())
+        return total or None
+
 
 def _describe(k: dict[str, Any]) -> str:
     lo, _, hi = (k.get("batch_range") or [0, 0, 0])[:3]

@@ -27,7 +27,7 @@ import torch
 from pid_trt.backends.base import Backend, Conditioning
 from pid_trt.backends.cache import BackendCache
 from pid_trt.backends.factory import BackendRequest, create_backend
-from pid_trt.config import NetConfig
+from pid_trt.config import NetConfig, Precision
 from pid_trt.errors import BackendUnavailableError, ConfigError, ResourceError
 from pid_trt.sampling import Denoiser
 from pid_trt.tiling.denoiser import TiledDenoiser
@@ -58,16 +58,16 @@ class PlanRunner:
     ) -> None:
         self.request, self.backends, self.envelope = request, backends, envelope
         self.memory_check, self.memory_hint = memory_check, memory_hint
-        self.shares = request.runtime.backend_class.shares_sizes
+        self.shares = request.backend.shares_sizes
 
     @property
     def config(self) -> NetConfig:
         return self.request.spec.config
 
     @property
-    def load_precision(self) -> str | None:
+    def load_precision(self) -> Precision | None:
         """The width weights are staged in (torch on the CPU materialises fp32)."""
-        return "fp32" if self.shares and self.request.device == "cpu" else None
+        return Precision.FP32 if self.shares and self.request.device == "cpu" else None
 
     # ------------------------------------------------------------------ planning and checks
     def plan(self, height: int, width: int, batch: int, steps: int, options: TileOptions) -> SizePlan:
@@ -99,7 +99,7 @@ class PlanRunner:
                 log.warning(notice)
             if self.memory_check:
                 check_decode_memory(
-                    self.config, size_plan.height, size_plan.width, size_plan.batch, self.request.precision.value,
+                    self.config, size_plan.height, size_plan.width, size_plan.batch, self.request.precision,
                     self.request.device, size_plan.steps, load_precision=self.load_precision, hint=self.memory_hint,
                 )  # fmt: skip
         elif self.memory_check:
@@ -124,7 +124,7 @@ class PlanRunner:
     def device_requests(self, devices: Sequence[str]) -> tuple[BackendRequest, ...]:
         """One backend request per entry of ``devices`` (already parsed names), checked: the
         backend runs on that kind of device, and the device exists here. One-line errors."""
-        cls = self.request.runtime.backend_class
+        cls = self.request.backend
         out = []
         for device in devices:
             kind = "cuda" if device.startswith("cuda") else "cpu"
@@ -142,11 +142,7 @@ class PlanRunner:
                 why = f"--devices {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
             if why is not None:
                 raise BackendUnavailableError(f"--devices {device}: {why}" if "--devices" not in why else why)
-            out.append(
-                dataclasses.replace(
-                    self.request, runtime=dataclasses.replace(self.request.runtime, device=device)
-                )
-            )
+            out.append(self.request.on(device))
         return tuple(out)
 
     # ------------------------------------------------------------------ backends and denoisers

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pid_trt.verify.pairs import VerifyInput
 
+if TYPE_CHECKING:
+    from pid_trt.netspec import NetSpec
 
-def verify_inputs(spec: Any, latents: list[Path], res: int | None, size: str | None, seeds: int, batch: int):
+
+def verify_inputs(
+    spec: NetSpec, latents: list[Path], res: int | None, size: str | None, seeds: int, batch: int
+) -> list[VerifyInput]:
     """The inputs of one verify run: each latent file x ``seeds`` noise seeds, or ``seeds``
     seeded random latents of ``batch`` rows at ``res`` / ``size``. A latent file without a
     caption gets a stand-in one only where the net needs none (:attr:`NetSpec.needs_caption`)."""
@@ -44,6 +49,7 @@ def verify_inputs(spec: Any, latents: list[Path], res: int | None, size: str | N
     bucket = parse_bucket(res, size)
     for s in range(seeds):
         lat = sample_latent(config, batch, bucket.height, bucket.width, seed=s)
+        assert lat.caption is not None  # a sampled latent always has its caption
         cond = Conditioning(lat.latent, lat.caption, lat.degrade_sigma, bucket.height, bucket.width)
         out.append(VerifyInput(f"random latent seed {s}", cond, s))
     return out

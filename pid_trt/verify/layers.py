@@ -21,11 +21,15 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pid_trt.verify.metrics import polygraphy_compare, quiet
+
+if TYPE_CHECKING:
+    from pid_trt.backends.base import Conditioning
+    from pid_trt.verify.pairs import InputResult, PairRequest, VerifyInput
 
 #: Rows listed per section (first diverging / worst).
 DEFAULT_LIMIT = 10
@@ -79,7 +83,9 @@ class LayerReport:
         }  # fmt: skip
 
 
-def step_feeds(prepare_onnx: Path, cond: Any, x: Any, t: float, timescale: float) -> dict[str, np.ndarray]:
+def step_feeds(
+    prepare_onnx: Path, cond: Conditioning, x: Any, t: float, timescale: float
+) -> dict[str, np.ndarray]:
     """The step graph's inputs for one call: the (reference) prepare graph's outputs for
     ``cond`` (a :class:`~pid_trt.backends.base.Conditioning`), ``x`` and ``t`` (flow time)."""
     import onnxruntime as ort
@@ -211,7 +217,9 @@ def format_layers(report: LayerReport) -> str:
     return "\n".join(lines)
 
 
-def worst_step_layers(request: Any, inputs: list, results: list, timescale: float) -> tuple[LayerReport, str]:
+def worst_step_layers(
+    request: PairRequest, inputs: list[VerifyInput], results: list[InputResult], timescale: float
+) -> tuple[LayerReport, str]:
     """The candidate's step graph against the fp32 reference graph, layer by layer, on the step
     input (the reference's x) where the candidate's velocity PSNR is worst: (report, text).
 
@@ -240,9 +248,8 @@ def worst_step_layers(request: Any, inputs: list, results: list, timescale: floa
     def graphs(precision: Precision, export_dir: Path):
         return ensure_export(spec, ExportKey.for_spec(spec, bucket, precision, batch), export_dir)
 
-    ref = graphs(Precision.FP32, request.against_export_dir or request.export_dir)
-    assert cand.label.startswith("onnxruntime:")
-    got = graphs(cand.precision, request.export_dir)
+    ref = graphs(Precision.FP32, request.reference.export_dir)
+    got = graphs(cand.precision, cand.export_dir)
     feeds = step_feeds(ref.prepare, cond, r.xs[i_step], r.ts[i_step], timescale)
     bound = LAYER_REL_L2[governing(request.reference.precision, cand.precision)]
     rep = compare_layers(ref.step, got.step, feeds, bound)

@@ -12,68 +12,43 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
-from pid_trt.backends.base import Backend, Conditioning
-from pid_trt.backends.registry import BackendSpec, backend_class
-from pid_trt.config import Precision
+from pid_trt.backends.base import Backend, Conditioning, GraphKind
+from pid_trt.backends.registry import BackendSpec
 from pid_trt.errors import ConfigError
+from pid_trt.options import Runtime, RuntimeOptions
 from pid_trt.sampling import Denoiser, draw_noise, sample, timesteps
 from pid_trt.verify.bounds import Bound, bound_for
 from pid_trt.verify.metrics import Figures, figures
 
-
-@dataclass(frozen=True)
-class Side:
-    """One side of a comparison: a registered backend, a precision and, where written, a
-    device (``onnxruntime:fp16``, ``torch:bf16@cuda``)."""
-
-    name: str
-    precision: Precision
-    pinned_device: str | None = None
-
-    @classmethod
-    def parse(cls, text: str, option: str = "--backend", device: str = "cpu") -> Side:
-        """``NAME[:PRECISION][@DEVICE]``; the precision defaults to the backend's own on its device."""
-        spec = BackendSpec.parse(text, option)
-        side = cls(spec.name, Precision.FP32, spec.device)
-        return cls(spec.name, spec.precision or spec.cls.default_precision(side.device(device)), spec.device)
-
-    @property
-    def cls(self) -> type[Backend]:
-        return backend_class(self.name)
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}:{self.precision.value}"
-
-    def device(self, device: str) -> str:
-        """Where this side runs: its own device if written, else ``device`` where the backend
-        runs there, else the backend's device (tensorrt: cuda)."""
-        dev = self.pinned_device or device
-        return (
-            dev
-            if ("cuda" if dev.startswith("cuda") else "cpu") in self.cls.devices
-            else self.cls.default_device()
-        )
+if TYPE_CHECKING:
+    from pid_trt.netspec import NetSpec
 
 
-def cannot_run(side: Side, device: str) -> str | None:
-    """Why ``side`` cannot run on this machine (one line), or None when it can. Checks only
-    what needs no model, export or engine (the backend's own :meth:`Backend.unavailable`)."""
-    return side.cls.unavailable(side.device(device), side.precision)
+def resolve_side(
+    text: str, device: str, option: str = "--backend", engine_dir: Path = Path("engines"),
+    export_dir: Path = Path("export"),
+) -> Runtime:  # fmt: skip
+    """One side of a comparison, ``NAME[:PRECISION][@DEVICE]`` (``onnxruntime:fp16``,
+    ``torch:bf16@cuda``), resolved: the precision defaults to the backend's own on its device;
+    the device is the one written, else ``device``, moved to the backend's own where it cannot
+    run there (tensorrt: cuda; :attr:`Runtime.moved` says so)."""
+    BackendSpec.parse(text, option)  # a bad name is reported under its own option
+    return RuntimeOptions(text, None, device, engine_dir, export_dir).resolve(fallback_device=True)
 
 
-def pair_cannot_run(candidate: Side, reference: Side, device: str, layers: bool = False) -> str | None:
-    """Why the pair cannot run here ("candidate NAME:PREC: why", one line), or None. Raises
-    ConfigError for ``layers`` with a candidate that has no ONNX step graph (torch)."""
-    if layers and candidate.name in ("torch", "torch-compile"):
+def pair_cannot_run(candidate: Runtime, reference: Runtime, layers: bool = False) -> str | None:
+    """Why the pair cannot run here ("candidate NAME:PREC: why", one line), or None: the
+    backends' own cheap checks (:meth:`Backend.unavailable`). Raises ConfigError for
+    ``layers`` with a candidate that has no ONNX step graph (torch)."""
+    if layers and candidate.backend.graph is GraphKind.TORCH:
         raise ConfigError("--layers compares ONNX step graphs: the candidate must be onnxruntime")
     for side, role in ((candidate, "candidate"), (reference, "reference")):
-        reason = cannot_run(side, device)
-        if reason is None and layers and side is candidate and candidate.name == "tensorrt":
+        reason = side.unavailable()
+        if reason is None and layers and side is candidate and candidate.backend.graph is not GraphKind.ONNX:
             reason = (
                 "--layers for TensorRT engines is not implemented (no GPU here to run Polygraphy's TrtRunner)"
             )
@@ -182,35 +157,26 @@ def checks(result: InputResult, bounds: dict[str, Bound | None]) -> list[Check]:
 
 @dataclass(frozen=True)
 class PairRequest:
-    """Everything a verify run needs but the inputs. ``spec``: a :class:`pid_trt.netspec.NetSpec`;
-    ``export_dir`` / ``against_export_dir``: the ONNX stores of the candidate / reference."""
+    """Everything a verify run needs but the inputs: the net, the two resolved runtimes
+    (:func:`resolve_side`; each with its own stores), ``device`` as given (the report's) and the
+    sampler steps."""
 
-    spec: Any
-    reference: Side
-    candidate: Side
+    spec: NetSpec
+    reference: Runtime
+    candidate: Runtime
     device: str = "cpu"
     steps: int = 4
-    engine_dir: Path = Path("engines")
-    export_dir: Path = Path("export")
-    against_export_dir: Path | None = None
 
     @property
     def bounds(self) -> dict[str, Bound | None]:
         p = self.reference.precision, self.candidate.precision
         return {"image": bound_for(*p, "image"), "velocity": bound_for(*p, "velocity")}
 
-    def open(self, side: Side, height: int, width: int, batch: int) -> Any:
+    def open(self, side: Runtime, height: int, width: int, batch: int) -> Backend:
         """Construct ``side``'s backend for one (size, batch)."""
         from pid_trt.backends.factory import BackendRequest, create_backend
-        from pid_trt.options import RuntimeOptions
 
-        export_dir = self.export_dir
-        if side is self.reference and self.against_export_dir is not None:
-            export_dir = self.against_export_dir
-        runtime = RuntimeOptions(
-            side.name, side.precision, side.device(self.device), self.engine_dir, export_dir
-        ).resolved()
-        return create_backend(BackendRequest(self.spec, runtime, height, width, batch))
+        return create_backend(BackendRequest(self.spec, side, height, width, batch))
 
 
 def run_pair(
@@ -229,7 +195,7 @@ def run_pair(
                 for inp in group:
                     if on_input:
                         on_input(inp.name)
-                    dev = torch.device(request.reference.device(request.device))
+                    dev = torch.device(request.reference.device)
                     noise = draw_noise((b, 3, h, w), request.steps, inp.seed, dev)
                     results.append(
                         compare_input(

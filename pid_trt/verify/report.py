@@ -14,7 +14,7 @@ import torch
 
 from pid_trt.verify.bounds import Bound
 from pid_trt.verify.metrics import Figures, format_db
-from pid_trt.verify.pairs import Check, InputResult
+from pid_trt.verify.pairs import Check, InputResult, PairRequest, VerifyInput
 
 REPORT_FORMAT = "pid-trt-verify/1"
 PLOT_FILE = "steps.png"
@@ -148,7 +148,7 @@ def worst_crop(results: Sequence[InputResult], path: Path) -> dict[str, Any]:
     for i, arr in enumerate((ref, cand, heat)):
         canvas.paste(Image.fromarray(arr), (i * (cw + gap), 0))
     zoom = max(1, 192 // ch)
-    canvas.resize((canvas.width * zoom, canvas.height * zoom), Image.NEAREST).save(path)
+    canvas.resize((canvas.width * zoom, canvas.height * zoom), Image.Resampling.NEAREST).save(path)
     return {
         "input": r.name,
         "batch_index": b_idx,
@@ -282,7 +282,7 @@ REPORT_PACKAGES = (
 )
 
 
-def report_header(command: str, request: Any, inputs: list[Any]) -> dict[str, Any]:
+def report_header(command: str, request: PairRequest, inputs: list[VerifyInput]) -> dict[str, Any]:
     """The report's header: the command line, the net and its weights, the pair, the device,
     the first input's size, the steps and the installed versions of :data:`REPORT_PACKAGES`."""
     from pid_trt.versions import package_versions

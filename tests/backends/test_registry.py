@@ -3,6 +3,7 @@ every front end (Decoder, server, bench, verify) reads from the backend classes.
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -10,14 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
+import pid_trt
 from pid_trt.backends.base import Backend
 from pid_trt.backends.registry import BACKENDS, BackendSpec, backend_class
-from pid_trt.bench.cases import parse_target
+from pid_trt.bench.cases import bench_runtimes
 from pid_trt.config import Precision
 from pid_trt.errors import ConfigError
-from pid_trt.options import NetOptions, RuntimeOptions
+from pid_trt.options import NetOptions, Runtime, RuntimeOptions
 from pid_trt.serve.config import ModelOptions
-from pid_trt.verify.pairs import Side
+from pid_trt.verify.pairs import resolve_side
 
 TINY = NetOptions(backbone="tiny", random_weights=True)
 
@@ -84,9 +86,49 @@ def test_bad_backend_text_is_one_line(text: str, words: str) -> None:
 def test_runtime_options_apply_the_backends_defaults(
     runtime: RuntimeOptions, backend: str, precision: Precision, device: str
 ) -> None:
-    r = runtime.resolved()
-    assert (r.backend, r.precision, r.device) == (backend, precision, device)
-    assert r.resolved() == r  # idempotent
+    r = runtime.resolve()
+    assert (r.name, r.backend, r.precision, r.device) == (backend, backend_class(backend), precision, device)
+    assert r.moved_from is None and r.moved is None
+    assert r.options().resolve() == r  # idempotent
+    assert runtime.resolved() == r.options()  # the options as resolved, for another process
+
+
+def test_a_fallback_device_is_asked_for_and_said() -> None:
+    """One policy: a device the backend cannot run on is refused, unless the front end asks for
+    the backend's own device; then the runtime names the device asked for, in one line."""
+    asked = RuntimeOptions("tensorrt", "fp8", device="cpu", engine_dir="e")
+    with pytest.raises(ConfigError, match="the tensorrt backend runs on cuda"):
+        asked.resolve()
+    r = asked.resolve(fallback_device=True)
+    assert (r.name, r.precision, r.device, r.moved_from) == ("tensorrt", Precision.FP8, "cuda", "cpu")
+    assert r.engine_dir == Path("e") and r.moved == "tensorrt:fp8 runs on cuda, not cpu: moved to cuda"
+    same = RuntimeOptions("torch", device="cpu").resolve(fallback_device=True)
+    assert same.device == "cpu" and same.moved is None
+    assert Runtime.from_dict(r.to_dict()) == r.on("cuda")  # the move is said once, not carried on
+
+
+def test_bench_verify_and_serve_never_compare_a_backend_name() -> None:
+    """They ask the backend class (graph, compiles_on_first_decode, loads_weights_at_start,
+    makes_artifacts, artifacts()) instead: no registered name in a comparison or a match."""
+    root = Path(pid_trt.__file__).parent
+    found = []
+    for package in ("bench", "verify", "serve"):
+        for path in sorted((root / package).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Compare):
+                    parts = [node.left, *node.comparators]
+                elif isinstance(node, ast.match_case):
+                    parts = [node.pattern]
+                else:
+                    continue
+                names = {
+                    c.value
+                    for p in parts
+                    for c in ast.walk(p)
+                    if isinstance(c, ast.Constant) and c.value in BACKENDS
+                }
+                found += [f"{path.name}:{node.lineno if hasattr(node, 'lineno') else '?'} {n}" for n in names]
+    assert found == []
 
 
 @pytest.mark.parametrize(
@@ -100,20 +142,20 @@ def test_runtime_options_apply_the_backends_defaults(
 )
 def test_runtime_options_refuse_what_the_backend_cannot_take(runtime: RuntimeOptions, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
-        runtime.resolved()
+        runtime.resolve()
 
 
 @pytest.mark.parametrize("name", list(BACKENDS))
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_every_front_end_gets_the_same_default_precision(name: str, device: str) -> None:
-    """decode / Decoder (RuntimeOptions), serve (ModelOptions.check), bench (parse_target) and
-    verify (Side.parse) all read the default from the backend class, so they agree."""
+    """decode / Decoder (RuntimeOptions), serve (ModelOptions.check), bench (bench_runtimes) and
+    verify (resolve_side) all read the default from the backend class, so they agree."""
     cls = backend_class(name)
     dev = device if device in cls.devices else cls.default_device()
     expected = cls.default_precision(dev)
-    assert RuntimeOptions(name, device=dev).resolved().precision is expected
-    assert parse_target(name, None, dev).precision is expected
-    assert Side.parse(name, device=dev).precision is expected
+    assert RuntimeOptions(name, device=dev).resolve().precision is expected
+    assert bench_runtimes([name], RuntimeOptions(device=dev))[0].precision is expected
+    assert resolve_side(name, dev).precision is expected
     served = ModelOptions(TINY, RuntimeOptions(name, device=dev)).check()
     assert served["precision"] == expected.value and served["backend"] == name
 

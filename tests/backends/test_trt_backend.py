@@ -74,7 +74,7 @@ def test_store_is_checked_before_cuda(store, monkeypatch):
     from pid_trt.options import RuntimeOptions
 
     spec = resolve_net("tiny", None, None, None, True)
-    runtime = RuntimeOptions("tensorrt", "bf16", "cuda", store["root"] / "engines").resolved()
+    runtime = RuntimeOptions("tensorrt", "bf16", "cuda", store["root"] / "engines").resolve()
     req = BackendRequest(spec, runtime, 64, 64, 1)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(BackendUnavailableError, match="needs an NVIDIA GPU"):
@@ -100,7 +100,7 @@ def _gpu_backend(store, cuda_graph: bool = False):
 
     spec = resolve_net("tiny", None, None, None, True)
     runtime = RuntimeOptions("tensorrt", "fp16", "cuda", store["root"] / "engines", cuda_graph=cuda_graph)
-    req = BackendRequest(spec, runtime.resolved(), 64, 64, 1)
+    req = BackendRequest(spec, runtime.resolve(), 64, 64, 1)
     try:
         return spec, TrtBackend.from_request(req)
     except BackendUnavailableError as exc:

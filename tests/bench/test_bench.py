@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pid_trt.bench.cases import BenchTarget, expand_cases, parse_target
+from pid_trt.backends.registry import backend_class
+from pid_trt.bench.cases import BenchCase, bench_runtimes, expand_cases
 from pid_trt.bench.records import (
     REQUIRED_KEYS,
     SCHEMA_VERSION,
@@ -28,7 +30,7 @@ from pid_trt.bench.session import BenchSettings, gpu_spec_for, run_bench
 from pid_trt.cli.main import app
 from pid_trt.config import Precision
 from pid_trt.errors import ConfigError
-from pid_trt.options import NetOptions
+from pid_trt.options import NetOptions, Runtime, RuntimeOptions
 from tests.conftest import require
 
 ENV = Environment("Test CPU (2 cores)", "cpu", "Test CPU", 2, None, {"torch": "x"})
@@ -149,24 +151,51 @@ def test_plot_writes_png_with_skipped_rows(tmp_path):
 # --- cases ---------------------------------------------------------------------------------
 
 
-def test_parse_target_defaults_and_overrides():
-    assert parse_target("torch", None, "cpu") == BenchTarget("torch", Precision.FP32, "cpu")
-    assert parse_target("torch", None, "cuda").precision is Precision.BF16
-    assert parse_target("tensorrt:fp8", None, "cpu") == BenchTarget("tensorrt", Precision.FP8, "cuda")
-    assert parse_target("onnxruntime@cpu", "fp16", "cuda") == BenchTarget(
-        "onnxruntime", Precision.FP16, "cpu"
-    )
+def _runtime(text, precision=None, device="cpu"):
+    (runtime,) = bench_runtimes([text], RuntimeOptions(precision=precision, device=device))
+    return runtime
+
+
+def test_bench_runtimes_defaults_overrides_and_moves():
+    torch_cpu = _runtime("torch")
+    assert (torch_cpu.name, torch_cpu.precision, torch_cpu.device, torch_cpu.moved) == (
+        "torch", Precision.FP32, "cpu", None
+    )  # fmt: skip
+    assert _runtime("torch", device="cuda").precision is Precision.BF16
+    trt = _runtime("tensorrt:fp8")
+    assert (trt.name, trt.precision, trt.device, trt.moved_from) == ("tensorrt", Precision.FP8, "cuda", "cpu")
+    ort = _runtime("onnxruntime@cpu", "fp16", "cuda")
+    assert (ort.name, ort.precision, ort.device) == ("onnxruntime", Precision.FP16, "cpu")
+    # --precision is the default of the backends written without one
+    assert [r.precision for r in bench_runtimes(["torch:bf16", "torch"], RuntimeOptions(precision="fp16"))] == [
+        Precision.BF16, Precision.FP16,
+    ]  # fmt: skip
+    assert len(bench_runtimes(["torch", "torch:fp32"], RuntimeOptions(device="cpu"))) == 1
     for bad in ("jax", "torch:int4", "torch@tpu"):
         with pytest.raises(ConfigError):
-            parse_target(bad, None, "cpu")
+            _runtime(bad)
 
 
 def test_expand_cases_hoist_only_where_supported():
-    targets = [parse_target("torch", None, "cpu"), parse_target("tensorrt", None, "cpu")]
-    cases = expand_cases(targets, [(64, 64), (128, 128)], [1, 2], (True, False))
+    runtimes = [_runtime("torch"), _runtime("tensorrt")]
+    cases = expand_cases(runtimes, [(64, 64), (128, 128)], [1, 2], (True, False))
     assert len(cases) == 2 * 2 * (2 + 1)
-    assert all(c.hoist for c in cases if c.target.backend == "tensorrt")
+    assert all(c.hoist for c in cases if not c.runtime.backend.can_unhoist)
+    assert sum(not c.hoist for c in cases) == 4
     assert cases[0].height == 64 and cases[-1].height == 128
+    trt = cases[2]  # the child process gets the case as JSON: the moved device, said once, is not carried
+    assert trt.runtime.moved_from == "cpu"
+    assert BenchCase.from_dict(json.loads(json.dumps(trt.to_dict()))) == replace(
+        trt, runtime=trt.runtime.on("cuda")
+    )
+
+
+def test_a_moved_device_is_said_in_one_line(tmp_path):
+    res = CliRunner().invoke(app, ["bench", "--backbone", "tiny", "--random-weights", "--size", "64x64",
+                                   "--device", "cpu", "--backend", "tensorrt", "--runs", "1", "--warmup", "0",
+                                   "--engine-dir", str(tmp_path)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "warning: tensorrt:bf16 runs on cuda, not cpu: moved to cuda" in res.output
 
 
 def test_gpu_names_map_to_cost_model():
@@ -206,9 +235,13 @@ def test_cli_tiny_bench_writes_valid_json(tmp_path):
 
 
 def test_failing_case_becomes_a_failed_record(tmp_path):
-    # fp8 is not a torch dtype: the child raises, the run goes on and records why.
+    # fp8 is not a torch precision: refused when the runtime is resolved; a case made past that
+    # check fails in its child process, and the run goes on and records why.
+    with pytest.raises(ConfigError, match="fp8"):
+        _runtime("torch:fp8")
     settings = BenchSettings(NetOptions(backbone="tiny", random_weights=True), warmup=0, runs=1)
-    cases = expand_cases([parse_target("torch:fp8", None, "cpu")], [(64, 64)], [1], (True,))
+    unchecked = Runtime(backend_class("torch"), Precision.FP8, "cpu")
+    cases = expand_cases([unchecked], [(64, 64)], [1], (True,))
     (rec,) = run_bench(cases, settings)
     assert rec.status is Status.FAILED and "fp8" in rec.reason
     validate_record(rec.to_dict())
