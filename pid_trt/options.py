@@ -135,12 +135,6 @@ class RuntimeOptions:
             moved_from,
         )  # fmt: skip
 
-    def resolved(self) -> RuntimeOptions:
-        """The options as :meth:`resolve` settles them (``backend`` a plain registered name,
-        ``precision`` a :class:`Precision`, ``device`` a device string, the stores
-        :class:`Path` objects), for handing on as options (another process, a rank)."""
-        return self.resolve().options()
-
     def absolute(self) -> RuntimeOptions:
         return dataclasses.replace(
             self, engine_dir=os.path.abspath(self.engine_dir), export_dir=os.path.abspath(self.export_dir)

@@ -11,6 +11,7 @@ from typing import Any
 from pid_trt.backends.registry import BackendSpec
 from pid_trt.errors import ConfigError
 from pid_trt.options import Runtime, RuntimeOptions
+from pid_trt.tiling.options import TileOptions
 
 
 def bench_runtimes(backends: Sequence[str], template: RuntimeOptions) -> list[Runtime]:
@@ -32,16 +33,15 @@ def bench_runtimes(backends: Sequence[str], template: RuntimeOptions) -> list[Ru
 @dataclass(frozen=True)
 class BenchCase:
     """One measured configuration. runtime: the backend, precision, device, stores and hoisting;
-    height / width: output pixels; batch: images per decode; tiling: the tiling keywords of
-    :meth:`pid_trt.Decoder.decode` as (name, value) pairs, the decode running as its plan says
-    (:meth:`pid_trt.Decoder.plan`); empty: one shot at any size."""
+    height / width: output pixels; batch: images per decode; tiling: the tiling options, the
+    decode running as their plan says (:meth:`pid_trt.Decoder.plan`); None: one shot at any size."""
 
     runtime: Runtime
     height: int
     width: int
     batch: int
     steps: int = 4
-    tiling: tuple[tuple[str, Any], ...] = ()
+    tiling: TileOptions | None = None
 
     @property
     def hoist(self) -> bool:
@@ -50,12 +50,12 @@ class BenchCase:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["runtime"] = self.runtime.to_dict()
-        d["tiling"] = dict(self.tiling)
+        d["tiling"] = None if self.tiling is None else self.tiling.record()
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BenchCase:
-        tiling = tuple(sorted((d.get("tiling") or {}).items()))
+        tiling = TileOptions.create(**d["tiling"]) if d.get("tiling") else None
         return cls(
             Runtime.from_dict(d["runtime"]), int(d["height"]), int(d["width"]), int(d["batch"]), int(d["steps"]),
             tiling,
@@ -68,10 +68,10 @@ def expand_cases(
     batches: list[int],
     hoists: tuple[bool, ...],
     steps: int = 4,
-    tiling: dict[str, Any] | None = None,
+    tiling: TileOptions | None = None,
 ) -> list[BenchCase]:
     """Every runtime x size x batch x hoist, in that nesting order (size outermost); a backend
-    that cannot run un-hoisted gets its hoisted variant only. With ``tiling`` (decode keywords),
+    that cannot run un-hoisted gets its hoisted variant only. With ``tiling``,
     each case twice: one shot, then as the tiling options plan it (tiled rows beside one-shot ones)."""
     if not runtimes or not sizes or not batches or not hoists:
         raise ConfigError("bench: expected at least one backend, size, batch and hoist variant")
@@ -85,5 +85,5 @@ def expand_cases(
             r = dataclasses.replace(runtime, hoist=hoist)
             cases.append(BenchCase(r, h, w, batch, steps))
             if tiling:
-                cases.append(BenchCase(r, h, w, batch, steps, tuple(sorted(tiling.items()))))
+                cases.append(BenchCase(r, h, w, batch, steps, tiling))
     return cases

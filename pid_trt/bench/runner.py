@@ -105,13 +105,16 @@ def make_denoisers(
     the tiling case's :func:`tiled_figures` or None), from a :class:`pid_trt.Decoder`. Every
     backend is created on entry (setup), and each decode binds anew, tiled or not."""
     from pid_trt.decoder import Decoder
-    from pid_trt.tiling import TileOptions
 
-    kw = dict(case.tiling)
+    tiling = case.tiling
     with Decoder(spec, case.runtime, max_backends=8) as dec:
-        size_plan = dec.plan(case.height, case.width, case.batch, case.steps, **kw) if kw else None
-        if size_plan is not None and size_plan.tiled:
-            devices = TileOptions.create(**kw).devices
+        size_plan = (
+            None
+            if tiling is None
+            else dec.plan(case.height, case.width, case.batch, case.steps, tiling=tiling)
+        )
+        if size_plan is not None and tiling is not None and size_plan.tiled:
+            devices = tiling.devices
             with dec.denoiser(size_plan, cond, devices):  # creates every tile backend now
                 pass
             yield None, lambda: dec.denoiser(size_plan, cond, devices), tiled_figures(size_plan, devices)

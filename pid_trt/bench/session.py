@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from pid_trt.config import NetConfig
     from pid_trt.costmodel import GpuSpec
     from pid_trt.options import RuntimeOptions
+    from pid_trt.tiling.options import TileOptions
 
 #: Device-name fragments -> :data:`pid_trt.costmodel.GPUS` keys (H100 PCIe is not the SXM part).
 _GPU_ALIASES: tuple[tuple[str, str], ...] = (
@@ -45,7 +46,7 @@ class BenchSettings:
 
 def plan_cases(
     backends: list[str], template: RuntimeOptions, sizes: list[tuple[int, int]], batches: list[int],
-    hoists: tuple[bool, ...], steps: int = 4, tiling: dict[str, Any] | None = None,
+    hoists: tuple[bool, ...], steps: int = 4, tiling: TileOptions | None = None,
 ) -> list[BenchCase]:  # fmt: skip
     """The cases of one ``pidtrt bench`` run: each backend (``NAME[:PRECISION][@DEVICE]``, the rest
     from ``template``: :func:`pid_trt.bench.cases.bench_runtimes`) x size x batch x hoist variant
@@ -89,11 +90,9 @@ def _base_record(case: BenchCase, env: Environment, status: Status, reason: str 
 
 def _tiling_flags(case: BenchCase) -> str | None:
     """A tiling case's options as CLI flags (``--tiles 2x2 --tile-batch 2``); None: one shot."""
-    if not case.tiling:
+    if case.tiling is None:
         return None
-    from pid_trt.tiling import TileOptions
-
-    return TileOptions.create(**dict(case.tiling)).describe()
+    return case.tiling.describe()
 
 
 def _cost_fields(case: BenchCase, config: NetConfig, p50_ms: float, env: Environment) -> dict[str, Any]:

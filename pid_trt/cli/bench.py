@@ -18,13 +18,14 @@ from pid_trt.cli.options import (
     given_flags,
     option_bundle,
     with_net,
-    with_tiling,
+    with_tile_options,
 )
 from pid_trt.cli.outputs import with_output
 from pid_trt.cli.panels import IO_PANEL, RUNTIME_PANEL, SIZE_PANEL
 from pid_trt.errors import ConfigError
 from pid_trt.io.encoders import OutputOptions
 from pid_trt.options import NetOptions, RuntimeOptions
+from pid_trt.tiling.options import TileOptions
 
 
 def _sizes(size: list[str], res: list[int]) -> list[tuple[int, int]]:
@@ -139,7 +140,7 @@ with_bench_runtime = option_bundle(
 @cli_errors
 @with_net
 @with_bench_runtime
-@with_tiling
+@with_tile_options
 @with_output
 @with_pipeline
 def bench(
@@ -163,7 +164,7 @@ def bench(
     server: Server = None,
     concurrency: Concurrency = (1,),
     requests: Requests = 20,
-    tiling: dict = None,  # type: ignore[assignment] - --tiles, --tile-size ... (with_tiling)
+    tiling: TileOptions = None,  # type: ignore[assignment] - --tiles, --tile-size ... (with_tile_options)
     pipe: dict = None,  # type: ignore[assignment] - --pipeline, --simulate-device-ms ... (with_pipeline)
     encoding: OutputOptions = None,  # type: ignore[assignment] - --png-level, --quality ... (with_output)
     *,
@@ -179,7 +180,7 @@ def bench(
         from pid_trt.cli.bench_pipeline import bench_pipeline
 
         return bench_pipeline(net, sizes, pipe, encoding, json_path, markdown_path, title)
-    tiled = given_flags(TILING_PARAMS, tiling)
+    tiled = given_flags(TILING_PARAMS, tiling.keywords())
     if tiled and (server is not None or estimate):
         raise ConfigError(
             f"{', '.join(tiled)} with {'--server' if server else '--estimate'}: tiling options measure local decodes"
@@ -204,7 +205,7 @@ def bench(
 
     def progress(case, i, n):
         r = case.runtime
-        how = " " + " ".join(f"{k}={v}" for k, v in case.tiling) if case.tiling else ""
+        how = " " + case.tiling.describe() if case.tiling else ""
         typer.echo(f"[{i + 1}/{n}] {r.name} {r.precision.value}@{r.device} {case.width}x{case.height} "
                    f"batch {case.batch}{'' if case.hoist else ' no-hoist'}{how}", err=True)  # fmt: skip
 

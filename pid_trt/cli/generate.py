@@ -203,7 +203,7 @@ def generate(
     prompts = collect_prompts(prompt or [], [prompts_file] if prompts_file is not None else [])
     run.check_net_flags(pid, net_config, ckpt_type)
     height, width = parse_size(size) if size is not None else (res, res)
-    run_options = rank_runtime(world, runtime.resolved())
+    run_options = rank_runtime(world, runtime).resolve()
     torch_dtype = run.ldm_dtype(ldm_dtype, run_options.device)
     ldm = ldm_spec(backbone) if backbone is not None else ldm_for_class_name(pipeline_class_name(pipeline))
     preset = None if net_config is not None else (pid or ldm.backbone.value)

@@ -357,27 +357,6 @@ with_runtime = option_bundle("runtime", RUNTIME_PARAMS, runtime_options)
 #: ``@with_tile_options`` on a command with ``tiling: TileOptions``: typer sees the six tiling
 #: options and the command gets them as one checked :class:`~pid_trt.tiling.TileOptions`.
 with_tile_options = option_bundle("tiling", TILING_PARAMS, TileOptions.create)
-
-
-def tiling_keywords(
-    tiles: str = "auto", tile_size: str | None = None, tile_overlap: int | None = None, tile_batch: int = 1,
-    allow_untrained_size: bool = False, devices: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """The six tiling options as given, unchecked, as a dict of :meth:`TileOptions.create`'s
-    keywords (``devices`` only when given): the bundle of a command whose door does not take a
-    :class:`TileOptions` yet (``pidtrt bench``)."""
-    out = {
-        "tiles": tiles, "tile_size": tile_size, "tile_overlap": tile_overlap, "tile_batch": tile_batch,
-        "allow_untrained_size": allow_untrained_size,
-    }  # fmt: skip
-    if devices is not None:
-        out["devices"] = devices
-    return out
-
-
-#: ``@with_tiling`` on a command with ``tiling: dict``: the options as :func:`tiling_keywords`
-#: (``pidtrt bench``; the other commands take :data:`with_tile_options`).
-with_tiling = option_bundle("tiling", TILING_PARAMS, tiling_keywords)
 #: The tiling options but ``--devices`` (a request's: the server places its own devices), for
 #: ``pidtrt serve`` and ``pidtrt request``.
 with_request_tiling = option_bundle(

@@ -112,8 +112,9 @@ def decode_many(
         if set(sources) - {"file"}:  # say it where a caption did not come with the files
             how += f", caption: {' / '.join(sources)}"
         if settings.beside is not None and world.is_main:
-            from pid_trt.integrations.vae_beside import write_run_manifest
+            from pid_trt.integrations.vae_beside import VaeBeside, write_run_manifest
 
+            assert isinstance(settings.beside, VaeBeside)  # the one kind of decode beside PiD
             path, _ = write_run_manifest(settings.beside, planned, summary.results, decoder, summary.seconds)
             how += f"; VAE beside PiD, manifest {path}"
     return summary, how
@@ -127,7 +128,7 @@ def file_worker(
     if batch == 1:
 
         def work(job: Job) -> Future | None:
-            done = decode_file(decoder, job.source, job.output, settings, writer=writer)
+            done = decode_file(decoder, Path(job.source), job.output, settings, writer=writer)
             sources[done.caption] = None
             return done.pending
 

@@ -21,7 +21,7 @@ from pid_trt.jobs.summary import Summary
 if TYPE_CHECKING:
     from pid_trt.decoder import Decoder
     from pid_trt.integrations.generate_run import GenerateSettings, PromptOutputs, RunInfo
-    from pid_trt.options import NetOptions, RuntimeOptions
+    from pid_trt.options import NetOptions, Runtime
 
 LDM_DTYPES = ("fp32", "bf16", "fp16")
 
@@ -76,7 +76,7 @@ class Models:
     pipeline: Path
     torch_dtype: Any
     net: NetOptions
-    runtime: RuntimeOptions
+    runtime: Runtime
     text_encoder: str | None = None
     text_dtype: str | None = None
     captions: dict[str, Any] = field(default_factory=dict)
@@ -106,8 +106,8 @@ class Models:
             str(self.pipeline), str(self.torch_dtype).removeprefix("torch."),
             net.backbone or (str(net.net_config) if net.net_config else "?"),
             str(net.checkpoint) if net.checkpoint else None, net.random_weights,
-            dec.backend_name if dec else runtime.backend, str(dec.precision if dec else runtime.precision),
-            dec.device if dec else str(runtime.device), load_seconds,
+            dec.backend_name if dec else runtime.name, dec.precision if dec else runtime.precision.value,
+            dec.device if dec else runtime.device, load_seconds,
         )  # fmt: skip
 
 
@@ -136,7 +136,9 @@ def generate_one(
         front.warn(RANDOM_WEIGHTS_WARNING)
     ldm = settings.backbone
     with dec:
-        extra = {"guidance_scale": settings.guidance_scale} if settings.guidance_scale is not None else {}
+        extra: dict[str, Any] = (
+            {"guidance_scale": settings.guidance_scale} if settings.guidance_scale is not None else {}
+        )
         result = generate(
             pipe, dec, prompt, settings.height, settings.width, settings.capture_steps[0], settings.seed,
             backbone=ldm, num_inference_steps=settings.steps, tiling=settings.tiling, **extra,
@@ -240,6 +242,7 @@ def _run_prompts(
     writer = ImageWriter(default_writers(share) if writers is None else writers)
 
     def work(job: Job) -> None:
+        assert dec is not None  # loaded whenever a prompt of this rank is left to run
         vae = pipe.vae if settings.compare_vae else None
         generate_prompt(pipe, dec, outs[job.index], settings, vae=vae, writer=writer)
 
