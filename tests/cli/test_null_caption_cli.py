@@ -66,6 +66,7 @@ def _errors(res: subprocess.CompletedProcess) -> list[str]:
     return [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("warning:")]
 
 
+@pytest.mark.slow  # five CLI processes with a tiny Gemma (~35 s); the quick tier keeps the null caption's CLI paths below and tests/test_text.py's recipe in process
 def test_null_caption_equals_encoding_empty(
     gemma: Path, checkpoint: Path, latent: Path, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from pid_trt.doctor import gather
@@ -103,6 +104,7 @@ def test_named_checkpoint_is_hashed(tmp_path: Path) -> None:
     assert f"✓ flux-2k: checkpoint model.pth (sha256 {want}...)" in res.stdout
 
 
+@pytest.mark.slow  # the tiny TensorRT-RTX engine pair (~40 s on 2 cores); the engine verdicts are tested as data in tests/doctor/test_verdicts_data.py
 def test_real_engine_store_is_listed_and_matched(tmp_path_factory) -> None:
     """Tiny fp16 / bf16 engine pairs built for real (TensorRT-RTX on the CPU) into a store: the
     doctor lists them and finds the pair of the job's size, precision and weights."""

@@ -21,6 +21,7 @@ from pid_trt.errors import ConfigError
 from pid_trt.integrations.diffusers import generate, pid_latent, to_pid_frame
 from pid_trt.io import read_latent_file
 from pid_trt.io.provenance import read_provenance
+from tests.conftest import quick_first
 from tests.integrations import diffusers_helpers as helpers
 
 SIZE = 128  # PiD output; the LDM runs at 32x32 (flux / sdxl / qwen latent 4x4, flux2 2x2)
@@ -51,7 +52,7 @@ def decoder_for(decoders, backbone) -> Decoder:
     return decoders[key]
 
 
-@pytest.mark.parametrize("backbone", list(NETS))
+@pytest.mark.parametrize("backbone", quick_first(NETS))
 def test_generate(decoders, backbone, recorder):
     """The decoded latent is the pipeline's latent after step K (unpacked, in PiD's frame) with
     sigma = sigmas[K]; the image is the Decoder's decode of exactly that."""
