@@ -26,6 +26,8 @@ FULL_SUITE_ONLY: dict[str, str] = {
     "a GPU to run); the quick tier's engine path is ORT (tests/backends/test_ort_parity.py)",
     "tests/cli/test_export_verify.py": "TensorRT-RTX parses an fp16 export (~15 s); the quick tier exports "
     "through the CLI in tests/backends/test_ort_parity.py",
+    "tests/tiling/test_tile_engines.py": "a TensorRT-RTX build of a tile engine (~40 s on 2 cores); "
+    "tests/cli/test_tiles_cli.py checks the printed plan",
     "tests/serve/test_clients.py": "a second server (tiny Gemma, caption cache); the quick tier's real server "
     "is tests/serve/test_serve.py's",
 }

@@ -76,12 +76,14 @@ def test_json_holds_facts_and_verdicts(tmp_path: Path) -> None:
     assert all(set(v) == {"check", "ok", "message", "fix", "blocking"} for v in data["verdicts"]["machine"])
 
 
+@pytest.mark.slow  # a doctor CLI process; the verdicts are tested as data in tests/doctor/test_verdicts_data.py (test_cpu_box_onnxruntime_bf16_is_refused_fp32_runs)
 def test_onnxruntime_bf16_on_the_cpu_cannot_run(tmp_path: Path) -> None:
     res = doctor("--backend", "onnxruntime:bf16", cwd=tmp_path)
     assert res.returncode == 1
     assert "CPU provider has no bfloat16 kernels" in res.stderr and "--backend onnxruntime:fp32" in res.stderr
 
 
+@pytest.mark.slow  # a doctor CLI process for a usage error; the quick tier keeps the doctor's exit codes in test_tensorrt_job_without_a_gpu_exits_1_with_one_line
 def test_bad_option_is_a_usage_error(tmp_path: Path) -> None:
     res = doctor("--backend", "nope", cwd=tmp_path)
     assert res.returncode == 2
@@ -89,6 +91,7 @@ def test_bad_option_is_a_usage_error(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow  # a doctor CLI process for a usage error; the quick tier keeps the doctor's exit codes in test_tensorrt_job_without_a_gpu_exits_1_with_one_line
 def test_missing_checkpoint_is_a_usage_error(tmp_path: Path) -> None:
     res = doctor("--backbone", "flux", "--checkpoint", str(tmp_path / "absent.pth"), cwd=tmp_path)
     assert res.returncode == 2 and "absent.pth: file not found" in res.stderr

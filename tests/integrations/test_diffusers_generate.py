@@ -146,7 +146,8 @@ def image_file(tmp_path_factory):
 
 
 @pytest.mark.parametrize("backbone, vae, shape", [("flux2", "flux2_vae", (1, 128, 4, 6)),
-                                                  ("qwenimage", "qwen_vae", (1, 16, 8, 12))])  # fmt: skip
+                                                  pytest.param("qwenimage", "qwen_vae", (1, 16, 8, 12),
+                                                               marks=pytest.mark.slow)])  # fmt: skip
 def test_cli_encode_image(image_file, tmp_path, backbone, vae, shape):
     vae_dir = tmp_path / "vae"
     getattr(helpers, vae)().save_pretrained(vae_dir)
@@ -182,6 +183,7 @@ def test_cli_encode_image_refuses(image_file, tmp_path):
     assert res.exit_code == 2 and "not found" in res.output
 
 
+@pytest.mark.slow  # a tiled generate and decode through the CLI (~30 s); the quick tier keeps test_cli_generate_then_decode_reproduces_the_image, and tiled decodes in tests/tiling/
 def test_cli_generate_tiles_as_decode_does(flux_dir, tmp_path):
     """--tiles reaches PiD's decode: the image is `pidtrt decode --tiles` of the saved latent,
     bit for bit, and not the one-shot image; a folder run's manifest records the tiling."""
