@@ -131,6 +131,13 @@ def _command_lines(nodes: Iterable[ast.AST], words: frozenset[str]) -> set[tuple
 
 @cache
 def _lines_of(node: ast.AST, words: frozenset[str]) -> frozenset[tuple[str, ...]]:
+    launchers = {  # local names of a launcher list: common = [sys.executable, "-m", "pid_trt.cli.main"]
+        t.id
+        for sub in ast.walk(node)
+        if isinstance(sub, ast.Assign) and isinstance(sub.value, ast.List | ast.Tuple) and sub.value.elts
+        for t in sub.targets
+        if isinstance(t, ast.Name) and _text(sub.value.elts[-1]) in LAUNCHERS
+    }
     found = set()
     for sub in ast.walk(node):
         items = (
@@ -140,7 +147,10 @@ def _lines_of(node: ast.AST, words: frozenset[str]) -> frozenset[tuple[str, ...]
             if isinstance(sub, ast.List | ast.Tuple)
             else []
         )
-        texts = [i.value if isinstance(i, ast.Constant) and isinstance(i.value, str) else None for i in items]
+        texts = [
+            "pidtrt" if isinstance(i, ast.Starred) and getattr(i.value, "id", None) in launchers else _text(i)
+            for i in items
+        ]
         for k, text in enumerate(texts):
             if text in words and (k == 0 or texts[k - 1] in LAUNCHERS):
                 run = []
@@ -150,6 +160,10 @@ def _lines_of(node: ast.AST, words: frozenset[str]) -> frozenset[tuple[str, ...]
                     run.append(t)
                 found.add(tuple(run))
     return frozenset(found)
+
+
+def _text(node: ast.AST) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
 
 def exercised_commands(node_ids: Iterable[str], root: Path = ROOT) -> set[tuple[str, ...]]:
@@ -217,7 +231,7 @@ def test_every_subcommand_runs_in_the_quick_tier(quick_tier: list[str]) -> None:
 
 def test_the_checks_catch_a_planted_gap(tmp_path: Path) -> None:
     """A planted tree: one module's only test is slow, and the other runs ``pidtrt decode``
-    through a helper and ``engines list`` through a fixture; ``verify`` appears only in a
+    through a helper, ``engines list`` through a fixture and ``info`` after a launcher list; ``verify`` appears only in a
     slow test and as a plain string. The checks see exactly that."""
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "__init__.py").write_text("")
@@ -231,14 +245,19 @@ def test_the_checks_catch_a_planted_gap(tmp_path: Path) -> None:
         "from tests.helpers import run\n"
         "def test_a(listing):\n    assert run('x') and listing\n"
         "def test_b():\n    assert 'verify' in 'pidtrt verify'\n"
+        "def test_d():\n    common = ['python', '-m', 'pid_trt.cli.main']\n    assert [*common, 'info', 'x.png']\n"
     )
     (tmp_path / "tests" / "test_heavy.py").write_text(
         "import pytest\n@pytest.mark.slow\ndef test_c():\n    assert ['verify', '--backbone', 'tiny']\n"
     )
     ids = collected_quick_tier(tmp_path)
-    assert sorted(ids) == ["tests/test_fast.py::test_a", "tests/test_fast.py::test_b"]
+    assert sorted(ids) == [
+        "tests/test_fast.py::test_a",
+        "tests/test_fast.py::test_b",
+        "tests/test_fast.py::test_d",
+    ]
     assert modules_without_quick_tests(ids, tmp_path) == {"tests/test_heavy.py"}
     found = exercised_commands(ids, tmp_path)
-    assert ("decode",) in found and ("engines", "list") in found
+    assert ("decode",) in found and ("engines", "list") in found and ("info",) in found
     assert ("verify",) not in found and ("engines", "rm") not in found
     assert ("verify",) in exercised_commands(["tests/test_heavy.py::test_c"], tmp_path)
