@@ -202,9 +202,20 @@ def modules_without_quick_tests(node_ids: Iterable[str], root: Path = ROOT) -> s
     return modules - {n.partition("::")[0] for n in node_ids}
 
 
+def _session_quick_tier(session: pytest.Session) -> list[str] | None:
+    """The quick tier from this session's own collection when it collected the whole tree with no
+    other selection (``pytest``, ``pytest tests``, ``-m "not slow"``); None otherwise."""
+    option = session.config.option
+    here = session.config.invocation_params.dir
+    whole = [(here / a.split("::")[0]).resolve() for a in session.config.args] in ([TESTS], [ROOT])
+    if not whole or option.keyword or option.deselect or option.markexpr not in ("", "not slow"):
+        return None
+    return [i.nodeid for i in session.items if i.get_closest_marker("slow") is None]
+
+
 @pytest.fixture(scope="module")
-def quick_tier() -> list[str]:
-    ids = collected_quick_tier()
+def quick_tier(request: pytest.FixtureRequest) -> list[str]:
+    ids = _session_quick_tier(request.session) or collected_quick_tier()
     assert len(ids) > 100, ids[:20]
     return ids
 

@@ -97,6 +97,7 @@ def test_missing_checkpoint_is_a_usage_error(tmp_path: Path) -> None:
     assert res.returncode == 2 and "absent.pth: file not found" in res.stderr
 
 
+@pytest.mark.slow  # a doctor CLI process hashing a stand-in checkpoint; README's first steps run the doctor in the quick tier and its checks are data in tests/doctor/test_verdicts_data.py
 def test_named_checkpoint_is_hashed(tmp_path: Path) -> None:
     ckpt = tmp_path / "model.pth"
     ckpt.write_bytes(b"not really weights")
