@@ -184,6 +184,7 @@ class TransformerCalls:
 COMMON = ("--pid", "tiny", "--random-weights", "--res", SIZE, "--steps", 4)
 
 
+@pytest.mark.slow  # many prompts with captures and --compare-vae through generate (~15 s); the quick tier keeps test_cli_generate_then_decode_reproduces_the_image and the many-file decode paths in tests/jobs/
 def test_cli_many_prompts_captures_manifest_and_resume(flux_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red fox in snow\n\n\nthe lazy brown dog\n")
