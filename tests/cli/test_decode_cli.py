@@ -191,7 +191,7 @@ def test_onnxruntime_cpu_refuses_bf16_graphs_before_exporting(dtype: str, tmp_pa
     assert not (tmp_path / "o.png").exists() and not list(tmp_path.glob("exp/*"))
 
 
-@pytest.mark.slow  # a fresh interpreter rendering every command's help; tests/backends/test_registry.py checks the same import rule in a quicker child
+@pytest.mark.slow  # a fresh interpreter rendering every command's help with the optional runtimes blocked; tests/backends/test_registry.py checks in a quicker child that a backend class imports none
 def test_help_works_without_optional_runtimes() -> None:
     code = (
         "import sys, builtins\n"
