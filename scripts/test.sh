@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# One command: set up the environment (fresh machine included), then lint, build the docs and run
-# the test suite. `./scripts/test.sh --quick [PYTEST ARGS]` runs the quick tier instead: every test
-# not marked `slow` (every module's unit tests and the tiny end-to-end paths); CI runs it all.
+# One command: set up the environment (fresh machine included), then lint, type-check, build the docs
+# and run the test suite. `./scripts/test.sh --quick [PYTEST ARGS]` runs the quick tier instead: every
+# test not marked `slow` (every module's unit tests and one tiny end-to-end path per front end; what is
+# marked and why: docs/contributing.md; tests/test_quick_tier.py keeps it so). CI runs it all. Both
+# keep ruff, mypy and `mkdocs build --strict` (together ~25 s of the quick tier's minutes on 2 cores).
+# No pytest-xdist: on 2 cores the in-process torch tests already use both (intra-op threads), each
+# worker would repeat the per-process shared work (the Triton servers, the tiny Gemma, the golden
+# exports, the TensorRT-RTX store of tests/engine_helpers.py); measure `-n 2 --dist loadfile` on an
+# idle machine before adding it (temp folders come from tmp_path and servers pick free ports, but the
+# suite has not been run under xdist).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 QUICK=()

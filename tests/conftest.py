@@ -253,3 +253,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         "(missing test data or extras are failures)",
         red=True,
     )
+
+
+# ----------------------------------------------------------------- the quick tier
+def quick_first(values, keep: int = 1) -> list:
+    """Values for a one-argument ``pytest.mark.parametrize``: the first ``keep`` run in the quick
+    tier, the others (the same path again on other inputs) are marked ``slow``: full suite only."""
+    values = list(values)
+    return values[:keep] + [pytest.param(v, marks=pytest.mark.slow) for v in values[keep:]]

@@ -273,3 +273,23 @@ def test_matching_experiments_none_for_other_layouts():
     shapes = expected_shapes(released.config)
     shapes.pop(sorted(shapes)[0])
     assert matching_experiments(shapes) == []
+
+
+def test_convert_cli_writes_the_net_config_and_refuses_a_bad_name(tmp_path, tiny_state):
+    """`pidtrt convert` (in process): the released .pth becomes a safetensors file that later
+    commands load without --backbone; a wrong output suffix is one line and writes nothing."""
+    from typer.testing import CliRunner
+
+    from pid_trt.cli.main import app
+
+    src = _save_pth(tmp_path / "model_ema_bf16.pth", tiny_state)
+    dst = tmp_path / "w.safetensors"
+    res = CliRunner().invoke(app, ["convert", str(src), "-o", str(dst), "--backbone", "tiny"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(f"wrote {dst} ({len(tiny_state)} tensors")
+    loaded = load_checkpoint(dst, None)
+    assert loaded.config == TINY
+    _assert_same(loaded.state_dict, tiny_state)
+    bad = CliRunner().invoke(app, ["convert", str(src), "-o", str(tmp_path / "w.pt"), "--backbone", "tiny"])
+    assert bad.exit_code != 0 and bad.output.count("\n") == 1 and "expected a .safetensors" in bad.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_ema_bf16.pth", "w.safetensors"]

@@ -179,8 +179,16 @@ def test_marked_block_parses(block: Block, tmp_path: Path) -> None:
     assert done.returncode == 0, f"{block.where}: bash -n: {done.stderr.strip()}"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("block", RUN, ids=lambda b: b.where)
+#: The executed blocks of the quick tier: README's (its first steps: ``sample-latent``, ``decode``,
+#: ``info`` and ``doctor`` as CLI processes, and its Python example); the docs' are full suite only.
+QUICK_README = ROOT / "README.md"
+
+
+@pytest.mark.parametrize(
+    "block",
+    [pytest.param(b, marks=() if b.path == QUICK_README else pytest.mark.slow) for b in RUN],
+    ids=lambda b: b.where,
+)
 def test_unmarked_block_runs(block: Block, tmp_path: Path) -> None:
     """A block without a mark runs as written, in an empty folder, on this CPU."""
     if block.lang == "python":
@@ -237,4 +245,5 @@ def test_blocks_are_found_with_their_marks() -> None:
 def test_docs_have_examples_that_run() -> None:
     """The docs keep a few executed examples, bash and Python, and most blocks are checked."""
     assert {b.lang for b in RUN} == {"bash", "python"}
+    assert {b.lang for b in RUN if b.path == QUICK_README} == {"bash", "python"}  # the quick tier's
     assert len(BLOCKS) >= 40

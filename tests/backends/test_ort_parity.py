@@ -21,8 +21,8 @@ from pid_trt.verify.parity import Tolerance, compare, format_table, psnr
 from tests.conftest import GOLDEN
 from tests.export_helpers import golden_export, load_golden
 
-# Every golden file exported and run on ONNX Runtime (66 s for the first alone on 2 cores): full suite only.
-pytestmark = pytest.mark.slow
+# Every golden file exported and run on ONNX Runtime (66 s for the first alone on 2 cores): full suite
+# only (marked one by one). The quick tier keeps the engine path through the CLI: export, decode on ORT.
 
 #: Golden tolerance of the ONNX path in fp32 (ORT's fused Attention / reassociated matmuls).
 FP32_TOL = Tolerance(atol=1e-3, rtol=0.0)
@@ -51,6 +51,7 @@ def _image(backend, d):
 
 
 @pytest.mark.parametrize("path", GOLDEN, ids=[p.stem for p in GOLDEN])
+@pytest.mark.slow
 def test_fp32_matches_golden(path, export_root):
     res, config, d = golden_export(path, "fp32", export_root)
     backend = _backend(res, config, d)
@@ -63,6 +64,7 @@ def test_fp32_matches_golden(path, export_root):
     assert img.passed, f"{path.stem}: image max|d| {img.max_abs:.3g} > {FP32_TOL.atol}"
 
 
+@pytest.mark.slow
 def test_hoist_off_gives_the_same_image(export_root):
     res, config, d = golden_export(GOLDEN[0], "fp32", export_root)
     on = _image(_backend(res, config, d, hoist=True), d)
@@ -70,6 +72,7 @@ def test_hoist_off_gives_the_same_image(export_root):
     assert torch.equal(on, off)
 
 
+@pytest.mark.slow
 def test_bind_refuses_a_foreign_batch_or_size(export_root):
     from pid_trt.errors import ConfigError
 
@@ -91,6 +94,7 @@ def test_bind_refuses_a_foreign_batch_or_size(export_root):
 
 
 @pytest.mark.parametrize("path", GOLDEN[:2], ids=[p.stem for p in GOLDEN[:2]])
+@pytest.mark.slow
 def test_fp16_graph_psnr_vs_fp32(path, export_root):
     res32, config, d = golden_export(path, "fp32", export_root)
     res16, _, _ = golden_export(path, "fp16", export_root)

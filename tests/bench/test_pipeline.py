@@ -42,6 +42,7 @@ def test_simulated_device_json_holds_the_named_keys(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # its scratch files are gone
 
 
+@pytest.mark.slow  # another bench child process; the quick tier runs --pipeline with a simulated device and on the real tiny net
 def test_simulate_device_waits_the_cost_model_floor(tmp_path):
     run = _cli(
         "--backbone", "flux", "--size", "64x64", "--simulate-device", "h100:fp8", "--images", "2", "--no-serial",
@@ -74,6 +75,7 @@ def test_real_tiny_network_without_a_simulated_device(tmp_path):
         (("--simulate-device", "h100:bf16", "--simulate-device-ms", "5"), "exclude each other"),
     ],
 )
+@pytest.mark.slow  # a CLI process per flag; bench's usage errors stay quick in tests/bench/test_bench.py (in process)
 def test_bad_flags_are_refused_in_one_line(tmp_path, args, match):
     run = _cli("--backbone", "flux", "--size", "64x64", "--images", "2", *args, cwd=tmp_path)
     assert run.returncode != 0 and match in run.stderr and "Traceback" not in run.stderr

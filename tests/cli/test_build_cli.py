@@ -18,6 +18,7 @@ def store(tmp_path_factory):
     return built_store(tmp_path_factory.getbasetemp() / "trt-store")
 
 
+@pytest.mark.slow  # a TensorRT-RTX build of the tiny fp16 + bf16 pair (~40 s on 2 cores); the quick tier's engine path is ORT export + decode (tests/backends/test_ort_parity.py)
 def test_builds_make_both_engines_with_manifests(store):
     for precision, (rc, out, err, _s) in store["results"].items():
         assert rc == 0, f"{precision}: rc {rc}\n{out}\n{err}"
@@ -45,6 +46,7 @@ def test_builds_make_both_engines_with_manifests(store):
     assert all(len(d) == 1 for d in pairs.values())  # prepare and step come from one export
 
 
+@pytest.mark.slow  # a TensorRT-RTX build of the tiny fp16 + bf16 pair (~40 s on 2 cores); the quick tier's engine path is ORT export + decode (tests/backends/test_ort_parity.py)
 def test_second_build_is_a_cache_hit(store):
     root = store["root"]
     plans = {p: p.stat().st_mtime_ns for p in (root / "engines").glob("*.plan")}
@@ -57,6 +59,7 @@ def test_second_build_is_a_cache_hit(store):
     assert {p: p.stat().st_mtime_ns for p in (root / "engines").glob("*.plan")} == plans
 
 
+@pytest.mark.slow  # a TensorRT-RTX build of the tiny fp16 + bf16 pair (~40 s on 2 cores); the quick tier's engine path is ORT export + decode (tests/backends/test_ort_parity.py)
 def test_engines_list_shows_them(store):
     res = pidtrt("engines", "list", "--engine-dir", str(store["root"] / "engines"))
     assert res.returncode == 0, res.stderr
@@ -68,6 +71,7 @@ def test_engines_list_shows_them(store):
     assert "4 engine(s)" in res.stdout
 
 
+@pytest.mark.slow  # a TensorRT-RTX build of the tiny fp16 + bf16 pair (~40 s on 2 cores); the quick tier's engine path is ORT export + decode (tests/backends/test_ort_parity.py)
 def test_engines_list_flags_a_truncated_plan_corrupt(store, tmp_path):
     engines = shutil.copytree(store["root"] / "engines", tmp_path / "engines")
     plan = next(engines.glob("*fp16*.plan"))
@@ -77,6 +81,7 @@ def test_engines_list_flags_a_truncated_plan_corrupt(store, tmp_path):
     assert sum("corrupt" in line for line in res.stdout.splitlines()) == 1, res.stdout
 
 
+@pytest.mark.slow  # a TensorRT-RTX build of the tiny fp16 + bf16 pair (~40 s on 2 cores); the quick tier's engine path is ORT export + decode (tests/backends/test_ort_parity.py)
 def test_engines_rm_one_then_all(store, tmp_path):
     engines = shutil.copytree(store["root"] / "engines", tmp_path / "engines")
     m = manifests(engines)[0]

@@ -113,6 +113,7 @@ def test_decode_cli_bad_latent_is_one_line_error(case: str, tmp_path: Path) -> N
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pidtrt-tmp")]
 
 
+@pytest.mark.slow  # three CLI processes; tests/io/test_latent_file.py refuses missing, garbage and truncated files in process
 def test_decode_cli_missing_and_garbage_files(tmp_path: Path) -> None:
     res = run_cli(
         "decode",
@@ -143,6 +144,7 @@ def test_decode_cli_keeps_existing_output_on_failure(tmp_path: Path) -> None:
     assert out.read_bytes() == b"precious"
 
 
+@pytest.mark.slow  # a CLI process; in process: tests/test_decoder.py::test_released_preset_needs_a_caption_and_prompt_needs_an_encoder
 def test_released_preset_without_caption_says_how_to_supply_one(tmp_path: Path) -> None:
     lat = tmp_path / "lat.safetensors"
     write_latent_file(lat, torch.randn(1, 16, 2, 2))
@@ -151,6 +153,7 @@ def test_released_preset_without_caption_says_how_to_supply_one(tmp_path: Path) 
     assert "caption_embedding" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow  # a CLI process loading the flux preset; the quick tier keeps the CLI's one-line refusals in test_decode_cli_keeps_existing_output_on_failure
 def test_released_preset_without_weights_points_to_download(tmp_path: Path) -> None:
     lat = tmp_path / "lat.safetensors"
     write_latent_file(lat, torch.randn(1, 16, 2, 2), torch.randn(300, 2304))
@@ -159,6 +162,7 @@ def test_released_preset_without_weights_points_to_download(tmp_path: Path) -> N
     assert "hf download nvidia/PiD" in res.stderr
 
 
+@pytest.mark.slow  # three CLI decodes; the quick tier decodes through the CLI (README's first steps, test_decode_cli_writes_png_per_batch_item) and checks seeds in process (tests/test_sampling.py)
 def test_tiny_random_weights_decode_and_seed_reproducible(tmp_path: Path) -> None:
     lat = _tiny_latent(tmp_path)
     outs = []
@@ -187,6 +191,7 @@ def test_onnxruntime_cpu_refuses_bf16_graphs_before_exporting(dtype: str, tmp_pa
     assert not (tmp_path / "o.png").exists() and not list(tmp_path.glob("exp/*"))
 
 
+@pytest.mark.slow  # a fresh interpreter rendering every command's help with the optional runtimes blocked; tests/backends/test_registry.py checks in a quicker child that a backend class imports none
 def test_help_works_without_optional_runtimes() -> None:
     code = (
         "import sys, builtins\n"

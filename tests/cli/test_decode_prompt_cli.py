@@ -27,6 +27,7 @@ def gemma(tmp_path_factory) -> Path:
     return make_tiny_gemma(tmp_path_factory.mktemp("gemma"))
 
 
+@pytest.mark.slow  # four CLI processes with a tiny Gemma (~20 s); in process: tests/test_decoder.py::test_prompt_is_encoded_by_the_text_encoder
 def test_prompt_equals_encode_caption_then_caption(gemma: Path, tmp_path: Path) -> None:
     lat = sample_latent(TINY, 2, 64, 64, seed=2)
     latent = tmp_path / "latent.safetensors"

@@ -11,6 +11,7 @@ from tests.engine_helpers import pidtrt
 
 
 @pytest.mark.requires("tensorrt_rtx")
+@pytest.mark.slow  # an fp16 export parsed by TensorRT-RTX (~15 s); the quick tier exports through the CLI in tests/backends/test_ort_parity.py
 def test_export_verify_reports_checker_and_parser(tmp_path):
     res = pidtrt("export", "--backbone", "tiny", "--random-weights", "--res", "64", "--precision", "fp16",
                  "--export-dir", str(tmp_path / "exp"), "--verify")  # fmt: skip

@@ -63,6 +63,7 @@ def _refused_in_one_line(res: subprocess.CompletedProcess, *words: str) -> str:
 
 
 @pytest.mark.parametrize("field", ["shape", "data_offsets", "dtype"])
+@pytest.mark.slow  # a CLI process per field; tests/reliability/test_hostile_text.py checks every reader's escaping in process
 def test_decode_refuses_a_hostile_noise_file(latent: Path, tmp_path: Path, field: str) -> None:
     entry = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], field: HOSTILE}
     noise = raw_file(tmp_path / "noise.safetensors", {"noise": entry}, b"\0" * 4)
@@ -93,6 +94,7 @@ def test_decode_refuses_a_latent_file_with_a_hostile_tensor_name(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors"]
 
 
+@pytest.mark.slow  # a CLI process loading an image encoder; tests/reliability/test_hostile_text.py checks the manifest reader in process
 def test_encode_image_manifest_naming_a_hostile_missing_image(tmp_path: Path) -> None:
     """The failure is reported as it happens (above the progress bar) and in the summary,
     both one printable line naming the image; the run's exit code is the input's."""

@@ -66,6 +66,7 @@ def _errors(res: subprocess.CompletedProcess) -> list[str]:
     return [ln for ln in res.stderr.strip().splitlines() if not ln.startswith("warning:")]
 
 
+@pytest.mark.slow  # five CLI processes with a tiny Gemma (~35 s); the quick tier keeps the null caption's CLI paths below and tests/test_text.py's recipe in process
 def test_null_caption_equals_encoding_empty(
     gemma: Path, checkpoint: Path, latent: Path, tmp_path: Path
 ) -> None:
@@ -103,6 +104,7 @@ def test_null_caption_equals_encoding_empty(
     assert not torch.equal(_image(other), _image(by_file))
 
 
+@pytest.mark.slow  # five CLI decodes (~30 s); in process: test_decoder_null_caption_path_tensor_and_no_store below
 def test_community_format_gives_the_same_image(checkpoint: Path, latent: Path, tmp_path: Path) -> None:
     """`null_caption_embs` [1, 300, 32] bf16 decodes exactly as the same values in ours
     (`caption_embedding` float32); a null caption of the wrong width is one line, nothing written."""
@@ -158,6 +160,7 @@ def _blocked_transformers(tmp_path: Path) -> dict:
     return {"PYTHONPATH": os.pathsep.join([str(block), os.environ.get("PYTHONPATH", "")])}
 
 
+@pytest.mark.slow  # six CLI decodes with a tiny Gemma (~35 s); in process: tests/test_caption_store.py::test_provider_reads_the_store_before_the_encoder
 def test_second_process_finds_the_store_without_the_encoder(
     gemma: Path, checkpoint: Path, latent: Path, tmp_path: Path
 ) -> None:

@@ -47,6 +47,7 @@ def test_dry_run_prints_the_plan_and_reads_no_weights(flux_4096, tmp_path: Path)
     assert not out.exists()
 
 
+@pytest.mark.slow  # a second --dry-run process; the quick tier keeps test_dry_run_prints_the_plan_and_reads_no_weights
 def test_dry_run_one_shot_inside_the_envelope(tmp_path: Path) -> None:
     latent = tmp_path / "l.safetensors"
     write_latent_file(latent, torch.zeros(2, 16, 64, 64), torch.zeros(2, 300, 2304))
@@ -57,6 +58,7 @@ def test_dry_run_one_shot_inside_the_envelope(tmp_path: Path) -> None:
     assert "--random-weights --size 2048x2048 --batch 2 --precision bf16" in res.stdout
 
 
+@pytest.mark.slow  # a CLI process; in process: tests/tiling/test_decode_tiles.py::test_tiles_off_outside_the_envelope_is_refused_before_memory_and_weights
 def test_tiles_off_outside_the_envelope_is_refused_in_one_line(flux_4096, tmp_path: Path) -> None:
     """Before the memory check (the fp32 one-shot estimate is ~53 GiB: exit 3 had it run) and
     before the weights (the checkpoint is junk)."""
@@ -80,10 +82,16 @@ def test_tiles_off_outside_the_envelope_is_refused_in_one_line(flux_4096, tmp_pa
             ["--tile-size", "100x128"],
             "--tile-size width 100 px is not on the latent grid: expected a multiple of 32",
         ),
-        (["--tiles", "2x2", "--tile-size", "1024x1024"], "leaves a gap"),
-        (["--tile-size", "2048x2048", "--tile-overlap", "2048"], "expected less than the tile"),
-        (["--tile-size", "8192x2048"], "is larger than the 4096x4096 image"),
-        (["--tiles", "3"], "expected auto, off or COLSxROWS"),
+        # the same CLI path again, a process each (tests/tiling/ checks each rule in process)
+        *(
+            pytest.param(args, words, marks=pytest.mark.slow)
+            for args, words in [
+                (["--tiles", "2x2", "--tile-size", "1024x1024"], "leaves a gap"),
+                (["--tile-size", "2048x2048", "--tile-overlap", "2048"], "expected less than the tile"),
+                (["--tile-size", "8192x2048"], "is larger than the 4096x4096 image"),
+                (["--tiles", "3"], "expected auto, off or COLSxROWS"),
+            ]
+        ),
     ],
 )
 def test_bad_tile_options_are_one_line_errors(flux_4096, tmp_path: Path, args, words) -> None:
@@ -97,6 +105,7 @@ def test_bad_tile_options_are_one_line_errors(flux_4096, tmp_path: Path, args, w
     assert not list(tmp_path.glob("o*"))
 
 
+@pytest.mark.slow  # three CLI decodes; in process: tests/tiling/test_decode_tiles.py
 def test_one_by_one_tiles_write_the_one_shot_image(tmp_path: Path) -> None:
     latent = tmp_path / "l.safetensors"
     write_latent_file(latent, torch.randn(1, 16, 4, 6, generator=torch.Generator().manual_seed(0)))

@@ -136,6 +136,7 @@ def test_fp32_graphs_are_clean_and_load_everywhere(export_root):
     }
 
 
+@pytest.mark.slow  # exports a golden net (~15 s); the quick tier reuses an export through the CLI (tests/backends/test_ort_parity.py::test_cli_export_then_decode_matches_golden)
 def test_cached_export_is_reused_only_when_the_key_matches(export_root):
     res, config, _ = golden_export(GOLDEN[0], "fp32", export_root)
     again = find_export(res.key, export_root)
@@ -147,6 +148,7 @@ def test_cached_export_is_reused_only_when_the_key_matches(export_root):
 
 
 @needs_rtx
+@pytest.mark.slow  # the same golden fp32 export, parsed by TensorRT-RTX; the quick tier parses the bf16 graphs below
 def test_trt_rtx_parses_fp32_graphs(export_root):
     res, config, _ = golden_export(GOLDEN[0], "fp32", export_root)
     assert trt_parse(res.prepare).layers > 0

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from pid_trt.doctor import gather
@@ -75,12 +76,14 @@ def test_json_holds_facts_and_verdicts(tmp_path: Path) -> None:
     assert all(set(v) == {"check", "ok", "message", "fix", "blocking"} for v in data["verdicts"]["machine"])
 
 
+@pytest.mark.slow  # a doctor CLI process; the verdicts are tested as data in tests/doctor/test_verdicts_data.py (test_cpu_box_onnxruntime_bf16_is_refused_fp32_runs)
 def test_onnxruntime_bf16_on_the_cpu_cannot_run(tmp_path: Path) -> None:
     res = doctor("--backend", "onnxruntime:bf16", cwd=tmp_path)
     assert res.returncode == 1
     assert "CPU provider has no bfloat16 kernels" in res.stderr and "--backend onnxruntime:fp32" in res.stderr
 
 
+@pytest.mark.slow  # a doctor CLI process for a usage error; the quick tier keeps the doctor's exit codes in test_tensorrt_job_without_a_gpu_exits_1_with_one_line
 def test_bad_option_is_a_usage_error(tmp_path: Path) -> None:
     res = doctor("--backend", "nope", cwd=tmp_path)
     assert res.returncode == 2
@@ -88,11 +91,13 @@ def test_bad_option_is_a_usage_error(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow  # a doctor CLI process for a usage error; the quick tier keeps the doctor's exit codes in test_tensorrt_job_without_a_gpu_exits_1_with_one_line
 def test_missing_checkpoint_is_a_usage_error(tmp_path: Path) -> None:
     res = doctor("--backbone", "flux", "--checkpoint", str(tmp_path / "absent.pth"), cwd=tmp_path)
     assert res.returncode == 2 and "absent.pth: file not found" in res.stderr
 
 
+@pytest.mark.slow  # a doctor CLI process hashing a stand-in checkpoint; README's first steps run the doctor in the quick tier and its checks are data in tests/doctor/test_verdicts_data.py
 def test_named_checkpoint_is_hashed(tmp_path: Path) -> None:
     ckpt = tmp_path / "model.pth"
     ckpt.write_bytes(b"not really weights")
@@ -103,6 +108,7 @@ def test_named_checkpoint_is_hashed(tmp_path: Path) -> None:
     assert f"✓ flux-2k: checkpoint model.pth (sha256 {want}...)" in res.stdout
 
 
+@pytest.mark.slow  # the tiny TensorRT-RTX engine pair (~40 s on 2 cores); the engine verdicts are tested as data in tests/doctor/test_verdicts_data.py
 def test_real_engine_store_is_listed_and_matched(tmp_path_factory) -> None:
     """Tiny fp16 / bf16 engine pairs built for real (TensorRT-RTX on the CPU) into a store: the
     doctor lists them and finds the pair of the job's size, precision and weights."""

@@ -21,6 +21,7 @@ from pid_trt.errors import ConfigError
 from pid_trt.integrations.diffusers import generate, pid_latent, to_pid_frame
 from pid_trt.io import read_latent_file
 from pid_trt.io.provenance import read_provenance
+from tests.conftest import quick_first
 from tests.integrations import diffusers_helpers as helpers
 
 SIZE = 128  # PiD output; the LDM runs at 32x32 (flux / sdxl / qwen latent 4x4, flux2 2x2)
@@ -51,7 +52,7 @@ def decoder_for(decoders, backbone) -> Decoder:
     return decoders[key]
 
 
-@pytest.mark.parametrize("backbone", list(NETS))
+@pytest.mark.parametrize("backbone", quick_first(NETS))
 def test_generate(decoders, backbone, recorder):
     """The decoded latent is the pipeline's latent after step K (unpacked, in PiD's frame) with
     sigma = sigmas[K]; the image is the Decoder's decode of exactly that."""
@@ -145,7 +146,8 @@ def image_file(tmp_path_factory):
 
 
 @pytest.mark.parametrize("backbone, vae, shape", [("flux2", "flux2_vae", (1, 128, 4, 6)),
-                                                  ("qwenimage", "qwen_vae", (1, 16, 8, 12))])  # fmt: skip
+                                                  pytest.param("qwenimage", "qwen_vae", (1, 16, 8, 12),
+                                                               marks=pytest.mark.slow)])  # fmt: skip
 def test_cli_encode_image(image_file, tmp_path, backbone, vae, shape):
     vae_dir = tmp_path / "vae"
     getattr(helpers, vae)().save_pretrained(vae_dir)
@@ -181,6 +183,7 @@ def test_cli_encode_image_refuses(image_file, tmp_path):
     assert res.exit_code == 2 and "not found" in res.output
 
 
+@pytest.mark.slow  # a tiled generate and decode through the CLI (~30 s); the quick tier keeps test_cli_generate_then_decode_reproduces_the_image, and tiled decodes in tests/tiling/
 def test_cli_generate_tiles_as_decode_does(flux_dir, tmp_path):
     """--tiles reaches PiD's decode: the image is `pidtrt decode --tiles` of the saved latent,
     bit for bit, and not the one-shot image; a folder run's manifest records the tiling."""

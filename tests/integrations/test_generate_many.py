@@ -26,6 +26,7 @@ from pid_trt.integrations.generate_run import GenerateSettings, generate_prompt,
 from pid_trt.integrations.vae import decode_latent
 from pid_trt.io import read_latent_file
 from pid_trt.jobs.prompts import prompt_folder, read_prompts_file, slug
+from tests.conftest import quick_first
 from tests.integrations import diffusers_helpers as helpers
 
 SIZE = 64  # PiD output; the LDM runs at 16x16 (flux latent 2x2)
@@ -82,7 +83,7 @@ def test_colour_drift_against_published_values():
 
 
 # ------------------------------------------------------------------ the VAE's own decode
-@pytest.mark.parametrize("backbone", ["flux", "flux2", "qwenimage", "sdxl"])
+@pytest.mark.parametrize("backbone", quick_first(["flux", "flux2", "qwenimage", "sdxl"]))
 def test_vae_decode_of_the_pid_latent_is_the_pipelines_image(backbone):
     """decode_latent(PiD latent) is the image the pipeline itself decodes (output_type="pt")
     from the same run: the baseline --compare-vae writes, for every VAE layout (Flux.1,
@@ -183,6 +184,7 @@ class TransformerCalls:
 COMMON = ("--pid", "tiny", "--random-weights", "--res", SIZE, "--steps", 4)
 
 
+@pytest.mark.slow  # many prompts with captures and --compare-vae through generate (~15 s); the quick tier keeps test_cli_generate_then_decode_reproduces_the_image and the many-file decode paths in tests/jobs/
 def test_cli_many_prompts_captures_manifest_and_resume(flux_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red fox in snow\n\n\nthe lazy brown dog\n")

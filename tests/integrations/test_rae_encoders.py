@@ -358,6 +358,7 @@ def test_cli_siglip_many_images_and_sigmas(sig, sig_dir, image_file, tmp_path):
     assert _delta(read_latent_file(out / "photo_sigma0.300.safetensors").latent, 0.7 * z + 0.3 * eps) <= TOL
 
 
+@pytest.mark.slow  # a CLI encode at 448x448 beside upstream's reference (~12 s); the quick tier keeps the dinov2 CLI path in test_cli_dinov2_end_to_end
 def test_dinov2_image_under_448_equals_upstream(dino, dino_dir, stats_files, tmp_path):
     """An ImageNet-sized photo (333x300, cropped to 320x288: under 448 a side) through the real
     CLI: one warning line, exit 0, and the latent of upstream's encode (bicubic up to 448, the

@@ -104,15 +104,21 @@ def write_png_with(path: Path, text: str) -> None:
     ("text", "words"),
     [
         ("{not json", "pid-trt provenance is not JSON"),
-        ("[1, 2]", "pid-trt provenance is list, expected a JSON object"),
-        ('{"seed": 1}', "pid-trt provenance lacks backend, precision, steps, size"),
-        (
-            '{"seed": "one", "backend": "torch", "precision": "fp32", "steps": 4, "size": "8x8"}',
-            "field 'seed' is str, expected int",
-        ),
-        (
-            '{"seed": true, "backend": "torch", "precision": "fp32", "steps": 4, "size": "8x8"}',
-            "field 'seed' is bool, expected int",
+        # the same CLI path again, a process each: full suite only
+        *(
+            pytest.param(text, words, marks=pytest.mark.slow)
+            for text, words in [
+                ("[1, 2]", "pid-trt provenance is list, expected a JSON object"),
+                ('{"seed": 1}', "pid-trt provenance lacks backend, precision, steps, size"),
+                (
+                    '{"seed": "one", "backend": "torch", "precision": "fp32", "steps": 4, "size": "8x8"}',
+                    "field 'seed' is str, expected int",
+                ),
+                (
+                    '{"seed": true, "backend": "torch", "precision": "fp32", "steps": 4, "size": "8x8"}',
+                    "field 'seed' is bool, expected int",
+                ),
+            ]
         ),
     ],
 )

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.jobs.helpers import write_tiny_latents
@@ -39,6 +40,7 @@ def test_pipelined_run_writes_the_bytes_of_the_serial_run_and_a_blocked_file_fai
     assert (tmp_path / "piped" / names[1]).is_dir()
 
 
+@pytest.mark.slow  # a CLI decode process; the encoders are tested in process in tests/io/test_encoders.py
 def test_one_file_to_jpeg_and_16_bit_png_by_flag(tmp_path):
     lat = write_tiny_latents(tmp_path / "lat", 1, 4, seed=1)
     (src,) = sorted(lat.iterdir())
@@ -56,6 +58,7 @@ def test_one_file_to_jpeg_and_16_bit_png_by_flag(tmp_path):
     assert len(bad.stderr.strip().splitlines()[-1]) > 0 and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow  # two CLI decode processes; the quick tier keeps the pipelined run above
 def test_batched_files_equal_single_ones_within_the_batch_tolerance(tmp_path):
     lat = write_tiny_latents(tmp_path / "lat", 5, 4, seed=2)
     one = _cli("decode", lat, "-o", "one/", "--batch", "1", *TINY_ARGS, cwd=tmp_path)

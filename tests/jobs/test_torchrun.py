@@ -144,6 +144,7 @@ def test_a_killed_run_restarts_and_decodes_only_what_is_missing(latents, one_pro
     assert {name: (out / name).stat().st_mtime_ns for name in before} == mtimes  # finished files not redone
 
 
+@pytest.mark.slow  # another two-rank torchrun run; the quick tier keeps test_two_ranks_write_the_one_process_files_bit_for_bit
 def test_a_failed_input_on_any_rank_fails_every_rank_and_is_reported_once(latents, tmp_path) -> None:
     """The two ranks started by hand with torchrun's variables, to see each one's exit code."""
     bad = tmp_path / "in"

@@ -30,8 +30,8 @@ from tests.serve.conftest import (
     stop_server,
 )
 
-# Each test starts a Triton server (~10-45 s each, 240 s+ for the module on 2 cores): full suite only.
-pytestmark = pytest.mark.slow
+# A Triton server per module (~10-45 s to start on 2 cores) and 240 s+ for the module: the quick tier
+# keeps one real server (health, parameters, and `pidtrt request` = `pidtrt decode`); the rest are marked.
 
 #: Two output sizes (tiny preset: 32 pixels per latent cell).
 SIZES = ((32, 32), (32, 64))
@@ -157,6 +157,7 @@ def test_request_cli_equals_decode_cli_bit_for_bit(server, tmp_path: Path) -> No
     assert torch.equal(got, want)
 
 
+@pytest.mark.slow
 def test_png_output_is_the_decode_clis_png(server, decoder, tmp_path: Path) -> None:
     lat, cap = latents(decoder.config, 5)[SIZES[1]]
     with client(server) as c:
@@ -212,6 +213,7 @@ def test_decode_server_honours_png_level_quality_and_bit_depth(server, decoder, 
             assert (tmp_path / name).read_bytes() == direct.read_bytes(), name
 
 
+@pytest.mark.slow
 def test_concurrent_clients_two_sizes_with_malformed_requests(server, decoder) -> None:
     """4 clients x 25 requests, two sizes, every fifth one malformed: each good request gets
     the image of a direct decode (bit for bit when it ran alone, else within BATCH_TOL), each
@@ -279,6 +281,7 @@ def test_concurrent_clients_two_sizes_with_malformed_requests(server, decoder) -
     print(f"batches formed (size: decodes): {new}; {exact} of 80 good images bit-identical to a lone decode")
 
 
+@pytest.mark.slow
 def test_bad_request_fails_alone_inside_a_batch(server, decoder) -> None:
     """Two good and two malformed requests sent together: one decode of 4 forms (checked on
     the server's statistics), the good ones get their images, the bad ones their errors."""
@@ -330,6 +333,7 @@ def test_bad_request_fails_alone_inside_a_batch(server, decoder) -> None:
     print(f"malformed request in a batch of 4: {results[1]}")
 
 
+@pytest.mark.slow
 def test_overload_is_refused_at_once_not_queued(server, decoder) -> None:
     """A burst of 24 requests at a server that holds 4 decoding + MAX_QUEUE waiting: the rest
     are refused immediately with the overload error; every request ends, none is lost."""
@@ -365,6 +369,7 @@ def test_overload_is_refused_at_once_not_queued(server, decoder) -> None:
     assert "Exceeds maximum queue size" in refused[0][1]
 
 
+@pytest.mark.slow
 def test_decode_many_files_through_the_server_and_resume(server, tmp_path: Path) -> None:
     src = tmp_path / "lats"
     src.mkdir()
@@ -385,6 +390,7 @@ def test_decode_many_files_through_the_server_and_resume(server, tmp_path: Path)
     assert (out / "l1.png").is_file()
 
 
+@pytest.mark.slow
 def test_bench_server_records_every_request(server, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     res = subprocess.run(
@@ -412,6 +418,7 @@ def tiled_requests(served) -> float:
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)
 
 
+@pytest.mark.slow
 def test_a_request_outside_the_envelope_is_answered_tiled(server, tmp_path: Path) -> None:
     """128x96 is outside the server's 64x64 envelope: answered in tiles, bit for bit
     Decoder.decode(tiles="auto") with the same envelope and seed; a request's own tiles win;
@@ -448,6 +455,7 @@ def test_a_request_outside_the_envelope_is_answered_tiled(server, tmp_path: Path
 TILING_FLAGS = ("--tiles", "2x2", "--tile-size", "96x64", "--tile-batch", "2")
 
 
+@pytest.mark.slow
 def test_tiling_options_travel_with_decode_server_request_and_pid_client(server, tmp_path: Path) -> None:
     """`pidtrt decode --server` / `pidtrt request` with tiling options, and PidClient's tiling
     keywords, write the PNG bytes of a local `pidtrt decode` with the same options and seed
@@ -508,6 +516,7 @@ def test_tiling_options_travel_with_decode_server_request_and_pid_client(server,
     assert sorted(p.name for p in tmp_path.iterdir()) == written
 
 
+@pytest.mark.slow
 def test_hostile_request_id_and_parameters_come_back_escaped(server, decoder) -> None:
     """A request id and a tiling value carrying terminal escapes, CR, BEL and U+202E: refused
     as a malformed request, the answer's error one printable line naming both, escaped."""
@@ -525,12 +534,14 @@ def test_hostile_request_id_and_parameters_come_back_escaped(server, decoder) ->
         assert c.decode(lat, cap, seed=1)["image"] is not None
 
 
+@pytest.mark.slow
 def test_sigint_stops_the_server_and_leaves_nothing(server) -> None:
     code = stop_server(server, signal.SIGINT)
     assert code == 0, server.stderr()
     assert_nothing_left(server)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_two_instance_server_and_leaves_nothing(tmp_path: Path, decoder) -> None:
     served = start_server(tmp_path, "--instances", "2", "--max-batch", "2")
     try:

@@ -279,6 +279,7 @@ def test_plan_jobs_names_outputs_and_refuses_collisions(tmp_path: Path) -> None:
     assert plan_jobs(files[:1], out / "one.png", single=True)[0].output == out / "one.png"
 
 
+@pytest.mark.slow  # two CLI runs over a folder; the quick tier's many-file decode runs in tests/jobs/test_pipelined_decode.py and test_torchrun.py, resume in tests/jobs/test_runner.py
 def test_decode_directory_reports_bad_file_and_resumes(tmp_path: Path) -> None:
     src = tmp_path / "lats"
     src.mkdir()

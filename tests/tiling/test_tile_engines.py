@@ -16,6 +16,7 @@ from tests.engine_helpers import pidtrt
 pytestmark = pytest.mark.requires("tensorrt_rtx")
 
 
+@pytest.mark.slow  # a TensorRT-RTX build of a batch-2 tile engine (~40 s on 2 cores); tests/cli/test_tiles_cli.py checks the printed plan
 def test_the_plans_build_command_makes_the_tile_engine_the_decode_needs(tmp_path: Path) -> None:
     latent = tmp_path / "wide.safetensors"
     write_latent_file(

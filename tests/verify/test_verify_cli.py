@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from tests.conftest import golden_case, require
-from tests.engine_helpers import build_args, pidtrt
+from tests.engine_helpers import built_store, pidtrt
 from tests.verify.helpers import golden_user_files, model_args
 
-# Each test exports and runs whole decodes on two backends (75 s for the first on 2 cores): full suite only.
-pytestmark = pytest.mark.slow
+# Each test exports and runs whole decodes on two backends (75 s for the first on 2 cores): the quick
+# tier keeps one (ONNX Runtime fp32 against torch); the others are marked slow.
 
 #: The weight the perturbed graph scales (read by one Gemm of the second pixel block).
 PERTURBED = "model.pixel_blocks.1.compress_to_attn.weight"
@@ -40,7 +40,7 @@ def _verify(root: Path, files, *args: str):
     return pidtrt("verify", *model_args(files), *args, cwd=root)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("fp16", marks=pytest.mark.slow)])
 def test_onnxruntime_passes_against_torch(golden, precision):
     root, files = golden
     rep = root / f"report-{precision}"
@@ -78,6 +78,7 @@ def _perturb(export: Path, out: Path) -> None:
     onnx.save_model(model, str(folder / "step.onnx"), save_as_external_data=True, location="step.onnx.data")
 
 
+@pytest.mark.slow  # two more verify runs on ORT fp32 (one with --layers)
 def test_perturbed_graph_fails_and_layers_find_it(golden):
     root, files = golden
     if not (root / "export").is_dir():  # run alone: make the clean fp32 export first
@@ -97,6 +98,7 @@ def test_perturbed_graph_fails_and_layers_find_it(golden):
     assert all(row["rel_l2"] > 1e-4 for row in report["layers"]["first"])
 
 
+@pytest.mark.slow  # three CLI processes for refusals; tests/doctor/ refuses the same pairs
 def test_pairs_that_cannot_run_here_say_why():
     res = pidtrt(
         "verify", "--backbone", "tiny", "--random-weights", "--res", "64", "--backend", "onnxruntime:bf16"
@@ -126,11 +128,14 @@ def test_pairs_that_cannot_run_here_say_why():
     assert res.returncode == 2 and "--layers" in res.stderr
 
 
+@pytest.mark.slow  # the tiny TensorRT-RTX engine pair (~40 s on 2 cores), shared with tests/cli/test_build_cli.py
 def test_engines_show_a_tiny_plan(tmp_path_factory):
     require("tensorrt_rtx")
-    root = tmp_path_factory.mktemp("verify-trt")
-    built = pidtrt(*build_args(root, "fp16"))  # tiny, 64x64, TensorRT-RTX ahead of time on the CPU
-    assert built.returncode == 0, built.stdout + built.stderr
+    # tiny, 64x64, TensorRT-RTX ahead of time on the CPU: the store tests/cli/test_build_cli.py built
+    store = built_store(tmp_path_factory.getbasetemp() / "trt-store")
+    root = store["root"]
+    rc, out, err, _ = store["results"]["fp16"]
+    assert rc == 0, out + err
     (manifest,) = [
         json.loads(p.read_text())
         for p in (root / "engines").glob("*.manifest.json")
