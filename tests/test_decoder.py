@@ -35,7 +35,10 @@ def _golden_decoder_inputs(name: str, tmp: Path):
 
 
 @pytest.mark.parametrize(
-    "backend, tol", [("torch", TORCH_TOL), ("onnxruntime", ORT_TOL)], ids=["torch", "onnxruntime"]
+    "backend, tol",
+    # ONNX Runtime against the golden image stays quick in tests/backends/test_ort_parity.py (through the CLI)
+    [("torch", TORCH_TOL), pytest.param("onnxruntime", ORT_TOL, marks=pytest.mark.slow)],
+    ids=["torch", "onnxruntime"],
 )
 def test_decode_matches_golden_image(backend: str, tol: float, tmp_path: Path) -> None:
     ckpt, latent, caption, sigma, noise, expected = _golden_decoder_inputs("v1_flux_wide_b2", tmp_path)
@@ -84,7 +87,8 @@ def test_mixed_sizes_reuse_backends_and_evict_lru(tmp_path: Path, monkeypatch) -
         dec.decode(small.latent, small.caption)
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+# The quick tier runs the torch case; the ONNX Runtime one (the same locking, another backend) is full suite only.
+@pytest.mark.parametrize("backend", ["torch", pytest.param("onnxruntime", marks=pytest.mark.slow)])
 def test_concurrent_decodes_equal_sequential(backend: str, tmp_path: Path) -> None:
     """Eight threads, two sizes, four seeds: every result equals the same decode run alone."""
     dec = Decoder.load(
