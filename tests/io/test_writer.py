@@ -101,8 +101,11 @@ def test_bad_writer_settings_are_refused():
         ImageWriter(writers=1, max_in_flight=0)
 
 
+# A shell that runs this suite in the background starts it with SIGINT ignored, and Python then
+# keeps it ignored in the child: the child puts Ctrl-C's handler back itself.
 _CHILD = """
-import sys, torch
+import signal, sys, torch
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pid_trt.bench.photo import photo_like
 from pid_trt.io.writer import ImageWriter
 img = photo_like(1024, 1024, seed=1)
@@ -122,10 +125,14 @@ def test_ctrl_c_waits_for_writes_in_flight_and_leaves_no_partial_file(tmp_path):
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )
-    assert child.stdout.readline().strip() == b"writing"
-    time.sleep(0.3)
-    child.send_signal(signal.SIGINT)
-    _, err = child.communicate(timeout=300)  # generous: a loaded 2-core machine
+    try:
+        assert child.stdout.readline().strip() == b"writing"
+        time.sleep(0.3)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=300)  # generous: a loaded 2-core machine
+    finally:
+        child.kill()  # never left writing after a failure
+        child.wait()
     assert child.returncode != 0 and b"KeyboardInterrupt" in err
     files = sorted(tmp_path.iterdir())
     assert files and not [p for p in files if p.name.startswith(TEMP_PREFIX)]
