@@ -57,6 +57,8 @@ def test_numpy_inputs_and_unbatched_latent_equal_torch_inputs() -> None:
     assert a.shape == (1, 3, 64, 64) and a.abs().max() <= 1.0
 
 
+# slow: two ONNX exports (~31 s idle); the LRU rule stays quick in tests/backends/test_cache.py
+@pytest.mark.slow
 def test_mixed_sizes_reuse_backends_and_evict_lru(tmp_path: Path, monkeypatch) -> None:
     """Two sizes on ONNX Runtime: each exported once, weights built once, LRU bound kept."""
     built = []

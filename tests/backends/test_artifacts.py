@@ -41,6 +41,8 @@ def test_torch_has_no_artifacts(tmp_path: Path) -> None:
     assert (arts.engine_mb, arts.build_s, arts.device_mb, arts.threads) == (None, None, None, None)
 
 
+# slow: a real ONNX export (~11 s); the class facts above stay quick
+@pytest.mark.slow
 def test_onnxruntime_makes_its_export_once_and_reports_it(tmp_path: Path) -> None:
     require("onnxruntime")
     spec = NetOptions(backbone="tiny", random_weights=True).resolve()

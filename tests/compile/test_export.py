@@ -156,6 +156,8 @@ def test_trt_rtx_parses_fp32_graphs(export_root):
     assert rep.attention_layers in (0, config.patch_depth + config.pixel_depth)
 
 
+# slow: a bf16 export with 64 / 72-wide heads (~12 s); the tiny exports stay quick
+@pytest.mark.slow
 def test_bf16_graph_keeps_fp32_islands_and_head_sizes_64_72(heads_bf16):
     assert (HEADS_64_72.head_dim, HEADS_64_72.pixel_head_dim) == (64, 72)
     step = inspect_graph(heads_bf16.step)
@@ -167,12 +169,16 @@ def test_bf16_graph_keeps_fp32_islands_and_head_sizes_64_72(heads_bf16):
     check_model_by_path(heads_bf16.step)
 
 
+# slow: the same bf16 export as above
+@pytest.mark.slow
 @needs_rtx
 def test_trt_rtx_parses_attention_with_heads_64_and_72(heads_bf16):
     rep = trt_parse(heads_bf16.step)
     assert rep.attention_layers in (0, HEADS_64_72.patch_depth + HEADS_64_72.pixel_depth)
 
 
+# slow: the same bf16 export as above
+@pytest.mark.slow
 def test_ort_cpu_refuses_bf16_with_a_clear_error(heads_bf16):
     from pid_trt.backends.ort_backend import OrtBackend
 

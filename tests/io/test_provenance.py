@@ -131,6 +131,8 @@ def test_tampered_chunk_is_one_line_exit_2(tmp_path: Path, text: str, words: str
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
 
 
+# slow: pidtrt info refusals in processes (~4 s); the round trip through pidtrt info stays quick
+@pytest.mark.slow
 def test_absent_chunk_and_not_an_image(tmp_path: Path) -> None:
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)

@@ -23,11 +23,13 @@ class CountingRead:
     def __init__(self) -> None:
         self.threads: dict[int, str] = {}
         self.lock = threading.Lock()
-        self.gate = threading.Event()
+        self.gate = threading.Event()  # closed: the read of ``held`` waits for it (10 s at most)
         self.gate.set()
+        self.held: int | None = None
 
     def __call__(self, key: int) -> int:
-        self.gate.wait(10)
+        if key == self.held:
+            self.gate.wait(10)
         with self.lock:
             self.threads[key] = threading.current_thread().name
         if key == 3:
@@ -54,6 +56,7 @@ def test_results_come_in_order_read_on_another_thread_bounded_by_depth() -> None
 
 def test_out_of_order_take_reads_in_place_and_close_drops_reads_not_started() -> None:
     read = CountingRead()
+    read.held = 0
     read.gate.clear()  # the background thread blocks in its first read (key 0)
     ahead = ReadAhead(list(range(10)), read, depth=3)
     assert ahead.take(7) == 70  # not the next key: read now, in this thread

@@ -55,6 +55,8 @@ def _complete_png(path: Path) -> bool:
         return im.size == (512, 512)
 
 
+# slow: many killed writer processes (~14 s); tests/io/test_writer.py's Ctrl-C case stays quick
+@pytest.mark.slow
 def test_writer_killed_at_random_moments_never_leaves_a_partial_output(tmp_path):
     target = tmp_path / "out.png"
     old = np.zeros((8, 8, 3), dtype=np.uint8)

@@ -313,6 +313,8 @@ def _errors(res: subprocess.CompletedProcess) -> list[str]:
     return [line for line in res.stderr.splitlines() if line.startswith("error:")]
 
 
+# slow: pidtrt processes (~6 s); the estimate and check above stay quick in process
+@pytest.mark.slow
 def test_cli_refuses_up_front_then_no_memory_check_fails_cleanly(tmp_path):
     size = 1024
     lat = sample_latent(TINY, 1, size, size)

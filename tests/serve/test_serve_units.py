@@ -83,6 +83,8 @@ def test_model_options_check_uses_the_clis_errors() -> None:
         ).check()
 
 
+# slow: several pidtrt serve processes (~7 s); the option checks are unit-tested in process
+@pytest.mark.slow
 def test_serve_cli_refuses_bad_options_and_busy_ports_in_one_line(tmp_path: Path) -> None:
     res = run_cli("serve", "--backbone", "tiny", "--random-weights", "--max-queue-size", "0")
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: --max-queue-size 0")

@@ -182,6 +182,8 @@ def test_refittable_export_names_every_parameter_and_hashes_its_structure(refitt
     )
 
 
+# slow: the refittable export (~27 s idle); the quick tier keeps the store's refusals without a GPU
+@pytest.mark.slow
 def test_refit_tensors_equal_the_exported_initializers(refittable):
     from pid_trt.compile.refit import refit_tensors, tensors_from_onnx
     from pid_trt.netspec import build_model, resolve_net
@@ -203,6 +205,8 @@ def _manifest_key(export, graph: str) -> dict:
             "architecture_sha256": architecture_key(net, "bf16", _weights(export, graph))}  # fmt: skip
 
 
+# slow: the refittable export (~27 s idle); the quick tier keeps the store's refusals without a GPU
+@pytest.mark.slow
 def test_foreign_or_incomplete_checkpoints_are_refused_in_one_line(refittable):
     from pid_trt.compile.refit import check_architecture, missing_weights, refit_tensors
     from pid_trt.netspec import build_model, resolve_net

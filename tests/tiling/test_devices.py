@@ -81,6 +81,8 @@ def test_bad_devices_are_one_line_errors_before_weights(tmp_path: Path) -> None:
         trt.plan(128, 128, tiles="2x2", devices="cpu")
 
 
+# slow: two pidtrt processes (~8 s); the in-process two-device cases above stay quick
+@pytest.mark.slow
 def test_cli_devices_cpu_cpu_equals_one_device(tmp_path: Path) -> None:
     latent = tmp_path / "l.safetensors"
     write_latent_file(latent, _latent(8))
