@@ -49,6 +49,8 @@ def test_rows_follow_the_prompts(gemma_dir, tmp_path):
     assert f"caption_embedding [4, {MAX_LENGTH}, {TINY_HIDDEN}]" in res.output
 
 
+# slow: a pidtrt process loading the tiny Gemma (~5 s); the in-process encode-caption cases stay quick
+@pytest.mark.slow
 def test_text_encoder_from_env_and_subprocess(gemma_dir, tmp_path):
     """As a user runs it: the console entry point in a fresh interpreter, $PIDTRT_TEXT_ENCODER."""
     out = tmp_path / "emb.safetensors"

@@ -136,6 +136,8 @@ def test_community_format_gives_the_same_image(checkpoint: Path, latent: Path, t
     assert not out.exists()
 
 
+# slow: two pidtrt processes (~5 s); the same refusal is checked in process by the Decoder test below
+@pytest.mark.slow
 def test_no_caption_no_null_no_encoder_is_one_line(checkpoint: Path, latent: Path, tmp_path: Path) -> None:
     """One file and a folder of files: one error line naming both ways out, nothing written."""
     out = tmp_path / "out.png"
