@@ -132,7 +132,8 @@ def run_case(
             else:
                 _serial_out(image, target, fmt, options, stages, serial_clock, t)
             if i == 0:  # the first image warms up: out of the steady rate and of the stage means
-                warm, _ = time.perf_counter(), stages.clear()
+                warm = time.perf_counter()
+                stages.clear()
     end = time.perf_counter()
     n = case.images
     stages["read_latent"] = timed_read.seconds
@@ -141,28 +142,29 @@ def run_case(
         nbytes = writer.clock.nbytes
     else:
         stages["encode"], stages["write"] = serial_clock[0], serial_clock[1]
-        nbytes = serial_clock[2]
+        nbytes = int(serial_clock[2])
     steady = (n - 1) / (end - warm) if n > 1 and end > warm else n / (end - begin)
     per_image = {k: round(v / max(1, n - 1) * 1000, 2) for k, v in stages.items()}
     for k in ("read_latent", "encode", "write"):  # thread time over every image, the warm-up's too
         per_image[k] = round(stages[k] / n * 1000, 2)
-    host_keys = ("read_latent", "device_copy", "quantize", "host_copy", "encode", "write")
-    simulated = case.device_ms is not None and case.device_ms > 0
+    host_keys: tuple[str, ...] = ("read_latent", "device_copy", "quantize", "host_copy", "encode", "write")
+    device_ms = case.device_ms if case.device_ms is not None and case.device_ms > 0 else None
+    simulated = device_ms is not None
     if simulated and pipelined:  # the quantization ran on the (simulated) device
         host_keys = tuple(k for k in host_keys if k != "quantize")
     host_ms = sum(per_image.get(k, 0.0) for k in host_keys)
-    device_rate = 1000.0 / case.device_ms if simulated else None
+    device_rate = 1000.0 / device_ms if device_ms is not None else None
     return PipelineRecord(
         label=label or f"{case.path} {fmt.value}", backbone=backbone, width=case.width, height=case.height,
         format=fmt.value, path=case.path, writers=case.writers if pipelined else 0, images=n,
         png_level=options.png_level if fmt is OutputFormat.PNG else None,
         quality=options.quality if fmt is not OutputFormat.PNG else None,
-        simulated_device_ms=case.device_ms if simulated else None,
+        simulated_device_ms=device_ms,
         simulated_device_images_per_s=round(device_rate, 3) if device_rate else None,
         images_per_s=round(steady, 3),
         fraction_of_device=round(steady / device_rate, 3) if device_rate else None,
         bytes_per_image=round(nbytes / n), host_cpu_ms_per_image=round(host_ms, 1),
-        host_cores_per_gpu=round(host_ms / case.device_ms, 2) if simulated else None, stages_ms=per_image,
+        host_cores_per_gpu=round(host_ms / device_ms, 2) if device_ms is not None else None, stages_ms=per_image,
     )  # fmt: skip
 
 
