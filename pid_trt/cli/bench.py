@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from pid_trt.backends.registry import BACKENDS
 from pid_trt.buckets import parse_size
 from pid_trt.cli.bench_pipeline import with_pipeline
 from pid_trt.cli.bench_server import Concurrency, Requests, Server, bench_server
@@ -15,6 +16,7 @@ from pid_trt.cli.errors import cli_errors, warn
 from pid_trt.cli.options import (
     RUNTIME_PARAMS,
     TILING_PARAMS,
+    backend_names,
     given_flags,
     option_bundle,
     with_net,
@@ -49,7 +51,7 @@ Backend = Annotated[
     list[str],
     typer.Option(
         "--backend",
-        help="torch, torch-compile, onnxruntime, tensorrt; NAME[:PRECISION]\\[@DEVICE], e.g. tensorrt:fp8 (repeatable).",
+        help=f"{backend_names()}; NAME[:PRECISION]\\[@DEVICE], e.g. {list(BACKENDS)[-1]}:fp8 (repeatable).",
         rich_help_panel=RUNTIME_PANEL,
     ),
 ]

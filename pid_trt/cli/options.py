@@ -49,6 +49,11 @@ def _precision_defaults() -> str:
     return "; ".join(parts)
 
 
+def backend_names() -> str:
+    """The registered backends as help text (``torch, ... or tensorrt``)."""
+    return _either(list(BACKENDS))
+
+
 def _cuda_only() -> list[str]:
     """The registered backends that run on CUDA only."""
     return [name for name in BACKENDS if "cpu" not in backend_class(name).devices]
@@ -102,7 +107,7 @@ BackendName = Annotated[
     str,
     typer.Option(
         "--backend",
-        help=f"{_either(list(BACKENDS))}; also NAME[:PRECISION]\\[@DEVICE], e.g. {list(BACKENDS)[-1]}:fp8.",
+        help=f"{backend_names()}; also NAME[:PRECISION]\\[@DEVICE], e.g. {list(BACKENDS)[-1]}:fp8.",
         rich_help_panel=RUNTIME_PANEL,
     ),
 ]

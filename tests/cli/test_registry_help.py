@@ -20,8 +20,9 @@ def _help(command: str, flag: str) -> str:
 
 
 def test_help_names_every_registered_backend_and_preset() -> None:
-    backend = _help("decode", "--backend")
-    assert all(name in backend for name in BACKENDS), backend
+    for command in ("decode", "bench"):
+        backend = _help(command, "--backend")
+        assert all(name in backend for name in BACKENDS), (command, backend)
     preset = _help("decode", "--backbone")
     assert [b.value for b in Backbone] == preset.removeprefix("Preset: ").rstrip(".").split(", ")
     ldm = _help("generate", "--backbone")
