@@ -232,11 +232,14 @@ class Decoder:
         devices: Any = None,
         tiling: TileOptions | None = None,
         output_dtype: torch.dtype = torch.float32,
+        keep_on_device: bool = False,
     ) -> torch.Tensor:
         """Decode ``latent`` ([C, h, w] or [B, C, h, w], torch or numpy) into [B, 3, H, W]
         float32 in [-1, 1] on the CPU; with ``output_dtype`` torch.uint8 (or torch.uint16)
         the pixels [B, 3, H, W] of :func:`pid_trt.io.quantize`, quantized on the decode's device
-        before the copy to the CPU (channels first, as the float image).
+        before the copy to the CPU (channels first, as the float image). ``keep_on_device``:
+        no copy to the CPU: the result stays where it was decoded (a CUDA tensor on a GPU, for
+        an encoder that runs there: nvJPEG, :class:`pid_trt.io.writer.ImageWriter`).
 
         caption_embedding: [T, D] or [B, T, D]; or ``prompt``: one string (every row) or B
         strings, encoded by the caption encoder. Without either, the null caption for a net that
@@ -288,7 +291,8 @@ class Decoder:
                 size_plan, cond, tiling.devices
             ) as denoise:  # engines checked before CUDA
                 dev = self._request.torch_device
-                return _host_image(sample(denoise, [d.to(dev) for d in draws], steps), output_dtype)
+                image = sample(denoise, [d.to(dev) for d in draws], steps)
+                return _output_image(image, output_dtype, keep_on_device)
 
         grid = size_plan.grid
         tiled = "" if grid is None else f" in {grid.cols}x{grid.rows} tiles"
@@ -419,14 +423,18 @@ def _caption_store(store: Any, max_mb: float | None) -> CaptionStore | None:
     return CaptionStore.default(store, max_mb)
 
 
-def _host_image(image: torch.Tensor, output_dtype: torch.dtype) -> torch.Tensor:
-    """A decoded [B, 3, H, W] on the CPU: float32, or quantized (:func:`pid_trt.io.quantize`)
-    on its own device first; non-finite values are refused before they are quantized away."""
+def _output_image(image: torch.Tensor, output_dtype: torch.dtype, keep_on_device: bool) -> torch.Tensor:
+    """A decoded [B, 3, H, W] as :meth:`Decoder.decode` returns it: float32, or quantized
+    (:func:`pid_trt.io.quantize`) on its own device, then on the CPU (unless
+    ``keep_on_device``); non-finite values are refused before they are quantized away."""
     from pid_trt.io import quantize
 
     if output_dtype == torch.float32:
-        return image.float().cpu()
+        image = image.float()
+        return image if keep_on_device else image.cpu()
     if not bool(torch.isfinite(image).all()):
         raise PidTrtError("decoded images contain NaN/Inf; refusing to quantize them")
+    if keep_on_device:  # channels first, each image contiguous: the planes a device encoder reads
+        return quantize(image, output_dtype).contiguous()
     # channels-last in memory (the shape stays [B, 3, H, W]): the host gets rows of RGB pixels, as encoders take them
     return quantize(image, output_dtype).contiguous(memory_format=torch.channels_last).cpu()

@@ -270,16 +270,20 @@ def _decode_capture(
     entry of the record, else None)."""
     import torch
 
-    from pid_trt.io import write_images
+    from pid_trt.io import output_format, write_images
+    from pid_trt.io.images import pooled_output
 
     root = outputs.folder.parent
     start = time.perf_counter()
     pooled = writer is not None and vae is None  # the VAE comparison needs the float image
-    bits = 16 if settings.output.bit_depth == 16 and target.pid.suffix.lower() == ".png" else 8
+    fmt = output_format(target.pid)
+    dtype, on_device = (
+        pooled_output(fmt, settings.output, decoder.device) if pooled else (torch.float32, False)
+    )
     image = decoder.decode(
         cap.latent, caption, degrade_sigma=cap.sigma, seed=outputs.seed,
         size=(settings.height, settings.width), steps=settings.pid_steps, tiling=settings.tiling,
-        output_dtype=(torch.uint16 if bits == 16 else torch.uint8) if pooled else torch.float32,
+        output_dtype=dtype, keep_on_device=on_device,
     )  # fmt: skip
     pid_seconds = time.perf_counter() - start
     made = generate_provenance(

@@ -233,25 +233,36 @@ def jpeg_engine(pixels) -> str:
     """The JPEG encoder that takes ``pixels``: ``"nvjpeg"`` (``torchvision.io.encode_jpeg`` on
     the GPU, the host paying only for the compressed bytes) for a CUDA tensor when torchvision
     is importable; ``"pillow"`` (libjpeg-turbo on the CPU) for anything else."""
-    if getattr(pixels, "is_cuda", False):
-        try:
-            import torchvision.io  # noqa: F401  (optional: never a dependency of an extra)
-        except ImportError:
-            return "pillow"
-        return "nvjpeg"
-    return "pillow"
+    return jpeg_engine_on("cuda" if getattr(pixels, "is_cuda", False) else "cpu")
+
+
+def jpeg_engine_on(device) -> str:
+    """The JPEG encoder :func:`jpeg_engine` picks for pixels on ``device`` ("cuda:0", a
+    ``torch.device``, "cpu" ...): ``"nvjpeg"`` on a CUDA device when torchvision is importable,
+    else ``"pillow"``. A decode asks this before it runs, to leave its pixels where nvJPEG
+    reads them (:func:`pid_trt.io.images.pooled_output`)."""
+    if not str(device).startswith("cuda"):
+        return "pillow"
+    try:
+        import torchvision.io  # noqa: F401  (optional: never a dependency of an extra)
+    except ImportError:
+        return "pillow"
+    return "nvjpeg"
 
 
 def jpeg_from_tensor(
     pixels, *, quality: int = DEFAULT_QUALITY, text: Mapping[str, str] | None = None
 ) -> bytes:
     """A JPEG of ``pixels`` [3, H, W] uint8 (a torch tensor on any device), by the encoder
-    :func:`jpeg_engine` picks: nvJPEG on the GPU for a CUDA tensor (4:2:0, as torchvision
-    encodes; ``text`` as a COM segment), else :func:`jpeg_bytes` on the CPU."""
+    :func:`jpeg_engine` picks: nvJPEG on the GPU for a CUDA tensor (4:4:4, as torchvision
+    encodes; ``text`` as a COM segment), else :func:`jpeg_bytes` on the CPU. The CUDA pixels
+    must be ready (the caller synchronizes with the stream that made them)."""
     if jpeg_engine(pixels) == "nvjpeg":
+        import torch
         from torchvision.io import encode_jpeg
 
-        data = bytes(encode_jpeg(pixels.contiguous(), quality=quality).cpu().numpy())
+        with torch.cuda.device(pixels.device):
+            data = bytes(encode_jpeg(pixels.contiguous(), quality=quality).cpu().numpy())
         return _with_comment(data, text) if text else data
     return jpeg_bytes(pixels.permute(1, 2, 0).cpu().numpy(), quality=quality, text=text)
 

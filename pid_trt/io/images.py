@@ -80,6 +80,23 @@ def host_pixels(images: torch.Tensor, fmt: OutputFormat, options: OutputOptions)
     return quantize(images, dtype).permute(0, 2, 3, 1).contiguous().cpu().numpy()  # laid out on the device
 
 
+def pooled_output(
+    fmt: OutputFormat, options: OutputOptions, device: str | torch.device
+) -> tuple[torch.dtype, bool]:
+    """What a decode on ``device`` hands an :class:`~pid_trt.io.writer.ImageWriter` for a
+    ``fmt`` file, as ``(output_dtype, keep_on_device)`` of :meth:`pid_trt.Decoder.decode`:
+    float32 for safetensors; else pixels quantized where they were decoded (uint16 for a
+    16-bit PNG, uint8 otherwise), left on the device only where their encoder runs there (a
+    JPEG on CUDA with nvJPEG, :func:`~pid_trt.io.encoders.jpeg_engine_on`), copied to the host
+    for every other encoder. The one rule of every front end that writes through a pool."""
+    from pid_trt.io.encoders import jpeg_engine_on
+
+    if fmt is OutputFormat.SAFETENSORS:
+        return torch.float32, False
+    dtype = torch.uint16 if options.pixel_bits(fmt) == 16 else torch.uint8
+    return dtype, fmt is OutputFormat.JPEG and jpeg_engine_on(device) == "nvjpeg"
+
+
 def write_pixels(
     pixels,
     target: Path,
@@ -100,13 +117,14 @@ def write_pixels(
     return target
 
 
-def write_encoded(data: bytes, target: Path, clock: StageClock | None = None) -> Path:
+def write_encoded(data: bytes, target: Path, clock: StageClock | None = None, encode_s: float = 0.0) -> Path:
     """Already encoded file bytes to ``target``, atomically; the one-line error of
-    :func:`write_pixels` when the write fails."""
+    :func:`write_pixels` when the write fails. ``encode_s``: the seconds their encoding took
+    (added to ``clock``'s encode stage)."""
     start = time.perf_counter()
     _write_one(target, lambda tmp: Path(tmp).write_bytes(data))
     if clock is not None:
-        clock.add(encode=0.0, write=time.perf_counter() - start, nbytes=len(data))
+        clock.add(encode=encode_s, write=time.perf_counter() - start, nbytes=len(data))
     return target
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -130,30 +131,40 @@ class ImageWriter:
             return self._device_jpegs(images if quantized else quantize(images), out, options, text)
         pixels = images.permute(0, 2, 3, 1).cpu().numpy() if quantized else host_pixels(images, fmt, options)
         batch = _Batch(png_paths(out, pixels.shape[0]))
-        for k, target in enumerate(batch.targets):
-            try:
-                self._run(
-                    batch,
-                    k,
-                    lambda px=pixels[k], t=target: write_pixels(px, t, fmt, options, text, self.clock),
-                )
-            except BaseException:  # Ctrl-C while waiting for room: the rest of the batch is not written
-                for rest in range(k, len(batch.targets)):
-                    batch.done(rest, f"output {batch.targets[rest]}: not written (interrupted)")
-                raise
-        return batch.future
+        return self._queue(
+            batch, lambda k, target: lambda: write_pixels(pixels[k], target, fmt, options, text, self.clock)
+        )
 
     def _device_jpegs(
         self, pixels: torch.Tensor, out: Path, options: OutputOptions, text
     ) -> Future[list[Path]]:
-        """JPEGs of CUDA ``pixels`` [B, 3, H, W] uint8 encoded on the device
-        (:func:`~pid_trt.io.encoders.jpeg_from_tensor`), written by the pool."""
+        """JPEGs of CUDA ``pixels`` [B, 3, H, W] uint8, each encoded on the device by nvJPEG
+        (:func:`~pid_trt.io.encoders.jpeg_from_tensor`) on a writer thread once the work queued
+        so far on their stream is done (a CUDA event: the decoding thread does not wait), then
+        written; the pixels stay on the device until their image is encoded."""
         from pid_trt.io.encoders import jpeg_from_tensor
 
+        ready = torch.cuda.Event()
+        ready.record(torch.cuda.current_stream(pixels.device))
+
+        def encode_write(image: torch.Tensor, target: Path) -> None:
+            start = time.perf_counter()
+            ready.synchronize()
+            data = jpeg_from_tensor(image, quality=options.quality, text=text)
+            write_encoded(data, target, self.clock, encode_s=time.perf_counter() - start)
+
         batch = _Batch(png_paths(out, pixels.shape[0]))
+        return self._queue(batch, lambda k, target: lambda: encode_write(pixels[k], target))
+
+    def _queue(self, batch: _Batch, write_for) -> Future[list[Path]]:
+        """Queue ``write_for(k, target)()`` for every image ``k`` of ``batch``; its future."""
         for k, target in enumerate(batch.targets):
-            data = jpeg_from_tensor(pixels[k], quality=options.quality, text=text)
-            self._run(batch, k, lambda d=data, t=target: write_encoded(d, t, self.clock))
+            try:
+                self._run(batch, k, write_for(k, target))
+            except BaseException:  # Ctrl-C while waiting for room: the rest of the batch is not written
+                for rest in range(k, len(batch.targets)):
+                    batch.done(rest, f"output {batch.targets[rest]}: not written (interrupted)")
+                raise
         return batch.future
 
     @staticmethod

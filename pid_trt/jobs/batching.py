@@ -92,6 +92,7 @@ class BatchedDecode:
 
     def _decode_held(self) -> None:
         from pid_trt.io import output_format
+        from pid_trt.io.images import pooled_output
         from pid_trt.sampling import draw_noise
 
         held, self._held = self._held, []
@@ -100,15 +101,11 @@ class BatchedDecode:
             height, width = self.decoder.output_size(held[0].latent.latent_hw, s.size)
             per_file = [draw_noise((h.latent.batch, 3, height, width), s.steps, s.seed) for h in held]
             noise = [torch.cat([draws[i] for draws in per_file]) for i in range(s.steps)]
-            fmt = output_format(held[0].job.output)
-            bits = s.output.pixel_bits(fmt)
-            dtype = (
-                torch.float32 if fmt.value == "safetensors" else (torch.uint16 if bits == 16 else torch.uint8)
-            )
+            dtype, on_device = pooled_output(output_format(held[0].job.output), s.output, self.decoder.device)
             image = self.decoder.decode(
                 torch.cat([h.latent.latent for h in held]), torch.cat([h.caption for h in held]),
-                degrade_sigma=torch.cat([h.latent.degrade_sigma for h in held]), noise=noise,
-                size=(height, width), steps=s.steps, output_dtype=dtype, tiling=s.tiling,
+                degrade_sigma=torch.cat([h.latent.degrade_sigma for h in held]), noise=noise, size=(height, width),
+                steps=s.steps, output_dtype=dtype, keep_on_device=on_device, tiling=s.tiling,
             )  # fmt: skip
         except Exception as exc:
             for h in held:

@@ -14,7 +14,7 @@ import torch
 
 from pid_trt.errors import ConfigError, InputFileError
 from pid_trt.io.caption import caption_for_latent
-from pid_trt.io.encoders import OutputFormat, OutputOptions
+from pid_trt.io.encoders import OutputOptions
 from pid_trt.jobs.outputs import Job, output_exists
 from pid_trt.quoting import printable
 from pid_trt.tiling.options import TileOptions
@@ -146,6 +146,7 @@ def decode_file(
     the caller goes on (the image then quantized on the decode's device; see
     :attr:`Decoded.pending`); None: written here, before returning."""
     from pid_trt.io import output_format, read_noise_file, write_images
+    from pid_trt.io.images import pooled_output
     from pid_trt.jobs.readahead import read_latent
 
     config = decoder.config
@@ -167,17 +168,19 @@ def decode_file(
     checked = beside.check(lat, latent) if beside is not None else None
     # planned as the decode plans it, at the same moment (tiles auto reads the free memory)
     made = provenance(decoder, lat, settings, height, width, chosen.source)
-    pixels = writer is not None and beside is None and fmt is not OutputFormat.SAFETENSORS
-    dtype = torch.uint16 if settings.output.pixel_bits(fmt) == 16 else torch.uint8
+    pooled = writer is not None and beside is None  # the beside decoder compares the float image
+    dtype, on_device = (
+        pooled_output(fmt, settings.output, decoder.device) if pooled else (torch.float32, False)
+    )
     if on_start is not None:
         on_start()
     start = time.perf_counter()
     image = decoder.decode(
         lat.latent, chosen.embedding, degrade_sigma=lat.degrade_sigma, seed=settings.seed, noise=draws,
-        size=(height, width), steps=steps, output_dtype=dtype if pixels else torch.float32, tiling=settings.tiling,
+        size=(height, width), steps=steps, output_dtype=dtype, keep_on_device=on_device, tiling=settings.tiling,
     )  # fmt: skip
     pid_seconds = time.perf_counter() - start
-    if writer is not None and beside is None:
+    if pooled:
         pending = writer.submit(image, output, settings.output, text=made.to_text())
         return Decoded([], width, height, lat.batch, pid_seconds, None, chosen.source, pending)
     written = write_images(image, output, settings.output, text=made.to_text())

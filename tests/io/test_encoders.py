@@ -128,10 +128,37 @@ def test_decoder_returns_quantized_pixels_on_request():
     with Decoder.load(backbone="tiny", random_weights=True) as dec:
         image = dec.decode(lat, seed=1)
         pixels = dec.decode(lat, seed=1, output_dtype=torch.uint8)
+        kept = dec.decode(lat, seed=1, output_dtype=torch.uint8, keep_on_device=True)
+        kept_float = dec.decode(lat, seed=1, keep_on_device=True)
         with pytest.raises(ConfigError, match="output_dtype"):
             dec.decode(lat, output_dtype=torch.float16)
     assert pixels.dtype == torch.uint8 and pixels.shape == image.shape
     assert torch.equal(pixels.permute(0, 2, 3, 1), to_uint8(image))
+    # kept where decoded (the CPU here): the same pixels, each image's planes contiguous (nvJPEG's layout)
+    assert torch.equal(kept, pixels) and kept[0].is_contiguous() and kept.device == image.device
+    assert torch.equal(kept_float, image)
+
+
+def test_pooled_output_rule_per_format_and_device(monkeypatch):
+    """What a decode hands the writer pool: float for safetensors, uint16 for a 16-bit PNG,
+    uint8 otherwise; left on the device only for a JPEG that nvJPEG encodes there (a CUDA
+    device with torchvision importable), copied to the host for every other case."""
+    import sys
+
+    from pid_trt.io.encoders import jpeg_engine_on
+    from pid_trt.io.images import pooled_output
+
+    plain, deep = OutputOptions(), OutputOptions(bit_depth=16)
+    assert pooled_output(OutputFormat.SAFETENSORS, plain, "cuda:0") == (torch.float32, False)
+    assert pooled_output(OutputFormat.PNG, deep, "cpu") == (torch.uint16, False)
+    assert pooled_output(OutputFormat.PNG, plain, "cuda:1") == (torch.uint8, False)
+    assert pooled_output(OutputFormat.WEBP, plain, "cuda") == (torch.uint8, False)
+    assert pooled_output(OutputFormat.JPEG, plain, "cpu") == (torch.uint8, False)
+    assert pooled_output(OutputFormat.JPEG, plain, torch.device("cpu")) == (torch.uint8, False)
+    assert jpeg_engine_on("cpu") == "pillow"
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # torchvision not importable: no nvJPEG
+    assert jpeg_engine_on("cuda:0") == "pillow"
+    assert pooled_output(OutputFormat.JPEG, plain, "cuda:0") == (torch.uint8, False)
 
 
 def test_jpeg_of_a_cpu_tensor_is_pillows_libjpeg_turbo():
@@ -151,8 +178,8 @@ def test_jpeg_of_a_cpu_tensor_is_pillows_libjpeg_turbo():
 
 @pytest.mark.gpu
 def test_jpeg_of_a_cuda_tensor_is_encoded_on_the_device(tmp_path):
-    """nvJPEG (torchvision) for CUDA pixels: a JPEG Pillow reads, within 30 dB of the pixels
-    (4:2:0), its COM text; the writer pool writes it from CUDA pixels and CUDA float images."""
+    """nvJPEG (torchvision) for CUDA pixels: a JPEG Pillow reads, within 30 dB of the pixels,
+    its COM text; the writer pool writes it from CUDA pixels and CUDA float images."""
     pytest.importorskip("torchvision")
     from pid_trt.io.encoders import jpeg_engine, jpeg_from_tensor
     from pid_trt.io.writer import ImageWriter
@@ -171,3 +198,47 @@ def test_jpeg_of_a_cuda_tensor_is_encoded_on_the_device(tmp_path):
         b = writer.submit(img, tmp_path / "b.jpg")
     assert a.result() == [tmp_path / "a.jpg"] and b.result() == [tmp_path / "b.jpg"]
     assert (tmp_path / "a.jpg").read_bytes() == (tmp_path / "b.jpg").read_bytes()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_decode_cli_jpegs_are_the_encoder_rules_bytes(tmp_path, device):
+    """`pidtrt decode DIR -o 'OUT/{stem}.jpg' --device D`: the files hold the pixels of the
+    encoder :func:`~pid_trt.io.encoders.jpeg_from_tensor` picks for the decode's own pixels
+    (on CUDA with torchvision: nvJPEG, the pixels left on the GPU by the pooled-output rule;
+    on the CPU: libjpeg-turbo), the same bytes with 2 writer threads as with none, and within
+    30 dB of the lossless pixels."""
+    import subprocess
+    import sys
+
+    from pid_trt import Decoder
+    from pid_trt.io import write_latent_file
+    from pid_trt.io.encoders import jpeg_engine_on, jpeg_from_tensor
+    from pid_trt.io.images import pooled_output
+
+    if device == "cuda":
+        pytest.importorskip("torchvision")
+    assert pooled_output(OutputFormat.JPEG, OutputOptions(), device)[1] == (
+        jpeg_engine_on(device) == "nvjpeg"
+    )
+    src = tmp_path / "in"
+    src.mkdir()
+    lat = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(3))
+    write_latent_file(src / "a.safetensors", lat, backbone="tiny")
+    for writers in ("0", "2"):
+        out = f"{tmp_path}/w{writers}/{{stem}}.jpg"
+        cmd = ["decode", src, "-o", out, "--backbone", "tiny", "--random-weights", "--device", device]
+        res = subprocess.run(
+            [sys.executable, "-m", "pid_trt.cli.main", *map(str, cmd), "--writers", writers],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+    pooled = (tmp_path / "w2" / "a.jpg").read_bytes()
+    assert pooled == (tmp_path / "w0" / "a.jpg").read_bytes()
+    with Decoder.load(backbone="tiny", random_weights=True, device=device) as dec:
+        pixels = dec.decode(lat, output_dtype=torch.uint8, keep_on_device=True)
+    assert pixels.device.type == device
+    want = jpeg_from_tensor(pixels[0], quality=95)
+    with Image.open(io.BytesIO(pooled)) as got, Image.open(io.BytesIO(want)) as ref:
+        assert np.array_equal(np.asarray(got), np.asarray(ref))  # the files' text differs, not their pixels
+        err = np.asarray(got).astype(np.float64) - pixels[0].permute(1, 2, 0).cpu().numpy()
+    assert 10 * np.log10(255.0**2 / np.mean(err**2)) >= 30.0
