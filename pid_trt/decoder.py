@@ -262,12 +262,7 @@ class Decoder:
         from pid_trt.sampling import draw_noise, sample
 
         self._check_open()
-        if output_dtype not in (torch.float32, torch.uint8, torch.uint16):
-            raise ConfigError(
-                f"output_dtype={output_dtype}: expected torch.float32, torch.uint8 or torch.uint16"
-            )
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"steps={steps!r}: expected an integer >= 1")
+        _check_decode_args(output_dtype, steps)
         tiling = tile_options(
             tiling, tiles=tiles, tile_size=tile_size, tile_overlap=tile_overlap, tile_batch=tile_batch,
             allow_untrained_size=allow_untrained_size, devices=devices,
@@ -421,6 +416,14 @@ def _caption_store(store: Any, max_mb: float | None) -> CaptionStore | None:
     if isinstance(store, CaptionStore):
         return store
     return CaptionStore.default(store, max_mb)
+
+
+def _check_decode_args(output_dtype: torch.dtype, steps: Any) -> None:
+    """Refuse an ``output_dtype`` or ``steps`` :meth:`Decoder.decode` cannot honour (one line)."""
+    if output_dtype not in (torch.float32, torch.uint8, torch.uint16):
+        raise ConfigError(f"output_dtype={output_dtype}: expected torch.float32, torch.uint8 or torch.uint16")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps={steps!r}: expected an integer >= 1")
 
 
 def _output_image(image: torch.Tensor, output_dtype: torch.dtype, keep_on_device: bool) -> torch.Tensor:
