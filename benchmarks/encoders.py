@@ -13,6 +13,7 @@ import argparse
 import io
 import json
 import os
+import struct
 import time
 import zlib
 
@@ -34,6 +35,28 @@ def _zlib_png(level: int, strategy: int, filt: str):
     from pid_trt.io.encoders import png_bytes
 
     return lambda px: png_bytes(px, level=level, strategy=strategy, png_filter=filt)
+
+
+def _zlib_png_default():
+    """``png_bytes`` as the writer calls it: the default ``--png-level``."""
+    from pid_trt.io.encoders import png_bytes
+
+    return lambda px: png_bytes(px)
+
+
+def _isal_png(level: int):
+    """Our PNG writer's up-filtered rows deflated by ISA-L (python-isal) at ``level`` (0..3)."""
+    from isal import isal_zlib
+
+    from pid_trt.io.encoders import _PNG_SIGNATURE, _chunk, filter_rows
+
+    def enc(px: np.ndarray) -> bytes:
+        h, w, _ = px.shape
+        header = _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        data = isal_zlib.compress(filter_rows(px, "up"), level)
+        return _PNG_SIGNATURE + header + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+
+    return enc
 
 
 def _fpng(px: np.ndarray) -> bytes:
@@ -59,6 +82,14 @@ def candidates() -> dict:
             c[f"zlib-{filt}-L{level}"] = ("png", _zlib_png(level, zlib.Z_DEFAULT_STRATEGY, filt))
         c[f"zlib-{filt}-L1-rle"] = ("png", _zlib_png(1, zlib.Z_RLE, filt))
         c[f"zlib-{filt}-L1-filtered"] = ("png", _zlib_png(1, zlib.Z_FILTERED, filt))
+    try:
+        import isal  # noqa: F401
+
+        for level in range(4):
+            c[f"isal-up-L{level}"] = ("png", _isal_png(level))
+    except ImportError:
+        pass
+    c["default-png"] = ("png", _zlib_png_default())
     try:
         import fpng_py  # noqa: F401
 

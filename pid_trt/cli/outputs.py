@@ -16,7 +16,7 @@ PngLevel = Annotated[
     int,
     typer.Option(
         "--png-level",
-        help="PNG compression: 0 stored, 1 run-length (default: fast), 2..9 zlib's full search (slower); same pixels.",
+        help="PNG compression: 0 stored, 1 ISA-L (default, fastest), 2 zlib run-length (smaller), 3..9 slower; same pixels.",
         rich_help_panel=OUTPUT_PANEL,
     ),
 ]

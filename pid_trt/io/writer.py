@@ -4,7 +4,7 @@ caller decodes the next image.
 :meth:`ImageWriter.submit` takes a decoded batch (float [B, 3, H, W], or pixels already
 quantized on the device), hands each image to a writer thread and returns a future of the
 paths; at most ``max_in_flight`` images are queued or being written at once (``submit``
-blocks while the pool is full), so memory stays bounded. zlib and Pillow release the GIL
+blocks while the pool is full), so memory stays bounded. ISA-L, zlib and Pillow release the GIL
 while they compress, so threads encode in parallel. Every file is written atomically
 (:mod:`pid_trt.atomic`); a failed write fails its own batch's future alone; leaving the
 ``with`` block (Ctrl-C included) waits for the writes in flight. ``writers=0`` writes in

@@ -28,7 +28,7 @@ def _rule(img: torch.Tensor, top: int) -> np.ndarray:
     return np.floor((x + 1.0) * (top / 2)).astype(np.int64).transpose(1, 2, 0)
 
 
-@pytest.mark.parametrize("level", [0, 1, 2, 6, 9])
+@pytest.mark.parametrize("level", [0, 1, 2, 3, 6, 9])
 def test_png_pixels_are_the_rule_exactly_at_every_level(tmp_path, level):
     img = _photo()
     (path,) = write_images(img, tmp_path / "o.png", OutputOptions(png_level=level))
@@ -37,6 +37,27 @@ def test_png_pixels_are_the_rule_exactly_at_every_level(tmp_path, level):
         got = np.asarray(im)
     assert np.array_equal(got, _rule(img, 255))
     assert np.array_equal(got, to_uint8(img)[0].numpy())
+
+
+def test_png_levels_pick_their_deflater(monkeypatch):
+    """Level 1 (default): ISA-L where python-isal imports (zlib's run-length deflate without it);
+    level 2: zlib Z_RLE; 0 and 3..9: zlib at that level. Each stream inflates to the filtered
+    rows, and the level-1 file is ISA-L's own stream for them."""
+    import sys
+    import zlib
+
+    from pid_trt.io.encoders import ISAL_LEVEL, deflate, filter_rows, png_deflater
+
+    isal_zlib = pytest.importorskip("isal.isal_zlib")  # a dependency on this platform
+    rows = filter_rows(to_uint8(_photo(64, 96))[0].numpy(), "up")
+    assert [png_deflater(k) for k in (0, 1, 2, 3, 9)] == ["zlib", "isal", "zlib-rle", "zlib", "zlib"]
+    assert deflate(rows, 1) == isal_zlib.compress(rows.tobytes(), ISAL_LEVEL)
+    rle = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    assert deflate(rows, 2) == rle.compress(rows.tobytes()) + rle.flush()
+    for level in range(10):
+        assert zlib.decompress(deflate(rows, level)) == rows.tobytes()
+    monkeypatch.setitem(sys.modules, "isal", None)  # no wheel for this platform: level 1 is level 2
+    assert png_deflater(1) == "zlib-rle" and deflate(rows, 1) == deflate(rows, 2)
 
 
 @pytest.mark.parametrize("png_filter", ["none", "sub", "up", "paeth"])
