@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from pid_trt.atomic import atomic_write
-from pid_trt.io.encoders import OutputFormat, OutputOptions
+from pid_trt.io.encoders import OutputFormat, OutputOptions, png_deflater
 from pid_trt.io.images import quantize, to_uint8
 from pid_trt.io.readahead import ReadAhead
 from pid_trt.io.writer import ImageWriter
@@ -78,6 +78,9 @@ class PipelineRecord:
     host_cpu_ms_per_image: float
     host_cores_per_gpu: float | None
     stages_ms: dict[str, float] = field(default_factory=dict)
+    encoder: str = (
+        ""  # what encoded the images: pillow, isal, zlib-rle, zlib (pid_trt.io.encoders.png_deflater)
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -165,6 +168,7 @@ def run_case(
         fraction_of_device=round(steady / device_rate, 3) if device_rate else None,
         bytes_per_image=round(nbytes / n), host_cpu_ms_per_image=round(host_ms, 1),
         host_cores_per_gpu=round(host_ms / device_ms, 2) if device_ms is not None else None, stages_ms=per_image,
+        encoder=png_deflater(options.png_level) if pipelined and fmt is OutputFormat.PNG else "pillow",
     )  # fmt: skip
 
 
@@ -344,7 +348,7 @@ def render_markdown(records: list[PipelineRecord], title: str | None = None) -> 
         "encode",
         "write",
     )
-    head = ["size", "format", "path", "writers", "device ms", "device img/s", "img/s", "of device",
+    head = ["size", "format", "encoder", "path", "writers", "device ms", "device img/s", "img/s", "of device",
             "MB/img", "host CPU ms/img", "cores/GPU", *(f"{s} ms" for s in stages)]  # fmt: skip
     lines = [f"## {title}" if title else "## Host pipeline", "", "| " + " | ".join(head) + " |"]
     lines.append("|" + "---|" * len(head))
@@ -353,7 +357,7 @@ def render_markdown(records: list[PipelineRecord], title: str | None = None) -> 
         rate = "-" if r.simulated_device_images_per_s is None else f"{r.simulated_device_images_per_s:.2f}"
         frac = "-" if r.fraction_of_device is None else f"{100 * r.fraction_of_device:.0f} %"
         cores = "-" if r.host_cores_per_gpu is None else f"{r.host_cores_per_gpu:.2f}"
-        cells = [f"{r.width}x{r.height}", r.format, r.path, str(r.writers), dev, rate, f"{r.images_per_s:.2f}",
+        cells = [f"{r.width}x{r.height}", r.format, r.encoder, r.path, str(r.writers), dev, rate, f"{r.images_per_s:.2f}",
                  frac, f"{r.bytes_per_image / 1e6:.2f}", f"{r.host_cpu_ms_per_image:.0f}", cores,
                  *(f"{r.stages_ms.get(s, 0.0):.0f}" if s in r.stages_ms else "-" for s in stages)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
