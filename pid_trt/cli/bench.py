@@ -166,7 +166,7 @@ def bench(
     server: Server = None,
     concurrency: Concurrency = (1,),
     requests: Requests = 20,
-    server_output: ServerOutput = "image",
+    served: ServerOutput = "image",
     tiling: TileOptions = None,  # type: ignore[assignment] - --tiles, --tile-size ... (with_tile_options)
     pipe: dict = None,  # type: ignore[assignment] - --pipeline, --simulate-device-ms ... (with_pipeline)
     encoding: OutputOptions = None,  # type: ignore[assignment] - --png-level, --quality ... (with_output)
@@ -189,9 +189,7 @@ def bench(
             f"{', '.join(tiled)} with {'--server' if server else '--estimate'}: tiling options measure local decodes"
         )
     if server is not None:
-        bench_server(
-            server, sizes, concurrency, requests, timeout, json_path, markdown_path, title, server_output
-        )
+        bench_server(server, sizes, concurrency, requests, timeout, json_path, markdown_path, title, served)
         return
     if estimate:
         _estimate(net, sizes, batch, steps)

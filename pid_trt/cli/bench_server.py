@@ -51,10 +51,11 @@ def bench_server(
     output: str = "image",
 ) -> None:
     """``--server``: one load test per size x concurrency; table on stdout, JSON / Markdown files."""
-    from pid_trt.serve.loadtest import dump_document, render_markdown, run_load
+    from pid_trt.serve.loadtest import check_output, dump_document, render_markdown, run_load
 
     if any(c < 1 for c in concurrency):
         raise ConfigError(f"--concurrency {concurrency}: expected integers >= 1")
+    check_output(output)
     records = []
     for height, width in sizes:
         for c in dict.fromkeys(concurrency):

@@ -15,6 +15,11 @@ within the backend's batch-size rounding when batched with others (torch on the 
 ~1e-5; the reductions of a matrix product of 4 rows are not grouped as those of 1). A
 decode that fails (out of memory, say) fails the requests of its batch only.
 
+PNGs are encoded on the process's writer threads (:func:`pid_trt.io.writer.encode_later`):
+a group's while the next group decodes. :func:`decode_requests_later` returns once the last
+group is decoded, each request's answer a future resolved when its PNGs are (a failed encode
+fails its request alone); :func:`decode_requests` waits for them.
+
 No Triton import here: :mod:`pid_trt.serve.model` turns Triton requests into
 :class:`DecodeRequest` and :class:`DecodeResult` back into responses.
 """

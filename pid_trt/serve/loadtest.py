@@ -89,10 +89,7 @@ def run_load(
     """Run one load test against the server at ``url`` (see the module docstring)."""
     if concurrency < 1 or requests < 1:
         raise ValueError(f"concurrency={concurrency}, requests={requests}: expected both >= 1")
-    if output not in OUTPUTS:
-        from pid_trt.errors import ConfigError
-
-        raise ConfigError(f"--server-output {output!r}: expected one of {', '.join(OUTPUTS)}")
+    check_output(output)
     with PidClient(url, timeout_s=timeout_s) as probe:
         params = probe.parameters()
         before = probe.stats()
@@ -131,6 +128,14 @@ def run_load(
         mean_batch=images / runs if runs else None, queue_ms=queue_ms, compute_ms=compute_ms,
         error_examples=tally.examples, output=output,
     )  # fmt: skip
+
+
+def check_output(output: str) -> None:
+    """Refuse an ``output`` a load test cannot ask for (one of :data:`OUTPUTS`)."""
+    if output not in OUTPUTS:
+        from pid_trt.errors import ConfigError
+
+        raise ConfigError(f"--server-output {output!r}: expected one of {', '.join(OUTPUTS)}")
 
 
 def _inputs(params: dict[str, str], height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -407,6 +407,16 @@ def test_bench_server_records_every_request(server, tmp_path: Path) -> None:
         assert r["ok"] == 6 and r["latency_ms"]["p50"] > 0 and r["images_per_s"] > 0
         assert sum(int(b) * n for b, n in r["batches"].items()) == 6
     assert "| 32x32 | 3 | 6 | 6 |" in res.stdout
+    png = subprocess.run(
+        [sys.executable, "-m", "pid_trt.cli.main", "bench", "--server", server.url, "--size", "32x32",
+         "--concurrency", "2", "--requests", "4", "--server-output", "png", "--json", out],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert png.returncode == 0, png.stderr
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["output"] == "png" and "requests ask for `png`" in png.stdout
+    (r,) = doc["records"]
+    assert r["output"] == "png" and r["ok"] == 4 and r["lost"] == 0 and not r["errors"]
 
 
 def tiled_requests(served) -> float:
