@@ -1,15 +1,16 @@
-"""Answers decoded and not yet sent: a model instance hands each request's answer to a sender
-that runs when the request's PNGs are encoded, and goes on to decode the next batch.
+"""Answers decoded and not yet sent: a model instance hands each PNG request's answer to a
+sender that runs when its PNGs are encoded, and goes on to decode the next batch.
 
-:func:`answer_requests` decodes one batch (:func:`pid_trt.serve.batch.decode_requests_later`)
-and hands each request's :class:`~pid_trt.serve.batch.DecodeResult` to ``send`` exactly once:
-at once for a request that needs no encode (float ``image`` only, or an error), else on the
-writer thread that finishes its last PNG. :class:`InFlight` counts the PNG images whose
-answer is not yet sent and bounds them: :meth:`InFlight.wait_for_room`, called before each
-decode, blocks while more than ``max_images`` are held, so a burst cannot queue encodes (and
-the pixels and PNG bytes they hold) without bound: at most ``max_images`` plus one batch's
-images are held at once (``peak`` records the most). :meth:`InFlight.drain` waits for every
-answer in flight (a model instance calls it before it closes its decoder).
+:func:`answer_requests` decodes one batch (:func:`pid_trt.serve.batch.decode_requests_later`):
+a request that needs no encode (float ``image`` only, or an error) is returned for the caller
+to answer at once; a request with PNGs is handed to its ``send``, called exactly once with its
+:class:`~pid_trt.serve.batch.DecodeResult` on the writer thread that finishes its last PNG.
+:class:`InFlight` counts the PNG images whose answer is not yet sent and bounds them:
+:meth:`InFlight.wait_for_room`, called before each decode, blocks while more than
+``max_images`` are held, so a burst cannot queue encodes (and the pixels and PNG bytes they
+hold) without bound: at most ``max_images`` plus one batch's images are held at once (``peak``
+records the most). :meth:`InFlight.drain` waits for every answer in flight (a model instance
+calls it before it closes its decoder).
 
 No Triton import here: :mod:`pid_trt.serve.model` supplies ``send``.
 """
@@ -109,14 +110,17 @@ def answer_requests(
     *,
     steps: int = STEPS,
     tiling: TileOptions | None = None,
-) -> list[DecodeResult]:
-    """Wait for room in ``inflight``, decode ``requests`` and hand request ``i``'s result to
-    ``sends[i]`` once ready (see the module docstring); returns as soon as the batch is decoded,
-    with the results as the decode left them (PNGs may still be encoding)."""
+) -> list[Pending]:
+    """Wait for room in ``inflight``, decode ``requests`` and return as soon as the batch is
+    decoded: one :class:`~pid_trt.serve.batch.Pending` per request, in order. One with
+    ``images == 0`` needs no encode: the caller answers it with its ``result``, now; one with
+    PNGs is ``sends[i]``'s, called once its PNGs are encoded (its ``result`` is then still
+    being completed: read only ``tiled`` from it)."""
     if len(sends) != len(requests):
         raise ValueError(f"{len(sends)} senders for {len(requests)} requests: expected one each")
     inflight.wait_for_room()
     pending = decode_requests_later(decoder, requests, steps, tiling)
     for p, send, req in zip(pending, sends, requests, strict=True):
-        inflight.send_when_ready(p, send, req.what)
-    return [p.result for p in pending]
+        if p.images:
+            inflight.send_when_ready(p, send, req.what)
+    return pending

@@ -4,15 +4,17 @@ model instance, each with its own :class:`pid_trt.Decoder`.
 Triton imports this through the model repository :mod:`pid_trt.serve.server` writes
 (``pid_decoder/1/model.py`` re-exports :class:`TritonPythonModel`); nothing else imports it.
 ``execute`` receives the requests Triton's dynamic batcher gathered, decodes them
-(:mod:`pid_trt.serve.batch`) and returns None: each request gets its one response (its
-outputs, or its own error) through its response sender (``request.get_response_sender()``,
-flagged ``TRITONSERVER_RESPONSE_COMPLETE_FINAL``; Triton's default, non-decoupled mode allows
-this from its Python backend 24.06). A request that needs no encode (float ``image`` only, or
-an error) is answered before ``execute`` returns; one that asks for ``png`` is answered by the
-writer thread that finishes its PNGs, while Triton already hands this instance the next batch
-(:mod:`pid_trt.serve.inflight`: a decode waits while more than 2 PNGs per encoding thread are
-still unsent, so a burst cannot hold images without bound). ``finalize`` waits for the answers
-in flight before it closes the decoder.
+(:mod:`pid_trt.serve.batch`) and returns at once. Each request gets one response (its
+outputs, or its own error). A request that needs no encode (float ``image`` only, or an
+error) is answered in the list ``execute`` returns. A request that asks for ``png`` has None
+there: its response is sent by its response sender (``request.get_response_sender()``,
+flagged ``TRITONSERVER_RESPONSE_COMPLETE_FINAL``, which Triton's default, non-decoupled mode
+allows from its Python backend 24.06) from the writer thread that finishes its PNGs, while
+Triton already hands this instance the next batch (:mod:`pid_trt.serve.inflight`: a decode
+waits while more than 2 PNGs per encoding thread are still unsent, so a burst cannot hold
+images without bound). Returning the immediate answers, rather than sending them, lets Triton
+record the batch's statistics before those answers reach their clients, as before.
+``finalize`` waits for the answers in flight before it closes the decoder.
 
 Outputs and the PNG's encoding: :mod:`pid_trt.serve.protocol` (``png`` is base64 text unless
 the request parameter ``png_encoding`` is ``binary``).
@@ -103,29 +105,36 @@ class TritonPythonModel:
         self.tiled = _TiledMetric.create(self.name)
         log.info("%s: %r ready", self.name, self.decoder)
 
-    def execute(self, requests: list) -> None:
-        """Decode the batch and return None at once: each request is answered through its
-        response sender (one response, flagged final), right away when it needs no encode,
-        else from the writer thread that finishes its PNGs, while Triton hands this instance
-        the next batch (:mod:`pid_trt.serve.inflight`; waits first while too many PNGs are
-        still being encoded)."""
-        good: list[DecodeRequest] = []
+    def execute(self, requests: list) -> list:
+        """Decode the batch and return at once: the answers that need no encode (float
+        ``image`` only, errors) in the returned list, None for each PNG request, which its
+        response sender answers (flagged final) from the writer thread that finishes its PNGs
+        while Triton hands this instance the next batch (:mod:`pid_trt.serve.inflight`; waits
+        first while too many PNGs are still unsent)."""
+        responses: list = [None] * len(requests)
+        good: list[int] = []
+        items: list[DecodeRequest] = []
         sends: list[Callable[[DecodeResult], None]] = []
-        for request in requests:
-            sender = request.get_response_sender()
+        encodings: list[str] = []
+        for i, request in enumerate(requests):
             try:
                 item, encoding = _parse(request)
             except Exception as exc:  # a request Triton let through that we cannot read
-                _send(sender, _error_response(exc), _label(request))
+                responses[i] = _error_response(exc)
                 continue
-            good.append(item)
-            sends.append(functools.partial(_answer, sender, encoding, item.what))
-        done = answer_requests(self.decoder, good, sends, self.inflight, tiling=self.tiling)
+            good.append(i)
+            items.append(item)
+            encodings.append(encoding)
+            sends.append(functools.partial(_answer, request.get_response_sender(), encoding, item.what))
+        pending = answer_requests(self.decoder, items, sends, self.inflight, tiling=self.tiling)
+        for i, p, encoding in zip(good, pending, encodings, strict=True):
+            if not p.images:
+                responses[i] = _response(p.result, encoding)
         if self.tiled is not None:
-            self.tiled.add(sum(r.tiled and r.error is None for r in done))
+            self.tiled.add(sum(p.result.tiled and p.result.error is None for p in pending))
         if self.metrics is not None:
             self.metrics.update()
-        return None
+        return responses
 
     def finalize(self) -> None:
         inflight = getattr(self, "inflight", None)
@@ -139,25 +148,26 @@ class TritonPythonModel:
 
 
 def _answer(sender, encoding: str, what: str, result: DecodeResult) -> None:
-    """Send ``result`` as the request's one response: its outputs, or its error (also when the
-    response cannot be built)."""
+    """Send ``result`` as the request's one response through its response sender."""
+    _send(sender, _response(result, encoding), what)
+
+
+def _response(result: DecodeResult, encoding: str):
+    """The request's one response: its outputs (``encoding``: the PNG's, base64 or binary), or
+    its error (also when the outputs cannot be built)."""
+    if result.error is not None:
+        return _error_response(result.error)
     try:
-        response = _error_response(result.error) if result.error is not None else _outputs(result, encoding)
+        tensors = []
+        if result.image is not None:
+            tensors.append(pb_utils.Tensor("image", np.ascontiguousarray(result.image, dtype=np.float32)))
+        if result.png is not None:
+            png = np.empty((len(result.png), 1), dtype=object)
+            png[:, 0] = encode_pngs(result.png, encoding)
+            tensors.append(pb_utils.Tensor("png", png))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
     except Exception as exc:
-        response = _error_response(exc)
-    _send(sender, response, what)
-
-
-def _outputs(result: DecodeResult, encoding: str):
-    """The response carrying ``result``'s image and / or PNGs (``encoding``: the PNG's, base64 or binary)."""
-    tensors = []
-    if result.image is not None:
-        tensors.append(pb_utils.Tensor("image", np.ascontiguousarray(result.image, dtype=np.float32)))
-    if result.png is not None:
-        png = np.empty((len(result.png), 1), dtype=object)
-        png[:, 0] = encode_pngs(result.png, encoding)
-        tensors.append(pb_utils.Tensor("png", png))
-    return pb_utils.InferenceResponse(output_tensors=tensors)
+        return _error_response(exc)
 
 
 def _send(sender, response, what: str) -> None:
@@ -167,14 +177,6 @@ def _send(sender, response, what: str) -> None:
         sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
     except Exception as exc:
         log.error("%s: answer not sent (%s)", what, " ".join(str(exc).split()))
-
-
-def _label(request) -> str:
-    """The name a request's errors start with, read safely."""
-    try:
-        return request_label(request.request_id())
-    except Exception:
-        return "request"
 
 
 def _parse(request) -> tuple[DecodeRequest, str]:

@@ -96,17 +96,18 @@ def _inputs(config, seed: int, h: int = 1, w: int = 1):
     return lat, cap
 
 
-def test_answer_requests_sends_each_request_once_floats_and_errors_at_once(decoder, tmp_path: Path) -> None:
+def test_answer_requests_sends_each_png_answer_once_and_returns_the_others(decoder, tmp_path: Path) -> None:
     """Batches of a PNG request, a float request and a malformed one, through a bounded
-    InFlight: the float answer and the error are sent before answer_requests returns, the PNG
-    once encoded, each exactly once; the PNG is the file write_images writes for that image;
-    the images held never pass the limit plus one batch's."""
+    InFlight: the float answer and the error come back from answer_requests (nothing to
+    encode; never sent), the PNG answer is sent once encoded, exactly once; the PNG is the file
+    write_images writes for that image; the images held never pass the limit plus one batch's."""
     config = decoder.config
     lat, cap = _inputs(config, 1)
     nan = lat.copy()
     nan[0, 0, 0, 0] = np.nan
     inflight = InFlight(max_images=1)
     sent: dict[str, list[DecodeResult]] = {}
+    now: dict[str, DecodeResult] = {}
     lock = threading.Lock()
 
     def sender(name: str):
@@ -125,21 +126,22 @@ def test_answer_requests_sends_each_request_once_floats_and_errors_at_once(decod
             DecodeRequest(lat, cap, seed=np.array([[b]]), what=f"float{b}", outputs=frozenset({"image"})),
             DecodeRequest(nan, cap, what=f"bad{b}"),
         ]
-        answer_requests(decoder, reqs, [sender(r.what) for r in reqs], inflight)
-        with lock:  # answered before the call returned: nothing to encode
-            assert len(sent[f"float{b}"]) == 1 and len(sent[f"bad{b}"]) == 1
+        pending = answer_requests(decoder, reqs, [sender(r.what) for r in reqs], inflight)
+        assert [p.images for p in pending] == [1, 0, 0]
+        now.update({r.what: p.result for r, p in zip(reqs, pending, strict=True) if not p.images})
     assert inflight.drain(HANG_S)
-    assert sorted(sent) == sorted(f"{k}{b}" for k in ("png", "float", "bad") for b in range(batches))
+    assert sorted(sent) == [f"png{b}" for b in range(batches)]  # only the PNG answers went to a sender
+    assert sorted(now) == sorted(f"{k}{b}" for k in ("float", "bad") for b in range(batches))
     assert all(len(v) == 1 for v in sent.values()), {k: len(v) for k, v in sent.items()}
+    from PIL import Image
+
     for b in range(batches):
-        (png,), (flt,), (bad,) = sent[f"png{b}"], sent[f"float{b}"], sent[f"bad{b}"]
+        (png,), flt, bad = sent[f"png{b}"], now[f"float{b}"], now[f"bad{b}"]
         assert png.error is None and flt.error is None and flt.png is None
         assert (
             str(bad.error)
             == f"bad{b}: tensor 'latent' has 1 NaN/Inf value(s) as float32, expected finite values"
         )
-        from PIL import Image
-
         served = tmp_path / f"served{b}.png"
         served.write_bytes(png.png[0])
         with Image.open(served) as im:
