@@ -7,6 +7,7 @@ The tests of this module share one server and run in file order; the last one st
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -619,8 +620,41 @@ def test_png_and_float_requests_of_concurrent_clients_through_the_response_sende
 
 @pytest.mark.slow
 def test_sigint_stops_the_server_and_leaves_nothing(server) -> None:
+    """Stopped while PNG requests are in flight: three requests of three sizes (three decodes,
+    one after another), sent together, SIGINT once the first is answered; the other two are
+    still answered with their PNGs (the stop waits for the answers in flight)."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(41)
+    cap = torch.randn(1, 8, 32, generator=gen).numpy()
+    shapes = ((2, 2), (2, 1), (1, 2))  # latent cells: 64x64, 32x64, 64x32 (inside the envelope)
+    results: dict[int, object] = {}
+    answered = threading.Event()
+    barrier = threading.Barrier(3, timeout=60)
+
+    def send(k: int) -> None:
+        lat = torch.randn(1, 16, *shapes[k], generator=torch.Generator().manual_seed(k)).numpy()
+        try:
+            with client(server) as c:
+                barrier.wait()
+                results[k] = c.decode(lat, cap, seed=k, outputs=("png",), request_id=f"stop{k}")["png"]
+        except Exception as exc:  # recorded: a request lost to the stop fails the test below
+            results[k] = exc
+        answered.set()
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    assert answered.wait(REQUEST_TIMEOUT_S), "no request answered"
     code = stop_server(server, signal.SIGINT)
+    for t in threads:
+        t.join(timeout=REQUEST_TIMEOUT_S)
     assert code == 0, server.stderr()
+    assert sorted(results) == [0, 1, 2]
+    for k, (h, w) in enumerate(shapes):
+        assert isinstance(results[k], list), (k, results[k])
+        with Image.open(io.BytesIO(results[k][0])) as im:
+            assert im.size == (32 * w, 32 * h)
     assert_nothing_left(server)
 
 
