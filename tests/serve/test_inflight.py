@@ -152,3 +152,21 @@ def test_answer_requests_sends_each_png_answer_once_and_returns_the_others(decod
         for got in (flt.image, png.image):
             assert (torch.from_numpy(got) - want).abs().max().item() <= 1e-4
     assert inflight.images == 0 and inflight.peak <= 1 + 1
+
+
+def test_a_failed_encode_fails_its_request_alone_once_the_last_png_is_done() -> None:
+    """The answer of a request whose PNGs are being encoded resolves when the last one ends,
+    whatever the order; a failed encode becomes the request's one-line error, no PNGs."""
+    from pid_trt.serve.batch import _when_encoded
+
+    first: Future[bytes] = Future()
+    second: Future[bytes] = Future()
+    answer = _when_encoded(DecodeResult(), [first, second], "request x")
+    second.set_exception(OSError("disk\nfull"))
+    assert not answer.done()
+    first.set_result(b"png")
+    result = answer.result(timeout=0)
+    assert result.png is None
+    assert str(result.error) == "request x: internal error (OSError: disk full)"
+    good = _when_encoded(DecodeResult(), [first], "request y")  # already done: resolved at once
+    assert good.result(timeout=0).png == [b"png"] and good.result().error is None
