@@ -28,6 +28,8 @@ from pid_trt.serve.client import ERROR_KINDS, PidClient, ServeRequestError
 
 #: Version tag of the JSON document ``pidtrt bench --server --json`` writes.
 SCHEMA_VERSION = "pid_trt.bench.server/1"
+#: Seconds a load test waits for the server's statistics to count every answered request.
+STATS_SETTLE_S = 2.0
 #: What a load test's requests may ask for (``pidtrt bench --server-output``).
 OUTPUTS = ("image", "png")
 
@@ -111,6 +113,12 @@ def run_load(
     wall = time.perf_counter() - start
     with PidClient(url, timeout_s=timeout_s) as probe:
         after = probe.stats()
+        # A PNG answer may reach its client before Triton records the batch that decoded it
+        # (the model sends it from an encoding thread): wait a moment for the last batches.
+        deadline = time.monotonic() + STATS_SETTLE_S
+        while _decoded(before, after) < len(tally.latencies) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            after = probe.stats()
     batches, queue_ms, compute_ms = _server_side(before, after)
     images = sum(k * v for k, v in batches.items())
     runs = sum(batches.values())
@@ -197,6 +205,11 @@ class _Tally:
                 with self.lock:
                     self.errors[kind] = self.errors.get(kind, 0) + 1
                     self.examples.setdefault(kind, " ".join(message.split())[:300])
+
+
+def _decoded(before: dict, after: dict) -> int:
+    """Images the server's batches decoded between two stats."""
+    return sum(k * v for k, v in _server_side(before, after)[0].items())
 
 
 def _server_side(before: dict, after: dict) -> tuple[dict[int, int], float | None, float | None]:

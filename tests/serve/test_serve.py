@@ -418,6 +418,7 @@ def test_bench_server_records_every_request(server, tmp_path: Path) -> None:
     assert doc["meta"]["output"] == "png" and "requests ask for `png`" in png.stdout
     (r,) = doc["records"]
     assert r["output"] == "png" and r["ok"] == 4 and r["lost"] == 0 and not r["errors"]
+    assert sum(int(b) * n for b, n in r["batches"].items()) == 4  # the stats counted every PNG answer
 
 
 def tiled_requests(served) -> float:
