@@ -110,16 +110,21 @@ def answer_requests(
     *,
     steps: int = STEPS,
     tiling: TileOptions | None = None,
+    decoded: Callable[[list[Pending]], None] | None = None,
 ) -> list[Pending]:
     """Wait for room in ``inflight``, decode ``requests`` and return as soon as the batch is
     decoded: one :class:`~pid_trt.serve.batch.Pending` per request, in order. One with
     ``images == 0`` needs no encode: the caller answers it with its ``result``, now; one with
     PNGs is ``sends[i]``'s, called once its PNGs are encoded (its ``result`` is then still
-    being completed: read only ``tiled`` from it)."""
+    being completed: read only ``tiled`` from it). ``decoded``: called with them before any
+    PNG answer can be sent (a server's counters, so that a client that has its answer sees
+    them counted)."""
     if len(sends) != len(requests):
         raise ValueError(f"{len(sends)} senders for {len(requests)} requests: expected one each")
     inflight.wait_for_room()
     pending = decode_requests_later(decoder, requests, steps, tiling)
+    if decoded is not None:
+        decoded(pending)
     for p, send, req in zip(pending, sends, requests, strict=True):
         if p.images:
             inflight.send_when_ready(p, send, req.what)

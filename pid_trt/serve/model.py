@@ -49,7 +49,7 @@ import triton_python_backend_utils as pb_utils  # provided by Triton's Python ba
 
 from pid_trt.errors import ConfigError, InputFileError, ResourceError
 from pid_trt.io.writer import default_writers
-from pid_trt.serve.batch import DecodeRequest, DecodeResult
+from pid_trt.serve.batch import DecodeRequest, DecodeResult, Pending
 from pid_trt.serve.config import ModelOptions
 from pid_trt.serve.inflight import InFlight, answer_requests
 from pid_trt.serve.protocol import encode_pngs, error_text, png_encoding, request_label, request_parameters
@@ -126,15 +126,20 @@ class TritonPythonModel:
             items.append(item)
             encodings.append(encoding)
             sends.append(functools.partial(_answer, request.get_response_sender(), encoding, item.what))
-        pending = answer_requests(self.decoder, items, sends, self.inflight, tiling=self.tiling)
+        pending = answer_requests(
+            self.decoder, items, sends, self.inflight, tiling=self.tiling, decoded=self._count
+        )
         for i, p, encoding in zip(good, pending, encodings, strict=True):
             if not p.images:
                 responses[i] = _response(p.result, encoding)
+        return responses
+
+    def _count(self, pending: list[Pending]) -> None:
+        """The batch's metrics, updated before any of its answers is sent."""
         if self.tiled is not None:
             self.tiled.add(sum(p.result.tiled and p.result.error is None for p in pending))
         if self.metrics is not None:
             self.metrics.update()
-        return responses
 
     def finalize(self) -> None:
         inflight = getattr(self, "inflight", None)

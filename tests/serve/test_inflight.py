@@ -126,8 +126,14 @@ def test_answer_requests_sends_each_png_answer_once_and_returns_the_others(decod
             DecodeRequest(lat, cap, seed=np.array([[b]]), what=f"float{b}", outputs=frozenset({"image"})),
             DecodeRequest(nan, cap, what=f"bad{b}"),
         ]
-        pending = answer_requests(decoder, reqs, [sender(r.what) for r in reqs], inflight)
-        assert [p.images for p in pending] == [1, 0, 0]
+        counted: list[int] = []
+
+        def decoded(batch: list[Pending], b: int = b, counted: list[int] = counted) -> None:
+            with lock:  # a server's counters: updated before its PNG answer can be sent
+                counted.append(len(sent.get(f"png{b}", [])))
+
+        pending = answer_requests(decoder, reqs, [sender(r.what) for r in reqs], inflight, decoded=decoded)
+        assert [p.images for p in pending] == [1, 0, 0] and counted == [0]
         now.update({r.what: p.result for r, p in zip(reqs, pending, strict=True) if not p.images})
     assert inflight.drain(HANG_S)
     assert sorted(sent) == [f"png{b}" for b in range(batches)]  # only the PNG answers went to a sender
