@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One `pidtrt serve` instance answering PNG requests: an earlier model (another source tree,
-# e.g. `git worktree add /tmp/before <commit>`) beside this tree's, servers run in turn on the
+# e.g. `git worktree add ../before <commit>`) beside this tree's, servers run in turn on the
 # same machine, each round before then now, the load average recorded after each run.
 #
 #   benchmarks/serve_png_sender.sh BEFORE_TREE
