@@ -11,7 +11,7 @@ import typer
 from pid_trt.backends.registry import BACKENDS
 from pid_trt.buckets import parse_size
 from pid_trt.cli.bench_pipeline import with_pipeline
-from pid_trt.cli.bench_server import Concurrency, Requests, Server, bench_server
+from pid_trt.cli.bench_server import Concurrency, Requests, Server, ServerOutput, bench_server
 from pid_trt.cli.errors import cli_errors, warn
 from pid_trt.cli.options import (
     RUNTIME_PARAMS,
@@ -166,6 +166,7 @@ def bench(
     server: Server = None,
     concurrency: Concurrency = (1,),
     requests: Requests = 20,
+    served: ServerOutput = "image",
     tiling: TileOptions = None,  # type: ignore[assignment] - --tiles, --tile-size ... (with_tile_options)
     pipe: dict = None,  # type: ignore[assignment] - --pipeline, --simulate-device-ms ... (with_pipeline)
     encoding: OutputOptions = None,  # type: ignore[assignment] - --png-level, --quality ... (with_output)
@@ -188,7 +189,7 @@ def bench(
             f"{', '.join(tiled)} with {'--server' if server else '--estimate'}: tiling options measure local decodes"
         )
     if server is not None:
-        bench_server(server, sizes, concurrency, requests, timeout, json_path, markdown_path, title)
+        bench_server(server, sizes, concurrency, requests, timeout, json_path, markdown_path, title, served)
         return
     if estimate:
         _estimate(net, sizes, batch, steps)

@@ -29,6 +29,14 @@ Concurrency = Annotated[
 Requests = Annotated[
     int, typer.Option("--requests", min=1, help="--server: requests per test.", rich_help_panel=SERVER_PANEL)
 ]
+ServerOutput = Annotated[
+    str,
+    typer.Option(
+        "--server-output",
+        help="--server: what each request asks for: image (float, binary data) or png (encoded by the server).",
+        rich_help_panel=SERVER_PANEL,
+    ),
+]
 
 
 def bench_server(
@@ -40,21 +48,25 @@ def bench_server(
     json_path: Path | None,
     markdown_path: Path | None,
     title: str | None,
+    output: str = "image",
 ) -> None:
     """``--server``: one load test per size x concurrency; table on stdout, JSON / Markdown files."""
-    from pid_trt.serve.loadtest import dump_document, render_markdown, run_load
+    from pid_trt.serve.loadtest import check_output, dump_document, render_markdown, run_load
 
     if any(c < 1 for c in concurrency):
         raise ConfigError(f"--concurrency {concurrency}: expected integers >= 1")
+    check_output(output)
     records = []
     for height, width in sizes:
         for c in dict.fromkeys(concurrency):
             typer.echo(f"load test {width}x{height}, concurrency {c}, {requests} requests -> {url}", err=True)
-            records.append(run_load(url, height, width, c, requests, timeout_s=timeout or 600.0))
+            records.append(
+                run_load(url, height, width, c, requests, timeout_s=timeout or 600.0, output=output)
+            )
     text = render_markdown(records, title)
     typer.echo(text)
     if json_path is not None:
-        meta = {"command": "pidtrt bench --server", "url": url, "requests": requests}
+        meta = {"command": "pidtrt bench --server", "url": url, "requests": requests, "output": output}
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(dump_document(records, meta))
     if markdown_path is not None:

@@ -12,6 +12,8 @@ Modules:
   they become (no third-party imports);
 - :mod:`pid_trt.serve.batch`: one batch of requests -> per-request images or errors
   (validation per request, one decode per size, each request's own noise);
+- :mod:`pid_trt.serve.inflight`: answers of PNG requests sent once their PNGs are encoded,
+  while the instance decodes the next batch (bounded);
 - :mod:`pid_trt.serve.model`: the Triton Python-backend model (runs inside Triton);
 - :mod:`pid_trt.serve.server`: starts / stops ``tritonserver`` with that model;
 - :mod:`pid_trt.serve.client`: :class:`PidClient` (KServe v2 over HTTP, ``tritonclient``);

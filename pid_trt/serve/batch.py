@@ -15,6 +15,11 @@ within the backend's batch-size rounding when batched with others (torch on the 
 ~1e-5; the reductions of a matrix product of 4 rows are not grouped as those of 1). A
 decode that fails (out of memory, say) fails the requests of its batch only.
 
+PNGs are encoded on the process's writer threads (:func:`pid_trt.io.writer.encode_later`):
+a group's while the next group decodes. :func:`decode_requests_later` returns once the last
+group is decoded, each request's answer a future resolved when its PNGs are (a failed encode
+fails its request alone); :func:`decode_requests` waits for them.
+
 No Triton import here: :mod:`pid_trt.serve.model` turns Triton requests into
 :class:`DecodeRequest` and :class:`DecodeResult` back into responses.
 """
@@ -22,6 +27,7 @@ No Triton import here: :mod:`pid_trt.serve.model` turns Triton requests into
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -100,10 +106,34 @@ class _Ready:
 def decode_requests(
     decoder: Decoder, requests: Sequence[DecodeRequest], steps: int = STEPS, tiling: TileOptions | None = None
 ) -> list[DecodeResult]:
-    """Decode ``requests`` on ``decoder``; one result per request, in order. ``tiling``: the
-    server's tiling options (None: the defaults; each request's own parameters override them).
-    Never raises for a bad request or a failed decode: those become the result's ``error``
-    (an unexpected exception is logged and named as an internal error)."""
+    """Decode ``requests`` on ``decoder``; one result per request, in order, PNGs encoded.
+    ``tiling``: the server's tiling options (None: the defaults; each request's own parameters
+    override them). Never raises for a bad request or a failed decode: those become the
+    result's ``error`` (an unexpected exception is logged and named as an internal error)."""
+    return [p.answer.result() for p in decode_requests_later(decoder, requests, steps, tiling)]
+
+
+@dataclass
+class Pending:
+    """A request's answer while its PNGs are encoded.
+
+    ``result``: the :class:`DecodeResult` (image, tiled, caption, or the request's error) as
+    its decode left it; ``answer``: a future of that result once its PNGs are encoded (a failed
+    encode sets its ``error``), already resolved when none are; ``images``: the PNGs it waits for.
+    """
+
+    result: DecodeResult
+    answer: Future[DecodeResult]
+    images: int = 0
+
+
+def decode_requests_later(
+    decoder: Decoder, requests: Sequence[DecodeRequest], steps: int = STEPS, tiling: TileOptions | None = None
+) -> list[Pending]:
+    """Decode ``requests`` as :func:`decode_requests` does, and return as soon as the last
+    group is decoded: one :class:`Pending` per request, in order, whose ``answer`` resolves
+    (on the writer thread that encodes its last PNG) once its PNGs are encoded. Never raises
+    for a bad request, a failed decode or a failed encode (the result's ``error``)."""
     results = [DecodeResult() for _ in requests]
     ready: list[_Ready] = []
     for i, req in enumerate(requests):
@@ -121,20 +151,47 @@ def decode_requests(
         key = (item.index,) if item.tiling is not None else (*item.size, int(item.caption.shape[1]))
         groups.setdefault(key, []).append(item)
     # Each group's PNGs are encoded on the writer threads while the next group decodes.
-    encoding: list[tuple[int, list[Future[bytes]]]] = []
+    encoding: dict[int, list[Future[bytes]]] = {}
     for items in groups.values():
-        encoding += _decode_group(decoder, items, requests, results, steps)
-    for index, pngs in encoding:
+        encoding.update(_decode_group(decoder, items, requests, results, steps))
+    pending = []
+    for i, result in enumerate(results):
+        pngs = encoding.get(i)
+        if pngs is None:
+            done: Future[DecodeResult] = Future()
+            done.set_result(result)
+            pending.append(Pending(result, done))
+        else:
+            pending.append(Pending(result, _when_encoded(result, pngs, requests[i].what), len(pngs)))
+    return pending
+
+
+def _when_encoded(result: DecodeResult, pngs: list[Future[bytes]], what: str) -> Future[DecodeResult]:
+    """A future of ``result`` with its ``png`` filled in (or its ``error`` set, by the first
+    failed encode), resolved by whichever thread finishes the last of ``pngs``."""
+    answer: Future[DecodeResult] = Future()
+    left = [len(pngs)]
+    lock = threading.Lock()
+
+    def one_done(_: Future[bytes]) -> None:
+        with lock:
+            left[0] -= 1
+            if left[0]:
+                return
         try:
-            results[index].png = [f.result() for f in pngs]
+            result.png = [f.result() for f in pngs]
         except Exception as exc:
-            results[index].error = _as_error(exc, requests[index].what)
-    return results
+            result.error = _as_error(exc, what)
+        answer.set_result(result)
+
+    for f in pngs:
+        f.add_done_callback(one_done)
+    return answer
 
 
 def _decode_group(
     decoder: Decoder, items: list[_Ready], requests, results: list[DecodeResult], steps: int
-) -> list[tuple[int, list[Future[bytes]]]]:
+) -> dict[int, list[Future[bytes]]]:
     """One decode of ``items`` (one tiled request, or one-shot requests of one size); their
     results (or the decode's error for each). Returns the PNGs being encoded, per request
     index. When no request of the group asks for ``image``, the pixels are quantized on the
@@ -156,9 +213,10 @@ def _decode_group(
         err = _as_error(exc, f"decode of {len(items)} request(s), {rows} image(s) at {width}x{height}")
         for r in items:
             results[r.index].error = err
-        return []
+        return {}
     log.debug("decoded %d request(s), %d image(s) at %dx%d", len(items), image.shape[0], width, height)
-    start, encoding = 0, []
+    start: int = 0
+    encoding: dict[int, list[Future[bytes]]] = {}
     for r in items:
         part = image[start : start + r.rows]
         start += r.rows
@@ -170,7 +228,7 @@ def _decode_group(
             out.image = part.numpy()
         if "png" in wanted:
             try:
-                encoding.append((r.index, png_futures(part, r.text)))
+                encoding[r.index] = png_futures(part, r.text)
             except Exception as exc:
                 out.error = _as_error(exc, requests[r.index].what)
     return encoding

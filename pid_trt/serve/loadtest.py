@@ -1,7 +1,8 @@
 """``pidtrt bench --server``: load test of a running ``pidtrt serve``.
 
 ``concurrency`` clients (threads, each its own connection) send ``requests`` requests in
-all, one image each, of one size, every request with its own seed. Each ends with an image
+all, one image each, of one size, every request with its own seed, asking for ``output``:
+the float ``image`` (binary data) or the ``png`` file (encoded on the server). Each ends with an image
 or a named error (:data:`~pid_trt.serve.client.ERROR_KINDS`): nothing is lost, and the
 record says so (``ok + sum(errors) == requests``). The server's side comes from Triton's
 statistics extension (``/v2/models/pid_decoder/stats``), read before and after: how many
@@ -27,6 +28,10 @@ from pid_trt.serve.client import ERROR_KINDS, PidClient, ServeRequestError
 
 #: Version tag of the JSON document ``pidtrt bench --server --json`` writes.
 SCHEMA_VERSION = "pid_trt.bench.server/1"
+#: Seconds a load test waits for the server's statistics to count every answered request.
+STATS_SETTLE_S = 2.0
+#: What a load test's requests may ask for (``pidtrt bench --server-output``).
+OUTPUTS = ("image", "png")
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,8 @@ class ServerBenchRecord:
     latency_ms: per-request round trip percentiles (successful requests; None if none);
     images_per_s: successful requests / wall_s; errors: failed requests by kind;
     batches: decodes the server ran during the test by batch size ({size: count});
-    mean_batch: images per decode; queue_ms / compute_ms: server-side mean per request.
+    mean_batch: images per decode; queue_ms / compute_ms: server-side mean per request;
+    output: what each request asked for (``image`` or ``png``).
     """
 
     url: str
@@ -57,6 +63,7 @@ class ServerBenchRecord:
     queue_ms: float | None
     compute_ms: float | None
     error_examples: dict[str, str] = field(default_factory=dict)
+    output: str = "image"
 
     @property
     def lost(self) -> int:
@@ -79,10 +86,12 @@ def run_load(
     *,
     timeout_s: float = 600.0,
     seed: int = 0,
+    output: str = "image",
 ) -> ServerBenchRecord:
     """Run one load test against the server at ``url`` (see the module docstring)."""
     if concurrency < 1 or requests < 1:
         raise ValueError(f"concurrency={concurrency}, requests={requests}: expected both >= 1")
+    check_output(output)
     with PidClient(url, timeout_s=timeout_s) as probe:
         params = probe.parameters()
         before = probe.stats()
@@ -90,7 +99,9 @@ def run_load(
     tally = _Tally()
     threads = [
         threading.Thread(
-            target=tally.work, args=(url, latent, caption, requests, timeout_s, seed), name=f"pidtrt-load-{k}"
+            target=tally.work,
+            args=(url, latent, caption, requests, timeout_s, seed, output),
+            name=f"pidtrt-load-{k}",
         )
         for k in range(concurrency)
     ]
@@ -102,6 +113,12 @@ def run_load(
     wall = time.perf_counter() - start
     with PidClient(url, timeout_s=timeout_s) as probe:
         after = probe.stats()
+        # A PNG answer may reach its client before Triton records the batch that decoded it
+        # (the model sends it from an encoding thread): wait a moment for the last batches.
+        deadline = time.monotonic() + STATS_SETTLE_S
+        while _decoded(before, after) < len(tally.latencies) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            after = probe.stats()
     batches, queue_ms, compute_ms = _server_side(before, after)
     images = sum(k * v for k, v in batches.items())
     runs = sum(batches.values())
@@ -117,8 +134,16 @@ def run_load(
         requests=requests, ok=ok, errors=ordered, wall_s=wall, latency_ms=pct,
         images_per_s=ok / wall if wall > 0 else 0.0, batches=batches,
         mean_batch=images / runs if runs else None, queue_ms=queue_ms, compute_ms=compute_ms,
-        error_examples=tally.examples,
+        error_examples=tally.examples, output=output,
     )  # fmt: skip
+
+
+def check_output(output: str) -> None:
+    """Refuse an ``output`` a load test cannot ask for (one of :data:`OUTPUTS`)."""
+    if output not in OUTPUTS:
+        from pid_trt.errors import ConfigError
+
+        raise ConfigError(f"--server-output {output!r}: expected one of {', '.join(OUTPUTS)}")
 
 
 def _inputs(params: dict[str, str], height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -160,13 +185,15 @@ class _Tally:
             self.next_index += 1
             return self.next_index - 1
 
-    def work(self, url: str, latent, caption, requests: int, timeout_s: float, seed: int) -> None:
+    def work(
+        self, url: str, latent, caption, requests: int, timeout_s: float, seed: int, output: str
+    ) -> None:
         """One client thread: send requests until none is left; every outcome is counted."""
         with PidClient(url, timeout_s=timeout_s) as client:
             while (i := self.take(requests)) is not None:
                 start = time.perf_counter()
                 try:
-                    client.decode(latent, caption, seed=seed + i, outputs=("image",), request_id=f"bench-{i}")
+                    client.decode(latent, caption, seed=seed + i, outputs=(output,), request_id=f"bench-{i}")
                 except ServeRequestError as exc:
                     kind, message = exc.kind, str(exc)
                 except Exception as exc:  # counted, never lost
@@ -178,6 +205,11 @@ class _Tally:
                 with self.lock:
                     self.errors[kind] = self.errors.get(kind, 0) + 1
                     self.examples.setdefault(kind, " ".join(message.split())[:300])
+
+
+def _decoded(before: dict, after: dict) -> int:
+    """Images the server's batches decoded between two stats."""
+    return sum(k * v for k, v in _server_side(before, after)[0].items())
 
 
 def _server_side(before: dict, after: dict) -> tuple[dict[int, int], float | None, float | None]:
@@ -205,7 +237,8 @@ def render_markdown(records: list[ServerBenchRecord], title: str | None = None) 
     if records:
         r = records[0]
         lines += [
-            f"Server {r.url}: {r.net}, {r.backend} {r.precision}; latency is the client's round trip.",
+            f"Server {r.url}: {r.net}, {r.backend} {r.precision}; requests ask for `{r.output}`; "
+            "latency is the client's round trip.",
             "",
         ]
     lines += [

@@ -3,8 +3,18 @@ model instance, each with its own :class:`pid_trt.Decoder`.
 
 Triton imports this through the model repository :mod:`pid_trt.serve.server` writes
 (``pid_decoder/1/model.py`` re-exports :class:`TritonPythonModel`); nothing else imports it.
-``execute`` receives the requests Triton's dynamic batcher gathered and returns one response
-per request: its outputs, or its own error (:mod:`pid_trt.serve.batch`).
+``execute`` receives the requests Triton's dynamic batcher gathered, decodes them
+(:mod:`pid_trt.serve.batch`) and returns at once. Each request gets one response (its
+outputs, or its own error). A request that needs no encode (float ``image`` only, or an
+error) is answered in the list ``execute`` returns. A request that asks for ``png`` has None
+there: its response is sent by its response sender (``request.get_response_sender()``,
+flagged ``TRITONSERVER_RESPONSE_COMPLETE_FINAL``, which Triton's default, non-decoupled mode
+allows from its Python backend 24.06) from the writer thread that finishes its PNGs, while
+Triton already hands this instance the next batch (:mod:`pid_trt.serve.inflight`: a decode
+waits while more than 2 PNGs per encoding thread are still unsent, so a burst cannot hold
+images without bound). Returning the immediate answers, rather than sending them, lets Triton
+record the batch's statistics before those answers reach their clients, as before.
+``finalize`` waits for the answers in flight before it closes the decoder.
 
 Outputs and the PNG's encoding: :mod:`pid_trt.serve.protocol` (``png`` is base64 text unless
 the request parameter ``png_encoding`` is ``binary``).
@@ -28,22 +38,31 @@ on its own (:mod:`pid_trt.serve.batch`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by Triton's Python backend
 
 from pid_trt.errors import ConfigError, InputFileError, ResourceError
-from pid_trt.serve.batch import DecodeRequest, decode_requests
+from pid_trt.io.writer import default_writers
+from pid_trt.serve.batch import DecodeRequest, DecodeResult, Pending
 from pid_trt.serve.config import ModelOptions
+from pid_trt.serve.inflight import InFlight, answer_requests
 from pid_trt.serve.protocol import encode_pngs, error_text, png_encoding, request_label, request_parameters
 
 #: File in the model directory holding the :class:`ModelOptions` (JSON).
 OPTIONS_FILE = "options.json"
 #: File in the model directory an instance writes its load error to (one line), for ``pidtrt serve``.
 LOAD_ERROR_FILE = "load_error.txt"
+#: PNG images per encoding thread whose answers may wait to be sent before a decode waits
+#: (the writer's rule, :class:`pid_trt.io.writer.ImageWriter`).
+IMAGES_PER_WRITER = 2
+#: Seconds ``finalize`` waits for the answers in flight before it closes the decoder.
+DRAIN_TIMEOUT_S = 60.0
 
 log = logging.getLogger("pid_trt.serve")
 
@@ -80,49 +99,89 @@ class TritonPythonModel:
                 (model_dir / LOAD_ERROR_FILE).write_text(f"{self.name}: {message}\n")
             finally:
                 raise
+        # The PNGs are encoded on encode_later's pool of default_writers() threads.
+        self.inflight = InFlight(IMAGES_PER_WRITER * default_writers())
         self.metrics = _CacheMetrics.create(self.name, self.decoder)
         self.tiled = _TiledMetric.create(self.name)
         log.info("%s: %r ready", self.name, self.decoder)
 
     def execute(self, requests: list) -> list:
-        parsed: list[tuple[DecodeRequest, str] | None] = []
-        errors: dict[int, Exception] = {}
+        """Decode the batch and return at once: the answers that need no encode (float
+        ``image`` only, errors) in the returned list, None for each PNG request, which its
+        response sender answers (flagged final) from the writer thread that finishes its PNGs
+        while Triton hands this instance the next batch (:mod:`pid_trt.serve.inflight`; waits
+        first while too many PNGs are still unsent)."""
+        responses: list = [None] * len(requests)
+        good: list[int] = []
+        items: list[DecodeRequest] = []
+        sends: list[Callable[[DecodeResult], None]] = []
+        encodings: list[str] = []
         for i, request in enumerate(requests):
             try:
-                parsed.append(_parse(request))
+                item, encoding = _parse(request)
             except Exception as exc:  # a request Triton let through that we cannot read
-                errors[i] = exc
-                parsed.append(None)
-        good = [p[0] for p in parsed if p is not None]
-        done = decode_requests(self.decoder, good, tiling=self.tiling)
-        if self.tiled is not None:
-            self.tiled.add(sum(r.tiled and r.error is None for r in done))
-        results = iter(done)
-        responses = []
-        for i, item in enumerate(parsed):
-            if item is None:
-                responses.append(_error_response(errors[i]))
+                responses[i] = _error_response(exc)
                 continue
-            result = next(results)
-            if result.error is not None:
-                responses.append(_error_response(result.error))
-                continue
-            tensors = []
-            if result.image is not None:
-                tensors.append(pb_utils.Tensor("image", np.ascontiguousarray(result.image, dtype=np.float32)))
-            if result.png is not None:
-                png = np.empty((len(result.png), 1), dtype=object)
-                png[:, 0] = encode_pngs(result.png, item[1])
-                tensors.append(pb_utils.Tensor("png", png))
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-        if self.metrics is not None:
-            self.metrics.update()
+            good.append(i)
+            items.append(item)
+            encodings.append(encoding)
+            sends.append(functools.partial(_answer, request.get_response_sender(), encoding, item.what))
+        pending = answer_requests(
+            self.decoder, items, sends, self.inflight, tiling=self.tiling, decoded=self._count
+        )
+        for i, p, encoding in zip(good, pending, encodings, strict=True):
+            if not p.images:
+                responses[i] = _response(p.result, encoding)
         return responses
 
+    def _count(self, pending: list[Pending]) -> None:
+        """The batch's metrics, updated before any of its answers is sent."""
+        if self.tiled is not None:
+            self.tiled.add(sum(p.result.tiled and p.result.error is None for p in pending))
+        if self.metrics is not None:
+            self.metrics.update()
+
     def finalize(self) -> None:
+        inflight = getattr(self, "inflight", None)
+        if inflight is not None and not inflight.drain(DRAIN_TIMEOUT_S):
+            log.warning(
+                "%s: %d answer(s) still unsent after %.0f s", self.name, inflight.answers, DRAIN_TIMEOUT_S
+            )
         decoder = getattr(self, "decoder", None)
         if decoder is not None:
             decoder.close()
+
+
+def _answer(sender, encoding: str, what: str, result: DecodeResult) -> None:
+    """Send ``result`` as the request's one response through its response sender."""
+    _send(sender, _response(result, encoding), what)
+
+
+def _response(result: DecodeResult, encoding: str):
+    """The request's one response: its outputs (``encoding``: the PNG's, base64 or binary), or
+    its error (also when the outputs cannot be built)."""
+    if result.error is not None:
+        return _error_response(result.error)
+    try:
+        tensors = []
+        if result.image is not None:
+            tensors.append(pb_utils.Tensor("image", np.ascontiguousarray(result.image, dtype=np.float32)))
+        if result.png is not None:
+            png = np.empty((len(result.png), 1), dtype=object)
+            png[:, 0] = encode_pngs(result.png, encoding)
+            tensors.append(pb_utils.Tensor("png", png))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+    except Exception as exc:
+        return _error_response(exc)
+
+
+def _send(sender, response, what: str) -> None:
+    """The request's one response, flagged final (Triton's default mode through the response
+    sender). A send Triton refuses (the client gone, the server stopping) is logged."""
+    try:
+        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+    except Exception as exc:
+        log.error("%s: answer not sent (%s)", what, " ".join(str(exc).split()))
 
 
 def _parse(request) -> tuple[DecodeRequest, str]:

@@ -7,6 +7,7 @@ The tests of this module share one server and run in file order; the last one st
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -407,6 +408,17 @@ def test_bench_server_records_every_request(server, tmp_path: Path) -> None:
         assert r["ok"] == 6 and r["latency_ms"]["p50"] > 0 and r["images_per_s"] > 0
         assert sum(int(b) * n for b, n in r["batches"].items()) == 6
     assert "| 32x32 | 3 | 6 | 6 |" in res.stdout
+    png = subprocess.run(
+        [sys.executable, "-m", "pid_trt.cli.main", "bench", "--server", server.url, "--size", "32x32",
+         "--concurrency", "2", "--requests", "4", "--server-output", "png", "--json", out],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert png.returncode == 0, png.stderr
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["output"] == "png" and "requests ask for `png`" in png.stdout
+    (r,) = doc["records"]
+    assert r["output"] == "png" and r["ok"] == 4 and r["lost"] == 0 and not r["errors"]
+    assert sum(int(b) * n for b, n in r["batches"].items()) == 4  # the stats counted every PNG answer
 
 
 def tiled_requests(served) -> float:
@@ -535,9 +547,115 @@ def test_hostile_request_id_and_parameters_come_back_escaped(server, decoder) ->
 
 
 @pytest.mark.slow
+def test_png_and_float_requests_of_concurrent_clients_through_the_response_sender(
+    server, decoder, tmp_path: Path
+) -> None:
+    """Requests answered by the response sender after execute returned: 4 float clients and
+    a PNG client at 32x32 (batched together, so their PNGs are encoded while the next batch
+    decodes), a PNG client alone at 64x32, and malformed requests among them. Every request
+    gets exactly its answer: the 64x32 PNG (decoded alone) is the file `pidtrt decode` writes,
+    byte for byte; a batched PNG is the file of its own float image, within BATCH_TOL of a lone
+    decode; a malformed one its error in the CLI's words."""
+    from pid_trt.serve.client import ServeRequestError
+
+    config = decoder.config
+    gen = torch.Generator().manual_seed(31)
+    small = (torch.randn(1, 16, 1, 1, generator=gen).numpy(), torch.randn(1, 8, 32, generator=gen).numpy())
+    tall = (torch.randn(1, 16, 2, 1, generator=gen).numpy(), torch.randn(1, 8, 32, generator=gen).numpy())
+    rounds = 4
+    plan: dict[str, tuple[tuple, int, tuple[str, ...]]] = {}
+    for r in range(rounds):
+        for k in range(4):
+            plan[f"f{k}-{r}"] = (small, 10 * k + r, ("image",))
+        plan[f"p-{r}"] = (small, 100 + r, ("png", "image"))
+        plan[f"t-{r}"] = (tall, 200 + r, ("png",))
+    bad = malformed("nan", *small)
+    clients = [[f"f{k}-{r}" for r in range(rounds)] for k in range(4)]
+    clients += [[f"p-{r}" for r in range(rounds)] + ["bad"], [f"t-{r}" for r in range(rounds)]]
+    barrier = threading.Barrier(len(clients), timeout=60)
+    results: dict[str, object] = {}
+
+    def worker(names: list[str]) -> None:
+        with client(server) as c:
+            barrier.wait()
+            for name in names:
+                try:
+                    if name == "bad":
+                        c.decode(bad["latent"], bad["caption"], request_id=name, outputs=("png",))
+                        results[name] = "answered"
+                        continue
+                    (lat, cap), seed, outputs = plan[name]
+                    results[name] = c.decode(lat, cap, seed=seed, outputs=outputs, request_id=name)
+                except ServeRequestError as exc:
+                    results[name] = exc
+                except Exception as exc:  # recorded, so that nothing is lost silently
+                    results[name] = repr(exc)
+
+    threads = [threading.Thread(target=worker, args=(names,)) for names in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=400)
+    assert not any(t.is_alive() for t in threads), "a client hung"
+    assert sorted(results) == sorted([*plan, "bad"]), "requests lost"
+    assert isinstance(results["bad"], ServeRequestError) and results["bad"].kind == "invalid"
+    assert str(results["bad"]) == cli_message(config, bad, "request bad")
+    from PIL import Image
+
+    for name, ((lat, cap), seed, outputs) in plan.items():
+        out = results[name]
+        assert isinstance(out, dict) and sorted(out) == sorted(outputs), (name, out)
+        want = decoder.decode(lat, cap, seed=seed)
+        if "image" in out:
+            assert (torch.from_numpy(np.array(out["image"])) - want).abs().max().item() <= BATCH_TOL, name
+        if "png" in out:
+            served = tmp_path / f"{name}.png"
+            served.write_bytes(out["png"][0])
+            with Image.open(served) as im:
+                text = {"pid-trt": im.text["pid-trt"]}
+            assert json.loads(text["pid-trt"])["seed"] == seed
+            image = want if name.startswith("t-") else torch.from_numpy(np.array(out["image"]))
+            (direct,) = write_images(image, tmp_path / f"direct-{name}.png", text=text)
+            assert out["png"] == [direct.read_bytes()], name
+
+
+@pytest.mark.slow
 def test_sigint_stops_the_server_and_leaves_nothing(server) -> None:
+    """Stopped while PNG requests are in flight: three requests of three sizes (three decodes,
+    one after another), sent together, SIGINT once the first is answered; the other two are
+    still answered with their PNGs (the stop waits for the answers in flight)."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(41)
+    cap = torch.randn(1, 8, 32, generator=gen).numpy()
+    shapes = ((2, 2), (2, 1), (1, 2))  # latent cells: 64x64, 32x64, 64x32 (inside the envelope)
+    results: dict[int, object] = {}
+    answered = threading.Event()
+    barrier = threading.Barrier(3, timeout=60)
+
+    def send(k: int) -> None:
+        lat = torch.randn(1, 16, *shapes[k], generator=torch.Generator().manual_seed(k)).numpy()
+        try:
+            with client(server) as c:
+                barrier.wait()
+                results[k] = c.decode(lat, cap, seed=k, outputs=("png",), request_id=f"stop{k}")["png"]
+        except Exception as exc:  # recorded: a request lost to the stop fails the test below
+            results[k] = exc
+        answered.set()
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    assert answered.wait(REQUEST_TIMEOUT_S), "no request answered"
     code = stop_server(server, signal.SIGINT)
+    for t in threads:
+        t.join(timeout=REQUEST_TIMEOUT_S)
     assert code == 0, server.stderr()
+    assert sorted(results) == [0, 1, 2]
+    for k, (h, w) in enumerate(shapes):
+        assert isinstance(results[k], list), (k, results[k])
+        with Image.open(io.BytesIO(results[k][0])) as im:
+            assert im.size == (32 * w, 32 * h)
     assert_nothing_left(server)
 
 

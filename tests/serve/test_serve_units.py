@@ -228,6 +228,12 @@ def test_failed_decode_fails_its_batch_only(decoder, monkeypatch) -> None:
     assert out[1].error is None and out[1].image.shape == (1, 3, 32, 64)
 
 
+def test_bench_server_refuses_an_unknown_output_in_one_line() -> None:
+    res = run_cli("bench", "--server", "http://127.0.0.1:9", "--size", "32x32", "--server-output", "jpeg")
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr == "error: --server-output 'jpeg': expected one of image, png\n", res.stderr
+
+
 # -------------------------------------------------------------------------------- error kinds
 def test_triton_errors_get_their_kind() -> None:
     from pid_trt.serve.client import _classify, split_url
