@@ -88,6 +88,17 @@ class StoreFacts:
 
 
 @dataclass(frozen=True)
+class OutputFacts:
+    """The encoders behind output files: ``isal``, python-isal's version (the default PNG's
+    deflater, :func:`pid_trt.io.encoders.png_deflater`; None: zlib's, ~3x slower);
+    ``torchvision``, its version where it imports (JPEGs of CUDA decodes by nvJPEG,
+    :func:`pid_trt.io.encoders.jpeg_engine_on`; None: libjpeg-turbo on the CPU)."""
+
+    isal: str | None = None
+    torchvision: str | None = None
+
+
+@dataclass(frozen=True)
 class MachineFacts:
     """Everything :func:`gather` reads. Memory in bytes (``memory_available``: what a CPU
     decode may use, :func:`pid_trt.resources.available_memory`); ``torch_cuda``: the CUDA
@@ -108,6 +119,7 @@ class MachineFacts:
     extras: tuple[ExtraFacts, ...]
     store: StoreFacts
     platform: str = field(default="")
+    outputs: OutputFacts = field(default=OutputFacts())
 
     def gpu(self, index: int) -> GpuFacts | None:
         return next((g for g in self.gpus if g.index == index), None)
@@ -136,6 +148,7 @@ def gather(engine_dir: str | os.PathLike[str] = "engines") -> MachineFacts:
         extras=_extras(),
         store=_store(Path(engine_dir)),
         platform=f"{platform.system()} {platform.machine()}",
+        outputs=_outputs(),
     )
 
 
@@ -193,6 +206,18 @@ def _extras() -> tuple[ExtraFacts, ...]:
             version = None  # metadata left behind by an uninstall
         out.append(ExtraFacts(dist, extra, purpose, version))
     return tuple(out)
+
+
+def _outputs() -> OutputFacts:
+    """The versions of the optional encoder packages that import here (metadata alone is not enough)."""
+    import importlib.util
+
+    from pid_trt.versions import package_versions
+
+    found = package_versions(["isal", "torchvision"])
+    isal = found.get("isal") if importlib.util.find_spec("isal") is not None else None
+    torchvision = found.get("torchvision") if importlib.util.find_spec("torchvision") is not None else None
+    return OutputFacts(isal, torchvision)
 
 
 def _store(root: Path) -> StoreFacts:

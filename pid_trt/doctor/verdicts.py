@@ -41,8 +41,9 @@ _GIB = float(1 << 30)
 def judge(facts: MachineFacts, job: Job | None = None) -> Report:
     """The doctor's verdicts on ``facts`` and, when given, on ``job``."""
     machine = (
-        _host(facts) + _gpu_lines(facts) + _flavours(facts) + _fp8(facts) + _runtime(facts) + _store(facts)
-    )
+        _host(facts) + _gpu_lines(facts) + _flavours(facts) + _fp8(facts) + _runtime(facts) + _outputs(facts)
+        + _store(facts)
+    )  # fmt: skip
     return Report(machine, job_verdicts(facts, job) if job is not None else ())
 
 
@@ -175,6 +176,30 @@ def _runtime(f: MachineFacts) -> tuple[Verdict, ...]:
                 e.distribution, False, f"{e.distribution} not installed: {e.purpose}", f"pip install 'pid-trt[{e.extra}]'"
             ))  # fmt: skip
     return tuple(out)
+
+
+def _outputs(f: MachineFacts) -> tuple[Verdict, ...]:
+    """The encoders output files get here: the default PNG's deflater, and where JPEGs are encoded."""
+    o = f.outputs
+    if o.isal is not None:
+        png = Verdict("png", True, f"PNG outputs: ISA-L deflate (isal {o.isal}), the fast default")
+    else:
+        png = Verdict(
+            "png", False, "PNG outputs: zlib deflate (isal not installed: the default PNG takes ~3x longer)",
+            "pip install isal",
+        )  # fmt: skip
+    if not f.gpus:
+        jpeg = Verdict("jpeg", True, "JPEG outputs: libjpeg-turbo on the CPU")
+    elif o.torchvision is not None:
+        jpeg = Verdict(
+            "jpeg", True, f"JPEG outputs of CUDA decodes: nvJPEG on the GPU (torchvision {o.torchvision})"
+        )
+    else:
+        jpeg = Verdict(
+            "jpeg", False, "JPEG outputs: libjpeg-turbo on the CPU; nvJPEG on the GPU needs torchvision",
+            "pip install torchvision (the build that matches this torch)",
+        )  # fmt: skip
+    return png, jpeg
 
 
 def _store(f: MachineFacts) -> tuple[Verdict, ...]:

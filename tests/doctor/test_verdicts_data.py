@@ -15,16 +15,25 @@ import pytest
 
 from pid_trt.config import get_preset
 from pid_trt.doctor import judge, resolve_job
-from pid_trt.doctor.facts import EngineFacts, ExtraFacts, FlavourFacts, GpuFacts, MachineFacts, StoreFacts
+from pid_trt.doctor.facts import (
+    EngineFacts,
+    ExtraFacts,
+    FlavourFacts,
+    GpuFacts,
+    MachineFacts,
+    OutputFacts,
+    StoreFacts,
+)
 from pid_trt.errors import ConfigError
 
 GB = 10**9
+WITH_ISAL = OutputFacts("1.9.1")
 RTX_LIST = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
 
 
 def machine(
     gpus=(), trt: str | None = None, rtx: str | None = "1.7.1.116", providers=("CPUExecutionProvider",),
-    memory: int = 64 * GB, engines=(), modelopt: str | None = "0.47.0",
+    memory: int = 64 * GB, engines=(), modelopt: str | None = "0.47.0", outputs: OutputFacts = WITH_ISAL,
 ) -> MachineFacts:  # fmt: skip
     return MachineFacts(
         cpu_count=16, cpu_model="test CPU", memory_total=memory, memory_available=memory,
@@ -33,7 +42,7 @@ def machine(
         tensorrt_rtx=FlavourFacts("tensorrt-rtx", rtx, RTX_LIST if rtx else ()),
         ort_version="1.22.0", ort_providers=tuple(providers),
         extras=(ExtraFacts("nvidia-modelopt", "fp8", "fp8", modelopt),),
-        store=StoreFacts("engines", bool(engines), tuple(engines)),
+        store=StoreFacts("engines", bool(engines), tuple(engines)), outputs=outputs,
     )  # fmt: skip
 
 
@@ -213,3 +222,20 @@ def test_missing_modelopt_names_the_fp8_extra() -> None:
 def test_bad_job_options_are_one_line_errors(kwargs, words) -> None:
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace("[", r"\[")):
         resolve_job(**kwargs)
+
+
+# ---------------------------------------------------------------- output encoders
+def test_output_encoders_per_machine() -> None:
+    """PNG: ISA-L where isal imports, else zlib (~3x slower; a fix given); JPEG: libjpeg-turbo
+    on a CPU box, nvJPEG for CUDA decodes where torchvision imports, else a fix."""
+    cpu = judge(machine(outputs=OutputFacts("1.9.1")))
+    assert line(cpu, "png").ok and "ISA-L" in line(cpu, "png").message and "1.9.1" in line(cpu, "png").message
+    assert line(cpu, "jpeg").ok and "libjpeg-turbo" in line(cpu, "jpeg").message
+    no_isal = line(judge(machine(outputs=OutputFacts(None))), "png")
+    assert not no_isal.ok and "zlib" in no_isal.message and "isal" in no_isal.fix
+    h100 = judge(machine(gpus=[H100], trt="10.13", outputs=OutputFacts("1.9.1", "0.28.0")))
+    assert (
+        line(h100, "jpeg").ok and "nvJPEG" in line(h100, "jpeg").message and "0.28.0" in line(h100, "jpeg").message
+    )
+    bare = line(judge(machine(gpus=[H100], trt="10.13", outputs=OutputFacts("1.9.1"))), "jpeg")
+    assert not bare.ok and "torchvision" in bare.fix
