@@ -235,7 +235,9 @@ def test_output_encoders_per_machine() -> None:
     assert not no_isal.ok and "zlib" in no_isal.message and "isal" in no_isal.fix
     h100 = judge(machine(gpus=[H100], trt="10.13", outputs=OutputFacts("1.9.1", "0.28.0")))
     assert (
-        line(h100, "jpeg").ok and "nvJPEG" in line(h100, "jpeg").message and "0.28.0" in line(h100, "jpeg").message
+        line(h100, "jpeg").ok
+        and "nvJPEG" in line(h100, "jpeg").message
+        and "0.28.0" in line(h100, "jpeg").message
     )
     bare = line(judge(machine(gpus=[H100], trt="10.13", outputs=OutputFacts("1.9.1"))), "jpeg")
     assert not bare.ok and "torchvision" in bare.fix
