@@ -17,13 +17,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 HOST = "127.0.0.1"
 #: Seconds a tiny-preset server may take to start (Triton ~5 s here, more on a busy machine).
 START_TIMEOUT_S = 120.0
 #: Seconds one request may take (queue and decode) before the test fails.
 REQUEST_TIMEOUT_S = 120.0
+
+
+def request_inputs(config, seed: int, h: int = 1, w: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """A request's seeded latent [1, C, h, w] and caption embedding [1, T, D] (float32 numpy)
+    for a net of ``config``."""
+    gen = torch.Generator().manual_seed(seed)
+    lat = torch.randn(1, config.lq_latent_channels, h, w, generator=gen).numpy()
+    cap = torch.randn(1, config.txt_max_length, config.txt_embed_dim, generator=gen).numpy()
+    return lat, cap
 
 
 def require_serve_extra() -> None:

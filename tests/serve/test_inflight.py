@@ -15,6 +15,7 @@ import torch
 from pid_trt.io import write_images
 from pid_trt.serve.batch import DecodeRequest, DecodeResult, Pending
 from pid_trt.serve.inflight import InFlight, answer_requests
+from tests.serve.conftest import request_inputs
 
 #: Seconds a test waits for a thread it released before it calls it hung (never a timing check).
 HANG_S = 120.0
@@ -89,20 +90,13 @@ def test_a_failing_sender_releases_its_images_and_drain_times_out_on_an_unsent_a
         InFlight(0)
 
 
-def _inputs(config, seed: int, h: int = 1, w: int = 1):
-    gen = torch.Generator().manual_seed(seed)
-    lat = torch.randn(1, config.lq_latent_channels, h, w, generator=gen).numpy()
-    cap = torch.randn(1, config.txt_max_length, config.txt_embed_dim, generator=gen).numpy()
-    return lat, cap
-
-
 def test_answer_requests_sends_each_png_answer_once_and_returns_the_others(decoder, tmp_path: Path) -> None:
     """Batches of a PNG request, a float request and a malformed one, through a bounded
     InFlight: the float answer and the error come back from answer_requests (nothing to
     encode; never sent), the PNG answer is sent once encoded, exactly once; the PNG is the file
     write_images writes for that image; the images held never pass the limit plus one batch's."""
     config = decoder.config
-    lat, cap = _inputs(config, 1)
+    lat, cap = request_inputs(config, 1)
     nan = lat.copy()
     nan[0, 0, 0, 0] = np.nan
     inflight = InFlight(max_images=1)

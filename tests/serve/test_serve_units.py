@@ -20,6 +20,7 @@ from pid_trt.options import NetOptions, RuntimeOptions
 from pid_trt.serve.batch import DecodeRequest, decode_requests
 from pid_trt.serve.config import ModelOptions, ServeOptions, model_config_pbtxt, parse_devices
 from pid_trt.tiling import TileOptions
+from tests.serve.conftest import request_inputs
 
 
 @pytest.fixture(scope="module")
@@ -120,17 +121,10 @@ def served_text(path: Path) -> str:
         return im.text["pid-trt"]
 
 
-def _inputs(config, seed: int, h: int = 1, w: int = 1):
-    gen = torch.Generator().manual_seed(seed)
-    lat = torch.randn(1, config.lq_latent_channels, h, w, generator=gen).numpy()
-    cap = torch.randn(1, config.txt_max_length, config.txt_embed_dim, generator=gen).numpy()
-    return lat, cap
-
-
 def test_each_request_gets_its_own_image_or_error(decoder, tmp_path: Path) -> None:
     config = decoder.config
-    lat, cap = _inputs(config, 1)
-    lat2, cap2 = _inputs(config, 2, 1, 2)
+    lat, cap = request_inputs(config, 1)
+    lat2, cap2 = request_inputs(config, 2, 1, 2)
     nan = lat.copy()
     nan[0, 0, 0, 0] = np.nan
     reqs = [
@@ -179,8 +173,8 @@ def test_a_tiled_request_is_decoded_alone_as_decoder_decode_does() -> None:
 
     with Decoder.load(backbone="tiny", random_weights=True, envelope="64x64") as dec:
         config = dec.config
-        big, big_cap = _inputs(config, 7, 3, 4)
-        lat, cap = _inputs(config, 8)
+        big, big_cap = request_inputs(config, 7, 3, 4)
+        lat, cap = request_inputs(config, 8)
         reqs = [
             DecodeRequest(lat, cap, seed=np.array([[1]]), what="request a"),
             DecodeRequest(big, big_cap, seed=np.array([[2]]), what="request b"),
@@ -203,14 +197,14 @@ def test_a_tiled_request_is_decoded_alone_as_decoder_decode_does() -> None:
 
 
 def test_request_without_caption_gets_the_stand_in_of_a_direct_decode(decoder) -> None:
-    lat, _ = _inputs(decoder.config, 3)
+    lat, _ = request_inputs(decoder.config, 3)
     (res,) = decode_requests(decoder, [DecodeRequest(lat, None, seed=np.array([[9]]))])
     assert torch.equal(torch.from_numpy(res.image), decoder.decode(lat, seed=9))
 
 
 def test_failed_decode_fails_its_batch_only(decoder, monkeypatch) -> None:
-    lat, cap = _inputs(decoder.config, 4)
-    lat2, cap2 = _inputs(decoder.config, 5, 1, 2)
+    lat, cap = request_inputs(decoder.config, 4)
+    lat2, cap2 = request_inputs(decoder.config, 5, 1, 2)
     real = decoder.decode
 
     def flaky(latent, *args, **kwargs):
@@ -333,7 +327,7 @@ def test_prompt_requests_are_encoded_per_request(tmp_path: Path) -> None:
 
     gemma = make_tiny_gemma(tmp_path / "gemma")
     with Decoder.load(backbone="tiny", random_weights=True, text_encoder=gemma) as dec:
-        lat, cap = _inputs(dec.config, 7)
+        lat, cap = request_inputs(dec.config, 7)
         fox, lake = decode_requests(
             dec,
             [
@@ -372,7 +366,7 @@ def test_request_tiling_parameters_are_read_and_checked(decoder) -> None:
     format); other parameters (png_encoding) are not tiling."""
     from pid_trt.errors import InputFileError
 
-    lat, cap = _inputs(decoder.config, 4)
+    lat, cap = request_inputs(decoder.config, 4)
     bad = (
         ({"tile_batch": "2"}, InputFileError, "request r: parameter tile_batch '2': expected an integer"),
         (
@@ -509,7 +503,7 @@ def test_request_without_caption_gets_the_servers_null_caption(tmp_path: Path) -
     save_file({"null_caption_embs": values.to(torch.bfloat16)}, str(null))
     options = ModelOptions(NetOptions(checkpoint=ckpt), null_caption=str(null))
     assert options.check()["null_caption"] == f"null ({null})"
-    lat, _ = _inputs(TINY, 4)
+    lat, _ = request_inputs(TINY, 4)
     with Decoder.from_options(options.net, options.runtime, **options.decoder_kwargs()) as dec:
         out = decode_requests(dec, [DecodeRequest(lat, None, seed=np.array([[7]]), what="request n")])
         assert out[0].error is None and out[0].caption == f"null ({null})"
