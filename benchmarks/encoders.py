@@ -13,7 +13,6 @@ import argparse
 import io
 import json
 import os
-import struct
 import time
 import zlib
 
@@ -32,12 +31,17 @@ def _pil(fmt: str, **kw):
 
 
 def _zlib_png(level: int, strategy: int, filt: str):
+    """Our PNG writer, its rows deflated by zlib at ``level`` with ``strategy``."""
     from pid_trt.io.encoders import png_bytes
 
-    return lambda px: png_bytes(px, level=level, strategy=strategy, png_filter=filt)
+    def deflater(rows: np.ndarray) -> bytes:
+        compressor = zlib.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
+        return compressor.compress(rows) + compressor.flush()
+
+    return lambda px: png_bytes(px, png_filter=filt, deflater=deflater)
 
 
-def _zlib_png_default():
+def _default_png():
     """``png_bytes`` as the writer calls it: the default ``--png-level``."""
     from pid_trt.io.encoders import png_bytes
 
@@ -45,18 +49,12 @@ def _zlib_png_default():
 
 
 def _isal_png(level: int):
-    """Our PNG writer's up-filtered rows deflated by ISA-L (python-isal) at ``level`` (0..3)."""
+    """Our PNG writer, its up-filtered rows deflated by ISA-L (python-isal) at ``level`` (0..3)."""
     from isal import isal_zlib
 
-    from pid_trt.io.encoders import _PNG_SIGNATURE, _chunk, filter_rows
+    from pid_trt.io.encoders import png_bytes
 
-    def enc(px: np.ndarray) -> bytes:
-        h, w, _ = px.shape
-        header = _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-        data = isal_zlib.compress(filter_rows(px, "up"), level)
-        return _PNG_SIGNATURE + header + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
-
-    return enc
+    return lambda px: png_bytes(px, deflater=lambda rows: isal_zlib.compress(rows, level))
 
 
 def _fpng(px: np.ndarray) -> bytes:
@@ -89,7 +87,7 @@ def candidates() -> dict:
             c[f"isal-up-L{level}"] = ("png", _isal_png(level))
     except ImportError:
         pass
-    c["default-png"] = ("png", _zlib_png_default())
+    c["default-png"] = ("png", _default_png())
     try:
         import fpng_py  # noqa: F401
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -184,21 +184,17 @@ def png_bytes(
     *,
     level: int = DEFAULT_PNG_LEVEL,
     text: Mapping[str, str] | None = None,
-    strategy: int | None = None,
     png_filter: str = "up",
+    deflater: Callable[[np.ndarray], bytes] | None = None,
 ) -> bytes:
     """A PNG of ``pixels`` [H, W, 3] (uint8 -> 8-bit RGB, uint16 -> 16-bit RGB), rows filtered
-    with ``png_filter`` ("up"), deflated as :func:`deflate` does at ``level``. ``strategy``:
-    zlib's strategy at that level instead (for measurements)."""
+    with ``png_filter`` ("up"), deflated as :func:`deflate` does at ``level``. ``deflater``:
+    filtered rows -> a zlib stream, instead of :func:`deflate` (for measurements)."""
     h, w, _ = pixels.shape
     depth = 16 if pixels.dtype == np.uint16 else 8
     header = struct.pack(">IIBBBBB", w, h, depth, 2, 0, 0, 0)  # colour type 2: RGB
     rows = filter_rows(pixels, png_filter)
-    if strategy is None:
-        data = deflate(rows, level)
-    else:
-        compressor = zlib.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
-        data = compressor.compress(rows) + compressor.flush()
+    data = deflate(rows, level) if deflater is None else deflater(rows)
     parts = [_PNG_SIGNATURE, _chunk(b"IHDR", header), *_text_chunks(text)]
     parts += [_chunk(b"IDAT", data[i : i + _IDAT_CHUNK]) for i in range(0, len(data), _IDAT_CHUNK)]
     parts.append(_chunk(b"IEND", b""))
