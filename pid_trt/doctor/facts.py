@@ -193,31 +193,30 @@ def _onnxruntime() -> tuple[str | None, tuple[str, ...]]:
 
 
 def _extras() -> tuple[ExtraFacts, ...]:
-    import importlib.util
-
-    from pid_trt.versions import package_versions
 
     out = []
     for dist, module, extra, purpose in EXTRAS:
-        version = package_versions([dist]).get(dist)
+        version = _importable_version(dist, module)
         if version is None and dist == "onnxruntime":
-            version = package_versions(["onnxruntime-gpu"]).get("onnxruntime-gpu")
-        if version is not None and importlib.util.find_spec(module) is None:
-            version = None  # metadata left behind by an uninstall
+            version = _importable_version("onnxruntime-gpu", module)
         out.append(ExtraFacts(dist, extra, purpose, version))
     return tuple(out)
 
 
-def _outputs() -> OutputFacts:
-    """The versions of the optional encoder packages that import here (metadata alone is not enough)."""
+def _importable_version(dist: str, module: str) -> str | None:
+    """The installed version of distribution ``dist`` when its ``module`` can be found (its
+    metadata alone may be left behind by an uninstall), else None."""
     import importlib.util
 
     from pid_trt.versions import package_versions
 
-    found = package_versions(["isal", "torchvision"])
-    isal = found.get("isal") if importlib.util.find_spec("isal") is not None else None
-    torchvision = found.get("torchvision") if importlib.util.find_spec("torchvision") is not None else None
-    return OutputFacts(isal, torchvision)
+    version = package_versions([dist]).get(dist)
+    return version if version is not None and importlib.util.find_spec(module) is not None else None
+
+
+def _outputs() -> OutputFacts:
+    """The versions of the optional encoder packages found here."""
+    return OutputFacts(_importable_version("isal", "isal"), _importable_version("torchvision", "torchvision"))
 
 
 def _store(root: Path) -> StoreFacts:
