@@ -75,7 +75,10 @@ def check_output(images: torch.Tensor, path: str | os.PathLike[str], options: Ou
 
 def host_pixels(images: torch.Tensor, fmt: OutputFormat, options: OutputOptions):
     """[B, 3, H, W] float images -> [B, H, W, 3] numpy pixels on the host (uint8, or uint16 for a
-    16-bit PNG): quantized and laid out on the images' device, then one copy to the host."""
+    16-bit PNG): quantized and laid out on the images' device, then one copy to the host.
+    Pixels already quantized ([B, 3, H, W] uint8 / uint16) are only laid out and copied."""
+    if not images.is_floating_point():
+        return images.permute(0, 2, 3, 1).cpu().numpy()
     dtype = torch.uint16 if options.pixel_bits(fmt) == 16 else torch.uint8
     return quantize(images, dtype).permute(0, 2, 3, 1).contiguous().cpu().numpy()  # laid out on the device
 

@@ -129,7 +129,7 @@ class ImageWriter:
             return self._run(_Batch([out]), 0, lambda: write_float(images, out))
         if fmt is OutputFormat.JPEG and images.is_cuda:  # nvJPEG on the device: only the bytes cross
             return self._device_jpegs(images if quantized else quantize(images), out, options, text)
-        pixels = images.permute(0, 2, 3, 1).cpu().numpy() if quantized else host_pixels(images, fmt, options)
+        pixels = host_pixels(images, fmt, options)
         batch = _Batch(png_paths(out, pixels.shape[0]))
         return self._queue(
             batch, lambda k, target: lambda: write_pixels(pixels[k], target, fmt, options, text, self.clock)

@@ -243,14 +243,10 @@ def png_futures(images: torch.Tensor, text: dict[str, str] | None = None) -> lis
     from pid_trt.io.images import host_pixels
     from pid_trt.io.writer import encode_later
 
+    if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+        raise PidTrtError("decoded images contain NaN/Inf; refusing to encode them as PNG")
     options = OutputOptions()
-    if images.is_floating_point():
-        if not bool(torch.isfinite(images).all()):
-            raise PidTrtError("decoded images contain NaN/Inf; refusing to encode them as PNG")
-        pixels = host_pixels(images, OutputFormat.PNG, options)
-    else:
-        pixels = images.permute(0, 2, 3, 1).cpu().numpy()
-    return encode_later(pixels, OutputFormat.PNG, options, text)
+    return encode_later(host_pixels(images, OutputFormat.PNG, options), OutputFormat.PNG, options, text)
 
 
 def png_bytes(images: torch.Tensor, text: dict[str, str] | None = None) -> list[bytes]:
