@@ -39,6 +39,8 @@ from pid_trt.quoting import printable
 
 #: The most writer threads the default picks.
 MAX_DEFAULT_WRITERS = 8
+#: Images in flight per writer thread by default (queued or being encoded and written).
+IMAGES_PER_WRITER = 2
 
 
 def default_writers(share: int = 1) -> int:
@@ -78,7 +80,7 @@ class _Batch:
 
 class ImageWriter:
     """Writes decoded batches to image files on ``writers`` threads (0: in the calling thread),
-    at most ``max_in_flight`` images at once (default: 2 per writer). Use as a context manager,
+    at most ``max_in_flight`` images at once (default: :data:`IMAGES_PER_WRITER` per writer). Use as a context manager,
     or call :meth:`close`. ``peak``: the most images that were in flight at once; ``clock``:
     the seconds the threads spent encoding and writing (:class:`~pid_trt.io.images.StageClock`)."""
 
@@ -86,7 +88,7 @@ class ImageWriter:
         writers = default_writers() if writers is None else writers
         if writers < 0:
             raise ConfigError(f"--writers {writers}: expected 0 (write in the decoding thread) or more")
-        limit = max(1, 2 * writers) if max_in_flight is None else max_in_flight
+        limit = max(1, IMAGES_PER_WRITER * writers) if max_in_flight is None else max_in_flight
         if limit < 1:
             raise ConfigError(f"max_in_flight {limit}: expected at least 1 image")
         self.writers, self.max_in_flight = writers, limit

@@ -48,7 +48,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by Triton's Python backend
 
 from pid_trt.errors import ConfigError, InputFileError, ResourceError
-from pid_trt.io.writer import default_writers
+from pid_trt.io.writer import IMAGES_PER_WRITER, default_writers
 from pid_trt.serve.batch import DecodeRequest, DecodeResult, Pending
 from pid_trt.serve.config import ModelOptions
 from pid_trt.serve.inflight import InFlight, answer_requests
@@ -58,9 +58,6 @@ from pid_trt.serve.protocol import encode_pngs, error_text, png_encoding, reques
 OPTIONS_FILE = "options.json"
 #: File in the model directory an instance writes its load error to (one line), for ``pidtrt serve``.
 LOAD_ERROR_FILE = "load_error.txt"
-#: PNG images per encoding thread whose answers may wait to be sent before a decode waits
-#: (the writer's rule, :class:`pid_trt.io.writer.ImageWriter`).
-IMAGES_PER_WRITER = 2
 #: Seconds ``finalize`` waits for the answers in flight before it closes the decoder.
 DRAIN_TIMEOUT_S = 60.0
 
@@ -99,7 +96,7 @@ class TritonPythonModel:
                 (model_dir / LOAD_ERROR_FILE).write_text(f"{self.name}: {message}\n")
             finally:
                 raise
-        # The PNGs are encoded on encode_later's pool of default_writers() threads.
+        # The PNGs are encoded on encode_later's pool of default_writers() threads; the writer's bound per thread.
         self.inflight = InFlight(IMAGES_PER_WRITER * default_writers())
         self.metrics = _CacheMetrics.create(self.name, self.decoder)
         self.tiled = _TiledMetric.create(self.name)
